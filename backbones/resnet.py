@@ -1,0 +1,351 @@
+"""The ResNet family of "Deep Residual Learning for Image Recognition" as one configurable class.
+
+Parameter names follow torchvision (``conv1``, ``bn1``, ``layer1`` .. ``layer4``, ``fc``), which
+timm's ResNet also uses, so ImageNet checkpoints of either library load without renaming.
+The paper's variants are constructor arguments:
+
+* ``stride_in_1x1``: the original MSRA bottleneck puts the stride-2 on the first 1x1 conv;
+  torchvision and timm put it on the 3x3 ("ResNet v1.5"), which costs more multiply-adds.
+* ``shortcut``: "A" zero-padded identity, "B" projection where the shape changes, "C"
+  projection everywhere (Table 3 of the paper).
+* ``plain=True``: the same stack without any shortcut (the plain nets of Table 2 / Fig. 4).
+* ``preact=True``: full pre-activation units (He et al., "Identity Mappings in Deep Residual
+  Networks"): BN-ReLU-conv, the projection shortcut takes the pre-activated input, and one
+  extra BN-ReLU follows the last unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import BackboneError
+from .norm import NORMS, FrozenBatchNorm2d, make_norm
+
+# depth -> (block kind, units per stage)
+ARCHITECTURES: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+    200: ("bottleneck", (3, 24, 36, 3)),
+}
+STAGE_NAMES = ("res2", "res3", "res4", "res5")
+FEATURE_NAMES = ("stem",) + STAGE_NAMES + ("logits",)
+SHORTCUTS = ("A", "B", "C")
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A: identity with spatial subsampling and zero-filled extra channels (no parameters)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.extra_channels = out_channels - in_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+
+
+def make_shortcut(
+    kind: str, in_channels: int, out_channels: int, stride: int, norm: str, preact: bool
+) -> nn.Module | None:
+    """The shortcut branch of one unit, or None for a plain identity."""
+    shape_changes = stride != 1 or in_channels != out_channels
+    if kind == "A" and shape_changes:
+        return ZeroPadShortcut(in_channels, out_channels, stride)
+    if kind == "C" or (kind == "B" and shape_changes):
+        conv = conv1x1(in_channels, out_channels, stride)
+        # A pre-activation unit normalizes before its convs, so its projection has no norm.
+        return nn.Sequential(conv) if preact else nn.Sequential(conv, make_norm(norm, out_channels))
+    return None
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, in_channels, planes, stride, norm, shortcut, residual=True, stride_in_1x1=False):
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, planes, stride)
+        self.bn1 = make_norm(norm, planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = make_norm(norm, planes)
+        self.downsample = shortcut
+        self.residual = residual
+        self.conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return F.relu(out, inplace=True)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand (ResNet-50/101/152)."""
+
+    expansion = 4
+
+    def __init__(self, in_channels, planes, stride, norm, shortcut, residual=True, stride_in_1x1=False):
+        super().__init__()
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = conv1x1(in_channels, planes, stride_1x1)
+        self.bn1 = make_norm(norm, planes)
+        self.conv2 = conv3x3(planes, planes, stride_3x3)
+        self.bn2 = make_norm(norm, planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = make_norm(norm, planes * self.expansion)
+        self.downsample = shortcut
+        self.residual = residual
+        self.conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
+        out = self.bn3(self.conv3(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return F.relu(out, inplace=True)
+
+
+class PreActBasicBlock(nn.Module):
+    """Full pre-activation basic unit: (BN-ReLU-conv3x3) x 2, nothing after the addition."""
+
+    expansion = 1
+
+    def __init__(self, in_channels, planes, stride, norm, shortcut, residual=True, stride_in_1x1=False,
+                 activate_input=True):
+        super().__init__()
+        # The first unit after the stem gets an already activated input (Identity Mappings, appendix).
+        self.bn1 = make_norm(norm, in_channels) if activate_input else nn.Identity()
+        self.activate_input = activate_input
+        self.conv1 = conv3x3(in_channels, planes, stride)
+        self.bn2 = make_norm(norm, planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.downsample = shortcut
+        self.residual = residual
+        self.conv_norm_pairs = (("conv1", "bn2"),)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn1(x)) if self.activate_input else x
+        out = self.conv1(pre)
+        out = self.conv2(F.relu(self.bn2(out)))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(pre))
+        return out
+
+
+class PreActBottleneck(nn.Module):
+    """Full pre-activation bottleneck unit: (BN-ReLU-conv) for the 1x1, 3x3 and 1x1 convs."""
+
+    expansion = 4
+
+    def __init__(self, in_channels, planes, stride, norm, shortcut, residual=True, stride_in_1x1=False,
+                 activate_input=True):
+        super().__init__()
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.bn1 = make_norm(norm, in_channels) if activate_input else nn.Identity()
+        self.activate_input = activate_input
+        self.conv1 = conv1x1(in_channels, planes, stride_1x1)
+        self.bn2 = make_norm(norm, planes)
+        self.conv2 = conv3x3(planes, planes, stride_3x3)
+        self.bn3 = make_norm(norm, planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.downsample = shortcut
+        self.residual = residual
+        self.conv_norm_pairs = (("conv1", "bn2"), ("conv2", "bn3"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn1(x)) if self.activate_input else x
+        out = self.conv1(pre)
+        out = self.conv2(F.relu(self.bn2(out)))
+        out = self.conv3(F.relu(self.bn3(out)))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(pre))
+        return out
+
+
+class ResNet(nn.Module):
+    """A ResNet that returns a dict of named features.
+
+    Args:
+        depth: 18, 34, 50, 101, 152 (or 200).
+        num_classes: adds global average pooling and a fully connected layer ("logits").
+        out_features: names to return, a subset of "stem", "res2".."res5", "logits". Stages after
+            the last requested one are still built (so that checkpoints load) but never run.
+        norm: "frozen_bn" (default), "bn", "syncbn" or "gn".
+        freeze_at: 0 freezes nothing, 1 the stem, k the stem and the first k-1 stages.
+        stride_in_1x1, shortcut, plain, preact: the paper's variants (see the module docstring).
+        zero_init_residual: start each residual branch's last norm at zero (training from scratch).
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        num_classes: int | None = None,
+        out_features: Sequence[str] | None = None,
+        norm: str = "frozen_bn",
+        freeze_at: int = 0,
+        stride_in_1x1: bool = False,
+        shortcut: str = "B",
+        plain: bool = False,
+        preact: bool = False,
+        zero_init_residual: bool = False,
+        in_channels: int = 3,
+    ):
+        super().__init__()
+        check_arguments(depth, norm, shortcut, freeze_at)
+        if out_features is None:
+            out_features = ["logits"] if num_classes else ["res5"]
+        out_features = list(out_features)
+        unknown = [name for name in out_features if name not in FEATURE_NAMES]
+        if unknown:
+            raise BackboneError(f"unknown out_features {unknown}: choose from {', '.join(FEATURE_NAMES)}")
+        if "logits" in out_features and not num_classes:
+            raise BackboneError("out_features 'logits' needs num_classes (the classifier head)")
+
+        kind, units = ARCHITECTURES[depth]
+        self.depth = depth
+        self.preact = preact
+        self.norm = norm
+        self.out_features = out_features
+        block = {("basic", False): BasicBlock, ("bottleneck", False): Bottleneck,
+                 ("basic", True): PreActBasicBlock, ("bottleneck", True): PreActBottleneck}[(kind, preact)]
+
+        # The stem's BN-ReLU also serves as the first pre-activation (Identity Mappings, appendix).
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = make_norm(norm, 64)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.out_channels = {"stem": 64}
+        self.out_strides = {"stem": 4}
+
+        channels = 64
+        for index, (name, num_units) in enumerate(zip(STAGE_NAMES, units)):
+            planes = 64 * 2**index
+            stride = 1 if index == 0 else 2
+            layers = []
+            for unit in range(num_units):
+                out_channels = planes * block.expansion
+                unit_stride = stride if unit == 0 else 1
+                skip = None if plain else make_shortcut(shortcut, channels, out_channels, unit_stride, norm, preact)
+                extra = {"activate_input": not (index == 0 and unit == 0)} if preact else {}
+                layers.append(block(channels, planes, unit_stride, norm, skip, residual=not plain,
+                                    stride_in_1x1=stride_in_1x1, **extra))
+                channels = out_channels
+            self.add_module(f"layer{index + 1}", nn.Sequential(*layers))
+            self.out_channels[name] = channels
+            self.out_strides[name] = 4 * 2**index
+        # Pre-activation nets end with one extra BN-ReLU after the last addition.
+        self.post_norm = make_norm(norm, channels) if preact else None
+
+        self.fc = None
+        if num_classes:
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(channels, num_classes)
+            self.out_channels["logits"] = num_classes
+        self.stage_names = list(STAGE_NAMES)
+        self._init_weights(zero_init_residual)
+        self.freeze(freeze_at)
+
+    # -- construction helpers ---------------------------------------------------------------------
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if zero_init_residual and not self.preact:
+            for module in self.modules():
+                last_norm = getattr(module, "bn3", None) if isinstance(module, Bottleneck) else (
+                    getattr(module, "bn2", None) if isinstance(module, BasicBlock) else None)
+                if last_norm is not None and getattr(last_norm, "weight", None) is not None:
+                    last_norm.weight.data.zero_()
+
+    def stage(self, name: str) -> nn.Module | None:
+        """The module computing feature ``name`` ("res2".."res5"), None once detached."""
+        return getattr(self, f"layer{STAGE_NAMES.index(name) + 1}", None)
+
+    def detach_stage(self, name: str) -> nn.Module:
+        """Remove stage ``name`` and everything after it from this trunk and return that stage.
+
+        Used by the C4 detector, whose RoI head runs res5 on each region: the stage then lives
+        in the head and is no longer part of the trunk's state dict.
+        """
+        index = STAGE_NAMES.index(name)
+        module = self.stage(name)
+        if index != len(self.stage_names) - 1 or module is None:
+            raise BackboneError(f"only the last stage can be detached, not {name}")
+        delattr(self, f"layer{index + 1}")
+        self.stage_names = self.stage_names[:index]
+        self.out_features = [f for f in self.out_features if f in ("stem", *self.stage_names)]
+        self.fc = None
+        return module
+
+    def freeze(self, freeze_at: int) -> None:
+        """Stop gradients in the stem (freeze_at >= 1) and the first freeze_at-1 stages.
+
+        Trainable norms in frozen parts become FrozenBatchNorm2d, so that their statistics stay
+        fixed even in train mode.
+        """
+        if freeze_at >= 1:
+            for part in (self.conv1, self.bn1):
+                part.requires_grad_(False)
+            self.bn1 = FrozenBatchNorm2d.convert(self.bn1)
+        for index in range(1, min(freeze_at, 5)):
+            layer = getattr(self, f"layer{index}", None)
+            if layer is not None:
+                layer.requires_grad_(False)
+                FrozenBatchNorm2d.convert(layer)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        wanted = set(self.out_features)
+        outputs: dict[str, torch.Tensor] = {}
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x)), inplace=True))
+        if "stem" in wanted:
+            outputs["stem"] = x
+        last = self._last_needed_stage()
+        for index, name in enumerate(self.stage_names[: last + 1]):
+            x = getattr(self, f"layer{index + 1}")(x)
+            if name == "res5" and self.post_norm is not None:
+                x = F.relu(self.post_norm(x))
+            if name in wanted:
+                outputs[name] = x
+        if "logits" in wanted:
+            outputs["logits"] = self.fc(torch.flatten(self.avgpool(x), 1))
+        return outputs
+
+    def _last_needed_stage(self) -> int:
+        if "logits" in self.out_features:
+            return len(self.stage_names) - 1
+        needed = [self.stage_names.index(f) for f in self.out_features if f in self.stage_names]
+        return max(needed, default=-1)
+
+
+def check_arguments(depth: int, norm: str, shortcut: str, freeze_at: int) -> None:
+    if depth not in ARCHITECTURES:
+        raise BackboneError(f"unknown ResNet depth {depth}: choose one of {', '.join(map(str, ARCHITECTURES))}")
+    if norm not in NORMS:
+        raise BackboneError(f"unknown norm '{norm}': choose one of {', '.join(NORMS)}")
+    if shortcut not in SHORTCUTS:
+        raise BackboneError(f"unknown shortcut option '{shortcut}': choose A, B or C")
+    if not 0 <= freeze_at <= 5:
+        raise BackboneError(f"freeze_at must be between 0 and 5, got {freeze_at}")

@@ -1,0 +1,258 @@
+"""Loading ImageNet weights saved by torchvision, timm or Detectron (Caffe2) into a ResNet.
+
+A weights spec is one of:
+
+* a local file: ``.pth`` / ``.pt`` / ``.bin`` (a state dict, possibly wrapped in
+  ``{"state_dict": ...}`` or ``{"model": ...}``) or ``.safetensors``;
+* ``torchvision:IMAGENET1K_V2``: torchvision's release for the model's depth, read from the torch
+  hub cache (``$TORCH_HOME/hub/checkpoints``) or downloaded when a network exists;
+* ``timm:resnet50.a1_in1k``: a timm release, read from the Hugging Face cache or downloaded.
+
+Files are read with ``torch.load(weights_only=True)`` or safetensors, so a file never runs code.
+Detectron ``.pkl`` files need unpickling and are only read with ``trust_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .errors import WeightsError
+
+TENSOR_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+WRAPPER_KEYS = ("state_dict", "model", "module")
+# Prefixes that other libraries put in front of the ResNet's own names.
+STRIPPED_PREFIXES = ("module.", "backbone.body.", "backbone.")
+
+
+def load_weights(model: nn.Module, spec: str, trust_pickle: bool = False) -> dict[str, list[str]]:
+    """Load ``spec`` into ``model`` and return the keys that were not used, by reason."""
+    path = resolve_weights(spec, getattr(model, "depth", None))
+    state = read_state_dict(path, trust_pickle=trust_pickle)
+    return apply_state_dict(model, state, source=path)
+
+
+def resolve_weights(spec: str, depth: int | None) -> str:
+    """Turn a weights spec into the path of a local file."""
+    spec = str(spec)
+    if spec.startswith("torchvision:"):
+        return _torchvision_file(spec.split(":", 1)[1], depth)
+    if spec.startswith("timm:"):
+        return _timm_file(spec.split(":", 1)[1])
+    if not os.path.isfile(spec):
+        raise WeightsError(f"weights file not found: {spec} (set model.backbone.weights to an existing file)")
+    return spec
+
+
+def _torchvision_file(tag: str, depth: int | None) -> str:
+    import torchvision.models
+
+    if depth is None:
+        raise WeightsError("torchvision weights names need a ResNet depth")
+    try:
+        weights = torchvision.models.get_model_weights(f"resnet{depth}")[tag]
+    except KeyError:
+        names = ", ".join(w.name for w in torchvision.models.get_model_weights(f"resnet{depth}"))
+        raise WeightsError(f"torchvision has no weights '{tag}' for resnet{depth}: choose {names}") from None
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    if os.path.isfile(cached):
+        return cached
+    try:
+        torch.hub.download_url_to_file(weights.url, cached, progress=False)
+        return cached
+    except Exception:  # noqa: BLE001 - any network failure means "offline"
+        raise WeightsError(
+            f"torchvision weights resnet{depth} {tag} are not cached at {cached} and cannot be downloaded: "
+            f"copy the file there, or pass weights=/path/to/file.pth"
+        ) from None
+
+
+def _timm_file(name: str) -> str:
+    import timm
+
+    try:
+        config = timm.models.get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001
+        config = None
+    hub_id = getattr(config, "hf_hub_id", None) or f"timm/{name}"
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+        raise WeightsError("timm weights names need huggingface_hub: pass weights=/path/to/file") from None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        cached = try_to_load_from_cache(hub_id, filename)
+        if isinstance(cached, str) and os.path.isfile(cached):
+            return cached
+    try:
+        return hf_hub_download(hub_id, "model.safetensors")
+    except Exception:  # noqa: BLE001
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        expected = os.path.join(HF_HUB_CACHE, "models--" + hub_id.replace("/", "--"))
+        raise WeightsError(
+            f"timm weights {name} are not in the Hugging Face cache ({expected}) and cannot be downloaded: "
+            f"pass weights=/path/to/model.safetensors"
+        ) from None
+
+
+def read_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a flat name -> tensor dict from any supported file."""
+    lower = path.lower()
+    if lower.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as error:  # noqa: BLE001
+            raise WeightsError(f"cannot read {path}: {error}") from None
+    if lower.endswith(".pkl"):
+        return read_detectron_pickle(path, trust_pickle)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "GLOBAL" in str(error):
+            raise WeightsError(
+                f"{path} holds Python objects besides tensors and was not loaded (files are read with "
+                f"weights_only=True so that they cannot run code): save the model's state_dict alone"
+            ) from None
+        raise WeightsError(f"cannot read {path}: not a PyTorch checkpoint, or a damaged one") from None
+    except Exception:  # noqa: BLE001 - truncated or not a checkpoint at all
+        raise WeightsError(f"cannot read {path}: the file is truncated or damaged") from None
+    return unwrap_state_dict(obj, path)
+
+
+def unwrap_state_dict(obj, source: str = "weights") -> dict[str, torch.Tensor]:
+    """Find the tensor dict inside common checkpoint wrappers."""
+    while isinstance(obj, Mapping) and not _is_tensor_dict(obj):
+        inner = next((obj[k] for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not _is_tensor_dict(obj):
+        raise WeightsError(f"{source} does not contain a state dict of tensors")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _is_tensor_dict(obj: Mapping) -> bool:
+    return len(obj) > 0 and sum(isinstance(v, torch.Tensor) for v in obj.values()) >= len(obj) / 2
+
+
+def strip_prefixes(state: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
+    """Drop a wrapper prefix (DDP's ``module.``, a detector's ``backbone.body.``) when it hides a match."""
+    if any(k in model_keys for k in state):
+        return state
+    for prefix in STRIPPED_PREFIXES:
+        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if any(k in model_keys for k in stripped):
+            return stripped
+    return state
+
+
+def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, list[str]]:
+    """Copy ``state`` into ``model``, failing readably when the file does not fit the architecture."""
+    own = model.state_dict()
+    state = strip_prefixes(dict(state), set(own))
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    has_head = getattr(model, "fc", None) is not None
+
+    dropped_head = []
+    if not has_head:
+        dropped_head = [k for k in state if k.startswith("fc.")]
+    elif "fc.weight" in state and state["fc.weight"].shape != own["fc.weight"].shape:
+        warnings.warn(
+            f"{source}: classifier not loaded ({state['fc.weight'].shape[0]} classes in the file, "
+            f"{own['fc.weight'].shape[0]} in the model); it keeps its random initialisation",
+            stacklevel=2,
+        )
+        dropped_head = [k for k in state if k.startswith("fc.")]
+    for key in dropped_head:
+        state.pop(key)
+
+    mismatched = [
+        f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    expected = {k for k in own if not k.endswith("num_batches_tracked")}
+    if dropped_head:
+        expected -= {k for k in expected if k.startswith("fc.")}
+    missing = sorted(expected - set(state), key=_natural_key)
+    unexpected = sorted(set(state) - set(own), key=_natural_key)
+    if mismatched or missing:
+        details = mismatched[:3] + [f"{k}: missing from the file" for k in missing[: max(0, 3 - len(mismatched))]]
+        total = len(mismatched) + len(missing)
+        more = f" (and {total - len(details)} more)" if total > len(details) else ""
+        arch = getattr(model, "depth", None)
+        arch_text = f" resnet{arch}" if arch else " the model"
+        raise WeightsError(f"{source} does not fit{arch_text}: " + "; ".join(details) + more)
+    if unexpected:
+        warnings.warn(
+            f"{source}: {len(unexpected)} entries not used by the model, e.g. {', '.join(unexpected[:3])}",
+            stacklevel=2,
+        )
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return {"unexpected": unexpected, "dropped_head": dropped_head}
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+# -- Detectron / MSRA Caffe2 pickles -----------------------------------------------------------------
+def read_detectron_pickle(path: str, trust_pickle: bool) -> dict[str, torch.Tensor]:
+    """Read an ``R-50.pkl``-style Caffe2 blob file and rename it to this package's names.
+
+    These models were trained with the stride on the first 1x1 conv and BGR 0-255 inputs minus the
+    pixel mean, so they must be used with ``stride_in_1x1=True`` and that normalization.
+    """
+    if not trust_pickle:
+        raise WeightsError(
+            f"{path} is a pickle, which can run code when loaded: pass trust_pickle=True "
+            f"(model.backbone.trust_pickle=true) only for files from a source you trust"
+        )
+    with open(path, "rb") as handle:
+        data = pickle.load(handle, encoding="latin1")  # noqa: S301 - explicitly trusted by the user
+    blobs = data.get("blobs", data) if isinstance(data, dict) else data
+    state = {}
+    for name, value in blobs.items():
+        if name.endswith("_momentum"):
+            continue
+        new_name = caffe2_name_to_torch(name)
+        if new_name is None:
+            continue
+        tensor = torch.as_tensor(value)
+        state[new_name] = tensor
+        if new_name.endswith(".weight") and ("bn" in new_name.split(".")[-2] or new_name.endswith("downsample.1.weight")):
+            # Caffe2 "affine channel": y = s * x + b. Express it as a BN with zero mean and unit variance.
+            base = new_name[: -len("weight")]
+            eps = 1e-5
+            state[base + "running_mean"] = torch.zeros_like(tensor)
+            state[base + "running_var"] = torch.full_like(tensor, 1.0 - eps)
+    return state
+
+
+def caffe2_name_to_torch(name: str) -> str | None:
+    if name in ("conv1_w",):
+        return "conv1.weight"
+    if name.startswith("res_conv1_bn_"):
+        return "bn1." + {"s": "weight", "b": "bias"}[name[-1]]
+    if name.startswith("fc1000_"):
+        return "fc." + {"w": "weight", "b": "bias"}[name[-1]]
+    match = re.fullmatch(r"res(\d)_(\d+)_branch(1|2[abc])(_bn)?_([wsb])", name)
+    if not match:
+        return None
+    stage, unit, branch, is_bn, kind = match.groups()
+    prefix = f"layer{int(stage) - 1}.{unit}."
+    if branch == "1":
+        module = "downsample.1" if is_bn else "downsample.0"
+    else:
+        index = "abc".index(branch[1]) + 1
+        module = f"bn{index}" if is_bn else f"conv{index}"
+    param = "weight" if kind in ("w", "s") else "bias"
+    return prefix + module + "." + param

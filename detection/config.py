@@ -1,0 +1,134 @@
+"""The detection config schema: every key a detection YAML file or override may set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List  # noqa: UP035 - omegaconf needs typing generics
+
+from backbones.config import BackboneConfig
+from engine.config import choice, load_config
+from engine.schema import DatasetConfig, SolverConfig
+
+
+@dataclass
+class AnchorConfig:
+    # One list of sizes (pixels, square-root of the area) per feature level.
+    sizes: List[List[float]] = field(default_factory=lambda: [[64.0, 128.0, 256.0, 512.0]])
+    aspect_ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+
+
+@dataclass
+class RPNConfig:
+    # Width of the 3x3 conv; 0 means "as many channels as the input feature".
+    conv_channels: int = 0
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    pre_nms_topk_train: int = 12000
+    post_nms_topk_train: int = 2000
+    pre_nms_topk_test: int = 6000
+    post_nms_topk_test: int = 300
+    nms_thresh: float = 0.7
+    # Proposals smaller than this (pixels of the network input) are dropped.
+    min_size: float = 0.0
+    smooth_l1_beta: float = 1.0 / 9.0
+    loss_weight: float = 1.0
+
+
+@dataclass
+class RoIHeadConfig:
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    fg_iou_thresh: float = 0.5
+    # Background RoIs have IoU in [bg_iou_lo, fg_iou_thresh).
+    bg_iou_lo: float = 0.0
+    pooler: str = choice("roi_align", ("roi_align", "roi_pool"))
+    # 14 for the C4 head (res5 halves it to 7x7), 7 for FPN.
+    pooler_resolution: int = 14
+    sampling_ratio: int = 0
+    # FPN box head: fully connected layers and their width.
+    num_fc: int = 2
+    fc_dim: int = 1024
+    bbox_reg_weights: List[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    smooth_l1_beta: float = 1.0 / 9.0
+    # Whole-image RoI through the same head, concatenated to each region (paper, Appendix B).
+    global_context: bool = False
+
+
+@dataclass
+class FPNConfig:
+    out_channels: int = 256
+    in_features: List[str] = field(default_factory=lambda: ["res2", "res3", "res4", "res5"])
+
+
+@dataclass
+class ModelConfig:
+    arch: str = choice("c4", ("c4", "fpn"))
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
+    # Foreground classes; 0 = the number of categories in the training annotation file.
+    num_classes: int = 0
+    # Output category ids are the contiguous labels themselves (torchvision-trained models).
+    labels_are_category_ids: bool = False
+    weights: str = ""
+
+
+@dataclass
+class InputConfig:
+    # Pixel statistics on 0-255 values, in the order of `format`.
+    pixel_mean: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    pixel_std: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    format: str = choice("RGB", ("RGB", "BGR"))
+    min_size_train: List[int] = field(default_factory=lambda: [600])
+    max_size_train: int = 1000
+    min_size_test: int = 600
+    max_size_test: int = 1000
+    size_divisibility: int = 32
+    random_flip: float = 0.5
+
+
+@dataclass
+class DataConfig:
+    train: DatasetConfig = field(default_factory=lambda: DatasetConfig(
+        "datasets/coco/annotations/instances_train2017.json", "datasets/coco/train2017"))
+    test: DatasetConfig = field(default_factory=lambda: DatasetConfig(
+        "datasets/coco/annotations/instances_val2017.json", "datasets/coco/val2017"))
+    # "shapes": generate the synthetic dataset into the paths above on first use.
+    synthetic: str = choice("", ("", "shapes"))
+    num_workers: int = 2
+    aspect_ratio_grouping: bool = True
+    on_bad_image: str = choice("skip", ("skip", "fail"))
+    filter_empty: bool = False
+
+
+@dataclass
+class TestConfig:
+    # Evaluate every N iterations during training (0: only at the end).
+    eval_period: int = 0
+    detections_per_img: int = 100
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    ims_per_batch: int = 1
+    # Evaluate at most this many images (0: all), for quick checks.
+    max_images: int = 0
+    eval_backend: str = choice("pycocotools", ("pycocotools", "faster_coco_eval"))
+
+
+@dataclass
+class DetectionConfig:
+    output_dir: str = "output/det"
+    seed: int = 42
+    device: str = choice("auto", ("auto", "cpu", "cuda"))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+def load_detection_config(path=None, overrides=()):
+    return load_config(DetectionConfig, path, overrides)

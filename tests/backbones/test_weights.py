@@ -1,0 +1,152 @@
+"""Loading weights files: formats, wrappers, names resolved through caches, and readable failures."""
+
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from backbones import WeightsError, build_resnet, resnet18
+from backbones.weights import caffe2_name_to_torch
+
+
+@pytest.fixture(scope="module")
+def tv18():
+    model = torchvision.models.resnet18(weights=None)
+    return {k: v for k, v in model.state_dict().items()}
+
+
+def assert_loaded(model, state):
+    own = model.state_dict()
+    assert torch.equal(own["layer3.1.conv2.weight"], state["layer3.1.conv2.weight"])
+    assert torch.equal(own["layer1.0.bn1.running_var"], state["layer1.0.bn1.running_var"])
+
+
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module_prefix", "safetensors"])
+def test_file_formats_and_wrappers(tv18, tmp_path, wrap):
+    if wrap == "safetensors":
+        path = tmp_path / "w.safetensors"
+        save_file({k: v.contiguous() for k, v in tv18.items()}, path)
+    else:
+        path = tmp_path / "w.pth"
+        obj = {"plain": tv18, "state_dict": {"state_dict": tv18, "epoch": 3},
+               "model": {"model": tv18}, "module_prefix": {f"module.{k}": v for k, v in tv18.items()}}[wrap]
+        torch.save(obj, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fc.* is dropped quietly when there is no classifier
+        model = resnet18(weights=str(path))
+    assert_loaded(model, tv18)
+
+
+def test_classifier_loaded_when_present(tv18, tmp_path):
+    torch.save(tv18, tmp_path / "w.pth")
+    model = resnet18(weights=str(tmp_path / "w.pth"), num_classes=1000)
+    assert torch.equal(model.fc.weight, tv18["fc.weight"])
+
+
+def test_wrong_architecture_lists_mismatched_keys(tv18, tmp_path):
+    torch.save(tv18, tmp_path / "r18.pth")
+    with pytest.raises(WeightsError) as error:
+        build_resnet(50, weights=str(tmp_path / "r18.pth"))
+    message = str(error.value)
+    assert "r18.pth does not fit resnet50" in message
+    assert "layer1.0.conv1.weight: file [64, 64, 3, 3] vs model [64, 64, 1, 1]" in message
+    assert "\n" not in message
+
+
+def test_missing_file_and_non_tensor_file(tmp_path):
+    with pytest.raises(WeightsError, match="weights file not found: .*nothere.pth"):
+        resnet18(weights=str(tmp_path / "nothere.pth"))
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read .*broken.pth"):
+        resnet18(weights=str(tmp_path / "broken.pth"))
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_files_that_would_run_code_are_refused(tmp_path):
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "evil": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(WeightsError, match="weights_only"):
+        resnet18(weights=str(tmp_path / "evil.pth"))
+
+
+def test_torchvision_name_uses_hub_cache(tv18, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    expected = tmp_path / "hub" / "checkpoints" / os.path.basename(url)
+    with pytest.raises(WeightsError) as error:
+        resnet18(weights="torchvision:IMAGENET1K_V1")
+    assert str(expected) in str(error.value) and "weights=/path" in str(error.value)
+    expected.parent.mkdir(parents=True)
+    torch.save(tv18, expected)
+    assert_loaded(resnet18(weights="torchvision:IMAGENET1K_V1"), tv18)
+    with pytest.raises(WeightsError, match="IMAGENET1K_V1"):
+        resnet18(weights="torchvision:IMAGENET9K")
+
+
+def test_timm_name_offline_names_the_cache(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(WeightsError, match="resnet50.a1_in1k.*Hugging Face cache.*weights=/path"):
+        build_resnet(50, weights="timm:resnet50.a1_in1k")
+
+
+def test_timm_name_uses_cached_file(tmp_path, monkeypatch):
+    import huggingface_hub
+    import timm
+
+    reference = timm.create_model("resnet18", pretrained=False)
+    save_file(reference.state_dict(), tmp_path / "model.safetensors")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, filename: str(tmp_path / filename) if repo == "timm/resnet18.a1_in1k" else None)
+    model = resnet18(weights="timm:resnet18.a1_in1k")
+    assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+
+
+def detectron_blobs(model):
+    """Write a torchvision-named model in Detectron's Caffe2 blob names."""
+    blobs = {}
+    names = {}
+    for name in ["conv1_w", "res_conv1_bn_s", "res_conv1_bn_b"]:
+        names[name] = caffe2_name_to_torch(name)
+    for stage, layer in enumerate([model.layer1, model.layer2, model.layer3, model.layer4], start=2):
+        for unit in range(len(layer)):
+            for branch in ["2a", "2b", "2c"] + (["1"] if unit == 0 else []):
+                for suffix in ["_w", "_bn_s", "_bn_b"]:
+                    key = f"res{stage}_{unit}_branch{branch}{suffix}"
+                    names[key] = caffe2_name_to_torch(key)
+    state = model.state_dict()
+    for blob, torch_name in names.items():
+        blobs[blob] = state[torch_name].numpy()
+    return blobs
+
+
+def test_detectron_pickle_needs_trust_and_loads(tmp_path):
+    source = build_resnet(50, norm="bn", stride_in_1x1=True)
+    with torch.no_grad():
+        for module in source.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    path = tmp_path / "R-50.pkl"
+    with open(path, "wb") as handle:
+        pickle.dump({"blobs": detectron_blobs(source)}, handle)
+    with pytest.raises(WeightsError, match="trust_pickle=True"):
+        build_resnet(50, weights=str(path), stride_in_1x1=True)
+    model = build_resnet(50, weights=str(path), trust_pickle=True, stride_in_1x1=True).eval()
+    # An affine channel (scale s, bias b) becomes a frozen BN computing exactly s*x+b.
+    x = torch.randn(1, 64, 4, 4)
+    bn = model.layer1[0].bn1
+    expected = x * source.layer1[0].bn1.weight.reshape(1, -1, 1, 1) + source.layer1[0].bn1.bias.reshape(1, -1, 1, 1)
+    assert torch.allclose(bn(x), expected, atol=1e-6)
+    assert np.allclose(model.layer3[5].conv3.weight.detach().numpy(), source.layer3[5].conv3.weight.detach().numpy())

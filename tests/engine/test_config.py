@@ -1,0 +1,87 @@
+"""YAML inheritance, overrides, validation messages and the saved config."""
+
+import pytest
+import yaml
+
+from detection.config import load_detection_config
+from engine.config import ConfigError, save_config
+
+
+def write(path, data):
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return str(path)
+
+
+def test_base_inheritance_with_list_and_overrides(tmp_path):
+    write(tmp_path / "a.yaml", {"solver": {"max_iter": 10, "base_lr": 0.1}, "seed": 1})
+    write(tmp_path / "b.yaml", {"solver": {"max_iter": 20}, "model": {"backbone": {"depth": 18}}})
+    child = write(tmp_path / "child.yaml", {"_base_": ["a.yaml", "b.yaml"], "seed": 5})
+    cfg = load_detection_config(child, ["input.min_size_train=[480,512]", "solver.base_lr=0.5"])
+    assert cfg.solver.max_iter == 20  # the later base wins
+    assert cfg.solver.base_lr == 0.5  # the override wins over the files
+    assert cfg.seed == 5
+    assert cfg.model.backbone.depth == 18
+    assert list(cfg.input.min_size_train) == [480, 512]
+
+
+def test_single_string_base_and_nested_bases(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "root.yaml", {"seed": 3})
+    write(tmp_path / "sub" / "mid.yaml", {"_base_": "../root.yaml", "output_dir": "x"})
+    leaf = write(tmp_path / "sub" / "leaf.yaml", {"_base_": "mid.yaml"})
+    cfg = load_detection_config(leaf)
+    assert cfg.seed == 3 and cfg.output_dir == "x"
+
+
+def test_unknown_key_in_file_names_file_and_suggestion(tmp_path):
+    path = write(tmp_path / "bad.yaml", {"model": {"backbone": {"dept": 101}}})
+    with pytest.raises(ConfigError) as error:
+        load_detection_config(path)
+    assert str(error.value) == (
+        f"unknown key 'model.backbone.dept' in {path} (did you mean model.backbone.depth?)")
+
+
+def test_unknown_key_in_override_and_wrong_type():
+    with pytest.raises(ConfigError, match=r"unknown key 'solver.max_iters' in override 'solver.max_iters=5' "
+                                          r"\(did you mean solver.max_iter\?\)"):
+        load_detection_config(None, ["solver.max_iters=5"])
+    with pytest.raises(ConfigError, match="bad value for 'solver.max_iter' in override 'solver.max_iter=abc'"):
+        load_detection_config(None, ["solver.max_iter=abc"])
+    with pytest.raises(ConfigError, match="choose one of frozen_bn, bn, syncbn, gn"):
+        load_detection_config(None, ["model.backbone.norm=batchnorm"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_detection_config(None, ["solver.max_iter"])
+
+
+def test_missing_files_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_detection_config(str(tmp_path / "nope.yaml"))
+    path = write(tmp_path / "broken.yaml", "solver:\n  max_iter: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml line .*invalid YAML"):
+        load_detection_config(path)
+    path = write(tmp_path / "orphan.yaml", {"_base_": "missing.yaml"})
+    with pytest.raises(ConfigError, match="_base_ file not found"):
+        load_detection_config(path)
+
+
+def test_empty_section_means_no_change(tmp_path):
+    path = write(tmp_path / "empty.yaml", "model:\nsolver:\n  max_iter: 7\n")
+    cfg = load_detection_config(path)
+    assert cfg.model.backbone.depth == 50 and cfg.solver.max_iter == 7
+
+
+def test_saved_config_reproduces_the_run(tmp_path):
+    cfg = load_detection_config(None, ["solver.steps=[5,9]", "model.arch=fpn", "model.backbone.weights=/w.pth"])
+    save_config(cfg, str(tmp_path / "config.yaml"))
+    again = load_detection_config(str(tmp_path / "config.yaml"))
+    assert again == cfg
+
+
+def test_every_shipped_config_loads(repo_root):
+    import glob
+    import os
+
+    paths = sorted(glob.glob(os.path.join(repo_root, "configs", "*.yaml")))
+    det = [p for p in paths if "loc" not in os.path.basename(p) and "cls" not in os.path.basename(p)]
+    for path in det:
+        load_detection_config(path)
