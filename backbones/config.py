@@ -20,6 +20,8 @@ class BackboneConfig:
     stride_in_1x1: bool = False
     shortcut: str = field(default="B", metadata={"choices": SHORTCUTS})
     zero_init_residual: bool = False
+    # Channels of the stem and res2 (64 in the paper); narrower nets for quick CPU runs.
+    base_width: int = 64
     # Caffe2 .pkl weights need unpickling: only with this explicit flag.
     trust_pickle: bool = False
 
@@ -31,5 +33,5 @@ def build_from_config(cfg, **kwargs):
     return build_resnet(
         cfg.depth, weights=cfg.weights, trust_pickle=cfg.trust_pickle, norm=cfg.norm,
         freeze_at=cfg.freeze_at, stride_in_1x1=cfg.stride_in_1x1, shortcut=cfg.shortcut,
-        zero_init_residual=cfg.zero_init_residual, **kwargs,
+        zero_init_residual=cfg.zero_init_residual, base_width=cfg.base_width, **kwargs,
     )

@@ -7,6 +7,8 @@ never updated (He et al., Appendix A).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -79,5 +81,5 @@ def make_norm(kind: str, num_channels: int) -> nn.Module:
     if kind == "syncbn":
         return nn.SyncBatchNorm(num_channels)
     if kind == "gn":
-        return nn.GroupNorm(32, num_channels)
+        return nn.GroupNorm(math.gcd(32, num_channels), num_channels)
     raise BackboneError(f"unknown norm '{kind}': choose one of {', '.join(NORMS)}")

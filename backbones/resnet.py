@@ -194,6 +194,8 @@ class ResNet(nn.Module):
         freeze_at: 0 freezes nothing, 1 the stem, k the stem and the first k-1 stages.
         stride_in_1x1, shortcut, plain, preact: the paper's variants (see the module docstring).
         zero_init_residual: start each residual branch's last norm at zero (training from scratch).
+        base_width: channels of the stem and the first stage (64 in the paper); smaller values give
+            narrow networks for quick CPU experiments. Pretrained weights need 64.
     """
 
     def __init__(
@@ -209,6 +211,7 @@ class ResNet(nn.Module):
         preact: bool = False,
         zero_init_residual: bool = False,
         in_channels: int = 3,
+        base_width: int = 64,
     ):
         super().__init__()
         check_arguments(depth, norm, shortcut, freeze_at)
@@ -230,15 +233,17 @@ class ResNet(nn.Module):
                  ("basic", True): PreActBasicBlock, ("bottleneck", True): PreActBottleneck}[(kind, preact)]
 
         # The stem's BN-ReLU also serves as the first pre-activation (Identity Mappings, appendix).
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = make_norm(norm, 64)
+        if base_width % 8 or base_width <= 0:
+            raise BackboneError(f"base_width must be a positive multiple of 8, got {base_width}")
+        self.conv1 = nn.Conv2d(in_channels, base_width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = make_norm(norm, base_width)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.out_channels = {"stem": 64}
+        self.out_channels = {"stem": base_width}
         self.out_strides = {"stem": 4}
 
-        channels = 64
+        channels = base_width
         for index, (name, num_units) in enumerate(zip(STAGE_NAMES, units)):
-            planes = 64 * 2**index
+            planes = base_width * 2**index
             stride = 1 if index == 0 else 2
             layers = []
             for unit in range(num_units):

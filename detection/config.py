@@ -34,6 +34,8 @@ class RPNConfig:
     min_size: float = 0.0
     smooth_l1_beta: float = 1.0 / 9.0
     loss_weight: float = 1.0
+    # In training, ignore anchors crossing the image border by more than this (pixels); < 0 keeps all.
+    boundary_thresh: float = -1.0
 
 
 @dataclass

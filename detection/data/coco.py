@@ -1,0 +1,223 @@
+"""COCO-format detection datasets: json annotations plus an image folder."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+
+from engine.errors import UserError
+
+from .image_io import BadImageError, read_image
+
+logger = logging.getLogger(__name__)
+
+
+class AnnotationError(UserError):
+    pass
+
+
+def load_coco(ann_file: str, key_hint: str = "data.train.ann_file") -> COCO:
+    """Read a COCO json file, with a clear message for a missing or malformed file."""
+    if not os.path.isfile(ann_file):
+        raise AnnotationError(f"annotation file not found: {ann_file} (set {key_hint}=/path/to/instances.json)")
+    try:
+        with open(ann_file, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise AnnotationError(f"{ann_file}: invalid JSON at line {error.lineno} column {error.colno}") from None
+    for key in ("images", "categories"):
+        if key not in data:
+            raise AnnotationError(f"{ann_file}: not a COCO detection file (no '{key}' list)")
+    data.setdefault("annotations", [])
+    for index, ann in enumerate(data["annotations"]):
+        missing = [k for k in ("image_id", "category_id", "bbox") if k not in ann]
+        if missing:
+            raise AnnotationError(f"{ann_file}: annotation #{index} (id {ann.get('id')}) lacks {', '.join(missing)}")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+@dataclass
+class CategoryMap:
+    """Contiguous training labels 1..K (0 is background) <-> dataset category ids."""
+
+    category_ids: list[int]
+    names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_coco(cls, coco: COCO) -> CategoryMap:
+        cats = sorted(coco.dataset["categories"], key=lambda c: c["id"])
+        return cls([c["id"] for c in cats], [c.get("name", str(c["id"])) for c in cats])
+
+    @classmethod
+    def identity(cls, num_classes: int, names: list[str] | None = None) -> CategoryMap:
+        return cls(list(range(1, num_classes + 1)), names or [str(i) for i in range(1, num_classes + 1)])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def label_of(self) -> dict[int, int]:
+        return {cat: index + 1 for index, cat in enumerate(self.category_ids)}
+
+    def category_of(self, label: int) -> int:
+        return self.category_ids[label - 1]
+
+    def name_of(self, label: int) -> str:
+        return self.names[label - 1] if 0 < label <= len(self.names) else str(label)
+
+
+@dataclass
+class AnnotationStats:
+    dropped: int = 0
+    clipped: int = 0
+    unknown_category: int = 0
+
+
+def sanitize_boxes(anns: list[dict], width: float, height: float, stats: AnnotationStats):
+    """COCO [x, y, w, h] -> clipped xyxy; boxes with no area or non-finite values are dropped."""
+    kept = []
+    for ann in anns:
+        x, y, w, h = (float(v) for v in ann["bbox"]) if len(ann["bbox"]) == 4 else (np.nan,) * 4
+        box = np.array([x, y, x + w, y + h], dtype=np.float64)
+        if not np.all(np.isfinite(box)) or w <= 0 or h <= 0:
+            stats.dropped += 1
+            continue
+        clipped = box.copy()
+        clipped[[0, 2]] = clipped[[0, 2]].clip(0, width)
+        clipped[[1, 3]] = clipped[[1, 3]].clip(0, height)
+        if clipped[2] - clipped[0] < 1e-3 or clipped[3] - clipped[1] < 1e-3:
+            stats.dropped += 1
+            continue
+        if not np.array_equal(clipped, box):
+            stats.clipped += 1
+        kept.append((ann, clipped.astype(np.float32)))
+    return kept
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """Images and boxes of a COCO json.
+
+    Items are requested as ``dataset[(index, seed)]`` (the seed drives augmentation) or
+    ``dataset[index]``. A missing or corrupt image is replaced by the next good one and reported
+    in the item's "skipped" list when ``on_bad_image="skip"``; with "fail" it raises.
+    """
+
+    def __init__(self, ann_file: str, img_dir: str, transform=None, category_map: CategoryMap | None = None,
+                 train: bool = True, filter_empty: bool = False, on_bad_image: str = "skip",
+                 key_prefix: str = "data.train", max_images: int = 0):
+        self.coco = load_coco(ann_file, f"{key_prefix}.ann_file")
+        if not os.path.isdir(img_dir):
+            raise UserError(f"image folder not found: {img_dir} (set {key_prefix}.img_dir=/path/to/images)")
+        self.ann_file = ann_file
+        self.img_dir = img_dir
+        self.transform = transform
+        self.train = train
+        self.on_bad_image = on_bad_image
+        self.category_map = category_map or CategoryMap.from_coco(self.coco)
+        self.stats = AnnotationStats()
+        self.records = self._build_records(filter_empty)
+        if max_images:
+            self.records = self.records[:max_images]
+        if not self.records:
+            raise AnnotationError(f"{ann_file}: no usable images")
+        if self.stats.dropped or self.stats.clipped or self.stats.unknown_category:
+            warnings.warn(
+                f"{ann_file}: {self.stats.dropped} boxes dropped (no area or not finite), {self.stats.clipped} "
+                f"clipped to the image, {self.stats.unknown_category} with unknown category ids ignored",
+                stacklevel=2,
+            )
+
+    def _build_records(self, filter_empty: bool) -> list[dict]:
+        label_of = self.category_map.label_of()
+        records = []
+        for image_id in sorted(self.coco.imgs):
+            info = self.coco.imgs[image_id]
+            width, height = float(info.get("width", 0)), float(info.get("height", 0))
+            anns = self.coco.imgToAnns.get(image_id, [])
+            boxes, labels, crowd = [], [], []
+            for ann, box in sanitize_boxes(anns, width or np.inf, height or np.inf, self.stats):
+                if ann["category_id"] not in label_of:
+                    self.stats.unknown_category += 1
+                    continue
+                if ann.get("iscrowd", 0):
+                    crowd.append(box)
+                else:
+                    boxes.append(box)
+                    labels.append(label_of[ann["category_id"]])
+            if filter_empty and self.train and not boxes:
+                continue
+            records.append({
+                "image_id": image_id,
+                "file_name": info["file_name"],
+                "width": width,
+                "height": height,
+                "boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4),
+                "labels": np.array(labels, dtype=np.int64),
+                "crowd_boxes": np.array(crowd, dtype=np.float32).reshape(-1, 4),
+            })
+        return records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def aspect_ratios(self) -> np.ndarray:
+        return np.array([r["width"] / max(r["height"], 1.0) for r in self.records])
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
+        skipped = []
+        for attempt in range(len(self.records)):
+            record = self.records[(index + attempt) % len(self.records)]
+            path = os.path.join(self.img_dir, record["file_name"])
+            try:
+                image = read_image(path)
+            except BadImageError as error:
+                if self.on_bad_image == "fail":
+                    raise BadImageError(f"{error} (set data.on_bad_image=skip to continue without it)") from None
+                warnings.warn(f"skipping: {error}", stacklevel=2)
+                skipped.append(path)
+                continue
+            sample = self._make_sample(record, image, seed)
+            sample["skipped"] = skipped
+            return sample
+        raise BadImageError(f"no image of {self.ann_file} in {self.img_dir} can be read")
+
+    def _make_sample(self, record: dict, image: np.ndarray, seed: int) -> dict:
+        height, width = image.shape[:2]
+        boxes, labels, crowd = record["boxes"], record["labels"], record["crowd_boxes"]
+        if record["width"] and (record["width"], record["height"]) != (width, height):
+            # The file's size differs from the json's (resized on disk): scale the boxes with the image.
+            sx, sy = width / record["width"], height / record["height"]
+            scale = np.array([sx, sy, sx, sy], dtype=np.float32)
+            boxes, crowd = boxes * scale, crowd * scale
+        sample = {"image_id": record["image_id"], "file_name": record["file_name"], "height": height, "width": width,
+                  "seed": seed}
+        if self.train:
+            all_boxes = np.concatenate([boxes, crowd]).clip(0, [width, height, width, height])
+            image, new_boxes, kept = self.transform(image, all_boxes, seed)
+            num = len(boxes)
+            is_object = kept < num
+            sample["boxes"] = torch.from_numpy(new_boxes[is_object])
+            sample["labels"] = torch.from_numpy(labels[kept[is_object]])
+            sample["crowd_boxes"] = torch.from_numpy(new_boxes[~is_object])
+        elif self.transform is not None:
+            image = self.transform(image)
+        sample["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return sample
+
+
+def index_seed(index: int, base: int = 0) -> int:
+    return (base * 1_000_003 + index * 7919) % (2**31)

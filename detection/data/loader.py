@@ -1,0 +1,86 @@
+"""Data loaders for training (infinite, grouped, resumable, sharded) and testing (sharded by rank)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from engine.distributed import get_rank, get_world_size
+from engine.errors import UserError
+from engine.sampler import GroupedBatchSampler
+
+from .coco import CategoryMap, CocoDetection
+from .shapes import ensure_shapes
+from .transforms import TestTransform, TrainTransform
+
+
+def collate_list(batch: list[dict]) -> list[dict]:
+    return batch
+
+
+def ensure_synthetic(cfg) -> None:
+    """Generate the synthetic dataset named by data.synthetic if its files are missing."""
+    if cfg.data.synthetic == "shapes":
+        root = os.path.dirname(os.path.dirname(cfg.data.train.ann_file))
+        ensure_shapes(root)
+
+
+def category_map_for(cfg, dataset_coco=None) -> CategoryMap | None:
+    if cfg.model.labels_are_category_ids:
+        if cfg.model.num_classes <= 0:
+            raise UserError("model.labels_are_category_ids=true needs model.num_classes (the largest category id)")
+        names = None
+        if dataset_coco is not None:
+            by_id = {c["id"]: c.get("name", str(c["id"])) for c in dataset_coco.dataset["categories"]}
+            names = [by_id.get(i, str(i)) for i in range(1, cfg.model.num_classes + 1)]
+        return CategoryMap.identity(cfg.model.num_classes, names)
+    return None
+
+
+def build_train_dataset(cfg) -> CocoDetection:
+    ensure_synthetic(cfg)
+    transform = TrainTransform(list(cfg.input.min_size_train), cfg.input.max_size_train, cfg.input.random_flip)
+    dataset = CocoDetection(cfg.data.train.ann_file, cfg.data.train.img_dir, transform, train=True,
+                            filter_empty=cfg.data.filter_empty, on_bad_image=cfg.data.on_bad_image,
+                            key_prefix="data.train")
+    identity = category_map_for(cfg, dataset.coco)
+    if identity is not None:
+        dataset = CocoDetection(cfg.data.train.ann_file, cfg.data.train.img_dir, transform, category_map=identity,
+                                train=True, filter_empty=cfg.data.filter_empty, on_bad_image=cfg.data.on_bad_image,
+                                key_prefix="data.train")
+    return dataset
+
+
+def build_test_dataset(cfg, category_map: CategoryMap) -> CocoDetection:
+    ensure_synthetic(cfg)
+    return CocoDetection(cfg.data.test.ann_file, cfg.data.test.img_dir,
+                         TestTransform(cfg.input.min_size_test, cfg.input.max_size_test), category_map=category_map,
+                         train=False, on_bad_image=cfg.data.on_bad_image, key_prefix="data.test",
+                         max_images=cfg.test.max_images)
+
+
+def _loader_options(num_workers: int, persistent: bool = False) -> dict:
+    options = {"num_workers": num_workers, "collate_fn": collate_list, "pin_memory": False}
+    if num_workers > 0:
+        # A hung worker becomes an error instead of a silent stall.
+        options.update(persistent_workers=persistent, prefetch_factor=2, timeout=600)
+    return options
+
+
+def build_train_loader(dataset: CocoDetection, cfg, images_per_process: int, start_step: int = 0):
+    sampler = GroupedBatchSampler(
+        dataset.aspect_ratios() if cfg.data.aspect_ratio_grouping else [1.0] * len(dataset),
+        images_per_process, cfg.seed, rank=get_rank(), world_size=get_world_size(), start_step=start_step,
+        group_by_aspect=cfg.data.aspect_ratio_grouping,
+    )
+    # A private generator keeps the loader from drawing on the global RNG (exact resume).
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator(),
+                                       **_loader_options(cfg.data.num_workers, persistent=True))
+
+
+def build_test_loader(dataset: CocoDetection, batch_size: int, num_workers: int):
+    """This process's share of the test set: every world_size-th image."""
+    indices = list(range(get_rank(), len(dataset), get_world_size()))
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **_loader_options(num_workers))

@@ -1,0 +1,139 @@
+"""The embedded default dataset: synthetic shapes in COCO format, generated on first use.
+
+Each image has a textured background with clutter (lines and blobs that are not objects) and
+0-8 objects of five classes in random colours, at sizes from small (under 32x32) to large, some
+partly overlapping. The generator is deterministic: the same seed gives the same files.
+
+    python tools/make_shapes.py            # writes datasets/shapes/
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import cv2
+import numpy as np
+
+CLASSES = ("circle", "square", "triangle", "star", "cross")
+DEFAULT_ROOT = "datasets/shapes"
+SPLITS = {"train": 1500, "val": 300}
+
+
+def _polygon(kind: str, cx: float, cy: float, size: float, angle: float) -> np.ndarray:
+    r = size / 2
+    if kind == "square":
+        points = [(-r, -r), (r, -r), (r, r), (-r, r)]
+    elif kind == "triangle":
+        points = [(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+    elif kind == "star":
+        points = [((r if i % 2 == 0 else r * 0.45) * math.cos(-math.pi / 2 + i * math.pi / 5),
+                   (r if i % 2 == 0 else r * 0.45) * math.sin(-math.pi / 2 + i * math.pi / 5)) for i in range(10)]
+    elif kind == "cross":
+        t = r / 3
+        points = [(-t, -r), (t, -r), (t, -t), (r, -t), (r, t), (t, t), (t, r), (-t, r), (-t, t), (-r, t),
+                  (-r, -t), (-t, -t)]
+    else:
+        raise ValueError(kind)
+    cos, sin = math.cos(angle), math.sin(angle)
+    return np.array([(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in points], dtype=np.float64)
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    top, bottom = rng.integers(40, 216, size=(2, 3))
+    ramp = np.linspace(0, 1, height)[:, None, None]
+    image = (top[None, None, :] * (1 - ramp) + bottom[None, None, :] * ramp).repeat(width, axis=1)
+    image = image + rng.normal(0, 10, size=(height, width, 3))
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    for _ in range(rng.integers(2, 8)):  # clutter: thin lines and small soft blobs
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.6:
+            p1 = tuple(int(v) for v in (rng.integers(0, width), rng.integers(0, height)))
+            p2 = tuple(int(v) for v in (rng.integers(0, width), rng.integers(0, height)))
+            cv2.line(image, p1, p2, colour, int(rng.integers(1, 3)), cv2.LINE_AA)
+        else:
+            centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+            axes = (int(rng.integers(2, 6)), int(rng.integers(2, 6)))
+            cv2.ellipse(image, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA)
+    return image
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+    """One image and its objects: [{"category": index, "bbox": [x, y, w, h]}]."""
+    landscape = rng.random() < 0.7
+    long_side, short_side = int(rng.integers(288, 353)), int(rng.integers(208, 257))
+    height, width = (short_side, long_side) if landscape else (long_side, short_side)
+    image = _background(rng, height, width)
+    num_objects = 0 if rng.random() < 0.08 else int(rng.integers(1, 9))
+    objects: list[dict] = []
+    boxes: list[tuple] = []
+    for _ in range(num_objects * 4):
+        if len(objects) == num_objects:
+            break
+        # Sizes spread evenly in log scale between 12 and 110 px: many small objects.
+        size = float(np.exp(rng.uniform(math.log(12), math.log(110))))
+        cx, cy = rng.uniform(size / 2, width - size / 2), rng.uniform(size / 2, height - size / 2)
+        category = int(rng.integers(len(CLASSES)))
+        kind = CLASSES[category]
+        if kind == "circle":
+            box = (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)
+        else:
+            points = _polygon(kind, cx, cy, size, float(rng.uniform(0, 2 * math.pi)))
+            box = (points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max())
+        if any(_iou(box, other) > 0.25 for other in boxes):
+            continue
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if kind == "circle":
+            cv2.circle(image, (int(round(cx * 4)), int(round(cy * 4))), int(round(size * 2)), colour, -1,
+                       cv2.LINE_AA, shift=2)
+        else:
+            cv2.fillPoly(image, [np.round(points * 4).astype(np.int32)], colour, cv2.LINE_AA, shift=2)
+        box = (max(0.0, box[0]), max(0.0, box[1]), min(float(width), box[2]), min(float(height), box[3]))
+        boxes.append(box)
+        objects.append({"category": category, "bbox": [round(box[0], 2), round(box[1], 2),
+                                                       round(box[2] - box[0], 2), round(box[3] - box[1], 2)]})
+    return image, objects
+
+
+def generate_split(root: str, split: str, num_images: int, seed: int = 0) -> str:
+    """Write ``root/split/*.jpg`` and ``root/annotations/instances_split.json``; return the json path."""
+    image_dir = os.path.join(root, split)
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    images, annotations = [], []
+    split_offset = {"train": 0, "val": 1}.get(split, 2)
+    for index in range(num_images):
+        rng = np.random.default_rng([seed, split_offset, index])
+        image, objects = render_image(rng)
+        file_name = f"{index:06d}.jpg"
+        cv2.imwrite(os.path.join(image_dir, file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+        image_id = index + 1
+        images.append({"id": image_id, "file_name": file_name, "height": image.shape[0], "width": image.shape[1]})
+        for obj in objects:
+            x, y, w, h = obj["bbox"]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": obj["category"] + 1,
+                                "bbox": [x, y, w, h], "area": round(w * h, 2), "iscrowd": 0})
+    ann_file = os.path.join(root, "annotations", f"instances_{split}.json")
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
+    tmp = ann_file + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, handle)
+    os.replace(tmp, ann_file)  # the json is written last: its presence means the split is complete
+    return ann_file
+
+
+def ensure_shapes(root: str = DEFAULT_ROOT, splits: dict[str, int] | None = None, seed: int = 0) -> None:
+    """Generate any split of the shapes dataset that is not on disk yet."""
+    for split, count in (splits or SPLITS).items():
+        if not os.path.isfile(os.path.join(root, "annotations", f"instances_{split}.json")):
+            generate_split(root, split, count, seed)

@@ -1,0 +1,143 @@
+"""COCO box AP with pycocotools (or faster-coco-eval, which gives identical numbers faster)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+
+import numpy as np
+
+from engine.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+class DetectionsError(UserError):
+    pass
+
+
+def detections_to_coco(image_id: int, detections: dict, category_ids: list[int]) -> list[dict]:
+    """One image's {"boxes" xyxy, "scores", "labels" 1..K} -> COCO result records (xywh)."""
+    boxes = detections["boxes"].detach().float().cpu().numpy()
+    scores = detections["scores"].detach().float().cpu().numpy()
+    labels = detections["labels"].detach().cpu().numpy()
+    results = []
+    for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels):
+        results.append({
+            "image_id": int(image_id),
+            "category_id": int(category_ids[int(label) - 1]),
+            "bbox": [round(float(x1), 3), round(float(y1), 3), round(float(x2 - x1), 3), round(float(y2 - y1), 3)],
+            "score": round(float(score), 5),
+        })
+    return results
+
+
+def load_results_file(path: str) -> list[dict]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            results = json.load(handle)
+    except FileNotFoundError:
+        raise DetectionsError(f"detections file not found: {path}") from None
+    except json.JSONDecodeError as error:
+        raise DetectionsError(f"{path}: invalid JSON at line {error.lineno} column {error.colno}") from None
+    if not isinstance(results, list):
+        raise DetectionsError(f"{path}: expected a list of COCO detections [{{image_id, category_id, bbox, score}}]")
+    for index, record in enumerate(results):
+        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in record]
+        if missing:
+            raise DetectionsError(f"{path}: detection #{index} lacks {', '.join(missing)}")
+    return results
+
+
+def check_results_match(coco_gt, results: list[dict], source: str = "detections") -> None:
+    unknown_images = sorted({r["image_id"] for r in results} - set(coco_gt.getImgIds()))
+    if unknown_images:
+        raise DetectionsError(
+            f"{source}: {len(unknown_images)} image ids are not in the ground truth (e.g. {unknown_images[:3]}); "
+            f"are these detections for another split?")
+    unknown_cats = sorted({r["category_id"] for r in results} - set(coco_gt.getCatIds()))
+    if unknown_cats:
+        raise DetectionsError(f"{source}: category ids {unknown_cats[:5]} are not in the ground truth")
+
+
+def _coco_api(backend: str):
+    if backend == "faster_coco_eval":
+        try:
+            from faster_coco_eval import COCO, COCOeval_faster
+        except ImportError:
+            raise UserError("test.eval_backend=faster_coco_eval needs 'pip install faster-coco-eval'") from None
+        return COCO, COCOeval_faster
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    return COCO, COCOeval
+
+
+def evaluate_detections(gt_dataset: dict, results: list[dict], backend: str = "pycocotools",
+                        image_ids: list[int] | None = None, source: str = "detections") -> dict:
+    """Score COCO-format ``results`` against the ``gt_dataset`` dict (a COCO json's contents).
+
+    Returns {"bbox": {AP, AP50, ... ARl} in percent, "per_category": {name: AP}, "summary": text}.
+    """
+    COCO, COCOeval = _coco_api(backend)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt_dataset)
+        coco_gt.createIndex()
+    check_results_match(coco_gt, results, source)
+    if not results:
+        logger.warning("%s: no detections at all; every AP is 0", source)
+        return {"bbox": {name: 0.0 for name in STAT_NAMES}, "per_category": {}, "summary": ""}
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        if backend == "faster_coco_eval":
+            evaluator.print_function = print
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = [float(s) * 100 for s in evaluator.stats[: len(STAT_NAMES)]]
+    return {
+        "bbox": dict(zip(STAT_NAMES, stats)),
+        "per_category": per_category_ap(evaluator, coco_gt),
+        "summary": "\n".join(line for line in text.getvalue().splitlines() if line.startswith(" Average")),
+        "precision": evaluator.eval["precision"],
+    }
+
+
+def per_category_ap(evaluator, coco_gt) -> dict[str, float]:
+    """AP@[.5:.95] per category (all areas, 100 detections), in percent; NaN when a class has no GT."""
+    precision = evaluator.eval["precision"]  # (iou, recall, category, area, max_dets)
+    table = {}
+    for index, cat_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, index, 0, -1]
+        values = values[values > -1]
+        name = coco_gt.cats[cat_id].get("name", str(cat_id))
+        table[name] = float(np.mean(values) * 100) if values.size else float("nan")
+    return table
+
+
+def format_results(metrics: dict) -> str:
+    """The 12 numbers and the per-category table as text."""
+    bbox = metrics["bbox"]
+    lines = ["bbox: " + "  ".join(f"{k} {bbox[k]:.2f}" for k in STAT_NAMES)]
+    if metrics.get("per_category"):
+        width = max(len(n) for n in metrics["per_category"])
+        lines.append(f"{'category':<{width}}  AP")
+        for name, ap in metrics["per_category"].items():
+            lines.append(f"{name:<{width}}  {ap:.2f}")
+    return "\n".join(lines)
+
+
+def metrics_for_json(metrics: dict) -> dict:
+    """The part of the metrics written to metrics.json."""
+    return {"bbox": {k: round(v, 4) for k, v in metrics["bbox"].items()},
+            "per_category": {k: (round(v, 4) if v == v else None) for k, v in metrics.get("per_category", {}).items()}}

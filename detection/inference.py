@@ -1,0 +1,97 @@
+"""Running a detector over a dataset, and loading trained or converted detectors."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from tqdm import tqdm
+
+from backbones.weights import read_state_dict
+from engine import distributed as dist_utils
+from engine.checkpoint import CheckpointError, load_checkpoint
+from engine.errors import UserError
+
+from .data.coco import CategoryMap
+from .data.loader import build_test_loader
+from .evaluation.coco_eval import detections_to_coco, evaluate_detections, metrics_for_json
+from .modeling.build import build_model
+
+logger = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def run_inference(model, loader, category_ids: list[int], progress: bool = True) -> tuple[list[dict], float]:
+    """COCO results of this process's images, and the seconds per image spent in the model."""
+    model.eval()
+    results, model_seconds, images = [], 0.0, 0
+    bar = tqdm(loader, desc="inference", disable=not (progress and dist_utils.is_main_process()), leave=False)
+    for batch in bar:
+        start = time.perf_counter()
+        outputs = model(batch)
+        model_seconds += time.perf_counter() - start
+        images += len(batch)
+        for sample, detections in zip(batch, outputs):
+            results.extend(detections_to_coco(sample["image_id"], detections, category_ids))
+    return results, model_seconds / max(images, 1)
+
+
+def evaluate_model(model, dataset, cfg, progress: bool = True) -> dict:
+    """COCO metrics of ``model`` on ``dataset``, sharded over processes and identical on all of them."""
+    loader = build_test_loader(dataset, cfg.test.ims_per_batch, cfg.data.num_workers)
+    results, seconds = run_inference(model, loader, dataset.category_map.category_ids, progress)
+    gathered = dist_utils.all_gather_objects(results)
+    metrics = None
+    if dist_utils.is_main_process():
+        all_results = [r for part in gathered for r in part]
+        image_ids = [r["image_id"] for r in dataset.records]
+        scored = evaluate_detections(dataset.coco.dataset, all_results, cfg.test.eval_backend, image_ids,
+                                     source="model detections")
+        metrics = metrics_for_json(scored)
+        metrics["seconds_per_image"] = round(seconds, 4)
+        metrics["num_images"] = len(image_ids)
+        metrics["_summary"] = scored["summary"]
+    return dist_utils.broadcast_object(metrics)
+
+
+def read_detector_weights(path: str) -> tuple[dict, dict]:
+    """(state dict, metadata) from a training checkpoint, model_final.pth or a converted file."""
+    try:
+        state = load_checkpoint(path)
+        return state["model"], state.get("meta", {}) or {}
+    except CheckpointError as error:
+        if "no 'model' entry" not in str(error):
+            raise
+    return read_state_dict(path), {}
+
+
+def load_detector(cfg, weights: str, device: torch.device):
+    """Build the detector of ``cfg`` and load ``weights``; returns (model, category map)."""
+    state, meta = read_detector_weights(weights)
+    num_classes = meta.get("num_classes") or cfg.model.num_classes
+    if not num_classes:
+        raise UserError(f"{weights} does not record its number of classes: set model.num_classes")
+    model = build_model(cfg, num_classes, backbone_weights=False)
+    check_weights_fit(model, state, weights)
+    model.load_state_dict(state)
+    category_ids = meta.get("category_ids") or list(range(1, num_classes + 1))
+    names = meta.get("class_names") or [str(c) for c in category_ids]
+    return model.to(device).eval(), CategoryMap(list(category_ids), list(names))
+
+
+def check_weights_fit(model, state: dict, source: str) -> None:
+    """One readable message when a weights file does not match the config's model."""
+    own = model.state_dict()
+    mismatched = [f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}" for k, v in state.items()
+                  if k in own and v.shape != own[k].shape]
+    missing = [f"{k} missing from the file" for k in own if k not in state]
+    unexpected = [f"{k} not in the model" for k in state if k not in own]
+    if not (mismatched or missing or unexpected):
+        return
+    hint = ""
+    key = "roi_heads.predictor.cls_score.weight"
+    if key in state and key in own and state[key].shape[1] != own[key].shape[1]:
+        hint = " (model.roi_head.global_context differs from the model these weights come from)"
+    details = (mismatched + missing + unexpected)[:3]
+    raise UserError(f"{source} does not fit the model of this config{hint}: " + "; ".join(details))

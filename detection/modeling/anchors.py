@@ -1,0 +1,70 @@
+"""Translation-invariant anchors: a few shapes repeated at every position of each feature map."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torch.Tensor:
+    """Anchors centred on (0, 0): ratio-major, size-minor; ratio = height / width; rounded to pixels."""
+    sizes_t = torch.as_tensor(sizes, dtype=torch.float32)
+    ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
+    h_ratios = torch.sqrt(ratios)
+    w_ratios = 1 / h_ratios
+    widths = (w_ratios[:, None] * sizes_t[None, :]).reshape(-1)
+    heights = (h_ratios[:, None] * sizes_t[None, :]).reshape(-1)
+    return (torch.stack([-widths, -heights, widths, heights], dim=1) / 2).round()
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors for each feature level, ordered position-major (row, column) then anchor.
+
+    Args:
+        sizes: per level, the anchor sizes (square root of the area) in input pixels.
+        aspect_ratios: height / width ratios, shared by all levels.
+    """
+
+    def __init__(self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[float]):
+        super().__init__()
+        self.cell_anchors = [cell_anchors(level_sizes, aspect_ratios) for level_sizes in sizes]
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        counts = {len(c) for c in self.cell_anchors}
+        if len(counts) != 1:
+            raise ValueError("all levels must have the same number of anchors per location")
+        return counts.pop()
+
+    def grid_anchors(self, level: int, feature_size: tuple[int, int], stride: tuple[int, int],
+                     device: torch.device) -> torch.Tensor:
+        key = (level, feature_size, stride, str(device))
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        height, width = feature_size
+        shifts_x = torch.arange(width, dtype=torch.float32, device=device) * stride[1]
+        shifts_y = torch.arange(height, dtype=torch.float32, device=device) * stride[0]
+        shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+        shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+        shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+        base = self.cell_anchors[level].to(device)
+        anchors = (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4)
+        if len(self._cache) > 64:
+            self._cache.clear()
+        self._cache[key] = anchors
+        return anchors
+
+    def forward(self, image_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]],
+                device: torch.device) -> list[torch.Tensor]:
+        """Anchors of every level for a padded batch of size ``image_size`` (one set serves all images)."""
+        if len(feature_sizes) != len(self.cell_anchors):
+            raise ValueError(f"{len(feature_sizes)} feature maps but anchors for {len(self.cell_anchors)} levels")
+        anchors = []
+        for level, size in enumerate(feature_sizes):
+            stride = (image_size[0] // size[0], image_size[1] // size[1])
+            anchors.append(self.grid_anchors(level, tuple(size), stride, device))
+        return anchors

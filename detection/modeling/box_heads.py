@@ -1,0 +1,54 @@
+"""Per-region heads: res5 for C4 (the paper's design), two fc layers for FPN, and the predictor."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Res5Head(nn.Module):
+    """conv5_x run on each pooled region, then global average pooling (paper, Appendix A)."""
+
+    def __init__(self, res5: nn.Module, out_channels: int):
+        super().__init__()
+        self.res5 = res5
+        self.out_channels = out_channels
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.res5(pooled).mean(dim=(2, 3))
+
+
+class FCHead(nn.Module):
+    """Flatten, then fully connected layers with ReLU (``fc6``, ``fc7`` as in torchvision's TwoMLPHead)."""
+
+    def __init__(self, in_channels: int, resolution: int, num_fc: int = 2, fc_dim: int = 1024):
+        super().__init__()
+        self.num_fc = num_fc
+        dim = in_channels * resolution * resolution
+        for index in range(num_fc):
+            self.add_module(f"fc{index + 6}", nn.Linear(dim, fc_dim))
+            dim = fc_dim
+        self.out_channels = dim
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        x = pooled.flatten(1)
+        for index in range(self.num_fc):
+            x = F.relu(getattr(self, f"fc{index + 6}")(x))
+        return x
+
+
+class BoxPredictor(nn.Module):
+    """Sibling layers: a (K+1)-way classifier (index 0 = background) and class-specific box deltas."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_channels, (num_classes + 1) * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)

@@ -1,0 +1,90 @@
+"""Faster R-CNN: backbone -> region proposals -> per-region classification and box regression."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class FasterRCNN(nn.Module):
+    """The whole detector.
+
+    Input: a list of dicts, one per image, with
+      * "image": (3, H, W) tensor, RGB, 0-255 (uint8 or float), already resized for the network;
+      * "height", "width" (optional): the original image size; outputs are scaled back to it;
+      * in training, "boxes" (G, 4) xyxy in network-input pixels, "labels" (G,) in 1..K, and
+        optionally "crowd_boxes" (C, 4).
+    Output: in training a dict of losses; otherwise one dict per image with "boxes" (xyxy, original
+    pixels), "scores" and "labels" (1..K).
+    """
+
+    def __init__(self, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module,
+                 pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int = 32,
+                 input_format: str = "RGB"):
+        super().__init__()
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        # Normalized as (x / 255 - mean / 255) / (std / 255), the arithmetic of torchvision's
+        # transform, so that imported torchvision models see bit-identical inputs.
+        mean01 = torch.tensor(pixel_mean, dtype=torch.float64) / 255
+        std01 = torch.tensor(pixel_std, dtype=torch.float64) / 255
+        self.register_buffer("pixel_mean", mean01.float().view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", std01.float().view(-1, 1, 1), persistent=False)
+        self.size_divisibility = size_divisibility
+        self.input_format = input_format
+        self.channels_last = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward(self, batch: list[dict]):
+        images, image_sizes = self.preprocess([sample["image"] for sample in batch])
+        features = self.backbone(images)
+        targets = [self._target(sample) for sample in batch] if self.training else None
+        proposals, rpn_losses = self.rpn(images.shape[-2:], features, image_sizes, targets)
+        detections, head_losses = self.roi_heads(features, proposals, image_sizes, targets)
+        if self.training:
+            return {**rpn_losses, **head_losses}
+        return [self.to_original_size(det, sample, size) for det, sample, size in zip(detections, batch, image_sizes)]
+
+    # -- steps -----------------------------------------------------------------------------------
+    def preprocess(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Normalize each image and pad the batch (bottom/right, with zeros) to a multiple of the stride."""
+        image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        stride = self.size_divisibility
+        height = int(math.ceil(max(s[0] for s in image_sizes) / stride) * stride)
+        width = int(math.ceil(max(s[1] for s in image_sizes) / stride) * stride)
+        batch = images[0].new_zeros((len(images), 3, height, width), dtype=torch.float32, device=self.device)
+        for slot, image in zip(batch, images):
+            image = image.to(self.device, non_blocking=True).float() / 255
+            if self.input_format == "BGR":
+                image = image.flip(0)
+            slot[:, : image.shape[1], : image.shape[2]].copy_((image - self.pixel_mean) / self.pixel_std)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch, image_sizes
+
+    def _target(self, sample: dict) -> dict:
+        device = self.device
+        target = {"boxes": sample["boxes"].to(device).float(), "labels": sample["labels"].to(device)}
+        if "crowd_boxes" in sample:
+            target["crowd_boxes"] = sample["crowd_boxes"].to(device).float()
+        if "seed" in sample:
+            # Anchor and RoI sampling draw from a per-image stream: the same choices whatever the
+            # number of processes, and exact resumes.
+            target["generator"] = torch.Generator().manual_seed(int(sample["seed"]))
+        return target
+
+    @staticmethod
+    def to_original_size(detections: dict, sample: dict, input_size: tuple[int, int]) -> dict:
+        height, width = sample.get("height"), sample.get("width")
+        if height is None or width is None:
+            return detections
+        boxes = detections["boxes"]
+        scale = boxes.new_tensor([width / input_size[1], height / input_size[0]] * 2)
+        return {**detections, "boxes": boxes * scale}

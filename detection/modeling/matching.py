@@ -1,0 +1,77 @@
+"""Label assignment for anchors and RoIs, with crowd regions, and balanced sampling."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.ops import box_iou
+
+IGNORE = -1
+BACKGROUND = 0
+FOREGROUND = 1
+
+
+def intersection_over_first_area(boxes: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """(N, M) fraction of each box's area that lies inside each region."""
+    top_left = torch.max(boxes[:, None, :2], regions[None, :, :2])
+    bottom_right = torch.min(boxes[:, None, 2:], regions[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6)
+    return inter / area[:, None]
+
+
+class Matcher:
+    """Assigns each candidate box (anchor or RoI) to a ground-truth box, or to background / ignore.
+
+    * IoU >= ``fg_thresh``: foreground, matched to its best GT box;
+    * IoU < ``bg_thresh`` (and >= ``bg_lo``): background; in between, or below ``bg_lo``: ignored;
+    * ``allow_low_quality``: each GT box also claims its highest-IoU candidates (the RPN rule of
+      Faster R-CNN, so that every object has at least one positive anchor);
+    * crowd regions are never matched; a would-be background candidate lying mostly (over
+      ``crowd_ioa``) inside a crowd region is ignored, since it may well cover an object.
+    """
+
+    def __init__(self, fg_thresh: float, bg_thresh: float, allow_low_quality: bool, bg_lo: float = 0.0,
+                 crowd_ioa: float = 0.5):
+        self.fg_thresh = fg_thresh
+        self.bg_thresh = bg_thresh
+        self.bg_lo = bg_lo
+        self.allow_low_quality = allow_low_quality
+        self.crowd_ioa = crowd_ioa
+
+    def __call__(self, candidates: torch.Tensor, gt_boxes: torch.Tensor, crowd_boxes: torch.Tensor | None = None):
+        """Return (matched GT index per candidate, label per candidate: 1 fg, 0 bg, -1 ignore)."""
+        num = candidates.shape[0]
+        device = candidates.device
+        matched = torch.zeros(num, dtype=torch.int64, device=device)
+        if gt_boxes.numel() == 0:
+            labels = torch.zeros(num, dtype=torch.int64, device=device)
+        else:
+            iou = box_iou(gt_boxes, candidates)  # (G, N)
+            best_iou, matched = iou.max(dim=0)
+            labels = torch.full((num,), IGNORE, dtype=torch.int64, device=device)
+            labels[(best_iou < self.bg_thresh) & (best_iou >= self.bg_lo)] = BACKGROUND
+            labels[best_iou >= self.fg_thresh] = FOREGROUND
+            if self.allow_low_quality:
+                best_per_gt = iou.max(dim=1, keepdim=True).values
+                # Ties included; a GT box that overlaps nothing claims nothing.
+                claimed = ((iou == best_per_gt) & (best_per_gt > 0)).any(dim=0)
+                labels[claimed] = FOREGROUND
+        if crowd_boxes is not None and crowd_boxes.numel() > 0:
+            in_crowd = intersection_over_first_area(candidates, crowd_boxes).max(dim=1).values > self.crowd_ioa
+            labels[in_crowd & (labels == BACKGROUND)] = IGNORE
+        return matched, labels
+
+
+def sample_balanced(labels: torch.Tensor, batch_size: int, positive_fraction: float,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick at most ``batch_size * positive_fraction`` positives at random, and negatives for the rest.
+
+    Returns the indices of the sampled positives and negatives.
+    """
+    positive = torch.nonzero(labels == FOREGROUND).flatten()
+    negative = torch.nonzero(labels == BACKGROUND).flatten()
+    num_pos = min(positive.numel(), int(batch_size * positive_fraction))
+    num_neg = min(negative.numel(), batch_size - num_pos)
+    pos_order = torch.randperm(positive.numel(), generator=generator, device="cpu")[:num_pos].to(labels.device)
+    neg_order = torch.randperm(negative.numel(), generator=generator, device="cpu")[:num_neg].to(labels.device)
+    return positive[pos_order], negative[neg_order]

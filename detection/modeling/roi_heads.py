@@ -1,0 +1,144 @@
+"""The Fast R-CNN step: sample RoIs, pool their features, classify and regress them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+
+from .box_coder import BoxCoder
+from .matching import Matcher, sample_balanced
+
+
+def whole_image_boxes(image_sizes: Sequence[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
+    return [torch.tensor([[0.0, 0.0, float(w), float(h)]], device=device) for h, w in image_sizes]
+
+
+class RoIHeads(nn.Module):
+    """Region classification and class-specific box regression on top of the proposals.
+
+    Args:
+        pooler: (features, boxes per image, image sizes) -> pooled (R, C, S, S).
+        box_head: pooled -> (R, D) region features (res5 for C4, fc layers for FPN).
+        predictor: (R, D * (2 if global_context else 1)) -> class logits, box deltas.
+        global_context: pool the whole image as one more RoI through the same pooler and head and
+            concatenate its feature to every region's (paper, Appendix B).
+    """
+
+    def __init__(
+        self,
+        pooler: nn.Module,
+        box_head: nn.Module,
+        predictor: nn.Module,
+        matcher: Matcher,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        smooth_l1_beta: float = 1.0 / 9,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+        global_context: bool = False,
+    ):
+        super().__init__()
+        self.pooler = pooler
+        self.box_head = box_head
+        self.predictor = predictor
+        self.matcher = matcher
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.box_coder = BoxCoder(bbox_reg_weights)
+        self.smooth_l1_beta = smooth_l1_beta
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        self.global_context = global_context
+
+    # -- shared ----------------------------------------------------------------------------------
+    def region_features(self, features: dict[str, torch.Tensor], boxes: Sequence[torch.Tensor],
+                        image_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Head features of every box (concatenated over images), with global context if enabled."""
+        regions = self.box_head(self.pooler(features, boxes, image_sizes))
+        if not self.global_context:
+            return regions
+        context = self.box_head(self.pooler(features, whole_image_boxes(image_sizes, regions.device), image_sizes))
+        counts = torch.tensor([len(b) for b in boxes], device=regions.device)
+        return torch.cat([regions, context.repeat_interleave(counts, dim=0)], dim=1)
+
+    def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
+                image_sizes: list[tuple[int, int]], targets: list[dict] | None = None):
+        if self.training:
+            proposals, labels, regression_targets = self.sample_proposals(proposals, targets)
+            logits, deltas = self.predictor(self.region_features(features, proposals, image_sizes))
+            return [], self.losses(logits, deltas, labels, regression_targets)
+        scores, boxes = self.predict(features, proposals, image_sizes)
+        return [self.select_detections(s, b, size) for s, b, size in zip(scores, boxes, image_sizes)], {}
+
+    # -- training --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_proposals(self, proposals: list[torch.Tensor], targets: list[dict]):
+        """Add the GT boxes to the proposals, label them, and sample a fixed foreground fraction."""
+        sampled_boxes, sampled_labels, sampled_targets = [], [], []
+        for boxes, target in zip(proposals, targets):
+            gt_boxes, gt_labels = target["boxes"], target["labels"]
+            boxes = torch.cat([boxes, gt_boxes.to(boxes.dtype)])
+            matched, match_labels = self.matcher(boxes, gt_boxes, target.get("crowd_boxes"))
+            positive, negative = sample_balanced(match_labels, self.batch_size_per_image, self.positive_fraction,
+                                                 target.get("generator"))
+            keep = torch.cat([positive, negative])
+            labels = torch.zeros(keep.numel(), dtype=torch.int64, device=boxes.device)
+            regression = torch.zeros(keep.numel(), 4, dtype=boxes.dtype, device=boxes.device)
+            if positive.numel():
+                gt_index = matched[positive]
+                labels[: positive.numel()] = gt_labels[gt_index]
+                regression[: positive.numel()] = self.box_coder.encode(boxes[positive], gt_boxes[gt_index])
+            sampled_boxes.append(boxes[keep])
+            sampled_labels.append(labels)
+            sampled_targets.append(regression)
+        return sampled_boxes, torch.cat(sampled_labels), torch.cat(sampled_targets)
+
+    def losses(self, logits: torch.Tensor, deltas: torch.Tensor, labels: torch.Tensor,
+               regression_targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss_cls = F.cross_entropy(logits.float(), labels)
+        positive = torch.nonzero(labels > 0).flatten()
+        deltas = deltas.float().view(deltas.shape[0], -1, 4)
+        loss_box = F.smooth_l1_loss(deltas[positive, labels[positive]], regression_targets[positive],
+                                    beta=self.smooth_l1_beta, reduction="sum") / max(labels.numel(), 1)
+        return {"loss_cls": loss_cls, "loss_box": loss_box}
+
+    # -- inference -------------------------------------------------------------------------------
+    def predict(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
+                image_sizes: list[tuple[int, int]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Class probabilities (R, K+1) and per-class boxes (R, K+1, 4), clipped, for each image."""
+        logits, deltas = self.predictor(self.region_features(features, proposals, image_sizes))
+        return self.decode(logits, deltas, proposals, image_sizes)
+
+    def decode(self, logits, deltas, proposals, image_sizes):
+        counts = [len(p) for p in proposals]
+        boxes = self.box_coder.decode(deltas.float(), torch.cat(proposals).float())
+        boxes = boxes.view(len(boxes), -1, 4)
+        scores = F.softmax(logits.float(), dim=-1)
+        boxes_per_image = [clip_boxes_to_image(b, size) for b, size in zip(boxes.split(counts), image_sizes)]
+        return list(scores.split(counts)), boxes_per_image
+
+    def select_detections(self, scores: torch.Tensor, boxes: torch.Tensor, image_size=None) -> dict:
+        """Score threshold, per-class NMS and the top detections of one image."""
+        return select_detections(scores, boxes, self.score_thresh, self.nms_thresh, self.detections_per_img)
+
+
+def select_detections(scores: torch.Tensor, boxes: torch.Tensor, score_thresh: float, nms_thresh: float,
+                      detections_per_img: int) -> dict[str, torch.Tensor]:
+    """(R, K+1) scores and (R, K+1, 4) boxes -> at most ``detections_per_img`` detections (labels 1..K)."""
+    num_classes = scores.shape[1]
+    labels = torch.arange(num_classes, device=scores.device).view(1, -1).expand_as(scores)
+    boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+    keep = torch.nonzero(scores > score_thresh).flatten()
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = remove_small_boxes(boxes, 1e-2)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+

@@ -1,0 +1,161 @@
+"""Region Proposal Network (Faster R-CNN, section 3.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+
+from .anchors import AnchorGenerator
+from .box_coder import BoxCoder
+from .matching import FOREGROUND, IGNORE, Matcher, sample_balanced
+
+
+class RPNHead(nn.Module):
+    """A 3x3 conv with ReLU, then sibling 1x1 convs: one objectness logit and 4 deltas per anchor."""
+
+    def __init__(self, in_channels: int, num_anchors: int, conv_channels: int = 0):
+        super().__init__()
+        width = conv_channels or in_channels
+        self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.cls_logits = nn.Conv2d(width, num_anchors, 1)
+        self.bbox_pred = nn.Conv2d(width, num_anchors * 4, 1)
+        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, deltas = [], []
+        for feature in features:
+            hidden = F.relu(self.conv(feature))
+            logits.append(self.cls_logits(hidden))
+            deltas.append(self.bbox_pred(hidden))
+        return logits, deltas
+
+
+def flatten_level(logits: torch.Tensor, deltas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, A, H, W) and (N, 4A, H, W) -> (N, H*W*A) and (N, H*W*A, 4), in the anchors' order."""
+    n, a, h, w = logits.shape
+    logits = logits.permute(0, 2, 3, 1).reshape(n, -1)
+    deltas = deltas.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
+    return logits, deltas
+
+
+class RegionProposalNetwork(nn.Module):
+    """Scores anchors, turns the best into proposals by NMS, and computes the RPN losses in training.
+
+    Args:
+        in_features: names of the feature maps to run on (one anchor level each).
+        pre_nms_topk / post_nms_topk: (train, test) pairs; pre is per level, post per image.
+        boundary_thresh: in training, ignore anchors that cross the image border by more than this
+            many pixels (the paper ignores all of them: 0); negative keeps all anchors.
+    """
+
+    def __init__(
+        self,
+        in_features: Sequence[str],
+        head: RPNHead,
+        anchor_generator: AnchorGenerator,
+        matcher: Matcher,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        pre_nms_topk: tuple[int, int] = (12000, 6000),
+        post_nms_topk: tuple[int, int] = (2000, 300),
+        nms_thresh: float = 0.7,
+        min_size: float = 0.0,
+        smooth_l1_beta: float = 1.0 / 9,
+        loss_weight: float = 1.0,
+        boundary_thresh: float = -1.0,
+    ):
+        super().__init__()
+        self.in_features = list(in_features)
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.matcher = matcher
+        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.pre_nms_topk = pre_nms_topk
+        self.post_nms_topk = post_nms_topk
+        self.nms_thresh = nms_thresh
+        self.min_size = min_size
+        self.smooth_l1_beta = smooth_l1_beta
+        self.loss_weight = loss_weight
+        self.boundary_thresh = boundary_thresh
+
+    def forward(self, batch_size: tuple[int, int], features: dict[str, torch.Tensor],
+                image_sizes: list[tuple[int, int]], targets: list[dict] | None = None):
+        maps = [features[name] for name in self.in_features]
+        logits, deltas = self.head(maps)
+        anchors = self.anchor_generator(batch_size, [m.shape[-2:] for m in maps], maps[0].device)
+        flat = [flatten_level(lg, dt) for lg, dt in zip(logits, deltas)]
+        level_logits = [f[0] for f in flat]
+        level_deltas = [f[1] for f in flat]
+        proposals = self.propose(level_logits, level_deltas, anchors, image_sizes)
+        losses = {}
+        if self.training and targets is not None:
+            losses = self.losses(torch.cat(level_logits, 1), torch.cat(level_deltas, 1), torch.cat(anchors),
+                                 image_sizes, targets)
+        return proposals, losses
+
+    @torch.no_grad()
+    def propose(self, logits: list[torch.Tensor], deltas: list[torch.Tensor], anchors: list[torch.Tensor],
+                image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Top-scoring anchors of each level, decoded, clipped, then NMS per level and image."""
+        pre_topk = self.pre_nms_topk[0 if self.training else 1]
+        post_topk = self.post_nms_topk[0 if self.training else 1]
+        num_images = logits[0].shape[0]
+        batch_index = torch.arange(num_images, device=logits[0].device)[:, None]
+        scores, boxes, levels = [], [], []
+        for level, (level_logits, level_deltas, level_anchors) in enumerate(zip(logits, deltas, anchors)):
+            k = min(pre_topk, level_logits.shape[1])
+            top_logits, top_index = level_logits.detach().topk(k, dim=1)
+            top_deltas = level_deltas.detach()[batch_index, top_index]  # (N, k, 4)
+            decoded = self.box_coder.decode(top_deltas.reshape(-1, 4), level_anchors[top_index.reshape(-1)])
+            scores.append(top_logits)
+            boxes.append(decoded.view(num_images, k, 4))
+            levels.append(torch.full((k,), level, dtype=torch.int64, device=top_logits.device))
+        scores = torch.cat(scores, 1).sigmoid()
+        boxes = torch.cat(boxes, 1)
+        levels = torch.cat(levels)
+        proposals = []
+        for image_boxes, image_scores, size in zip(boxes, scores, image_sizes):
+            image_boxes = clip_boxes_to_image(image_boxes, size)
+            # Degenerate boxes (clipped to nothing) are always dropped.
+            keep = remove_small_boxes(image_boxes, max(self.min_size, 1e-3))
+            image_boxes, image_scores, image_levels = image_boxes[keep], image_scores[keep], levels[keep]
+            keep = batched_nms(image_boxes, image_scores, image_levels, self.nms_thresh)[:post_topk]
+            proposals.append(image_boxes[keep])
+        return proposals
+
+    def losses(self, logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor,
+               image_sizes: list[tuple[int, int]], targets: list[dict]) -> dict[str, torch.Tensor]:
+        sampled_logits, sampled_labels, pos_deltas, pos_targets = [], [], [], []
+        num_sampled = 0
+        for image, (target, size) in enumerate(zip(targets, image_sizes)):
+            matched, labels = self.matcher(anchors, target["boxes"], target.get("crowd_boxes"))
+            if self.boundary_thresh >= 0:
+                t = self.boundary_thresh
+                outside = ((anchors[:, 0] < -t) | (anchors[:, 1] < -t)
+                           | (anchors[:, 2] > size[1] + t) | (anchors[:, 3] > size[0] + t))
+                labels[outside] = IGNORE
+            positive, negative = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction,
+                                                 target.get("generator"))
+            sampled = torch.cat([positive, negative])
+            num_sampled += sampled.numel()
+            sampled_logits.append(logits[image, sampled])
+            sampled_labels.append((labels[sampled] == FOREGROUND).to(logits.dtype))
+            if positive.numel():
+                pos_deltas.append(deltas[image, positive])
+                pos_targets.append(self.box_coder.encode(anchors[positive], target["boxes"][matched[positive]]))
+        objectness = F.binary_cross_entropy_with_logits(torch.cat(sampled_logits), torch.cat(sampled_labels),
+                                                        reduction="sum") / max(num_sampled, 1)
+        if pos_deltas:
+            box = F.smooth_l1_loss(torch.cat(pos_deltas), torch.cat(pos_targets), beta=self.smooth_l1_beta,
+                                   reduction="sum") / max(num_sampled, 1)
+        else:
+            box = deltas.sum() * 0.0
+        return {"loss_rpn_cls": objectness * self.loss_weight, "loss_rpn_box": box * self.loss_weight}

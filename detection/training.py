@@ -1,0 +1,54 @@
+"""Training a detector from a config: the wiring between data, model, evaluation and the trainer."""
+
+from __future__ import annotations
+
+import logging
+
+from engine import distributed as dist_utils
+from engine.config import config_to_text
+from engine.distributed import check_batch_divides
+from engine.optim import build_optimizer, build_scheduler
+from engine.setup import setup_run
+from engine.trainer import Trainer
+
+from .data.loader import build_test_dataset, build_train_dataset, build_train_loader
+from .inference import check_weights_fit, evaluate_model, read_detector_weights
+from .modeling.build import build_model
+
+logger = logging.getLogger(__name__)
+
+
+def train_detector(cfg, resume: bool = False) -> dict:
+    """Train ``cfg``'s detector, evaluating on its test set; returns the final metrics."""
+    images_per_process = check_batch_divides(cfg.solver.ims_per_batch)
+    device = setup_run(cfg)
+    train_set = build_train_dataset(cfg)
+    category_map = train_set.category_map
+    num_classes = cfg.model.num_classes or category_map.num_classes
+    test_set = build_test_dataset(cfg, category_map)
+
+    model = build_model(cfg, num_classes, backbone_weights=not cfg.model.weights)
+    if cfg.model.weights:
+        state, _ = read_detector_weights(cfg.model.weights)
+        check_weights_fit(model, state, cfg.model.weights)
+        model.load_state_dict(state)
+    model.to(device)
+    optimizer = build_optimizer(model, cfg.solver)
+    scheduler = build_scheduler(optimizer, cfg.solver)
+
+    def evaluate(model_to_test):
+        metrics = evaluate_model(model_to_test, test_set, cfg)
+        summary = metrics.pop("_summary", "")
+        if dist_utils.is_main_process() and summary:
+            logger.info("evaluation on %d images of %s:\n%s", metrics["num_images"], cfg.data.test.ann_file, summary)
+        return metrics
+
+    meta = {"num_classes": num_classes, "category_ids": category_map.category_ids,
+            "class_names": category_map.names, "arch": cfg.model.arch, "task": "detection"}
+    trainer = Trainer(model, optimizer, scheduler, cfg.solver, cfg.output_dir,
+                      make_loader=lambda start: build_train_loader(train_set, cfg, images_per_process, start),
+                      device=device, evaluate=evaluate, eval_period=cfg.test.eval_period,
+                      primary_metric="bbox/AP", meta=meta, config_text=config_to_text(cfg))
+    if resume:
+        trainer.resume()
+    return trainer.train()

@@ -1,0 +1,99 @@
+"""torchrun / DistributedDataParallel helpers: process group set-up, rank queries and gathering."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def select_device(choice: str = "auto") -> torch.device:
+    """The device of this process: its local GPU under torchrun, else GPU 0 or the CPU."""
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is available (set device=cpu or device=auto)")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(device: torch.device, timeout_minutes: int = 30) -> None:
+    """Join the process group that torchrun describes in the environment (NCCL on GPUs, gloo on CPUs)."""
+    if not launched_by_torchrun() or is_distributed():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+
+
+def check_batch_divides(ims_per_batch: int, key: str = "solver.ims_per_batch") -> int:
+    """Images per process; a clear error when the global batch does not split evenly."""
+    world = int(os.environ.get("WORLD_SIZE", get_world_size()))
+    if ims_per_batch < world:
+        raise UserError(f"{key}={ims_per_batch} is smaller than the {world} processes: lower --nproc_per_node "
+                        f"or raise {key}")
+    if ims_per_batch % world:
+        raise UserError(f"{key}={ims_per_batch} is not divisible by the {world} processes: use a multiple of {world}")
+    return ims_per_batch // world
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_gather_objects(obj) -> list:
+    """Every process's ``obj``, in rank order (a one-element list without a process group)."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj, src: int = 0):
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average scalar values over processes (for logging)."""
+    if not is_distributed() or not values:
+        return values
+    names = sorted(values)
+    tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    tensor /= get_world_size()
+    return dict(zip(names, tensor.tolist()))
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()

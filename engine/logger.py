@@ -1,0 +1,93 @@
+"""Training logs: JSON lines (``metrics.jsonl``) and TensorBoard events, written by the main process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+
+logger = logging.getLogger(__name__)
+
+
+def _flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+class MetricsLogger:
+    """Appends records to ``output_dir/metrics.jsonl`` and mirrors scalars to TensorBoard."""
+
+    def __init__(self, output_dir: str, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(log_dir=os.path.join(output_dir, "tensorboard"))
+            except ImportError:  # pragma: no cover - tensorboard is a dependency
+                logger.warning("tensorboard is not installed: only metrics.jsonl is written")
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records newer than ``iteration`` (a resumed run repeats them)."""
+        if not self.enabled or not os.path.isfile(self.path):
+            return
+        with open(self.path, encoding="utf-8") as handle:
+            lines = [line for line in handle if line.strip()]
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line).get("iteration", 0) <= iteration:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue
+        with open(self.path, "w", encoding="utf-8") as handle:
+            handle.writelines(kept)
+
+    def log(self, iteration: int, metrics: dict, kind: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {"iteration": iteration, "type": kind, **metrics}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=_json_default) + "\n")
+        if self.writer is not None:
+            for name, value in _flatten(metrics).items():
+                if math.isfinite(value):
+                    self.writer.add_scalar(f"{kind}/{name}", value, iteration)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def read_metrics(output_dir: str) -> list[dict]:
+    path = os.path.join(output_dir, "metrics.jsonl")
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                records.append(json.loads(line))
+    return records
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, file=sys.stderr,
+                unit="it", smoothing=0.1)

@@ -1,0 +1,90 @@
+"""Deterministic, resumable, sharded batch sampling with aspect-ratio grouping.
+
+The sequence of batches is a pure function of (seed, epoch): each epoch shuffles the images,
+groups them by orientation (landscape / portrait) so that padding wastes little, cuts the
+groups into batches, and shuffles the batches. Global step ``s`` uses batches
+``s * world_size .. s * world_size + world_size - 1``, one per process. Resuming at step ``s``
+needs nothing but ``s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0] % (2**31))
+
+
+class GroupedBatchSampler(torch.utils.data.Sampler):
+    """Yields lists of ``(index, augmentation seed)`` for this process, forever.
+
+    Args:
+        aspect_ratios: width / height per image (None disables grouping).
+        batch_size: images per batch on this process.
+        seed: the run's seed.
+        rank, world_size: this process and the number of processes.
+        start_step: the global step to start from (resume).
+    """
+
+    def __init__(self, aspect_ratios, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 start_step: int = 0, group_by_aspect: bool = True):
+        self.num_images = len(aspect_ratios)
+        self.groups = (np.asarray(aspect_ratios) >= 1.0).astype(np.int64) if group_by_aspect else None
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start_step = start_step
+        if self.num_images == 0:
+            raise ValueError("cannot sample from an empty dataset")
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.num_images)
+        if self.groups is None:
+            chunks = [order]
+        else:
+            chunks = [order[self.groups[order] == g] for g in (0, 1)]
+        batches, leftovers = [], []
+        for chunk in chunks:
+            full = len(chunk) // self.batch_size * self.batch_size
+            batches += [chunk[i:i + self.batch_size].tolist() for i in range(0, full, self.batch_size)]
+            leftovers += chunk[full:].tolist()
+        # Leftovers of both groups form mixed batches; the last short one is topped up from the start.
+        while leftovers:
+            batch = leftovers[: self.batch_size]
+            leftovers = leftovers[self.batch_size:]
+            if len(batch) < self.batch_size:
+                batch += order[: self.batch_size - len(batch)].tolist()
+            batches.append(batch)
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def steps_per_epoch(self, epoch: int) -> int:
+        return len(self.epoch_batches(epoch)) // self.world_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, step = 0, 0
+        # Skip whole epochs quickly when resuming.
+        while True:
+            batches = self.epoch_batches(epoch)
+            per_epoch = len(batches) // self.world_size
+            if per_epoch == 0:
+                raise ValueError(f"{self.num_images} images cannot fill one global batch of "
+                                 f"{self.batch_size * self.world_size}")
+            if step + per_epoch <= self.start_step:
+                step += per_epoch
+                epoch += 1
+                continue
+            for local in range(per_epoch):
+                if step >= self.start_step:
+                    batch = batches[local * self.world_size + self.rank]
+                    yield [(index, _sample_seed(self.seed, epoch, index)) for index in batch]
+                step += 1
+            epoch += 1
+
+    def __len__(self) -> int:  # an infinite stream; DataLoader only needs a number
+        return 2**62

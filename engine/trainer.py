@@ -1,0 +1,319 @@
+"""The training loop shared by every trainer, readable top to bottom.
+
+    for iteration in range(start, max_iter):
+        batch = next(data)
+        losses = model(batch)                  # under autocast when solver.amp is on
+        check the losses are finite            # skip or stop, the same on every process
+        backward, (clip), step, scheduler step
+        log / checkpoint / evaluate on their periods
+        stop cleanly on SIGTERM or SIGINT      # after saving a checkpoint
+
+It knows nothing about detection: the model returns a dict of losses, ``evaluate(model)`` returns
+a dict of metrics, and ``make_loader(start_iter)`` returns the batches from a given step on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from . import distributed as dist_utils
+from .checkpoint import BEST_NAME, FINAL_NAME, Checkpointer, capture_rng_state, restore_rng_state
+from .errors import UserError
+from .logger import MetricsLogger, progress_bar
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(UserError):
+    exit_code = 1
+
+
+class Trainer:
+    """Runs one training job.
+
+    Args:
+        model: returns a dict of scalar losses for a batch in train mode.
+        make_loader: start_iteration -> iterable of batches (resumes the sampler).
+        evaluate: model -> nested metrics dict (run on every process; only the main one's result is kept).
+        primary_metric: "section/name" in the metrics that selects model_best.pth (higher is better).
+        meta: saved in checkpoints (class names, category ids, ...), for inference.
+        config_text: the resolved config, saved in checkpoints.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, solver, output_dir: str,
+                 make_loader: Callable[[int], object], device: torch.device,
+                 evaluate: Callable[[nn.Module], dict] | None = None, eval_period: int = 0,
+                 primary_metric: str | None = None, meta: dict | None = None, config_text: str = ""):
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.solver = solver
+        self.output_dir = output_dir
+        self.make_loader = make_loader
+        self.device = device
+        self.evaluate_fn = evaluate
+        self.eval_period = eval_period
+        self.primary_metric = primary_metric
+        self.meta = meta or {}
+        self.config_text = config_text
+        self.is_main = dist_utils.is_main_process()
+        self.checkpointer = Checkpointer(output_dir, solver.keep_last, enabled=self.is_main)
+        self.metrics_logger = MetricsLogger(output_dir, enabled=self.is_main)
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[solver.amp]
+        if solver.amp == "fp16" and device.type != "cuda":
+            raise UserError("solver.amp=fp16 needs a CUDA device: use solver.amp=bf16 on the CPU, or off")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=solver.amp == "fp16")
+        self.start_iter = 0
+        self.iteration = 0
+        self.best_metric = -math.inf
+        self.nonfinite_steps = 0
+        self.skipped_files: set[str] = set()
+        self._stop_signal: int | None = None
+        self.ddp_model = model
+
+    # -- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "best_metric": self.best_metric,
+            # Every process has its own RNG stream: keep them all (a collective call).
+            "rng": dist_utils.all_gather_objects(capture_rng_state()),
+            "meta": self.meta,
+            "config": self.config_text,
+        }
+
+    def resume(self) -> bool:
+        """Continue from the newest good checkpoint of output_dir; False when there is none."""
+        # The main process reads (other machines may not see its disk) and shares the state.
+        found = dist_utils.broadcast_object(self.checkpointer.load_latest() if self.is_main else None)
+        if found is None:
+            logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
+            return False
+        state, path = found
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_iter = self.iteration = int(state["iteration"])
+        self.best_metric = float(state.get("best_metric", -math.inf))
+        rng_states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        restore_rng_state(rng_states[min(dist_utils.get_rank(), len(rng_states) - 1)])
+        self.metrics_logger.truncate_after(self.start_iter)
+        logger.info("resumed from %s at iteration %d", path, self.start_iter)
+        return True
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train(self) -> dict:
+        solver = self.solver
+        self._wrap_distributed()
+        self.model.train()
+        loader = self.make_loader(self.start_iter)
+        data = iter(loader)
+        bar = progress_bar(solver.max_iter, self.start_iter, self.is_main)
+        previous_handlers = self._install_signal_handlers()
+        window: dict[str, float] = {}
+        window_count, window_start, last_log = 0, time.perf_counter(), self.start_iter
+        final_metrics: dict = {}
+        try:
+            for self.iteration in range(self.start_iter, solver.max_iter):
+                batch = self._next_batch(data)
+                losses = self._forward(batch)
+                total = sum(losses.values())
+                stop, nonfinite = self._agree(self._stop_signal is not None, not bool(torch.isfinite(total)))
+                if nonfinite:
+                    self._handle_nonfinite(losses)
+                else:
+                    self._step(total)
+                    for name, value in losses.items():
+                        window[name] = window.get(name, 0.0) + float(value.detach())
+                    window_count += 1
+                done = self.iteration + 1
+                self.scheduler.step()
+                bar.update(1)
+                if stop:
+                    self._save_and_stop(done)
+                if done % solver.log_period == 0 or done == solver.max_iter:
+                    seconds_per_iter = (time.perf_counter() - window_start) / max(done - last_log, 1)
+                    self._log(done, window, window_count, seconds_per_iter, bar)
+                    window, window_count, window_start, last_log = {}, 0, time.perf_counter(), done
+                if solver.checkpoint_period and done % solver.checkpoint_period == 0 and done < solver.max_iter:
+                    self.iteration = done
+                    self.checkpointer.save_periodic(done, self.state_dict())
+                if self.eval_period and done % self.eval_period == 0 and done < solver.max_iter:
+                    self.iteration = done
+                    self._evaluate(done)
+            self.iteration = solver.max_iter
+            self.checkpointer.save(FINAL_NAME, self.state_dict())
+            final_metrics = self._evaluate(solver.max_iter) if self.evaluate_fn else {}
+            self._write_final_metrics(final_metrics)
+        finally:
+            bar.close()
+            self._restore_signal_handlers(previous_handlers)
+            self.metrics_logger.close()
+        self._report_skipped()
+        return final_metrics
+
+    # -- pieces of the loop ----------------------------------------------------------------------
+    def _wrap_distributed(self) -> None:
+        if dist_utils.is_distributed():
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
+                                                                 broadcast_buffers=False)
+
+    def _next_batch(self, data):
+        try:
+            batch = next(data)
+        except RuntimeError as error:
+            if "DataLoader worker" in str(error):
+                raise TrainingError(
+                    f"a data-loading worker died at iteration {self.iteration} ({str(error).splitlines()[0]}); "
+                    f"run with data.num_workers=0 to see the error in the main process"
+                ) from None
+            raise
+        for sample in batch:
+            self.skipped_files.update(sample.get("skipped", ()))
+        return batch
+
+    def _forward(self, batch) -> dict[str, torch.Tensor]:
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        try:
+            with autocast:
+                losses = self.ddp_model(batch)
+        except torch.cuda.OutOfMemoryError:
+            raise TrainingError(
+                f"out of GPU memory at iteration {self.iteration}: lower solver.ims_per_batch "
+                f"(now {self.solver.ims_per_batch}) or input.max_size_train, or set solver.amp=bf16"
+            ) from None
+        return {name: value.float() for name, value in losses.items()}
+
+    def _agree(self, stop: bool, nonfinite: bool) -> tuple[bool, bool]:
+        """Every process takes the same decision, or collective operations would hang."""
+        if not dist_utils.is_distributed():
+            return stop, nonfinite
+        flags = torch.tensor([float(stop), float(nonfinite)], device=self.device)
+        torch.distributed.all_reduce(flags)
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    def _step(self, total: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.solver.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.solver.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def _handle_nonfinite(self, losses: dict[str, torch.Tensor]) -> None:
+        self.nonfinite_steps += 1
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        if self.nonfinite_steps > self.solver.max_nonfinite:
+            last = self.checkpointer.candidates()
+            kept = f"; the last good checkpoint is {last[0]}" if last else ""
+            raise TrainingError(
+                f"non-finite loss at iteration {self.iteration} ({terms}){kept}: lower solver.base_lr or raise "
+                f"solver.warmup_iters, or allow skipped steps with solver.max_nonfinite"
+            )
+        logger.warning("non-finite loss at iteration %d (%s): step skipped (%d of %d allowed)", self.iteration,
+                       terms, self.nonfinite_steps, self.solver.max_nonfinite)
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _log(self, iteration: int, window: dict, count: int, seconds_per_iter: float, bar) -> None:
+        averaged = {k: v / max(count, 1) for k, v in window.items()}
+        averaged = dist_utils.reduce_mean(averaged, self.device)
+        record = {
+            **{k: round(v, 5) for k, v in averaged.items()},
+            "total_loss": round(sum(averaged.values()), 5),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "time_per_iter": round(seconds_per_iter, 4),
+        }
+        if self.device.type == "cuda":
+            record["max_mem_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20)
+        self.metrics_logger.log(iteration, record)
+        short = {k.replace("loss_", ""): f"{v:.3f}" for k, v in averaged.items()}
+        bar.set_postfix(lr=f"{record['lr']:.2g}", s_it=f"{record['time_per_iter']:.2f}", **short, refresh=False)
+
+    def _evaluate(self, iteration: int) -> dict:
+        if self.evaluate_fn is None:
+            return {}
+        self.model.eval()
+        try:
+            metrics = self.evaluate_fn(self.model)
+        finally:
+            self.model.train()
+        # The same metrics on every process, so that all take part in saving the best model.
+        metrics = dist_utils.broadcast_object(metrics)
+        if metrics:
+            self.metrics_logger.log(iteration, metrics, kind="eval")
+            value = self._primary(metrics)
+            if value is not None and value > self.best_metric:
+                self.best_metric = value
+                self.checkpointer.save(BEST_NAME, self.state_dict())
+        return metrics
+
+    def _primary(self, metrics: dict) -> float | None:
+        if not self.primary_metric:
+            return None
+        node = metrics
+        for part in self.primary_metric.split("/"):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return float(node)
+
+    def _write_final_metrics(self, metrics: dict) -> None:
+        if not self.is_main:
+            return
+        path = os.path.join(self.output_dir, "metrics.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(metrics, handle, indent=2)
+        os.replace(path + ".tmp", path)
+
+    def _report_skipped(self) -> None:
+        if self.skipped_files and self.is_main:
+            logger.warning("%d unreadable images were skipped during training, e.g. %s", len(self.skipped_files),
+                           sorted(self.skipped_files)[0])
+
+    # -- signals ---------------------------------------------------------------------------------
+    def _install_signal_handlers(self):
+        def request_stop(signum, frame):
+            self._stop_signal = signum
+
+        previous = {}
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, request_stop)
+        except ValueError:  # not in the main thread: leave the defaults
+            pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _save_and_stop(self, iteration: int) -> None:
+        self.iteration = iteration
+        path = self.checkpointer.save_periodic(iteration, self.state_dict())
+        name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another process"
+        raise StoppedBySignal(f"stopped by {name} at iteration {iteration}; checkpoint saved"
+                              + (f" to {path}" if path else "") + "; continue with --resume")
+
+
+class StoppedBySignal(UserError):
+    exit_code = 0

@@ -1,0 +1,30 @@
+"""Convert detector weights from another library into this toolkit's format.
+
+    python tools/convert_weights.py --from torchvision --in fasterrcnn_resnet50_fpn.pth --out tv_r50_fpn.pth
+    python tools/eval_det.py --cfg configs/tv_fasterrcnn_r50_fpn.yaml --weights tv_r50_fpn.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.cli import run_cli
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="convert detector weights into this toolkit's format")
+    parser.add_argument("--from", dest="source", required=True, choices=["torchvision"],
+                        help="library the weights come from")
+    parser.add_argument("--in", dest="input", required=True, help="input state dict (.pth or .safetensors)")
+    parser.add_argument("--out", required=True, help="output file")
+    args = parser.parse_args()
+    from detection.convert import convert_file
+
+    meta = convert_file(args.input, args.out)
+    print(f"wrote {args.out}: ResNet-{meta['depth']} FPN, {meta['num_classes']} classes "
+          f"(use configs/tv_fasterrcnn_r50_fpn.yaml with model.backbone.depth={meta['depth']})")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,46 @@
+"""Evaluate detections with COCO box AP.
+
+    python tools/eval_det.py --cfg CFG --weights W [key=value ...]     # run a model on the test set
+    python tools/eval_det.py --gt ANN.json --det DETS.json --out DIR   # score a results file
+Both print the COCO table and write DIR/metrics.json (percent).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.cli import run_cli
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="COCO box AP of a model or of a detections file")
+    parser.add_argument("--cfg", help="config of the model (model mode)")
+    parser.add_argument("--weights", help="detector weights (model mode)")
+    parser.add_argument("--gt", help="COCO annotation json (scoring mode)")
+    parser.add_argument("--det", help="COCO results json (scoring mode)")
+    parser.add_argument("--out", help="output folder (default: the config's output_dir, or .)")
+    parser.add_argument("--backend", default=None, choices=["pycocotools", "faster_coco_eval"])
+    parser.add_argument("--plots", metavar="DIR", help="write per-category precision-recall curves here")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+
+    if args.gt or args.det:
+        if not (args.gt and args.det):
+            parser.error("scoring mode needs both --gt and --det")
+        from detection.evaluate import score_files
+
+        score_files(args.gt, args.det, args.out or ".", args.backend or "pycocotools", args.plots)
+        return 0
+    if not (args.cfg and args.weights):
+        parser.error("give --cfg and --weights (model mode) or --gt and --det (scoring mode)")
+    from detection.config import load_detection_config
+    from detection.evaluate import evaluate_weights
+
+    overrides = list(args.overrides) + ([f"test.eval_backend={args.backend}"] if args.backend else [])
+    cfg = load_detection_config(args.cfg, overrides)
+    evaluate_weights(cfg, args.weights, args.out, args.plots)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,43 @@
+"""Train a Faster R-CNN detector.
+
+    python tools/train_det.py                                   # the embedded shapes dataset
+    python tools/train_det.py --cfg configs/coco_r101.yaml solver.ims_per_batch=8
+    torchrun --nproc_per_node=8 tools/train_det.py --cfg configs/coco_r101.yaml
+    python tools/train_det.py --cfg CFG --resume                # continue the run in output_dir
+    python tools/train_det.py --cfg CFG --eval-only --weights W
+"""
+
+from __future__ import annotations
+
+import os
+
+from engine.cli import config_parser, run_cli
+
+DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes.yaml")
+
+
+def main() -> int:
+    parser = config_parser(__doc__.splitlines()[1], default_cfg=DEFAULT_CFG)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    parser.add_argument("--eval-only", action="store_true", help="only evaluate --weights on the test set")
+    parser.add_argument("--weights", help="detector weights for --eval-only")
+    args = parser.parse_args()
+
+    from detection.config import load_detection_config
+
+    cfg = load_detection_config(args.cfg, args.overrides)
+    if args.eval_only:
+        from detection.evaluate import evaluate_weights
+
+        if not args.weights:
+            parser.error("--eval-only needs --weights")
+        evaluate_weights(cfg, args.weights)
+        return 0
+    from detection.training import train_detector
+
+    train_detector(cfg, resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
