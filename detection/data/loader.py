@@ -12,7 +12,7 @@ from engine.sampler import GroupedBatchSampler
 
 from .coco import CategoryMap, CocoDetection
 from .shapes import ensure_shapes
-from .transforms import TestTransform, TrainTransform
+from .transforms import EvalTransform, TrainTransform
 
 
 def collate_list(batch: list[dict]) -> list[dict]:
@@ -55,7 +55,7 @@ def build_train_dataset(cfg) -> CocoDetection:
 def build_test_dataset(cfg, category_map: CategoryMap) -> CocoDetection:
     ensure_synthetic(cfg)
     return CocoDetection(cfg.data.test.ann_file, cfg.data.test.img_dir,
-                         TestTransform(cfg.input.min_size_test, cfg.input.max_size_test), category_map=category_map,
+                         EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test), category_map=category_map,
                          train=False, on_bad_image=cfg.data.on_bad_image, key_prefix="data.test",
                          max_images=cfg.test.max_images)
 

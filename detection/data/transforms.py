@@ -49,7 +49,7 @@ class TrainTransform:
         return out["image"], new_boxes, np.asarray(out["box_ids"], dtype=np.int64)
 
 
-class TestTransform:
+class EvalTransform:
     """Deterministic shortest-edge resize (the test scale)."""
 
     def __init__(self, min_size: int, max_size: int):

@@ -1,0 +1,159 @@
+"""COCO loading: category mapping, annotation cleaning, unreadable images, decoding, augmentation."""
+
+import json
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detection.data.coco import AnnotationError, CocoDetection
+from detection.data.image_io import BadImageError, read_image
+from detection.data.transforms import EvalTransform, TrainTransform
+from engine.sampler import GroupedBatchSampler
+
+
+def write_dataset(root, images, annotations, categories):
+    (root / "img").mkdir(exist_ok=True)
+    infos = []
+    for image_id, (name, height, width) in enumerate(images, start=1):
+        cv2.imwrite(str(root / "img" / name), np.full((height, width, 3), 128, np.uint8))
+        infos.append({"id": image_id, "file_name": name, "height": height, "width": width})
+    path = root / "ann.json"
+    path.write_text(json.dumps({"images": infos, "annotations": annotations, "categories": categories}))
+    return str(path), str(root / "img")
+
+
+def ann(ann_id, image_id, category_id, bbox, crowd=0):
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox, "iscrowd": crowd,
+            "area": bbox[2] * bbox[3] if len(bbox) == 4 else 0}
+
+
+CATEGORIES = [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
+
+
+def test_non_contiguous_category_ids_map_to_contiguous_labels(tmp_path):
+    ann_file, img_dir = write_dataset(tmp_path, [("a.jpg", 40, 60)], [
+        ann(1, 1, 90, [1, 1, 10, 10]), ann(2, 1, 1, [5, 5, 10, 10]), ann(3, 1, 18, [20, 5, 10, 10])], CATEGORIES)
+    dataset = CocoDetection(ann_file, img_dir, train=False)
+    cmap = dataset.category_map
+    assert cmap.category_ids == [1, 18, 90] and cmap.names == ["person", "dog", "toothbrush"]
+    assert cmap.num_classes == 3
+    record = dataset.records[0]
+    assert record["labels"].tolist() == [3, 1, 2]
+    assert [cmap.category_of(int(label)) for label in record["labels"]] == [90, 1, 18]
+
+
+def test_bad_annotations_are_clipped_or_dropped_and_counted(tmp_path):
+    ann_file, img_dir = write_dataset(tmp_path, [("a.jpg", 40, 60)], [
+        ann(1, 1, 1, [1, 1, 10, 10]),          # fine
+        ann(2, 1, 1, [5, 5, 0, 10]),           # zero width: dropped
+        ann(3, 1, 1, [5, 5, -3, 10]),          # negative width: dropped
+        ann(4, 1, 1, [float("nan"), 5, 3, 3]),  # NaN: dropped
+        ann(5, 1, 1, [50, 30, 20, 20]),        # outside on the right/bottom: clipped
+        ann(6, 1, 1, [80, 80, 5, 5]),          # entirely outside: dropped
+        ann(7, 1, 18, [0, 0, 30, 30], crowd=1),
+    ], CATEGORIES)
+    with pytest.warns(UserWarning, match="4 boxes dropped.*1 clipped"):
+        dataset = CocoDetection(ann_file, img_dir, train=False)
+    record = dataset.records[0]
+    assert record["boxes"].tolist() == [[1, 1, 11, 11], [50, 30, 60, 40]]
+    assert record["crowd_boxes"].tolist() == [[0, 0, 30, 30]]
+
+
+def test_missing_and_malformed_files_name_the_file_and_key(tmp_path):
+    with pytest.raises(AnnotationError, match=r"annotation file not found: .*nope.json \(set data.train.ann_file="):
+        CocoDetection(str(tmp_path / "nope.json"), str(tmp_path))
+    (tmp_path / "bad.json").write_text('{"images": [1, 2,')
+    with pytest.raises(AnnotationError, match="bad.json: invalid JSON at line 1"):
+        CocoDetection(str(tmp_path / "bad.json"), str(tmp_path))
+    (tmp_path / "noimages.json").write_text('{"annotations": []}')
+    with pytest.raises(AnnotationError, match="no 'images' list"):
+        CocoDetection(str(tmp_path / "noimages.json"), str(tmp_path))
+    (tmp_path / "nobbox.json").write_text(json.dumps({"images": [], "categories": [],
+                                                      "annotations": [{"id": 4, "image_id": 1, "category_id": 1}]}))
+    with pytest.raises(AnnotationError, match="annotation #0 .* lacks bbox"):
+        CocoDetection(str(tmp_path / "nobbox.json"), str(tmp_path))
+
+
+def test_unreadable_image_is_skipped_or_fails(tmp_path):
+    ann_file, img_dir = write_dataset(tmp_path, [("a.jpg", 40, 60), ("b.jpg", 40, 60)],
+                                      [ann(1, 2, 1, [1, 1, 10, 10])], CATEGORIES)
+    (tmp_path / "img" / "a.jpg").write_bytes(b"garbage")
+    transform = TrainTransform([32], 100)
+    dataset = CocoDetection(ann_file, img_dir, transform)
+    with pytest.warns(UserWarning, match="cannot decode image: .*a.jpg"):
+        sample = dataset[(0, 1)]
+    assert sample["file_name"] == "b.jpg" and sample["skipped"][0].endswith("a.jpg")
+    strict = CocoDetection(ann_file, img_dir, transform, on_bad_image="fail")
+    with pytest.raises(BadImageError, match="a.jpg.*data.on_bad_image=skip"):
+        strict[(0, 1)]
+
+
+def test_decoding_gray_rgba_16bit_and_exif(tmp_path):
+    colour = np.zeros((20, 30, 3), np.uint8)
+    colour[..., 0] = 200  # red in RGB
+    Image.fromarray(colour).save(tmp_path / "rgb.png")
+    Image.fromarray(np.dstack([colour, np.full((20, 30), 9, np.uint8)])).save(tmp_path / "rgba.png")
+    Image.fromarray(np.full((20, 30), 77, np.uint8)).save(tmp_path / "gray.png")
+    Image.fromarray(np.full((20, 30), 40000, np.uint16)).save(tmp_path / "gray16.png")
+    rotated = Image.fromarray(colour)
+    exif = rotated.getexif()
+    exif[274] = 6  # rotate 90 degrees when displayed
+    rotated.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    assert read_image(str(tmp_path / "rgb.png"))[0, 0].tolist() == [200, 0, 0]
+    assert read_image(str(tmp_path / "rgba.png")).shape == (20, 30, 3)
+    assert read_image(str(tmp_path / "gray.png"))[0, 0].tolist() == [77, 77, 77]
+    assert read_image(str(tmp_path / "gray16.png"))[0, 0].tolist() == [40000 >> 8] * 3
+    assert read_image(str(tmp_path / "rotated.jpg")).shape == (30, 20, 3)
+
+
+def test_train_transform_resizes_flips_and_is_seeded():
+    image = np.zeros((100, 200, 3), np.uint8)
+    boxes = np.array([[10, 20, 50, 60]], np.float32)
+    transform = TrainTransform([50], 1000, flip_prob=1.0)
+    out_image, out_boxes, kept = transform(image, boxes, seed=3)
+    assert out_image.shape == (50, 100, 3)
+    assert np.allclose(out_boxes, [[100 - 25, 10, 100 - 5, 30]], atol=1e-4)
+    assert kept.tolist() == [0]
+    capped = TrainTransform([800], 300, flip_prob=0.0)(image, boxes, seed=0)[0]
+    assert capped.shape == (150, 300, 3)
+    random_sizes = TrainTransform([40, 60, 80], 1000)
+    first = [random_sizes(image, boxes, seed=s)[0].shape for s in range(6)]
+    assert first == [random_sizes(image, boxes, seed=s)[0].shape for s in range(6)]
+    assert len(set(first)) > 1
+    assert EvalTransform(50, 1000)(image).shape == (50, 100, 3)
+
+
+def test_grouped_sampler_groups_shards_and_resumes():
+    ratios = [1.5] * 10 + [0.7] * 6
+    full = GroupedBatchSampler(ratios, 2, seed=5)
+    stream = iter(full)
+    first = [next(stream) for _ in range(20)]
+    for batch in first:
+        indices = [i for i, _ in batch]
+        groups = {ratios[i] >= 1 for i in indices}
+        assert len(indices) == 2 and len(groups) == 1
+    resumed = iter(GroupedBatchSampler(ratios, 2, seed=5, start_step=13))
+    assert [next(resumed) for _ in range(7)] == first[13:]
+    # Two processes with one image each see the halves of each global batch of two.
+    rank0 = iter(GroupedBatchSampler(ratios, 1, seed=5, rank=0, world_size=2))
+    rank1 = iter(GroupedBatchSampler(ratios, 1, seed=5, rank=1, world_size=2))
+    pairs = [next(rank0) + next(rank1) for _ in range(8)]
+    assert all(len({i for i, _ in pair}) == 2 for pair in pairs)
+
+
+def test_samples_carry_boxes_in_network_coordinates(tmp_path):
+    ann_file, img_dir = write_dataset(tmp_path, [("a.jpg", 40, 80)], [ann(1, 1, 18, [10, 10, 20, 10]),
+                                                                     ann(2, 1, 1, [0, 0, 5, 5], crowd=1)], CATEGORIES)
+    dataset = CocoDetection(ann_file, img_dir, TrainTransform([80], 1000, flip_prob=0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sample = dataset[(0, 0)]
+    assert sample["image"].shape == (3, 80, 160) and sample["image"].dtype == torch.uint8
+    assert torch.allclose(sample["boxes"], torch.tensor([[20.0, 20.0, 60.0, 40.0]]))
+    assert sample["labels"].tolist() == [2]
+    assert torch.allclose(sample["crowd_boxes"], torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
+    assert (sample["height"], sample["width"]) == (40, 80)

@@ -1,0 +1,103 @@
+"""Scoring against pycocotools itself, the faster backend, and bad detection files."""
+
+import contextlib
+import copy
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detection.evaluation.coco_eval import STAT_NAMES, DetectionsError, evaluate_detections
+
+
+def fixture_dataset(seed=0):
+    """GT with crowd regions, a category without any detection and one without any GT."""
+    rng = np.random.default_rng(seed)
+    images, annotations, results = [], [], []
+    categories = [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}, {"id": 11, "name": "c"}, {"id": 12, "name": "d"}]
+    for image_id in range(1, 13):
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "height": 480, "width": 640})
+        for _ in range(rng.integers(1, 6)):
+            w, h = rng.uniform(8, 200, 2)
+            x, y = rng.uniform(0, 640 - w), rng.uniform(0, 480 - h)
+            category = int(rng.choice([3, 7, 11]))
+            crowd = int(rng.random() < 0.15)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
+                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": crowd})
+            if category == 11:
+                continue  # category "c" gets no detections at all
+            for _ in range(rng.integers(0, 3)):
+                jitter = rng.normal(0, 0.1, 4) * [w, h, w, h]
+                results.append({"image_id": image_id, "category_id": category,
+                                "bbox": [float(v) for v in np.array([x, y, w, h]) + jitter],
+                                "score": float(rng.uniform(0.05, 1))})
+        results.append({"image_id": image_id, "category_id": 12, "bbox": [1, 1, 30, 30], "score": 0.3})
+    return {"images": images, "annotations": annotations, "categories": categories}, results
+
+
+def pycocotools_stats(gt, results):
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+        evaluator = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def test_scores_equal_pycocotools():
+    gt, results = fixture_dataset()
+    reference = pycocotools_stats(gt, results)
+    ours = evaluate_detections(gt, results)
+    assert [ours["bbox"][k] for k in STAT_NAMES] == pytest.approx([s * 100 for s in reference.stats], abs=1e-9)
+    assert np.isnan(ours["per_category"]["d"])  # no GT: undefined
+    assert ours["per_category"]["c"] == 0.0  # GT but no detection
+    assert 0 < ours["per_category"]["a"] <= 100
+
+
+def test_faster_backend_gives_identical_numbers():
+    gt, results = fixture_dataset(seed=1)
+    slow = evaluate_detections(gt, results, "pycocotools")
+    fast = evaluate_detections(gt, results, "faster_coco_eval")
+    assert [fast["bbox"][k] for k in STAT_NAMES] == pytest.approx([slow["bbox"][k] for k in STAT_NAMES], abs=1e-9)
+    assert np.allclose(fast["precision"], slow["precision"], atol=1e-12)
+
+
+def test_unknown_image_ids_are_a_clear_error():
+    gt, results = fixture_dataset()
+    results.append({"image_id": 999, "category_id": 3, "bbox": [0, 0, 5, 5], "score": 0.5})
+    with pytest.raises(DetectionsError, match=r"1 image ids are not in the ground truth \(e.g. \[999\]\)"):
+        evaluate_detections(gt, results)
+
+
+def test_no_detections_scores_zero():
+    gt, _ = fixture_dataset()
+    assert evaluate_detections(gt, [])["bbox"]["AP"] == 0.0
+
+
+def test_scoring_mode_command_line(tmp_path, repo_root):
+    gt, results = fixture_dataset()
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "det.json").write_text(json.dumps(results))
+    done = subprocess.run([sys.executable, f"{repo_root}/tools/eval_det.py", "--gt", str(tmp_path / "gt.json"),
+                           "--det", str(tmp_path / "det.json"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, check=True)
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95" in done.stdout
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(metrics["bbox"]) == set(STAT_NAMES)
+    assert metrics["bbox"]["AP"] == pytest.approx(pycocotools_stats(gt, results).stats[0] * 100, abs=1e-3)
+    results.append({"image_id": 999, "category_id": 3, "bbox": [0, 0, 5, 5], "score": 0.5})
+    (tmp_path / "det.json").write_text(json.dumps(results))
+    failed = subprocess.run([sys.executable, f"{repo_root}/tools/eval_det.py", "--gt", str(tmp_path / "gt.json"),
+                             "--det", str(tmp_path / "det.json"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert failed.stderr.strip().startswith("error:") and "999" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1

@@ -1,0 +1,93 @@
+"""Box coding, anchors, label assignment with crowd boxes and empty images, sampling."""
+
+import math
+
+import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchors
+from torchvision.models.detection.image_list import ImageList
+
+from detection.modeling.anchors import AnchorGenerator
+from detection.modeling.box_coder import BoxCoder
+from detection.modeling.matching import BACKGROUND, FOREGROUND, IGNORE, Matcher, sample_balanced
+
+
+def test_box_coder_round_trip_and_hand_computed_case():
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    reference = torch.tensor([[0.0, 0.0, 10.0, 20.0]])
+    target = torch.tensor([[5.0, 0.0, 25.0, 20.0]])
+    deltas = coder.encode(reference, target)
+    # centre moves 10 px on a 10 px wide box: tx = 1 (x10); width doubles: tw = log 2 (x5)
+    assert torch.allclose(deltas, torch.tensor([[10.0, 0.0, 5 * math.log(2), 0.0]]))
+    boxes = torch.rand(50, 2) * 100
+    boxes = torch.cat([boxes, boxes + torch.rand(50, 2) * 50 + 1], dim=1)
+    refs = torch.rand(50, 2) * 100
+    refs = torch.cat([refs, refs + torch.rand(50, 2) * 50 + 1], dim=1)
+    assert torch.allclose(coder.decode(coder.encode(refs, boxes), refs), boxes, atol=1e-3)
+
+
+def test_decode_clamps_huge_sizes():
+    coder = BoxCoder()
+    box = coder.decode(torch.tensor([[0.0, 0.0, 100.0, 100.0]]), torch.tensor([[0.0, 0.0, 16.0, 16.0]]))
+    assert torch.isfinite(box).all() and box[0, 2] - box[0, 0] <= 1000 + 1e-3
+
+
+def test_anchors_match_torchvision_order_and_values():
+    sizes, ratios = [[32], [64]], [0.5, 1.0, 2.0]
+    ours = AnchorGenerator(sizes, ratios)
+    reference = TorchvisionAnchors(tuple(tuple(s) for s in sizes), (tuple(ratios),) * 2)
+    images = ImageList(torch.zeros(1, 3, 64, 96), [(64, 96)])
+    features = [torch.zeros(1, 8, 16, 24), torch.zeros(1, 8, 8, 12)]
+    expected = reference(images, features)[0]
+    got = torch.cat(ours((64, 96), [f.shape[-2:] for f in features], torch.device("cpu")))
+    assert torch.equal(got, expected)
+
+
+def test_c4_anchor_shapes_are_the_paper_ones():
+    anchors = AnchorGenerator([[64, 128, 256, 512]], [0.5, 1.0, 2.0]).cell_anchors[0]
+    widths = anchors[:, 2] - anchors[:, 0]
+    heights = anchors[:, 3] - anchors[:, 1]
+    assert len(anchors) == 12
+    areas = (widths * heights).sqrt()
+    for size in (64, 128, 256, 512):
+        assert ((areas - size).abs() / size < 0.02).sum() == 3
+
+
+def test_matcher_thresholds_low_quality_and_crowd():
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    crowd = torch.tensor([[100.0, 100.0, 200.0, 200.0]])
+    candidates = torch.tensor([
+        [0.0, 0.0, 10.0, 10.0],      # IoU 1 -> foreground
+        [0.0, 0.0, 10.0, 16.0],      # IoU 0.625 -> between thresholds: ignored
+        [50.0, 50.0, 60.0, 60.0],    # IoU 0 -> background
+        [120.0, 120.0, 150.0, 150.0],  # background by IoU, but inside a crowd region -> ignored
+        [190.0, 190.0, 260.0, 260.0],  # overlaps the crowd region a little -> background
+    ])
+    matched, labels = Matcher(0.7, 0.3, allow_low_quality=False)(candidates, gt, crowd)
+    assert labels.tolist() == [FOREGROUND, IGNORE, BACKGROUND, IGNORE, BACKGROUND]
+    assert matched[0] == 0
+
+
+def test_low_quality_matches_give_every_object_an_anchor():
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0], [30.0, 30.0, 40.0, 40.0]])
+    candidates = torch.tensor([[0.0, 0.0, 20.0, 20.0], [30.0, 30.0, 50.0, 50.0], [60.0, 60.0, 70.0, 70.0]])
+    matched, labels = Matcher(0.7, 0.3, allow_low_quality=True)(candidates, gt)
+    assert labels.tolist() == [FOREGROUND, FOREGROUND, BACKGROUND]
+    assert matched[:2].tolist() == [0, 1]
+
+
+def test_empty_image_is_all_background():
+    matched, labels = Matcher(0.7, 0.3, allow_low_quality=True)(torch.rand(5, 4) * 10 + torch.tensor([0, 0, 11, 11]),
+                                                                torch.zeros(0, 4))
+    assert (labels == BACKGROUND).all()
+
+
+def test_balanced_sampling_caps_positives():
+    labels = torch.tensor([FOREGROUND] * 200 + [BACKGROUND] * 1000 + [IGNORE] * 50)
+    positive, negative = sample_balanced(labels, 256, 0.5, torch.Generator().manual_seed(0))
+    assert len(positive) == 128 and len(negative) == 128
+    assert (labels[positive] == FOREGROUND).all() and (labels[negative] == BACKGROUND).all()
+    few = torch.tensor([FOREGROUND] * 3 + [BACKGROUND] * 1000)
+    positive, negative = sample_balanced(few, 256, 0.5)
+    assert len(positive) == 3 and len(negative) == 253
+    again = sample_balanced(labels, 256, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], sample_balanced(labels, 256, 0.5, torch.Generator().manual_seed(0))[0])
