@@ -186,7 +186,7 @@ class ConfigLoader:
             value = OmegaConf.select(cfg, key)
             if value not in options:
                 source = self.sources.get(key, "the defaults")
-                raise ConfigError(f"'{key}' in {source} is '{value}': choose one of {', '.join(map(str, options))}")
+                raise ConfigError(f"'{key}' in {source} is '{value}': choose one of {', '.join(repr(o) if o == '' else str(o) for o in options)}")
 
 
 def load_config(schema: type, path: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:

@@ -77,6 +77,7 @@ class Trainer:
         self.iteration = 0
         self.best_metric = -math.inf
         self.nonfinite_steps = 0
+        self.train_seconds = 0.0  # wall time in the loop itself, without evaluation and checkpoints
         self.skipped_files: set[str] = set()
         self._stop_signal: int | None = None
         self.ddp_model = model
@@ -90,6 +91,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "iteration": self.iteration,
             "best_metric": self.best_metric,
+            "train_seconds": self.train_seconds,
             # Every process has its own RNG stream: keep them all (a collective call).
             "rng": dist_utils.all_gather_objects(capture_rng_state()),
             "meta": self.meta,
@@ -111,6 +113,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.start_iter = self.iteration = int(state["iteration"])
         self.best_metric = float(state.get("best_metric", -math.inf))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         rng_states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         restore_rng_state(rng_states[min(dist_utils.get_rank(), len(rng_states) - 1)])
         self.metrics_logger.truncate_after(self.start_iter)
@@ -131,6 +134,7 @@ class Trainer:
         final_metrics: dict = {}
         try:
             for self.iteration in range(self.start_iter, solver.max_iter):
+                tick = time.perf_counter()
                 batch = self._next_batch(data)
                 losses = self._forward(batch)
                 total = sum(losses.values())
@@ -144,6 +148,7 @@ class Trainer:
                     window_count += 1
                 done = self.iteration + 1
                 self.scheduler.step()
+                self.train_seconds += time.perf_counter() - tick
                 bar.update(1)
                 if stop:
                     self._save_and_stop(done)
@@ -241,6 +246,7 @@ class Trainer:
             "total_loss": round(sum(averaged.values()), 5),
             "lr": self.optimizer.param_groups[0]["lr"],
             "time_per_iter": round(seconds_per_iter, 4),
+            "train_time": round(self.train_seconds, 1),
         }
         if self.device.type == "cuda":
             record["max_mem_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20)
@@ -259,7 +265,7 @@ class Trainer:
         # The same metrics on every process, so that all take part in saving the best model.
         metrics = dist_utils.broadcast_object(metrics)
         if metrics:
-            self.metrics_logger.log(iteration, metrics, kind="eval")
+            self.metrics_logger.log(iteration, {**metrics, "train_time": round(self.train_seconds, 1)}, kind="eval")
             value = self._primary(metrics)
             if value is not None and value > self.best_metric:
                 self.best_metric = value

@@ -1,0 +1,48 @@
+"""Detections for single images: the library side of tools/infer.py and of users' own scripts.
+
+    from detection.config import load_detection_config
+    from detection.predictor import Predictor
+
+    predictor = Predictor(load_detection_config("configs/shapes.yaml"), "output/shapes/model_final.pth")
+    detections = predictor(image)      # (H, W, 3) uint8 RGB -> {"boxes", "scores", "labels", ...}
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .data.image_io import read_image
+from .data.transforms import EvalTransform
+from .inference import load_detector
+
+
+class Predictor:
+    """A detector in eval mode with its test-time resize; outputs are in the input image's pixels."""
+
+    def __init__(self, cfg, weights: str, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model, self.category_map = load_detector(cfg, weights, self.device)
+        self.transform = EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test)
+        self.score_thresh = cfg.test.score_thresh
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.category_map.names)
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray) -> dict:
+        """{"boxes" (N, 4) xyxy, "scores" (N,), "labels" (N,) 1..K, "category_ids" (N,)} as numpy arrays."""
+        height, width = image.shape[:2]
+        resized = self.transform(image)
+        sample = {"image": torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))),
+                  "height": height, "width": width}
+        detections = self.model([sample])[0]
+        labels = detections["labels"].cpu().numpy()
+        category_ids = np.asarray(self.category_map.category_ids)[labels - 1] if len(labels) else labels
+        return {"boxes": detections["boxes"].float().cpu().numpy(), "scores": detections["scores"].float().cpu().numpy(),
+                "labels": labels, "category_ids": category_ids}
+
+    def predict_file(self, path: str) -> tuple[np.ndarray, dict]:
+        image = read_image(path)
+        return image, self(image)

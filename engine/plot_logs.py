@@ -1,0 +1,92 @@
+"""Curves from a run's metrics.jsonl: losses, learning rate and evaluation metrics against iteration."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .errors import UserError
+
+# Evaluation numbers worth a curve, by the name they have in metrics.jsonl (flattened with "/").
+EVAL_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "top1_err", "top5_err", "top1_loc_err", "top5_loc_err",
+             "gt_known_loc_err")
+
+
+def read_metrics(path: str) -> tuple[list[dict], list[dict]]:
+    """(train records, eval records) of a metrics.jsonl file; unreadable lines are skipped."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise UserError(f"no metrics log at {path}: give a run's output_dir or its metrics.jsonl")
+    train, evals = [], []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            (evals if record.get("type") == "eval" else train).append(record)
+    return train, evals
+
+
+def flatten(record: dict, prefix: str = "") -> dict[str, float]:
+    flat = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def plot_run(path: str, out_dir: str | None = None) -> list[str]:
+    """Write loss.png, lr.png and eval.png (when the run evaluated); returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evals = read_metrics(path)
+    if not train and not evals:
+        raise UserError(f"{path} holds no metrics yet")
+    out_dir = out_dir or (path if os.path.isdir(path) else os.path.dirname(path))
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+
+    def save(figure, name):
+        file = os.path.join(out_dir, name)
+        figure.savefig(file, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        written.append(file)
+
+    if train:
+        iterations = [r["iteration"] for r in train]
+        loss_names = sorted({k for r in train for k in r if k.startswith("loss") or k == "total_loss"})
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        for name in loss_names:
+            points = [(r["iteration"], r[name]) for r in train if name in r]
+            axis.plot(*zip(*points), label=name, linewidth=2 if name == "total_loss" else 1)
+        axis.set(xlabel="iteration", ylabel="loss", title="training losses")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+        save(figure, "loss.png")
+        if any("lr" in r for r in train):
+            figure, axis = plt.subplots(figsize=(7, 3))
+            axis.plot(iterations, [r.get("lr", float("nan")) for r in train])
+            axis.set(xlabel="iteration", ylabel="learning rate", title="learning rate")
+            axis.grid(alpha=0.3)
+            save(figure, "lr.png")
+    if evals:
+        flat = [(r["iteration"], flatten(r)) for r in evals]
+        keys = [k for k in EVAL_KEYS if any(k in values for _, values in flat)]
+        if keys:
+            figure, axis = plt.subplots(figsize=(7, 4.5))
+            for key in keys:
+                points = [(it, values[key]) for it, values in flat if key in values]
+                axis.plot(*zip(*points), marker="o", label=key)
+            axis.set(xlabel="iteration", ylabel="percent", title="evaluation")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize="small")
+            save(figure, "eval.png")
+    return written

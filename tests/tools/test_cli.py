@@ -1,0 +1,113 @@
+"""The command lines, run as a user runs them: a short training run, inference, scoring, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from detection.data.shapes import generate_split
+from tests.conftest import ROOT
+
+TINY = [
+    "model.backbone.base_width=16", "model.fpn.out_channels=32", "model.roi_head.fc_dim=64",
+    "model.roi_head.batch_size_per_image=32", "input.min_size_train=[160]", "input.max_size_train=240",
+    "input.min_size_test=160", "input.max_size_test=240", "solver.ims_per_batch=2", "solver.max_iter=4",
+    "solver.steps=[3]", "solver.warmup_iters=2", "solver.checkpoint_period=2", "solver.log_period=2",
+    "data.num_workers=0", "seed=3",
+]
+
+
+def run_tool(script: str, *args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", script), *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    generate_split(str(root), "train", 6, seed=1)
+    generate_split(str(root), "val", 3, seed=1)
+    return [f"data.train.ann_file={root}/annotations/instances_train.json", f"data.train.img_dir={root}/train",
+            f"data.test.ann_file={root}/annotations/instances_val.json", f"data.test.img_dir={root}/val"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_shapes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = run_tool("train_det.py", f"output_dir={out}", *TINY, *tiny_shapes)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, tiny_shapes
+
+
+def test_training_run_writes_config_weights_metrics_and_logs(trained_run):
+    out, _ = trained_run
+    for name in ("config.yaml", "model_final.pth", "metrics.json", "metrics.jsonl", "last_checkpoint"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"}
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    iterations = [r["iteration"] for r in records if "total_loss" in r]
+    assert iterations == [2, 4]
+    # The saved config alone repeats the run: it loads without any other file or override.
+    from detection.config import load_detection_config
+
+    cfg = load_detection_config(str(out / "config.yaml"), [])
+    assert cfg.solver.max_iter == 4 and cfg.model.backbone.base_width == 16
+
+
+def test_infer_writes_predictions_and_annotated_images(trained_run, tmp_path):
+    out, data_keys = trained_run
+    val_dir = [k.split("=", 1)[1] for k in data_keys if k.startswith("data.test.img_dir")][0]
+    result = run_tool("infer.py", "--weights", str(out / "model_final.pth"), "--inputs", val_dir,
+                      "--out", str(tmp_path), "--vis-thresh", "0", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    assert all(set(p) == {"file_name", "category_id", "category_name", "bbox", "score"} for p in predictions)
+    assert sorted(os.listdir(tmp_path / "vis")) == sorted(os.listdir(val_dir))
+
+
+def test_eval_only_and_scoring_mode_agree(trained_run, tmp_path):
+    out, data_keys = trained_run
+    result = run_tool("eval_det.py", "--cfg", str(out / "config.yaml"), "--weights", str(out / "model_final.pth"),
+                      "--out", str(tmp_path / "model"), "--plots", str(tmp_path / "plots"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    gt = [k.split("=", 1)[1] for k in data_keys if k.startswith("data.test.ann_file")][0]
+    result = run_tool("eval_det.py", "--gt", gt, "--det", str(tmp_path / "model" / "detections.json"),
+                      "--out", str(tmp_path / "files"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    from_model = json.loads((tmp_path / "model" / "metrics.json").read_text())["bbox"]
+    from_file = json.loads((tmp_path / "files" / "metrics.json").read_text())["bbox"]
+    assert from_model == from_file
+    assert (tmp_path / "plots" / "pr_all.png").is_file()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["solver.base_rl=0.1"], "did you mean solver.base_lr?"),
+    (["--cfg", "configs/nope.yaml"], "configs/nope.yaml"),
+    (["model.backbone.depth=42"], "model.backbone.depth"),
+])
+def test_bad_config_is_one_line_and_exit_code_2(args, expected):
+    result = run_tool("train_det.py", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+
+
+def test_missing_dataset_file_is_one_line(tmp_path):
+    result = run_tool("train_det.py", f"output_dir={tmp_path}", "data.synthetic=''",
+                      f"data.train.ann_file={tmp_path}/missing.json")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # after the printed config
+    assert last.startswith("error: ") and "missing.json" in last and "data.train.ann_file" in last, last
+
+
+def test_plot_logs_writes_curves(trained_run, tmp_path):
+    out, _ = trained_run
+    result = run_tool("plot_logs.py", str(out), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path)) == ["eval.png", "loss.png", "lr.png"]
+    result = run_tool("plot_logs.py", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "no metrics log" in result.stderr

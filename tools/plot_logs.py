@@ -1,0 +1,28 @@
+"""Plot a run's curves (losses, learning rate, evaluation metrics) as PNG files.
+
+    python tools/plot_logs.py output/shapes              # writes output/shapes/{loss,lr,eval}.png
+    python tools/plot_logs.py output/shapes --out plots/
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.cli import run_cli
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a run's output_dir (or its metrics.jsonl)")
+    parser.add_argument("--out", help="folder for the PNG files (default: the run's folder)")
+    args = parser.parse_args()
+
+    from engine.plot_logs import plot_run
+
+    for path in plot_run(args.run, args.out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
