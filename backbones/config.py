@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional  # noqa: UP035 - omegaconf needs typing generics
 
 from .norm import NORMS
 from .resnet import ARCHITECTURES, SHORTCUTS
@@ -13,7 +12,7 @@ from .resnet import ARCHITECTURES, SHORTCUTS
 class BackboneConfig:
     depth: int = field(default=50, metadata={"choices": tuple(ARCHITECTURES)})
     # A path to a torchvision/timm state dict, or "torchvision:IMAGENET1K_V2", "timm:resnet50.a1_in1k".
-    weights: Optional[str] = None
+    weights: str | None = None
     norm: str = field(default="frozen_bn", metadata={"choices": NORMS})
     freeze_at: int = 2
     # True: the original MSRA bottleneck (stride on the first 1x1), as in the paper's FLOP counts.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List  # noqa: UP035 - omegaconf needs typing generics
 
 from backbones.config import BackboneConfig
 from engine.config import choice, load_config
@@ -13,8 +12,8 @@ from engine.schema import DatasetConfig, SolverConfig
 @dataclass
 class AnchorConfig:
     # One list of sizes (pixels, square-root of the area) per feature level.
-    sizes: List[List[float]] = field(default_factory=lambda: [[64.0, 128.0, 256.0, 512.0]])
-    aspect_ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    sizes: list[list[float]] = field(default_factory=lambda: [[64.0, 128.0, 256.0, 512.0]])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
 
 
 @dataclass
@@ -52,7 +51,7 @@ class RoIHeadConfig:
     # FPN box head: fully connected layers and their width.
     num_fc: int = 2
     fc_dim: int = 1024
-    bbox_reg_weights: List[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    bbox_reg_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
     smooth_l1_beta: float = 1.0 / 9.0
     # Whole-image RoI through the same head, concatenated to each region (paper, Appendix B).
     global_context: bool = False
@@ -61,7 +60,7 @@ class RoIHeadConfig:
 @dataclass
 class FPNConfig:
     out_channels: int = 256
-    in_features: List[str] = field(default_factory=lambda: ["res2", "res3", "res4", "res5"])
+    in_features: list[str] = field(default_factory=lambda: ["res2", "res3", "res4", "res5"])
 
 
 @dataclass
@@ -82,10 +81,10 @@ class ModelConfig:
 @dataclass
 class InputConfig:
     # Pixel statistics on 0-255 values, in the order of `format`.
-    pixel_mean: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
-    pixel_std: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
     format: str = choice("RGB", ("RGB", "BGR"))
-    min_size_train: List[int] = field(default_factory=lambda: [600])
+    min_size_train: list[int] = field(default_factory=lambda: [600])
     max_size_train: int = 1000
     min_size_test: int = 600
     max_size_test: int = 1000

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional  # noqa: UP035 - omegaconf needs typing generics
 
 from .config import choice
 
@@ -24,7 +23,7 @@ class SolverConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     # Absolute iteration numbers at which the learning rate is multiplied by gamma.
-    steps: List[int] = field(default_factory=lambda: [60000, 80000])
+    steps: list[int] = field(default_factory=lambda: [60000, 80000])
     gamma: float = 0.1
     warmup_iters: int = 1000
     warmup_factor: float = 0.001

@@ -133,7 +133,8 @@ class Trainer:
         window_count, window_start, last_log = 0, time.perf_counter(), self.start_iter
         final_metrics: dict = {}
         try:
-            for self.iteration in range(self.start_iter, solver.max_iter):
+            for iteration in range(self.start_iter, solver.max_iter):
+                self.iteration = iteration
                 tick = time.perf_counter()
                 batch = self._next_batch(data)
                 losses = self._forward(batch)
