@@ -1,10 +1,10 @@
 """Deterministic, resumable, sharded batch sampling with aspect-ratio grouping.
 
-The sequence of batches is a pure function of (seed, epoch): each epoch shuffles the images,
-groups them by orientation (landscape / portrait) so that padding wastes little, cuts the
-groups into batches, and shuffles the batches. Global step ``s`` uses batches
-``s * world_size .. s * world_size + world_size - 1``, one per process. Resuming at step ``s``
-needs nothing but ``s``.
+The sequence of global batches is a pure function of (seed, epoch): each epoch shuffles the
+images, groups them by orientation (landscape / portrait) so that padding wastes little, cuts the
+groups into global batches (``batch_size * world_size`` images), and shuffles the batches. At
+global step ``s`` process ``r`` takes the ``r``-th slice of global batch ``s``: the images of a step
+do not depend on the number of processes, and resuming at step ``s`` needs nothing but ``s``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
         self.num_images = len(aspect_ratios)
         self.groups = (np.asarray(aspect_ratios) >= 1.0).astype(np.int64) if group_by_aspect else None
         self.batch_size = batch_size
+        self.global_batch_size = batch_size * world_size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -50,38 +51,36 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
         else:
             chunks = [order[self.groups[order] == g] for g in (0, 1)]
         batches, leftovers = [], []
+        size = self.global_batch_size
         for chunk in chunks:
-            full = len(chunk) // self.batch_size * self.batch_size
-            batches += [chunk[i:i + self.batch_size].tolist() for i in range(0, full, self.batch_size)]
+            full = len(chunk) // size * size
+            batches += [chunk[i:i + size].tolist() for i in range(0, full, size)]
             leftovers += chunk[full:].tolist()
         # Leftovers of both groups form mixed batches; the last short one is topped up from the start.
         while leftovers:
-            batch = leftovers[: self.batch_size]
-            leftovers = leftovers[self.batch_size:]
-            if len(batch) < self.batch_size:
-                batch += order[: self.batch_size - len(batch)].tolist()
+            batch = leftovers[:size]
+            leftovers = leftovers[size:]
+            if len(batch) < size:
+                batch += (order.tolist() * size)[: size - len(batch)]
             batches.append(batch)
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def steps_per_epoch(self, epoch: int) -> int:
-        return len(self.epoch_batches(epoch)) // self.world_size
+        return len(self.epoch_batches(epoch))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, step = 0, 0
         # Skip whole epochs quickly when resuming.
         while True:
             batches = self.epoch_batches(epoch)
-            per_epoch = len(batches) // self.world_size
-            if per_epoch == 0:
-                raise ValueError(f"{self.num_images} images cannot fill one global batch of "
-                                 f"{self.batch_size * self.world_size}")
+            per_epoch = len(batches)
             if step + per_epoch <= self.start_step:
                 step += per_epoch
                 epoch += 1
                 continue
-            for local in range(per_epoch):
+            for global_batch in batches:
                 if step >= self.start_step:
-                    batch = batches[local * self.world_size + self.rank]
+                    batch = global_batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
                     yield [(index, _sample_seed(self.seed, epoch, index)) for index in batch]
                 step += 1
             epoch += 1

@@ -15,6 +15,7 @@ a dict of metrics, and ``make_loader(start_iter)`` returns the batches from a gi
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -177,9 +178,18 @@ class Trainer:
     # -- pieces of the loop ----------------------------------------------------------------------
     def _wrap_distributed(self) -> None:
         if dist_utils.is_distributed():
+            uses_syncbn = any(isinstance(m, nn.SyncBatchNorm) for m in self.model.modules())
+            if uses_syncbn and self.device.type != "cuda":
+                raise UserError("norm=syncbn needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only): use "
+                                "model.backbone.norm=bn or gn for distributed training on CPUs")
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
-                                                                 broadcast_buffers=False)
+            # BatchNorm statistics stay per process (as in torchvision's and detectron2's recipes);
+            # SyncBatchNorm is the switch for synchronized statistics.
+            ddp = nn.parallel.DistributedDataParallel
+            no_buffer_sync = ({"forward_sync_buffers": False}
+                              if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+                              else {"broadcast_buffers": False})
+            self.ddp_model = ddp(self.model, device_ids=device_ids, **no_buffer_sync)
 
     def _next_batch(self, data):
         try:

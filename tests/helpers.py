@@ -15,3 +15,53 @@ def randomize_bn_statistics(model: torch.nn.Module, seed: int = 0) -> torch.nn.M
                 module.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.5)
                 module.bias.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
     return model
+
+
+def make_fixed_size_shapes(root, split: str, num_images: int, size=(160, 192), seed: int = 0) -> str:
+    """A COCO-format shapes split whose images all have one size (height, width): batches then need no
+    padding, so one process with a batch of N computes exactly what N processes with one image each do."""
+    import json
+    import os
+
+    import cv2
+    import numpy as np
+
+    from detection.data.shapes import CLASSES, render_image
+
+    height, width = size
+    os.makedirs(os.path.join(root, split), exist_ok=True)
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    images, annotations = [], []
+    for index in range(num_images):
+        image, objects = render_image(np.random.default_rng([seed, index]))
+        sy, sx = height / image.shape[0], width / image.shape[1]
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        name = f"{index:04d}.png"
+        cv2.imwrite(os.path.join(root, split, name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        images.append({"id": index + 1, "file_name": name, "height": height, "width": width})
+        for obj in objects:
+            x, y, w, h = obj["bbox"]
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": obj["category"] + 1,
+                                "bbox": [x * sx, y * sy, w * sx, h * sy], "area": w * sx * h * sy, "iscrowd": 0})
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)]
+    path = os.path.join(root, "annotations", f"instances_{split}.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, handle)
+    return path
+
+
+def data_overrides(root) -> list[str]:
+    """Config overrides pointing a detection config at a dataset made by the helpers above."""
+    return [f"data.train.ann_file={root}/annotations/instances_train.json", f"data.train.img_dir={root}/train",
+            f"data.test.ann_file={root}/annotations/instances_val.json", f"data.test.img_dir={root}/val",
+            "data.synthetic=''"]
+
+
+# A very small version of configs/shapes.yaml: seconds per iteration on one thread.
+TINY_DETECTOR = [
+    "model.backbone.base_width=16", "model.fpn.out_channels=32", "model.roi_head.fc_dim=64",
+    "model.roi_head.batch_size_per_image=32", "model.rpn.batch_size_per_image=64",
+    "input.min_size_train=[160]", "input.max_size_train=240", "input.min_size_test=160", "input.max_size_test=240",
+    "solver.ims_per_batch=2", "solver.max_iter=4", "solver.steps=[3]", "solver.warmup_iters=2",
+    "solver.checkpoint_period=2", "solver.log_period=2", "data.num_workers=0", "seed=3",
+]

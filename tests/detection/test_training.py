@@ -1,0 +1,107 @@
+"""Training end to end: exact resume, distributed equivalence, overfitting a few images, the C4 model."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from detection.config import load_detection_config
+from detection.training import train_detector
+from tests.conftest import ROOT
+from tests.helpers import TINY_DETECTOR, data_overrides, make_fixed_size_shapes
+
+SHAPES_CFG = os.path.join(ROOT, "configs", "shapes.yaml")
+
+
+@pytest.fixture(scope="module")
+def fixed_shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fixed_shapes")
+    make_fixed_size_shapes(str(root), "train", 8, seed=0)
+    make_fixed_size_shapes(str(root), "val", 2, seed=1)
+    return root
+
+
+def final_weights(out_dir) -> dict:
+    return torch.load(os.path.join(out_dir, "model_final.pth"), weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].numel())
+    assert worst <= atol, f"largest difference {worst}"
+
+
+def test_resume_continues_exactly(fixed_shapes, tmp_path):
+    overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + ["test.max_images=1"]
+    straight = tmp_path / "straight"
+    train_detector(load_detection_config(SHAPES_CFG, overrides + [f"output_dir={straight}"]))
+    # A second run starts from the straight run's checkpoint at iteration 2, as after a crash.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(straight / "model_0000002.pth", resumed / "model_0000002.pth")
+    (resumed / "last_checkpoint").write_text("model_0000002.pth")
+    train_detector(load_detection_config(SHAPES_CFG, overrides + [f"output_dir={resumed}"]), resume=True)
+    assert_same_weights(final_weights(straight), final_weights(resumed))
+    state = torch.load(resumed / "model_final.pth", weights_only=True)
+    assert state["iteration"] == 4 and state["scheduler"]["last_epoch"] == 4
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint(fixed_shapes, tmp_path):
+    overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + ["test.max_images=1", "solver.checkpoint_period=1",
+                                                                "solver.max_iter=3", f"output_dir={tmp_path}"]
+    cfg = load_detection_config(SHAPES_CFG, overrides)
+    train_detector(cfg)
+    (tmp_path / "model_final.pth").write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="model_final.pth"):
+        from detection.data.loader import build_train_dataset  # noqa: F401  (imports before the warning)
+        from engine.checkpoint import Checkpointer
+
+        state, path = Checkpointer(str(tmp_path)).load_latest()
+    assert path.endswith("model_0000002.pth") and state["iteration"] == 2
+
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(fixed_shapes, tmp_path):
+    # GroupNorm: per-image statistics, so that the split of the batch over processes does not matter.
+    worker = os.path.join(ROOT, "tests", "detection", "ddp_worker.py")
+    overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + [
+        "test.max_images=2", "model.backbone.norm=gn", "data.aspect_ratio_grouping=true"]
+    two = torchrun(2, worker, SHAPES_CFG, *overrides, f"output_dir={tmp_path / 'two'}")
+    assert two.returncode == 0, two.stderr[-4000:]
+    one = subprocess.run([sys.executable, worker, SHAPES_CFG, *overrides, f"output_dir={tmp_path / 'one'}"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
+    assert one.returncode == 0, one.stderr[-4000:]
+    rank0 = torch.load(tmp_path / "two" / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "two" / "rank1.pt", weights_only=True)
+    assert_same_weights(rank0, rank1)
+    single = torch.load(tmp_path / "one" / "rank0.pt", weights_only=True)
+    assert_same_weights(rank0, single, atol=1e-5)
+    # Evaluation is sharded over the two processes and gathered: the same numbers as one process.
+    metrics_two = json.loads((tmp_path / "two" / "metrics.json").read_text())["bbox"]
+    metrics_one = json.loads((tmp_path / "one" / "metrics.json").read_text())["bbox"]
+    assert metrics_two == pytest.approx(metrics_one, abs=1e-3)
+
+
+def test_batch_not_divisible_by_processes_is_refused_before_work(fixed_shapes, tmp_path):
+    result = torchrun(2, os.path.join(ROOT, "tools", "train_det.py"), *TINY_DETECTOR, *data_overrides(fixed_shapes),
+                      "solver.ims_per_batch=3", f"output_dir={tmp_path}")
+    assert result.returncode != 0
+    assert "solver.ims_per_batch=3 is not divisible by the 2 processes" in result.stderr
+    assert not (tmp_path / "config.yaml").exists()
+
+
+def test_syncbn_on_cpu_processes_is_a_clear_error(fixed_shapes, tmp_path):
+    result = torchrun(2, os.path.join(ROOT, "tools", "train_det.py"), *TINY_DETECTOR, *data_overrides(fixed_shapes),
+                      "model.backbone.norm=syncbn", f"output_dir={tmp_path}")
+    assert result.returncode != 0
+    assert "error: norm=syncbn needs CUDA devices" in result.stderr
