@@ -105,3 +105,30 @@ def test_syncbn_on_cpu_processes_is_a_clear_error(fixed_shapes, tmp_path):
                       "model.backbone.norm=syncbn", f"output_dir={tmp_path}")
     assert result.returncode != 0
     assert "error: norm=syncbn needs CUDA devices" in result.stderr
+
+
+def test_overfits_a_handful_of_images(tmp_path):
+    root = tmp_path / "data"
+    make_fixed_size_shapes(str(root), "train", 3, seed=7)
+    make_fixed_size_shapes(str(root), "val", 3, seed=7)  # the same images: memorizing them is the test
+    overrides = TINY_DETECTOR + data_overrides(root) + [
+        "solver.optimizer=adamw", "solver.base_lr=0.003", "solver.weight_decay=0.0", "solver.max_iter=150",
+        "solver.steps=[120]", "solver.warmup_iters=20", "solver.checkpoint_period=0", "solver.log_period=50",
+        "input.random_flip=0.0", "model.backbone.norm=gn", f"output_dir={tmp_path / 'run'}"]
+    metrics = train_detector(load_detection_config(SHAPES_CFG, overrides))
+    assert metrics["bbox"]["AP50"] >= 90, metrics["bbox"]
+
+
+def test_c4_detector_trains_and_evaluates(fixed_shapes, tmp_path):
+    """The paper's design (RPN on res4, res5 head per RoI) through the same trainer, in miniature."""
+    overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + [
+        "model.arch=c4", "model.backbone.depth=18", "model.backbone.weights=null", "model.backbone.norm=bn", "model.backbone.freeze_at=0",
+        "model.anchors.sizes=[[32,64,128]]", "model.rpn.pre_nms_topk_train=300", "model.rpn.post_nms_topk_train=100",
+        "model.rpn.pre_nms_topk_test=300", "model.rpn.post_nms_topk_test=50", "test.max_images=2",
+        f"output_dir={tmp_path}"]
+    cfg = load_detection_config(os.path.join(ROOT, "configs", "coco_r50.yaml"), overrides)
+    metrics = train_detector(cfg)
+    assert set(metrics["bbox"]) >= {"AP", "AP50"}
+    state = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert any(k.startswith("roi_heads.box_head.res5") or ".res5." in k for k in state["model"]), "no res5 head"
+    assert not any(k.startswith("backbone.") and "res5" in k for k in state["model"]), "res5 belongs to the head"
