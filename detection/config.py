@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backbones.config import BackboneConfig
-from engine.config import choice, load_config
+from engine.config import ConfigError, choice, load_config
 from engine.schema import DatasetConfig, SolverConfig
 
 
@@ -117,6 +117,21 @@ class TestConfig:
     # Evaluate at most this many images (0: all), for quick checks.
     max_images: int = 0
     eval_backend: str = choice("pycocotools", ("pycocotools", "faster_coco_eval"))
+    # The paper's test-time improvements (Appendix B); see detection/modeling/test_time.py.
+    box_refinement: bool = False
+    refine_nms_thresh: float = 0.3
+    box_voting: bool = False
+    box_voting_iou: float = 0.5
+    # Multi-scale testing: shorter sides of the image pyramid, e.g. [200, 400, 600, 800, 1000]
+    # (null: single scale at input.min_size_test).
+    scales: list[int] | None = None
+    # "paper": proposals at rpn_scale, each RoI's features from two adjacent scales merged by max;
+    # "union": detections at every scale (and flips) merged by NMS / box voting.
+    multiscale_mode: str = choice("paper", ("paper", "union"))
+    rpn_scale: int = 0  # 0: input.min_size_test
+    # "paper" mode picks, per RoI, the scales where its side is nearest this (224: ImageNet objects).
+    canonical_size: float = 224.0
+    flip: bool = False  # also test the horizontally flipped image
 
 
 @dataclass
@@ -132,4 +147,17 @@ class DetectionConfig:
 
 
 def load_detection_config(path=None, overrides=()):
-    return load_config(DetectionConfig, path, overrides)
+    cfg = load_config(DetectionConfig, path, overrides)
+    check_test_options(cfg)
+    return cfg
+
+
+def check_test_options(cfg) -> None:
+    """Values the schema's types cannot rule out, with the fix in the message."""
+    scales = cfg.test.scales
+    if scales is not None and (len(scales) == 0 or any(s <= 0 for s in scales)):
+        raise ConfigError(f"test.scales={list(scales)}: give positive shorter sides such as [400, 600, 800], "
+                          f"or null for single-scale testing")
+    if cfg.test.rpn_scale < 0:
+        raise ConfigError(f"test.rpn_scale={cfg.test.rpn_scale}: give a positive shorter side, or 0 for "
+                          f"input.min_size_test")

@@ -17,6 +17,7 @@ from .evaluation.coco_eval import (
     metrics_for_json,
 )
 from .inference import load_detector, run_inference
+from .modeling.build import build_test_model
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def evaluate_weights(cfg, weights: str, out_dir: str | None = None, plots_dir: s
     model, category_map = load_detector(cfg, weights, device)
     dataset = build_test_dataset(cfg, category_map)
     loader = build_test_loader(dataset, cfg.test.ims_per_batch, cfg.data.num_workers)
-    results, seconds = run_inference(model, loader, category_map.category_ids)
+    results, seconds = run_inference(build_test_model(model, cfg), loader, category_map.category_ids)
     gathered = dist_utils.all_gather_objects(results)
     if not dist_utils.is_main_process():
         return {}

@@ -16,7 +16,7 @@ from engine.errors import UserError
 from .data.coco import CategoryMap
 from .data.loader import build_test_loader
 from .evaluation.coco_eval import detections_to_coco, evaluate_detections, metrics_for_json
-from .modeling.build import build_model
+from .modeling.build import build_model, build_test_model
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def run_inference(model, loader, category_ids: list[int], progress: bool = True)
 def evaluate_model(model, dataset, cfg, progress: bool = True) -> dict:
     """COCO metrics of ``model`` on ``dataset``, sharded over processes and identical on all of them."""
     loader = build_test_loader(dataset, cfg.test.ims_per_batch, cfg.data.num_workers)
-    results, seconds = run_inference(model, loader, dataset.category_map.category_ids, progress)
+    results, seconds = run_inference(build_test_model(model, cfg), loader, dataset.category_map.category_ids,
+                                     progress)
     gathered = dist_utils.all_gather_objects(results)
     metrics = None
     if dist_utils.is_main_process():

@@ -15,6 +15,7 @@ import torch
 from .data.image_io import read_image
 from .data.transforms import EvalTransform
 from .inference import load_detector
+from .modeling.build import build_test_model, test_needs_original_images
 
 
 class Predictor:
@@ -22,8 +23,10 @@ class Predictor:
 
     def __init__(self, cfg, weights: str, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
-        self.model, self.category_map = load_detector(cfg, weights, self.device)
-        self.transform = EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test)
+        model, self.category_map = load_detector(cfg, weights, self.device)
+        self.model = build_test_model(model, cfg)
+        self.transform = (None if test_needs_original_images(cfg)
+                          else EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test))
         self.score_thresh = cfg.test.score_thresh
 
     @property
@@ -34,7 +37,7 @@ class Predictor:
     def __call__(self, image: np.ndarray) -> dict:
         """{"boxes" (N, 4) xyxy, "scores" (N,), "labels" (N,) 1..K, "category_ids" (N,)} as numpy arrays."""
         height, width = image.shape[:2]
-        resized = self.transform(image)
+        resized = self.transform(image) if self.transform else image
         sample = {"image": torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))),
                   "height": height, "width": width}
         detections = self.model([sample])[0]

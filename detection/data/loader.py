@@ -54,8 +54,11 @@ def build_train_dataset(cfg) -> CocoDetection:
 
 def build_test_dataset(cfg, category_map: CategoryMap) -> CocoDetection:
     ensure_synthetic(cfg)
-    return CocoDetection(cfg.data.test.ann_file, cfg.data.test.img_dir,
-                         EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test), category_map=category_map,
+    from ..modeling.build import test_needs_original_images
+
+    transform = (None if test_needs_original_images(cfg)
+                 else EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test))
+    return CocoDetection(cfg.data.test.ann_file, cfg.data.test.img_dir, transform, category_map=category_map,
                          train=False, on_bad_image=cfg.data.on_bad_image, key_prefix="data.test",
                          max_images=cfg.test.max_images)
 

@@ -84,3 +84,18 @@ def _fpn_parts(model_cfg, backbone_cfg):
     pooler = PyramidPooler(pooled, head_cfg.pooler_resolution, head_cfg.sampling_ratio or 2)
     box_head = FCHead(model_cfg.fpn.out_channels, head_cfg.pooler_resolution, head_cfg.num_fc, head_cfg.fc_dim)
     return backbone, list(backbone.out_features), model_cfg.fpn.out_channels, pooler, box_head
+
+
+def build_test_model(model: FasterRCNN, cfg):
+    """``model`` itself, or wrapped for the paper's test-time improvements when the config asks for any."""
+    from .test_time import TestTimeDetector, TestTimeOptions
+
+    options = TestTimeOptions.from_config(cfg.test, cfg.input)
+    return TestTimeDetector(model, options) if options.any_enabled else model
+
+
+def test_needs_original_images(cfg) -> bool:
+    """Test-time multi-scale and refinement resize images themselves."""
+    from .test_time import TestTimeOptions
+
+    return TestTimeOptions.from_config(cfg.test, cfg.input).any_enabled
