@@ -45,6 +45,7 @@ def evaluate_weights(cfg, weights: str, out_dir: str | None = None, plots_dir: s
     metrics = evaluate_detections(dataset.coco.dataset, results, cfg.test.eval_backend,
                                   [r["image_id"] for r in dataset.records], source=weights)
     report(metrics, out_dir, plots_dir, extra={"seconds_per_image": round(seconds, 4), "num_images": len(dataset)})
+    metrics["seconds_per_image"] = round(seconds, 4)
     return metrics
 
 

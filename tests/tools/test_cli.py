@@ -111,3 +111,17 @@ def test_plot_logs_writes_curves(trained_run, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["eval.png", "loss.png", "lr.png"]
     result = run_tool("plot_logs.py", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and "no metrics log" in result.stderr
+
+
+def test_ablation_tool_prints_and_writes_the_table(trained_run, tmp_path):
+    out, _ = trained_run
+    result = run_tool("ablate_det.py", "--cfg", str(out / "config.yaml"), "--weights", str(out / "model_final.pth"),
+                      "--scales", "128", "160", "192", "--out", str(tmp_path), "--plot", "test.max_images=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["row"] for r in rows] == ["baseline", "+box refinement", "+multi-scale"]
+    assert rows[2]["overrides"][-1].startswith("test.scales=[128,160,192]") or "test.scales=[128,160,192]" in \
+        rows[2]["overrides"]
+    assert all(r["seconds_per_image"] > 0 for r in rows)
+    assert "| +box refinement |" in (tmp_path / "ablation.md").read_text() and "| +box refinement |" in result.stdout
+    assert (tmp_path / "ablation.png").is_file()
