@@ -1,0 +1,34 @@
+"""`make bench`: every benchmark, one after the other (about half an hour on 2 CPU cores).
+
+    python benchmarks/run_all.py            # all
+    python benchmarks/run_all.py shapes     # by name: shapes, det
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BENCHMARKS = {"det": "bench_det.py", "shapes": "bench_shapes.py"}
+
+
+def main() -> int:
+    chosen = sys.argv[1:] or list(BENCHMARKS)
+    unknown = [name for name in chosen if name not in BENCHMARKS]
+    if unknown:
+        print(f"error: unknown benchmark {unknown[0]}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    failed = []
+    for name in chosen:
+        print(f"\n=== {name} ===", flush=True)
+        if subprocess.call([sys.executable, os.path.join(HERE, BENCHMARKS[name])]) != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

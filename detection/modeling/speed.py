@@ -1,0 +1,27 @@
+"""Inference fast path for a trained detector: same detections, less time.
+
+* BatchNorm (frozen or in eval mode) folded into the preceding convolutions: one memory-bound pass
+  over every activation map less (torchvision's FrozenBatchNorm2d is a separate multiply-add).
+* channels_last memory format for the convolutions, which oneDNN (CPU) and cuDNN run faster.
+
+Both change results only by floating-point rounding (tested: boxes within 1e-3 px).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from backbones import fold_frozen_bn
+
+
+def optimize_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    """Fold the backbone's BatchNorm and switch to channels_last, in place; returns the model in eval mode."""
+    model.eval()
+    fold_frozen_bn(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        for module in model.modules():
+            if hasattr(module, "channels_last"):
+                module.channels_last = True
+    return model
