@@ -1,0 +1,1 @@
+"""ILSVRC CLS-LOC localization: the official metric, the on-disk formats and a synthetic dataset."""

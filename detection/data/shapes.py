@@ -21,7 +21,7 @@ DEFAULT_ROOT = "datasets/shapes"
 SPLITS = {"train": 1500, "val": 300}
 
 
-def _polygon(kind: str, cx: float, cy: float, size: float, angle: float) -> np.ndarray:
+def polygon_points(kind: str, cx: float, cy: float, size: float, angle: float) -> np.ndarray:
     r = size / 2
     if kind == "square":
         points = [(-r, -r), (r, -r), (r, r), (-r, r)]
@@ -40,7 +40,7 @@ def _polygon(kind: str, cx: float, cy: float, size: float, angle: float) -> np.n
     return np.array([(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in points], dtype=np.float64)
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def render_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     top, bottom = rng.integers(40, 216, size=(2, 3))
     ramp = np.linspace(0, 1, height)[:, None, None]
     image = (top[None, None, :] * (1 - ramp) + bottom[None, None, :] * ramp).repeat(width, axis=1)
@@ -72,7 +72,7 @@ def render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
     landscape = rng.random() < 0.7
     long_side, short_side = int(rng.integers(288, 353)), int(rng.integers(208, 257))
     height, width = (short_side, long_side) if landscape else (long_side, short_side)
-    image = _background(rng, height, width)
+    image = render_background(rng, height, width)
     num_objects = 0 if rng.random() < 0.08 else int(rng.integers(1, 9))
     objects: list[dict] = []
     boxes: list[tuple] = []
@@ -87,7 +87,7 @@ def render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
         if kind == "circle":
             box = (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)
         else:
-            points = _polygon(kind, cx, cy, size, float(rng.uniform(0, 2 * math.pi)))
+            points = polygon_points(kind, cx, cy, size, float(rng.uniform(0, 2 * math.pi)))
             box = (points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max())
         if any(_iou(box, other) > 0.25 for other in boxes):
             continue

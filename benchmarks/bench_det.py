@@ -1,0 +1,179 @@
+"""Speed against torchvision's Faster R-CNN on the same weights, side by side in one process.
+
+    python benchmarks/bench_det.py                 # inference at 800/1333 and 600/1000, training steps
+    python benchmarks/bench_det.py --only infer    # or: train
+
+A torchvision fasterrcnn_resnet50_fpn (FrozenBatchNorm2d, as it is built for trained weights) gets
+random weights with measured BatchNorm statistics; its state dict is converted with
+tools/convert_weights.py's code and loaded into configs/tv_fasterrcnn_r50_fpn.yaml. The two models
+run interleaved on the same images; each figure is the median of several runs, and the ratio is
+this toolkit / torchvision. Results go to benchmarks/results/det.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def torchvision_detector(min_size: int, max_size: int):
+    import torchvision
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from tests.detection.tv_reference import calibrated_torchvision_detector
+
+    calibrated = calibrated_torchvision_detector(min_size, max_size)
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
+                                   trainable_layers=3)
+    model = torchvision.models.detection.FasterRCNN(backbone, num_classes=91, min_size=min_size, max_size=max_size)
+    model.load_state_dict(calibrated.state_dict(), strict=False)  # FrozenBatchNorm2d has no num_batches_tracked
+    return model.eval()
+
+
+def our_detector(tv_model, min_size: int, max_size: int, fast: bool):
+    from detection.config import load_detection_config
+    from detection.convert import convert_torchvision_detector
+    from detection.modeling.build import build_model
+    from detection.modeling.speed import optimize_for_inference
+
+    state, _ = convert_torchvision_detector(tv_model.state_dict())
+    cfg = load_detection_config(os.path.join(ROOT, "configs", "tv_fasterrcnn_r50_fpn.yaml"),
+                                [f"input.min_size_test={min_size}", f"input.max_size_test={max_size}"])
+    model = build_model(cfg, 90, backbone_weights=False)
+    model.load_state_dict(state)
+    model.eval()
+    return (optimize_for_inference(model) if fast else model), cfg
+
+
+def images(height: int, width: int, count: int = 3) -> list[torch.Tensor]:
+    from tests.detection.tv_reference import shapes_image
+
+    return [torch.from_numpy(shapes_image(200 + i, height, width)).permute(2, 0, 1).contiguous() for i in range(count)]
+
+
+def timed(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def bench_inference(min_size: int, max_size: int, size: tuple[int, int], repeats: int) -> dict:
+    from detection.data.transforms import EvalTransform
+
+    tv_model = torchvision_detector(min_size, max_size)
+    ours, _ = our_detector(tv_model, min_size, max_size, fast=True)
+    batch = images(*size)
+    resize = EvalTransform(min_size, max_size)
+    resized = [torch.from_numpy(resize(img.permute(1, 2, 0).numpy())).permute(2, 0, 1).contiguous() for img in batch]
+
+    def run_tv():
+        for img in batch:
+            tv_model([img.float() / 255])
+
+    def run_ours():
+        for img, small in zip(batch, resized):
+            ours([{"image": small, "height": img.shape[1], "width": img.shape[2]}])
+
+    run_tv(), run_ours()  # warm-up
+    tv_times, our_times = [], []
+    for _ in range(repeats):  # interleaved, so that both see the same machine state
+        tv_times.append(timed(run_tv, 1) / len(batch))
+        our_times.append(timed(run_ours, 1) / len(batch))
+    tv_s, our_s = statistics.median(tv_times), statistics.median(our_times)
+    return {"setting": f"inference {min_size}/{max_size}, image {size[0]}x{size[1]}, batch 1, fp32",
+            "torchvision_img_s": round(1 / tv_s, 3), "ours_img_s": round(1 / our_s, 3), "ratio": round(tv_s / our_s, 2)}
+
+
+def bench_training(depth: int, size: int, batch_size: int, repeats: int) -> dict:
+    import torchvision
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    from detection.config import load_detection_config
+    from detection.modeling.build import build_model
+
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None, trainable_layers=5)
+    light = {"rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300, "box_batch_size_per_image": 128,
+             "min_size": size, "max_size": size * 2}
+    tv_model = torchvision.models.detection.FasterRCNN(backbone, num_classes=6, **light)
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+    tv_model.roi_heads.box_head = TwoMLPHead(256 * 7 * 7, 256)
+    tv_model.roi_heads.box_predictor = torchvision.models.detection.faster_rcnn.FastRCNNPredictor(256, 6)
+    cfg = load_detection_config(os.path.join(ROOT, "configs", "shapes.yaml"), [
+        f"model.backbone.depth={depth}", "model.backbone.base_width=64", "model.fpn.out_channels=256",
+        "model.anchors.sizes=[[32],[64],[128],[256],[512]]", f"input.min_size_train=[{size}]",
+        f"input.max_size_train={size * 2}"])
+    ours = build_model(cfg, 5, backbone_weights=False).train()
+    tv_model.train()
+    batch = images(size, int(size * 4 / 3), batch_size)
+    targets = [{"boxes": torch.tensor([[20.0, 30.0, 120.0, 150.0], [200.0, 100.0, 300.0, 220.0]]),
+                "labels": torch.tensor([1, 3])} for _ in batch]
+    tv_optimizer = torch.optim.SGD(tv_model.parameters(), lr=1e-4, momentum=0.9)
+    our_optimizer = torch.optim.SGD(ours.parameters(), lr=1e-4, momentum=0.9)
+
+    def step_tv():
+        losses = tv_model([img.float() / 255 for img in batch], targets)
+        tv_optimizer.zero_grad()
+        sum(losses.values()).backward()
+        tv_optimizer.step()
+
+    def step_ours():
+        losses = ours([{"image": img, **t} for img, t in zip(batch, targets)])
+        our_optimizer.zero_grad()
+        sum(losses.values()).backward()
+        our_optimizer.step()
+
+    step_tv(), step_ours()
+    tv_times, our_times = [], []
+    for _ in range(repeats):
+        tv_times.append(timed(step_tv, 1))
+        our_times.append(timed(step_ours, 1))
+    tv_s, our_s = statistics.median(tv_times), statistics.median(our_times)
+    return {"setting": f"training R{depth}-FPN, light heads, batch {batch_size}, {size} px",
+            "torchvision_s_it": round(tv_s, 3), "ours_s_it": round(our_s, 3), "ratio": round(tv_s / our_s, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["infer", "train"])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    rows = []
+    if args.only in (None, "infer"):
+        rows.append(bench_inference(800, 1333, (600, 800), args.repeats))
+        rows.append(bench_inference(600, 1000, (600, 800), args.repeats))
+    if args.only in (None, "train"):
+        rows.append(bench_training(50, 512, 2, args.repeats))
+        rows.append(bench_training(18, 512, 4, args.repeats))
+    result = {"rows": rows, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
+    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
+    with open(os.path.join(ROOT, "benchmarks", "results", "det.json"), "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+    print("| setting | torchvision | this toolkit | ratio |\n|---|---|---|---|")
+    for row in rows:
+        if "ours_img_s" in row:
+            print(f"| {row['setting']} | {row['torchvision_img_s']} img/s | {row['ours_img_s']} img/s | {row['ratio']}x |")
+        else:
+            print(f"| {row['setting']} | {row['torchvision_s_it']} s/it | {row['ours_s_it']} s/it | {row['ratio']}x |")
+
+
+if __name__ == "__main__":
+    main()

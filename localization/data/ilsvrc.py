@@ -1,0 +1,298 @@
+"""Readers of the ILSVRC CLS-LOC ground truth: synset lists, devkit XML annotations, Kaggle solution CSVs.
+
+Every reader returns boxes exactly as the files hold them: inclusive pixel coordinates
+(xmin, ymin, xmax, ymax), where xmax is the last column the object covers. The metric adds the +1 itself.
+Problems in the files raise ``UserError`` with one line naming the file, the line and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from xml.parsers import expat
+
+from engine.errors import UserError
+
+Box = tuple[float, float, float, float]
+# image id (file stem) -> [(wnid, box), ...]; for predictions the list is ranked, best first.
+Annotations = dict[str, list[tuple[str, Box]]]
+
+KAGGLE_HEADER = ["ImageId", "PredictionString"]
+
+
+@dataclass(frozen=True)
+class Synsets:
+    """The classes in order: label ``i`` (1-based, the devkit's ILSVRC2015_CLSLOC_ID) is ``wnids[i-1]``."""
+
+    wnids: tuple[str, ...]
+    names: tuple[str, ...]
+    source: str = ""
+    _label_of: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_label_of", {wnid: i + 1 for i, wnid in enumerate(self.wnids)})
+
+    def __len__(self) -> int:
+        return len(self.wnids)
+
+    def __contains__(self, wnid: object) -> bool:
+        return wnid in self._label_of
+
+    def label(self, wnid: str) -> int:
+        return self._label_of[wnid]
+
+    def wnid(self, label: int) -> str:
+        return self.wnids[label - 1]
+
+
+def read_synsets(path: str) -> Synsets:
+    """Read LOC_synset_mapping.txt ("n01440764 tench, Tinca tinca") or a devkit list ("n02119789 1 kit_fox").
+
+    A devkit list (every line's second token an integer) is ordered by that id, which must run 1..N;
+    any other list is taken in line order. Either way label = 1-based position.
+    """
+    rows = [(number, line.split(maxsplit=1)) for number, line in numbered_lines(path) if line.strip()]
+    if not rows:
+        raise UserError(f"{path}: no synsets; give LOC_synset_mapping.txt or the devkit's map_clsloc.txt")
+    devkit = all(len(parts) == 2 and parts[1].split()[0].isdigit() for _, parts in rows)
+    entries: list[tuple[int, str, str]] = []  # (label, wnid, name)
+    for position, (_, parts) in enumerate(rows, start=1):
+        rest = parts[1].strip() if len(parts) == 2 else ""
+        if devkit:
+            label_text, *name = rest.split(maxsplit=1)
+            entries.append((int(label_text), parts[0], name[0].strip() if name else ""))
+        else:
+            entries.append((position, parts[0], rest))
+    _check_synsets(path, rows, entries)
+    entries.sort()
+    return Synsets(tuple(e[1] for e in entries), tuple(e[2] for e in entries), source=path)
+
+
+def _check_synsets(path: str, rows: list, entries: list[tuple[int, str, str]]) -> None:
+    seen: dict[str, int] = {}
+    for (number, _), (_, wnid, _) in zip(rows, entries):
+        if wnid in seen:
+            raise UserError(f"{path} line {number}: WNID {wnid} already on line {seen[wnid]}; "
+                            "list each class once")
+        seen[wnid] = number
+    labels = sorted(e[0] for e in entries)
+    if labels != list(range(1, len(entries) + 1)):
+        raise UserError(f"{path}: the class ids of a devkit synset list must run 1..{len(entries)} once each")
+
+
+def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of a text file; a missing file is a UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"file not found: {path}")
+    with open(path, encoding="utf-8-sig") as handle:
+        yield from enumerate(handle, start=1)
+
+
+def parse_number(path: str, line: int, token: str, what: str) -> float:
+    """A finite number, or a UserError that names the file, the line and the token."""
+    try:
+        value = float(token)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise UserError(f"{path} line {line}: {what} '{token}' is not a number; "
+                        "boxes are 'xmin ymin xmax ymax'")
+    return value
+
+
+def _check_gt_box(path: str, line: int, box: Box) -> None:
+    # An inverted ground-truth box would give a negative area and a meaningless IoU.
+    if box[2] < box[0] or box[3] < box[1]:
+        raise UserError(f"{path} line {line}: box {' '.join(f'{v:g}' for v in box)} has xmax < xmin or "
+                        "ymax < ymin; boxes are 'xmin ymin xmax ymax'")
+
+
+def _check_wnid(path: str, line: int, wnid: str, synsets: Synsets | None) -> None:
+    if synsets is not None and wnid not in synsets:
+        source = synsets.source or "the synset list"
+        raise UserError(f"{path} line {line}: unknown WNID '{wnid}' (not in {source}); "
+                        "use the WNIDs of the synset list")
+
+
+# ----------------------------------------------------------------------------------------------- Kaggle CSV
+
+
+def is_kaggle_csv(path: str) -> bool:
+    """Whether the file starts with the Kaggle header line "ImageId,PredictionString"."""
+    for _, line in numbered_lines(path):
+        if line.strip():
+            return line.strip().replace(" ", "") == ",".join(KAGGLE_HEADER)
+    return False
+
+
+def read_kaggle_rows(path: str, synsets: Synsets | None = None,
+                     is_ground_truth: bool = False) -> Annotations:
+    """Rows "ImageId,wnid xmin ymin xmax ymax [wnid xmin ...]" in file order of the groups."""
+    if not os.path.isfile(path):
+        raise UserError(f"file not found: {path}")
+    result: Annotations = {}
+    first_line: dict[str, int] = {}
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != KAGGLE_HEADER:
+            raise UserError(f"{path} line 1: expected the header 'ImageId,PredictionString', "
+                            f"found '{','.join(header or [])}'")
+        for row in reader:
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            line = reader.line_num
+            image_id, groups = _parse_kaggle_row(path, line, row, synsets, is_ground_truth)
+            if image_id in first_line:
+                raise UserError(f"{path} line {line}: ImageId {image_id} already on line "
+                                f"{first_line[image_id]}; give one row per image")
+            first_line[image_id] = line
+            result[image_id] = groups
+    return result
+
+
+def _parse_kaggle_row(path: str, line: int, row: list[str], synsets: Synsets | None,
+                      is_ground_truth: bool) -> tuple[str, list[tuple[str, Box]]]:
+    if len(row) != 2:
+        raise UserError(f"{path} line {line}: expected 2 fields 'ImageId,PredictionString', found {len(row)}")
+    image_id, tokens = row[0].strip(), row[1].split()
+    if not image_id:
+        raise UserError(f"{path} line {line}: empty ImageId")
+    if len(tokens) % 5:
+        raise UserError(f"{path} line {line}: PredictionString has {len(tokens)} tokens; it must be groups "
+                        "of 5 'wnid xmin ymin xmax ymax'")
+    groups = []
+    for start in range(0, len(tokens), 5):
+        wnid = tokens[start]
+        _check_wnid(path, line, wnid, synsets)
+        box = tuple(parse_number(path, line, t, "coordinate") for t in tokens[start + 1:start + 5])
+        if is_ground_truth:
+            _check_gt_box(path, line, box)
+        groups.append((wnid, box))
+    return image_id, groups
+
+
+def read_kaggle_solution(csv_path: str, synsets: Synsets | None = None) -> Annotations:
+    """LOC_{train,val}_solution.csv -> {ImageId: [(wnid, box), ...]}, one entry per GT box."""
+    return read_kaggle_rows(csv_path, synsets, is_ground_truth=True)
+
+
+# ----------------------------------------------------------------------------------------------- devkit XML
+
+
+@dataclass
+class XmlAnnotation:
+    """One PASCAL-VOC style ILSVRC annotation file. ``width``/``height`` are None when <size> is absent."""
+
+    filename: str
+    width: int | None
+    height: int | None
+    objects: list[tuple[str, Box]]
+
+
+@dataclass
+class _Element:
+    tag: str
+    line: int
+    text: str = ""
+    children: list[_Element] = field(default_factory=list)
+
+    def find(self, tag: str) -> _Element | None:
+        return next((child for child in self.children if child.tag == tag), None)
+
+
+def _parse_xml(path: str) -> _Element:
+    """A small element tree that keeps the line of every element, for errors that say where."""
+    parser = expat.ParserCreate()
+    stack: list[_Element] = []
+    roots: list[_Element] = []
+
+    def start(tag: str, _attributes: dict) -> None:
+        element = _Element(tag, parser.CurrentLineNumber)
+        (stack[-1].children if stack else roots).append(element)
+        stack.append(element)
+
+    def text(data: str) -> None:
+        if stack:
+            stack[-1].text += data
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = lambda _tag: stack.pop()
+    parser.CharacterDataHandler = text
+    if not os.path.isfile(path):
+        raise UserError(f"file not found: {path}")
+    with open(path, "rb") as handle:
+        try:
+            parser.ParseFile(handle)
+        except expat.ExpatError as error:
+            raise UserError(f"{path} line {error.lineno}: malformed XML ({expat.ErrorString(error.code)}); "
+                            "fix or regenerate the annotation file") from None
+    return roots[0]
+
+
+def _child(path: str, parent: _Element, tag: str) -> _Element:
+    child = parent.find(tag)
+    if child is None or not (child.text.strip() or child.children):
+        raise UserError(f"{path} line {parent.line}: <{parent.tag}> has no <{tag}>; "
+                        "an ILSVRC annotation needs it")
+    return child
+
+
+def _child_number(path: str, parent: _Element, tag: str) -> float:
+    child = _child(path, parent, tag)
+    return parse_number(path, child.line, child.text.strip(), tag)
+
+
+def _xml_size(path: str, root: _Element) -> tuple[int | None, int | None]:
+    size = root.find("size")
+    if size is None:
+        return None, None
+    return int(_child_number(path, size, "width")), int(_child_number(path, size, "height"))
+
+
+def _xml_object(path: str, obj: _Element, synsets: Synsets | None) -> tuple[str, Box]:
+    name = _child(path, obj, "name")
+    wnid = name.text.strip()
+    _check_wnid(path, name.line, wnid, synsets)
+    bndbox = _child(path, obj, "bndbox")
+    box = tuple(_child_number(path, bndbox, tag) for tag in ("xmin", "ymin", "xmax", "ymax"))
+    _check_gt_box(path, bndbox.line, box)
+    return wnid, box
+
+
+def read_xml_annotation(path: str, synsets: Synsets | None = None) -> XmlAnnotation:
+    """One devkit XML file; boxes as written (no offset), as the devkit's VOCreadrecxml reads them."""
+    root = _parse_xml(path)
+    if root.tag != "annotation":
+        raise UserError(f"{path} line {root.line}: the root element is <{root.tag}>, expected <annotation>")
+    filename_element = root.find("filename")
+    filename = filename_element.text.strip() if filename_element is not None else ""
+    width, height = _xml_size(path, root)
+    objects = [_xml_object(path, obj, synsets) for obj in root.children if obj.tag == "object"]
+    return XmlAnnotation(filename or os.path.splitext(os.path.basename(path))[0], width, height, objects)
+
+
+def read_xml_dir(directory: str, synsets: Synsets | None = None) -> Annotations:
+    """All ``*.xml`` under ``directory`` (the train tree has a folder per WNID) -> {file stem: objects}."""
+    if not os.path.isdir(directory):
+        raise UserError(f"annotation folder not found: {directory}")
+    result: Annotations = {}
+    where: dict[str, str] = {}
+    for folder, subfolders, files in os.walk(directory):
+        subfolders.sort()
+        for name in sorted(files):
+            if not name.lower().endswith(".xml"):
+                continue
+            path = os.path.join(folder, name)
+            stem = os.path.splitext(name)[0]
+            if stem in where:
+                raise UserError(f"{path}: image id {stem} also annotated by {where[stem]}; "
+                                "keep one file per image")
+            where[stem] = path
+            result[stem] = read_xml_annotation(path, synsets).objects
+    if not result:
+        raise UserError(f"no .xml annotations under {directory}; give ILSVRC/Annotations/CLS-LOC/val")
+    return result

@@ -1,0 +1,216 @@
+"""On-disk formats (synsets, devkit XML, Kaggle CSV, devkit predictions); bad files give one-line errors."""
+
+import json
+import os
+
+import pytest
+
+from engine.errors import UserError
+from localization.data.ilsvrc import read_kaggle_solution, read_synsets, read_xml_annotation, read_xml_dir
+from localization.data.predictions import read_devkit_predictions, read_kaggle_predictions
+from localization.evaluate import score_files
+
+IDS = [f"ILSVRC2012_val_{i:08d}" for i in range(1, 5)]
+GT = {
+    IDS[0]: [("n01", (10, 10, 59, 59))],
+    IDS[1]: [("n02", (0, 0, 9, 9)), ("n02", (100, 100, 139, 139))],
+    IDS[2]: [("n03", (20, 30, 69, 99))],
+    IDS[3]: [("n01", (0, 0, 9, 9))],
+}
+# The devkit's own order is not sorted by WNID: label 1 is n03, 2 is n01, 3 is n02.
+DEVKIT_SYNSETS = "n03 1 cat\nn01 2 dog\nn02 3 fish\n"
+PRED_CSV = (
+    "ImageId,PredictionString\n"
+    f"{IDS[2]},n03 0 0 9 9" + " n01 0 0 9 9" * 4 + " n03 20 30 69 99\n"  # the right box 6th: ignored
+    f"{IDS[0]},n02 10 10 59 59 n01 10 10 59 34\n"  # right at 2 with IoU exactly 0.5
+    f"{IDS[3]},\n"  # no guesses
+    f"{IDS[1]},n02 100 100 139 119\n"  # right at 1 on the second GT box (IoU 0.5)
+)
+PRED_DEVKIT = (
+    "3 10 10 59 59 2 10 10 59 34\n"
+    "3 100 100 139 119\n"
+    "1 0 0 9 9" + " 2 0 0 9 9" * 4 + " 1 20 30 69 99\n"
+    "\n"
+)
+# Ranks of the first right guess: LOC 2, 1, never, never; CLS 2, 1, 1, never.
+EXPECTED = {"top1_loc_err": 75.0, "top5_loc_err": 50.0, "top1_cls_err": 50.0, "top5_cls_err": 25.0,
+            "loc_err_by_guesses": [75.0, 50.0, 50.0, 50.0, 50.0],
+            "cls_err_by_guesses": [50.0, 25.0, 25.0, 25.0, 25.0],
+            "num_images": 4, "num_blacklisted": 0, "num_missing": 0}
+
+
+def xml_text(stem, objects, size=(200, 150)):
+    body = "".join(f"  <object>\n    <name>{wnid}</name>\n    <pose>Unspecified</pose>\n"
+                   "    <truncated>0</truncated>\n    <difficult>0</difficult>\n"
+                   f"    <bndbox>\n      <xmin>{b[0]}</xmin>\n      <ymin>{b[1]}</ymin>\n"
+                   f"      <xmax>{b[2]}</xmax>\n      <ymax>{b[3]}</ymax>\n    </bndbox>\n  </object>\n"
+                   for wnid, b in objects)
+    return (f"<annotation>\n  <folder>val</folder>\n  <filename>{stem}</filename>\n"
+            f"  <size>\n    <width>{size[0]}</width>\n    <height>{size[1]}</height>\n"
+            "    <depth>3</depth>\n  </size>\n"
+            f"  <segmented>0</segmented>\n{body}</annotation>\n")
+
+
+def write_fixture(tmp_path):
+    """GT as XML folder and Kaggle CSV, the devkit synset list, the same predictions in both formats."""
+    (tmp_path / "xml").mkdir()
+    for stem, objects in GT.items():
+        (tmp_path / "xml" / f"{stem}.xml").write_text(xml_text(stem, objects))
+    rows = [f"{stem}," + " ".join(f"{w} {' '.join(map(str, b))}" for w, b in objects)
+            for stem, objects in reversed(GT.items())]  # Kaggle rows are not in sorted order
+    (tmp_path / "gt.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    (tmp_path / "map_clsloc.txt").write_text(DEVKIT_SYNSETS)
+    (tmp_path / "pred.csv").write_text(PRED_CSV)
+    (tmp_path / "pred.txt").write_text(PRED_DEVKIT)
+    return tmp_path
+
+
+@pytest.fixture
+def fixture_files(tmp_path):
+    return write_fixture(tmp_path)
+
+
+def test_both_ground_truth_readers_agree(fixture_files):
+    synsets = read_synsets(str(fixture_files / "map_clsloc.txt"))
+    from_xml = read_xml_dir(str(fixture_files / "xml"), synsets)
+    from_csv = read_kaggle_solution(str(fixture_files / "gt.csv"), synsets)
+    assert from_xml == from_csv == GT
+
+
+def test_both_prediction_readers_agree(fixture_files):
+    synsets = read_synsets(str(fixture_files / "map_clsloc.txt"))
+    from_csv = read_kaggle_predictions(str(fixture_files / "pred.csv"), synsets)
+    from_txt = read_devkit_predictions(str(fixture_files / "pred.txt"), synsets, sorted(GT))
+    assert from_csv == from_txt
+    assert from_csv[IDS[0]] == [("n02", (10, 10, 59, 59)), ("n01", (10, 10, 59, 34))]
+    assert len(from_csv[IDS[2]]) == 6  # all guesses are read; the metric keeps five
+
+
+@pytest.mark.parametrize("gt_name", ["gt.csv", "xml"])
+@pytest.mark.parametrize("pred_name", ["pred.csv", "pred.txt"])
+def test_four_format_combinations_give_the_same_metrics(fixture_files, gt_name, pred_name, capsys):
+    out = fixture_files / f"out_{gt_name}_{pred_name}"
+    metrics = score_files(str(fixture_files / gt_name), str(fixture_files / pred_name),
+                          str(fixture_files / "map_clsloc.txt"), str(out))
+    assert metrics == EXPECTED
+    assert json.loads((out / "metrics.json").read_text()) == EXPECTED
+    table = capsys.readouterr().out
+    assert "# guesses" in table and "        2              50.00                25.00" in table
+
+
+def test_kaggle_files_need_no_synsets_and_blacklist_indices_count_sorted_images(fixture_files):
+    metrics = score_files(str(fixture_files / "gt.csv"), str(fixture_files / "pred.csv"), None,
+                          str(fixture_files / "out"))
+    assert metrics == EXPECTED
+    (fixture_files / "blacklist.txt").write_text("4\n")  # the 4th image in sorted order: IDS[3]
+    metrics = score_files(str(fixture_files / "gt.csv"), str(fixture_files / "pred.csv"), None,
+                          str(fixture_files / "out"), blacklist=str(fixture_files / "blacklist.txt"))
+    assert metrics["top1_loc_err"] == pytest.approx(200 / 3)
+    assert metrics["top5_loc_err"] == pytest.approx(100 / 3)
+    assert metrics["top5_cls_err"] == 25.0 and metrics["num_blacklisted"] == 1
+
+
+def test_devkit_predictions_need_the_synset_list(fixture_files):
+    with pytest.raises(UserError, match="pred.txt is in the devkit format.*--synsets"):
+        score_files(str(fixture_files / "gt.csv"), str(fixture_files / "pred.txt"), None, str(fixture_files))
+
+
+def test_synset_lists(tmp_path):
+    kaggle = tmp_path / "LOC_synset_mapping.txt"
+    kaggle.write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
+    synsets = read_synsets(str(kaggle))
+    assert synsets.wnids == ("n01440764", "n01443537")
+    assert synsets.names == ("tench, Tinca tinca", "goldfish, Carassius auratus")
+    assert synsets.label("n01443537") == 2 and synsets.wnid(1) == "n01440764"
+    devkit = tmp_path / "map_clsloc.txt"
+    devkit.write_text("n02100735 2 English_setter\nn02119789 1 kit_fox\n")
+    synsets = read_synsets(str(devkit))
+    assert synsets.wnids == ("n02119789", "n02100735") and synsets.names == ("kit_fox", "English_setter")
+    devkit.write_text("n02119789 1 kit_fox\nn02119789 2 kit_fox\n")
+    with pytest.raises(UserError, match=r"map_clsloc.txt line 2: WNID n02119789 already on line 1"):
+        read_synsets(str(devkit))
+
+
+def test_xml_annotation_fields(fixture_files):
+    annotation = read_xml_annotation(str(fixture_files / "xml" / f"{IDS[1]}.xml"))
+    assert (annotation.filename, annotation.width, annotation.height) == (IDS[1], 200, 150)
+    assert annotation.objects == GT[IDS[1]]
+
+
+def one_line_error(call, *args):
+    with pytest.raises(UserError) as error:
+        call(*args)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_malformed_csv_rows_name_file_and_line(tmp_path):
+    path = tmp_path / "LOC_val_solution.csv"
+    path.write_text("ImageId,PredictionString\na,n01 1 2 3 4\nb,n01 1 2 3 4 5\n")
+    message = one_line_error(read_kaggle_solution, str(path))
+    assert message.startswith(f"{path} line 3: PredictionString has 6 tokens")
+    path.write_text("ImageId,PredictionString\na,n01 1 2 x3 4\n")
+    message = one_line_error(read_kaggle_solution, str(path))
+    assert message.startswith(f"{path} line 2: coordinate 'x3' is not a number")
+    path.write_text("ImageId,PredictionString\na,n01 1 2 3 4,extra\n")
+    assert "line 2: expected 2 fields" in one_line_error(read_kaggle_solution, str(path))
+    path.write_text("image,boxes\na,n01 1 2 3 4\n")
+    message = one_line_error(read_kaggle_solution, str(path))
+    assert "line 1: expected the header 'ImageId,PredictionString'" in message
+    path.write_text("ImageId,PredictionString\na,n01 1 2 3 4\na,n01 1 2 3 4\n")
+    assert "line 3: ImageId a already on line 2" in one_line_error(read_kaggle_solution, str(path))
+    path.write_text("ImageId,PredictionString\na,n01 5 2 3 4\n")
+    assert "line 2: box 5 2 3 4 has xmax < xmin" in one_line_error(read_kaggle_solution, str(path))
+
+
+def test_unknown_wnid_names_file_and_line(fixture_files):
+    synsets = read_synsets(str(fixture_files / "map_clsloc.txt"))
+    path = fixture_files / "bad.csv"
+    path.write_text("ImageId,PredictionString\na,n01 1 2 3 4\nb,n77 1 2 3 4\n")
+    assert one_line_error(read_kaggle_predictions, str(path), synsets).startswith(
+        f"{path} line 3: unknown WNID 'n77' (not in {fixture_files / 'map_clsloc.txt'})")
+    xml = fixture_files / "xml" / f"{IDS[0]}.xml"
+    xml.write_text(xml_text(IDS[0], [("n01", (1, 2, 3, 4)), ("n77", (1, 2, 3, 4))]))
+    assert one_line_error(read_xml_dir, str(fixture_files / "xml"), synsets).startswith(
+        f"{xml} line 23: unknown WNID 'n77'")
+
+
+def test_malformed_xml_names_file_and_line(tmp_path):
+    path = tmp_path / "ILSVRC2012_val_00000001.xml"
+    path.write_text("<annotation>\n  <object>\n    <name>n01</name>\n  </annotation>\n")
+    message = one_line_error(read_xml_annotation, str(path))
+    assert message.startswith(f"{path} line 4: malformed XML (mismatched tag)")
+    text = xml_text("x", [("n01", (1, 2, 3, 4))]).replace("      <xmin>1</xmin>\n", "")
+    path.write_text(text)
+    message = one_line_error(read_xml_annotation, str(path))
+    assert message.startswith(f"{path} line 15: <bndbox> has no <xmin>")
+    path.write_text(xml_text("x", [("n01", (1, 2, 3, 4))]).replace("<ymin>2</ymin>", "<ymin>two</ymin>"))
+    message = one_line_error(read_xml_annotation, str(path))
+    assert message.startswith(f"{path} line 17: ymin 'two' is not a number")
+    path.write_text(xml_text("x", [("n01", (1, 2, 3, 4))]).replace("bndbox>", "box>"))
+    assert "line 10: <object> has no <bndbox>" in one_line_error(read_xml_annotation, str(path))
+
+
+def test_malformed_devkit_predictions_name_file_and_line(fixture_files):
+    synsets = read_synsets(str(fixture_files / "map_clsloc.txt"))
+    path = fixture_files / "bad.txt"
+    path.write_text("1 0 0 9 9\n4 0 0 9 9\n\n\n")
+    assert one_line_error(read_devkit_predictions, str(path), synsets, IDS).startswith(
+        f"{path} line 2: label '4' is not a class id 1..3")
+    path.write_text("1 0 0 9 9\n1 0 0 9\n\n\n")
+    assert "line 2: 4 numbers" in one_line_error(read_devkit_predictions, str(path), synsets, IDS)
+    path.write_text("1 0 0 9 9\n")
+    message = one_line_error(read_devkit_predictions, str(path), synsets, IDS)
+    assert "1 lines for 4 ground-truth images" in message
+    # Label 0 is an empty slot (dlmread's padding): it keeps its rank and is never right.
+    path.write_text("0 0 0 0 0 2 10 10 59 59\n\n\n\n")
+    guesses = read_devkit_predictions(str(path), synsets, IDS)[IDS[0]]
+    assert guesses == [("", (0, 0, 0, 0)), ("n01", (10, 10, 59, 59))]
+
+
+def test_missing_ground_truth_is_a_user_error(tmp_path):
+    message = one_line_error(score_files, str(tmp_path / "nope.csv"), str(tmp_path / "p.csv"), None,
+                             str(tmp_path))
+    assert "ground truth not found" in message and "nope.csv" in message
+    assert not os.path.exists(tmp_path / "metrics.json")
