@@ -62,6 +62,7 @@ TINY_DETECTOR = [
     "model.backbone.base_width=16", "model.fpn.out_channels=32", "model.roi_head.fc_dim=64",
     "model.roi_head.batch_size_per_image=32", "model.rpn.batch_size_per_image=64",
     "input.min_size_train=[160]", "input.max_size_train=240", "input.min_size_test=160", "input.max_size_test=240",
+    "solver.optimizer=sgd", "solver.base_lr=0.02", "solver.weight_decay=0.0001",
     "solver.ims_per_batch=2", "solver.max_iter=4", "solver.steps=[3]", "solver.warmup_iters=2",
     "solver.checkpoint_period=2", "solver.log_period=2", "data.num_workers=0", "seed=3",
 ]

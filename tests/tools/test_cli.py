@@ -9,14 +9,9 @@ import pytest
 
 from detection.data.shapes import generate_split
 from tests.conftest import ROOT
+from tests.helpers import TINY_DETECTOR
 
-TINY = [
-    "model.backbone.base_width=16", "model.fpn.out_channels=32", "model.roi_head.fc_dim=64",
-    "model.roi_head.batch_size_per_image=32", "input.min_size_train=[160]", "input.max_size_train=240",
-    "input.min_size_test=160", "input.max_size_test=240", "solver.ims_per_batch=2", "solver.max_iter=4",
-    "solver.steps=[3]", "solver.warmup_iters=2", "solver.checkpoint_period=2", "solver.log_period=2",
-    "data.num_workers=0", "seed=3",
-]
+TINY = TINY_DETECTOR
 
 
 def run_tool(script: str, *args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
