@@ -9,7 +9,7 @@ from engine.config import config_to_text
 from engine.distributed import check_batch_divides
 from engine.optim import build_optimizer, build_scheduler
 from engine.setup import setup_run
-from engine.trainer import Trainer
+from engine.trainer import Trainer, apply_speed_switches
 
 from .data.loader import build_test_dataset, build_train_dataset, build_train_loader
 from .inference import check_weights_fit, evaluate_model, read_detector_weights
@@ -33,6 +33,7 @@ def train_detector(cfg, resume: bool = False) -> dict:
         check_weights_fit(model, state, cfg.model.weights)
         model.load_state_dict(state)
     model.to(device)
+    apply_speed_switches(model, cfg.solver)
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_scheduler(optimizer, cfg.solver)
 

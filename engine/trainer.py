@@ -39,6 +39,19 @@ class TrainingError(UserError):
     exit_code = 1
 
 
+def apply_speed_switches(model: nn.Module, solver) -> nn.Module:
+    """solver.channels_last and solver.compile_backbone, applied in place before training."""
+    if solver.channels_last:
+        model.to(memory_format=torch.channels_last)
+        for module in model.modules():
+            if hasattr(module, "channels_last"):
+                module.channels_last = True  # inputs are converted as well
+    if solver.compile_backbone:
+        backbone = getattr(model, "backbone", model)
+        backbone.compile()  # nn.Module.compile keeps parameter names, unlike torch.compile(module)
+    return model
+
+
 class Trainer:
     """Runs one training job.
 

@@ -132,3 +132,13 @@ def test_c4_detector_trains_and_evaluates(fixed_shapes, tmp_path):
     state = torch.load(tmp_path / "model_final.pth", weights_only=True)
     assert any(k.startswith("roi_heads.box_head.res5") or ".res5." in k for k in state["model"]), "no res5 head"
     assert not any(k.startswith("backbone.") and "res5" in k for k in state["model"]), "res5 belongs to the head"
+
+
+def test_channels_last_and_bf16_autocast_train_on_cpu(fixed_shapes, tmp_path):
+    overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + [
+        "solver.channels_last=true", "solver.amp=bf16", "solver.max_iter=2", "solver.checkpoint_period=0",
+        "test.max_images=1", f"output_dir={tmp_path}"]
+    metrics = train_detector(load_detection_config(SHAPES_CFG, overrides))
+    assert "AP" in metrics["bbox"]
+    state = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

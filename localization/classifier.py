@@ -1,0 +1,148 @@
+"""An ImageNet classifier: a backbones ResNet, global average pooling and a K-way fc, tested three ways.
+
+* "1crop" / "10crop": the softmax of each crop's logits is averaged over the crops;
+* "dense": the fully convolutional form of the paper (after Simonyan & Zisserman): the fc is applied as a
+  1x1 convolution to the res5 map of the whole image, the class score map is averaged spatially, and the
+  softmax is averaged over several scales (and their mirror images).
+
+Because average pooling and the fc are both linear, the spatial mean of the fc-as-conv score map equals
+the fc of the pooled features: dense testing at one scale, on an image the size of the crop, gives the
+1-crop logits.
+
+The ResNet (with its fc) is the ``backbone`` attribute, so a trained classifier's checkpoint is also a
+backbone weights file for the detectors (``model.backbone.weights=output/cls/model_final.pth``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backbones import ResNet
+from backbones.config import BackboneConfig, build_from_config
+
+TEST_MODES = ("1crop", "10crop", "dense")
+
+
+class Classifier(nn.Module):
+    """Input: a list of samples {"image": uint8 (3, H, W) RGB, "label": int}, as the data loader yields.
+
+    Output: {"loss_cls"} in training; the logits (B, K) otherwise.
+    """
+
+    def __init__(self, backbone: ResNet, pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                 input_format: str = "RGB"):
+        super().__init__()
+        if backbone.fc is None or "res5" not in backbone.out_features:
+            raise ValueError("the classifier needs a ResNet built with num_classes and out_features=['res5']")
+        self.backbone = backbone
+        # Normalized as (x / 255 - mean / 255) / (std / 255), torchvision's arithmetic, so that imported
+        # torchvision models see bit-identical inputs. Not saved: checkpoints hold the ResNet alone.
+        mean01 = torch.tensor(pixel_mean, dtype=torch.float64) / 255
+        std01 = torch.tensor(pixel_std, dtype=torch.float64) / 255
+        self.register_buffer("pixel_mean", mean01.float().view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", std01.float().view(1, -1, 1, 1), persistent=False)
+        self.input_format = input_format
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def num_classes(self) -> int:
+        return self.backbone.fc.out_features
+
+    # -- building blocks ---------------------------------------------------------------------------
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or 0-255 float (B, 3, H, W) RGB -> the network's input."""
+        images = images.to(self.device, non_blocking=True).float() / 255
+        if self.input_format == "BGR":
+            images = images.flip(1)
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The classifier as trained: res5, global average pool, fc. ``images`` are normalized."""
+        res5 = self.backbone(images)["res5"]
+        return self.backbone.fc(torch.flatten(self.backbone.avgpool(res5), 1))
+
+    def score_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The fc applied as a 1x1 convolution at every res5 position: (B, K, h, w)."""
+        res5 = self.backbone(images)["res5"]
+        fc = self.backbone.fc
+        return F.conv2d(res5, fc.weight[:, :, None, None], fc.bias)
+
+    # -- training ----------------------------------------------------------------------------------
+    def forward(self, batch: list[dict]):
+        images = self.normalize(torch.stack([sample["image"] for sample in batch]))
+        logits = self.logits(images)
+        if not self.training:
+            return logits
+        labels = torch.tensor([int(sample["label"]) for sample in batch], device=self.device)
+        return {"loss_cls": F.cross_entropy(logits, labels)}
+
+    # -- testing -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_logits(self, images, mode: str, dense_flip: bool = False) -> torch.Tensor:
+        """Class scores (B, K) whose softmax is the softmax averaged over the test views.
+
+        Args:
+            images: "1crop"/"10crop": uint8 (B, V, 3, h, w), V crops of each of B images.
+                "dense": a sequence of uint8 (B, 3, H_s, W_s), the same B images at each scale
+                (one image at a time when sizes differ).
+            mode: "1crop", "10crop" or "dense".
+            dense_flip: dense testing also scores the mirrored image at every scale.
+        """
+        if mode not in TEST_MODES:
+            raise ValueError(f"unknown test mode {mode!r}: choose one of {', '.join(TEST_MODES)}")
+        if mode == "dense":
+            views = [self.score_map(self.normalize(v)).mean(dim=(2, 3)) for v in images]
+            if dense_flip:
+                views += [self.score_map(self.normalize(v.flip(-1))).mean(dim=(2, 3)) for v in images]
+            return average_softmax(torch.stack(views, dim=1))
+        batch, num_views = images.shape[:2]
+        logits = self.logits(self.normalize(images.flatten(0, 1)))
+        return average_softmax(logits.view(batch, num_views, -1))
+
+
+def average_softmax(view_logits: torch.Tensor) -> torch.Tensor:
+    """(B, V, K) logits of V views -> (B, K) log of the mean softmax (log_softmax when V is 1)."""
+    probabilities = view_logits.float().softmax(dim=-1).mean(dim=1)
+    return probabilities.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def build_classifier(cfg, num_classes: int, load_backbone_weights: bool = True) -> Classifier:
+    """The classifier of a classification config; ``model.backbone.weights`` are loaded unless told not to."""
+    backbone_cfg = cfg.model.backbone
+    if not load_backbone_weights:
+        # The weights come later (a whole classifier checkpoint): a copy of the section without them.
+        backbone_cfg = SimpleNamespace(**{f.name: getattr(backbone_cfg, f.name) for f in fields(BackboneConfig)})
+        backbone_cfg.weights = None
+    backbone = build_from_config(backbone_cfg, num_classes=num_classes, out_features=["res5"])
+    return Classifier(backbone, list(cfg.input.pixel_mean), list(cfg.input.pixel_std), cfg.input.format)
+
+
+def true_label_ranks(logits: torch.Tensor, labels: torch.Tensor, max_k: int = 5) -> torch.Tensor:
+    """The position (0-based) of each true label among the top max_k scores; max_k when it is not there."""
+    max_k = min(max_k, logits.shape[1])
+    top = logits.topk(max_k, dim=1).indices
+    hits = top == labels.view(-1, 1).to(top.device)
+    first = hits.float().argmax(dim=1)
+    return torch.where(hits.any(dim=1), first, torch.full_like(first, max_k))
+
+
+def errors_from_ranks(ranks, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Top-k error in percent: the share of images whose true label is not among the k best scores."""
+    ranks = torch.as_tensor(ranks)
+    if ranks.numel() == 0:
+        return {f"top{k}_err": float("nan") for k in ks}
+    return {f"top{k}_err": float((ranks >= k).float().mean() * 100) for k in ks}
+
+
+def topk_errors(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """{"top1_err": ..., "top5_err": ...} in percent for (N, K) scores and (N,) labels."""
+    return errors_from_ranks(true_label_ranks(logits, labels, max(ks)), ks)

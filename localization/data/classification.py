@@ -1,0 +1,313 @@
+"""ILSVRC classification data: image lists, the paper's training augmentation and the test-time views.
+
+Training (the paper's ImageNet recipe): the shorter side is resized to a random length in a range
+([256, 480]), a random square crop (224) is taken, flipped half the time, then colour is jittered
+(brightness, contrast, saturation) and AlexNet's PCA lighting noise is added. Every random draw comes
+from a generator seeded by the sampler's per-sample seed, so an augmentation depends only on
+(run seed, epoch, image) and resumed runs see exactly the images they would have seen.
+
+Testing: "1crop" (shorter side 256, the centre 224), "10crop" (the four corners and the centre, and
+their mirror images) and "dense" (the whole image with its shorter side at each of several scales).
+Images are RGB uint8; normalization happens in the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from detection.data.image_io import BadImageError, read_image
+from engine.distributed import get_rank, get_world_size
+from engine.errors import UserError
+from engine.sampler import GroupedBatchSampler
+
+from .ilsvrc import Synsets, read_kaggle_solution
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
+DATA_DIR = os.path.join("ILSVRC", "Data", "CLS-LOC")
+
+# AlexNet's PCA of ImageNet RGB pixels (values in [0, 1]), as published with fb.resnet.torch.
+PCA_EIGENVALUES = np.array([0.2175, 0.0188, 0.0045], dtype=np.float32)
+PCA_EIGENVECTORS = np.array([[-0.5675, 0.7192, 0.4009],
+                             [-0.5808, -0.0045, -0.8140],
+                             [-0.5836, -0.6948, 0.4203]], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: str
+    path: str
+    label: int  # 0-based: the position of the WNID in the synset list
+
+
+# --------------------------------------------------------------------------------------------- image lists
+
+
+def list_train_images(root: str, synsets: Synsets, source: str = "folder") -> list[ImageRecord]:
+    """Training images with the label of their folder (``source="folder"``) or of the train CSV."""
+    if source == "csv":
+        return _train_images_from_csv(root, synsets)
+    train_dir = os.path.join(root, DATA_DIR, "train")
+    if not os.path.isdir(train_dir):
+        raise UserError(f"training image folder not found: {train_dir} (set data.root to the folder holding "
+                        f"ILSVRC/Data/CLS-LOC)")
+    records: list[ImageRecord] = []
+    for label, wnid in enumerate(synsets.wnids):
+        class_dir = os.path.join(train_dir, wnid)
+        if not os.path.isdir(class_dir):
+            continue
+        with os.scandir(class_dir) as entries:
+            names = sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS))
+        records += [ImageRecord(os.path.splitext(n)[0], os.path.join(class_dir, n), label) for n in names]
+    if not records:
+        raise UserError(f"{train_dir}: no images in folders named after the WNIDs of {synsets.source}")
+    return records
+
+
+def _train_images_from_csv(root: str, synsets: Synsets) -> list[ImageRecord]:
+    csv_path = os.path.join(root, "LOC_train_solution.csv")
+    objects = read_kaggle_solution(csv_path, synsets)
+    train_dir = os.path.join(root, DATA_DIR, "train")
+    records = []
+    for image_id in sorted(objects):
+        wnid = image_id.split("_")[0]
+        # The folder names the image's class; the first box's class is the same on ILSVRC.
+        wnid = wnid if wnid in synsets else objects[image_id][0][0]
+        path = os.path.join(train_dir, wnid, image_id + ".JPEG")
+        records.append(ImageRecord(image_id, path, synsets.label(wnid) - 1))
+    if not records:
+        raise UserError(f"{csv_path}: no training images listed")
+    return records
+
+
+def list_val_images(root: str, synsets: Synsets, max_images: int = 0) -> list[ImageRecord]:
+    """Val images in name order, labelled with the WNID of their first ground-truth box."""
+    csv_path = os.path.join(root, "LOC_val_solution.csv")
+    objects = read_kaggle_solution(csv_path, synsets)
+    val_dir = os.path.join(root, DATA_DIR, "val")
+    records = []
+    for image_id in sorted(objects):
+        if not objects[image_id]:
+            raise UserError(f"{csv_path}: image {image_id} has no box, so no label; give every image a box")
+        wnid = objects[image_id][0][0]
+        records.append(ImageRecord(image_id, os.path.join(val_dir, image_id + ".JPEG"), synsets.label(wnid) - 1))
+    if max_images:
+        records = records[:max_images]
+    if not records:
+        raise UserError(f"{csv_path}: no val images listed")
+    return records
+
+
+# --------------------------------------------------------------------------------------------- geometry
+
+
+def resize_shorter_side(image: np.ndarray, side: int) -> np.ndarray:
+    """Resize so that the shorter side is ``side`` pixels, keeping the aspect ratio."""
+    height, width = image.shape[:2]
+    scale = side / min(height, width)
+    if height <= width:
+        size = (max(side, int(round(width * scale))), side)  # cv2 sizes are (width, height)
+    else:
+        size = (side, max(side, int(round(height * scale))))
+    if size == (width, height):
+        return image
+    # Area averaging when shrinking avoids aliasing; bilinear when enlarging.
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interpolation)
+
+
+def crop(image: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
+    return image[y0:y0 + size, x0:x0 + size]
+
+
+def center_offset(height: int, width: int, size: int) -> tuple[int, int]:
+    """(x0, y0) of the centred square; an odd margin leaves the extra pixel at the right/bottom."""
+    return (width - size) // 2, (height - size) // 2
+
+
+def five_crop_offsets(height: int, width: int, size: int) -> list[tuple[int, int]]:
+    """(x0, y0) of the top-left, top-right, bottom-left, bottom-right and centre squares."""
+    right, bottom = width - size, height - size
+    return [(0, 0), (right, 0), (0, bottom), (right, bottom), center_offset(height, width, size)]
+
+
+def ten_crops(image: np.ndarray, size: int) -> list[np.ndarray]:
+    """The five crops of :func:`five_crop_offsets`, then the same five of the mirrored image."""
+    height, width = image.shape[:2]
+    crops = [crop(image, x0, y0, size) for x0, y0 in five_crop_offsets(height, width, size)]
+    return crops + [np.ascontiguousarray(c[:, ::-1]) for c in crops]
+
+
+# --------------------------------------------------------------------------------------------- transforms
+
+
+class TrainTransform:
+    """Scale jitter, random square crop, horizontal flip, colour jitter and PCA lighting, seeded per sample."""
+
+    def __init__(self, short_side_range: Sequence[int], crop_size: int, flip_prob: float = 0.5,
+                 color_jitter: float = 0.4, lighting_std: float = 0.1):
+        self.short_low, self.short_high = (int(v) for v in short_side_range)
+        self.crop_size = crop_size
+        self.flip_prob = flip_prob
+        self.color_jitter = color_jitter
+        self.lighting_std = lighting_std
+
+    def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        image = resize_shorter_side(image, int(rng.integers(self.short_low, self.short_high + 1)))
+        height, width = image.shape[:2]
+        x0 = int(rng.integers(0, width - self.crop_size + 1))
+        y0 = int(rng.integers(0, height - self.crop_size + 1))
+        image = crop(image, x0, y0, self.crop_size)
+        if rng.random() < self.flip_prob:
+            image = image[:, ::-1]
+        pixels = image.astype(np.float32)
+        if self.color_jitter > 0:
+            pixels = jitter_colour(pixels, rng, self.color_jitter)
+        if self.lighting_std > 0:
+            pixels = add_pca_lighting(pixels, rng, self.lighting_std)
+        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def _gray(pixels: np.ndarray) -> np.ndarray:
+    return pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def jitter_colour(pixels: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Brightness, contrast and saturation, each scaled by a factor in [1 - s, 1 + s], in random order."""
+    factors = rng.uniform(1 - strength, 1 + strength, size=3)
+    for which in rng.permutation(3):
+        factor = np.float32(factors[which])
+        if which == 0:
+            pixels = pixels * factor
+        elif which == 1:
+            mean = np.float32(_gray(pixels).mean())
+            pixels = (pixels - mean) * factor + mean
+        else:
+            gray = _gray(pixels)[..., None]
+            pixels = (pixels - gray) * factor + gray
+    return pixels
+
+
+def add_pca_lighting(pixels: np.ndarray, rng: np.random.Generator, std: float) -> np.ndarray:
+    """AlexNet's lighting noise: one RGB offset along the principal components of ImageNet's pixels."""
+    alpha = rng.normal(0.0, std, size=3).astype(np.float32)
+    offset = PCA_EIGENVECTORS @ (alpha * PCA_EIGENVALUES) * 255
+    return pixels + offset.astype(np.float32)
+
+
+class TestTransform:
+    """The views of one test image: 1 centre crop, 10 crops, or the whole image at each dense scale."""
+
+    def __init__(self, mode: str, resize: int, crop_size: int, dense_scales: Sequence[int] = ()):
+        if mode not in ("1crop", "10crop", "dense"):
+            raise ValueError(f"unknown test mode {mode!r}")
+        self.mode = mode
+        self.resize = resize
+        self.crop_size = crop_size
+        self.dense_scales = [int(s) for s in dense_scales]
+
+    def __call__(self, image: np.ndarray) -> list[np.ndarray]:
+        if self.mode == "dense":
+            # Flips are added by the model, which can then share one decoded view per scale.
+            return [resize_shorter_side(image, scale) for scale in self.dense_scales]
+        image = resize_shorter_side(image, self.resize)
+        if self.mode == "10crop":
+            return ten_crops(image, self.crop_size)
+        x0, y0 = center_offset(*image.shape[:2], self.crop_size)
+        return [crop(image, x0, y0, self.crop_size)]
+
+
+def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+# --------------------------------------------------------------------------------------------- dataset
+
+
+class ClassificationDataset(torch.utils.data.Dataset):
+    """Labelled images; items are requested as ``dataset[(index, seed)]`` (the seed drives augmentation).
+
+    Training samples are {"image": uint8 (3, crop, crop), "label", "image_id", "skipped"}: an unreadable
+    image is replaced by the next readable one (``on_bad_image="skip"``) and listed in "skipped".
+    Test samples are {"views": [uint8 (3, H, W), ...], "label", "image_id"}; an unreadable test image
+    gives "views": None, so that it is left out of the score instead of counted twice.
+    """
+
+    def __init__(self, records: list[ImageRecord], transform, train: bool, on_bad_image: str = "skip"):
+        self.records = records
+        self.transform = transform
+        self.train = train
+        self.on_bad_image = on_bad_image
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _read(self, record: ImageRecord) -> np.ndarray | None:
+        try:
+            return read_image(record.path)
+        except BadImageError as error:
+            if self.on_bad_image == "fail":
+                raise BadImageError(f"{error} (set data.on_bad_image=skip to continue without it)") from None
+            warnings.warn(f"skipping: {error}", stacklevel=3)
+            return None
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, index)
+        if not self.train:
+            return self._test_sample(self.records[index])
+        skipped = []
+        for attempt in range(len(self.records)):
+            record = self.records[(index + attempt) % len(self.records)]
+            image = self._read(record)
+            if image is None:
+                skipped.append(record.path)
+                continue
+            return {"image": to_chw_tensor(self.transform(image, seed)), "label": record.label,
+                    "image_id": record.image_id, "skipped": skipped}
+        raise BadImageError(f"none of the {len(self.records)} training images can be read, e.g. "
+                            f"{self.records[0].path}")
+
+    def _test_sample(self, record: ImageRecord) -> dict:
+        image = self._read(record)
+        views = None if image is None else [to_chw_tensor(v) for v in self.transform(image)]
+        return {"views": views, "label": record.label, "image_id": record.image_id}
+
+
+def collate_list(batch: list[dict]) -> list[dict]:
+    return batch
+
+
+def _loader_options(num_workers: int, persistent: bool) -> dict:
+    options = {"num_workers": num_workers, "collate_fn": collate_list, "pin_memory": False}
+    if num_workers > 0:
+        # A hung worker becomes an error instead of a silent stall.
+        options.update(persistent_workers=persistent, prefetch_factor=2, timeout=600)
+    return options
+
+
+def build_train_loader(dataset: ClassificationDataset, images_per_process: int, seed: int, num_workers: int,
+                       start_step: int = 0) -> torch.utils.data.DataLoader:
+    """Infinite, resumable, sharded batches (lists of samples) of the training set."""
+    sampler = GroupedBatchSampler([1.0] * len(dataset), images_per_process, seed, rank=get_rank(),
+                                  world_size=get_world_size(), start_step=start_step, group_by_aspect=False)
+    # A private generator keeps the loader from drawing on the global RNG (exact resume).
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator(),
+                                       **_loader_options(num_workers, persistent=True))
+
+
+def build_test_loader(dataset: ClassificationDataset, batch_size: int,
+                      num_workers: int) -> torch.utils.data.DataLoader:
+    """This process's share of the test set: every world_size-th image."""
+    indices = list(range(get_rank(), len(dataset), get_world_size()))
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **_loader_options(num_workers, False))
