@@ -1,5 +1,7 @@
-"""Evaluate a trained detector row by row as the paper's Table 9: baseline, +box refinement, +context,
-+multi-scale testing; prints and writes a markdown table and JSON (mAP@.5, mAP@[.5,.95], s/img).
+"""Evaluate a trained detector row by row as the paper's Table 9 (baseline and its improvements).
+
+Rows: baseline, +box refinement, +context, +multi-scale testing; prints and writes a markdown table
+and JSON (mAP@.5, mAP@[.5,.95], s/img).
 
     python tools/ablate_det.py --cfg configs/shapes.yaml --weights output/shapes/model_final.pth \
         --context-weights output/shapes_ctx/model_final.pth --out output/ablation --plot

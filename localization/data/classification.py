@@ -205,7 +205,7 @@ def add_pca_lighting(pixels: np.ndarray, rng: np.random.Generator, std: float) -
     return pixels + offset.astype(np.float32)
 
 
-class TestTransform:
+class EvalTransform:
     """The views of one test image: 1 centre crop, 10 crops, or the whole image at each dense scale."""
 
     def __init__(self, mode: str, resize: int, crop_size: int, dense_scales: Sequence[int] = ()):
@@ -262,7 +262,8 @@ class ClassificationDataset(torch.utils.data.Dataset):
             return None
 
     def __getitem__(self, item):
-        index, seed = item if isinstance(item, tuple) else (item, index)
+        # A bare index (tests, notebooks) uses the index itself as the augmentation seed.
+        index, seed = item if isinstance(item, tuple) else (item, item)
         if not self.train:
             return self._test_sample(self.records[index])
         skipped = []

@@ -120,3 +120,11 @@ def test_ablation_tool_prints_and_writes_the_table(trained_run, tmp_path):
     assert all(r["seconds_per_image"] > 0 for r in rows)
     assert "| +box refinement |" in (tmp_path / "ablation.md").read_text() and "| +box refinement |" in result.stdout
     assert (tmp_path / "ablation.png").is_file()
+
+
+@pytest.mark.parametrize("package, tool", [("detection", "train_det.py"), ("localization", "eval_loc.py")])
+def test_package_help_lists_the_tools(package, tool):
+    result = subprocess.run([sys.executable, "-m", package, "--help"], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    assert result.returncode == 0 and f"python tools/{tool}" in result.stdout
+    assert "0.1.0" in result.stdout.splitlines()[0]

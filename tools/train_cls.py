@@ -1,0 +1,41 @@
+"""Train an ImageNet (ILSVRC CLS-LOC) classifier with the paper's augmentation; report top-1/top-5 error.
+
+    python tools/train_cls.py                                   # the synthetic shapes_loc set
+    python tools/train_cls.py --cfg configs/ilsvrc_cls_r101.yaml data.root=/data/ilsvrc
+    torchrun --nproc_per_node=8 tools/train_cls.py --cfg configs/ilsvrc_cls_r101.yaml
+    python tools/train_cls.py --cfg CFG --resume                # continue the run in output_dir
+    python tools/train_cls.py --cfg CFG --eval-only --weights W test.mode=dense
+"""
+
+from __future__ import annotations
+
+import os
+
+from engine.cli import config_parser, run_cli
+
+DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cls_shapes.yaml")
+
+
+def main() -> int:
+    parser = config_parser(__doc__.splitlines()[1], default_cfg=DEFAULT_CFG)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    parser.add_argument("--eval-only", action="store_true", help="only test --weights on the val set")
+    parser.add_argument("--weights", help="classifier weights for --eval-only (a checkpoint, a state dict, "
+                                          "or torchvision:IMAGENET1K_V2)")
+    args = parser.parse_args()
+    if args.eval_only and not args.weights:
+        parser.error("--eval-only needs --weights")
+
+    from engine.distributed import is_main_process
+    from localization.config import load_classification_config
+    from localization.train_cls import evaluate_weights, format_metrics, train_classifier
+
+    cfg = load_classification_config(args.cfg, args.overrides)
+    metrics = evaluate_weights(cfg, args.weights) if args.eval_only else train_classifier(cfg, resume=args.resume)
+    if metrics and is_main_process():
+        print(format_metrics(metrics, cfg.test.mode))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
