@@ -2,17 +2,21 @@
 
     python benchmarks/bench_det.py                 # inference at 800/1333 and 600/1000, training steps
     python benchmarks/bench_det.py --only infer    # or: train
+    python benchmarks/bench_det.py --device cuda --amp bf16   # on a GPU, under bf16 autocast
 
 A torchvision fasterrcnn_resnet50_fpn (FrozenBatchNorm2d, as it is built for trained weights) gets
 random weights with measured BatchNorm statistics; its state dict is converted with
 tools/convert_weights.py's code and loaded into configs/tv_fasterrcnn_r50_fpn.yaml. The two models
 run interleaved on the same images; each figure is the median of several runs, and the ratio is
-this toolkit / torchvision. Results go to benchmarks/results/det.json.
+this toolkit / torchvision. Our images are resized before the clock starts (the data loader's
+workers do it in a real run); torchvision resizes inside its model. Results go to
+benchmarks/results/det_<device>_<amp>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -62,13 +66,60 @@ def images(height: int, width: int, count: int = 3) -> list[torch.Tensor]:
     return [torch.from_numpy(shapes_image(200 + i, height, width)).permute(2, 0, 1).contiguous() for i in range(count)]
 
 
+DEVICE = torch.device("cpu")
+AMP_DTYPE: torch.dtype | None = None
+
+
+def autocast():
+    """bf16 autocast for both models when --amp bf16, else nothing."""
+    if AMP_DTYPE is None:
+        return contextlib.nullcontext()
+    return torch.autocast(DEVICE.type, dtype=AMP_DTYPE)
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timed(function, repeats: int) -> float:
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
-        function()
+        with autocast():
+            function()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+PROFILE = False
+
+
+def profile_steps(name: str, step, steps: int = 3) -> None:
+    """torch.profiler over a few steps: the ops by self CPU time (host overhead) and by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            with autocast():
+                step()
+        synchronize()
+    averages = prof.key_averages()
+    tables = [averages.table(sort_by="self_cpu_time_total", row_limit=30)]
+    if DEVICE.type == "cuda":
+        tables.append(averages.table(sort_by="self_device_time_total", row_limit=30))
+    path = os.path.join(ROOT, "benchmarks", "results", f"profile_{name}_{DEVICE.type}.txt")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n\n".join(tables))
+    print(f"profile written to {path}", flush=True)
+
+
+def precision() -> str:
+    return "fp32" if AMP_DTYPE is None else "bf16 autocast"
 
 
 @torch.inference_mode()
@@ -77,9 +128,12 @@ def bench_inference(min_size: int, max_size: int, size: tuple[int, int], repeats
 
     tv_model = torchvision_detector(min_size, max_size)
     ours, _ = our_detector(tv_model, min_size, max_size, fast=True)
+    tv_model, ours = tv_model.to(DEVICE), ours.to(DEVICE)
     batch = images(*size)
     resize = EvalTransform(min_size, max_size)
-    resized = [torch.from_numpy(resize(img.permute(1, 2, 0).numpy())).permute(2, 0, 1).contiguous() for img in batch]
+    resized = [torch.from_numpy(resize(img.permute(1, 2, 0).numpy())).permute(2, 0, 1).contiguous().to(DEVICE)
+               for img in batch]
+    batch = [img.to(DEVICE) for img in batch]
 
     def run_tv():
         for img in batch:
@@ -89,13 +143,14 @@ def bench_inference(min_size: int, max_size: int, size: tuple[int, int], repeats
         for img, small in zip(batch, resized):
             ours([{"image": small, "height": img.shape[1], "width": img.shape[2]}])
 
-    run_tv(), run_ours()  # warm-up
+    for _ in range(2 if DEVICE.type == "cuda" else 1):  # warm-up (cuDNN picks its algorithms on CUDA)
+        timed(run_tv, 1), timed(run_ours, 1)
     tv_times, our_times = [], []
     for _ in range(repeats):  # interleaved, so that both see the same machine state
         tv_times.append(timed(run_tv, 1) / len(batch))
         our_times.append(timed(run_ours, 1) / len(batch))
     tv_s, our_s = statistics.median(tv_times), statistics.median(our_times)
-    return {"setting": f"inference {min_size}/{max_size}, image {size[0]}x{size[1]}, batch 1, fp32",
+    return {"setting": f"inference {min_size}/{max_size}, image {size[0]}x{size[1]}, batch 1, {precision()}",
             "torchvision_img_s": round(1 / tv_s, 3), "ours_img_s": round(1 / our_s, 3), "ratio": round(tv_s / our_s, 2)}
 
 
@@ -119,11 +174,11 @@ def bench_training(depth: int, size: int, batch_size: int, repeats: int) -> dict
         f"model.backbone.depth={depth}", "model.backbone.base_width=64", "model.fpn.out_channels=256",
         "model.anchors.sizes=[[32],[64],[128],[256],[512]]", f"input.min_size_train=[{size}]",
         f"input.max_size_train={size * 2}"])
-    ours = build_model(cfg, 5, backbone_weights=False).train()
-    tv_model.train()
-    batch = images(size, int(size * 4 / 3), batch_size)
-    targets = [{"boxes": torch.tensor([[20.0, 30.0, 120.0, 150.0], [200.0, 100.0, 300.0, 220.0]]),
-                "labels": torch.tensor([1, 3])} for _ in batch]
+    ours = build_model(cfg, 5, backbone_weights=False).train().to(DEVICE)
+    tv_model.train().to(DEVICE)
+    batch = [img.to(DEVICE) for img in images(size, int(size * 4 / 3), batch_size)]
+    targets = [{"boxes": torch.tensor([[20.0, 30.0, 120.0, 150.0], [200.0, 100.0, 300.0, 220.0]], device=DEVICE),
+                "labels": torch.tensor([1, 3], device=DEVICE)} for _ in batch]
     tv_optimizer = torch.optim.SGD(tv_model.parameters(), lr=1e-4, momentum=0.9)
     our_optimizer = torch.optim.SGD(ours.parameters(), lr=1e-4, momentum=0.9)
 
@@ -139,13 +194,16 @@ def bench_training(depth: int, size: int, batch_size: int, repeats: int) -> dict
         sum(losses.values()).backward()
         our_optimizer.step()
 
-    step_tv(), step_ours()
+    for _ in range(3 if DEVICE.type == "cuda" else 1):
+        timed(step_tv, 1), timed(step_ours, 1)
     tv_times, our_times = [], []
     for _ in range(repeats):
         tv_times.append(timed(step_tv, 1))
         our_times.append(timed(step_ours, 1))
     tv_s, our_s = statistics.median(tv_times), statistics.median(our_times)
-    return {"setting": f"training R{depth}-FPN, light heads, batch {batch_size}, {size} px",
+    if PROFILE:
+        profile_steps(f"train_r{depth}", step_ours)
+    return {"setting": f"training R{depth}-FPN, light heads, batch {batch_size}, {size} px, {precision()}",
             "torchvision_s_it": round(tv_s, 3), "ours_s_it": round(our_s, 3), "ratio": round(tv_s / our_s, 2)}
 
 
@@ -153,19 +211,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["infer", "train"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast for both models")
+    parser.add_argument("--train-batch", type=int, default=0, help="images per training step (default: 2 for "
+                        "R50 and 4 for R18 on the CPU, 8 and 16 on CUDA)")
+    parser.add_argument("--profile", action="store_true", help="also write torch.profiler tables of our "
+                        "training steps to benchmarks/results/profile_*.txt")
     args = parser.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    global DEVICE, AMP_DTYPE, PROFILE
+    PROFILE = args.profile
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    DEVICE = torch.device(args.device)
+    AMP_DTYPE = torch.bfloat16 if args.amp == "bf16" else None
+    cuda = DEVICE.type == "cuda"
+    if not cuda:
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
     rows = []
     if args.only in (None, "infer"):
         rows.append(bench_inference(800, 1333, (600, 800), args.repeats))
         rows.append(bench_inference(600, 1000, (600, 800), args.repeats))
     if args.only in (None, "train"):
-        rows.append(bench_training(50, 512, 2, args.repeats))
-        rows.append(bench_training(18, 512, 4, args.repeats))
-    result = {"rows": rows, "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
+        scale = 4 if cuda else 1
+        rows.append(bench_training(50, 512, args.train_batch or 2 * scale, args.repeats))
+        rows.append(bench_training(18, 512, args.train_batch or 4 * scale, args.repeats))
+    machine = (torch.cuda.get_device_name(DEVICE) if cuda
+               else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    result = {"rows": rows, "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": machine,
+              "device": args.device, "amp": args.amp}
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "benchmarks", "results", "det.json"), "w", encoding="utf-8") as handle:
+    name = f"det_{args.device}_{args.amp}.json"
+    with open(os.path.join(ROOT, "benchmarks", "results", name), "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2)
     print("| setting | torchvision | this toolkit | ratio |\n|---|---|---|---|")
     for row in rows:

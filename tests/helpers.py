@@ -66,3 +66,12 @@ TINY_DETECTOR = [
     "solver.ims_per_batch=2", "solver.max_iter=4", "solver.steps=[3]", "solver.warmup_iters=2",
     "solver.checkpoint_period=2", "solver.log_period=2", "data.num_workers=0", "seed=3",
 ]
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The environment for a child Python process: the repository first on its path, the rest kept."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}

@@ -12,7 +12,7 @@ import torch
 from detection.config import load_detection_config
 from detection.training import train_detector
 from tests.conftest import ROOT
-from tests.helpers import TINY_DETECTOR, data_overrides, make_fixed_size_shapes
+from tests.helpers import TINY_DETECTOR, data_overrides, make_fixed_size_shapes, subprocess_env
 
 SHAPES_CFG = os.path.join(ROOT, "configs", "shapes.yaml")
 
@@ -65,7 +65,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint(fixed_shapes, tmp_path):
 
 
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
 
@@ -79,7 +79,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(fixed_shapes
     assert two.returncode == 0, two.stderr[-4000:]
     one = subprocess.run([sys.executable, worker, SHAPES_CFG, *overrides, f"output_dir={tmp_path / 'one'}"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
+                         env=subprocess_env(OMP_NUM_THREADS="1"))
     assert one.returncode == 0, one.stderr[-4000:]
     rank0 = torch.load(tmp_path / "two" / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "two" / "rank1.pt", weights_only=True)

@@ -85,3 +85,14 @@ def test_every_shipped_config_loads(repo_root):
     det = [p for p in paths if "loc" not in os.path.basename(p) and "cls" not in os.path.basename(p)]
     for path in det:
         load_detection_config(path)
+
+
+def test_yaml_1_1_words_stay_strings_for_choices(tmp_path):
+    """`amp: off` is the choice "off", not the boolean YAML 1.1 would make of it."""
+    path = write(tmp_path / "amp.yaml", "solver:\n  amp: off\n  channels_last: yes\n")
+    cfg = load_detection_config(path)
+    assert cfg.solver.amp == "off" and cfg.solver.channels_last is True
+    cfg = load_detection_config(None, ["solver.amp=off", "solver.channels_last=no", "test.flip=true"])
+    assert cfg.solver.amp == "off" and cfg.solver.channels_last is False and cfg.test.flip is True
+    cfg = load_detection_config(None, ["solver.amp=bf16"])
+    assert cfg.solver.amp == "bf16"

@@ -21,7 +21,7 @@ from localization.data.classification import (
 )
 from localization.data.synthetic import ensure_synthetic_loc
 from tests.conftest import ROOT
-from tests.helpers import randomize_bn_statistics
+from tests.helpers import randomize_bn_statistics, subprocess_env
 
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
@@ -179,7 +179,7 @@ def test_dataset_items_repeat_and_bad_images_are_skipped(tmp_path, recwarn):
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train_cls.py"), *args],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
 

@@ -6,11 +6,12 @@ import subprocess
 import sys
 
 from tests.conftest import ROOT
+from tests.helpers import subprocess_env
 from tests.localization.test_formats import EXPECTED, IDS, write_fixture
 
 
 def run_eval_loc(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "eval_loc.py"), *args],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
 

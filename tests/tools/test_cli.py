@@ -9,13 +9,13 @@ import pytest
 
 from detection.data.shapes import generate_split
 from tests.conftest import ROOT
-from tests.helpers import TINY_DETECTOR
+from tests.helpers import TINY_DETECTOR, subprocess_env
 
 TINY = TINY_DETECTOR
 
 
 def run_tool(script: str, *args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, os.path.join(ROOT, "tools", script), *args], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=600)
 
@@ -125,6 +125,6 @@ def test_ablation_tool_prints_and_writes_the_table(trained_run, tmp_path):
 @pytest.mark.parametrize("package, tool", [("detection", "train_det.py"), ("localization", "eval_loc.py")])
 def test_package_help_lists_the_tools(package, tool):
     result = subprocess.run([sys.executable, "-m", package, "--help"], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+                            env=subprocess_env(), timeout=120)
     assert result.returncode == 0 and f"python tools/{tool}" in result.stdout
     assert "0.1.0" in result.stdout.splitlines()[0]
