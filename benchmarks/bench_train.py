@@ -5,7 +5,8 @@
 
 The config's model, input sizes and batch are kept; its data is replaced by the shapes set (generated
 on first use; its images are upscaled to the config's sizes) and its ImageNet weights by random ones,
-so that it runs offline. Each setting is a separate ``tools/train_det.py`` process (``torchrun
+so that it runs offline; the learning rate is made tiny so that random weights cannot diverge in
+the few steps timed (the work per step does not depend on it). Each setting is a separate ``tools/train_det.py`` process (``torchrun
 --nproc_per_node=1`` with --torchrun); s/iter is the median of the logged windows after the first,
 and memory is torch.cuda.max_memory_allocated. Results go to benchmarks/results/train_<device>.json.
 """
@@ -35,7 +36,7 @@ def run_one(cfg: str, device: str, amp: str, iters: int, torchrun: bool, extra: 
     log_period = max(iters // 6, 1)
     overrides = SHAPES_DATA + [
         f"device={device}", f"solver.amp={amp}", f"solver.max_iter={iters}", f"solver.steps=[{iters}]",
-        "solver.warmup_iters=0", "solver.checkpoint_period=0", f"solver.log_period={log_period}",
+        "solver.warmup_iters=0", "solver.base_lr=1e-6", "solver.checkpoint_period=0", f"solver.log_period={log_period}",
         "test.eval_period=0", "test.max_images=4", "model.backbone.weights=null", f"output_dir={out_dir}", *extra]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--standalone"] if torchrun \
         else [sys.executable]

@@ -65,6 +65,7 @@ TINY_DETECTOR = [
     "solver.optimizer=sgd", "solver.base_lr=0.02", "solver.weight_decay=0.0001",
     "solver.ims_per_batch=2", "solver.max_iter=4", "solver.steps=[3]", "solver.warmup_iters=2",
     "solver.checkpoint_period=2", "solver.log_period=2", "data.num_workers=0", "seed=3",
+    "device=cpu",  # the exactness tests are about the CPU; tests/detection/test_cuda.py sets device=cuda
 ]
 
 

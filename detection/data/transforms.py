@@ -6,9 +6,13 @@ only on (run seed, epoch, image) and not on which worker process draws it: runs 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
-import albumentations as A
+# albumentations asks the network for a newer version on import: a delay and a warning on every
+# offline cluster node. Users who want the check can set the variable to 0.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
 import cv2
 import numpy as np
 

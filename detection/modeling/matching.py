@@ -72,6 +72,24 @@ def sample_balanced(labels: torch.Tensor, batch_size: int, positive_fraction: fl
     negative = torch.nonzero(labels == BACKGROUND).flatten()
     num_pos = min(positive.numel(), int(batch_size * positive_fraction))
     num_neg = min(negative.numel(), batch_size - num_pos)
-    pos_order = torch.randperm(positive.numel(), generator=generator, device="cpu")[:num_pos].to(labels.device)
-    neg_order = torch.randperm(negative.numel(), generator=generator, device="cpu")[:num_neg].to(labels.device)
+    pos_order = random_order(positive.numel(), generator, labels.device)[:num_pos]
+    neg_order = random_order(negative.numel(), generator, labels.device)[:num_neg]
     return positive[pos_order], negative[neg_order]
+
+
+def random_order(count: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """A random permutation of ``range(count)`` on ``device``, drawn from ``generator``'s stream.
+
+    The per-image CPU generator keeps sampling reproducible and independent of the number of
+    processes. On a GPU, though, a CPU permutation of the ~100k negative anchors costs about 0.5 ms
+    of host time per call, a third of a training step's; there the CPU generator only seeds a
+    device generator, which draws the permutation on the GPU.
+    """
+    if device.type == "cpu":
+        return torch.randperm(count, generator=generator)
+    if generator is None:
+        return torch.randperm(count, device=device)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    on_device = torch.Generator(device=device)
+    on_device.manual_seed(seed)
+    return torch.randperm(count, generator=on_device, device=device)

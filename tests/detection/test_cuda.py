@@ -114,3 +114,21 @@ def test_torchrun_one_process_nccl_with_syncbn(fixed_shapes, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "model_final.pth").exists()
+
+
+def test_balanced_sampling_on_cuda_is_seeded_by_the_cpu_generator():
+    from detection.modeling.matching import BACKGROUND, FOREGROUND, sample_balanced
+
+    labels = torch.full((50_000,), BACKGROUND, device=CUDA)
+    labels[torch.arange(0, 50_000, 500, device=CUDA)] = FOREGROUND
+    draws = []
+    for _ in range(2):
+        generator = torch.Generator().manual_seed(5)
+        draws.append(sample_balanced(labels, 256, 0.5, generator))
+    (pos, neg), (pos_again, neg_again) = draws
+    assert pos.device.type == "cuda" and len(pos) == 100 and len(neg) == 156
+    assert torch.equal(pos, pos_again) and torch.equal(neg, neg_again)
+    assert (labels[pos] == FOREGROUND).all() and (labels[neg] == BACKGROUND).all()
+    assert neg.unique().numel() == neg.numel()
+    other = sample_balanced(labels, 256, 0.5, torch.Generator().manual_seed(6))[1]
+    assert not torch.equal(other, neg)
