@@ -181,6 +181,14 @@ class Trainer:
             self.checkpointer.save(FINAL_NAME, self.state_dict())
             final_metrics = self._evaluate(solver.max_iter) if self.evaluate_fn else {}
             self._write_final_metrics(final_metrics)
+        except RuntimeError as error:
+            # PyTorch reports a dead worker from its SIGCHLD handler, wherever the main process is.
+            if "DataLoader worker" in str(error):
+                raise TrainingError(
+                    f"a data-loading worker died at iteration {self.iteration} ({str(error).splitlines()[0]}); "
+                    f"run with data.num_workers=0 to see the error in the main process"
+                ) from None
+            raise
         finally:
             bar.close()
             self._restore_signal_handlers(previous_handlers)
@@ -205,15 +213,7 @@ class Trainer:
             self.ddp_model = ddp(self.model, device_ids=device_ids, **no_buffer_sync)
 
     def _next_batch(self, data):
-        try:
-            batch = next(data)
-        except RuntimeError as error:
-            if "DataLoader worker" in str(error):
-                raise TrainingError(
-                    f"a data-loading worker died at iteration {self.iteration} ({str(error).splitlines()[0]}); "
-                    f"run with data.num_workers=0 to see the error in the main process"
-                ) from None
-            raise
+        batch = next(data)
         for sample in batch:
             self.skipped_files.update(sample.get("skipped", ()))
         return batch
@@ -250,7 +250,7 @@ class Trainer:
 
     def _handle_nonfinite(self, losses: dict[str, torch.Tensor]) -> None:
         self.nonfinite_steps += 1
-        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
         if self.nonfinite_steps > self.solver.max_nonfinite:
             last = self.checkpointer.candidates()
             kept = f"; the last good checkpoint is {last[0]}" if last else ""

@@ -1,0 +1,138 @@
+"""The training loop's guards on a toy model: signals, checkpoint rotation, non-finite losses,
+a dead data worker and GPU out-of-memory, each with the message a user sees."""
+
+import math
+import os
+import re
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+from engine.checkpoint import load_checkpoint
+from engine.schema import SolverConfig
+from engine.trainer import StoppedBySignal, Trainer, TrainingError
+
+
+class ToyModel(nn.Module):
+    """A linear regression whose forward can misbehave at a chosen iteration."""
+
+    def __init__(self, on_forward=None):
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+        self.calls = 0
+        self.on_forward = on_forward
+
+    def forward(self, batch):
+        if self.on_forward is not None:
+            self.on_forward(self.calls)
+        self.calls += 1
+        x = torch.stack([sample["x"] for sample in batch])
+        loss = ((self.linear(x).squeeze(1) - x.sum(1)) ** 2).mean()
+        return {"loss": loss * batch[0].get("scale", 1.0)}
+
+
+def toy_batches(start: int, nan_at: tuple[int, ...] = ()):
+    generator = torch.Generator().manual_seed(start)
+    iteration = start
+    while True:
+        scale = math.nan if iteration in nan_at else 1.0
+        yield [{"x": torch.randn(2, generator=generator), "scale": scale} for _ in range(4)]
+        iteration += 1
+
+
+def make_trainer(model, out_dir, make_loader=toy_batches, evaluate=None, **solver_keys):
+    keys = {"max_iter": 6, "ims_per_batch": 4, "base_lr": 0.01, "warmup_iters": 0, "steps": [100],
+            "checkpoint_period": 0, "log_period": 2, **solver_keys}
+    solver = SolverConfig(**keys)
+    optimizer = torch.optim.SGD(model.parameters(), lr=solver.base_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
+    return Trainer(model, optimizer, scheduler, solver, str(out_dir), make_loader, torch.device("cpu"),
+                   evaluate=evaluate, eval_period=1 if evaluate else 0, primary_metric="m/score")
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    def send_sigterm(call):
+        if call == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    handler_before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(StoppedBySignal) as stopped:
+        make_trainer(ToyModel(send_sigterm), tmp_path).train()
+    assert signal.getsignal(signal.SIGTERM) is handler_before, "the trainer must restore the handler"
+    assert re.fullmatch(r"stopped by SIGTERM at iteration 3; checkpoint saved to .*model_0000003\.pth; "
+                        r"continue with --resume", str(stopped.value))
+    assert load_checkpoint(str(tmp_path / "model_0000003.pth"))["iteration"] == 3
+
+    trainer = make_trainer(ToyModel(), tmp_path)
+    assert trainer.resume() and trainer.start_iter == 3
+    trainer.train()
+    assert load_checkpoint(str(tmp_path / "model_final.pth"))["iteration"] == 6
+
+
+def test_keeps_the_last_n_periodic_checkpoints_and_the_best(tmp_path):
+    scores = iter([1.0, 5.0, 2.0, 3.0, 0.5, 4.0])  # the best is after iteration 2
+
+    def evaluate(model):
+        return {"m": {"score": next(scores)}}
+
+    make_trainer(ToyModel(), tmp_path, evaluate=evaluate, checkpoint_period=1, keep_last=2).train()
+    names = sorted(p for p in os.listdir(tmp_path) if p.endswith(".pth"))
+    assert names == ["model_0000004.pth", "model_0000005.pth", "model_best.pth", "model_final.pth"]
+    assert load_checkpoint(str(tmp_path / "model_best.pth"))["iteration"] == 2
+
+
+def test_nonfinite_loss_stops_with_the_iteration_and_terms(tmp_path):
+    trainer = make_trainer(ToyModel(), tmp_path, checkpoint_period=2,
+                           make_loader=lambda start: toy_batches(start, nan_at=(3,)))
+    with pytest.raises(TrainingError) as error:
+        trainer.train()
+    assert str(error.value) == (
+        f"non-finite loss at iteration 3 (loss=nan); the last good checkpoint is {tmp_path / 'model_0000002.pth'}: "
+        "lower solver.base_lr or raise solver.warmup_iters, or allow skipped steps with solver.max_nonfinite")
+
+
+def test_tolerated_nonfinite_steps_are_skipped(tmp_path):
+    model = ToyModel()
+    weights = {}
+
+    def remember(call):
+        weights[call] = model.linear.weight.detach().clone()
+
+    model.on_forward = remember
+    make_trainer(model, tmp_path, max_nonfinite=1, make_loader=lambda start: toy_batches(start, nan_at=(3,))).train()
+    assert torch.equal(weights[3], weights[4]), "the non-finite step must not change the weights"
+    assert not torch.equal(weights[2], weights[3])
+    final = load_checkpoint(str(tmp_path / "model_final.pth"))["model"]
+    assert all(torch.isfinite(v).all() for v in final.values())
+
+
+class DiesInWorker(torch.utils.data.Dataset):
+    def __len__(self):
+        return 100
+
+    def __getitem__(self, index):
+        if index == 2 and torch.utils.data.get_worker_info() is not None:
+            os._exit(3)  # as a worker killed by the out-of-memory killer would vanish
+        return {"x": torch.ones(2)}
+
+
+def test_a_dead_data_worker_is_a_clear_error(tmp_path):
+    def make_loader(start):
+        return torch.utils.data.DataLoader(DiesInWorker(), batch_size=1, num_workers=1, collate_fn=list, timeout=60)
+
+    with pytest.raises(TrainingError, match=r"a data-loading worker died at iteration \d \(DataLoader worker .*\); "
+                                            r"run with data.num_workers=0 to see the error in the main process"):
+        make_trainer(ToyModel(), tmp_path, make_loader=make_loader).train()
+
+
+def test_out_of_memory_names_the_batch_key(tmp_path):
+    def out_of_memory(call):
+        if call == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(TrainingError) as error:
+        make_trainer(ToyModel(out_of_memory), tmp_path).train()
+    assert str(error.value) == ("out of GPU memory at iteration 1: lower solver.ims_per_batch (now 4) or "
+                                "input.max_size_train, or set solver.amp=bf16")
