@@ -110,3 +110,120 @@ def check_classification_options(cfg) -> None:
         raise ConfigError(f"input.color_jitter={cfg.input.color_jitter}: give a strength in [0, 1)")
     if len(cfg.input.pixel_mean) != 3 or len(cfg.input.pixel_std) != 3 or min(cfg.input.pixel_std) <= 0:
         raise ConfigError("input.pixel_mean and input.pixel_std need 3 values each (std positive)")
+
+
+# --------------------------------------------------------------------------------------------- localization
+
+
+@dataclass
+class LocalizerModelConfig:
+    """The per-class RPN of localization/rpn_localizer.py."""
+
+    # Fine-tuned from an ImageNet classifier (the paper), so BN is frozen as in the detectors' fine-tuning.
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(depth=101, norm="frozen_bn",
+                                                                             freeze_at=2))
+    # The trunk stage feeding the head. res5 (stride 32): the most class-specific features, and ImageNet
+    # objects are large enough for a 7x7 grid on a 224 crop. res4 (stride 16) is the detectors' C4 choice.
+    feature: str = choice("res5", ("res4", "res5"))
+    # Channels of the 3x3 conv in front of the sibling 1x1 cls / reg convs.
+    head_channels: int = 512
+    # 3 sizes (square root of the area, in input pixels) x 3 ratios (height / width) = 9 anchors per position.
+    anchor_sizes: list[float] = field(default_factory=lambda: [64.0, 128.0, 256.0])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    # Classes of the per-class outputs; 0 = as many as the synset file lists.
+    num_classes: int = 0
+
+
+@dataclass
+class LocalizerTrainConfig:
+    """How anchors are labelled and sampled for each training crop."""
+
+    anchors_per_image: int = 8
+    positive_fraction: float = 0.5
+    fg_iou: float = 0.7
+    bg_iou: float = 0.3
+    # A GT box keeps being a target when at least this fraction of its area is inside the crop; the part of a
+    # box cut away more than that is neither positive nor background (anchors mostly inside it are ignored).
+    min_visible: float = 0.5
+    # "all": every class's sigmoid of a sampled anchor is trained (target 1 only for the image's class at a
+    # positive anchor), so the per-class scores can also rank classes; "gt": only the GT class's sigmoid.
+    cls_loss_classes: str = choice("all", ("all", "gt"))
+    box_loss_weight: float = 1.0
+    smooth_l1_beta: float = 0.1111
+
+
+@dataclass
+class LocalizerTestConfig:
+    # "1crop": the centre crop (input.crop) of the image resized to `resize`; "dense": the whole image, fully
+    # convolutional, at every shorter side of dense_scales (and mirrored when dense_flip).
+    mode: str = choice("dense", ("1crop", "dense"))
+    resize: int = 256
+    dense_scales: list[int] = field(default_factory=lambda: [224, 256, 384, 480, 640])
+    dense_flip: bool = False
+    ims_per_batch: int = 32
+    # Evaluate (GT-known error, classes ranked by the RPN) every N iterations during training (0: at the end).
+    eval_period: int = 0
+    # Evaluate at most this many val images (0: all), for quick checks.
+    max_images: int = 0
+
+
+@dataclass
+class LocalizerClassifierConfig:
+    """The classifier whose top-5 classes get the RPN's boxes (paper App. C); empty: the RPN ranks classes."""
+
+    # A checkpoint written by tools/train_cls.py (it carries its own config).
+    weights: str = ""
+    mode: str = choice("10crop", TEST_MODES)
+
+
+@dataclass
+class LocalizationConfig:
+    output_dir: str = "output/loc"
+    seed: int = 42
+    device: str = choice("auto", ("auto", "cpu", "cuda"))
+    model: LocalizerModelConfig = field(default_factory=LocalizerModelConfig)
+    rpn: LocalizerTrainConfig = field(default_factory=LocalizerTrainConfig)
+    input: ClassificationInputConfig = field(default_factory=ClassificationInputConfig)
+    data: ClassificationDataConfig = field(default_factory=lambda: ClassificationDataConfig(train_list="csv"))
+    solver: SolverConfig = field(default_factory=lambda: SolverConfig(
+        max_iter=60000, ims_per_batch=256, base_lr=0.01, momentum=0.9, weight_decay=1e-4,
+        steps=[40000, 53000], warmup_iters=500, checkpoint_period=5000))
+    test: LocalizerTestConfig = field(default_factory=LocalizerTestConfig)
+    classifier: LocalizerClassifierConfig = field(default_factory=LocalizerClassifierConfig)
+
+
+def load_localization_config(path: str | None = None, overrides=()):
+    cfg = load_config(LocalizationConfig, path, overrides)
+    check_localization_options(cfg)
+    return cfg
+
+
+def check_localization_options(cfg) -> None:
+    """Values the schema's types cannot rule out, with the fix in the message."""
+    crop = cfg.input.crop
+    low_high = list(cfg.input.train_short_side)
+    if crop <= 0:
+        raise ConfigError(f"input.crop={crop}: give a positive crop side such as 224")
+    if len(low_high) != 2 or low_high[0] > low_high[1] or low_high[0] < crop:
+        raise ConfigError(f"input.train_short_side={low_high}: give [low, high] with input.crop={crop} <= low "
+                          f"<= high, such as [256, 480]")
+    if cfg.data.train_list != "csv":
+        raise ConfigError("data.train_list must be csv for the localizer: it trains on the images of "
+                          "LOC_train_solution.csv, the ones with boxes")
+    if cfg.test.mode == "1crop" and cfg.test.resize < crop:
+        raise ConfigError(f"test.resize={cfg.test.resize} is smaller than input.crop={crop}: the centre crop "
+                          f"must fit in the resized image")
+    if not cfg.test.dense_scales or min(cfg.test.dense_scales) <= 0:
+        raise ConfigError(f"test.dense_scales={list(cfg.test.dense_scales)}: give positive shorter sides")
+    if len(cfg.model.anchor_sizes) == 0 or min(cfg.model.anchor_sizes) <= 0 or min(cfg.model.aspect_ratios,
+                                                                                   default=0) <= 0:
+        raise ConfigError("model.anchor_sizes and model.aspect_ratios need positive values, such as "
+                          "[64, 128, 256] and [0.5, 1, 2]")
+    train = cfg.rpn
+    if train.anchors_per_image < 2 or not 0 < train.positive_fraction <= 1:
+        raise ConfigError(f"rpn.anchors_per_image={train.anchors_per_image}, rpn.positive_fraction="
+                          f"{train.positive_fraction}: sample at least 2 anchors, a fraction in (0, 1]")
+    if not 0 <= train.bg_iou <= train.fg_iou <= 1:
+        raise ConfigError(f"rpn.bg_iou={train.bg_iou} and rpn.fg_iou={train.fg_iou}: need 0 <= bg <= fg <= 1")
+    if len(cfg.input.pixel_mean) != 3 or len(cfg.input.pixel_std) != 3 or min(cfg.input.pixel_std) <= 0:
+        raise ConfigError("input.pixel_mean and input.pixel_std need 3 values each (std positive)")

@@ -1,4 +1,6 @@
-"""ILSVRC CLS-LOC localization error (the official devkit rules) of a predictions file.
+"""ILSVRC CLS-LOC localization error (the official devkit rules): of a predictions file, or of a trained localizer.
+
+Scoring mode (a predictions file, no model):
 
     python tools/eval_loc.py --gt LOC_val_solution.csv --pred PRED --out DIR [--synsets SYNSETS]
     python tools/eval_loc.py --gt ILSVRC/Annotations/CLS-LOC/val --pred PRED --synsets SYNSETS --out DIR
@@ -9,32 +11,74 @@ PRED is a Kaggle CSV (header "ImageId,PredictionString", "wnid xmin ymin xmax ym
 first) or a devkit text file (one line per image in sorted name order, "label xmin ymin xmax ymax" up to 5
 times, 1-based labels in synset-list order; needs --synsets). Prints the error against the number of guesses
 and writes DIR/metrics.json (percent).
+
+Model mode (the per-class RPN of tools/train_loc.py on the config's val set):
+
+    python tools/eval_loc.py                                     # the latest run of configs/shapes_loc.yaml
+    python tools/eval_loc.py --cfg CFG --weights W [--classifier-weights C] [--test-mode 1crop|dense] [k=v ...]
+
+Prints the paper's table row (LOC error on GT class, top-5 LOC error on the predicted classes), writes the
+scored submission DIR/loc_<mode>_submission.csv (Kaggle CSV) and DIR/metrics.json (percent); DIR is --out,
+else the config's output_dir. Without a classifier the RPN's own per-class scores rank the classes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from engine.cli import run_cli
 
+DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes_loc.yaml")
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="ILSVRC CLS-LOC localization error of a predictions file")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     scoring = parser.add_argument_group("scoring mode (a predictions file, no model)")
     scoring.add_argument("--gt", help="LOC_val_solution.csv, or a folder of devkit XML annotations")
     scoring.add_argument("--pred", help="predictions: Kaggle CSV or devkit text")
     scoring.add_argument("--synsets", help="LOC_synset_mapping.txt or map_clsloc.txt (devkit text needs it)")
     scoring.add_argument("--blacklist", help="images left out of the LOC error (devkit blacklist file)")
-    parser.add_argument("--out", default=".", help="folder for metrics.json (default: .)")
-    # Model mode goes here once the localizer exists: a second group with --cfg CFG --weights W that runs
-    # the model on the val set, writes its predictions file and scores it with the same function.
+    model = parser.add_argument_group("model mode (a trained localizer on the config's val set)")
+    model.add_argument("--cfg", help=f"localization config (default: {DEFAULT_CFG})")
+    model.add_argument("--weights", help="localizer checkpoint (default: the latest one in the config's output_dir)")
+    model.add_argument("--classifier-weights", help="classifier checkpoint of tools/train_cls.py whose top-5 "
+                                                    "classes get the RPN's boxes (default: classifier.weights)")
+    model.add_argument("--test-mode", choices=("1crop", "dense"), help="localizer views (default: test.mode)")
+    model.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (model mode)")
+    parser.add_argument("--out", help="folder for metrics.json (scoring mode default: .; model mode: output_dir)")
+    return parser
+
+
+def main() -> int:
+    parser = build_parser()
     args = parser.parse_args()
+    if args.gt or args.pred:
+        if not (args.gt and args.pred):
+            parser.error("give --gt and --pred (scoring mode)")
+        if args.cfg or args.weights or args.classifier_weights or args.test_mode or args.overrides:
+            parser.error("--gt/--pred (scoring mode) do not mix with --cfg, --weights, --classifier-weights, "
+                         "--test-mode or overrides (model mode)")
+        from localization.evaluate import score_files
 
-    if not (args.gt and args.pred):
-        parser.error("give --gt and --pred (scoring mode)")
-    from localization.evaluate import score_files
+        score_files(args.gt, args.pred, args.synsets, args.out or ".", args.blacklist)
+        return 0
+    return run_model_mode(args)
 
-    score_files(args.gt, args.pred, args.synsets, args.out, args.blacklist)
+
+def run_model_mode(args) -> int:
+    from engine.distributed import is_main_process
+    from localization.config import load_localization_config
+    from localization.localize import format_rows
+    from localization.train_loc import evaluate_localizer_weights
+
+    overrides = list(args.overrides) + ([f"test.mode={args.test_mode}"] if args.test_mode else [])
+    cfg = load_localization_config(args.cfg or DEFAULT_CFG, overrides)
+    metrics = evaluate_localizer_weights(cfg, args.weights, args.classifier_weights, args.out)
+    if is_main_process():
+        print(format_rows(metrics))
+        print(f"submission written to {metrics['submission']}")
+        print(f"metrics written to {os.path.join(args.out or cfg.output_dir, 'metrics.json')}")
     return 0
 
 

@@ -1,0 +1,179 @@
+"""Localization data: training crops with their boxes, and test views with the geometry to map boxes back.
+
+Training follows the classification recipe (shorter side jittered, a random square crop, a flip, colour
+jitter and PCA lighting) and carries the image's GT boxes through it. Boxes come in as inclusive pixel
+indices (the files' convention) and leave as continuous crop coordinates with x2 exclusive
+(x2 = xmax + 1), the frame the anchors live in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.errors import UserError
+
+from ..rpn_localizer import ViewGeometry
+from .classification import (
+    DATA_DIR,
+    ClassificationDataset,
+    add_pca_lighting,
+    center_offset,
+    crop,
+    jitter_colour,
+    resize_shorter_side,
+    to_chw_tensor,
+)
+from .ilsvrc import Synsets, read_kaggle_solution
+
+
+@dataclass(frozen=True)
+class BoxedRecord:
+    image_id: str
+    path: str
+    label: int  # 0-based position of the WNID in the synset list
+    boxes: tuple[tuple[float, float, float, float], ...]  # inclusive pixels, all of the image's class
+
+
+def list_boxed_train_images(root: str, synsets: Synsets) -> list[BoxedRecord]:
+    """The training images of LOC_train_solution.csv with their boxes of the image's class."""
+    csv_path = os.path.join(root, "LOC_train_solution.csv")
+    if not os.path.isfile(csv_path):
+        raise UserError(f"training boxes not found: {csv_path} (set data.root to the folder holding "
+                        f"LOC_train_solution.csv, or data.synthetic=shapes_loc)")
+    objects = read_kaggle_solution(csv_path, synsets)
+    train_dir = os.path.join(root, DATA_DIR, "train")
+    records = []
+    for image_id in sorted(objects):
+        folder = image_id.split("_")[0]
+        # The folder names the image's class; on ILSVRC every box of a training image has that class.
+        wnid = folder if folder in synsets else objects[image_id][0][0]
+        boxes = tuple(tuple(box) for box_wnid, box in objects[image_id] if box_wnid == wnid)
+        if boxes:
+            records.append(BoxedRecord(image_id, os.path.join(train_dir, folder, image_id + ".JPEG"),
+                                       synsets.label(wnid) - 1, boxes))
+    if not records:
+        raise UserError(f"{csv_path}: no training image with a box of its own class")
+    return records
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def boxes_after_crop(boxes: np.ndarray, x0: int, y0: int, size: int,
+                     min_visible: float) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous boxes of the resized image -> (targets, cut remnants) in crop coordinates.
+
+    A box keeps being a target when at least ``min_visible`` of its area is inside the crop; otherwise its
+    visible remnant (if any) is returned as a cut box, whose anchors the model ignores."""
+    shifted = boxes - np.array([x0, y0, x0, y0], np.float32)
+    clipped = np.clip(shifted, 0, size)
+    area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
+    visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    kept = visible >= min_visible * np.maximum(area, 1e-6)
+    remnant = ~kept & (visible > 0)
+    return clipped[kept], clipped[remnant]
+
+
+def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1) if len(
+        boxes) else boxes
+
+
+class LocTrainTransform:
+    """Scale jitter, random square crop, flip, colour and lighting noise, with the boxes carried along."""
+
+    def __init__(self, short_side_range: Sequence[int], crop_size: int, flip_prob: float = 0.5,
+                 color_jitter: float = 0.4, lighting_std: float = 0.1, min_visible: float = 0.5):
+        self.short_low, self.short_high = (int(v) for v in short_side_range)
+        self.crop_size = crop_size
+        self.flip_prob = flip_prob
+        self.color_jitter = color_jitter
+        self.lighting_std = lighting_std
+        self.min_visible = min_visible
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """-> (uint8 crop, target boxes (n, 4), cut boxes (m, 4)), boxes continuous with x2 exclusive."""
+        rng = np.random.default_rng(seed)
+        height, width = image.shape[:2]
+        image = resize_shorter_side(image, int(rng.integers(self.short_low, self.short_high + 1)))
+        scale = np.array([image.shape[1] / width, image.shape[0] / height] * 2, np.float32)
+        continuous = (np.asarray(boxes, np.float32).reshape(-1, 4) + np.array([0, 0, 1, 1], np.float32)) * scale
+        x0 = int(rng.integers(0, image.shape[1] - self.crop_size + 1))
+        y0 = int(rng.integers(0, image.shape[0] - self.crop_size + 1))
+        image = crop(image, x0, y0, self.crop_size)
+        targets, cut = boxes_after_crop(continuous, x0, y0, self.crop_size, self.min_visible)
+        if rng.random() < self.flip_prob:
+            image = image[:, ::-1]
+            targets, cut = flip_boxes(targets, self.crop_size), flip_boxes(cut, self.crop_size)
+        pixels = image.astype(np.float32)
+        if self.color_jitter > 0:
+            pixels = jitter_colour(pixels, rng, self.color_jitter)
+        if self.lighting_std > 0:
+            pixels = add_pca_lighting(pixels, rng, self.lighting_std)
+        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8), targets, cut
+
+
+# --------------------------------------------------------------------------------------------- testing
+
+
+class LocEvalTransform:
+    """The views of one test image and where each came from: the 1-crop centre square, or every dense scale."""
+
+    def __init__(self, mode: str, resize: int, crop_size: int, dense_scales: Sequence[int] = ()):
+        if mode not in ("1crop", "dense"):
+            raise ValueError(f"unknown localization test mode {mode!r}: choose 1crop or dense")
+        self.mode = mode
+        self.resize = resize
+        self.crop_size = crop_size
+        self.dense_scales = [int(s) for s in dense_scales]
+
+    def __call__(self, image: np.ndarray) -> list[tuple[np.ndarray, ViewGeometry]]:
+        height, width = image.shape[:2]
+        sides = self.dense_scales if self.mode == "dense" else [self.resize]
+        views = []
+        for side in sides:
+            resized = resize_shorter_side(image, side)
+            geometry = ViewGeometry(resized.shape[1] / width, resized.shape[0] / height)
+            if self.mode == "1crop":
+                x0, y0 = center_offset(*resized.shape[:2], self.crop_size)
+                resized = crop(resized, x0, y0, self.crop_size)
+                geometry = ViewGeometry(geometry.scale_x, geometry.scale_y, float(x0), float(y0))
+            views.append((resized, geometry))
+        return views
+
+
+class LocalizationDataset(ClassificationDataset):
+    """Boxed records; ``dataset[(index, seed)]``. Training samples add "boxes" and "cut_boxes" (float
+    tensors, crop pixels, x2 exclusive) to the classification sample; test samples are {"views": [uint8
+    (3, h, w)] or None when unreadable, "geometries", "size": (height, width), "label", "image_id"}."""
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, item)
+        if not self.train:
+            return self._test_sample(self.records[index])
+        skipped = []
+        for attempt in range(len(self.records)):
+            record = self.records[(index + attempt) % len(self.records)]
+            image = self._read(record)
+            if image is None:
+                skipped.append(record.path)
+                continue
+            pixels, boxes, cut = self.transform(image, np.asarray(record.boxes, np.float32), seed)
+            return {"image": to_chw_tensor(pixels), "label": record.label, "boxes": torch.from_numpy(boxes),
+                    "cut_boxes": torch.from_numpy(cut), "image_id": record.image_id, "skipped": skipped}
+        raise UserError(f"none of the {len(self.records)} training images can be read, e.g. {self.records[0].path}")
+
+    def _test_sample(self, record) -> dict:
+        image = self._read(record)
+        sample = {"views": None, "geometries": None, "size": None, "label": record.label,
+                  "image_id": record.image_id}
+        if image is not None:
+            views = self.transform(image)
+            sample.update(views=[to_chw_tensor(v) for v, _ in views], geometries=[g for _, g in views],
+                          size=tuple(image.shape[:2]))
+        return sample

@@ -1,0 +1,128 @@
+"""Training and testing the per-class RPN localizer from a config (paper App. C).
+
+Training crops come from the images of LOC_train_solution.csv (the ones with boxes); during and after
+training the localizer is scored on the val set with the classes ranked by its own scores (the primary
+metric for model_best.pth is the GT-known localization accuracy). tools/eval_loc.py's model mode adds a
+classifier and writes the submission.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from engine import distributed as dist_utils
+from engine.checkpoint import BEST_NAME, Checkpointer, load_checkpoint
+from engine.config import config_to_text
+from engine.distributed import check_batch_divides
+from engine.errors import UserError
+from engine.optim import build_optimizer, build_scheduler
+from engine.setup import setup_run
+from engine.trainer import Trainer
+
+from .data.classification import build_train_loader
+from .data.ilsvrc import Synsets
+from .data.localization import LocalizationDataset, LocTrainTransform, list_boxed_train_images
+from .evaluate import write_json
+from .localize import score_localizer
+from .rpn_localizer import RPNLocalizer, build_localizer
+from .train_cls import prepare_data, resolve_num_classes
+
+logger = logging.getLogger(__name__)
+
+PRIMARY_METRIC = "loc/gt_known_acc"  # higher is better, as the trainer's best-model selection needs
+
+
+def build_loc_train_set(cfg, synsets: Synsets) -> LocalizationDataset:
+    transform = LocTrainTransform(list(cfg.input.train_short_side), cfg.input.crop, cfg.input.flip,
+                                  cfg.input.color_jitter, cfg.input.lighting_std, cfg.rpn.min_visible)
+    records = list_boxed_train_images(cfg.data.root, synsets)
+    return LocalizationDataset(records, transform, train=True, on_bad_image=cfg.data.on_bad_image)
+
+
+def evaluate_during_training(model: RPNLocalizer, cfg, synsets: Synsets) -> dict:
+    metrics = score_localizer(model, cfg, synsets, classifier="")
+    if dist_utils.is_main_process():
+        logger.info("val (%s, %d images): LOC error on GT class %.2f%%, top-5 LOC error %.2f%% (classes ranked "
+                    "by the RPN)", metrics["test_mode"], metrics["num_images"], metrics["gt_known_loc_err"],
+                    metrics["top5_loc_err"])
+    return {"loc": {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                    "gt_known_acc": round(100 - metrics["gt_known_loc_err"], 4)}}
+
+
+def train_localizer(cfg, resume: bool = False) -> dict:
+    """Train ``cfg``'s localizer, scoring it on the val set; returns the final metrics."""
+    images_per_process = check_batch_divides(cfg.solver.ims_per_batch)
+    device = setup_run(cfg)
+    synsets = prepare_data(cfg)
+    num_classes = resolve_num_classes(cfg, synsets)
+    train_set = build_loc_train_set(cfg, synsets)
+    logger.info("%d training images with boxes, %d classes", len(train_set), num_classes)
+
+    model = build_localizer(cfg, num_classes).to(device)
+    optimizer = build_optimizer(model, cfg.solver)
+    scheduler = build_scheduler(optimizer, cfg.solver)
+    meta = {"task": "localization", "num_classes": num_classes, "wnids": list(synsets.wnids),
+            "class_names": list(synsets.names), "depth": cfg.model.backbone.depth}
+    trainer = Trainer(
+        model, optimizer, scheduler, cfg.solver, cfg.output_dir,
+        make_loader=lambda start: build_train_loader(train_set, images_per_process, cfg.seed,
+                                                     cfg.data.num_workers, start),
+        device=device, evaluate=lambda m: evaluate_during_training(m, cfg, synsets),
+        eval_period=cfg.test.eval_period, primary_metric=PRIMARY_METRIC, meta=meta,
+        config_text=config_to_text(cfg),
+    )
+    if resume:
+        trainer.resume()
+    return trainer.train()
+
+
+# --------------------------------------------------------------------------------------------- model mode
+
+
+def latest_weights(output_dir: str) -> str:
+    """The newest checkpoint of a training run (model_final.pth once it has finished)."""
+    found = [p for p in Checkpointer(output_dir).candidates() if os.path.basename(p) != BEST_NAME]
+    if not found:
+        raise UserError(f"no localizer checkpoint in {output_dir}: train one with python tools/train_loc.py "
+                        f"(same --cfg), or give --weights")
+    return found[0]
+
+
+def load_localizer(cfg, weights: str, synsets: Synsets) -> RPNLocalizer:
+    state = load_checkpoint(weights)
+    meta = state.get("meta") or {}
+    if meta.get("task") != "localization":
+        raise UserError(f"{weights} is not a localizer checkpoint of tools/train_loc.py: give --weights "
+                        f"output/<loc run>/model_final.pth")
+    if list(meta.get("wnids", [])) != list(synsets.wnids):
+        raise UserError(f"{weights} was trained on other classes than {synsets.source} lists: evaluate it "
+                        f"with the config (data.root) it was trained with")
+    model = build_localizer(cfg, len(synsets), load_backbone_weights=False)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
+        raise UserError(f"{weights} does not fit the model of this config (e.g. '{example}' "
+                        f"{'missing' if missing else 'unexpected'}): evaluate it with the config it was "
+                        f"trained with (model.backbone.*, model.feature, model.head_channels, anchors)")
+    return model
+
+
+def evaluate_localizer_weights(cfg, weights: str | None, classifier: str | None, out_dir: str | None) -> dict:
+    """Model mode: score ``weights`` (default: the run's latest checkpoint) on the val set; write
+    out_dir/loc_<mode>_submission.csv (the scored Kaggle CSV) and out_dir/metrics.json (percent)."""
+    device = setup_run(cfg, save=False)
+    synsets = prepare_data(cfg)
+    weights = weights or latest_weights(cfg.output_dir)
+    classifier = cfg.classifier.weights if classifier is None else classifier
+    if classifier and not os.path.isfile(classifier):
+        raise UserError(f"classifier weights not found: {classifier} (train one with tools/train_cls.py, or "
+                        f"leave classifier.weights empty to rank classes by the RPN's scores)")
+    model = load_localizer(cfg, weights, synsets).to(device)
+    out_dir = out_dir or cfg.output_dir
+    submission = os.path.join(out_dir, f"loc_{cfg.test.mode}_submission.csv")
+    metrics = score_localizer(model, cfg, synsets, classifier or "", submission)
+    metrics.update(weights=weights, submission=submission)
+    if dist_utils.is_main_process():
+        write_json(metrics, os.path.join(out_dir, "metrics.json"))
+    return metrics

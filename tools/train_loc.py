@@ -1,0 +1,41 @@
+"""Train the paper's per-class RPN localizer (ILSVRC CLS-LOC); report its localization errors on val.
+
+    python tools/train_loc.py                                    # the synthetic shapes_loc set
+    python tools/train_loc.py --cfg configs/ilsvrc_loc_r101.yaml data.root=/data/ilsvrc
+    torchrun --nproc_per_node=8 tools/train_loc.py --cfg configs/ilsvrc_loc_r101.yaml
+    python tools/train_loc.py --cfg CFG --resume                 # continue the run in output_dir
+
+Test a trained localizer (with a classifier's top-5 classes) with tools/eval_loc.py --cfg CFG --weights W.
+"""
+
+from __future__ import annotations
+
+import os
+
+from engine.cli import config_parser, run_cli
+
+DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes_loc.yaml")
+
+
+def main() -> int:
+    parser = config_parser(__doc__.splitlines()[0], default_cfg=DEFAULT_CFG)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    args = parser.parse_args()
+
+    from engine.distributed import is_main_process
+    from localization.config import load_localization_config
+    from localization.localize import format_rows, network_name
+    from localization.train_loc import train_localizer
+
+    cfg = load_localization_config(args.cfg, args.overrides)
+    metrics = train_localizer(cfg, resume=args.resume)
+    if metrics and is_main_process():
+        loc = metrics["loc"]
+        print(format_rows({**loc, "method": "RPN", "network": network_name(cfg.model.backbone),
+                           "test_mode": cfg.test.mode, "classifier": "RPN scores",
+                           "class_ranking": "the RPN's own per-class max scores (no classifier given)"}))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
