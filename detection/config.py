@@ -64,9 +64,17 @@ class FPNConfig:
 
 
 @dataclass
+class DetectionBackboneConfig(BackboneConfig):
+    # A timm model name ("resnet50d", "seresnet50", ...) to use instead of this toolkit's ResNet;
+    # "" keeps our own. With it, `weights` is a timm state dict and depth/base_width/shortcut/
+    # stride_in_1x1/zero_init_residual are ignored (see docs/BACKBONES.md).
+    timm_name: str = ""
+
+
+@dataclass
 class ModelConfig:
     arch: str = choice("c4", ("c4", "fpn"))
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    backbone: DetectionBackboneConfig = field(default_factory=DetectionBackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)

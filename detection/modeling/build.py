@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from backbones.config import build_from_config as build_resnet_from_config
 
 from .anchors import AnchorGenerator
-from .backbone import ResNetFPN
+from .backbone import ResNetFPN, build_timm_c4, build_timm_features
 from .box_heads import BoxPredictor, FCHead, Res5Head
 from .faster_rcnn import FasterRCNN
 from .matching import Matcher
@@ -67,9 +67,12 @@ def build_model(cfg, num_classes: int, backbone_weights: bool = True) -> FasterR
 
 def _c4_parts(model_cfg, backbone_cfg):
     """Shared trunk conv1..res4 (stride 16); res5 runs per region on 14x14 pooled features."""
-    trunk = build_resnet_from_config(backbone_cfg, out_features=["res4"])
-    res5_channels = trunk.out_channels["res5"]
-    res5 = trunk.detach_stage("res5")
+    if _timm_name(backbone_cfg):
+        trunk, res5, res5_channels = build_timm_c4(backbone_cfg)
+    else:
+        trunk = build_resnet_from_config(backbone_cfg, out_features=["res4"])
+        res5_channels = trunk.out_channels["res5"]
+        res5 = trunk.detach_stage("res5")
     head_cfg = model_cfg.roi_head
     pooler = SingleLevelPooler("res4", head_cfg.pooler_resolution, trunk.out_strides["res4"],
                                head_cfg.sampling_ratio, head_cfg.pooler)
@@ -77,13 +80,22 @@ def _c4_parts(model_cfg, backbone_cfg):
 
 
 def _fpn_parts(model_cfg, backbone_cfg):
-    body = build_resnet_from_config(backbone_cfg, out_features=list(model_cfg.fpn.in_features))
-    backbone = ResNetFPN(body, list(model_cfg.fpn.in_features), model_cfg.fpn.out_channels)
+    in_features = list(model_cfg.fpn.in_features)
+    if _timm_name(backbone_cfg):
+        body = build_timm_features(backbone_cfg, in_features)
+    else:
+        body = build_resnet_from_config(backbone_cfg, out_features=in_features)
+    backbone = ResNetFPN(body, in_features, model_cfg.fpn.out_channels)
     head_cfg = model_cfg.roi_head
     pooled = backbone.out_features[:-1]  # P6 only feeds the RPN
     pooler = PyramidPooler(pooled, head_cfg.pooler_resolution, head_cfg.sampling_ratio or 2)
     box_head = FCHead(model_cfg.fpn.out_channels, head_cfg.pooler_resolution, head_cfg.num_fc, head_cfg.fc_dim)
     return backbone, list(backbone.out_features), model_cfg.fpn.out_channels, pooler, box_head
+
+
+def _timm_name(backbone_cfg) -> str:
+    """model.backbone.timm_name, "" for sections written before the key existed."""
+    return getattr(backbone_cfg, "timm_name", "") or ""
 
 
 def build_test_model(model: FasterRCNN, cfg):
