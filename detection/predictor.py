@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data.image_io import read_image
+from .data.image_io import read_image, to_chw_tensor
 from .data.transforms import EvalTransform
 from .inference import load_detector
 from .modeling.build import build_test_model, test_needs_original_images
@@ -38,7 +38,7 @@ class Predictor:
         """{"boxes" (N, 4) xyxy, "scores" (N,), "labels" (N,) 1..K, "category_ids" (N,)} as numpy arrays."""
         height, width = image.shape[:2]
         resized = self.transform(image) if self.transform else image
-        sample = {"image": torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))),
+        sample = {"image": to_chw_tensor(resized),
                   "height": height, "width": width}
         detections = self.model([sample])[0]
         labels = detections["labels"].cpu().numpy()

@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 
 from engine.errors import UserError
 
-from .image_io import BadImageError, read_image
+from .image_io import BadImageError, read_image, to_chw_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class CocoDetection(torch.utils.data.Dataset):
             sample["crowd_boxes"] = torch.from_numpy(new_boxes[~is_object])
         elif self.transform is not None:
             image = self.transform(image)
-        sample["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        sample["image"] = to_chw_tensor(image)
         return sample
 
 

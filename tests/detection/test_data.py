@@ -157,3 +157,14 @@ def test_samples_carry_boxes_in_network_coordinates(tmp_path):
     assert sample["labels"].tolist() == [2]
     assert torch.allclose(sample["crowd_boxes"], torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
     assert (sample["height"], sample["width"]) == (40, 80)
+
+
+def test_chw_conversion_equals_a_transpose():
+    from detection.data.image_io import to_chw_tensor
+
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    chw = to_chw_tensor(image)
+    assert chw.dtype == torch.uint8 and chw.is_contiguous()
+    assert np.array_equal(chw.numpy(), image.transpose(2, 0, 1))
+    flipped = image[:, ::-1]  # a non-contiguous view, as a flip may return
+    assert np.array_equal(to_chw_tensor(flipped).numpy(), flipped.transpose(2, 0, 1))
