@@ -163,8 +163,10 @@ def val_ground_truth(cfg, synsets: Synsets, image_ids) -> Annotations:
 
 
 def score_localizer(model: RPNLocalizer, cfg, synsets: Synsets, classifier: str = "",
-                    submission_path: str | None = None, progress: bool = True) -> dict:
-    """Errors in percent (METRIC_KEYS) plus how they were made; writes the scored submission when asked."""
+                    out_dir: str | None = None, progress: bool = True) -> dict:
+    """Errors in percent (METRIC_KEYS) plus how they were made. With ``out_dir``, writes the scored files:
+    loc_<mode>_submission.csv (5 guesses) and loc_<mode>_gt_class.csv (one guess, the GT class's box: scored
+    by tools/eval_loc.py's scoring mode, its top-1 LOC error is the LOC error on GT class)."""
     dataset = build_loc_test_set(cfg, synsets)
     boxes = localize_dataset(model, dataset, cfg, progress)
     if classifier:
@@ -176,15 +178,21 @@ def score_localizer(model: RPNLocalizer, cfg, synsets: Synsets, classifier: str 
     rankings = {image_id: top_classes(s) for image_id, s in scores.items()}
     predictions = build_submission(boxes, rankings, synsets)
     gt = val_ground_truth(cfg, synsets, [r.image_id for r in dataset.records])
-    if submission_path and dist_utils.is_main_process():
-        write_kaggle_csv(predictions, submission_path)
     errors = localization_errors(gt, predictions)
     gt_boxes = {image_id: {wnid: whole_pixels(boxes[image_id][0][synsets.label(wnid) - 1])
-                           for wnid, _ in gt[image_id]} for image_id in boxes}
+                           for wnid, _ in gt[image_id]} for image_id in sorted(boxes)}
+    files = {}
+    if out_dir:
+        files = {"submission": os.path.join(out_dir, f"loc_{cfg.test.mode}_submission.csv"),
+                 "gt_class_boxes": os.path.join(out_dir, f"loc_{cfg.test.mode}_gt_class.csv")}
+        if dist_utils.is_main_process():
+            write_kaggle_csv(predictions, files["submission"])
+            write_kaggle_csv({image_id: list(by_class.items()) for image_id, by_class in gt_boxes.items()},
+                             files["gt_class_boxes"])
     metrics = {key: round(value, 4) for key, value in errors.as_dict().items() if key in METRIC_KEYS}
     metrics["gt_known_loc_err"] = round(gt_known_loc_error(gt, gt_boxes), 4)
     metrics.update(method="RPN", network=network_name(cfg.model.backbone), test_mode=cfg.test.mode,
-                   classifier=classifier_name, class_ranking=class_source, num_images=len(gt))
+                   classifier=classifier_name, class_ranking=class_source, num_images=len(gt), **files)
     return metrics
 
 

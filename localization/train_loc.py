@@ -110,7 +110,8 @@ def load_localizer(cfg, weights: str, synsets: Synsets) -> RPNLocalizer:
 
 def evaluate_localizer_weights(cfg, weights: str | None, classifier: str | None, out_dir: str | None) -> dict:
     """Model mode: score ``weights`` (default: the run's latest checkpoint) on the val set; write
-    out_dir/loc_<mode>_submission.csv (the scored Kaggle CSV) and out_dir/metrics.json (percent)."""
+    out_dir/loc_<mode>_submission.csv (the scored Kaggle CSV), out_dir/loc_<mode>_gt_class.csv (the GT
+    class's boxes) and out_dir/metrics.json (percent)."""
     device = setup_run(cfg, save=False)
     synsets = prepare_data(cfg)
     weights = weights or latest_weights(cfg.output_dir)
@@ -120,9 +121,8 @@ def evaluate_localizer_weights(cfg, weights: str | None, classifier: str | None,
                         f"leave classifier.weights empty to rank classes by the RPN's scores)")
     model = load_localizer(cfg, weights, synsets).to(device)
     out_dir = out_dir or cfg.output_dir
-    submission = os.path.join(out_dir, f"loc_{cfg.test.mode}_submission.csv")
-    metrics = score_localizer(model, cfg, synsets, classifier or "", submission)
-    metrics.update(weights=weights, submission=submission)
+    metrics = score_localizer(model, cfg, synsets, classifier or "", out_dir)
+    metrics["weights"] = weights
     if dist_utils.is_main_process():
         write_json(metrics, os.path.join(out_dir, "metrics.json"))
     return metrics

@@ -18,8 +18,9 @@ Model mode (the per-class RPN of tools/train_loc.py on the config's val set):
     python tools/eval_loc.py --cfg CFG --weights W [--classifier-weights C] [--test-mode 1crop|dense] [k=v ...]
 
 Prints the paper's table row (LOC error on GT class, top-5 LOC error on the predicted classes), writes the
-scored submission DIR/loc_<mode>_submission.csv (Kaggle CSV) and DIR/metrics.json (percent); DIR is --out,
-else the config's output_dir. Without a classifier the RPN's own per-class scores rank the classes.
+scored submission DIR/loc_<mode>_submission.csv (Kaggle CSV), the GT class's boxes DIR/loc_<mode>_gt_class.csv
+(scoring mode gives its top-1 LOC error = the LOC error on GT class) and DIR/metrics.json (percent); DIR is
+--out, else the config's output_dir. Without a classifier the RPN's own per-class scores rank the classes.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def run_model_mode(args) -> int:
     metrics = evaluate_localizer_weights(cfg, args.weights, args.classifier_weights, args.out)
     if is_main_process():
         print(format_rows(metrics))
-        print(f"submission written to {metrics['submission']}")
+        print(f"submission written to {metrics['submission']} (GT-class boxes: {metrics['gt_class_boxes']})")
         print(f"metrics written to {os.path.join(args.out or cfg.output_dir, 'metrics.json')}")
     return 0
 
