@@ -6,7 +6,7 @@ with boxes) against torchvision transforms v2, on the same JPEG files, the same 
 Operations, for every pipeline: decode a 640x480 JPEG (COCO's typical size), resize the shorter side
 to 800 with the longer capped at 1333, random horizontal flip, the boxes transformed alike, a
 uint8 CHW tensor out (normalization happens on the model's device in both toolkits). One process,
-one thread; the median of several passes. Results go to benchmarks/results/data.json.
+one thread; the median of several passes, interleaved. Results go to benchmarks/results/data.json.
 """
 
 from __future__ import annotations
@@ -81,16 +81,23 @@ def torchvision_v2(on_pil: bool):
     return load
 
 
-def images_per_second(load, paths: list[str], repeats: int) -> float:
-    load(paths[0], 0)  # warm-up: imports, first allocations
-    rates = []
+def one_pass(load, paths: list[str]) -> float:
+    start = time.perf_counter()
+    for seed, path in enumerate(paths):
+        image, _ = load(path, seed)
+        assert image.dtype == torch.uint8 and image.shape[0] == 3 and min(image.shape[1:]) == 800
+    return len(paths) / (time.perf_counter() - start)
+
+
+def interleaved_rates(loaders: dict, paths: list[str], repeats: int) -> dict[str, float]:
+    """Median images/s of each pipeline, passes interleaved so that all see the same machine state."""
+    for load in loaders.values():
+        load(paths[0], 0)  # warm-up: imports, first allocations
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
     for _ in range(repeats):
-        start = time.perf_counter()
-        for seed, path in enumerate(paths):
-            image, _ = load(path, seed)
-            assert image.dtype == torch.uint8 and image.shape[0] == 3 and min(image.shape[1:]) == 800
-        rates.append(len(paths) / (time.perf_counter() - start))
-    return statistics.median(rates)
+        for name, load in loaders.items():
+            rates[name].append(one_pass(load, paths))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def main() -> None:
@@ -102,12 +109,11 @@ def main() -> None:
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as folder:
         paths = write_jpegs(folder, args.images)
-        rates = {
-            "this toolkit (OpenCV + albumentations)": images_per_second(ours(), paths, args.repeats),
-            "torchvision transforms v2 on PIL images": images_per_second(torchvision_v2(True), paths, args.repeats),
-            "torchvision transforms v2 on tensors (torchvision.io decode)":
-                images_per_second(torchvision_v2(False), paths, args.repeats),
-        }
+        rates = interleaved_rates({
+            "this toolkit (OpenCV + albumentations)": ours(),
+            "torchvision transforms v2 on PIL images": torchvision_v2(True),
+            "torchvision transforms v2 on tensors (torchvision.io decode)": torchvision_v2(False),
+        }, paths, args.repeats)
     reference = rates["torchvision transforms v2 on PIL images"]
     rows = [{"pipeline": name, "img_s": round(rate, 1), "vs_pil": round(rate / reference, 2)}
             for name, rate in rates.items()]
