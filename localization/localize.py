@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,10 +48,21 @@ def build_loc_test_set(cfg, synsets: Synsets) -> LocalizationDataset:
     return LocalizationDataset(records, transform, train=False, on_bad_image=cfg.data.on_bad_image)
 
 
+@dataclass
+class ImageGuesses:
+    """What one val image needs: its ranked top-5 classes and the RPN's box for each of them and for each GT
+    class (keeping all K boxes of 50,000 images would take gigabytes)."""
+
+    ranking: list[int]
+    boxes: dict[int, tuple[int, int, int, int]]  # class index -> inclusive box in whole pixels
+
+
 @torch.inference_mode()
-def localize_dataset(model: RPNLocalizer, dataset: LocalizationDataset, cfg,
-                     progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{image id: ((K, 4) inclusive boxes, (K,) scores)} for every readable image, gathered on all processes."""
+def localize_dataset(model: RPNLocalizer, dataset: LocalizationDataset, cfg, gt_classes: dict[str, list[int]],
+                     class_rankings: dict[str, list[int]] | None = None,
+                     progress: bool = True) -> dict[str, ImageGuesses]:
+    """Run the RPN on every readable val image, gathered on all processes. The top-5 classes come from
+    ``class_rankings`` (a classifier's) when given, else from the RPN's own per-class scores."""
     model.eval()
     loader = build_test_loader(dataset, cfg.test.ims_per_batch, cfg.data.num_workers)
     flip = cfg.test.mode == "dense" and cfg.test.dense_flip
@@ -59,10 +71,13 @@ def localize_dataset(model: RPNLocalizer, dataset: LocalizationDataset, cfg,
                disable=not (progress and dist_utils.is_main_process()))
     for batch in bar:
         for sample in batch:
-            if sample["views"] is None:
+            image_id = sample["image_id"]
+            if sample["views"] is None or (class_rankings is not None and image_id not in class_rankings):
                 continue  # unreadable: no prediction, so the metric counts it wrong
             boxes, scores = model.localize(sample["views"], sample["geometries"], sample["size"], flip)
-            results[sample["image_id"]] = (boxes.numpy(), scores.numpy())
+            ranking = top_classes(scores.numpy()) if class_rankings is None else class_rankings[image_id]
+            needed = dict.fromkeys(ranking + list(gt_classes.get(image_id, ())))
+            results[image_id] = ImageGuesses(ranking, {c: whole_pixels(boxes[c]) for c in needed})
     merged = {}
     for part in dist_utils.all_gather_objects(results):
         merged.update(part)
@@ -94,9 +109,9 @@ def load_trained_classifier(spec: str, synsets: Synsets):
 
 
 @torch.inference_mode()
-def classifier_scores(spec: str, cfg, synsets: Synsets, device: torch.device,
-                      progress: bool = True) -> tuple[dict[str, np.ndarray], str]:
-    """{image id: (K,) class scores} of the classifier on the same val images, and its network's name."""
+def classifier_rankings(spec: str, cfg, synsets: Synsets, device: torch.device,
+                        progress: bool = True) -> tuple[dict[str, list[int]], str]:
+    """{image id: the classifier's top-5 class indices} on the same val images, and its network's name."""
     from .train_cls import _batch_scores, build_test_set
 
     model, cls_cfg = load_trained_classifier(spec, synsets)
@@ -106,15 +121,15 @@ def classifier_scores(spec: str, cfg, synsets: Synsets, device: torch.device,
     cls_cfg.test.mode, cls_cfg.test.max_images = cfg.classifier.mode, cfg.test.max_images
     dataset = build_test_set(cls_cfg, synsets)
     loader = build_test_loader(dataset, cls_cfg.test.ims_per_batch, cfg.data.num_workers)
-    scores = {}
+    rankings = {}
     for batch in tqdm(loader, desc=f"classify {cls_cfg.test.mode}", leave=False,
                       disable=not (progress and dist_utils.is_main_process())):
         samples = [s for s in batch if s["views"] is not None]
         if samples:
             values = _batch_scores(model, samples, cls_cfg.test.mode, cls_cfg.test.dense_flip).float().cpu()
-            scores.update({s["image_id"]: v.numpy() for s, v in zip(samples, values)})
+            rankings.update({s["image_id"]: top_classes(v.numpy()) for s, v in zip(samples, values)})
     merged = {}
-    for part in dist_utils.all_gather_objects(scores):
+    for part in dist_utils.all_gather_objects(rankings):
         merged.update(part)
     return merged, network_name(cls_cfg.model.backbone)
 
@@ -137,11 +152,10 @@ def whole_pixels(box) -> tuple[int, int, int, int]:
     return tuple(int(round(float(v))) for v in box)
 
 
-def build_submission(boxes: dict[str, tuple[np.ndarray, np.ndarray]], rankings: dict[str, list[int]],
-                     synsets: Synsets) -> Annotations:
-    """{image id: [(wnid, box)] x 5}: each ranked class with the RPN's box for it, in whole pixels."""
-    return {image_id: [(synsets.wnids[c], whole_pixels(boxes[image_id][0][c])) for c in rankings[image_id]]
-            for image_id in sorted(boxes) if image_id in rankings}
+def build_submission(guesses: dict[str, ImageGuesses], synsets: Synsets) -> Annotations:
+    """{image id: [(wnid, box)] x 5}: each ranked class with the RPN's box for that class."""
+    return {image_id: [(synsets.wnids[c], guesses[image_id].boxes[c]) for c in guesses[image_id].ranking]
+            for image_id in sorted(guesses)}
 
 
 def write_kaggle_csv(predictions: Annotations, path: str) -> None:
@@ -168,19 +182,21 @@ def score_localizer(model: RPNLocalizer, cfg, synsets: Synsets, classifier: str 
     loc_<mode>_submission.csv (5 guesses) and loc_<mode>_gt_class.csv (one guess, the GT class's box: scored
     by tools/eval_loc.py's scoring mode, its top-1 LOC error is the LOC error on GT class)."""
     dataset = build_loc_test_set(cfg, synsets)
-    boxes = localize_dataset(model, dataset, cfg, progress)
+    gt = val_ground_truth(cfg, synsets, [r.image_id for r in dataset.records])
+    gt_classes = {image_id: [synsets.label(wnid) - 1 for wnid in dict.fromkeys(w for w, _ in objects)]
+                  for image_id, objects in gt.items()}
+    rankings = None
     if classifier:
-        scores, classifier_name = classifier_scores(classifier, cfg, synsets, model.device, progress)
+        rankings, classifier_name = classifier_rankings(classifier, cfg, synsets, model.device, progress)
         class_source = f"classifier {classifier}"
     else:
-        scores, classifier_name = {k: v[1] for k, v in boxes.items()}, "RPN scores"
+        classifier_name = "RPN scores"
         class_source = "the RPN's own per-class max scores (no classifier given)"
-    rankings = {image_id: top_classes(s) for image_id, s in scores.items()}
-    predictions = build_submission(boxes, rankings, synsets)
-    gt = val_ground_truth(cfg, synsets, [r.image_id for r in dataset.records])
+    guesses = localize_dataset(model, dataset, cfg, gt_classes, rankings, progress)
+    predictions = build_submission(guesses, synsets)
     errors = localization_errors(gt, predictions)
-    gt_boxes = {image_id: {wnid: whole_pixels(boxes[image_id][0][synsets.label(wnid) - 1])
-                           for wnid, _ in gt[image_id]} for image_id in sorted(boxes)}
+    gt_boxes = {image_id: {synsets.wnids[c]: guesses[image_id].boxes[c] for c in gt_classes[image_id]}
+                for image_id in sorted(guesses)}
     files = {}
     if out_dir:
         files = {"submission": os.path.join(out_dir, f"loc_{cfg.test.mode}_submission.csv"),

@@ -15,7 +15,7 @@ from detection.modeling.matching import Matcher, sample_balanced
 from localization.config import load_localization_config
 from localization.data.localization import LocEvalTransform, LocTrainTransform, boxes_after_crop
 from localization.data.synthetic import WNIDS, ensure_synthetic_loc
-from localization.localize import build_submission, top_classes
+from localization.localize import ImageGuesses, build_submission, top_classes
 from localization.metrics import iou_inclusive
 from localization.rpn_localizer import (
     ViewGeometry,
@@ -184,17 +184,16 @@ def test_dense_testing_finds_the_box_in_original_image_coordinates():
 
 
 def test_submission_pairs_each_ranked_class_with_its_own_box():
-    boxes = {"img": (np.arange(6 * 4, dtype=np.float64).reshape(6, 4) + 0.4, np.zeros(6))}
     scores = np.array([0.1, 0.9, 0.3, 0.8, 0.2, 0.7])
     ranking = top_classes(scores)
     assert ranking == [1, 3, 5, 2, 4]
+    guesses = {"img": ImageGuesses(ranking, {c: (c, c, c + 10, c + 10) for c in ranking + [0]})}
 
     class FakeSynsets:
         wnids = WNIDS
 
-    predictions = build_submission(boxes, {"img": ranking}, FakeSynsets())
-    assert predictions["img"][0] == (WNIDS[1], (4, 5, 6, 7))
-    assert [wnid for wnid, _ in predictions["img"]] == [WNIDS[c] for c in ranking]
+    predictions = build_submission(guesses, FakeSynsets())
+    assert predictions["img"] == [(WNIDS[c], (c, c, c + 10, c + 10)) for c in ranking]
 
 
 def test_classifier_top5_classes_get_the_rpn_boxes(tiny_root, tmp_path):
@@ -275,3 +274,9 @@ def test_bad_input_gives_one_error_line(tiny_root, tmp_path):
     assert missing.stderr.strip().splitlines() == [
         f"error: no localizer checkpoint in {tmp_path}: train one with python tools/train_loc.py (same --cfg), "
         "or give --weights"]
+
+
+@pytest.mark.parametrize("name", ["shapes_loc.yaml", "ilsvrc_loc_r101.yaml"])
+def test_shipped_localization_configs_load(name):
+    cfg = load_localization_config(os.path.join(ROOT, "configs", name), [])
+    assert len(cfg.model.anchor_sizes) * len(cfg.model.aspect_ratios) == 9 and cfg.rpn.anchors_per_image == 8
