@@ -1,0 +1,178 @@
+"""Exported detectors give the PyTorch detections: ONNX through onnxruntime, TorchScript through
+torch.jit.load, for the FPN and the C4 design, at the export size and at another image size."""
+
+import os
+import re
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detection.config import load_detection_config
+from detection.data.transforms import shortest_edge_scale
+from detection.export import ExportError, check_exportable, export_detector, run_exported
+from detection.modeling.build import build_model
+from tests.conftest import ROOT
+from tests.detection.tv_reference import shapes_image
+from tests.helpers import subprocess_env
+
+SIZE = ["input.min_size_test=320", "input.max_size_test=640"]
+CONFIGS = {
+    "fpn": ("configs/shapes.yaml", SIZE),
+    "c4": ("configs/base_det.yaml", SIZE + ["model.backbone.depth=18", "model.backbone.norm=bn",
+                                            "model.backbone.freeze_at=0", "model.backbone.base_width=32",
+                                            "model.rpn.pre_nms_topk_test=1000", "model.rpn.post_nms_topk_test=100"]),
+}
+NUM_CLASSES = 5
+# 320 x 448 is already at the test scale (shorter side 320); 400 x 300 is resized to 427 x 320 inside
+# the exported model and pads to another size (448 x 320) than the export example at every level.
+EXPORT_SIZE = (320, 448)
+OTHER_SIZE = (400, 300)
+
+
+def image_tensor(seed: int, height: int, width: int) -> torch.Tensor:
+    return torch.from_numpy(shapes_image(seed, height, width)).permute(2, 0, 1).contiguous()
+
+
+def calibrated_detector(cfg) -> nn.Module:
+    """A random detector that acts like a trained one: BatchNorm statistics measured on a few images
+    (train-mode BN, momentum=None: the plain average), RPN and class scores sharpened so that they are
+    spread out rather than tied (as tests/detection/tv_reference.py does for torchvision's model)."""
+    torch.manual_seed(0)
+    model = build_model(cfg, NUM_CLASSES, backbone_weights=False).eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+            module.train()
+    with torch.no_grad():
+        for seed in range(3):
+            model([{"image": image_tensor(100 + seed, *EXPORT_SIZE)}])
+        model.eval()
+        model.rpn.head.cls_logits.weight.mul_(100)
+        model.roi_heads.predictor.cls_score.weight.mul_(4)
+        model.roi_heads.predictor.bbox_pred.weight.mul_(3)
+    return model
+
+
+def reference_detections(model, image: torch.Tensor) -> dict:
+    """The PyTorch detector on ``image`` resized as the test transform sizes it (bilinear, float)."""
+    height, width = image.shape[-2:]
+    scale = shortest_edge_scale(height, width, 320, 640)
+    size = (int(round(height * scale)), int(round(width * scale)))
+    resized = F.interpolate(image.float()[None], size=size, mode="bilinear", align_corners=False)[0]
+    with torch.no_grad():
+        return model([{"image": resized, "height": height, "width": width}])[0]
+
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory):
+    """Calibrated detectors, their weights files and PyTorch references, built once per design."""
+    built = {}
+
+    def get(arch: str) -> SimpleNamespace:
+        if arch not in built:
+            path, overrides = CONFIGS[arch]
+            cfg = load_detection_config(os.path.join(ROOT, path), overrides)
+            model = calibrated_detector(cfg)
+            weights = tmp_path_factory.mktemp(arch) / "model_final.pth"
+            torch.save({"model": model.state_dict(), "meta": {"num_classes": NUM_CLASSES}}, weights)
+            images = [image_tensor(7, *EXPORT_SIZE), image_tensor(9, *OTHER_SIZE)]
+            built[arch] = SimpleNamespace(arch=arch, cfg=cfg, model=model, weights=str(weights), images=images,
+                                          references=[reference_detections(model, image) for image in images])
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def detector(request, detectors):
+    return detectors(request.param)
+
+
+def compare(reference: dict, outputs: list[torch.Tensor]) -> None:
+    boxes, scores, labels = outputs
+    assert len(reference["boxes"]) > 10, "the reference should detect something"
+    assert boxes.shape == reference["boxes"].shape
+    assert torch.equal(labels, reference["labels"])
+    assert (boxes - reference["boxes"]).abs().max() <= 1e-3
+    assert (scores - reference["scores"]).abs().max() <= 1e-4
+
+
+def test_onnx_matches_pytorch_at_two_image_sizes(detector, tmp_path):
+    dtype = "uint8" if detector.arch == "fpn" else "float32"  # both input types, one per design
+    path, _ = export_detector(detector.cfg, detector.weights, "onnx", str(tmp_path / "model.onnx"), input_dtype=dtype,
+                              check=False)
+    graph_input = onnx.load(path).graph.input[0]
+    assert [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [3, "height", "width"]
+    for image, reference in zip(detector.images, detector.references):
+        compare(reference, run_exported(path, "onnx", image.to(getattr(torch, dtype))))
+
+
+def test_torchscript_round_trip_matches_pytorch(detector, tmp_path):
+    path, report = export_detector(detector.cfg, detector.weights, "torchscript", str(tmp_path / "model.pt"))
+    # The export's own check: PyTorch and the loaded file on a noise image of a third size.
+    assert report["matched"] == report["expected"] == report["actual"] > 10
+    assert report["box_diff"] <= 1e-3 and report["score_diff"] <= 1e-4
+    for image, reference in zip(detector.images, detector.references):
+        compare(reference, run_exported(path, "torchscript", image))
+        compare(reference, run_exported(path, "torchscript", image.float()))
+
+
+def test_backbone_only_gives_the_feature_maps(detector, tmp_path):
+    path, _ = export_detector(detector.cfg, detector.weights, "onnx", str(tmp_path / "backbone.onnx"),
+                              backbone_only=True, check=False)
+    names = ["p2", "p3", "p4", "p5", "p6"] if detector.arch == "fpn" else ["res4"]
+    assert [output.name for output in onnx.load(path).graph.output] == names
+    for image in detector.images:  # no resize: the features of the image as given
+        with torch.no_grad():
+            expected = detector.model.backbone(detector.model.preprocess([image])[0])
+        actual = run_exported(path, "onnx", image)
+        for name, features in zip(names, actual):
+            torch.testing.assert_close(features, expected[name], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("test.scales=[400,600]", "test.scales (multi-scale testing) cannot be exported: set test.scales=null"),
+    ("test.flip=true", "test.flip (flipped-image testing) cannot be exported: set test.flip=false"),
+    ("test.box_refinement=true", "test.box_refinement (box refinement) cannot be exported: set test.box_refinement=false"),
+    ("test.box_voting=true", "test.box_voting (box voting) cannot be exported: set test.box_voting=false"),
+])
+def test_test_time_features_are_refused_with_the_switch_to_turn_off(override, message):
+    cfg = load_detection_config(os.path.join(ROOT, "configs/shapes.yaml"), [override])
+    with pytest.raises(ExportError) as error:
+        check_exportable(cfg)
+    assert str(error.value) == message
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    cfg = load_detection_config(os.path.join(ROOT, "configs/shapes.yaml"), [])
+    missing = str(tmp_path / "missing.pth")
+    with pytest.raises(ExportError, match=f"^weights file not found: {re.escape(missing)}$"):
+        export_detector(cfg, missing, "onnx")
+
+
+def run_export_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export.py"), *args], capture_output=True,
+                          text=True, cwd=ROOT, env=subprocess_env(OMP_NUM_THREADS="1"), timeout=300)
+
+
+def test_command_line_exports_checks_and_refuses(detectors, tmp_path):
+    detector = detectors("fpn")
+    path, overrides = CONFIGS["fpn"]
+    result = run_export_tool("--cfg", path, "--weights", detector.weights, "--format", "onnx",
+                             "--out", str(tmp_path / "m.onnx"), *overrides)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"wrote {tmp_path / 'm.onnx'}"
+    assert lines[1].startswith("checked on a 3x407x261 image: 100 of 100 PyTorch detections found"), lines[1]
+
+    result = run_export_tool("--cfg", path, "--weights", detector.weights, "--format", "onnx", "test.scales=[400]",
+                             *overrides)
+    assert result.returncode == 2
+    assert result.stderr == "error: test.scales (multi-scale testing) cannot be exported: set test.scales=null\n"
