@@ -17,7 +17,7 @@ from detection.training import train_detector
 from tests.conftest import ROOT
 from tests.detection.test_torchvision_equivalence import SIZE_OVERRIDES, compare_unordered
 from tests.detection.tv_reference import calibrated_torchvision_detector, shapes_image
-from tests.helpers import TINY_DETECTOR, data_overrides, make_fixed_size_shapes, subprocess_env
+from tests.helpers import TINY_DETECTOR, data_overrides, subprocess_env
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -32,14 +32,6 @@ def exact_float32_matmuls():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-@pytest.fixture(scope="module")
-def fixed_shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fixed_shapes_cuda")
-    make_fixed_size_shapes(str(root), "train", 8, seed=0)
-    make_fixed_size_shapes(str(root), "val", 2, seed=1)
-    return root
 
 
 def converted_detector(tmp_path):

@@ -17,14 +17,6 @@ from tests.helpers import TINY_DETECTOR, data_overrides, make_fixed_size_shapes,
 SHAPES_CFG = os.path.join(ROOT, "configs", "shapes.yaml")
 
 
-@pytest.fixture(scope="module")
-def fixed_shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fixed_shapes")
-    make_fixed_size_shapes(str(root), "train", 8, seed=0)
-    make_fixed_size_shapes(str(root), "val", 2, seed=1)
-    return root
-
-
 def final_weights(out_dir) -> dict:
     return torch.load(os.path.join(out_dir, "model_final.pth"), weights_only=True)["model"]
 
