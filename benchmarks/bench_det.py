@@ -30,18 +30,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def torchvision_detector(min_size: int, max_size: int):
+def torchvision_detector(min_size: int, max_size: int, state: dict | None = None):
+    """torchvision's R50-FPN as built for trained weights (FrozenBatchNorm2d), with the calibrated
+    reference's weights, or with ``state`` when given."""
     import torchvision
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops import FrozenBatchNorm2d
 
-    from tests.detection.tv_reference import calibrated_torchvision_detector
+    if state is None:
+        from tests.detection.tv_reference import calibrated_torchvision_detector
 
-    calibrated = calibrated_torchvision_detector(min_size, max_size)
+        state = calibrated_torchvision_detector(min_size, max_size).state_dict()
     backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
                                    trainable_layers=3)
     model = torchvision.models.detection.FasterRCNN(backbone, num_classes=91, min_size=min_size, max_size=max_size)
-    model.load_state_dict(calibrated.state_dict(), strict=False)  # FrozenBatchNorm2d has no num_batches_tracked
+    model.load_state_dict(state, strict=False)  # FrozenBatchNorm2d has no num_batches_tracked
     return model.eval()
 
 
@@ -154,6 +157,72 @@ def bench_inference(min_size: int, max_size: int, size: tuple[int, int], repeats
             "torchvision_img_s": round(1 / tv_s, 3), "ours_img_s": round(1 / our_s, 3), "ratio": round(tv_s / our_s, 2)}
 
 
+def status_mb(field: str) -> float:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> float:
+    """Reset the kernel's resident high-water mark (Linux); returns the resident MB now. Imports of
+    the CUDA build map large libraries briefly, which would otherwise be the peak of both models."""
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+        handle.write("5")
+    return status_mb("VmRSS")
+
+
+def peak_memory_child(which: str, min_size: int, max_size: int, weights: str) -> None:
+    """Run in a fresh process: build one model from saved weights, detect on the images, print the
+    peak memory (CPU: the process's peak resident set above what the imports took; CUDA: allocated
+    by PyTorch)."""
+    from detection.data.transforms import EvalTransform
+
+    imported = reset_peak_rss()
+    state = torch.load(weights, weights_only=True)
+    tv_model = torchvision_detector(min_size, max_size, state)
+    if which == "torchvision":
+        model = tv_model.to(DEVICE)
+    else:
+        model = our_detector(tv_model, min_size, max_size, fast=True)[0]
+        del tv_model
+        model = model.to(DEVICE)
+    del state
+    resize = EvalTransform(min_size, max_size)
+    with torch.inference_mode():
+        for img in images(600, 800):
+            if which == "torchvision":
+                model([img.to(DEVICE).float() / 255])
+            else:
+                small = torch.from_numpy(resize(img.permute(1, 2, 0).numpy())).permute(2, 0, 1).contiguous()
+                model([{"image": small.to(DEVICE), "height": img.shape[1], "width": img.shape[2]}])
+    if DEVICE.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(DEVICE) / 2**20
+    else:
+        peak = status_mb("VmHWM") - imported
+    print(json.dumps({"peak_mb": round(peak)}))
+
+
+def bench_memory(min_size: int, max_size: int) -> dict:
+    """Peak memory of inference, each model in a fresh process built from the same saved weights."""
+    import subprocess
+    import tempfile
+
+    peaks = {}
+    with tempfile.TemporaryDirectory() as folder:
+        weights = os.path.join(folder, "tv.pth")
+        torch.save(torchvision_detector(min_size, max_size).state_dict(), weights)
+        for which in ("torchvision", "ours"):
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child", which, weights,
+                                  "--device", DEVICE.type, "--size", str(min_size), str(max_size)],
+                                 capture_output=True, text=True, check=True).stdout
+            peaks[which] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
+    return {"setting": f"peak memory, inference {min_size}/{max_size}, 3 images, {DEVICE.type}",
+            "torchvision_mb": peaks["torchvision"], "ours_mb": peaks["ours"],
+            "ratio": round(peaks["torchvision"] / peaks["ours"], 2)}
+
+
 def bench_training(depth: int, size: int, batch_size: int, repeats: int) -> dict:
     import torchvision
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
@@ -209,7 +278,9 @@ def bench_training(depth: int, size: int, batch_size: int, repeats: int) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["infer", "train"])
+    parser.add_argument("--only", choices=["infer", "train", "memory"])
+    parser.add_argument("--memory-child", nargs=2, metavar=("MODEL", "WEIGHTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, nargs=2, default=[800, 1333], help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast for both models")
@@ -227,10 +298,15 @@ def main() -> None:
     cuda = DEVICE.type == "cuda"
     if not cuda:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
+    if args.memory_child:
+        peak_memory_child(args.memory_child[0], *args.size, args.memory_child[1])
+        return
     rows = []
     if args.only in (None, "infer"):
         rows.append(bench_inference(800, 1333, (600, 800), args.repeats))
         rows.append(bench_inference(600, 1000, (600, 800), args.repeats))
+    if args.only in (None, "memory"):
+        rows.append(bench_memory(800, 1333))
     if args.only in (None, "train"):
         scale = 4 if cuda else 1
         rows.append(bench_training(50, 512, args.train_batch or 2 * scale, args.repeats))
@@ -245,7 +321,9 @@ def main() -> None:
         json.dump(result, handle, indent=2)
     print("| setting | torchvision | this toolkit | ratio |\n|---|---|---|---|")
     for row in rows:
-        if "ours_img_s" in row:
+        if "ours_mb" in row:
+            print(f"| {row['setting']} | {row['torchvision_mb']} MB | {row['ours_mb']} MB | {row['ratio']}x less |")
+        elif "ours_img_s" in row:
             print(f"| {row['setting']} | {row['torchvision_img_s']} img/s | {row['ours_img_s']} img/s | {row['ratio']}x |")
         else:
             print(f"| {row['setting']} | {row['torchvision_s_it']} s/it | {row['ours_s_it']} s/it | {row['ratio']}x |")
