@@ -188,3 +188,24 @@ def test_context_weights_without_context_are_named(tmp_path):
     _, without = small_model()
     with pytest.raises(UserError, match="global_context"):
         check_weights_fit(without, with_context.state_dict(), "ctx.pth")
+
+
+def test_box_voting_moves_noisy_detections_towards_the_object():
+    """Crafted case: detections scattered around one object with scores unrelated to their error.
+    The survivor of NMS is then as wrong as any one of them; the vote averages the errors out."""
+    from torchvision.ops import box_iou
+
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.tensor([[50.0, 50.0, 150.0, 150.0]])
+    kept_iou, voted_iou = [], []
+    for _ in range(50):
+        candidates = truth + torch.randn(30, 4, generator=generator) * 8
+        scores = torch.rand(30, generator=generator) * 0.5 + 0.5
+        labels = torch.ones(30, dtype=torch.int64)
+        survivor = candidates[scores.argmax()][None]
+        voted = box_voting(survivor, torch.tensor([1]), candidates, scores, labels, iou_thresh=0.5)
+        kept_iou.append(float(box_iou(survivor, truth)))
+        voted_iou.append(float(box_iou(voted, truth)))
+    kept_mean, voted_mean = sum(kept_iou) / 50, sum(voted_iou) / 50
+    assert voted_mean > kept_mean + 0.05, (kept_mean, voted_mean)
+    assert sum(v > k for v, k in zip(voted_iou, kept_iou)) >= 40
