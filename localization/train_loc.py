@@ -12,7 +12,7 @@ import logging
 import os
 
 from engine import distributed as dist_utils
-from engine.checkpoint import BEST_NAME, Checkpointer, load_checkpoint
+from engine.checkpoint import BEST_NAME, FINAL_NAME, Checkpointer, load_checkpoint
 from engine.config import config_to_text
 from engine.distributed import check_batch_divides
 from engine.errors import UserError
@@ -81,7 +81,10 @@ def train_localizer(cfg, resume: bool = False) -> dict:
 
 
 def latest_weights(output_dir: str) -> str:
-    """The newest checkpoint of a training run (model_final.pth once it has finished)."""
+    """model_final.pth of a finished run, else the run's newest periodic checkpoint."""
+    final = os.path.join(output_dir, FINAL_NAME)
+    if os.path.isfile(final):
+        return final
     found = [p for p in Checkpointer(output_dir).candidates() if os.path.basename(p) != BEST_NAME]
     if not found:
         raise UserError(f"no localizer checkpoint in {output_dir}: train one with python tools/train_loc.py "

@@ -276,7 +276,8 @@ def test_bad_input_gives_one_error_line(tiny_root, tmp_path):
         "or give --weights"]
 
 
-@pytest.mark.parametrize("name", ["shapes_loc.yaml", "ilsvrc_loc_r101.yaml"])
-def test_shipped_localization_configs_load(name):
+@pytest.mark.parametrize("name, sampled", [("shapes_loc.yaml", 64), ("ilsvrc_loc_r101.yaml", 8)])
+def test_shipped_localization_configs_load(name, sampled):
     cfg = load_localization_config(os.path.join(ROOT, "configs", name), [])
-    assert len(cfg.model.anchor_sizes) * len(cfg.model.aspect_ratios) == 9 and cfg.rpn.anchors_per_image == 8
+    assert len(cfg.model.anchor_sizes) * len(cfg.model.aspect_ratios) == 9
+    assert cfg.rpn.anchors_per_image == sampled and cfg.rpn.positive_fraction == 0.5
