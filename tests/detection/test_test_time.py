@@ -209,3 +209,34 @@ def test_box_voting_moves_noisy_detections_towards_the_object():
     kept_mean, voted_mean = sum(kept_iou) / 50, sum(voted_iou) / 50
     assert voted_mean > kept_mean + 0.05, (kept_mean, voted_mean)
     assert sum(v > k for v, k in zip(voted_iou, kept_iou)) >= 40
+
+
+class _HalfwayHead(TestTimeDetector):
+    """A stand-in head whose regression moves every RoI halfway to the one object and whose class-1
+    score is the RoI's IoU with it: the situation box refinement is made for."""
+
+    truth = torch.tensor([[40.0, 30.0, 120.0, 110.0]])
+
+    def head(self, pyramid, rois, image_size):
+        from torchvision.ops import box_iou
+
+        iou = box_iou(rois, self.truth)[:, 0]
+        scores = torch.stack([1 - iou, iou], dim=1)
+        moved = rois + (self.truth - rois) / 2
+        return scores, torch.stack([rois, moved], dim=1)
+
+
+def test_box_refinement_moves_detections_towards_the_object():
+    from torchvision.ops import box_iou
+
+    proposals = _HalfwayHead.truth + torch.tensor([[-30.0, 20.0, -25.0, 15.0], [20.0, -20.0, 30.0, -10.0],
+                                                   [-15.0, -25.0, 10.0, -20.0]])
+    best_iou = {}
+    for refine in (False, True):
+        options = TestTimeOptions(base_scale=128, max_size=256, box_refinement=refine, score_thresh=0.0)
+        tester = _HalfwayHead(torch.nn.Identity(), options)
+        scores, boxes = tester.score_boxes([], proposals, (160, 200))
+        assert len(scores) == (2 if refine else 1) * len(proposals)  # the union keeps the originals
+        detections = tester.final_detections(scores, boxes)
+        best_iou[refine] = float(box_iou(detections["boxes"][:1], _HalfwayHead.truth))
+    assert best_iou[True] > best_iou[False] + 0.1, best_iou
