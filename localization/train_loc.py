@@ -93,6 +93,9 @@ def latest_weights(output_dir: str) -> str:
 
 
 def load_localizer(cfg, weights: str, synsets: Synsets) -> RPNLocalizer:
+    if not os.path.isfile(weights):
+        raise UserError(f"localizer weights not found: {weights} (give --weights output/<loc run>/model_final.pth, "
+                        f"or train one with python tools/train_loc.py)")
     state = load_checkpoint(weights)
     meta = state.get("meta") or {}
     if meta.get("task") != "localization":
@@ -102,12 +105,15 @@ def load_localizer(cfg, weights: str, synsets: Synsets) -> RPNLocalizer:
         raise UserError(f"{weights} was trained on other classes than {synsets.source} lists: evaluate it "
                         f"with the config (data.root) it was trained with")
     model = build_localizer(cfg, len(synsets), load_backbone_weights=False)
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if missing or unexpected:
-        example = (missing or unexpected)[0]
-        raise UserError(f"{weights} does not fit the model of this config (e.g. '{example}' "
-                        f"{'missing' if missing else 'unexpected'}): evaluate it with the config it was "
-                        f"trained with (model.backbone.*, model.feature, model.head_channels, anchors)")
+    try:
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        problem = f"'{(missing or unexpected)[0]}' {'missing' if missing else 'unexpected'}" if (
+            missing or unexpected) else ""
+    except RuntimeError as error:  # a tensor of another shape
+        problem = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), "shapes differ")
+    if problem:
+        raise UserError(f"{weights} does not fit the model of this config ({problem}): evaluate it with the "
+                        f"config it was trained with (model.backbone.*, model.feature, model.head_channels, anchors)")
     return model
 
 

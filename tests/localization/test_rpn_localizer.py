@@ -34,7 +34,7 @@ TINY_DATA = {"images_per_class": {"train": 3, "val": 2}, "sides": (56, 72), "see
 TINY_LOCALIZER = [
     "model.backbone.base_width=8", "model.head_channels=16", "model.feature=res4", "model.anchor_sizes=[16,32,48]",
     "input.crop=48", "input.train_short_side=[48,56]", "test.resize=52", "test.dense_scales=[48,64]",
-    "solver.ims_per_batch=4", "solver.max_iter=3", "solver.steps=[2]", "solver.warmup_iters=1",
+    "rpn.anchors_per_image=8", "solver.ims_per_batch=4", "solver.max_iter=3", "solver.steps=[2]", "solver.warmup_iters=1",
     "solver.checkpoint_period=0", "solver.log_period=1", "data.num_workers=0", "data.synthetic=''",
     "device=cpu", "seed=1",
 ]
