@@ -38,13 +38,15 @@ network fully convolutionally on the whole image with its shorter side at each t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backbones import ResNet
+from backbones.config import BackboneConfig, build_from_config
 from detection.modeling.anchors import cell_anchors
 from detection.modeling.box_coder import BoxCoder
 from detection.modeling.matching import FOREGROUND, Matcher, sample_balanced
@@ -271,11 +273,6 @@ class RPNLocalizer(nn.Module):
 
 def build_localizer(cfg, num_classes: int, load_backbone_weights: bool = True) -> RPNLocalizer:
     """The localizer of a localization config; ``model.backbone.weights`` are loaded unless told not to."""
-    from dataclasses import fields
-    from types import SimpleNamespace
-
-    from backbones.config import BackboneConfig, build_from_config
-
     backbone_cfg = cfg.model.backbone
     if not load_backbone_weights:
         # The weights come later (a whole localizer checkpoint): a copy of the section without them.
