@@ -184,10 +184,7 @@ class Trainer:
         except RuntimeError as error:
             # PyTorch reports a dead worker from its SIGCHLD handler, wherever the main process is.
             if "DataLoader worker" in str(error):
-                raise TrainingError(
-                    f"a data-loading worker died at iteration {self.iteration} ({str(error).splitlines()[0]}); "
-                    f"run with data.num_workers=0 to see the error in the main process"
-                ) from None
+                raise self._worker_died(str(error).splitlines()[0]) from None
             raise
         finally:
             bar.close()
@@ -213,10 +210,18 @@ class Trainer:
             self.ddp_model = ddp(self.model, device_ids=device_ids, **no_buffer_sync)
 
     def _next_batch(self, data):
-        batch = next(data)
+        try:
+            batch = next(data)
+        except (ConnectionError, EOFError) as error:
+            # A worker that died while handing over a batch breaks the pipe before PyTorch notices.
+            raise self._worker_died(f"{type(error).__name__}: {error}") from None
         for sample in batch:
             self.skipped_files.update(sample.get("skipped", ()))
         return batch
+
+    def _worker_died(self, detail: str) -> TrainingError:
+        return TrainingError(f"a data-loading worker died at iteration {self.iteration} ({detail}); "
+                             f"run with data.num_workers=0 to see the error in the main process")
 
     def _forward(self, batch) -> dict[str, torch.Tensor]:
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
