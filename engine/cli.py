@@ -29,6 +29,7 @@ def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main`` and turn user errors into ``error: ...`` on stderr with exit code 2."""
     warnings.formatwarning = _one_line_warnings
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    code = 1
     try:
         code = main()
     except KeyboardInterrupt:
@@ -39,4 +40,19 @@ def run_cli(main: Callable[[], int | None]) -> None:
             raise
         print(f"error: {error}", file=sys.stderr)
         code = getattr(error, "exit_code", 2)
+    finally:
+        _leave_process_group(wait_for_others=not code)
     sys.exit(code or 0)
+
+
+def _leave_process_group(wait_for_others: bool) -> None:
+    """Leave torchrun's process group in step with the other processes. A process that exits with
+    the group alive, or tears it down while a peer still talks to it, can be aborted by gloo
+    ("terminate called without an active exception"), failing a run that succeeded. After an
+    error the others may never arrive, so only a successful run waits for them."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    if wait_for_others:
+        dist.barrier()
+    dist.destroy_process_group()
