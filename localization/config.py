@@ -6,6 +6,7 @@ batch 256 for 600k iterations); configs/cls_shapes.yaml scales it down to the sy
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from backbones.config import BackboneConfig
@@ -177,7 +178,42 @@ class LocalizerClassifierConfig:
 
 
 @dataclass
+class LocalizerRCNNConfig:
+    """The R-CNN stage on top of a trained per-class RPN (paper App. C "RPN+RCNN"; localization/rcnn.py).
+
+    Used when ``task: rcnn``; then ``model.backbone`` is the R-CNN's network (the RPN is rebuilt from the
+    config saved in its own checkpoint) and ``test.*`` says on which views the RPN makes the proposals."""
+
+    # A per-class RPN checkpoint of tools/train_loc.py (task: rpn), e.g. output/loc_shapes/model_final.pth.
+    rpn_weights: str = ""
+    # Proposals per (image, class): the class's highest-scoring RPN boxes, decoded with its own regressor.
+    proposals_per_class: int = 200
+    # Each proposal is cropped from the original image and warped to warp_size x warp_size.
+    warp_size: int = 224
+    # Context added around each proposal, in warped pixels on each side (the original R-CNN used 16 of 227).
+    context_pad: int = 0
+    # RoI-centric mini-batches: solver.ims_per_batch images give rois_per_image RoIs each (1: every RoI of
+    # a batch comes from a different image).
+    rois_per_image: int = 1
+    # Each sampled RoI is foreground with this probability (when the image has one left).
+    fg_fraction: float = 0.25
+    # IoU with a GT box >= fg_iou: foreground (the GT class); in [bg_iou_low, fg_iou): background.
+    fg_iou: float = 0.5
+    bg_iou_low: float = 0.0
+    # The GT boxes join the training proposals as foreground RoIs, as in the original R-CNN.
+    add_gt_boxes: bool = True
+    box_loss_weight: float = 1.0
+    smooth_l1_beta: float = 1.0
+    # Divisors of the (dx, dy, dw, dh) targets: the R-CNN heads' usual (10, 10, 5, 5).
+    box_coder_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    # Warped RoIs per forward pass at test time (memory bound only).
+    test_chunk: int = 256
+
+
+@dataclass
 class LocalizationConfig:
+    # "rpn": the per-class RPN localizer; "rcnn": the R-CNN stage re-scoring its proposals (section rcnn).
+    task: str = choice("rpn", ("rpn", "rcnn"))
     output_dir: str = "output/loc"
     seed: int = 42
     device: str = choice("auto", ("auto", "cpu", "cuda"))
@@ -190,6 +226,7 @@ class LocalizationConfig:
         steps=[40000, 53000], warmup_iters=500, checkpoint_period=5000))
     test: LocalizerTestConfig = field(default_factory=LocalizerTestConfig)
     classifier: LocalizerClassifierConfig = field(default_factory=LocalizerClassifierConfig)
+    rcnn: LocalizerRCNNConfig = field(default_factory=LocalizerRCNNConfig)
 
 
 def load_localization_config(path: str | None = None, overrides=()):
@@ -227,3 +264,30 @@ def check_localization_options(cfg) -> None:
         raise ConfigError(f"rpn.bg_iou={train.bg_iou} and rpn.fg_iou={train.fg_iou}: need 0 <= bg <= fg <= 1")
     if len(cfg.input.pixel_mean) != 3 or len(cfg.input.pixel_std) != 3 or min(cfg.input.pixel_std) <= 0:
         raise ConfigError("input.pixel_mean and input.pixel_std need 3 values each (std positive)")
+    if cfg.task == "rcnn":
+        check_rcnn_options(cfg.rcnn)
+        if os.path.abspath(os.path.dirname(cfg.rcnn.rpn_weights)) == os.path.abspath(cfg.output_dir):
+            raise ConfigError(f"output_dir={cfg.output_dir} holds the RPN of rcnn.rpn_weights: give the R-CNN a "
+                              f"folder of its own (its model_final.pth would replace the RPN's), such as "
+                              f"output_dir={cfg.output_dir.rstrip('/')}_rcnn")
+
+
+def check_rcnn_options(rcnn) -> None:
+    if not rcnn.rpn_weights:
+        raise ConfigError("task=rcnn needs rcnn.rpn_weights: the per-class RPN checkpoint that makes the "
+                          "proposals, e.g. rcnn.rpn_weights=output/loc_shapes/model_final.pth")
+    if rcnn.proposals_per_class < 1 or rcnn.warp_size < 1 or rcnn.rois_per_image < 1 or rcnn.test_chunk < 1:
+        raise ConfigError(f"rcnn.proposals_per_class={rcnn.proposals_per_class}, rcnn.warp_size={rcnn.warp_size}, "
+                          f"rcnn.rois_per_image={rcnn.rois_per_image}, rcnn.test_chunk={rcnn.test_chunk}: "
+                          f"give positive counts, such as 200, 224, 1 and 256")
+    if not 0 <= rcnn.context_pad < rcnn.warp_size / 2:
+        raise ConfigError(f"rcnn.context_pad={rcnn.context_pad}: give 0 <= pad < warp_size / 2 "
+                          f"({rcnn.warp_size / 2:g}), such as 0 or 16")
+    if not 0 < rcnn.fg_fraction <= 1:
+        raise ConfigError(f"rcnn.fg_fraction={rcnn.fg_fraction}: give a fraction in (0, 1], such as 0.25")
+    if not 0 <= rcnn.bg_iou_low <= rcnn.fg_iou <= 1:
+        raise ConfigError(f"rcnn.bg_iou_low={rcnn.bg_iou_low} and rcnn.fg_iou={rcnn.fg_iou}: need "
+                          f"0 <= bg_iou_low <= fg_iou <= 1")
+    if len(rcnn.box_coder_weights) != 4 or min(rcnn.box_coder_weights) <= 0:
+        raise ConfigError(f"rcnn.box_coder_weights={list(rcnn.box_coder_weights)}: give 4 positive divisors, "
+                          f"such as [10, 10, 5, 5]")

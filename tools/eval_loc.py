@@ -12,7 +12,8 @@ first) or a devkit text file (one line per image in sorted name order, "label xm
 times, 1-based labels in synset-list order; needs --synsets). Prints the error against the number of guesses
 and writes DIR/metrics.json (percent).
 
-Model mode (the per-class RPN of tools/train_loc.py on the config's val set):
+Model mode (the per-class RPN of tools/train_loc.py on the config's val set; with a task=rcnn config such as
+configs/shapes_loc_rcnn.yaml, the R-CNN stage re-scoring the proposals of rcnn.rpn_weights):
 
     python tools/eval_loc.py                                     # the latest run of configs/shapes_loc.yaml
     python tools/eval_loc.py --cfg CFG --weights W [--classifier-weights C] [--test-mode 1crop|dense] [k=v ...]
@@ -21,6 +22,8 @@ Prints the paper's table row (LOC error on GT class, top-5 LOC error on the pred
 scored submission DIR/loc_<mode>_submission.csv (Kaggle CSV), the GT class's boxes DIR/loc_<mode>_gt_class.csv
 (scoring mode gives its top-1 LOC error = the LOC error on GT class) and DIR/metrics.json (percent); DIR is
 --out, else the config's output_dir. Without a classifier the RPN's own per-class scores rank the classes.
+With task=rcnn the rows are "RPN" (the proposals' RPN alone, its one-box-per-class rule) and "RPN+RCNN", on
+the same images and classes; the files are DIR/loc_rcnn_<mode>_submission.csv and _gt_class.csv.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ def run_model_mode(args) -> int:
     cfg = load_localization_config(args.cfg or DEFAULT_CFG, overrides)
     metrics = evaluate_localizer_weights(cfg, args.weights, args.classifier_weights, args.out)
     if is_main_process():
+        if "rpn" in metrics:  # task=rcnn: the proposals' RPN alone first, on the same images and ranking
+            print(format_rows(metrics["rpn"]))
         print(format_rows(metrics))
         print(f"submission written to {metrics['submission']} (GT-class boxes: {metrics['gt_class_boxes']})")
         print(f"metrics written to {os.path.join(args.out or cfg.output_dir, 'metrics.json')}")

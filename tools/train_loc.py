@@ -1,6 +1,7 @@
-"""Train the paper's per-class RPN localizer (ILSVRC CLS-LOC); report its localization errors on val.
+"""Train the paper's per-class RPN localizer (ILSVRC CLS-LOC), or its R-CNN stage; report the errors on val.
 
     python tools/train_loc.py                                    # the synthetic shapes_loc set
+    python tools/train_loc.py --cfg configs/shapes_loc_rcnn.yaml # R-CNN on that run's RPN proposals (task: rcnn)
     python tools/train_loc.py --cfg configs/ilsvrc_loc_r101.yaml data.root=/data/ilsvrc
     torchrun --nproc_per_node=8 tools/train_loc.py --cfg configs/ilsvrc_loc_r101.yaml
     python tools/train_loc.py --cfg CFG --resume                 # continue the run in output_dir
@@ -31,9 +32,14 @@ def main() -> int:
     metrics = train_localizer(cfg, resume=args.resume)
     if metrics and is_main_process():
         loc = metrics["loc"]
-        print(format_rows({**loc, "method": "RPN", "network": network_name(cfg.model.backbone),
-                           "test_mode": cfg.test.mode, "classifier": "RPN scores",
-                           "class_ranking": "the RPN's own per-class max scores (no classifier given)"}))
+        shared = {"test_mode": cfg.test.mode, "classifier": "RPN scores",
+                  "class_ranking": "the RPN's own per-class max scores (no classifier given)"}
+        if cfg.task == "rcnn":
+            rpn = {key[len("rpn_"):]: value for key, value in loc.items() if key.startswith("rpn_")}
+            print(format_rows({**rpn, **shared, "method": "RPN", "network": "(the proposals' RPN)"}))
+            print(format_rows({**loc, **shared, "method": "RPN+RCNN", "network": network_name(cfg.model.backbone)}))
+        else:
+            print(format_rows({**loc, **shared, "method": "RPN", "network": network_name(cfg.model.backbone)}))
     return 0
 
 
