@@ -118,6 +118,8 @@ class DiesInWorker(torch.utils.data.Dataset):
         return {"x": torch.ones(2)}
 
 
+# PyTorch's loader iterator complains again while it shuts down the dead worker's queues.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_dead_data_worker_is_a_clear_error(tmp_path):
     def make_loader(start):
         return torch.utils.data.DataLoader(DiesInWorker(), batch_size=1, num_workers=1, collate_fn=list, timeout=60)
