@@ -24,6 +24,9 @@ scored submission DIR/loc_<mode>_submission.csv (Kaggle CSV), the GT class's box
 --out, else the config's output_dir. Without a classifier the RPN's own per-class scores rank the classes.
 With task=rcnn the rows are "RPN" (the proposals' RPN alone, its one-box-per-class rule) and "RPN+RCNN", on
 the same images and classes; the files are DIR/loc_rcnn_<mode>_submission.csv and _gt_class.csv.
+
+Either mode: --plots PLOTS draws the first images with their GT boxes (green) and ranked guesses (blue
+right, red wrong) into PLOTS; scoring mode also needs --images (the folder of the val images).
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--test-mode", choices=("1crop", "dense"), help="localizer views (default: test.mode)")
     model.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (model mode)")
     parser.add_argument("--out", help="folder for metrics.json (scoring mode default: .; model mode: output_dir)")
+    parser.add_argument("--plots", metavar="DIR", help="also draw a few images with their GT boxes and ranked "
+                        "guesses (blue: right, red: wrong) into DIR")
+    scoring.add_argument("--images", help="scoring mode with --plots: the folder of the val images (<id>.JPEG)")
     return parser
 
 
@@ -66,8 +72,27 @@ def main() -> int:
         from localization.evaluate import score_files
 
         score_files(args.gt, args.pred, args.synsets, args.out or ".", args.blacklist)
+        if args.plots:
+            if not args.images:
+                parser.error("--plots in scoring mode needs --images (the folder of the val images)")
+            plot_files(args.gt, args.pred, args.synsets, args.images, args.plots)
         return 0
     return run_model_mode(args)
+
+
+def plot_files(gt: str, pred: str, synsets_path: str | None, images: str, plots_dir: str) -> None:
+    from localization.data.ilsvrc import read_synsets
+    from localization.data.predictions import read_predictions
+    from localization.evaluate import load_ground_truth
+    from localization.visualize import image_finder, write_plots
+
+    synsets = read_synsets(synsets_path) if synsets_path else None
+    truth = load_ground_truth(gt, synsets)
+    predictions = read_predictions(pred, synsets, sorted(truth))
+    names = dict(zip(synsets.wnids, synsets.names)) if synsets else None
+    written = write_plots(truth, predictions, image_finder(images), plots_dir, names=names)
+    print(f"{len(written)} pictures written to {plots_dir}" if written else
+          f"warning: no image of the ground truth found in {images}; no pictures written")
 
 
 def run_model_mode(args) -> int:
@@ -85,6 +110,11 @@ def run_model_mode(args) -> int:
         print(format_rows(metrics))
         print(f"submission written to {metrics['submission']} (GT-class boxes: {metrics['gt_class_boxes']})")
         print(f"metrics written to {os.path.join(args.out or cfg.output_dir, 'metrics.json')}")
+        if args.plots:
+            root = cfg.data.root
+            plot_files(os.path.join(root, "LOC_val_solution.csv"), metrics["submission"],
+                       os.path.join(root, "LOC_synset_mapping.txt"), os.path.join(root, "ILSVRC", "Data", "CLS-LOC", "val"),
+                       args.plots)
     return 0
 
 

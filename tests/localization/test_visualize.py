@@ -42,3 +42,29 @@ def test_write_plots_finds_images_and_skips_missing_ones(tmp_path):
                           str(tmp_path / "plots"), count=4)
     assert [p.rsplit("/", 1)[-1] for p in written] == ["img_b.jpg"]
     assert cv2.imread(written[0]).shape == (50, 60, 3)
+
+
+def test_eval_loc_plots_in_scoring_mode(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from localization.data.synthetic import ensure_synthetic_loc
+    from tests.conftest import ROOT
+    from tests.helpers import subprocess_env
+
+    root = ensure_synthetic_loc(str(tmp_path / "data"), images_per_class={"train": 1, "val": 1}, sides=(48, 64))
+    gt = os.path.join(root, "LOC_val_solution.csv")
+    shutil.copy(gt, tmp_path / "perfect.csv")  # the ground truth as predictions: every guess right
+    args = [sys.executable, os.path.join(ROOT, "tools", "eval_loc.py"), "--gt", gt, "--pred",
+            str(tmp_path / "perfect.csv"), "--synsets", os.path.join(root, "LOC_synset_mapping.txt"),
+            "--out", str(tmp_path / "out"), "--plots", str(tmp_path / "plots")]
+    missing = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=subprocess_env(), timeout=120)
+    assert missing.returncode == 2 and "--plots in scoring mode needs --images" in missing.stderr
+    images = os.path.join(root, "ILSVRC", "Data", "CLS-LOC", "val")
+    result = subprocess.run(args + ["--images", images], capture_output=True, text=True, cwd=ROOT,
+                            env=subprocess_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    pictures = sorted(os.listdir(tmp_path / "plots"))
+    assert len(pictures) == min(8, len(os.listdir(images))) and f"{len(pictures)} pictures written" in result.stdout
