@@ -39,6 +39,10 @@ class TrainingError(UserError):
     exit_code = 1
 
 
+class DataWorkerDied(TrainingError):
+    """A data-loading worker process died (killed for memory, crashed in native code, ...)."""
+
+
 def apply_speed_switches(model: nn.Module, solver) -> nn.Module:
     """solver.channels_last and solver.compile_backbone, applied in place before training."""
     if solver.channels_last:
@@ -50,6 +54,21 @@ def apply_speed_switches(model: nn.Module, solver) -> nn.Module:
         backbone = getattr(model, "backbone", model)
         backbone.compile()  # nn.Module.compile keeps parameter names, unlike torch.compile(module)
     return model
+
+
+def mute_worker_signal():
+    """Default SIGCHLD handling for a while; returns the handler to restore (None: nothing changed)."""
+    if not hasattr(signal, "SIGCHLD"):
+        return None
+    try:
+        return signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    except ValueError:  # not the main thread
+        return None
+
+
+def restore_worker_signal(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGCHLD, previous)
 
 
 class Trainer:
@@ -146,6 +165,8 @@ class Trainer:
         window: dict[str, float] = {}
         window_count, window_start, last_log = 0, time.perf_counter(), self.start_iter
         final_metrics: dict = {}
+        worker_death: TrainingError | None = None
+        previous_sigchld = None
         try:
             for iteration in range(self.start_iter, solver.max_iter):
                 self.iteration = iteration
@@ -183,13 +204,26 @@ class Trainer:
             self._write_final_metrics(final_metrics)
         except RuntimeError as error:
             # PyTorch reports a dead worker from its SIGCHLD handler, wherever the main process is.
-            if "DataLoader worker" in str(error):
-                raise self._worker_died(str(error).splitlines()[0]) from None
-            raise
+            if "DataLoader worker" not in str(error):
+                raise
+            previous_sigchld = mute_worker_signal()
+            worker_death = self._worker_died(str(error).splitlines()[0])
+        except DataWorkerDied as error:
+            previous_sigchld = mute_worker_signal()
+            worker_death = error
         finally:
             bar.close()
             self._restore_signal_handlers(previous_handlers)
             self.metrics_logger.close()
+        if worker_death is not None:
+            # Drop every reference to the loader's iterator (the exception's traceback holds its
+            # frames too) so that it shuts its workers down now; until then PyTorch's SIGCHLD handler
+            # would raise again at some random later point, so it stays muted meanwhile.
+            worker_death.__context__ = None
+            worker_death.__traceback__ = None
+            data = loader = None  # noqa: F841
+            restore_worker_signal(previous_sigchld)
+            raise worker_death
         self._report_skipped()
         return final_metrics
 
@@ -219,8 +253,8 @@ class Trainer:
             self.skipped_files.update(sample.get("skipped", ()))
         return batch
 
-    def _worker_died(self, detail: str) -> TrainingError:
-        return TrainingError(f"a data-loading worker died at iteration {self.iteration} ({detail}); "
+    def _worker_died(self, detail: str) -> DataWorkerDied:
+        return DataWorkerDied(f"a data-loading worker died at iteration {self.iteration} ({detail}); "
                              f"run with data.num_workers=0 to see the error in the main process")
 
     def _forward(self, batch) -> dict[str, torch.Tensor]:
