@@ -29,6 +29,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.onnx.operators import shape_as_tensor  # public; tensor.shape would be constants in a trace
 from torchvision.ops import nms, remove_small_boxes
 
 from engine.errors import UserError
@@ -72,7 +73,7 @@ def _as_size(value: torch.Tensor):
 
 def _height_width(tensor: torch.Tensor) -> torch.Tensor:
     """(2,) int64 tensor of the last two dims; ``tensor.shape`` would give constants in a trace."""
-    return torch._shape_as_tensor(tensor)[-2:]
+    return shape_as_tensor(tensor)[-2:]
 
 
 def _clip(boxes: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
@@ -185,7 +186,7 @@ class DetectorGraph(nn.Module):
         for level, (level_map, level_logits, level_deltas) in enumerate(zip(maps, logits, deltas)):
             flat_logits, flat_deltas = flatten_level(level_logits, level_deltas)
             flat_logits, flat_deltas = flat_logits[0], flat_deltas[0]
-            count = torch._shape_as_tensor(flat_logits)[0].clamp(max=pre_topk)
+            count = shape_as_tensor(flat_logits)[0].clamp(max=pre_topk)
             top_logits, top_index = flat_logits.topk(_as_size(count))
             anchors = self.anchors(level, level_map, padded_size)
             boxes.append(rpn.box_coder.decode(flat_deltas[top_index], anchors[top_index]))
