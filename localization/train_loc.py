@@ -105,12 +105,18 @@ def latest_weights(output_dir: str) -> str:
 
 
 def load_localizer(cfg, weights: str, synsets: Synsets) -> RPNLocalizer:
+    missing = (f"localizer weights not found: {weights} (give --weights output/<loc run>/model_final.pth, "
+               f"or train one with python tools/train_loc.py)")
+    return load_stage(weights, synsets, "rpn", lambda: build_localizer(cfg, len(synsets), False), missing)
+
+
+def load_stage(weights: str, synsets: Synsets, stage: str, build, missing_message: str):
+    """A trained stage ("rpn" or "rcnn") from its checkpoint, after checking it is that stage's."""
     if not os.path.isfile(weights):
-        raise UserError(f"localizer weights not found: {weights} (give --weights output/<loc run>/model_final.pth, "
-                        f"or train one with python tools/train_loc.py)")
+        raise UserError(missing_message)
     state = load_checkpoint(weights)
-    check_localizer_meta(state, weights, synsets, stage="rpn")
-    model = build_localizer(cfg, len(synsets), load_backbone_weights=False)
+    check_localizer_meta(state, weights, synsets, stage=stage)
+    model = build()
     load_fitting_state(model, state, weights)
     return model
 
@@ -173,14 +179,9 @@ def evaluate_localizer_weights(cfg, weights: str | None, classifier: str | None,
 
 
 def load_rcnn(cfg, weights: str, synsets: Synsets) -> RCNNLocalizer:
-    if not os.path.isfile(weights):
-        raise UserError(f"R-CNN weights not found: {weights} (give --weights output/<rcnn run>/model_final.pth, "
-                        f"or train one with python tools/train_loc.py --cfg configs/shapes_loc_rcnn.yaml)")
-    state = load_checkpoint(weights)
-    check_localizer_meta(state, weights, synsets, stage="rcnn")
-    model = build_rcnn(cfg, len(synsets), load_backbone_weights=False)
-    load_fitting_state(model, state, weights)
-    return model
+    missing = (f"R-CNN weights not found: {weights} (give --weights output/<rcnn run>/model_final.pth, "
+               f"or train one with python tools/train_loc.py --cfg configs/shapes_loc_rcnn.yaml)")
+    return load_stage(weights, synsets, "rcnn", lambda: build_rcnn(cfg, len(synsets), False), missing)
 
 
 def cached_training_proposals(cfg, rpn: RPNLocalizer, rpn_cfg, records) -> dict:

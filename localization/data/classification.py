@@ -266,15 +266,20 @@ class ClassificationDataset(torch.utils.data.Dataset):
         index, seed = item if isinstance(item, tuple) else (item, item)
         if not self.train:
             return self._test_sample(self.records[index])
+        record, image, skipped = self._first_readable(index)
+        return {"image": to_chw_tensor(self.transform(image, seed)), "label": record.label,
+                "image_id": record.image_id, "skipped": skipped}
+
+    def _first_readable(self, index: int):
+        """(record, image, paths skipped) of the first readable training image from ``index`` on:
+        a long run does not die on one bad file."""
         skipped = []
         for attempt in range(len(self.records)):
             record = self.records[(index + attempt) % len(self.records)]
             image = self._read(record)
-            if image is None:
-                skipped.append(record.path)
-                continue
-            return {"image": to_chw_tensor(self.transform(image, seed)), "label": record.label,
-                    "image_id": record.image_id, "skipped": skipped}
+            if image is not None:
+                return record, image, skipped
+            skipped.append(record.path)
         raise BadImageError(f"none of the {len(self.records)} training images can be read, e.g. "
                             f"{self.records[0].path}")
 

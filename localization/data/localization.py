@@ -156,17 +156,10 @@ class LocalizationDataset(ClassificationDataset):
         index, seed = item if isinstance(item, tuple) else (item, item)
         if not self.train:
             return self._test_sample(self.records[index])
-        skipped = []
-        for attempt in range(len(self.records)):
-            record = self.records[(index + attempt) % len(self.records)]
-            image = self._read(record)
-            if image is None:
-                skipped.append(record.path)
-                continue
-            pixels, boxes, cut = self.transform(image, np.asarray(record.boxes, np.float32), seed)
-            return {"image": to_chw_tensor(pixels), "label": record.label, "boxes": torch.from_numpy(boxes),
-                    "cut_boxes": torch.from_numpy(cut), "image_id": record.image_id, "skipped": skipped}
-        raise UserError(f"none of the {len(self.records)} training images can be read, e.g. {self.records[0].path}")
+        record, image, skipped = self._first_readable(index)
+        pixels, boxes, cut = self.transform(image, np.asarray(record.boxes, np.float32), seed)
+        return {"image": to_chw_tensor(pixels), "label": record.label, "boxes": torch.from_numpy(boxes),
+                "cut_boxes": torch.from_numpy(cut), "image_id": record.image_id, "skipped": skipped}
 
     def _test_sample(self, record) -> dict:
         image = self._read(record)
