@@ -126,7 +126,7 @@ def test_a_dead_data_worker_is_a_clear_error(tmp_path, attempt):
     def make_loader(start):
         return torch.utils.data.DataLoader(DiesInWorker(), batch_size=1, num_workers=1, collate_fn=list, timeout=60)
 
-    with pytest.raises(TrainingError, match=r"a data-loading worker died at iteration \d \((DataLoader worker|ConnectionResetError).*\); "
+    with pytest.raises(TrainingError, match=r"a data-loading worker died at iteration \d \((DataLoader worker|ConnectionResetError|EOFError).*\); "
                                             r"run with data.num_workers=0 to see the error in the main process"):
         make_trainer(ToyModel(), tmp_path, make_loader=make_loader).train()
     time.sleep(0.5)  # a late SIGCHLD from the dead worker must not raise anything now
