@@ -9,7 +9,8 @@ training time T is read from the trainer's log (evaluation excluded); then torch
 FasterRCNN on a ResNet-18 FPN, built from scratch with BatchNorm (torchvision's FrozenBatchNorm2d
 default suits only pre-trained weights) and the same light heads, anchors, sizes, batch,
 optimizer and schedule shape, trains for T seconds on the same machine. Both are scored by
-pycocotools on the val set. Results go to benchmarks/results/tv_scratch.json.
+pycocotools on the val set. Results go to benchmarks/results/tv_scratch.json (shapes) or
+tv_scratch_<dataset>.json, <dataset> being the folder that holds the training json's folder.
 """
 
 from __future__ import annotations
@@ -163,12 +164,20 @@ def main() -> None:
             {"model": "torchvision FasterRCNN, ResNet-18 FPN, from scratch", "train_seconds": round(seconds, 1),
              "iterations": iterations, **{k: round(theirs[k], 1) for k in ("AP", "AP50", "AP75")}}]
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "benchmarks", "results", "tv_scratch.json"), "w", encoding="utf-8") as handle:
+    with open(os.path.join(ROOT, "benchmarks", "results", result_name(args.data)), "w", encoding="utf-8") as handle:
         json.dump({"data": args.data or "shapes", "rows": rows}, handle, indent=2)
     print("| model | training s | iterations | AP | AP50 | AP75 |\n|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['model']} | {row['train_seconds']} | {row['iterations']} | {row['AP']} | {row['AP50']} | "
               f"{row['AP75']} |")
+
+
+def result_name(data: list[str] | None) -> str:
+    """tv_scratch.json for shapes; tv_scratch_glyphs.json for datasets/glyphs/annotations/instances_train.json."""
+    if not data:
+        return "tv_scratch.json"
+    dataset = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(data[0]))))
+    return f"tv_scratch_{dataset or 'data'}.json"
 
 
 def budget_overrides(cfg, seconds: float) -> list[str]:
