@@ -85,12 +85,12 @@ def synchronize() -> None:
         torch.cuda.synchronize(DEVICE)
 
 
-def timed(function, repeats: int) -> float:
+def timed(function, repeats: int, amp: bool = True) -> float:
     times = []
     for _ in range(repeats):
         synchronize()
         start = time.perf_counter()
-        with autocast():
+        with autocast() if amp else contextlib.nullcontext():
             function()
         synchronize()
         times.append(time.perf_counter() - start)
@@ -98,6 +98,7 @@ def timed(function, repeats: int) -> float:
 
 
 PROFILE = False
+TRAIN_OVERRIDES: list[str] = []  # config overrides of our training rows (--train-opts)
 
 
 def profile_steps(name: str, step, steps: int = 3) -> None:
@@ -148,13 +149,20 @@ def bench_inference(min_size: int, max_size: int, size: tuple[int, int], repeats
 
     for _ in range(2 if DEVICE.type == "cuda" else 1):  # warm-up (cuDNN picks its algorithms on CUDA)
         timed(run_tv, 1), timed(run_ours, 1)
-    tv_times, our_times = [], []
+    tv_times, our_times, tv_fp32_times = [], [], []
     for _ in range(repeats):  # interleaved, so that both see the same machine state
         tv_times.append(timed(run_tv, 1) / len(batch))
         our_times.append(timed(run_ours, 1) / len(batch))
+        if AMP_DTYPE is not None:  # torchvision as users run it by default, for the bf16 speed-up
+            tv_fp32_times.append(timed(run_tv, 1, amp=False) / len(batch))
     tv_s, our_s = statistics.median(tv_times), statistics.median(our_times)
-    return {"setting": f"inference {min_size}/{max_size}, image {size[0]}x{size[1]}, batch 1, {precision()}",
-            "torchvision_img_s": round(1 / tv_s, 3), "ours_img_s": round(1 / our_s, 3), "ratio": round(tv_s / our_s, 2)}
+    row = {"setting": f"inference {min_size}/{max_size}, image {size[0]}x{size[1]}, batch 1, {precision()}",
+           "torchvision_img_s": round(1 / tv_s, 3), "ours_img_s": round(1 / our_s, 3), "ratio": round(tv_s / our_s, 2)}
+    if tv_fp32_times:
+        tv_fp32_s = statistics.median(tv_fp32_times)
+        row["torchvision_fp32_img_s"] = round(1 / tv_fp32_s, 3)
+        row["ratio_vs_torchvision_fp32"] = round(tv_fp32_s / our_s, 2)
+    return row
 
 
 def status_mb(field: str) -> float:
@@ -229,9 +237,12 @@ def bench_training(depth: int, size: int, batch_size: int, repeats: int) -> dict
 
     from detection.config import load_detection_config
     from detection.modeling.build import build_model
+    from engine.trainer import apply_speed_switches
 
     torch.manual_seed(0)
-    backbone = resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None, trainable_layers=5)
+    # The same network on both sides: BatchNorm trained (a from-scratch recipe), RoIAlign with 2 samples.
+    backbone = resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None, trainable_layers=5,
+                                   norm_layer=torch.nn.BatchNorm2d)
     light = {"rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300, "box_batch_size_per_image": 128,
              "min_size": size, "max_size": size * 2}
     tv_model = torchvision.models.detection.FasterRCNN(backbone, num_classes=6, **light)
@@ -241,9 +252,11 @@ def bench_training(depth: int, size: int, batch_size: int, repeats: int) -> dict
     tv_model.roi_heads.box_predictor = torchvision.models.detection.faster_rcnn.FastRCNNPredictor(256, 6)
     cfg = load_detection_config(os.path.join(ROOT, "configs", "shapes.yaml"), [
         f"model.backbone.depth={depth}", "model.backbone.base_width=64", "model.fpn.out_channels=256",
+        "model.roi_head.sampling_ratio=2",
         "model.anchors.sizes=[[32],[64],[128],[256],[512]]", f"input.min_size_train=[{size}]",
-        f"input.max_size_train={size * 2}"])
+        f"input.max_size_train={size * 2}", *TRAIN_OVERRIDES])
     ours = build_model(cfg, 5, backbone_weights=False).train().to(DEVICE)
+    apply_speed_switches(ours, cfg.solver)
     tv_model.train().to(DEVICE)
     batch = [img.to(DEVICE) for img in images(size, int(size * 4 / 3), batch_size)]
     targets = [{"boxes": torch.tensor([[20.0, 30.0, 120.0, 150.0], [200.0, 100.0, 300.0, 220.0]], device=DEVICE),
@@ -286,11 +299,13 @@ def main() -> None:
     parser.add_argument("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast for both models")
     parser.add_argument("--train-batch", type=int, default=0, help="images per training step (default: 2 for "
                         "R50 and 4 for R18 on the CPU, 8 and 16 on CUDA)")
+    parser.add_argument("--train-opts", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for our side of the training rows, e.g. solver.channels_last=true")
     parser.add_argument("--profile", action="store_true", help="also write torch.profiler tables of our "
                         "training steps to benchmarks/results/profile_*.txt")
     args = parser.parse_args()
-    global DEVICE, AMP_DTYPE, PROFILE
-    PROFILE = args.profile
+    global DEVICE, AMP_DTYPE, PROFILE, TRAIN_OVERRIDES
+    PROFILE, TRAIN_OVERRIDES = args.profile, args.train_opts
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     DEVICE = torch.device(args.device)
@@ -325,6 +340,9 @@ def main() -> None:
             print(f"| {row['setting']} | {row['torchvision_mb']} MB | {row['ours_mb']} MB | {row['ratio']}x less |")
         elif "ours_img_s" in row:
             print(f"| {row['setting']} | {row['torchvision_img_s']} img/s | {row['ours_img_s']} img/s | {row['ratio']}x |")
+            if "ratio_vs_torchvision_fp32" in row:
+                print(f"| same, torchvision in fp32 | {row['torchvision_fp32_img_s']} img/s | {row['ours_img_s']} img/s | "
+                      f"{row['ratio_vs_torchvision_fp32']}x |")
         else:
             print(f"| {row['setting']} | {row['torchvision_s_it']} s/it | {row['ours_s_it']} s/it | {row['ratio']}x |")
 

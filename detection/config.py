@@ -48,6 +48,9 @@ class RoIHeadConfig:
     # 14 for the C4 head (res5 halves it to 7x7), 7 for FPN.
     pooler_resolution: int = 14
     sampling_ratio: int = 0
+    # RoIAlign: "auto" runs a multi-threaded gather on CPUs (torchvision's numbers to float
+    # rounding, several times faster) and torchvision's op on GPUs; "gather" or "torchvision" force one.
+    roi_align_impl: str = choice("auto", ("auto", "gather", "torchvision"))
     # FPN box head: fully connected layers and their width.
     num_fc: int = 2
     fc_dim: int = 1024
@@ -140,6 +143,12 @@ class TestConfig:
     # "paper" mode picks, per RoI, the scales where its side is nearest this (224: ImageNet objects).
     canonical_size: float = 224.0
     flip: bool = False  # also test the horizontally flipped image
+    # eval_det.py and infer.py fold BatchNorm into the convolutions and run channels_last: the
+    # same detections to float rounding, faster (detection/modeling/speed.py).
+    fast: bool = True
+    # Autocast at inference ("bf16" on CPUs with AVX-512 BF16 or AMX, and on GPUs; "fp16" on GPUs).
+    # Changes results slightly (docs/BENCHMARKS.md measures the AP change), so off by default.
+    amp: str = choice("off", ("off", "bf16", "fp16"))
 
 
 @dataclass

@@ -16,7 +16,7 @@ from .evaluation.coco_eval import (
     load_results_file,
     metrics_for_json,
 )
-from .inference import load_detector, run_inference
+from .inference import load_fast_detector, run_inference
 from .modeling.build import build_test_model
 
 logger = logging.getLogger(__name__)
@@ -33,10 +33,11 @@ def evaluate_weights(cfg, weights: str, out_dir: str | None = None, plots_dir: s
     """Run ``weights`` on the config's test set; print and write the COCO metrics and the detections."""
     device = setup_run(cfg, save=False)
     out_dir = out_dir or cfg.output_dir
-    model, category_map = load_detector(cfg, weights, device)
+    model, category_map = load_fast_detector(cfg, weights, device)
     dataset = build_test_dataset(cfg, category_map)
     loader = build_test_loader(dataset, cfg.test.ims_per_batch, cfg.data.num_workers)
-    results, seconds = run_inference(build_test_model(model, cfg), loader, category_map.category_ids)
+    results, seconds = run_inference(build_test_model(model, cfg), loader, category_map.category_ids,
+                                     amp=cfg.test.amp)
     gathered = dist_utils.all_gather_objects(results)
     if not dist_utils.is_main_process():
         return {}

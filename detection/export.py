@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import math
 import os
 import warnings
 
@@ -35,7 +34,6 @@ from torchvision.ops import nms, remove_small_boxes
 from engine.errors import UserError
 
 from .modeling.faster_rcnn import FasterRCNN
-from .modeling.poolers import PyramidPooler
 from .modeling.rpn import flatten_level
 
 FORMATS = ("onnx", "torchscript")
@@ -144,13 +142,6 @@ class DetectorGraph(nn.Module):
         self.rpn = model.rpn
         self.roi_heads = model.roi_heads
         self.cell_anchors = model.rpn.anchor_generator.cell_anchors
-        if isinstance(self.roi_heads.pooler, PyramidPooler):
-            # MultiScaleRoIAlign infers its level scales from the first sizes it sees; a trace would
-            # see them as tensors. They are powers of two given by the feature strides.
-            pooler = self.roi_heads.pooler.pooler
-            strides = [model.backbone.out_strides[name] for name in pooler.featmap_names]
-            pooler.scales = [1.0 / s for s in strides]
-            pooler.map_levels = _level_mapper(strides, pooler)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         original_size = _height_width(image)
@@ -228,13 +219,6 @@ class DetectorGraph(nn.Module):
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         keep = batched_nms(boxes, scores, labels, heads.nms_thresh)[: heads.detections_per_img]
         return boxes[keep], scores[keep], labels[keep]
-
-
-def _level_mapper(strides: list[int], pooler):
-    from torchvision.ops.poolers import initLevelMapper
-
-    levels = [int(math.log2(s)) for s in strides]
-    return initLevelMapper(levels[0], levels[-1], pooler.canonical_scale, pooler.canonical_level)
 
 
 class BackboneGraph(nn.Module):

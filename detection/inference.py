@@ -17,19 +17,23 @@ from .data.coco import CategoryMap
 from .data.loader import build_test_loader
 from .evaluation.coco_eval import detections_to_coco, evaluate_detections, metrics_for_json
 from .modeling.build import build_model, build_test_model
+from .modeling.speed import inference_autocast, optimize_for_inference
 
 logger = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def run_inference(model, loader, category_ids: list[int], progress: bool = True) -> tuple[list[dict], float]:
+def run_inference(model, loader, category_ids: list[int], progress: bool = True,
+                  amp: str = "off") -> tuple[list[dict], float]:
     """COCO results of this process's images, and the seconds per image spent in the model."""
     model.eval()
     results, model_seconds, images = [], 0.0, 0
     bar = tqdm(loader, desc="inference", disable=not (progress and dist_utils.is_main_process()), leave=False)
+    device = next(model.parameters()).device
     for batch in bar:
         start = time.perf_counter()
-        outputs = model(batch)
+        with inference_autocast(amp, device):
+            outputs = model(batch)
         model_seconds += time.perf_counter() - start
         images += len(batch)
         for sample, detections in zip(batch, outputs):
@@ -41,7 +45,7 @@ def evaluate_model(model, dataset, cfg, progress: bool = True) -> dict:
     """COCO metrics of ``model`` on ``dataset``, sharded over processes and identical on all of them."""
     loader = build_test_loader(dataset, cfg.test.ims_per_batch, cfg.data.num_workers)
     results, seconds = run_inference(build_test_model(model, cfg), loader, dataset.category_map.category_ids,
-                                     progress)
+                                     progress, cfg.test.amp)
     gathered = dist_utils.all_gather_objects(results)
     metrics = None
     if dist_utils.is_main_process():
@@ -79,6 +83,14 @@ def load_detector(cfg, weights: str, device: torch.device):
     category_ids = meta.get("category_ids") or list(range(1, num_classes + 1))
     names = meta.get("class_names") or [str(c) for c in category_ids]
     return model.to(device).eval(), CategoryMap(list(category_ids), list(names))
+
+
+def load_fast_detector(cfg, weights: str, device: torch.device):
+    """load_detector, then the inference fast path when ``test.fast`` is on (BN folded, channels_last)."""
+    model, category_map = load_detector(cfg, weights, device)
+    if cfg.test.fast:
+        optimize_for_inference(model)
+    return model, category_map
 
 
 def check_weights_fit(model, state: dict, source: str) -> None:

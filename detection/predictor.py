@@ -14,8 +14,9 @@ import torch
 
 from .data.image_io import read_image, to_chw_tensor
 from .data.transforms import EvalTransform
-from .inference import load_detector
+from .inference import load_fast_detector
 from .modeling.build import build_test_model, test_needs_original_images
+from .modeling.speed import inference_autocast
 
 
 class Predictor:
@@ -23,8 +24,9 @@ class Predictor:
 
     def __init__(self, cfg, weights: str, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
-        model, self.category_map = load_detector(cfg, weights, self.device)
+        model, self.category_map = load_fast_detector(cfg, weights, self.device)
         self.model = build_test_model(model, cfg)
+        self.amp = cfg.test.amp
         self.transform = (None if test_needs_original_images(cfg)
                           else EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test))
         self.score_thresh = cfg.test.score_thresh
@@ -40,7 +42,8 @@ class Predictor:
         resized = self.transform(image) if self.transform else image
         sample = {"image": to_chw_tensor(resized),
                   "height": height, "width": width}
-        detections = self.model([sample])[0]
+        with inference_autocast(self.amp, self.device):
+            detections = self.model([sample])[0]
         labels = detections["labels"].cpu().numpy()
         category_ids = np.asarray(self.category_map.category_ids)[labels - 1] if len(labels) else labels
         return {"boxes": detections["boxes"].float().cpu().numpy(), "scores": detections["scores"].float().cpu().numpy(),

@@ -75,7 +75,7 @@ def _c4_parts(model_cfg, backbone_cfg):
         res5 = trunk.detach_stage("res5")
     head_cfg = model_cfg.roi_head
     pooler = SingleLevelPooler("res4", head_cfg.pooler_resolution, trunk.out_strides["res4"],
-                               head_cfg.sampling_ratio, head_cfg.pooler)
+                               head_cfg.sampling_ratio, head_cfg.pooler, head_cfg.roi_align_impl)
     return trunk, ["res4"], trunk.out_channels["res4"], pooler, Res5Head(res5, res5_channels)
 
 
@@ -88,7 +88,8 @@ def _fpn_parts(model_cfg, backbone_cfg):
     backbone = ResNetFPN(body, in_features, model_cfg.fpn.out_channels)
     head_cfg = model_cfg.roi_head
     pooled = backbone.out_features[:-1]  # P6 only feeds the RPN
-    pooler = PyramidPooler(pooled, head_cfg.pooler_resolution, head_cfg.sampling_ratio or 2)
+    pooler = PyramidPooler(pooled, [backbone.out_strides[name] for name in pooled], head_cfg.pooler_resolution,
+                           head_cfg.sampling_ratio or 2, head_cfg.roi_align_impl)
     box_head = FCHead(model_cfg.fpn.out_channels, head_cfg.pooler_resolution, head_cfg.num_fc, head_cfg.fc_dim)
     return backbone, list(backbone.out_features), model_cfg.fpn.out_channels, pooler, box_head
 

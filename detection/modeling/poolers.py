@@ -1,4 +1,8 @@
-"""RoI feature extraction: one feature map (C4) or a pyramid (FPN), all from torchvision.ops."""
+"""RoI feature extraction: one feature map (C4) or a pyramid (FPN).
+
+RoIAlign runs as a multi-threaded weighted gather on CPUs (detection/modeling/roi_align.py, the
+same numbers as torchvision's op) and as torchvision's op elsewhere; RoIPool is torchvision's.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +10,48 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torchvision.ops import MultiScaleRoIAlign, roi_align, roi_pool
+from torchvision.ops import roi_pool
+
+from .roi_align import multiscale_roi_align, roi_align
 
 
 class SingleLevelPooler(nn.Module):
     """RoIAlign (or RoIPool) of every box on one feature map of a known stride."""
 
     def __init__(self, feature: str, output_size: int, stride: int, sampling_ratio: int = 0,
-                 kind: str = "roi_align"):
+                 kind: str = "roi_align", impl: str = "auto"):
         super().__init__()
         self.feature = feature
         self.output_size = (output_size, output_size)
         self.spatial_scale = 1.0 / stride
         self.sampling_ratio = sampling_ratio
         self.kind = kind
+        self.impl = impl
 
     def forward(self, features: dict[str, torch.Tensor], boxes: Sequence[torch.Tensor],
                 image_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
         feature = features[self.feature]
-        boxes = [b.to(feature.dtype) for b in boxes]
         if self.kind == "roi_pool":
-            return roi_pool(feature, boxes, self.output_size, self.spatial_scale)
+            return roi_pool(feature, [b.to(feature.dtype) for b in boxes], self.output_size, self.spatial_scale)
         # aligned=True samples at pixel centres (no half-pixel shift), the more exact RoIAlign.
-        return roi_align(feature, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, aligned=True)
+        return roi_align(feature, list(boxes), self.output_size[0], self.spatial_scale, self.sampling_ratio,
+                         aligned=True, impl=self.impl)
 
 
 class PyramidPooler(nn.Module):
-    """Each box pooled from the FPN level that matches its size (FPN paper, eq. 1), via torchvision."""
+    """Each box pooled from the FPN level that matches its size (FPN paper, eq. 1), with
+    torchvision MultiScaleRoIAlign's level rule and sampling (legacy, not pixel-aligned)."""
 
-    def __init__(self, features: Sequence[str], output_size: int, sampling_ratio: int = 2):
+    def __init__(self, features: Sequence[str], strides: Sequence[int], output_size: int, sampling_ratio: int = 2,
+                 impl: str = "auto"):
         super().__init__()
-        self.pooler = MultiScaleRoIAlign(list(features), output_size, sampling_ratio)
+        self.features = list(features)
+        self.strides = list(strides)
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+        self.impl = impl
 
     def forward(self, features: dict[str, torch.Tensor], boxes: Sequence[torch.Tensor],
                 image_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
-        return self.pooler(features, list(boxes), list(image_sizes))
+        return multiscale_roi_align([features[name] for name in self.features], list(boxes), self.strides,
+                                    self.output_size, self.sampling_ratio, self.impl)

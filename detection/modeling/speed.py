@@ -4,10 +4,14 @@
   over every activation map less (torchvision's FrozenBatchNorm2d is a separate multiply-add).
 * channels_last memory format for the convolutions, which oneDNN (CPU) and cuDNN run faster.
 
-Both change results only by floating-point rounding (tested: boxes within 1e-3 px).
+Both change results only by floating-point rounding (tested: boxes within 1e-3 px); tools apply
+them when ``test.fast`` is on (the default). ``test.amp`` adds autocast at inference, which does
+change results a little and is off by default.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -25,3 +29,14 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True) -> nn.M
             if hasattr(module, "channels_last"):
                 module.channels_last = True
     return model
+
+
+def inference_autocast(amp: str, device: torch.device):
+    """The autocast context of ``test.amp`` ("off": none) on ``device``."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    if device.type == "cpu" and amp == "fp16":
+        from engine.errors import UserError
+
+        raise UserError("test.amp=fp16 needs a GPU: use test.amp=bf16 on CPUs (or test.amp=off)")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

@@ -104,8 +104,8 @@ def test_overfits_a_handful_of_images(tmp_path):
     make_fixed_size_shapes(str(root), "train", 3, seed=7)
     make_fixed_size_shapes(str(root), "val", 3, seed=7)  # the same images: memorizing them is the test
     overrides = TINY_DETECTOR + data_overrides(root) + [
-        "solver.optimizer=adamw", "solver.base_lr=0.003", "solver.weight_decay=0.0", "solver.max_iter=150",
-        "solver.steps=[120]", "solver.warmup_iters=20", "solver.checkpoint_period=0", "solver.log_period=50",
+        "solver.optimizer=adamw", "solver.base_lr=0.002", "solver.weight_decay=0.0", "solver.max_iter=200",
+        "solver.steps=[160]", "solver.warmup_iters=20", "solver.checkpoint_period=0", "solver.log_period=50",
         "input.random_flip=0.0", "model.backbone.norm=gn", f"output_dir={tmp_path / 'run'}"]
     metrics = train_detector(load_detection_config(SHAPES_CFG, overrides))
     assert metrics["bbox"]["AP50"] >= 90, metrics["bbox"]
