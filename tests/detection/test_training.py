@@ -64,9 +64,12 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
 
 def test_two_processes_match_one_process_with_the_same_global_batch(fixed_shapes, tmp_path):
     # GroupNorm: per-image statistics, so that the split of the batch over processes does not matter.
+    # NCHW: oneDNN picks other channels_last kernels for a batch of 1 than of 2, and AdamW turns
+    # their rounding differences on near-zero gradients into lr-sized steps (~1e-3 apart).
     worker = os.path.join(ROOT, "tests", "detection", "ddp_worker.py")
     overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + [
-        "test.max_images=2", "model.backbone.norm=gn", "data.aspect_ratio_grouping=true"]
+        "test.max_images=2", "model.backbone.norm=gn", "data.aspect_ratio_grouping=true",
+        "solver.channels_last=false"]
     two = torchrun(2, worker, SHAPES_CFG, *overrides, f"output_dir={tmp_path / 'two'}")
     assert two.returncode == 0, two.stderr[-4000:]
     one = subprocess.run([sys.executable, worker, SHAPES_CFG, *overrides, f"output_dir={tmp_path / 'one'}"],
