@@ -14,12 +14,14 @@ differ from shapes too: 320-480 px on the long side, 0-6 objects of 16-120 px.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
+import sys
 
 import cv2
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LETTERS = ("A", "E", "F", "H", "K", "P", "R", "Y")
 CATEGORY_IDS = (2, 3, 5, 8, 13, 21, 34, 55)  # deliberately not 1..K
@@ -88,29 +90,19 @@ def render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
 
 def generate_split(root: str, split: str, num_images: int, seed: int = 0) -> str:
     """Write ``root/split/*.jpg`` and ``root/annotations/instances_split.json``; return the json path."""
-    image_dir = os.path.join(root, split)
-    os.makedirs(image_dir, exist_ok=True)
-    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
-    images, annotations = [], []
-    for index in range(num_images):
-        rng = np.random.default_rng([seed, 7 + {"train": 0, "val": 1}.get(split, 2), index])
-        image, objects = render_image(rng)
-        file_name = f"{split}_{index:05d}.jpg"
-        cv2.imwrite(os.path.join(image_dir, file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 90])
-        image_id = 1000 + index  # ids that are not positions either
-        images.append({"id": image_id, "file_name": file_name, "height": image.shape[0], "width": image.shape[1]})
-        for obj in objects:
-            x, y, w, h = obj["bbox"]
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": CATEGORY_IDS[obj["category"]], "bbox": [x, y, w, h],
-                                "area": float(w * h), "iscrowd": 0})
+    from detection.data.shapes import write_coco_split
+
+    stream = 7 + {"train": 0, "val": 1}.get(split, 2)
+
+    def samples():
+        for index in range(num_images):
+            image, objects = render_image(np.random.default_rng([seed, stream, index]))
+            # Image ids that are not positions either.
+            yield 1000 + index, f"{split}_{index:05d}.jpg", image, [
+                {"category_id": CATEGORY_IDS[obj["category"]], "bbox": obj["bbox"]} for obj in objects]
+
     categories = [{"id": cid, "name": letter, "supercategory": "letter"} for cid, letter in zip(CATEGORY_IDS, LETTERS)]
-    ann_file = os.path.join(root, "annotations", f"instances_{split}.json")
-    with open(ann_file + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump({"images": images, "annotations": annotations, "categories": categories}, handle)
-    os.replace(ann_file + ".tmp", ann_file)
-    return ann_file
+    return write_coco_split(root, split, samples(), categories, jpeg_quality=90)
 
 
 def main() -> None:

@@ -104,32 +104,43 @@ def render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
     return image, objects
 
 
-def generate_split(root: str, split: str, num_images: int, seed: int = 0) -> str:
-    """Write ``root/split/*.jpg`` and ``root/annotations/instances_split.json``; return the json path."""
+def write_coco_split(root: str, split: str, samples, categories: list[dict], jpeg_quality: int = 92) -> str:
+    """Write rendered ``samples`` as ``root/split/*.jpg`` and ``root/annotations/instances_split.json``.
+
+    ``samples`` yields (image id, file name, RGB image, [{"category_id", "bbox": [x, y, w, h]}]).
+    The json is written last, atomically: its presence means the split is complete.
+    """
     image_dir = os.path.join(root, split)
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     images, annotations = [], []
-    split_offset = {"train": 0, "val": 1}.get(split, 2)
-    for index in range(num_images):
-        rng = np.random.default_rng([seed, split_offset, index])
-        image, objects = render_image(rng)
-        file_name = f"{index:06d}.jpg"
+    for image_id, file_name, image, objects in samples:
         cv2.imwrite(os.path.join(image_dir, file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 92])
-        image_id = index + 1
+                    [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
         images.append({"id": image_id, "file_name": file_name, "height": image.shape[0], "width": image.shape[1]})
         for obj in objects:
             x, y, w, h = obj["bbox"]
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": obj["category"] + 1,
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": obj["category_id"],
                                 "bbox": [x, y, w, h], "area": round(w * h, 2), "iscrowd": 0})
     ann_file = os.path.join(root, "annotations", f"instances_{split}.json")
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
-    tmp = ann_file + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with open(ann_file + ".tmp", "w", encoding="utf-8") as handle:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, handle)
-    os.replace(tmp, ann_file)  # the json is written last: its presence means the split is complete
+    os.replace(ann_file + ".tmp", ann_file)
     return ann_file
+
+
+def generate_split(root: str, split: str, num_images: int, seed: int = 0) -> str:
+    """Write ``root/split/*.jpg`` and ``root/annotations/instances_split.json``; return the json path."""
+    split_offset = {"train": 0, "val": 1}.get(split, 2)
+
+    def samples():
+        for index in range(num_images):
+            image, objects = render_image(np.random.default_rng([seed, split_offset, index]))
+            yield index + 1, f"{index:06d}.jpg", image, [
+                {"category_id": obj["category"] + 1, "bbox": obj["bbox"]} for obj in objects]
+
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
+    return write_coco_split(root, split, samples(), categories)
 
 
 def ensure_shapes(root: str = DEFAULT_ROOT, splits: dict[str, int] | None = None, seed: int = 0) -> None:
