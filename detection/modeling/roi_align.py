@@ -60,12 +60,16 @@ def roi_align(features: torch.Tensor, boxes: Sequence[torch.Tensor] | torch.Tens
     batch, channels, height, width = features.shape
     # (B*H*W, C): a free view when the map is channels_last, one copy otherwise.
     table = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
-    out = features.new_zeros((rois.shape[0], output_size, output_size, channels))
+    # A fixed sampling ratio is one group of all RoIs; adaptive ones fill a zeroed output group by group.
+    out = None if sampling_ratio > 0 else features.new_zeros((rois.shape[0], output_size, output_size, channels))
     for group, taps, weights in bilinear_taps(rois.float(), height, width, output_size, spatial_scale,
                                               sampling_ratio, aligned):
         pooled = F.embedding_bag(taps, table, per_sample_weights=weights.to(table.dtype), mode="sum")
         pooled = pooled.view(-1, output_size, output_size, channels)
-        out = pooled if group is None else out.index_copy(0, group, pooled)
+        if out is None:
+            out = pooled
+        else:
+            out.index_copy_(0, group, pooled)
     return out.permute(0, 3, 1, 2)
 
 
@@ -167,5 +171,5 @@ def multiscale_roi_align(features: Sequence[torch.Tensor], boxes: Sequence[torch
         if not tracing and index.numel() == 0:
             continue
         pooled = roi_align(feature, rois[index], output_size, 1.0 / stride, sampling_ratio, aligned=False, impl=impl)
-        out = out.index_copy(0, index, pooled.permute(0, 2, 3, 1) if gather else pooled.to(out.dtype))
+        out.index_copy_(0, index, pooled.permute(0, 2, 3, 1) if gather else pooled.to(out.dtype))
     return out.permute(0, 3, 1, 2) if gather else out
