@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -36,6 +37,7 @@ def main() -> None:
     overrides = sys.argv[1:]
     cfg = load_detection_config(os.path.join(ROOT, "configs", "shapes.yaml"),
                                 ["output_dir=output/bench_shapes", "test.eval_period=250", *overrides])
+    shutil.rmtree(cfg.output_dir, ignore_errors=True)  # a fresh run: no earlier log in the curve
     start = time.perf_counter()
     final = train_detector(cfg)
     wall = time.perf_counter() - start

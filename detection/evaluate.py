@@ -18,6 +18,7 @@ from .evaluation.coco_eval import (
 )
 from .inference import load_fast_detector, run_inference
 from .modeling.build import build_test_model
+from .modeling.speed import inference_autocast
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def evaluate_weights(cfg, weights: str, out_dir: str | None = None, plots_dir: s
     """Run ``weights`` on the config's test set; print and write the COCO metrics and the detections."""
     device = setup_run(cfg, save=False)
     out_dir = out_dir or cfg.output_dir
+    inference_autocast(cfg.test.amp, device)  # an unusable test.amp fails before any work
     model, category_map = load_fast_detector(cfg, weights, device)
     dataset = build_test_dataset(cfg, category_map)
     loader = build_test_loader(dataset, cfg.test.ims_per_batch, cfg.data.num_workers)

@@ -27,6 +27,7 @@ class Predictor:
         model, self.category_map = load_fast_detector(cfg, weights, self.device)
         self.model = build_test_model(model, cfg)
         self.amp = cfg.test.amp
+        inference_autocast(self.amp, self.device)  # an unusable test.amp fails here, not on the first image
         self.transform = (None if test_needs_original_images(cfg)
                           else EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test))
         self.score_thresh = cfg.test.score_thresh
