@@ -26,7 +26,15 @@ from localization.rcnn import (
 )
 from localization.rpn_localizer import ViewGeometry
 from tests.conftest import ROOT
-from tests.localization.test_rpn_localizer import TINY_LOCALIZER, run_tool, tiny_model, tiny_root  # noqa: F401
+from tests.localization.test_rpn_localizer import (  # noqa: F401
+    FIXED_RANKING,
+    TINY_LOCALIZER,
+    assert_submission_ranks,
+    run_tool,
+    tiny_model,
+    tiny_root,
+    write_fixed_ranking_classifier,
+)
 
 TINY_RCNN = [
     "model.backbone.base_width=8", "rcnn.warp_size=32", "rcnn.context_pad=2", "rcnn.proposals_per_class=5",
@@ -174,10 +182,17 @@ def test_train_rpn_then_rcnn_then_eval_loc(tiny_root, tmp_path):  # noqa: F811
     assert metrics["method"] == "RPN+RCNN" and metrics["num_images"] == 12 and metrics["rpn"]["method"] == "RPN"
     assert os.path.isfile(metrics["submission"]) and 0 <= metrics["gt_known_loc_err"] <= 100
 
-    # The RPN's checkpoint given as the R-CNN's: one clear error (the command line prints it as "error: ...").
+    # With a classifier, its top-5 classes (not the RPN's) head both submissions, each with its own box.
     from localization.train_loc import evaluate_localizer_weights
 
     cfg = load_localization_config(rcnn_cfg, overrides)
+    write_fixed_ranking_classifier(tiny_root, tmp_path / "cls.pth")
+    ranked = evaluate_localizer_weights(cfg, str(rcnn_out / "model_final.pth"), str(tmp_path / "cls.pth"),
+                                        str(tmp_path / "ranked"))
+    assert "cls.pth" in ranked["class_ranking"] and "cls.pth" in ranked["rpn"]["class_ranking"]
+    assert_submission_ranks(tmp_path / "ranked" / f"loc_rcnn_{cfg.test.mode}_submission.csv", FIXED_RANKING)
+
+    # The RPN's checkpoint given as the R-CNN's: one clear error (the command line prints it as "error: ...").
     with pytest.raises(UserError, match="is a RPN checkpoint, but the config has task=rcnn"):
         evaluate_localizer_weights(cfg, str(rpn_out / "model_final.pth"), "", str(tmp_path))
 

@@ -196,33 +196,46 @@ def test_submission_pairs_each_ranked_class_with_its_own_box():
     assert predictions["img"] == [(WNIDS[c], (c, c, c + 10, c + 10)) for c in ranking]
 
 
-def test_classifier_top5_classes_get_the_rpn_boxes(tiny_root, tmp_path):
+FIXED_RANKING = (1, 3, 5, 4, 2)  # the top-5 of write_fixed_ranking_classifier's network, for every image
+
+
+def write_fixed_ranking_classifier(tiny_root, path) -> None:
+    """A tools/train_cls.py checkpoint whose network ranks the classes FIXED_RANKING on any image."""
     from engine.checkpoint import atomic_save
     from engine.config import config_to_text
     from localization.classifier import build_classifier
     from localization.config import load_classification_config
+
+    cls_cfg = load_classification_config(os.path.join(ROOT, "configs", "cls_shapes.yaml"),
+                                         ["model.backbone.base_width=8", f"data.root={tiny_root}"])
+    classifier = build_classifier(cls_cfg, len(WNIDS))
+    with torch.no_grad():  # classes 1, 3, 5, 4, 2, then 0
+        classifier.backbone.fc.weight.zero_()
+        classifier.backbone.fc.bias.copy_(torch.tensor([0.0, 5.0, 1.0, 4.0, 2.0, 3.0]))
+    atomic_save({"model": classifier.state_dict(), "config": config_to_text(cls_cfg),
+                 "meta": {"task": "classification", "wnids": list(WNIDS)}}, str(path))
+
+
+def assert_submission_ranks(csv_path, ranking, rows_expected: int = 12) -> None:
+    rows = csv_path.read_text().splitlines()[1:]
+    assert len(rows) == rows_expected
+    for row in rows:
+        assert row.split(",")[1].split()[::5] == [WNIDS[c] for c in ranking]
+
+
+def test_classifier_top5_classes_get_the_rpn_boxes(tiny_root, tmp_path):
+    from engine.checkpoint import atomic_save
     from localization.train_loc import evaluate_localizer_weights
 
     cfg = tiny_config(tiny_root, tmp_path, "classifier.mode=1crop")
     localizer = build_localizer(cfg, len(WNIDS))
     atomic_save({"model": localizer.state_dict(), "meta": {"task": "localization", "wnids": list(WNIDS)}},
                 str(tmp_path / "loc.pth"))
-    cls_cfg = load_classification_config(os.path.join(ROOT, "configs", "cls_shapes.yaml"),
-                                         ["model.backbone.base_width=8", f"data.root={tiny_root}"])
-    classifier = build_classifier(cls_cfg, len(WNIDS))
-    with torch.no_grad():  # the same ranking for every image: classes 1, 3, 5, 4, 2 (0 is 6th)
-        classifier.backbone.fc.weight.zero_()
-        classifier.backbone.fc.bias.copy_(torch.tensor([0.0, 5.0, 1.0, 4.0, 2.0, 3.0]))
-    atomic_save({"model": classifier.state_dict(), "config": config_to_text(cls_cfg),
-                 "meta": {"task": "classification", "wnids": list(WNIDS)}}, str(tmp_path / "cls.pth"))
+    write_fixed_ranking_classifier(tiny_root, tmp_path / "cls.pth")
 
     metrics = evaluate_localizer_weights(cfg, str(tmp_path / "loc.pth"), str(tmp_path / "cls.pth"), str(tmp_path))
     assert metrics["classifier"] == "ResNet-18 (width 8)" and "cls.pth" in metrics["class_ranking"]
-    rows = (tmp_path / "loc_dense_submission.csv").read_text().splitlines()[1:]
-    assert len(rows) == 12
-    for row in rows:
-        tokens = row.split(",")[1].split()
-        assert tokens[::5] == [WNIDS[c] for c in (1, 3, 5, 4, 2)]
+    assert_submission_ranks(tmp_path / "loc_dense_submission.csv", FIXED_RANKING)
     # A localizer checkpoint is no classifier: one clear error.
     with pytest.raises(Exception, match="not a classifier checkpoint of tools/train_cls.py"):
         evaluate_localizer_weights(cfg, str(tmp_path / "loc.pth"), str(tmp_path / "loc.pth"), str(tmp_path))
