@@ -89,7 +89,7 @@ def load_fast_detector(cfg, weights: str, device: torch.device):
     """load_detector, then the inference fast path when ``test.fast`` is on (BN folded, channels_last)."""
     model, category_map = load_detector(cfg, weights, device)
     if cfg.test.fast:
-        optimize_for_inference(model)
+        optimize_for_inference(model, winograd=cfg.test.winograd)
     return model, category_map
 
 

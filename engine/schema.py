@@ -32,10 +32,13 @@ class SolverConfig:
     keep_last: int = 3
     clip_grad_norm: float = 0.0
     amp: str = choice("off", ("off", "bf16", "fp16"))
-    # Speed switches: channels_last memory format for the convolutions, and torch.compile of the
-    # backbone (in place, so checkpoints keep their keys). Both are off by default.
+    # Speed switches: channels_last memory format for the convolutions, torch.compile of the
+    # backbone (in place, so checkpoints keep their keys), and the wide 3x3 convolutions as Winograd
+    # convolutions on CPUs, forward and backward (backbones/winograd.py; float rounding apart, the
+    # same gradients). All are off by default.
     channels_last: bool = False
     compile_backbone: bool = False
+    winograd: bool = False
     # Non-finite losses tolerated (the step is skipped) before the run stops.
     max_nonfinite: int = 0
     log_period: int = 20

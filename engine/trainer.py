@@ -27,6 +27,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from backbones.winograd import use_winograd
+
 from . import distributed as dist_utils
 from .checkpoint import BEST_NAME, FINAL_NAME, Checkpointer, capture_rng_state, restore_rng_state
 from .errors import UserError
@@ -44,7 +46,9 @@ class DataWorkerDied(TrainingError):
 
 
 def apply_speed_switches(model: nn.Module, solver) -> nn.Module:
-    """solver.channels_last and solver.compile_backbone, applied in place before training."""
+    """solver.channels_last, solver.winograd and solver.compile_backbone, applied in place before training."""
+    if solver.winograd:
+        use_winograd(model)
     if solver.channels_last:
         model.to(memory_format=torch.channels_last)
         for module in model.modules():

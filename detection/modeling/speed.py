@@ -3,10 +3,12 @@
 * BatchNorm (frozen or in eval mode) folded into the preceding convolutions: one memory-bound pass
   over every activation map less (torchvision's FrozenBatchNorm2d is a separate multiply-add).
 * channels_last memory format for the convolutions, which oneDNN (CPU) and cuDNN run faster.
+* the wide 3x3 convolutions (128 channels or more: the FPN's outputs, the RPN head, res3-res5) as
+  Winograd F(4x4, 3x3) convolutions on CPUs, with a quarter of the multiply-adds (backbones/winograd.py).
 
-Both change results only by floating-point rounding (tested: boxes within 1e-3 px); tools apply
-them when ``test.fast`` is on (the default). ``test.amp`` adds autocast at inference, which does
-change results a little and is off by default.
+All three change results only by floating-point rounding (tested: the same detections); tools apply
+them when ``test.fast`` is on (the default; ``test.winograd=false`` keeps the direct convolutions).
+``test.amp`` adds autocast at inference, which does change results a little and is off by default.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import torch
 from torch import nn
 
 from backbones import fold_frozen_bn
+from backbones.winograd import use_winograd
 
 
-def optimize_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
-    """Fold the backbone's BatchNorm and switch to channels_last, in place; returns the model in eval mode."""
+def optimize_for_inference(model: nn.Module, channels_last: bool = True, winograd: bool = True) -> nn.Module:
+    """Fold the backbone's BatchNorm, switch to channels_last and to Winograd convolutions, in place;
+    returns the model in eval mode."""
     model.eval()
     fold_frozen_bn(model)
     if channels_last:
@@ -28,6 +32,8 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True) -> nn.M
         for module in model.modules():
             if hasattr(module, "channels_last"):
                 module.channels_last = True
+    if winograd:  # after folding: the transformed filters are computed from the final weights
+        use_winograd(model)
     return model
 
 

@@ -137,3 +137,30 @@ def test_channels_last_and_bf16_autocast_train_on_cpu(fixed_shapes, tmp_path):
     assert "AP" in metrics["bbox"]
     state = torch.load(tmp_path / "model_final.pth", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_winograd_training_follows_the_direct_convolutions(fixed_shapes, tmp_path):
+    """solver.winograd=true: the FPN's and the RPN's 3x3 convolutions (128 channels here, maps of
+    40x60 and more) train in the Winograd domain, forward and backward. The second step's update
+    of their weights is the direct convolutions' one, float rounding apart."""
+    from backbones.winograd import WinogradConv2d
+    from detection.modeling.build import build_model
+    from engine.trainer import apply_speed_switches
+
+    overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + [
+        "model.fpn.out_channels=128", "solver.max_iter=2", "solver.checkpoint_period=1", "test.max_images=1"]
+    cfg = load_detection_config(SHAPES_CFG, overrides + ["solver.winograd=true"])
+    model = apply_speed_switches(build_model(cfg, 3, backbone_weights=False), cfg.solver)
+    converted = [name for name, m in model.named_modules() if isinstance(m, WinogradConv2d)]
+    assert sum(".fpn." in n or n.startswith("rpn.") for n in converted) == 5  # 4 FPN outputs + RPN
+    updates = {}
+    for winograd in ("false", "true"):
+        out = tmp_path / winograd
+        train_detector(load_detection_config(SHAPES_CFG, overrides + [f"solver.winograd={winograd}",
+                                                                     f"output_dir={out}"]))
+        first = torch.load(out / "model_0000001.pth", weights_only=True)["model"]
+        updates[winograd] = {k: v - first[k] for k, v in final_weights(out).items()
+                             if (k.startswith("rpn.head.conv") or ".fpn.layer_blocks" in k) and k.endswith("weight")}
+    for name, expected in updates["false"].items():
+        error = float((updates["true"][name] - expected).abs().max() / expected.abs().max())
+        assert error < 1e-2, name
