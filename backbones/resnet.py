@@ -94,7 +94,8 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
         if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
+            # In place: a map of the block's full size less to allocate (nothing saves it for backward).
+            out += x if self.downsample is None else self.downsample(x)
         return F.relu(out, inplace=True)
 
 
@@ -121,7 +122,7 @@ class Bottleneck(nn.Module):
         out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.bn3(self.conv3(out))
         if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
+            out += x if self.downsample is None else self.downsample(x)  # in place, as in BasicBlock
         return F.relu(out, inplace=True)
 
 

@@ -30,7 +30,7 @@ class RPNHead(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         logits, deltas = [], []
         for feature in features:
-            hidden = F.relu(self.conv(feature))
+            hidden = F.relu(self.conv(feature), inplace=True)
             logits.append(self.cls_logits(hidden))
             deltas.append(self.bbox_pred(hidden))
         return logits, deltas

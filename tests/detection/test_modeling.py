@@ -91,3 +91,30 @@ def test_balanced_sampling_caps_positives():
     assert len(positive) == 3 and len(negative) == 253
     again = sample_balanced(labels, 256, 0.5, torch.Generator().manual_seed(0))
     assert torch.equal(again[0], sample_balanced(labels, 256, 0.5, torch.Generator().manual_seed(0))[0])
+
+
+def test_fpn_top_down_sum_in_place_equals_torchvision():
+    """The in-place top-down sum (a broadcast for exact 2x) gives torchvision's FPN outputs."""
+    from collections import OrderedDict
+
+    import torch.nn.functional as F
+
+    from backbones import build_resnet
+    from detection.modeling.backbone import ResNetFPN, add_upsampled_
+
+    generator = torch.Generator().manual_seed(0)
+    for top_size, size in (((5, 7), (10, 14)), ((5, 7), (9, 13))):  # exact 2x, and not
+        lateral = torch.randn(2, 8, *size, generator=generator).contiguous(memory_format=torch.channels_last)
+        top = torch.randn(2, 8, *top_size, generator=generator)
+        expected = lateral + F.interpolate(top, size=size, mode="nearest")
+        assert torch.equal(add_upsampled_(lateral.clone(), top), expected)
+    torch.manual_seed(0)
+    model = ResNetFPN(build_resnet(18, out_features=["res2", "res3", "res4", "res5"]), out_channels=32).eval()
+    x = torch.randn(1, 3, 128, 160, generator=generator)
+    with torch.no_grad():
+        ours = model(x)
+        features = model.body(x)
+        reference = model.fpn(OrderedDict((name, features[name]) for name in model.in_features))
+    assert list(ours) == ["p2", "p3", "p4", "p5", "p6"]
+    for ours_map, reference_map in zip(ours.values(), reference.values()):
+        assert torch.allclose(ours_map, reference_map, atol=1e-6)
