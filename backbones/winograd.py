@@ -86,7 +86,11 @@ def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor,
     n, channels, height, width = x.shape
     out_channels = filters.shape[2]
     tiles_h, tiles_w, rows = strip_layout(height, width)
-    out = x.new_empty(n, TILE_OUT * tiles_h, TILE_OUT * tiles_w, out_channels)
+    # An NCHW-shaped channels_last tensor, written through its NHWC view; returned itself, not as
+    # a view (autograd forbids in-place changes, such as a ReLU's, to views made in a Function).
+    result = torch.empty(n, out_channels, TILE_OUT * tiles_h, TILE_OUT * tiles_w, dtype=x.dtype,
+                         device=x.device, memory_format=torch.channels_last)
+    out = result.permute(0, 2, 3, 1)
     buffers = StripBuffers(rows, tiles_w, channels, out_channels, x)
     output_2d = OUTPUT_TRANSFORM_2D.to(x.device, x.dtype)
     for image, first, count in strips(n, tiles_h, rows):
@@ -103,8 +107,8 @@ def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor,
         else:
             torch.add(tile_major, bias, out=destination)
     if out.shape[1] != height or out.shape[2] != width:
-        out = out[:, :height, :width].contiguous()
-    return out.permute(0, 3, 1, 2)
+        return result[:, :, :height, :width].contiguous(memory_format=torch.channels_last)
+    return result
 
 
 def winograd_filter_grad(x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:

@@ -143,3 +143,17 @@ def test_resnet50_with_winograd_convolutions(monkeypatch):
     model(x)["res5"].square().mean().backward()
     for (name, p), q in zip(reference.named_parameters(), model.parameters()):
         assert relative_error(q.grad.double(), p.grad) < 5e-3, name
+
+
+def test_training_output_can_be_changed_in_place():
+    """A ReLU in place after the convolution (as in the RPN head) keeps the gradients right."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+    winograd = WinogradConv2d(torch.nn.Conv2d(16, 16, 3, padding=1))
+    winograd.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 16, 24, 28)
+    inputs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    for module, inp in zip((conv, winograd), inputs):
+        F.relu(module(inp), inplace=True).square().sum().backward()
+    assert relative_error(inputs[1].grad, inputs[0].grad) < 1e-5
+    assert relative_error(winograd.weight.grad, conv.weight.grad) < 1e-5
