@@ -21,6 +21,7 @@ cuDNN chooses its own algorithms), under autocast, when gradients are needed and
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 
@@ -205,6 +206,19 @@ class StripBuffers:
 
 
 WORKSPACES = threading.local()
+SWITCH = threading.local()
+
+
+@contextlib.contextmanager
+def direct_convolutions():
+    """Within this context (in this thread), WinogradConv2d runs as the plain convolution: to count
+    a model's nominal FLOPs, or to compare against the direct convolution."""
+    previous = getattr(SWITCH, "off", False)
+    SWITCH.off = True
+    try:
+        yield
+    finally:
+        SWITCH.off = previous
 
 
 def workspace(numel: int, like: torch.Tensor) -> torch.Tensor:
@@ -279,6 +293,8 @@ class WinogradConv2d(nn.Conv2d):
     def winograd_applies(self, x: torch.Tensor) -> bool:
         if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return False  # graphs keep the convolution (sizes are symbolic there)
+        if getattr(SWITCH, "off", False):
+            return False
         return (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
                 and x.dim() == 4 and x.shape[-2] * x.shape[-1] >= MIN_PIXELS
                 and not torch.is_autocast_enabled("cpu"))

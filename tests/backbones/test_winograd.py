@@ -101,6 +101,9 @@ def test_module_falls_back_to_the_direct_convolution():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert winograd(large).dtype == torch.bfloat16
         traced = torch.jit.trace(winograd, large, check_trace=False)
+        with wg.direct_convolutions():
+            assert torch.equal(winograd(large), conv(large))
+        assert not torch.equal(winograd(large), conv(large))  # Winograd again: rounds differently
     assert "conv" in str(traced.graph)  # traced (and exported) graphs keep a convolution
     with pytest.raises(ValueError, match="3x3, stride-1"):
         WinogradConv2d(torch.nn.Conv2d(128, 128, 3, stride=2, padding=1))
