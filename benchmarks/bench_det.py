@@ -289,6 +289,18 @@ def bench_training(depth: int, size: int, batch_size: int, repeats: int) -> dict
             "torchvision_s_it": round(tv_s, 3), "ours_s_it": round(our_s, 3), "ratio": round(tv_s / our_s, 2)}
 
 
+def merged_rows(path: str, rows: list[dict]) -> list[dict]:
+    """The rows of an earlier results file with this run's rows replacing those of the same setting
+    (so that ``--only train`` keeps the inference rows of an earlier run)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            earlier = json.load(handle).get("rows", [])
+    except (OSError, ValueError):
+        earlier = []
+    settings = {row["setting"] for row in rows}
+    return [row for row in earlier if row.get("setting") not in settings] + rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["infer", "train", "memory"])
@@ -328,11 +340,11 @@ def main() -> None:
         rows.append(bench_training(18, 512, args.train_batch or 4 * scale, args.repeats))
     machine = (torch.cuda.get_device_name(DEVICE) if cuda
                else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    result = {"rows": rows, "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": machine,
-              "device": args.device, "amp": args.amp}
-    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    name = f"det_{args.device}_{args.amp}.json"
-    with open(os.path.join(ROOT, "benchmarks", "results", name), "w", encoding="utf-8") as handle:
+    path = os.path.join(ROOT, "benchmarks", "results", f"det_{args.device}_{args.amp}.json")
+    result = {"rows": merged_rows(path, rows), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "machine": machine, "device": args.device, "amp": args.amp}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2)
     print("| setting | torchvision | this toolkit | ratio |\n|---|---|---|---|")
     for row in rows:
