@@ -37,6 +37,19 @@ class MetricsLogger:
             except ImportError:  # pragma: no cover - tensorboard is a dependency
                 logger.warning("tensorboard is not installed: only metrics.jsonl is written")
 
+    def start_fresh(self) -> None:
+        """A run from iteration 0 in a folder that has a log: keep the old log as metrics.N.jsonl
+        (the first free N) rather than mixing two runs in one file."""
+        if not self.enabled or not os.path.isfile(self.path) or os.path.getsize(self.path) == 0:
+            return
+        number = 1
+        while os.path.exists(self.path[: -len(".jsonl")] + f".{number}.jsonl"):
+            number += 1
+        kept = self.path[: -len(".jsonl")] + f".{number}.jsonl"
+        os.replace(self.path, kept)
+        logger.info("a new run in %s: the earlier metrics.jsonl is kept as %s", os.path.dirname(self.path),
+                    os.path.basename(kept))
+
     def truncate_after(self, iteration: int) -> None:
         """Drop records newer than ``iteration`` (a resumed run repeats them)."""
         if not self.enabled or not os.path.isfile(self.path):

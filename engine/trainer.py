@@ -50,13 +50,20 @@ def apply_speed_switches(model: nn.Module, solver) -> nn.Module:
     if solver.winograd:
         use_winograd(model)
     if solver.channels_last:
-        model.to(memory_format=torch.channels_last)
-        for module in model.modules():
-            if hasattr(module, "channels_last"):
-                module.channels_last = True  # inputs are converted as well
+        use_channels_last(model)
     if solver.compile_backbone:
         backbone = getattr(model, "backbone", model)
         backbone.compile()  # nn.Module.compile keeps parameter names, unlike torch.compile(module)
+    return model
+
+
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Parameters in channels_last memory format, and the modules that convert their inputs (those
+    with a ``channels_last`` attribute, such as the detectors) told to do so; in place."""
+    model.to(memory_format=torch.channels_last)
+    for module in model.modules():
+        if hasattr(module, "channels_last"):
+            module.channels_last = True
     return model
 
 
@@ -160,6 +167,8 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict:
         solver = self.solver
+        if self.start_iter == 0:
+            self.metrics_logger.start_fresh()
         self._wrap_distributed()
         self.model.train()
         loader = self.make_loader(self.start_iter)

@@ -20,6 +20,7 @@ from torch import nn
 
 from backbones import fold_frozen_bn
 from backbones.winograd import use_winograd
+from engine.trainer import use_channels_last
 
 
 def optimize_for_inference(model: nn.Module, channels_last: bool = True, winograd: bool = True) -> nn.Module:
@@ -28,10 +29,7 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, winogra
     model.eval()
     fold_frozen_bn(model)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
-        for module in model.modules():
-            if hasattr(module, "channels_last"):
-                module.channels_last = True
+        use_channels_last(model)
     if winograd:  # after folding: the transformed filters are computed from the final weights
         use_winograd(model)
     return model

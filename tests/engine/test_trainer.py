@@ -141,3 +141,23 @@ def test_out_of_memory_names_the_batch_key(tmp_path):
         make_trainer(ToyModel(out_of_memory), tmp_path).train()
     assert str(error.value) == ("out of GPU memory at iteration 1: lower solver.ims_per_batch (now 4) or "
                                 "input.max_size_train, or set solver.amp=bf16")
+
+
+def test_a_fresh_run_keeps_the_earlier_log_apart(tmp_path):
+    """Two runs from scratch in one folder: the second's metrics.jsonl holds only its own records,
+    the first's is kept as metrics.1.jsonl; a resumed run appends to its own log."""
+    import json
+
+    def iterations(name):
+        return [json.loads(line)["iteration"] for line in (tmp_path / name).read_text().splitlines()]
+
+    make_trainer(ToyModel(), tmp_path).train()
+    first = iterations("metrics.jsonl")
+    make_trainer(ToyModel(), tmp_path, checkpoint_period=3).train()
+    assert iterations("metrics.1.jsonl") == first
+    assert iterations("metrics.jsonl") == first  # the same schedule again, not appended twice
+    trainer = make_trainer(ToyModel(), tmp_path, max_iter=8)
+    assert trainer.resume() and trainer.start_iter == 6
+    trainer.train()
+    assert iterations("metrics.jsonl")[: len(first)] == first and max(iterations("metrics.jsonl")) > 6
+    assert not (tmp_path / "metrics.2.jsonl").exists()
