@@ -12,11 +12,12 @@ float rounding (about 1e-5 relative in float32).
 The image is processed in strips of tile rows, so that the transformed tiles of a strip stay in
 the caches and its buffers are reused (large fresh buffers cost page faults on every call).
 
-On this machine's CPUs (oneDNN direct convolution at about 215 GFLOP/s, matmul at 170) it is 1.6-1.8x
-faster for 256- and 512-channel maps and about 1.3x for 128 channels; with 64 channels, or maps of a
-few hundred pixels, the direct convolution wins, so :func:`use_winograd` only converts the wide
-convolutions and :class:`WinogradConv2d` falls back to the direct one on small maps, on GPUs (where
-cuDNN chooses its own algorithms), under autocast, when gradients are needed and when tracing.
+On this project's 2-core CPU (oneDNN's direct convolution at about 215 GFLOP/s, matmul at 170) it
+is 1.6-1.8x faster for 256- and 512-channel maps and about 1.3x for 128 channels; with 64 channels,
+or maps of a few hundred pixels, the direct convolution wins, so :func:`use_winograd` only converts
+the wide convolutions and :class:`WinogradConv2d` runs the direct one on small maps, on GPUs (where
+cuDNN chooses its own algorithms), under autocast and when tracing or exporting. With gradients
+(training) the backward pass is computed in the Winograd domain as well (WinogradConvFunction).
 """
 
 from __future__ import annotations
