@@ -298,7 +298,14 @@ class WinogradConv2d(nn.Conv2d):
             return False
         return (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
                 and x.dim() == 4 and x.shape[-2] * x.shape[-1] >= MIN_PIXELS
-                and not torch.is_autocast_enabled("cpu"))
+                and not cpu_autocast_enabled())
+
+
+def cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled()
 
 
 def is_winograd_shape(conv: nn.Module) -> bool:
