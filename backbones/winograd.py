@@ -127,8 +127,8 @@ def winograd_filter_grad(x: torch.Tensor, grad_output: torch.Tensor) -> torch.Te
         # The output's gradient in 4x4 tiles, zero past the image's last row and column.
         padded = buffers.take("staging", TILE_OUT * count, TILE_OUT * tiles_w, out_channels)
         rows_in_image = min(TILE_OUT * count, height - TILE_OUT * first)
-        if rows_in_image < padded.shape[0] or width < padded.shape[1]:
-            padded.zero_()
+        padded[rows_in_image:].zero_()  # only the last strip and maps not a multiple of 4 have any
+        padded[:, width:].zero_()
         top = TILE_OUT * first
         padded[:rows_in_image, :width] = grad_output[image, :, top:top + rows_in_image].permute(1, 2, 0)
         grad_tiles = buffers.take("outputs", TILE_OUT, TILE_OUT, count, tiles_w, out_channels)

@@ -147,7 +147,7 @@ class TestConfig:
     # same detections to float rounding, faster (detection/modeling/speed.py).
     fast: bool = True
     # With test.fast: the wide 3x3 convolutions as Winograd F(4x4, 3x3) on CPUs, a quarter of the
-    # multiply-adds, same detections to float rounding (detection/modeling/winograd.py).
+    # multiply-adds, same detections to float rounding (backbones/winograd.py).
     winograd: bool = True
     # Autocast at inference ("bf16" on CPUs with AVX-512 BF16 or AMX, and on GPUs; "fp16" on GPUs).
     # Changes results slightly (docs/BENCHMARKS.md measures the AP change), so off by default.
