@@ -292,13 +292,19 @@ class WinogradConv2d(nn.Conv2d):
         return winograd_conv3x3(x, self.transformed, self.bias)
 
     def winograd_applies(self, x: torch.Tensor) -> bool:
-        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or compiling():
             return False  # graphs keep the convolution (sizes are symbolic there)
         if getattr(SWITCH, "off", False):
             return False
         return (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
                 and x.dim() == 4 and x.shape[-2] * x.shape[-1] >= MIN_PIXELS
                 and not cpu_autocast_enabled())
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing the caller (it then chooses its own convolution algorithms)."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def cpu_autocast_enabled() -> bool:

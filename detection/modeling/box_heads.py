@@ -19,8 +19,28 @@ class Res5Head(nn.Module):
         return self.res5(pooled).mean(dim=(2, 3))
 
 
+class PositionMajorLinear(nn.Module):
+    """fc6 of an FCHead for channels_last RoI features: the same layer with its input weights
+    reordered once from (C, P, P) to (P, P, C), so that (N, C, P, P) features stored channels_last
+    (what the CPU RoIAlign returns) flatten without a copy: 50 MB per image for 1000 RoIs of 256x7x7.
+
+    Its weight is saved as ``weight_by_position``, so that its state dict is never mistaken for an
+    nn.Linear's (loading one into the other fails with the key named)."""
+
+    def __init__(self, linear: nn.Linear, channels: int, resolution: int):
+        super().__init__()
+        by_position = linear.weight.detach().view(-1, channels, resolution, resolution).permute(0, 2, 3, 1)
+        self.weight_by_position = nn.Parameter(by_position.reshape(linear.weight.shape).contiguous(),
+                                               requires_grad=linear.weight.requires_grad)
+        self.bias = linear.bias
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.linear(pooled.permute(0, 2, 3, 1).flatten(1), self.weight_by_position, self.bias)
+
+
 class FCHead(nn.Module):
-    """Flatten, then fully connected layers with ReLU (``fc6``, ``fc7`` as in torchvision's TwoMLPHead)."""
+    """Flatten, then fully connected layers with ReLU (``fc6``, ``fc7`` as in torchvision's TwoMLPHead).
+    The inference fast path replaces fc6 by a PositionMajorLinear (:meth:`read_channels_last`)."""
 
     def __init__(self, in_channels: int, resolution: int, num_fc: int = 2, fc_dim: int = 1024):
         super().__init__()
@@ -30,9 +50,16 @@ class FCHead(nn.Module):
             self.add_module(f"fc{index + 6}", nn.Linear(dim, fc_dim))
             dim = fc_dim
         self.out_channels = dim
+        self.in_channels, self.resolution = in_channels, resolution
+
+    def read_channels_last(self) -> None:
+        """Swap fc6 for its PositionMajorLinear (in place, once; inference only)."""
+        if self.num_fc and isinstance(self.fc6, nn.Linear):
+            self.fc6 = PositionMajorLinear(self.fc6, self.in_channels, self.resolution)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        x = pooled.flatten(1)
+        reads_pooled = self.num_fc and isinstance(self.fc6, PositionMajorLinear)
+        x = pooled if reads_pooled else pooled.flatten(1)
         for index in range(self.num_fc):
             x = F.relu(getattr(self, f"fc{index + 6}")(x))
         return x

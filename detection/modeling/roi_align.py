@@ -164,7 +164,7 @@ def multiscale_roi_align(features: Sequence[torch.Tensor], boxes: Sequence[torch
     # Filled as (N, P, P, C) by the gather and returned as a channels_last view of (N, C, P, P).
     shape = (rois.shape[0], output_size, output_size, first.shape[1]) if gather else \
         (rois.shape[0], first.shape[1], output_size, output_size)
-    out = first.new_zeros(shape)
+    out = first.new_empty(shape)  # every RoI belongs to one level, so every row is written below
     tracing = torch.jit.is_tracing()
     for level, (feature, stride) in enumerate(zip(features, strides)):
         index = torch.nonzero(levels == level).squeeze(1)

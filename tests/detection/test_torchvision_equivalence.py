@@ -55,6 +55,7 @@ def test_converter_rejects_other_models():
 
 def test_inference_fast_path_keeps_the_detections(tmp_path, repo_root):
     from backbones.winograd import WinogradConv2d
+    from detection.modeling.box_heads import PositionMajorLinear
     from detection.modeling.speed import optimize_for_inference
 
     reference_model = calibrated_torchvision_detector(320, 640, depth=50)
@@ -72,6 +73,7 @@ def test_inference_fast_path_keeps_the_detections(tmp_path, repo_root):
     assert not frozen, "every BatchNorm should be folded away"
     # res3-res5's stride-1 3x3 convolutions (3 + 5 + 2), the 4 FPN outputs and the RPN's convolution
     assert sum(isinstance(m, WinogradConv2d) for m in model.modules()) == 15
+    assert isinstance(model.roi_heads.box_head.fc6, PositionMajorLinear)
     compare_unordered(plain, fast)
 
 
