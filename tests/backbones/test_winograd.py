@@ -128,8 +128,11 @@ def test_use_winograd_converts_the_wide_stride_1_convolutions():
 def test_resnet50_with_winograd_convolutions(monkeypatch):
     """Inference and one training step of a ResNet-50, against the same network in float64.
 
-    F(4x4, 3x3) rounds more than a direct convolution: through res2-res5 in training mode the
-    gradients measured here are within 2e-3 of float64 (the direct convolutions: 3e-4)."""
+    The gradients are compared by norm: where float32 rounding moves a pre-activation across zero,
+    a ReLU passes the gradient in one network and not in the other, and one such flip where the
+    gradient is large dominates an elementwise maximum (how often it happens depends on the thread
+    count and the BLAS). Measured here: 2.8e-3 with F(4x4, 3x3), 1e-6 to 7e-4 with the direct
+    convolutions; a 20% error in the Winograd filter gradients gives 0.2, in the input gradients 2."""
     monkeypatch.setattr(wg, "MIN_PIXELS", 1)  # res5 of a small image too
     torch.manual_seed(0)
     model = build_resnet(50, out_features=["res4", "res5"])
@@ -138,7 +141,7 @@ def test_resnet50_with_winograd_convolutions(monkeypatch):
     reference.load_state_dict(model.state_dict())
     # res3-res5's stride-1 3x3 convolutions: 3 + 5 + 2 (the first block of a stage has stride 2).
     assert use_winograd(model) == 10
-    x = torch.randn(2, 3, 128, 160)
+    x = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(1))
     reference.eval(), model.eval()
     with torch.no_grad():
         expected, out = reference(x.double()), model(x)
@@ -148,7 +151,7 @@ def test_resnet50_with_winograd_convolutions(monkeypatch):
     reference(x.double())["res5"].square().mean().backward()
     model(x)["res5"].square().mean().backward()
     for (name, p), q in zip(reference.named_parameters(), model.parameters()):
-        assert relative_error(q.grad.double(), p.grad) < 5e-3, name
+        assert ((q.grad.double() - p.grad).norm() / p.grad.norm()).item() < 2e-2, name
 
 
 def test_training_output_can_be_changed_in_place():
