@@ -13,11 +13,13 @@ The image is processed in strips of tile rows, so that the transformed tiles of 
 the caches and its buffers are reused (large fresh buffers cost page faults on every call).
 
 On this project's 2-core CPU (oneDNN's direct convolution at about 215 GFLOP/s, matmul at 170) it
-is 1.6-1.8x faster for 256- and 512-channel maps and about 1.3x for 128 channels; with 64 channels,
-or maps of a few hundred pixels, the direct convolution wins, so :func:`use_winograd` only converts
-the wide convolutions and :class:`WinogradConv2d` runs the direct one on small maps, on GPUs (where
-cuDNN chooses its own algorithms), under autocast and when tracing or exporting. With gradients
-(training) the backward pass is computed in the Winograd domain as well (WinogradConvFunction).
+is 1.6-1.8x faster for 256- and 512-channel maps alone and up to 1.3x for 128 channels; with 64
+channels, or maps of a few hundred pixels, the direct convolution wins. Inside a detector, res5's
+512-channel convolutions on small maps gained nothing (their transformed filters, 38 MB each, come
+from memory every time), so :func:`use_winograd` converts the convolutions of 128 to 256 channels
+and :class:`WinogradConv2d` runs the direct one on small maps, on GPUs (where cuDNN chooses its own
+algorithms), under autocast and when tracing, compiling or exporting. With gradients (training)
+the backward pass is computed in the Winograd domain as well (WinogradConvFunction).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ FILTER_TRANSFORM_2D = torch.kron(FILTER_TRANSFORM, FILTER_TRANSFORM)  # (36, 9),
 STRIP_TILES = 256
 # Where the direct convolution is as fast or faster (measured; see the module docstring).
 MIN_CHANNELS = 128
+# Above this, in a detector (res5's 512 channels on maps of about 25x34), the transformed filters
+# (4x the weights: 38 MB per convolution) are streamed from memory for little work, and the direct
+# convolution measured as fast or faster per image, with 75 MB less memory for R50-FPN.
+MAX_CHANNELS = 256
 MIN_PIXELS = 400
 
 
@@ -320,14 +326,14 @@ def is_winograd_shape(conv: nn.Module) -> bool:
             and conv.padding_mode == "zeros")
 
 
-def use_winograd(model: nn.Module, min_channels: int = MIN_CHANNELS) -> int:
-    """Replace, in place, the 3x3 stride-1 convolutions of ``model`` with at least ``min_channels``
-    input and output channels by WinogradConv2d; returns how many were replaced."""
+def use_winograd(model: nn.Module, min_channels: int = MIN_CHANNELS, max_channels: int = MAX_CHANNELS) -> int:
+    """Replace, in place, the 3x3 stride-1 convolutions of ``model`` with between ``min_channels``
+    and ``max_channels`` input and output channels by WinogradConv2d; returns how many were replaced."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if (is_winograd_shape(child) and child.in_channels >= min_channels
-                    and child.out_channels >= min_channels):
+            if (is_winograd_shape(child) and min_channels <= child.in_channels <= max_channels
+                    and min_channels <= child.out_channels <= max_channels):
                 setattr(parent, name, WinogradConv2d(child))
                 replaced += 1
     return replaced

@@ -7,8 +7,10 @@
 A torchvision fasterrcnn_resnet50_fpn (FrozenBatchNorm2d, as it is built for trained weights) gets
 random weights with measured BatchNorm statistics; its state dict is converted with
 tools/convert_weights.py's code and loaded into configs/tv_fasterrcnn_r50_fpn.yaml. The two models
-run interleaved on the same images; each figure is the median of several runs, and the ratio is
-this toolkit / torchvision. Our images are resized before the clock starts (the data loader's
+run interleaved on the same images; each figure is the median of several runs. The ratio (this
+toolkit's speed / torchvision's) is the median of the per-run ratios, each run of torchvision
+paired with the run of ours next to it, so that the machine's drift between runs (other jobs on a
+shared machine) cancels; the ratio of the medians is kept in the results file too. Our images are resized before the clock starts (the data loader's
 workers do it in a real run); torchvision resizes inside its model. Results go to
 benchmarks/results/det_<device>_<amp>.json.
 """
@@ -49,12 +51,19 @@ def torchvision_detector(min_size: int, max_size: int, state: dict | None = None
 
 
 def our_detector(tv_model, min_size: int, max_size: int, fast: bool):
-    from detection.config import load_detection_config
     from detection.convert import convert_torchvision_detector
+
+    state, _ = convert_torchvision_detector(tv_model.state_dict())
+    return our_detector_from_state(state, min_size, max_size, fast)
+
+
+def our_detector_from_state(state: dict, min_size: int, max_size: int, fast: bool):
+    """configs/tv_fasterrcnn_r50_fpn.yaml with converted weights ``state``, as load_fast_detector
+    builds it; returns (model, cfg)."""
+    from detection.config import load_detection_config
     from detection.modeling.build import build_model
     from detection.modeling.speed import optimize_for_inference
 
-    state, _ = convert_torchvision_detector(tv_model.state_dict())
     cfg = load_detection_config(os.path.join(ROOT, "configs", "tv_fasterrcnn_r50_fpn.yaml"),
                                 [f"input.min_size_test={min_size}", f"input.max_size_test={max_size}"])
     model = build_model(cfg, 90, backbone_weights=False)
@@ -122,6 +131,11 @@ def profile_steps(name: str, step, steps: int = 3) -> None:
     print(f"profile written to {path}", flush=True)
 
 
+def paired_ratio(reference_times: list[float], our_times: list[float]) -> float:
+    """Median over runs of (reference time / our time), each pair measured back to back."""
+    return statistics.median(r / o for r, o in zip(reference_times, our_times))
+
+
 def precision() -> str:
     return "fp32" if AMP_DTYPE is None else "bf16 autocast"
 
@@ -157,11 +171,13 @@ def bench_inference(min_size: int, max_size: int, size: tuple[int, int], repeats
             tv_fp32_times.append(timed(run_tv, 1, amp=False) / len(batch))
     tv_s, our_s = statistics.median(tv_times), statistics.median(our_times)
     row = {"setting": f"inference {min_size}/{max_size}, image {size[0]}x{size[1]}, batch 1, {precision()}",
-           "torchvision_img_s": round(1 / tv_s, 3), "ours_img_s": round(1 / our_s, 3), "ratio": round(tv_s / our_s, 2)}
+           "torchvision_img_s": round(1 / tv_s, 3), "ours_img_s": round(1 / our_s, 3),
+           "ratio": round(paired_ratio(tv_times, our_times), 2), "ratio_of_medians": round(tv_s / our_s, 2),
+           "run_ratios": [round(t / o, 2) for t, o in zip(tv_times, our_times)]}
     if tv_fp32_times:
         tv_fp32_s = statistics.median(tv_fp32_times)
         row["torchvision_fp32_img_s"] = round(1 / tv_fp32_s, 3)
-        row["ratio_vs_torchvision_fp32"] = round(tv_fp32_s / our_s, 2)
+        row["ratio_vs_torchvision_fp32"] = round(paired_ratio(tv_fp32_times, our_times), 2)
     return row
 
 
@@ -189,13 +205,10 @@ def peak_memory_child(which: str, min_size: int, max_size: int, weights: str) ->
 
     imported = reset_peak_rss()
     state = torch.load(weights, weights_only=True)
-    tv_model = torchvision_detector(min_size, max_size, state)
     if which == "torchvision":
-        model = tv_model.to(DEVICE)
+        model = torchvision_detector(min_size, max_size, state).to(DEVICE)
     else:
-        model = our_detector(tv_model, min_size, max_size, fast=True)[0]
-        del tv_model
-        model = model.to(DEVICE)
+        model = our_detector_from_state(state, min_size, max_size, fast=True)[0].to(DEVICE)
     del state
     resize = EvalTransform(min_size, max_size)
     with torch.inference_mode():
@@ -212,23 +225,37 @@ def peak_memory_child(which: str, min_size: int, max_size: int, weights: str) ->
     print(json.dumps({"peak_mb": round(peak)}))
 
 
-def bench_memory(min_size: int, max_size: int) -> dict:
-    """Peak memory of inference, each model in a fresh process built from the same saved weights."""
+def peak_memory_run(which: str, weights: str, min_size: int, max_size: int) -> float:
+    """peak_memory_child in a fresh process; its peak in MB."""
     import subprocess
+
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child", which, weights,
+                          "--device", DEVICE.type, "--size", str(min_size), str(max_size)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mb"]
+
+
+def bench_memory(min_size: int, max_size: int, repeats: int) -> dict:
+    """Peak memory of inference, each model in fresh processes (median of ``repeats``, alternating)
+    that load their weights file as the tools do: torchvision's state dict, and the same weights
+    converted to ours."""
     import tempfile
 
-    peaks = {}
+    from detection.convert import convert_torchvision_detector
+
     with tempfile.TemporaryDirectory() as folder:
-        weights = os.path.join(folder, "tv.pth")
-        torch.save(torchvision_detector(min_size, max_size).state_dict(), weights)
-        for which in ("torchvision", "ours"):
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child", which, weights,
-                                  "--device", DEVICE.type, "--size", str(min_size), str(max_size)],
-                                 capture_output=True, text=True, check=True).stdout
-            peaks[which] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
+        tv_state = torchvision_detector(min_size, max_size).state_dict()
+        files = {"torchvision": os.path.join(folder, "tv.pth"), "ours": os.path.join(folder, "ours.pth")}
+        torch.save(tv_state, files["torchvision"])
+        torch.save(convert_torchvision_detector(tv_state)[0], files["ours"])
+        runs = {which: [] for which in files}
+        for _ in range(repeats):  # the peak resident set varies by tens of MB between processes
+            for which, weights in files.items():
+                runs[which].append(peak_memory_run(which, weights, min_size, max_size))
+    peaks = {which: round(statistics.median(values)) for which, values in runs.items()}
     return {"setting": f"peak memory, inference {min_size}/{max_size}, 3 images, {DEVICE.type}",
             "torchvision_mb": peaks["torchvision"], "ours_mb": peaks["ours"],
-            "ratio": round(peaks["torchvision"] / peaks["ours"], 2)}
+            "ratio": round(peaks["torchvision"] / peaks["ours"], 2), "runs_mb": runs}
 
 
 def bench_training(depth: int, size: int, batch_size: int, repeats: int) -> dict:
@@ -286,7 +313,9 @@ def bench_training(depth: int, size: int, batch_size: int, repeats: int) -> dict
     if PROFILE:
         profile_steps(f"train_r{depth}", step_ours)
     return {"setting": f"training R{depth}-FPN, light heads, batch {batch_size}, {size} px, {precision()}",
-            "torchvision_s_it": round(tv_s, 3), "ours_s_it": round(our_s, 3), "ratio": round(tv_s / our_s, 2)}
+            "torchvision_s_it": round(tv_s, 3), "ours_s_it": round(our_s, 3),
+            "ratio": round(paired_ratio(tv_times, our_times), 2), "ratio_of_medians": round(tv_s / our_s, 2),
+            "run_ratios": [round(t / o, 2) for t, o in zip(tv_times, our_times)]}
 
 
 def merged_rows(path: str, rows: list[dict]) -> list[dict]:
@@ -333,7 +362,7 @@ def main() -> None:
         rows.append(bench_inference(800, 1333, (600, 800), args.repeats))
         rows.append(bench_inference(600, 1000, (600, 800), args.repeats))
     if args.only in (None, "memory"):
-        rows.append(bench_memory(800, 1333))
+        rows.append(bench_memory(800, 1333, args.repeats))
     if args.only in (None, "train"):
         scale = 4 if cuda else 1
         rows.append(bench_training(50, 512, args.train_batch or 2 * scale, args.repeats))

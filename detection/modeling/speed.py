@@ -4,7 +4,7 @@
   over every activation map less (torchvision's FrozenBatchNorm2d is a separate multiply-add).
 * channels_last memory format for the convolutions, which oneDNN (CPU) and cuDNN run faster, and
   the box head's first fc layer reordered to read channels_last RoI features without a copy.
-* the wide 3x3 convolutions (128 channels or more: the FPN's outputs, the RPN head, res3-res5) as
+* the wide 3x3 convolutions (128 to 256 channels: the FPN's outputs, the RPN head, res3-res4) as
   Winograd F(4x4, 3x3) convolutions on CPUs, with a quarter of the multiply-adds (backbones/winograd.py).
 
 All three change results only by floating-point rounding (tested: the same detections); tools apply

@@ -42,3 +42,14 @@ def test_reordered_state_dict_is_never_loaded_as_the_original():
         optimized.load_state_dict(head.state_dict())
     with pytest.raises(RuntimeError, match="fc6.weight_by_position"):
         head.load_state_dict(optimized.state_dict())
+
+
+def test_weight_reorder_in_blocks_matches_a_permutation():
+    from detection.modeling.box_heads import reorder_by_position_
+
+    weight = torch.randn(7, 8 * 3 * 3)
+    expected = weight.view(7, 8, 3, 3).permute(0, 2, 3, 1).reshape(7, -1)
+    storage = weight.data_ptr()
+    reorder_by_position_(weight, 8, 3, rows_per_block=3)  # blocks of 3, 3 and 1 rows
+    assert weight.data_ptr() == storage
+    torch.testing.assert_close(weight, expected, rtol=0, atol=0)
