@@ -1,17 +1,12 @@
 """The bookkeeping of benchmarks/bench_det.py: paired ratios and results files."""
 
-import importlib.util
 import json
-import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import load_benchmark_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_det", os.path.join(ROOT, "benchmarks", "bench_det.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("bench_det")
 
 
 def test_ratio_pairs_each_run_with_its_neighbour():

@@ -1,21 +1,15 @@
 """The second synthetic dataset (benchmarks/make_glyphs.py) used to check that the recipe generalizes."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 
 from detection.data.coco import CocoDetection
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import load_benchmark_script
 
 
 def load_generator():
-    spec = importlib.util.spec_from_file_location("make_glyphs", os.path.join(ROOT, "benchmarks", "make_glyphs.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("make_glyphs")
 
 
 def test_glyph_masks_are_cropped_to_their_painted_pixels():
