@@ -1,13 +1,27 @@
 """Winograd F(4x4, 3x3) convolutions against the 1-D definition and against F.conv2d."""
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from backbones import build_resnet
+from backbones import build_resnet, native
 from backbones import winograd as wg
 from backbones.winograd import WinogradConv2d, transform_filters, use_winograd, winograd_conv3x3
 from tests.helpers import randomize_bn_statistics
+
+
+@pytest.fixture(params=["native", "pytorch"])
+def transforms(request, monkeypatch):
+    """Each test runs with the C tile transforms (backbones/csrc/) and with their PyTorch version."""
+    if request.param == "native":
+        if shutil.which(native.c_compiler()[0]) is None:
+            pytest.skip("no C compiler")
+        assert wg.native_transforms() is not None, "the C transforms failed to build: see the warning"
+    else:
+        monkeypatch.setitem(wg.NATIVE, "transforms", None)
+    return request.param
 
 
 def relative_error(a, b):
@@ -30,7 +44,7 @@ SHAPES = [(2, 8, 5, 21, 23), (1, 16, 32, 4, 4), (1, 8, 8, 3, 2), (3, 128, 64, 17
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_forward_matches_conv2d(shape, channels_last, monkeypatch):
+def test_forward_matches_conv2d(shape, channels_last, transforms, monkeypatch):
     monkeypatch.setattr(wg, "STRIP_TILES", 24)  # several strips per image, the last one shorter
     n, cin, cout, height, width = shape
     generator = torch.Generator().manual_seed(height * width)
@@ -48,7 +62,7 @@ def test_forward_matches_conv2d(shape, channels_last, monkeypatch):
         assert relative_error(out, expected) < 3e-5  # F(4x4, 3x3) rounds to about 1e-5
 
 
-def test_reused_buffers_hold_nothing_of_the_previous_call():
+def test_reused_buffers_hold_nothing_of_the_previous_call(transforms):
     """The work buffers are kept between calls: a narrower or shorter map after a larger one must
     still see zero padding around it."""
     generator = torch.Generator().manual_seed(1)
@@ -60,7 +74,8 @@ def test_reused_buffers_hold_nothing_of_the_previous_call():
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 5, 21, 23), (1, 32, 16, 12, 30)])
-def test_gradients_match_conv2d(shape, monkeypatch):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradients_match_conv2d(shape, channels_last, transforms, monkeypatch):
     monkeypatch.setattr(wg, "STRIP_TILES", 24)
     n, cin, cout, height, width = shape
     torch.manual_seed(0)
@@ -68,6 +83,8 @@ def test_gradients_match_conv2d(shape, monkeypatch):
     winograd = WinogradConv2d(torch.nn.Conv2d(cin, cout, 3, padding=1))
     winograd.load_state_dict(conv.state_dict())
     x = torch.randn(n, cin, height, width)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     grad_out = torch.randn(n, cout, height, width)
     inputs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
     for module, inp in zip((conv, winograd), inputs):
@@ -75,6 +92,23 @@ def test_gradients_match_conv2d(shape, monkeypatch):
     assert relative_error(inputs[1].grad, inputs[0].grad) < 3e-5
     assert relative_error(winograd.weight.grad, conv.weight.grad) < 3e-5
     assert relative_error(winograd.bias.grad, conv.bias.grad) < 3e-5
+
+
+def test_native_and_pytorch_transforms_agree(monkeypatch):
+    """The C transforms against the PyTorch ones on a map that is no multiple of the tile size, with
+    channels no multiple of the C kernels' block of 16, and an output written through strides."""
+    if wg.native_transforms() is None:
+        pytest.skip("no C transforms here")
+    monkeypatch.setattr(wg, "STRIP_TILES", 40)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 37, 29, 43, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(21, 37, 3, 3, generator=generator), torch.randn(21, generator=generator)
+    filters = transform_filters(weight)
+    native_out = winograd_conv3x3(x, filters, bias)
+    monkeypatch.setitem(wg.NATIVE, "transforms", None)
+    pytorch_out = winograd_conv3x3(x, filters, bias)
+    assert relative_error(native_out, pytorch_out) < 1e-5
+    assert relative_error(native_out, F.conv2d(x, weight, bias, padding=1)) < 3e-5
 
 
 def test_module_keeps_the_state_dict_and_follows_new_weights():

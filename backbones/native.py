@@ -1,0 +1,134 @@
+"""Small C kernels (backbones/csrc/), compiled on first use with the machine's C compiler and loaded
+with ctypes: no build step at install time and nothing to download.
+
+Each library is compiled once per source, compiler and CPU (``-O3 -march=native -fopenmp``) into
+a cache folder: ``$RESNET_DETECTION_CACHE`` or ``~/.cache/resnet-detection``; concurrent processes
+(torchrun) each write to a temporary file and rename it into place. Without a working compiler,
+or with ``RESNET_DETECTION_NATIVE=0``, :func:`load_library` returns None and the callers run their
+PyTorch versions (same results, slower), after one warning that says why.
+
+The libraries link the OpenMP runtime by its usual name (libgomp.so.1), which is the one PyTorch
+has already loaded on Linux: the kernels share PyTorch's threads rather than start their own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sysconfig
+import tempfile
+import threading
+
+import torch  # noqa: F401  (loaded first, so that the kernels link PyTorch's OpenMP runtime)
+
+SOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
+DISABLE_VARIABLE = "RESNET_DETECTION_NATIVE"
+
+logger = logging.getLogger(__name__)
+LOCK = threading.Lock()
+LOADED: dict[str, ctypes.CDLL | None] = {}
+
+
+def load_library(name: str) -> ctypes.CDLL | None:
+    """The compiled ``csrc/<name>.c``, or None where native kernels are off or cannot be built."""
+    with LOCK:
+        if name not in LOADED:
+            LOADED[name] = build_and_load(name)
+        return LOADED[name]
+
+
+def native_enabled() -> bool:
+    return os.environ.get(DISABLE_VARIABLE, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def build_and_load(name: str) -> ctypes.CDLL | None:
+    if not native_enabled():
+        return None
+    source = os.path.join(SOURCES, f"{name}.c")
+    compiler = c_compiler()
+    try:
+        path = os.path.join(cache_folder(), f"{name}-{build_key(source, compiler)}.so")
+        if not os.path.exists(path):
+            compile_library(source, compiler, path)
+        return ctypes.CDLL(path)
+    except (OSError, subprocess.SubprocessError, BuildError) as error:
+        logger.warning("%s runs in PyTorch ops (slower): %s. Install a C compiler with OpenMP (gcc), "
+                       "or set %s=0 to silence this.", name, error, DISABLE_VARIABLE)
+        return None
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def c_compiler() -> list[str]:
+    """The C compiler command: $CC, else the one Python was built with, else ``cc``."""
+    command = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return shlex.split(command)[:1]  # without the build machine's extra flags
+
+
+def cache_folder() -> str:
+    folder = os.environ.get("RESNET_DETECTION_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "resnet-detection")
+    folder = os.path.join(folder, "kernels")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except OSError:
+        pass
+    folder = os.path.join(tempfile.gettempdir(), f"resnet-detection-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def build_key(source: str, compiler: list[str]) -> str:
+    """A digest of what the binary depends on: the source, the flags, the compiler and this CPU
+    (-march=native code from one machine may not run on another that shares the cache folder)."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as handle:
+        digest.update(handle.read())
+    digest.update(" ".join(compiler + FLAGS).encode())
+    digest.update(compiler_version(compiler).encode())
+    digest.update(cpu_description().encode())
+    return digest.hexdigest()[:16]
+
+
+def compiler_version(compiler: list[str]) -> str:
+    try:
+        result = subprocess.run(compiler + ["--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise BuildError(f"no C compiler ({' '.join(compiler)}: {error})") from error
+    return result.stdout
+
+
+def cpu_description() -> str:
+    """The CPU's model and instruction-set flags (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            lines = [line for line in handle if line.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+
+
+def compile_library(source: str, compiler: list[str], path: str) -> None:
+    handle, partial = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    os.close(handle)
+    try:
+        result = subprocess.run(compiler + FLAGS + ["-o", partial, source, "-lm"], capture_output=True, text=True,
+                                timeout=300)
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines()
+            first_error = next((line for line in lines if "error:" in line), lines[0] if lines else "no output")
+            raise BuildError(f"compiling {source} with {compiler[0]} failed: {first_error.replace(source, '').strip(': ')}")
+        os.replace(partial, path)  # atomic: another process sees the whole file or none
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
