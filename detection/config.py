@@ -149,6 +149,10 @@ class TestConfig:
     # With test.fast: the wide 3x3 convolutions as Winograd F(4x4, 3x3) on CPUs, a quarter of the
     # multiply-adds, same detections to float rounding (backbones/winograd.py).
     winograd: bool = True
+    # With test.winograd and test.amp=bf16 on CPUs: those convolutions as Winograd in bfloat16, about
+    # 2.7x faster than autocast's bf16 convolution with 10x its rounding error (docs/BENCHMARKS.md
+    # measures the AP change); false keeps autocast's convolutions.
+    winograd_bf16: bool = True
     # Autocast at inference ("bf16" on CPUs with AVX-512 BF16 or AMX, and on GPUs; "fp16" on GPUs).
     # Changes results slightly (docs/BENCHMARKS.md measures the AP change), so off by default.
     amp: str = choice("off", ("off", "bf16", "fp16"))

@@ -89,7 +89,7 @@ def load_fast_detector(cfg, weights: str, device: torch.device):
     """load_detector, then the inference fast path when ``test.fast`` is on (BN folded, channels_last)."""
     model, category_map = load_detector(cfg, weights, device)
     if cfg.test.fast:
-        optimize_for_inference(model, winograd=cfg.test.winograd)
+        optimize_for_inference(model, winograd=cfg.test.winograd, winograd_bf16=cfg.test.winograd_bf16)
     return model, category_map
 
 

@@ -48,7 +48,7 @@ class DataWorkerDied(TrainingError):
 def apply_speed_switches(model: nn.Module, solver) -> nn.Module:
     """solver.channels_last, solver.winograd and solver.compile_backbone, applied in place before training."""
     if solver.winograd:
-        use_winograd(model)
+        use_winograd(model, bf16=False)  # training keeps autocast's convolutions (test.winograd_bf16 is for inference)
     if solver.channels_last:
         use_channels_last(model)
     if solver.compile_backbone:

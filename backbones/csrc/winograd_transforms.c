@@ -2,22 +2,68 @@
  * memory: the PyTorch version builds the tiles with copies and applies the 2-D transforms as dense
  * 36x36 and 16x36 matrix products, several passes over data larger than the caches.
  *
- * Layouts (float32, channels innermost):
+ * Layouts (channels innermost; float32, or bfloat16 where a *_bf16 flag says so):
  *   image:       (H, W, C) with strides (stride_h, stride_w, 1), zero padded by one pixel around;
  *   transformed: (36, tiles, C), tile = row-major index within the strip of tile rows
  *                [first_row, first_row + count), position = 6 * a + b of V = Bt d B;
  *   products:    (36, tiles, O) as above, M = V @ U per position;
- *   output:      (H, W, O) with strides (stride_h, stride_w, 1); Y = At M A, plus the bias.
+ *   output:      (H, W, O) with strides (stride_h, stride_w, 1); Y = At M A, plus the bias (float32),
+ *                then max(Y, 0) if relu is set.
  * Tile (t, s) reads input pixels (4t - 1 .. 4t + 4, 4s - 1 .. 4s + 4) and writes outputs
  * (4t .. 4t + 3, 4s .. 4s + 3); pixels outside the image read as zero and are not written.
+ * The arithmetic is float32 whatever the storage; bfloat16 results are rounded to nearest even,
+ * as PyTorch rounds.
  *
  * Built at first use by backbones/native.py (cc -O3 -march=native -fopenmp); the loops over
  * channels are vectorized by the compiler, the loops over tiles split over the OpenMP threads
  * (the process's own OpenMP runtime: PyTorch's, when it is loaded first). */
 
-#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 #define BLOCK 16 /* channels per step: one AVX-512 register of floats */
+
+static inline float from_bf16(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    uint32_t quiet_nan = (bits >> 16) | 0x40u;
+    return (uint16_t)((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+}
+
+/* n channels from float32 or bfloat16 storage into a float block (zeros where src is NULL). */
+static inline void load_block(const void *src, int bf16, float *dst, int n) {
+    if (!src) {
+        for (int c = 0; c < n; c++) dst[c] = 0.f;
+    } else if (bf16) {
+        const uint16_t *s = (const uint16_t *)src;
+#pragma omp simd
+        for (int c = 0; c < n; c++) dst[c] = from_bf16(s[c]);
+    } else {
+        const float *s = (const float *)src;
+#pragma omp simd
+        for (int c = 0; c < n; c++) dst[c] = s[c];
+    }
+}
+
+static inline void store_block(const float *src, void *dst, int bf16, int n) {
+    if (bf16) {
+        uint16_t *d = (uint16_t *)dst;
+#pragma omp simd
+        for (int c = 0; c < n; c++) d[c] = to_bf16(src[c]);
+    } else {
+        float *d = (float *)dst;
+#pragma omp simd
+        for (int c = 0; c < n; c++) d[c] = src[c];
+    }
+}
 
 /* One 6-point input transform, Bt = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0;
  * 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1], on n channels. */
@@ -47,26 +93,26 @@ static inline void output_1d(const float *const m[6], float *const o[4], int n) 
     }
 }
 
-void winograd_input_transform(const float *image, long stride_h, long stride_w, int height, int width,
-                              int channels, int first_row, int count, int tiles_w, float *transformed,
-                              int threads) {
-    static const float zeros[BLOCK] = {0};
+void winograd_input_transform(const void *image, int image_bf16, long stride_h, long stride_w, int height,
+                              int width, int channels, int first_row, int count, int tiles_w,
+                              void *transformed, int transformed_bf16, int threads) {
     const long tiles = (long)count * tiles_w;
+    const int in_size = image_bf16 ? 2 : 4, out_size = transformed_bf16 ? 2 : 4;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long tile = 0; tile < tiles; tile++) {
         const int top = 4 * (first_row + (int)(tile / tiles_w)) - 1, left = 4 * (int)(tile % tiles_w) - 1;
-        float rows[6][6][BLOCK], both[6][6][BLOCK];
+        float patch[6][6][BLOCK], rows[6][6][BLOCK], both[6][6][BLOCK];
         for (int c0 = 0; c0 < channels; c0 += BLOCK) {
             const int n = channels - c0 < BLOCK ? channels - c0 : BLOCK;
-            const float *d[6][6];
             for (int i = 0; i < 6; i++)
                 for (int j = 0; j < 6; j++) {
                     const int y = top + i, x = left + j;
-                    d[i][j] = (y >= 0 && y < height && x >= 0 && x < width)
-                                  ? image + y * stride_h + x * stride_w + c0 : zeros;
+                    const int inside = y >= 0 && y < height && x >= 0 && x < width;
+                    const char *src = (const char *)image + ((long)y * stride_h + (long)x * stride_w + c0) * in_size;
+                    load_block(inside ? src : NULL, image_bf16, patch[i][j], n);
                 }
             for (int j = 0; j < 6; j++) { /* down each column: Bt d */
-                const float *column[6] = {d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]};
+                const float *column[6] = {patch[0][j], patch[1][j], patch[2][j], patch[3][j], patch[4][j], patch[5][j]};
                 float *out[6] = {rows[0][j], rows[1][j], rows[2][j], rows[3][j], rows[4][j], rows[5][j]};
                 input_1d(column, out, n);
             }
@@ -76,28 +122,29 @@ void winograd_input_transform(const float *image, long stride_h, long stride_w, 
                 input_1d(row, out, n);
             }
             for (int position = 0; position < 36; position++) {
-                float *dst = transformed + ((long)position * tiles + tile) * channels + c0;
-                const float *src = both[position / 6][position % 6];
-#pragma omp simd
-                for (int c = 0; c < n; c++) dst[c] = src[c];
+                char *dst = (char *)transformed + (((long)position * tiles + tile) * channels + c0) * out_size;
+                store_block(both[position / 6][position % 6], dst, transformed_bf16, n);
             }
         }
     }
 }
 
-void winograd_output_transform(const float *products, const float *bias, int channels, int first_row,
-                               int count, int tiles_w, float *output, long stride_h, long stride_w,
-                               int height, int width, int threads) {
+void winograd_output_transform(const void *products, int products_bf16, const float *bias, int relu,
+                               int channels, int first_row, int count, int tiles_w, void *output,
+                               int output_bf16, long stride_h, long stride_w, int height, int width,
+                               int threads) {
     const long tiles = (long)count * tiles_w;
+    const int in_size = products_bf16 ? 2 : 4, out_size = output_bf16 ? 2 : 4;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long tile = 0; tile < tiles; tile++) {
         const int top = 4 * (first_row + (int)(tile / tiles_w)), left = 4 * (int)(tile % tiles_w);
-        float half[4][6][BLOCK], result[4][4][BLOCK];
+        float m[6][6][BLOCK], half[4][6][BLOCK], result[4][4][BLOCK];
         for (int c0 = 0; c0 < channels; c0 += BLOCK) {
             const int n = channels - c0 < BLOCK ? channels - c0 : BLOCK;
-            const float *m[6][6];
-            for (int position = 0; position < 36; position++)
-                m[position / 6][position % 6] = products + ((long)position * tiles + tile) * channels + c0;
+            for (int position = 0; position < 36; position++) {
+                const char *src = (const char *)products + (((long)position * tiles + tile) * channels + c0) * in_size;
+                load_block(src, products_bf16, m[position / 6][position % 6], n);
+            }
             for (int j = 0; j < 6; j++) { /* down each column: At M */
                 const float *column[6] = {m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j]};
                 float *out[4] = {half[0][j], half[1][j], half[2][j], half[3][j]};
@@ -110,15 +157,18 @@ void winograd_output_transform(const float *products, const float *bias, int cha
             }
             for (int a = 0; a < 4 && top + a < height; a++)
                 for (int b = 0; b < 4 && left + b < width; b++) {
-                    float *dst = output + (top + a) * stride_h + (left + b) * stride_w + c0;
-                    const float *src = result[a][b];
+                    float *value = result[a][b];
                     if (bias) {
 #pragma omp simd
-                        for (int c = 0; c < n; c++) dst[c] = src[c] + bias[c0 + c];
-                    } else {
-#pragma omp simd
-                        for (int c = 0; c < n; c++) dst[c] = src[c];
+                        for (int c = 0; c < n; c++) value[c] += bias[c0 + c];
                     }
+                    if (relu) {
+#pragma omp simd
+                        for (int c = 0; c < n; c++) value[c] = value[c] < 0.f ? 0.f : value[c]; /* NaN stays NaN, as in torch.relu */
+                    }
+                    char *dst = (char *)output
+                                + ((long)(top + a) * stride_h + (long)(left + b) * stride_w + c0) * out_size;
+                    store_block(value, dst, output_bf16, n);
                 }
         }
     }

@@ -9,7 +9,9 @@
 
 All three change results only by floating-point rounding (tested: the same detections); tools apply
 them when ``test.fast`` is on (the default; ``test.winograd=false`` keeps the direct convolutions).
-``test.amp`` adds autocast at inference, which does change results a little and is off by default.
+``test.amp`` adds autocast at inference, which does change results a little and is off by default;
+under ``test.amp=bf16`` the Winograd convolutions run in bfloat16 too (``test.winograd_bf16``), with
+more rounding than autocast's own bf16 convolutions (docs/BENCHMARKS.md measures the AP change).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from engine.trainer import use_channels_last
 from .box_heads import FCHead
 
 
-def optimize_for_inference(model: nn.Module, channels_last: bool = True, winograd: bool = True) -> nn.Module:
-    """Fold the backbone's BatchNorm, switch to channels_last and to Winograd convolutions, in place;
-    returns the model in eval mode."""
+def optimize_for_inference(model: nn.Module, channels_last: bool = True, winograd: bool = True,
+                           winograd_bf16: bool = True) -> nn.Module:
+    """Fold the backbone's BatchNorm, switch to channels_last and to Winograd convolutions (also in
+    bfloat16 under bf16 autocast if ``winograd_bf16``), in place; returns the model in eval mode."""
     model.eval()
     fold_frozen_bn(model)
     if channels_last:
@@ -37,7 +40,7 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, winogra
             if isinstance(module, FCHead):  # the CPU RoIAlign returns channels_last features
                 module.read_channels_last()
     if winograd:  # after folding: the transformed filters are computed from the final weights
-        use_winograd(model)
+        use_winograd(model, bf16=winograd_bf16)
     return model
 
 

@@ -200,3 +200,84 @@ def test_training_output_can_be_changed_in_place():
         F.relu(module(inp), inplace=True).square().sum().backward()
     assert relative_error(inputs[1].grad, inputs[0].grad) < 3e-5
     assert relative_error(winograd.weight.grad, conv.weight.grad) < 3e-5
+
+
+needs_native = pytest.mark.skipif(shutil.which(native.c_compiler()[0]) is None, reason="no C compiler")
+
+
+@needs_native
+def test_bf16_storage_rounds_as_pytorch_does():
+    """The C transforms in bfloat16 compute in float32 and round to nearest even: the same bits as
+    the float32 transforms rounded by PyTorch; bfloat16 inputs read exactly; bias, then ReLU."""
+    kernels = wg.native_transforms()
+    generator = torch.Generator().manual_seed(4)
+    image = (torch.randn(13, 18, 24, generator=generator) * 50).bfloat16().float()  # exact in bfloat16
+    tiles_w = -(-18 // 4)
+    as_float = torch.empty(wg.POSITIONS, 2 * tiles_w, 24)
+    as_bf16 = torch.empty(wg.POSITIONS, 2 * tiles_w, 24, dtype=torch.bfloat16)
+    from_bf16 = torch.empty_like(as_bf16)
+    kernels.input_tiles(image, 1, 2, tiles_w, as_float)
+    kernels.input_tiles(image, 1, 2, tiles_w, as_bf16)
+    kernels.input_tiles(image.bfloat16(), 1, 2, tiles_w, from_bf16)
+    assert torch.equal(as_bf16, as_float.bfloat16()) and torch.equal(from_bf16, as_bf16)
+
+    products = torch.randn(wg.POSITIONS, 2 * tiles_w, 24, generator=generator).bfloat16()
+    bias = torch.randn(24, generator=generator)
+    out_float, out_bf16 = torch.zeros(13, 18, 24), torch.zeros(13, 18, 24, dtype=torch.bfloat16)
+    kernels.output_tiles(products.float(), bias, 1, 2, tiles_w, out_float, relu=True)
+    kernels.output_tiles(products, bias, 1, 2, tiles_w, out_bf16, relu=True)
+    assert torch.equal(out_bf16, out_float.bfloat16())
+    rows = slice(4, 12)  # tile rows 1 and 2; nothing else written
+    assert (out_float[rows] >= 0).all() and (out_float[rows] > 0).float().mean() > 0.3
+    assert not out_float[:4].any() and not out_float[12:].any()
+    without_relu = torch.zeros(13, 18, 24)
+    kernels.output_tiles(products.float(), bias, 1, 2, tiles_w, without_relu)
+    assert torch.equal(out_float[rows], without_relu[rows].clamp(min=0))
+
+
+def bf16_winograd_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """F(4x4, 3x3) with the tiles and filters rounded to bfloat16, the rest in float64 (PyTorch ops)."""
+    n, channels, height, width = x.shape
+    tiles_h, tiles_w = -(-height // 4), -(-width // 4)
+    padded = F.pad(x.double(), (1, 4 * tiles_w + 1 - width, 1, 4 * tiles_h + 1 - height))
+    tiles = padded.unfold(2, 6, 4).unfold(3, 6, 4)  # (N, C, th, tw, 6, 6)
+    tiles = tiles.permute(4, 5, 0, 2, 3, 1).reshape(36, -1)
+    transformed = (wg.INPUT_TRANSFORM_2D.double() @ tiles).view(36, -1, channels)
+    filters = transform_filters(weight).bfloat16().double()
+    products = torch.bmm(transformed.bfloat16().double(), filters).bfloat16().double()  # bf16 bmm output
+    out = (wg.OUTPUT_TRANSFORM_2D.double() @ products.reshape(36, -1)).view(4, 4, n, tiles_h, tiles_w, -1)
+    out = out.permute(2, 5, 3, 0, 4, 1).reshape(n, -1, 4 * tiles_h, 4 * tiles_w)[:, :, :height, :width]
+    return out + bias.double().view(1, -1, 1, 1)
+
+
+@needs_native
+def test_bf16_winograd_under_autocast_at_inference(monkeypatch):
+    monkeypatch.setattr(wg, "STRIP_TILES", 30)
+    generator = torch.Generator().manual_seed(5)
+    conv = torch.nn.Conv2d(48, 40, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(40, 48, 3, 3, generator=generator) / 15)
+    winograd = WinogradConv2d(conv).eval()
+    x = torch.randn(2, 48, 30, 27, generator=generator)
+    exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+
+    def norm_error(out, reference):
+        return ((out.double() - reference).norm() / reference.norm()).item()
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = winograd(x)
+        direct = conv(x)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    # Rounded like the PyTorch reference except for the products' own rounding (float32 sums in a
+    # different order, bfloat16 result): within a few bfloat16 steps of the output.
+    assert norm_error(out, bf16_winograd_reference(x.bfloat16(), conv.weight, conv.bias)) < 6e-3
+    # Against the exact convolution: about 10x the error of autocast's direct bf16 convolution.
+    assert 0.005 < norm_error(out, exact) < 0.06 and norm_error(direct, exact) < 0.006
+
+    winograd.bf16 = False  # autocast's convolution, as use_winograd(..., bf16=False) builds it
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(winograd(x), direct)
+    winograd.bf16 = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # training: autocast's convolution and its gradients
+        trained = winograd.train()(x.requires_grad_())
+    assert torch.equal(trained, direct) and trained.requires_grad
