@@ -113,13 +113,15 @@ class Bottleneck(nn.Module):
         self.bn2 = make_norm(norm, planes)
         self.conv3 = conv1x1(planes, planes * self.expansion)
         self.bn3 = make_norm(norm, planes * self.expansion)
+        # A module, so that the inference fast path can fuse it into conv2 (backbones.winograd.fuse_relu).
+        self.relu2 = nn.ReLU(inplace=True)
         self.downsample = shortcut
         self.residual = residual
         self.conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
+        out = self.relu2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.residual:
             out += x if self.downsample is None else self.downsample(x)  # in place, as in BasicBlock

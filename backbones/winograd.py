@@ -16,14 +16,16 @@ first use by backbones/native.py), one pass over memory each; where they cannot 
 PyTorch copies and matrix products (the same results to float rounding, about 1.3x slower for
 256-channel maps).
 
-On this project's 2-core CPU (oneDNN's direct convolution at about 215 GFLOP/s, matmul at 170) it
-is 1.6-1.8x faster for 256- and 512-channel maps alone and up to 1.3x for 128 channels; with 64
-channels, or maps of a few hundred pixels, the direct convolution wins. Inside a detector, res5's
-512-channel convolutions on small maps gained nothing (their transformed filters, 38 MB each, come
-from memory every time), so :func:`use_winograd` converts the convolutions of 128 to 256 channels
-and :class:`WinogradConv2d` runs the direct one on small maps, on GPUs (where cuDNN chooses its own
-algorithms), under autocast and when tracing, compiling or exporting. With gradients (training)
-the backward pass is computed in the Winograd domain as well (WinogradConvFunction).
+On this project's 2-core CPU (oneDNN's direct convolution at about 220 GFLOP/s, matmul at 170),
+with the C transforms, a convolution alone is 2.1x faster than the direct one for 256 channels on
+a 152x200 map, 1.5x for 128 channels on 76x100 and 1.7x for 64 channels on 152x200 (the PyTorch
+transforms: 1.7x, 1.2x and slower). Inside a detector, res5's 512-channel convolutions on small
+maps gained nothing (their transformed filters, 38 MB each, come from memory every time), so
+:func:`use_winograd` converts the convolutions of MIN_CHANNELS to MAX_CHANNELS channels (the
+inference fast path from 64) and :class:`WinogradConv2d` runs the direct one on small maps, on GPUs
+(where cuDNN chooses its own algorithms) and when tracing, compiling or exporting. With gradients
+(training) the backward pass is computed in the Winograd domain as well (WinogradConvFunction);
+under autocast, training keeps autocast's convolution.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import math
 import threading
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import native
@@ -65,8 +68,10 @@ FILTER_TRANSFORM_2D = torch.kron(FILTER_TRANSFORM, FILTER_TRANSFORM)  # (36, 9),
 # Tiles per strip: about 256 keeps each strip's buffers at a few MB and the matrix products large
 # enough to run at the matmul rate (measured: 136-544 tiles within 10%).
 STRIP_TILES = 256
-# Where the direct convolution is as fast or faster (measured; see the module docstring).
+# Under this, training steps gained nothing (measured with the PyTorch transforms, which the
+# filters' gradient still partly uses); inference with the C transforms gains from 64 channels.
 MIN_CHANNELS = 128
+INFERENCE_MIN_CHANNELS = 64
 # Above this, in a detector (res5's 512 channels on maps of about 25x34), the transformed filters
 # (4x the weights: 38 MB per convolution) are streamed from memory for little work, and the direct
 # convolution measured as fast or faster per image, with 75 MB less memory for R50-FPN.
@@ -93,14 +98,20 @@ def filters_from_transformed(grad: torch.Tensor, out_channels: int) -> torch.Ten
     return flat.view(3, 3, -1, out_channels).permute(3, 2, 0, 1).contiguous()
 
 
-def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor,
-                     bias: torch.Tensor | None = None) -> torch.Tensor:
+def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None = None,
+                     relu: bool = False) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, stride=1, padding=1)`` for 3x3 filters given as
-    ``transform_filters(weight)``; ``x`` is (N, C, H, W) in any memory format, the result is
-    channels_last. No autograd (WinogradConvFunction adds it)."""
+    ``transform_filters(weight)``, then a ReLU if ``relu``; ``x`` is (N, C, H, W) in any memory
+    format, the result is channels_last. No autograd (WinogradConvFunction adds it)."""
     kernels = native_transforms() if x.device.type == "cpu" and x.dtype == torch.float32 else None
     if kernels is not None:
-        return kernels.conv3x3(x, filters, bias)
+        return kernels.conv3x3(x, filters, bias, relu)
+    result = pytorch_winograd_conv3x3(x, filters, bias)
+    return result.relu_() if relu else result
+
+
+def pytorch_winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """winograd_conv3x3 in PyTorch ops (where the C transforms cannot be built)."""
     n, channels, height, width = x.shape
     out_channels = filters.shape[2]
     tiles_h, tiles_w, rows = strip_layout(height, width)
@@ -377,6 +388,7 @@ class WinogradConv2d(nn.Conv2d):
         self.weight = conv.weight
         self.bias = conv.bias
         self.bf16 = bf16
+        self.relu = False  # set by fuse_relu: the output is max(conv(x), 0)
         self.transformed: torch.Tensor | None = None
         self.transformed_bf16: torch.Tensor | None = None
         self.register_load_state_dict_post_hook(lambda module, keys: module.refresh())
@@ -389,15 +401,17 @@ class WinogradConv2d(nn.Conv2d):
         if self.bf16_winograd_applies(x):
             if self.transformed_bf16 is None or self.transformed_bf16.device != x.device:
                 self.transformed_bf16 = transform_filters(self.weight).to(torch.bfloat16)
-            return native_transforms().conv3x3(x, self.transformed_bf16, self.bias)
+            return native_transforms().conv3x3(x, self.transformed_bf16, self.bias, relu=self.relu)
         if not self.winograd_applies(x):
-            return super().forward(x)
+            out = super().forward(x)
+            return F.relu(out, inplace=True) if self.relu else out
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             self.transformed = None  # the weights are being trained
-            return WinogradConvFunction.apply(x, self.weight, self.bias)
+            out = WinogradConvFunction.apply(x, self.weight, self.bias)
+            return F.relu(out) if self.relu else out
         if self.transformed is None or self.transformed.device != x.device:
             self.transformed = transform_filters(self.weight)
-        return winograd_conv3x3(x, self.transformed, self.bias)
+        return winograd_conv3x3(x, self.transformed, self.bias, relu=self.relu)
 
     def winograd_applies(self, x: torch.Tensor) -> bool:
         return (x.dtype == torch.float32 and self.weight.dtype == torch.float32 and not cpu_autocast_enabled()
@@ -444,6 +458,19 @@ def is_winograd_shape(conv: nn.Module) -> bool:
     return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
             and conv.padding_mode == "zeros")
+
+
+def fuse_relu(parent: nn.Module, conv_name: str, relu_name: str) -> bool:
+    """Let ``parent.<conv_name>``, a WinogradConv2d, apply the ReLU ``parent.<relu_name>`` that follows
+    it (in its output transform: one pass over the map less) and replace that ReLU by nn.Identity;
+    returns whether it did. Only for a ReLU that directly follows the convolution in the parent's
+    forward (nothing in between, such as an unfolded BatchNorm: the caller checks)."""
+    conv, relu = getattr(parent, conv_name, None), getattr(parent, relu_name, None)
+    if not (isinstance(conv, WinogradConv2d) and type(relu) is nn.ReLU):
+        return False
+    conv.relu = True
+    setattr(parent, relu_name, nn.Identity())
+    return True
 
 
 def use_winograd(model: nn.Module, min_channels: int = MIN_CHANNELS, max_channels: int = MAX_CHANNELS,

@@ -23,6 +23,7 @@ class RPNHead(nn.Module):
         self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
         self.cls_logits = nn.Conv2d(width, num_anchors, 1)
         self.bbox_pred = nn.Conv2d(width, num_anchors * 4, 1)
+        self.relu = nn.ReLU(inplace=True)  # a module: the inference fast path may fuse it into conv
         for layer in (self.conv, self.cls_logits, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
@@ -30,7 +31,7 @@ class RPNHead(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         logits, deltas = [], []
         for feature in features:
-            hidden = F.relu(self.conv(feature), inplace=True)
+            hidden = self.relu(self.conv(feature))
             logits.append(self.cls_logits(hidden))
             deltas.append(self.bbox_pred(hidden))
         return logits, deltas

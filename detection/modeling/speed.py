@@ -4,8 +4,9 @@
   over every activation map less (torchvision's FrozenBatchNorm2d is a separate multiply-add).
 * channels_last memory format for the convolutions, which oneDNN (CPU) and cuDNN run faster, and
   the box head's first fc layer reordered to read channels_last RoI features without a copy.
-* the wide 3x3 convolutions (128 to 256 channels: the FPN's outputs, the RPN head, res3-res4) as
-  Winograd F(4x4, 3x3) convolutions on CPUs, with a quarter of the multiply-adds (backbones/winograd.py).
+* the stride-1 3x3 convolutions of 64 to 256 channels (the FPN's outputs, the RPN head, res2-res4)
+  as Winograd F(4x4, 3x3) convolutions on CPUs, with a quarter of the multiply-adds (backbones/winograd.py),
+  and the ReLUs after them applied as they write their outputs.
 
 All three change results only by floating-point rounding (tested: the same detections); tools apply
 them when ``test.fast`` is on (the default; ``test.winograd=false`` keeps the direct convolutions).
@@ -22,10 +23,12 @@ import torch
 from torch import nn
 
 from backbones import fold_frozen_bn
-from backbones.winograd import use_winograd
+from backbones.resnet import Bottleneck
+from backbones.winograd import INFERENCE_MIN_CHANNELS, fuse_relu, use_winograd
 from engine.trainer import use_channels_last
 
 from .box_heads import FCHead
+from .rpn import RPNHead
 
 
 def optimize_for_inference(model: nn.Module, channels_last: bool = True, winograd: bool = True,
@@ -40,8 +43,21 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, winogra
             if isinstance(module, FCHead):  # the CPU RoIAlign returns channels_last features
                 module.read_channels_last()
     if winograd:  # after folding: the transformed filters are computed from the final weights
-        use_winograd(model, bf16=winograd_bf16)
+        use_winograd(model, min_channels=INFERENCE_MIN_CHANNELS, bf16=winograd_bf16)
+        fuse_winograd_relus(model)
     return model
+
+
+def fuse_winograd_relus(model: nn.Module) -> int:
+    """The ReLUs right after Winograd convolutions (res2-res4's 3x3 once BN is folded, the RPN's
+    hidden layer) applied in the convolutions' output transforms; returns how many."""
+    fused = 0
+    for module in model.modules():
+        if isinstance(module, Bottleneck) and isinstance(module.bn2, nn.Identity):
+            fused += fuse_relu(module, "conv2", "relu2")
+        elif isinstance(module, RPNHead):
+            fused += fuse_relu(module, "conv", "relu")
+    return fused
 
 
 def inference_autocast(amp: str, device: torch.device):

@@ -281,3 +281,40 @@ def test_bf16_winograd_under_autocast_at_inference(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # training: autocast's convolution and its gradients
         trained = winograd.train()(x.requires_grad_())
     assert torch.equal(trained, direct) and trained.requires_grad
+
+
+class ConvReLU(torch.nn.Module):
+    def __init__(self, conv):
+        super().__init__()
+        self.conv, self.relu = conv, torch.nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(self.conv(x))
+
+
+def test_fused_relu_is_applied_on_every_path(transforms, monkeypatch):
+    """fuse_relu: the ReLU leaves the parent and the convolution applies it, whichever way it runs."""
+    monkeypatch.setattr(wg, "STRIP_TILES", 20)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(24, 20, 3, padding=1)
+    reference = ConvReLU(conv)
+    fused = ConvReLU(WinogradConv2d(torch.nn.Conv2d(24, 20, 3, padding=1)))
+    fused.conv.load_state_dict(conv.state_dict())
+    assert wg.fuse_relu(fused, "conv", "relu") and isinstance(fused.relu, torch.nn.Identity)
+    assert not wg.fuse_relu(fused, "conv", "relu")  # nothing left to fuse
+    assert not wg.fuse_relu(ConvReLU(torch.nn.Conv2d(24, 20, 3, padding=1)), "conv", "relu")  # not Winograd
+    for height, width in [(26, 31), (8, 8)]:  # Winograd, and the direct convolution of small maps
+        x = torch.randn(2, 24, height, width)
+        with torch.no_grad():
+            expected, out = reference(x), fused(x)
+        assert (out >= 0).all() and relative_error(out, expected) < 3e-5
+        xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]  # training
+        for module, inp in zip((reference, fused), xs):
+            module(inp).square().sum().backward()
+        assert relative_error(xs[1].grad, xs[0].grad) < 3e-5
+    if transforms == "native":
+        x = torch.randn(1, 24, 26, 31)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fused(x)
+        assert out.dtype == torch.bfloat16 and (out >= 0).all() and (out > 0).any()
+        assert ((out.double() - reference(x).double()).norm() / reference(x).norm()) < 0.06

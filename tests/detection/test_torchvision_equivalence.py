@@ -71,8 +71,10 @@ def test_inference_fast_path_keeps_the_detections(tmp_path, repo_root):
         fast = optimize_for_inference(model)([{"image": image}])[0]
     frozen = [m for m in model.modules() if "BatchNorm" in type(m).__name__]
     assert not frozen, "every BatchNorm should be folded away"
-    # res3-res4's stride-1 3x3 convolutions (3 + 5), the 4 FPN outputs and the RPN's convolution
-    assert sum(isinstance(m, WinogradConv2d) for m in model.modules()) == 13
+    # res2-res4's stride-1 3x3 convolutions (3 + 3 + 5), the 4 FPN outputs and the RPN's convolution
+    assert sum(isinstance(m, WinogradConv2d) for m in model.modules()) == 16
+    # the ReLUs after res2-res4's (3 + 3 + 5) and the RPN's are applied by those convolutions
+    assert sum(isinstance(m, WinogradConv2d) and m.relu for m in model.modules()) == 12
     assert isinstance(model.roi_heads.box_head.fc6, PositionMajorLinear)
     compare_unordered(plain, fast)
 
