@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sysconfig
 import tempfile
@@ -101,11 +102,13 @@ def build_key(source: str, compiler: list[str]) -> str:
 
 
 def compiler_version(compiler: list[str]) -> str:
-    try:
-        result = subprocess.run(compiler + ["--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as error:
-        raise BuildError(f"no C compiler ({' '.join(compiler)}: {error})") from error
-    return result.stdout
+    """The compiler's resolved path, size and time stamp: a new or updated compiler rebuilds (cheaper
+    than running it in every process)."""
+    path = shutil.which(compiler[0])
+    if path is None:
+        raise BuildError(f"no C compiler ({compiler[0]} not found)")
+    stat = os.stat(os.path.realpath(path))
+    return f"{os.path.realpath(path)} {stat.st_size} {stat.st_mtime_ns}"
 
 
 def cpu_description() -> str:
