@@ -93,39 +93,119 @@ static inline void output_1d(const float *const m[6], float *const o[4], int n) 
     }
 }
 
+/* One tile's input transform, all channel blocks. The storage flags are compile-time constants at
+ * each call (the exported function dispatches once), so that float32 reads the image in place and
+ * only bfloat16 goes through a converted copy. */
+static inline __attribute__((always_inline)) void input_tile(
+    const void *image, const int image_bf16, long stride_h, long stride_w, int height, int width, int channels,
+    int top, int left, long tile, long tiles, void *transformed, const int transformed_bf16) {
+    static const float zeros[BLOCK] = {0};
+    float patch[6][6][BLOCK], rows[6][6][BLOCK], both[6][6][BLOCK];
+    for (int c0 = 0; c0 < channels; c0 += BLOCK) {
+        const int n = channels - c0 < BLOCK ? channels - c0 : BLOCK;
+        const float *d[6][6];
+        for (int i = 0; i < 6; i++)
+            for (int j = 0; j < 6; j++) {
+                const int y = top + i, x = left + j;
+                const long offset = (long)y * stride_h + (long)x * stride_w + c0;
+                if (!(y >= 0 && y < height && x >= 0 && x < width)) {
+                    d[i][j] = zeros;
+                } else if (image_bf16) {
+                    load_block((const uint16_t *)image + offset, 1, patch[i][j], n);
+                    d[i][j] = patch[i][j];
+                } else {
+                    d[i][j] = (const float *)image + offset;
+                }
+            }
+        for (int j = 0; j < 6; j++) { /* down each column: Bt d */
+            const float *column[6] = {d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]};
+            float *out[6] = {rows[0][j], rows[1][j], rows[2][j], rows[3][j], rows[4][j], rows[5][j]};
+            input_1d(column, out, n);
+        }
+        for (int a = 0; a < 6; a++) { /* along each row: (Bt d) B */
+            const float *row[6] = {rows[a][0], rows[a][1], rows[a][2], rows[a][3], rows[a][4], rows[a][5]};
+            float *out[6] = {both[a][0], both[a][1], both[a][2], both[a][3], both[a][4], both[a][5]};
+            input_1d(row, out, n);
+        }
+        for (int position = 0; position < 36; position++) {
+            const long offset = ((long)position * tiles + tile) * channels + c0;
+            void *dst = transformed_bf16 ? (void *)((uint16_t *)transformed + offset)
+                                         : (void *)((float *)transformed + offset);
+            store_block(both[position / 6][position % 6], dst, transformed_bf16, n);
+        }
+    }
+}
+
 void winograd_input_transform(const void *image, int image_bf16, long stride_h, long stride_w, int height,
                               int width, int channels, int first_row, int count, int tiles_w,
                               void *transformed, int transformed_bf16, int threads) {
     const long tiles = (long)count * tiles_w;
-    const int in_size = image_bf16 ? 2 : 4, out_size = transformed_bf16 ? 2 : 4;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long tile = 0; tile < tiles; tile++) {
-        const int top = 4 * (first_row + (int)(tile / tiles_w)) - 1, left = 4 * (int)(tile % tiles_w) - 1;
-        float patch[6][6][BLOCK], rows[6][6][BLOCK], both[6][6][BLOCK];
-        for (int c0 = 0; c0 < channels; c0 += BLOCK) {
-            const int n = channels - c0 < BLOCK ? channels - c0 : BLOCK;
-            for (int i = 0; i < 6; i++)
-                for (int j = 0; j < 6; j++) {
-                    const int y = top + i, x = left + j;
-                    const int inside = y >= 0 && y < height && x >= 0 && x < width;
-                    const char *src = (const char *)image + ((long)y * stride_h + (long)x * stride_w + c0) * in_size;
-                    load_block(inside ? src : NULL, image_bf16, patch[i][j], n);
-                }
-            for (int j = 0; j < 6; j++) { /* down each column: Bt d */
-                const float *column[6] = {patch[0][j], patch[1][j], patch[2][j], patch[3][j], patch[4][j], patch[5][j]};
-                float *out[6] = {rows[0][j], rows[1][j], rows[2][j], rows[3][j], rows[4][j], rows[5][j]};
-                input_1d(column, out, n);
-            }
-            for (int a = 0; a < 6; a++) { /* along each row: (Bt d) B */
-                const float *row[6] = {rows[a][0], rows[a][1], rows[a][2], rows[a][3], rows[a][4], rows[a][5]};
-                float *out[6] = {both[a][0], both[a][1], both[a][2], both[a][3], both[a][4], both[a][5]};
-                input_1d(row, out, n);
-            }
-            for (int position = 0; position < 36; position++) {
-                char *dst = (char *)transformed + (((long)position * tiles + tile) * channels + c0) * out_size;
-                store_block(both[position / 6][position % 6], dst, transformed_bf16, n);
+#define INPUT_TILES(IMAGE_BF16, TRANSFORMED_BF16)                                                            \
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")                                       \
+    for (long tile = 0; tile < tiles; tile++)                                                                \
+        input_tile(image, IMAGE_BF16, stride_h, stride_w, height, width, channels,                          \
+                   4 * (first_row + (int)(tile / tiles_w)) - 1, 4 * (int)(tile % tiles_w) - 1, tile, tiles, \
+                   transformed, TRANSFORMED_BF16);
+    if (!image_bf16 && !transformed_bf16) {
+        INPUT_TILES(0, 0)
+    } else if (!image_bf16) {
+        INPUT_TILES(0, 1)
+    } else if (!transformed_bf16) {
+        INPUT_TILES(1, 0)
+    } else {
+        INPUT_TILES(1, 1)
+    }
+#undef INPUT_TILES
+}
+
+/* max(x, 0) if relu, else x; NaN stays NaN, as in torch.relu. */
+static inline float relu_if(float x, int relu) { return relu && x < 0.f ? 0.f : x; }
+
+/* One tile's output transform, all channel blocks (flags as for input_tile). */
+static inline __attribute__((always_inline)) void output_tile(
+    const void *products, const int products_bf16, const float *bias, int relu, int channels, int top, int left,
+    long tile, long tiles, void *output, const int output_bf16, long stride_h, long stride_w, int height,
+    int width) {
+    static const float zeros[BLOCK] = {0};
+    float converted[6][6][BLOCK], half[4][6][BLOCK], result[4][4][BLOCK];
+    for (int c0 = 0; c0 < channels; c0 += BLOCK) {
+        const int n = channels - c0 < BLOCK ? channels - c0 : BLOCK;
+        const float *m[6][6];
+        for (int position = 0; position < 36; position++) {
+            const long offset = ((long)position * tiles + tile) * channels + c0;
+            const int i = position / 6, j = position % 6;
+            if (products_bf16) {
+                load_block((const uint16_t *)products + offset, 1, converted[i][j], n);
+                m[i][j] = converted[i][j];
+            } else {
+                m[i][j] = (const float *)products + offset;
             }
         }
+        for (int j = 0; j < 6; j++) { /* down each column: At M */
+            const float *column[6] = {m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j]};
+            float *out[4] = {half[0][j], half[1][j], half[2][j], half[3][j]};
+            output_1d(column, out, n);
+        }
+        for (int a = 0; a < 4; a++) { /* along each row: (At M) A */
+            const float *row[6] = {half[a][0], half[a][1], half[a][2], half[a][3], half[a][4], half[a][5]};
+            float *out[4] = {result[a][0], result[a][1], result[a][2], result[a][3]};
+            output_1d(row, out, n);
+        }
+        for (int a = 0; a < 4 && top + a < height; a++)
+            for (int b = 0; b < 4 && left + b < width; b++) {
+                float *value = result[a][b];
+                const float *shift = bias ? bias + c0 : zeros;
+                const long offset = (long)(top + a) * stride_h + (long)(left + b) * stride_w + c0;
+                if (output_bf16) {
+#pragma omp simd
+                    for (int c = 0; c < n; c++) value[c] = relu_if(value[c] + shift[c], relu);
+                    store_block(value, (uint16_t *)output + offset, 1, n);
+                } else {
+                    float *dst = (float *)output + offset;
+#pragma omp simd
+                    for (int c = 0; c < n; c++) dst[c] = relu_if(value[c] + shift[c], relu);
+                }
+            }
     }
 }
 
@@ -134,42 +214,20 @@ void winograd_output_transform(const void *products, int products_bf16, const fl
                                int output_bf16, long stride_h, long stride_w, int height, int width,
                                int threads) {
     const long tiles = (long)count * tiles_w;
-    const int in_size = products_bf16 ? 2 : 4, out_size = output_bf16 ? 2 : 4;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long tile = 0; tile < tiles; tile++) {
-        const int top = 4 * (first_row + (int)(tile / tiles_w)), left = 4 * (int)(tile % tiles_w);
-        float m[6][6][BLOCK], half[4][6][BLOCK], result[4][4][BLOCK];
-        for (int c0 = 0; c0 < channels; c0 += BLOCK) {
-            const int n = channels - c0 < BLOCK ? channels - c0 : BLOCK;
-            for (int position = 0; position < 36; position++) {
-                const char *src = (const char *)products + (((long)position * tiles + tile) * channels + c0) * in_size;
-                load_block(src, products_bf16, m[position / 6][position % 6], n);
-            }
-            for (int j = 0; j < 6; j++) { /* down each column: At M */
-                const float *column[6] = {m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j]};
-                float *out[4] = {half[0][j], half[1][j], half[2][j], half[3][j]};
-                output_1d(column, out, n);
-            }
-            for (int a = 0; a < 4; a++) { /* along each row: (At M) A */
-                const float *row[6] = {half[a][0], half[a][1], half[a][2], half[a][3], half[a][4], half[a][5]};
-                float *out[4] = {result[a][0], result[a][1], result[a][2], result[a][3]};
-                output_1d(row, out, n);
-            }
-            for (int a = 0; a < 4 && top + a < height; a++)
-                for (int b = 0; b < 4 && left + b < width; b++) {
-                    float *value = result[a][b];
-                    if (bias) {
-#pragma omp simd
-                        for (int c = 0; c < n; c++) value[c] += bias[c0 + c];
-                    }
-                    if (relu) {
-#pragma omp simd
-                        for (int c = 0; c < n; c++) value[c] = value[c] < 0.f ? 0.f : value[c]; /* NaN stays NaN, as in torch.relu */
-                    }
-                    char *dst = (char *)output
-                                + ((long)(top + a) * stride_h + (long)(left + b) * stride_w + c0) * out_size;
-                    store_block(value, dst, output_bf16, n);
-                }
-        }
+#define OUTPUT_TILES(PRODUCTS_BF16, OUTPUT_BF16)                                                            \
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")                                      \
+    for (long tile = 0; tile < tiles; tile++)                                                               \
+        output_tile(products, PRODUCTS_BF16, bias, relu, channels, 4 * (first_row + (int)(tile / tiles_w)), \
+                    4 * (int)(tile % tiles_w), tile, tiles, output, OUTPUT_BF16, stride_h, stride_w, height, \
+                    width);
+    if (!products_bf16 && !output_bf16) {
+        OUTPUT_TILES(0, 0)
+    } else if (!products_bf16) {
+        OUTPUT_TILES(0, 1)
+    } else if (!output_bf16) {
+        OUTPUT_TILES(1, 0)
+    } else {
+        OUTPUT_TILES(1, 1)
     }
+#undef OUTPUT_TILES
 }
