@@ -18,8 +18,8 @@ PyTorch copies and matrix products (the same results to float rounding, about 1.
 
 On this project's 2-core CPU (oneDNN's direct convolution at about 220 GFLOP/s, matmul at 170),
 with the C transforms, a convolution alone is 2.1x faster than the direct one for 256 channels on
-a 152x200 map, 1.5x for 128 channels on 76x100 and 1.7x for 64 channels on 152x200 (the PyTorch
-transforms: 1.7x, 1.2x and slower). Inside a detector, res5's 512-channel convolutions on small
+a 152x200 map, about 2x for 128 channels on 76x100 and 1.7x for 64 channels on 152x200 (the
+PyTorch transforms: 1.7x, 1.2x and slower). Inside a detector, res5's 512-channel convolutions on small
 maps gained nothing (their transformed filters, 38 MB each, come from memory every time), so
 :func:`use_winograd` converts the convolutions of MIN_CHANNELS to MAX_CHANNELS channels (the
 inference fast path from 64) and :class:`WinogradConv2d` runs the direct one on small maps, on GPUs
@@ -103,7 +103,7 @@ def winograd_conv3x3(x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor 
     """``F.conv2d(x, weight, bias, stride=1, padding=1)`` for 3x3 filters given as
     ``transform_filters(weight)``, then a ReLU if ``relu``; ``x`` is (N, C, H, W) in any memory
     format, the result is channels_last. No autograd (WinogradConvFunction adds it)."""
-    kernels = native_transforms() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+    kernels = native_transforms_for(x)
     if kernels is not None:
         return kernels.conv3x3(x, filters, bias, relu)
     result = pytorch_winograd_conv3x3(x, filters, bias)
@@ -206,7 +206,7 @@ class StripBuffers:
 
     def transform_input(self, image: torch.Tensor, first: int, count: int) -> torch.Tensor:
         """``V = Bt d B`` for the tiles of one strip of an (H, W, C) image: (36, tiles, C)."""
-        kernels = native_transforms() if image.device.type == "cpu" and image.dtype == torch.float32 else None
+        kernels = native_transforms_for(image)
         if kernels is not None and image.stride(2) == 1:
             tiles_w = -(-image.shape[1] // TILE_OUT)
             transformed = self.take("transformed", POSITIONS, count * tiles_w, self.channels)
@@ -314,6 +314,11 @@ def native_transforms() -> NativeTransforms | None:
         library = native.load_library("winograd_transforms")
         NATIVE["transforms"] = None if library is None else NativeTransforms(library)
     return NATIVE["transforms"]
+
+
+def native_transforms_for(x: torch.Tensor) -> NativeTransforms | None:
+    """The C transforms for a float32 CPU tensor (the float32 paths), else None."""
+    return native_transforms() if x.device.type == "cpu" and x.dtype == torch.float32 else None
 
 
 WORKSPACES = threading.local()

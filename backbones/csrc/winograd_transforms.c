@@ -93,6 +93,19 @@ static inline void output_1d(const float *const m[6], float *const o[4], int n) 
     }
 }
 
+/* LOOP(a, b) with the two storage flags as constants: one specialized copy of the loop for each of
+ * the four combinations. */
+#define DISPATCH_STORAGE(LOOP, A, B) \
+    if (!(A) && !(B)) {              \
+        LOOP(0, 0)                   \
+    } else if (!(A)) {               \
+        LOOP(0, 1)                   \
+    } else if (!(B)) {               \
+        LOOP(1, 0)                   \
+    } else {                         \
+        LOOP(1, 1)                   \
+    }
+
 /* One tile's input transform, all channel blocks. The storage flags are compile-time constants at
  * each call (the exported function dispatches once), so that float32 reads the image in place and
  * only bfloat16 goes through a converted copy. */
@@ -146,15 +159,7 @@ void winograd_input_transform(const void *image, int image_bf16, long stride_h, 
         input_tile(image, IMAGE_BF16, stride_h, stride_w, height, width, channels,                          \
                    4 * (first_row + (int)(tile / tiles_w)) - 1, 4 * (int)(tile % tiles_w) - 1, tile, tiles, \
                    transformed, TRANSFORMED_BF16);
-    if (!image_bf16 && !transformed_bf16) {
-        INPUT_TILES(0, 0)
-    } else if (!image_bf16) {
-        INPUT_TILES(0, 1)
-    } else if (!transformed_bf16) {
-        INPUT_TILES(1, 0)
-    } else {
-        INPUT_TILES(1, 1)
-    }
+    DISPATCH_STORAGE(INPUT_TILES, image_bf16, transformed_bf16)
 #undef INPUT_TILES
 }
 
@@ -220,14 +225,6 @@ void winograd_output_transform(const void *products, int products_bf16, const fl
         output_tile(products, PRODUCTS_BF16, bias, relu, channels, 4 * (first_row + (int)(tile / tiles_w)), \
                     4 * (int)(tile % tiles_w), tile, tiles, output, OUTPUT_BF16, stride_h, stride_w, height, \
                     width);
-    if (!products_bf16 && !output_bf16) {
-        OUTPUT_TILES(0, 0)
-    } else if (!products_bf16) {
-        OUTPUT_TILES(0, 1)
-    } else if (!output_bf16) {
-        OUTPUT_TILES(1, 0)
-    } else {
-        OUTPUT_TILES(1, 1)
-    }
+    DISPATCH_STORAGE(OUTPUT_TILES, products_bf16, output_bf16)
 #undef OUTPUT_TILES
 }
