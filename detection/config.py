@@ -5,64 +5,65 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backbones.config import BackboneConfig
-from engine.config import ConfigError, choice, load_config
+from engine.config import ConfigError, choice, fraction, load_config, non_negative, positive
 from engine.schema import DatasetConfig, SolverConfig
 
 
 @dataclass
 class AnchorConfig:
     # One list of sizes (pixels, square-root of the area) per feature level.
-    sizes: list[list[float]] = field(default_factory=lambda: [[64.0, 128.0, 256.0, 512.0]])
-    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    sizes: list[list[float]] = positive([[64.0, 128.0, 256.0, 512.0]], non_empty=True)
+    aspect_ratios: list[float] = positive([0.5, 1.0, 2.0], non_empty=True)
 
 
 @dataclass
 class RPNConfig:
     # Width of the 3x3 conv; 0 means "as many channels as the input feature".
-    conv_channels: int = 0
-    batch_size_per_image: int = 256
-    positive_fraction: float = 0.5
-    fg_iou_thresh: float = 0.7
-    bg_iou_thresh: float = 0.3
-    pre_nms_topk_train: int = 12000
-    post_nms_topk_train: int = 2000
-    pre_nms_topk_test: int = 6000
-    post_nms_topk_test: int = 300
-    nms_thresh: float = 0.7
+    conv_channels: int = non_negative(0)
+    batch_size_per_image: int = positive(256)
+    positive_fraction: float = fraction(0.5)
+    fg_iou_thresh: float = fraction(0.7)
+    bg_iou_thresh: float = fraction(0.3)
+    pre_nms_topk_train: int = positive(12000)
+    post_nms_topk_train: int = positive(2000)
+    pre_nms_topk_test: int = positive(6000)
+    post_nms_topk_test: int = positive(300)
+    nms_thresh: float = fraction(0.7)
     # Proposals smaller than this (pixels of the network input) are dropped.
-    min_size: float = 0.0
-    smooth_l1_beta: float = 1.0 / 9.0
-    loss_weight: float = 1.0
+    min_size: float = non_negative(0.0)
+    smooth_l1_beta: float = non_negative(1.0 / 9.0)
+    loss_weight: float = non_negative(1.0)
     # In training, ignore anchors crossing the image border by more than this (pixels); < 0 keeps all.
     boundary_thresh: float = -1.0
 
 
 @dataclass
 class RoIHeadConfig:
-    batch_size_per_image: int = 512
-    positive_fraction: float = 0.25
-    fg_iou_thresh: float = 0.5
+    batch_size_per_image: int = positive(512)
+    positive_fraction: float = fraction(0.25)
+    fg_iou_thresh: float = fraction(0.5)
     # Background RoIs have IoU in [bg_iou_lo, fg_iou_thresh).
-    bg_iou_lo: float = 0.0
+    bg_iou_lo: float = fraction(0.0)
     pooler: str = choice("roi_align", ("roi_align", "roi_pool"))
     # 14 for the C4 head (res5 halves it to 7x7), 7 for FPN.
-    pooler_resolution: int = 14
-    sampling_ratio: int = 0
+    pooler_resolution: int = positive(14)
+    # Sampling points per bin side; 0: adaptive (as many as the bin is wide).
+    sampling_ratio: int = non_negative(0)
     # RoIAlign: "auto" runs a multi-threaded gather on CPUs (torchvision's numbers to float
     # rounding, several times faster) and torchvision's op on GPUs; "gather" or "torchvision" force one.
     roi_align_impl: str = choice("auto", ("auto", "gather", "torchvision"))
     # FPN box head: fully connected layers and their width.
-    num_fc: int = 2
-    fc_dim: int = 1024
-    bbox_reg_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
-    smooth_l1_beta: float = 1.0 / 9.0
+    num_fc: int = non_negative(2)
+    fc_dim: int = positive(1024)
+    bbox_reg_weights: list[float] = positive([10.0, 10.0, 5.0, 5.0])
+    smooth_l1_beta: float = non_negative(1.0 / 9.0)
     # Whole-image RoI through the same head, concatenated to each region (paper, Appendix B).
     global_context: bool = False
 
 
 @dataclass
 class FPNConfig:
-    out_channels: int = 256
+    out_channels: int = positive(256)
     in_features: list[str] = field(default_factory=lambda: ["res2", "res3", "res4", "res5"])
 
 
@@ -83,7 +84,7 @@ class ModelConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
     # Foreground classes; 0 = the number of categories in the training annotation file.
-    num_classes: int = 0
+    num_classes: int = non_negative(0)
     # Output category ids are the contiguous labels themselves (torchvision-trained models).
     labels_are_category_ids: bool = False
     weights: str = ""
@@ -93,14 +94,17 @@ class ModelConfig:
 class InputConfig:
     # Pixel statistics on 0-255 values, in the order of `format`.
     pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
-    pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    pixel_std: list[float] = positive([58.395, 57.12, 57.375])
     format: str = choice("RGB", ("RGB", "BGR"))
-    min_size_train: list[int] = field(default_factory=lambda: [600])
-    max_size_train: int = 1000
-    min_size_test: int = 600
-    max_size_test: int = 1000
-    size_divisibility: int = 32
-    random_flip: float = 0.5
+    # Shorter sides drawn from for each training image; the longer side is capped at max_size_train.
+    min_size_train: list[int] = positive([600], non_empty=True)
+    max_size_train: int = positive(1000)
+    min_size_test: int = positive(600)
+    max_size_test: int = positive(1000)
+    # The batch is padded to a multiple of this (the largest stride of the backbone).
+    size_divisibility: int = positive(32)
+    # The probability of a horizontal flip in training.
+    random_flip: float = fraction(0.5)
 
 
 @dataclass
@@ -111,7 +115,7 @@ class DataConfig:
         "datasets/coco/annotations/instances_val2017.json", "datasets/coco/val2017"))
     # "shapes": generate the synthetic dataset into the paths above on first use.
     synthetic: str = choice("", ("", "shapes"))
-    num_workers: int = 2
+    num_workers: int = non_negative(2)
     aspect_ratio_grouping: bool = True
     on_bad_image: str = choice("skip", ("skip", "fail"))
     filter_empty: bool = False
@@ -120,28 +124,28 @@ class DataConfig:
 @dataclass
 class TestConfig:
     # Evaluate every N iterations during training (0: only at the end).
-    eval_period: int = 0
-    detections_per_img: int = 100
-    score_thresh: float = 0.05
-    nms_thresh: float = 0.5
-    ims_per_batch: int = 1
+    eval_period: int = non_negative(0)
+    detections_per_img: int = positive(100)
+    score_thresh: float = fraction(0.05)
+    nms_thresh: float = fraction(0.5)
+    ims_per_batch: int = positive(1)
     # Evaluate at most this many images (0: all), for quick checks.
-    max_images: int = 0
+    max_images: int = non_negative(0)
     eval_backend: str = choice("pycocotools", ("pycocotools", "faster_coco_eval"))
     # The paper's test-time improvements (Appendix B); see detection/modeling/test_time.py.
     box_refinement: bool = False
-    refine_nms_thresh: float = 0.3
+    refine_nms_thresh: float = fraction(0.3)
     box_voting: bool = False
-    box_voting_iou: float = 0.5
+    box_voting_iou: float = fraction(0.5)
     # Multi-scale testing: shorter sides of the image pyramid, e.g. [200, 400, 600, 800, 1000]
     # (null: single scale at input.min_size_test).
-    scales: list[int] | None = None
+    scales: list[int] | None = positive(None, non_empty=True, hint="such as [400, 600, 800], or null for single-scale testing")
     # "paper": proposals at rpn_scale, each RoI's features from two adjacent scales merged by max;
     # "union": detections at every scale (and flips) merged by NMS / box voting.
     multiscale_mode: str = choice("paper", ("paper", "union"))
-    rpn_scale: int = 0  # 0: input.min_size_test
+    rpn_scale: int = non_negative(0)  # 0: input.min_size_test
     # "paper" mode picks, per RoI, the scales where its side is nearest this (224: ImageNet objects).
-    canonical_size: float = 224.0
+    canonical_size: float = positive(224.0)
     flip: bool = False  # also test the horizontally flipped image
     # eval_det.py and infer.py fold BatchNorm into the convolutions and run channels_last: the
     # same detections to float rounding, faster (detection/modeling/speed.py).
@@ -172,16 +176,21 @@ class DetectionConfig:
 
 def load_detection_config(path=None, overrides=()):
     cfg = load_config(DetectionConfig, path, overrides)
-    check_test_options(cfg)
+    check_detection_options(cfg)
     return cfg
 
 
-def check_test_options(cfg) -> None:
-    """Values the schema's types cannot rule out, with the fix in the message."""
-    scales = cfg.test.scales
-    if scales is not None and (len(scales) == 0 or any(s <= 0 for s in scales)):
-        raise ConfigError(f"test.scales={list(scales)}: give positive shorter sides such as [400, 600, 800], "
-                          f"or null for single-scale testing")
-    if cfg.test.rpn_scale < 0:
-        raise ConfigError(f"test.rpn_scale={cfg.test.rpn_scale}: give a positive shorter side, or 0 for "
-                          f"input.min_size_test")
+def check_detection_options(cfg) -> None:
+    """Relations between keys, which the ranges of single keys in the schema cannot express."""
+    rpn, head = cfg.model.rpn, cfg.model.roi_head
+    if rpn.bg_iou_thresh > rpn.fg_iou_thresh:
+        raise ConfigError(f"model.rpn.bg_iou_thresh={rpn.bg_iou_thresh} is above model.rpn.fg_iou_thresh="
+                          f"{rpn.fg_iou_thresh}: anchors below bg are background, above fg foreground")
+    if head.bg_iou_lo > head.fg_iou_thresh:
+        raise ConfigError(f"model.roi_head.bg_iou_lo={head.bg_iou_lo} is above model.roi_head.fg_iou_thresh="
+                          f"{head.fg_iou_thresh}: background RoIs have IoU in [bg_iou_lo, fg_iou_thresh)")
+    if len(head.bbox_reg_weights) != 4:
+        raise ConfigError(f"model.roi_head.bbox_reg_weights={list(head.bbox_reg_weights)}: give 4 divisors "
+                          f"(x, y, w, h), such as [10, 10, 5, 5]")
+    if len(cfg.input.pixel_mean) != 3 or len(cfg.input.pixel_std) != 3:
+        raise ConfigError("input.pixel_mean and input.pixel_std need 3 values each, one per colour channel")

@@ -6,13 +6,20 @@ is reported with where it came from and the closest valid key:
 
     config error: unknown key 'model.backbone.dept' in configs/x.yaml (did you mean model.backbone.depth?)
 
-Fields that accept a fixed set of strings are declared with :func:`choice`.
+Fields that accept a fixed set of strings are declared with :func:`choice`, numbers with a range
+with :func:`positive`, :func:`non_negative`, :func:`fraction` or :func:`bounded` (each number of a list
+field is checked the same way); every float must be finite. A value out of range stops the load with
+one line naming the key, the value, where it was set and the range:
+
+    solver.max_iter=0 in configs/x.yaml must be a positive integer
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import math
 import os
 import re
 import typing
@@ -37,21 +44,96 @@ def choice(default: str, options: Sequence[str]):
     return dataclasses.field(default=default, metadata={"choices": tuple(options)})
 
 
-def schema_keys(schema: type, prefix: str = "") -> tuple[dict[str, dataclasses.Field], set[str]]:
-    """The dotted leaf keys of a dataclass schema (mapped to their fields) and its section keys."""
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The numbers a field accepts: its value, or every number of a list field (lists of lists too)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # ``low`` itself is excluded
+    high_open: bool = False
+    non_empty: bool = False  # a list field (and each list inside it) needs at least one number
+    hint: str = ""  # appended to the message, e.g. what null means for this key
+
+    def admits(self, number: float) -> bool:
+        if not math.isfinite(number):
+            return False
+        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
+            return False
+        return self.high is None or (number < self.high if self.high_open else number <= self.high)
+
+    def describe(self, integer: bool, plural: bool = False) -> str:
+        """"a positive integer", "a number in [0, 1)", "positive numbers", ..."""
+        kind = ("integer" if integer else "number") + ("s" if plural else "")
+        if self.low == 0 and self.low_open and self.high is None:
+            text = f"positive {kind}"
+        elif self.low is not None and self.high is not None:
+            text = (f"{kind} in {'(' if self.low_open else '['}{self.low:g}, "
+                    f"{self.high:g}{')' if self.high_open else ']'}")
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        elif self.high is not None:
+            text = f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
+        else:
+            text = f"finite {kind}"
+        if plural:
+            return text
+        return ("an " if text[0] in "aeiou" else "a ") + text
+
+
+FINITE = Bounds()
+
+
+def bounded(default, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+            high_open: bool = False, non_empty: bool = False, hint: str = ""):
+    """A number (or list of numbers) field whose values must lie between ``low`` and ``high``."""
+    bounds = Bounds(low, high, low_open, high_open, non_empty, hint)
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"bounds": bounds})
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
+
+
+def positive(default, **kwargs):
+    """Sizes, counts, periods, learning rates: > 0."""
+    return bounded(default, 0, low_open=True, **kwargs)
+
+
+def non_negative(default, **kwargs):
+    """Values where 0 means "off" or "none": >= 0."""
+    return bounded(default, 0, **kwargs)
+
+
+def fraction(default, **kwargs):
+    """Probabilities, fractions and IoU thresholds: in [0, 1]."""
+    return bounded(default, 0, 1, **kwargs)
+
+
+def schema_keys(schema: type, prefix: str = "") -> tuple[dict[str, dataclasses.Field], set[str], dict[str, Any]]:
+    """The dotted leaf keys of a dataclass schema (mapped to their fields), its section keys, and the
+    leaves' resolved types."""
     leaves: dict[str, dataclasses.Field] = {}
     sections: set[str] = set()
+    types: dict[str, Any] = {}
     hints = typing.get_type_hints(schema)
     for field in dataclasses.fields(schema):
         name = prefix + field.name
         if dataclasses.is_dataclass(hints[field.name]):
             sections.add(name)
-            sub_leaves, sub_sections = schema_keys(hints[field.name], name + ".")
+            sub_leaves, sub_sections, sub_types = schema_keys(hints[field.name], name + ".")
             leaves.update(sub_leaves)
             sections.update(sub_sections)
+            types.update(sub_types)
         else:
             leaves[name] = field
-    return leaves, sections
+            types[name] = hints[field.name]
+    return leaves, sections, types
+
+
+def _numbers_in(hint: Any) -> set[type]:
+    """{int} for ``int`` or ``list[int] | None``, {float} for ``list[list[float]]``, ..."""
+    if hint in (int, float):
+        return {hint}
+    return set().union(*(_numbers_in(arg) for arg in typing.get_args(hint))) if typing.get_args(hint) else set()
 
 
 def _flatten(tree: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -99,8 +181,7 @@ def read_yaml(path: str) -> dict:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+        raise ConfigError(f"{path}{where}: invalid YAML ({_yaml_problem(error)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -109,16 +190,15 @@ def read_yaml(path: str) -> dict:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``a.b=[1,2]`` -> ("a.b", [1, 2]); values are parsed as YAML."""
+    """``a.b=[1,2]`` -> ("a.b", [1, 2]); values are parsed as YAML (invalid YAML raises yaml.YAMLError)."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key=value (for example solver.max_iter=1000)")
     key, raw = text.split("=", 1)
-    key = key.strip()
-    try:
-        value = load_yaml_text(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+    return key.strip(), load_yaml_text(raw) if raw.strip() else ""
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    return getattr(error, "problem", None) or str(error).splitlines()[0]
 
 
 def _nest(key: str, value: Any) -> dict:
@@ -146,9 +226,10 @@ class ConfigLoader:
 
     def __init__(self, schema: type):
         self.schema = schema
-        self.fields, self.sections = schema_keys(schema)
+        self.fields, self.sections, self.types = schema_keys(schema)
         self.leaves = list(self.fields)
         self.sources: dict[str, str] = {}
+        self.defaults = OmegaConf.structured(schema)
 
     # -- public ----------------------------------------------------------------------------------
     def load(self, path: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -157,13 +238,33 @@ class ConfigLoader:
             for layer_path, layer in self._file_layers(path, ()):
                 cfg = self._merge(cfg, layer, layer_path)
         for text in overrides:
-            key, value = parse_override(text)
+            key, value = self._parse_override(text)
             cfg = self._merge(cfg, _nest(key, value), f"override '{text}'")
         self._check_choices(cfg)
+        self._check_bounds(cfg)
         OmegaConf.set_readonly(cfg, False)
         return cfg
 
     # -- internals -------------------------------------------------------------------------------
+    def _parse_override(self, text: str) -> tuple[str, Any]:
+        try:
+            return parse_override(text)
+        except yaml.YAMLError as error:
+            key, raw = (part.strip() for part in text.split("=", 1))
+            if key not in self.fields or str in (self.types[key], *typing.get_args(self.types[key])):
+                return key, raw  # a path or name with YAML's special characters; unknown keys are reported next
+            example = self._example(key)
+            fix = f"; write it like {key}={example}" if example else ""
+            raise ConfigError(f"override '{text}' is not valid YAML ({_yaml_problem(error)}){fix}") from None
+
+    def _example(self, key: str) -> str:
+        """The schema's default of ``key`` in override syntax ("[600]"), or "" when it has none."""
+        value = OmegaConf.select(self.defaults, key)
+        if value is None:
+            return ""
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+
     def _file_layers(self, path: str, chain: tuple[str, ...]) -> list[tuple[str, dict]]:
         real = os.path.realpath(path)
         if real in chain:
@@ -194,6 +295,9 @@ class ConfigLoader:
             return OmegaConf.merge(cfg, OmegaConf.create(_drop_empty_sections(layer, self.sections)))
         except OmegaConfBaseException as error:
             key = getattr(error, "full_key", "") or "?"
+            if typing.get_origin(self.types.get(key)) is list:
+                raise ConfigError(f"'{key}' in {source} must be a list in brackets, such as "
+                                  f"{key}={self._example(key)}") from None
             message = str(error).splitlines()[0]
             raise ConfigError(f"bad value for '{key}' in {source}: {message}") from None
 
@@ -206,6 +310,37 @@ class ConfigLoader:
             if value not in options:
                 source = self.sources.get(key, "the defaults")
                 raise ConfigError(f"'{key}' in {source} is '{value}': choose one of {', '.join(repr(o) if o == '' else str(o) for o in options)}")
+
+    def _check_bounds(self, cfg: DictConfig) -> None:
+        for key, field in self.fields.items():
+            numbers = _numbers_in(self.types[key])
+            bounds = field.metadata.get("bounds") or (FINITE if float in numbers else None)
+            value = OmegaConf.select(cfg, key)
+            if bounds is None or value is None:
+                continue
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            if not _within(value, bounds):
+                source = self.sources.get(key, "the defaults")
+                where = "" if source.startswith("override ") else f" in {source}"  # an override shows key=value
+                integer = numbers == {int}
+                wanted = (f"a {'non-empty ' if bounds.non_empty else ''}list of {bounds.describe(integer, plural=True)}"
+                          if isinstance(value, list) else bounds.describe(integer))
+                hint = f", {bounds.hint}" if bounds.hint else ""
+                raise ConfigError(f"{key}={_show(value)}{where} must be {wanted}{hint}")
+
+
+def _within(value: Any, bounds: Bounds) -> bool:
+    """``value`` (a number, or a list of them, nested or not) satisfies ``bounds``."""
+    if isinstance(value, list):
+        return (bool(value) or not bounds.non_empty) and all(_within(item, bounds) for item in value)
+    return bounds.admits(value)
+
+
+def _show(value: Any) -> str:
+    """A value as an override would write it: [600, 800], 0.5, nan."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(item) for item in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def load_config(schema: type, path: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -224,3 +359,16 @@ def save_config(cfg: DictConfig, path: str) -> None:
 
 def config_to_text(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def config_differences(before_text: str, after_text: str) -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two resolved configs (as saved in
+    checkpoints), in key order; keys present on one side only show as ``(absent)``."""
+    try:
+        before = dict(_flatten(yaml.safe_load(before_text) or {}))
+        after = dict(_flatten(yaml.safe_load(after_text) or {}))
+    except yaml.YAMLError:
+        return []
+    absent = "(absent)"
+    return [f"{key}: {before.get(key, absent)} -> {after.get(key, absent)}"
+            for key in sorted(set(before) | set(after)) if before.get(key, absent) != after.get(key, absent)]

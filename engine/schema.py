@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .config import choice
+from .config import bounded, choice, non_negative, positive
 
 
 @dataclass
@@ -16,21 +16,24 @@ class DatasetConfig:
 @dataclass
 class SolverConfig:
     optimizer: str = choice("sgd", ("sgd", "adamw"))
-    max_iter: int = 90000
+    max_iter: int = positive(90000)
     # The global batch: split evenly over all processes of a distributed run.
-    ims_per_batch: int = 16
-    base_lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    ims_per_batch: int = positive(16)
+    base_lr: float = positive(0.02)
+    # SGD only (AdamW keeps its default betas).
+    momentum: float = bounded(0.9, 0, 1, high_open=True)
+    weight_decay: float = non_negative(1e-4)
     # Absolute iteration numbers at which the learning rate is multiplied by gamma.
-    steps: list[int] = field(default_factory=lambda: [60000, 80000])
-    gamma: float = 0.1
-    warmup_iters: int = 1000
-    warmup_factor: float = 0.001
-    checkpoint_period: int = 5000
+    steps: list[int] = positive([60000, 80000])
+    gamma: float = positive(0.1)
+    warmup_iters: int = non_negative(1000)
+    warmup_factor: float = bounded(0.001, 0, 1, low_open=True)
+    # 0: no periodic checkpoints (model_final.pth only).
+    checkpoint_period: int = non_negative(5000)
     # Keep the newest N periodic checkpoints (plus model_final.pth and model_best.pth).
-    keep_last: int = 3
-    clip_grad_norm: float = 0.0
+    keep_last: int = positive(3)
+    # 0: no clipping.
+    clip_grad_norm: float = non_negative(0.0)
     amp: str = choice("off", ("off", "bf16", "fp16"))
     # Speed switches: channels_last memory format for the convolutions, torch.compile of the
     # backbone (in place, so checkpoints keep their keys), and the wide 3x3 convolutions as Winograd
@@ -40,5 +43,5 @@ class SolverConfig:
     compile_backbone: bool = False
     winograd: bool = False
     # Non-finite losses tolerated (the step is skipped) before the run stops.
-    max_nonfinite: int = 0
-    log_period: int = 20
+    max_nonfinite: int = non_negative(0)
+    log_period: int = positive(20)

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from backbones.config import BackboneConfig
-from engine.config import ConfigError, choice, load_config
+from engine.config import ConfigError, bounded, choice, fraction, load_config, non_negative, positive
 from engine.schema import SolverConfig
 
 TEST_MODES = ("1crop", "10crop", "dense")
@@ -21,7 +21,7 @@ class ClassifierModelConfig:
     # Trained from scratch with BN updated, as on ImageNet (the detection default freezes it).
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(depth=101, norm="bn", freeze_at=0))
     # Classes of the fc head; 0 = as many as the synset file lists.
-    num_classes: int = 0
+    num_classes: int = non_negative(0)
 
 
 @dataclass
@@ -33,23 +33,23 @@ class ClassificationDataConfig:
     # "folder": every image under ILSVRC/Data/CLS-LOC/train/<wnid>/ (all 1.28M on ImageNet);
     # "csv": only the images of LOC_train_solution.csv (the ones with boxes).
     train_list: str = choice("folder", ("folder", "csv"))
-    num_workers: int = 4
+    num_workers: int = non_negative(4)
     on_bad_image: str = choice("skip", ("skip", "fail"))
 
 
 @dataclass
 class ClassificationInputConfig:
     # The shorter side is drawn uniformly from this inclusive range (the paper's scale augmentation).
-    train_short_side: list[int] = field(default_factory=lambda: [256, 480])
-    crop: int = 224
-    flip: float = 0.5
+    train_short_side: list[int] = positive([256, 480])
+    crop: int = positive(224)
+    flip: float = fraction(0.5)
     # Brightness, contrast and saturation factors are drawn from [1 - s, 1 + s]; 0 turns them off.
-    color_jitter: float = 0.4
+    color_jitter: float = bounded(0.4, 0, 1, high_open=True)
     # AlexNet's PCA lighting noise: the standard deviation of its coefficients (0 turns it off).
-    lighting_std: float = 0.1
+    lighting_std: float = non_negative(0.1)
     # Pixel statistics on 0-255 values, in the order of `format`.
     pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
-    pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    pixel_std: list[float] = positive([58.395, 57.12, 57.375])
     format: str = choice("RGB", ("RGB", "BGR"))
 
 
@@ -57,16 +57,16 @@ class ClassificationInputConfig:
 class ClassificationTestConfig:
     mode: str = choice("10crop", TEST_MODES)
     # 1-crop and 10-crop: the shorter side before cropping input.crop.
-    resize: int = 256
+    resize: int = positive(256)
     # Dense (fully convolutional) testing: shorter sides whose class scores are averaged.
-    dense_scales: list[int] = field(default_factory=lambda: [224, 256, 384, 480, 640])
+    dense_scales: list[int] = positive([224, 256, 384, 480, 640], non_empty=True)
     # Dense testing also averages the horizontally flipped image at every scale.
     dense_flip: bool = True
-    ims_per_batch: int = 32
+    ims_per_batch: int = positive(32)
     # Evaluate every N iterations during training (0: only at the end).
-    eval_period: int = 0
+    eval_period: int = non_negative(0)
     # Evaluate at most this many val images (0: all), for quick checks.
-    max_images: int = 0
+    max_images: int = non_negative(0)
 
 
 @dataclass
@@ -90,11 +90,9 @@ def load_classification_config(path: str | None = None, overrides=()):
 
 
 def check_classification_options(cfg) -> None:
-    """Values the schema's types cannot rule out, with the fix in the message."""
+    """Relations between keys, which the ranges of single keys in the schema cannot express."""
     low_high = list(cfg.input.train_short_side)
     crop = cfg.input.crop
-    if crop <= 0:
-        raise ConfigError(f"input.crop={crop}: give a positive crop side such as 224")
     if len(low_high) != 2 or low_high[0] > low_high[1]:
         raise ConfigError(f"input.train_short_side={low_high}: give the range [low, high] of shorter sides, "
                           f"such as [256, 480]")
@@ -104,13 +102,12 @@ def check_classification_options(cfg) -> None:
     if cfg.test.resize < crop:
         raise ConfigError(f"test.resize={cfg.test.resize} is smaller than input.crop={crop}: the test crops "
                           f"must fit in the resized image")
-    scales = list(cfg.test.dense_scales)
-    if not scales or any(s <= 0 for s in scales):
-        raise ConfigError(f"test.dense_scales={scales}: give positive shorter sides such as [224, 256, 384]")
-    if not 0 <= cfg.input.color_jitter < 1:
-        raise ConfigError(f"input.color_jitter={cfg.input.color_jitter}: give a strength in [0, 1)")
-    if len(cfg.input.pixel_mean) != 3 or len(cfg.input.pixel_std) != 3 or min(cfg.input.pixel_std) <= 0:
-        raise ConfigError("input.pixel_mean and input.pixel_std need 3 values each (std positive)")
+    check_pixel_statistics(cfg.input)
+
+
+def check_pixel_statistics(input_cfg) -> None:
+    if len(input_cfg.pixel_mean) != 3 or len(input_cfg.pixel_std) != 3:
+        raise ConfigError("input.pixel_mean and input.pixel_std need 3 values each, one per colour channel")
 
 
 # --------------------------------------------------------------------------------------------- localization
@@ -127,30 +124,30 @@ class LocalizerModelConfig:
     # objects are large enough for a 7x7 grid on a 224 crop. res4 (stride 16) is the detectors' C4 choice.
     feature: str = choice("res5", ("res4", "res5"))
     # Channels of the 3x3 conv in front of the sibling 1x1 cls / reg convs.
-    head_channels: int = 512
+    head_channels: int = positive(512)
     # 3 sizes (square root of the area, in input pixels) x 3 ratios (height / width) = 9 anchors per position.
-    anchor_sizes: list[float] = field(default_factory=lambda: [64.0, 128.0, 256.0])
-    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    anchor_sizes: list[float] = positive([64.0, 128.0, 256.0], non_empty=True)
+    aspect_ratios: list[float] = positive([0.5, 1.0, 2.0], non_empty=True)
     # Classes of the per-class outputs; 0 = as many as the synset file lists.
-    num_classes: int = 0
+    num_classes: int = non_negative(0)
 
 
 @dataclass
 class LocalizerTrainConfig:
     """How anchors are labelled and sampled for each training crop."""
 
-    anchors_per_image: int = 8
-    positive_fraction: float = 0.5
-    fg_iou: float = 0.7
-    bg_iou: float = 0.3
+    anchors_per_image: int = bounded(8, 2)
+    positive_fraction: float = bounded(0.5, 0, 1, low_open=True)
+    fg_iou: float = fraction(0.7)
+    bg_iou: float = fraction(0.3)
     # A GT box keeps being a target when at least this fraction of its area is inside the crop; the part of a
     # box cut away more than that is neither positive nor background (anchors mostly inside it are ignored).
-    min_visible: float = 0.5
+    min_visible: float = fraction(0.5)
     # "all": every class's sigmoid of a sampled anchor is trained (target 1 only for the image's class at a
     # positive anchor), so the per-class scores can also rank classes; "gt": only the GT class's sigmoid.
     cls_loss_classes: str = choice("all", ("all", "gt"))
-    box_loss_weight: float = 1.0
-    smooth_l1_beta: float = 0.1111
+    box_loss_weight: float = non_negative(1.0)
+    smooth_l1_beta: float = non_negative(0.1111)
 
 
 @dataclass
@@ -158,14 +155,14 @@ class LocalizerTestConfig:
     # "1crop": the centre crop (input.crop) of the image resized to `resize`; "dense": the whole image, fully
     # convolutional, at every shorter side of dense_scales (and mirrored when dense_flip).
     mode: str = choice("dense", ("1crop", "dense"))
-    resize: int = 256
-    dense_scales: list[int] = field(default_factory=lambda: [224, 256, 384, 480, 640])
+    resize: int = positive(256)
+    dense_scales: list[int] = positive([224, 256, 384, 480, 640], non_empty=True)
     dense_flip: bool = False
-    ims_per_batch: int = 32
+    ims_per_batch: int = positive(32)
     # Evaluate (GT-known error, classes ranked by the RPN) every N iterations during training (0: at the end).
-    eval_period: int = 0
+    eval_period: int = non_negative(0)
     # Evaluate at most this many val images (0: all), for quick checks.
-    max_images: int = 0
+    max_images: int = non_negative(0)
 
 
 @dataclass
@@ -187,27 +184,27 @@ class LocalizerRCNNConfig:
     # A per-class RPN checkpoint of tools/train_loc.py (task: rpn), e.g. output/loc_shapes/model_final.pth.
     rpn_weights: str = ""
     # Proposals per (image, class): the class's highest-scoring RPN boxes, decoded with its own regressor.
-    proposals_per_class: int = 200
+    proposals_per_class: int = positive(200)
     # Each proposal is cropped from the original image and warped to warp_size x warp_size.
-    warp_size: int = 224
+    warp_size: int = positive(224)
     # Context added around each proposal, in warped pixels on each side (the original R-CNN used 16 of 227).
-    context_pad: int = 0
+    context_pad: int = non_negative(0)
     # RoI-centric mini-batches: solver.ims_per_batch images give rois_per_image RoIs each (1: every RoI of
     # a batch comes from a different image).
-    rois_per_image: int = 1
+    rois_per_image: int = positive(1)
     # Each sampled RoI is foreground with this probability (when the image has one left).
-    fg_fraction: float = 0.25
+    fg_fraction: float = bounded(0.25, 0, 1, low_open=True)
     # IoU with a GT box >= fg_iou: foreground (the GT class); in [bg_iou_low, fg_iou): background.
-    fg_iou: float = 0.5
-    bg_iou_low: float = 0.0
+    fg_iou: float = fraction(0.5)
+    bg_iou_low: float = fraction(0.0)
     # The GT boxes join the training proposals as foreground RoIs, as in the original R-CNN.
     add_gt_boxes: bool = True
-    box_loss_weight: float = 1.0
-    smooth_l1_beta: float = 1.0
+    box_loss_weight: float = non_negative(1.0)
+    smooth_l1_beta: float = non_negative(1.0)
     # Divisors of the (dx, dy, dw, dh) targets: the R-CNN heads' usual (10, 10, 5, 5).
-    box_coder_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    box_coder_weights: list[float] = positive([10.0, 10.0, 5.0, 5.0])
     # Warped RoIs per forward pass at test time (memory bound only).
-    test_chunk: int = 256
+    test_chunk: int = positive(256)
 
 
 @dataclass
@@ -236,11 +233,9 @@ def load_localization_config(path: str | None = None, overrides=()):
 
 
 def check_localization_options(cfg) -> None:
-    """Values the schema's types cannot rule out, with the fix in the message."""
+    """Relations between keys, which the ranges of single keys in the schema cannot express."""
     crop = cfg.input.crop
     low_high = list(cfg.input.train_short_side)
-    if crop <= 0:
-        raise ConfigError(f"input.crop={crop}: give a positive crop side such as 224")
     if len(low_high) != 2 or low_high[0] > low_high[1] or low_high[0] < crop:
         raise ConfigError(f"input.train_short_side={low_high}: give [low, high] with input.crop={crop} <= low "
                           f"<= high, such as [256, 480]")
@@ -250,20 +245,10 @@ def check_localization_options(cfg) -> None:
     if cfg.test.mode == "1crop" and cfg.test.resize < crop:
         raise ConfigError(f"test.resize={cfg.test.resize} is smaller than input.crop={crop}: the centre crop "
                           f"must fit in the resized image")
-    if not cfg.test.dense_scales or min(cfg.test.dense_scales) <= 0:
-        raise ConfigError(f"test.dense_scales={list(cfg.test.dense_scales)}: give positive shorter sides")
-    if len(cfg.model.anchor_sizes) == 0 or min(cfg.model.anchor_sizes) <= 0 or min(cfg.model.aspect_ratios,
-                                                                                   default=0) <= 0:
-        raise ConfigError("model.anchor_sizes and model.aspect_ratios need positive values, such as "
-                          "[64, 128, 256] and [0.5, 1, 2]")
-    train = cfg.rpn
-    if train.anchors_per_image < 2 or not 0 < train.positive_fraction <= 1:
-        raise ConfigError(f"rpn.anchors_per_image={train.anchors_per_image}, rpn.positive_fraction="
-                          f"{train.positive_fraction}: sample at least 2 anchors, a fraction in (0, 1]")
-    if not 0 <= train.bg_iou <= train.fg_iou <= 1:
-        raise ConfigError(f"rpn.bg_iou={train.bg_iou} and rpn.fg_iou={train.fg_iou}: need 0 <= bg <= fg <= 1")
-    if len(cfg.input.pixel_mean) != 3 or len(cfg.input.pixel_std) != 3 or min(cfg.input.pixel_std) <= 0:
-        raise ConfigError("input.pixel_mean and input.pixel_std need 3 values each (std positive)")
+    if cfg.rpn.bg_iou > cfg.rpn.fg_iou:
+        raise ConfigError(f"rpn.bg_iou={cfg.rpn.bg_iou} is above rpn.fg_iou={cfg.rpn.fg_iou}: anchors below bg_iou "
+                          f"are background, above fg_iou foreground")
+    check_pixel_statistics(cfg.input)
     if cfg.task == "rcnn":
         check_rcnn_options(cfg.rcnn)
         if os.path.abspath(os.path.dirname(cfg.rcnn.rpn_weights)) == os.path.abspath(cfg.output_dir):
@@ -276,18 +261,12 @@ def check_rcnn_options(rcnn) -> None:
     if not rcnn.rpn_weights:
         raise ConfigError("task=rcnn needs rcnn.rpn_weights: the per-class RPN checkpoint that makes the "
                           "proposals, e.g. rcnn.rpn_weights=output/loc_shapes/model_final.pth")
-    if rcnn.proposals_per_class < 1 or rcnn.warp_size < 1 or rcnn.rois_per_image < 1 or rcnn.test_chunk < 1:
-        raise ConfigError(f"rcnn.proposals_per_class={rcnn.proposals_per_class}, rcnn.warp_size={rcnn.warp_size}, "
-                          f"rcnn.rois_per_image={rcnn.rois_per_image}, rcnn.test_chunk={rcnn.test_chunk}: "
-                          f"give positive counts, such as 200, 224, 1 and 256")
-    if not 0 <= rcnn.context_pad < rcnn.warp_size / 2:
+    if rcnn.context_pad >= rcnn.warp_size / 2:
         raise ConfigError(f"rcnn.context_pad={rcnn.context_pad}: give 0 <= pad < warp_size / 2 "
                           f"({rcnn.warp_size / 2:g}), such as 0 or 16")
-    if not 0 < rcnn.fg_fraction <= 1:
-        raise ConfigError(f"rcnn.fg_fraction={rcnn.fg_fraction}: give a fraction in (0, 1], such as 0.25")
-    if not 0 <= rcnn.bg_iou_low <= rcnn.fg_iou <= 1:
-        raise ConfigError(f"rcnn.bg_iou_low={rcnn.bg_iou_low} and rcnn.fg_iou={rcnn.fg_iou}: need "
-                          f"0 <= bg_iou_low <= fg_iou <= 1")
-    if len(rcnn.box_coder_weights) != 4 or min(rcnn.box_coder_weights) <= 0:
-        raise ConfigError(f"rcnn.box_coder_weights={list(rcnn.box_coder_weights)}: give 4 positive divisors, "
+    if rcnn.bg_iou_low > rcnn.fg_iou:
+        raise ConfigError(f"rcnn.bg_iou_low={rcnn.bg_iou_low} is above rcnn.fg_iou={rcnn.fg_iou}: need "
+                          f"bg_iou_low <= fg_iou")
+    if len(rcnn.box_coder_weights) != 4:
+        raise ConfigError(f"rcnn.box_coder_weights={list(rcnn.box_coder_weights)}: give 4 divisors (x, y, w, h), "
                           f"such as [10, 10, 5, 5]")

@@ -96,3 +96,81 @@ def test_yaml_1_1_words_stay_strings_for_choices(tmp_path):
     assert cfg.solver.amp == "off" and cfg.solver.channels_last is False and cfg.test.flip is True
     cfg = load_detection_config(None, ["solver.amp=bf16"])
     assert cfg.solver.amp == "bf16"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("solver.max_iter=0", "solver.max_iter=0 must be a positive integer"),
+    ("solver.max_iter=-5", "solver.max_iter=-5 must be a positive integer"),
+    ("input.min_size_train=[-5]", "input.min_size_train=[-5] must be a non-empty list of positive integers"),
+    ("input.min_size_train=[]", "input.min_size_train=[] must be a non-empty list of positive integers"),
+    ("input.max_size_train=0", "input.max_size_train=0 must be a positive integer"),
+    ("input.max_size_test=0", "input.max_size_test=0 must be a positive integer"),
+    ("solver.base_lr=-1", "solver.base_lr=-1 must be a positive number"),
+    ("solver.base_lr=.nan", "solver.base_lr=nan must be a positive number"),
+    ("solver.base_lr=.inf", "solver.base_lr=inf must be a positive number"),
+    ("solver.momentum=1", "solver.momentum=1 must be a number in [0, 1)"),
+    ("solver.weight_decay=-0.1", "solver.weight_decay=-0.1 must be a number >= 0"),
+    ("solver.steps=[100,-1]", "solver.steps=[100, -1] must be a list of positive integers"),
+    ("solver.warmup_factor=0", "solver.warmup_factor=0 must be a number in (0, 1]"),
+    ("solver.keep_last=0", "solver.keep_last=0 must be a positive integer"),
+    ("model.rpn.nms_thresh=1.5", "model.rpn.nms_thresh=1.5 must be a number in [0, 1]"),
+    ("model.anchors.sizes=[[32],[]]", "model.anchors.sizes=[[32], []] must be a non-empty list of positive numbers"),
+    ("model.rpn.boundary_thresh=.nan", "model.rpn.boundary_thresh=nan must be a finite number"),
+    ("test.score_thresh=-0.1", "test.score_thresh=-0.1 must be a number in [0, 1]"),
+    ("test.scales=[]", "test.scales=[] must be a non-empty list of positive integers, such as [400, 600, 800], "
+                       "or null for single-scale testing"),
+    ("data.num_workers=-1", "data.num_workers=-1 must be an integer >= 0"),
+])
+def test_values_out_of_range_name_key_value_and_range(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_detection_config(None, [override])
+    assert str(error.value) == message
+
+
+def test_out_of_range_value_in_a_file_names_the_file(tmp_path):
+    path = write(tmp_path / "bad.yaml", {"solver": {"ims_per_batch": 0}})
+    with pytest.raises(ConfigError) as error:
+        load_detection_config(path)
+    assert str(error.value) == f"solver.ims_per_batch=0 in {path} must be a positive integer"
+
+
+def test_limits_themselves_and_null_are_accepted():
+    cfg = load_detection_config(None, ["solver.momentum=0", "solver.weight_decay=0", "model.rpn.nms_thresh=1",
+                                       "solver.steps=[]", "test.scales=null", "model.rpn.boundary_thresh=-1",
+                                       "solver.warmup_factor=1", "solver.base_lr=1e-9"])
+    assert cfg.solver.momentum == 0 and cfg.model.rpn.nms_thresh == 1 and list(cfg.solver.steps) == []
+    assert cfg.test.scales is None and cfg.solver.base_lr == 1e-9
+
+
+def test_relations_between_keys():
+    with pytest.raises(ConfigError, match=r"model.rpn.bg_iou_thresh=0.8 is above model.rpn.fg_iou_thresh=0.7"):
+        load_detection_config(None, ["model.rpn.bg_iou_thresh=0.8"])
+    with pytest.raises(ConfigError, match=r"bbox_reg_weights=\[10.0, 10.0\]: give 4 divisors"):
+        load_detection_config(None, ["model.roi_head.bbox_reg_weights=[10,10]"])
+
+
+def test_classification_and_localization_configs_share_the_ranges():
+    from localization.config import load_classification_config, load_localization_config
+
+    with pytest.raises(ConfigError, match=r"^solver.base_lr=0 must be a positive number$"):
+        load_classification_config(None, ["solver.base_lr=0"])
+    with pytest.raises(ConfigError, match=r"^input.color_jitter=1 must be a number in \[0, 1\)$"):
+        load_classification_config(None, ["input.color_jitter=1"])
+    with pytest.raises(ConfigError, match=r"^rpn.anchors_per_image=1 must be an integer >= 2$"):
+        load_localization_config(None, ["rpn.anchors_per_image=1"])
+    with pytest.raises(ConfigError, match=r"^rcnn.fg_fraction=0 must be a number in \(0, 1\]$"):
+        load_localization_config(None, ["rcnn.fg_fraction=0"])
+
+
+def test_malformed_override_value_is_one_line_naming_override_and_yaml_problem():
+    with pytest.raises(ConfigError) as error:
+        load_detection_config(None, ["input.min_size_train=[128"])
+    assert str(error.value) == ("override 'input.min_size_train=[128' is not valid YAML (expected ',' or ']', "
+                                "but got '<stream end>'); write it like input.min_size_train=[600]")
+    with pytest.raises(ConfigError) as error:
+        load_detection_config(None, ["input.min_size_train=128"])
+    assert str(error.value) == ("'input.min_size_train' in override 'input.min_size_train=128' must be a list in "
+                                "brackets, such as input.min_size_train=[600]")
+    # Text keys keep characters that YAML reserves.
+    cfg = load_detection_config(None, ["output_dir=@runs/[x"])
+    assert cfg.output_dir == "@runs/[x"
