@@ -18,10 +18,10 @@ from .modeling.build import build_model
 logger = logging.getLogger(__name__)
 
 
-def train_detector(cfg, resume: bool = False) -> dict:
+def train_detector(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     """Train ``cfg``'s detector, evaluating on its test set; returns the final metrics."""
     images_per_process = check_batch_divides(cfg.solver.ims_per_batch)
-    device = setup_run(cfg)
+    device = setup_run(cfg, resume=resume, overwrite=overwrite)
     train_set = build_train_dataset(cfg)
     category_map = train_set.category_map
     num_classes = cfg.model.num_classes or category_map.num_classes

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
+import pickle
 import random
 import re
-import warnings
 
 import numpy as np
 import torch
 
 from .errors import UserError
+from .run_dir import POINTER_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -69,26 +71,46 @@ def atomic_save(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
+def describe_load_failure(path: str, error: BaseException) -> str:
+    """One line for a file that ``torch.load(weights_only=True)`` could not read."""
+    if isinstance(error, pickle.UnpicklingError) and "global" in str(error).lower():
+        # weights_only refuses any pickled object other than tensors and plain containers: such a
+        # file can run code when loaded, so it is never loaded.
+        return (f"{path} was refused as unsafe: it holds pickled code or objects other than tensors, which "
+                f"could run code when loaded; re-save its tensors (torch.save(model.state_dict(), ...)) "
+                f"from a source you trust")
+    return f"checkpoint {path} is damaged or truncated ({type(error).__name__})"
+
+
 def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint without running code from it; damaged files raise CheckpointError."""
+    """Read a checkpoint without running code from it; unreadable files raise CheckpointError."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - truncated zip, bad pickle, ...
-        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(error).__name__})") from None
+    except Exception as error:  # noqa: BLE001 - truncated zip, bad pickle, refused object, ...
+        raise CheckpointError(describe_load_failure(path, error)) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a checkpoint of this toolkit (no 'model' entry)")
     return state
 
 
+def periodic_iteration(path: str) -> int | None:
+    match = PERIODIC_PATTERN.search(path)
+    return int(match.group(1)) if match else None
+
+
 class Checkpointer:
-    """Saves and finds the checkpoints of one output directory."""
+    """Saves and finds the checkpoints of one output directory.
+
+    ``protected`` names a checkpoint that rotation never deletes: the trainer's last good one.
+    """
 
     def __init__(self, output_dir: str, keep_last: int = 3, enabled: bool = True):
         self.output_dir = output_dir
         self.keep_last = keep_last
         self.enabled = enabled
+        self.protected: str | None = None
 
     def path(self, name: str) -> str:
         return os.path.join(self.output_dir, name)
@@ -98,9 +120,7 @@ class Checkpointer:
             return None
         path = self.path(name)
         atomic_save(state, path)
-        with open(self.path("last_checkpoint.tmp"), "w", encoding="utf-8") as handle:
-            handle.write(name)
-        os.replace(self.path("last_checkpoint.tmp"), self.path("last_checkpoint"))
+        self.point_to(path)
         if PERIODIC_PATTERN.search(name):
             self._prune()
         return path
@@ -108,16 +128,35 @@ class Checkpointer:
     def save_periodic(self, iteration: int, state: dict) -> str | None:
         return self.save(f"model_{iteration:07d}.pth", state)
 
+    def point_to(self, path: str) -> None:
+        """Make ``path`` the checkpoint that --resume tries first."""
+        pointer = self.path(POINTER_NAME)
+        with open(pointer + ".tmp", "w", encoding="utf-8") as handle:
+            handle.write(os.path.basename(path))
+        os.replace(pointer + ".tmp", pointer)
+
     def _prune(self) -> None:
-        periodic = sorted(p for p in glob.glob(self.path("model_*.pth")) if PERIODIC_PATTERN.search(p))
+        """Delete the oldest periodic checkpoints beyond keep_last, never the protected one. Only
+        this run's files are here (engine.run_dir refuses a fresh run over an earlier one)."""
+        periodic = sorted((p for p in glob.glob(self.path("model_*.pth")) if PERIODIC_PATTERN.search(p)),
+                          key=periodic_iteration)
         for stale in periodic[: max(0, len(periodic) - self.keep_last)]:
-            os.remove(stale)
+            if self.protected is None or os.path.abspath(stale) != os.path.abspath(self.protected):
+                os.remove(stale)
+
+    def set_aside(self, path: str, reason: str) -> str:
+        """Rename a checkpoint out of the rotation (``NAME.pth.<reason>``), keeping it for inspection."""
+        target = f"{path}.{reason}"
+        if self.enabled and os.path.isfile(path):
+            os.replace(path, target)
+        return target
 
     def candidates(self) -> list[str]:
-        """Checkpoints of this directory, newest first (the last written one leads)."""
-        files = [p for p in glob.glob(self.path("model_*.pth")) if os.path.basename(p) != BEST_NAME]
-        files.sort(key=lambda p: (os.path.getmtime(p), p), reverse=True)
-        pointer = self.path("last_checkpoint")
+        """Every full trainer state of this directory (periodic, final and best), newest first;
+        the one last_checkpoint names leads."""
+        files = glob.glob(self.path("model_*.pth"))
+        files.sort(key=lambda p: (os.path.getmtime(p), periodic_iteration(p) or 0), reverse=True)
+        pointer = self.path(POINTER_NAME)
         if os.path.isfile(pointer):
             with open(pointer, encoding="utf-8") as handle:
                 named = self.path(handle.read().strip())
@@ -126,11 +165,76 @@ class Checkpointer:
                 files.insert(0, named)
         return files
 
-    def load_latest(self) -> tuple[dict, str] | None:
-        """The newest readable checkpoint; damaged ones are reported and skipped."""
-        for path in self.candidates():
+    def load_latest(self) -> tuple[dict, str, list[tuple[str, str]]] | None:
+        """The newest readable checkpoint, with the (path, reason) of the newer ones that could not be
+        read; None when the directory holds no checkpoint."""
+        candidates = self.candidates()
+        unreadable = []
+        for path in candidates:
             try:
-                return load_checkpoint(path), path
+                return load_checkpoint(path), path, unreadable
             except CheckpointError as error:
-                warnings.warn(f"{error}; falling back to the previous checkpoint", stacklevel=2)
+                unreadable.append((path, str(error)))
+        if candidates:
+            reasons = "; ".join(reason for _, reason in unreadable[:2])
+            raise CheckpointError(f"none of the {len(candidates)} checkpoints in {self.output_dir} can be read "
+                                  f"({reasons}): start afresh with --overwrite, or in another output_dir")
         return None
+
+
+def weights_are_finite(model_state: dict) -> bool:
+    return all(bool(torch.isfinite(value).all()) for value in model_state.values()
+               if torch.is_tensor(value) and value.is_floating_point())
+
+
+class GoodCheckpoints:
+    """Which checkpoints of a run are safe to continue from.
+
+    A checkpoint holds the weights of one iteration; the forward pass that follows it (in the same
+    run, or the first one after resuming from it) computes the loss *of those weights*. The
+    checkpoint is good once that loss is finite and not orders of magnitude above the run's
+    typical loss (a run that diverges grows its loss by many orders before it overflows), and its
+    weights are finite. A checkpoint whose own weights give a non-finite loss is the state that
+    produced it: resuming from it fails the same way.
+    """
+
+    # A loss this many times the lowest logged mean marks the weights as diverged.
+    DIVERGENCE_FACTOR = 1e4
+
+    def __init__(self):
+        self.pending: list[str] = []   # saved or resumed, their loss not seen yet
+        self.diverged: list[str] = []  # their loss was non-finite or exploding, or their weights non-finite
+        self.last_good: str | None = None
+        self.typical_loss = math.inf
+
+    def saved(self, path: str | None, model_state: dict) -> None:
+        if path is None:  # not the main process
+            return
+        if path in self.pending or path in self.diverged:  # rewritten under the same name
+            self.pending = [p for p in self.pending if p != path]
+            self.diverged = [p for p in self.diverged if p != path]
+        (self.pending if weights_are_finite(model_state) else self.diverged).append(path)
+
+    def loss_seen(self, value: float) -> None:
+        """A finite loss computed from the current weights, before they change."""
+        reference = self._reference(value)
+        if not self.pending:
+            return
+        if math.isfinite(value) and value <= self.DIVERGENCE_FACTOR * reference:
+            self.last_good = self.pending[-1]
+        else:
+            self.diverged.extend(self.pending)
+        self.pending = []
+
+    def typical_loss_seen(self, mean: float) -> None:
+        if math.isfinite(mean):
+            self.typical_loss = min(self.typical_loss, mean)
+
+    def not_good(self) -> list[str]:
+        """Checkpoints written or resumed after the last good one."""
+        return [p for p in self.diverged + self.pending if p != self.last_good]
+
+    def _reference(self, value: float) -> float:
+        if not math.isfinite(self.typical_loss):
+            self.typical_loss = value  # before the first logged mean: the first loss seen
+        return self.typical_loss

@@ -83,6 +83,21 @@ def broadcast_object(obj, src: int = 0):
     return holder[0]
 
 
+def on_main_process(compute):
+    """``compute()`` on the main process, its result on every process; a user error it raises is
+    raised on every process, so that none waits forever for the others."""
+    outcome = None
+    if is_main_process():
+        try:
+            outcome = compute()
+        except UserError as error:
+            outcome = error
+    outcome = broadcast_object(outcome)
+    if isinstance(outcome, UserError):
+        raise outcome
+    return outcome
+
+
 def reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average scalar values over processes (for logging)."""
     if not is_distributed() or not values:

@@ -6,7 +6,7 @@
         check the losses are finite            # skip or stop, the same on every process
         backward, (clip), step, scheduler step
         log / checkpoint / evaluate on their periods
-        stop cleanly on SIGTERM or SIGINT      # after saving a checkpoint
+        stop cleanly on SIGTERM or SIGINT      # after saving a checkpoint, also during an evaluation
 
 It knows nothing about detection: the model returns a dict of losses, ``evaluate(model)`` returns
 a dict of metrics, and ``make_loader(start_iter)`` returns the batches from a given step on.
@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -30,9 +31,24 @@ from torch import nn
 from backbones.winograd import use_winograd
 
 from . import distributed as dist_utils
-from .checkpoint import BEST_NAME, FINAL_NAME, Checkpointer, capture_rng_state, restore_rng_state
+from .checkpoint import (
+    BEST_NAME,
+    FINAL_NAME,
+    Checkpointer,
+    GoodCheckpoints,
+    capture_rng_state,
+    restore_rng_state,
+)
 from .errors import UserError
 from .logger import MetricsLogger, progress_bar
+from .resume import (
+    changed_keys,
+    check_model_fits,
+    check_optimizer_fits,
+    load_optimizer_state,
+    load_scheduler_state,
+)
+from .run_dir import claim_run_directory, release_run_directory
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +99,7 @@ def restore_worker_signal(previous) -> None:
 
 
 class Trainer:
-    """Runs one training job.
+    """Runs one training job in its output folder (claimed for the run: see engine/run_dir.py).
 
     Args:
         model: returns a dict of scalar losses for a batch in train mode.
@@ -111,7 +127,10 @@ class Trainer:
         self.meta = meta or {}
         self.config_text = config_text
         self.is_main = dist_utils.is_main_process()
+        if self.is_main:
+            claim_run_directory(output_dir)  # the claim setup_run took, or a new one
         self.checkpointer = Checkpointer(output_dir, solver.keep_last, enabled=self.is_main)
+        self.good_checkpoints = GoodCheckpoints()
         self.metrics_logger = MetricsLogger(output_dir, enabled=self.is_main)
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[solver.amp]
         if solver.amp == "fp16" and device.type != "cuda":
@@ -124,6 +143,8 @@ class Trainer:
         self.train_seconds = 0.0  # wall time in the loop itself, without evaluation and checkpoints
         self.skipped_files: set[str] = set()
         self._stop_signal: int | None = None
+        self._evaluating = False
+        self._saved_at: int | None = None  # the iteration of the newest checkpoint of this run
         self.ddp_model = model
 
     # -- state -----------------------------------------------------------------------------------
@@ -142,17 +163,46 @@ class Trainer:
             "config": self.config_text,
         }
 
+    def save(self, name: str | None = None) -> str | None:
+        """Write a checkpoint of the current iteration (periodic when no name is given)."""
+        state = self.state_dict()
+        self.checkpointer.protected = self.good_checkpoints.last_good  # rotation keeps it
+        if name is None:
+            path = self.checkpointer.save_periodic(self.iteration, state)
+        else:
+            path = self.checkpointer.save(name, state)
+        self.good_checkpoints.saved(path, state["model"])
+        self._saved_at = self.iteration
+        return path
+
     def resume(self) -> bool:
-        """Continue from the newest good checkpoint of output_dir; False when there is none."""
-        # The main process reads (other machines may not see its disk) and shares the state.
-        found = dist_utils.broadcast_object(self.checkpointer.load_latest() if self.is_main else None)
+        """Continue from the newest readable checkpoint of output_dir, falling back through every
+        full trainer state (periodic, final, best); False when there is none."""
+        # The main process reads (other machines may not see its disk) and shares the state, or
+        # the error, so that every process stops alike.
+        found = dist_utils.on_main_process(self.checkpointer.load_latest)
         if found is None:
             logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
             return False
-        state, path = found
+        state, path, unreadable = found
+        for bad, reason in unreadable:
+            kept = self.checkpointer.set_aside(bad, "damaged")
+            warnings.warn(f"{reason}; falling back to {os.path.basename(path)} (the file is kept as {kept})",
+                          stacklevel=2)
+        self._load(state, path)
+        self.good_checkpoints.pending.append(path)  # good once its weights give a finite loss again
+        self.metrics_logger.truncate_after(self.start_iter)
+        logger.info("resumed from %s at iteration %d", path, self.start_iter)
+        return True
+
+    def _load(self, state: dict, path: str) -> None:
+        saved_config = state.get("config", "")
+        check_model_fits(self.model, state["model"], path, changed_keys(saved_config, self.config_text, "model"))
+        check_optimizer_fits(self.optimizer, state["optimizer"], path,
+                             changed_keys(saved_config, self.config_text, "solver"))
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
+        load_scheduler_state(self.scheduler, self.optimizer, state["scheduler"])
         if "scaler" in state and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.start_iter = self.iteration = int(state["iteration"])
@@ -160,14 +210,24 @@ class Trainer:
         self.train_seconds = float(state.get("train_seconds", 0.0))
         rng_states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         restore_rng_state(rng_states[min(dist_utils.get_rank(), len(rng_states) - 1)])
-        self.metrics_logger.truncate_after(self.start_iter)
-        logger.info("resumed from %s at iteration %d", path, self.start_iter)
-        return True
+        changes = changed_keys(saved_config, self.config_text)
+        if changes and self.is_main:
+            logger.warning("resuming with settings that differ from the checkpoint's (the current ones apply): %s",
+                           ", ".join(changes))
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict:
+        try:
+            return self._train()
+        finally:
+            if self.is_main:
+                release_run_directory(self.output_dir)
+
+    def _train(self) -> dict:
         solver = self.solver
         if self.start_iter == 0:
+            if self.is_main:
+                claim_run_directory(self.output_dir).refuse_earlier_run()
             self.metrics_logger.start_fresh()
         self._wrap_distributed()
         self.model.train()
@@ -191,6 +251,7 @@ class Trainer:
                 if nonfinite:
                     self._handle_nonfinite(losses)
                 else:
+                    self.good_checkpoints.loss_seen(float(total.detach()))
                     self._step(total)
                     for name, value in losses.items():
                         window[name] = window.get(name, 0.0) + float(value.detach())
@@ -199,21 +260,22 @@ class Trainer:
                 self.scheduler.step()
                 self.train_seconds += time.perf_counter() - tick
                 bar.update(1)
-                if stop:
-                    self._save_and_stop(done)
-                if done % solver.log_period == 0 or done == solver.max_iter:
+                if stop or done % solver.log_period == 0 or done == solver.max_iter:
+                    # A stop by signal logs its partial window too: no record is lost.
                     seconds_per_iter = (time.perf_counter() - window_start) / max(done - last_log, 1)
                     self._log(done, window, window_count, seconds_per_iter, bar)
                     window, window_count, window_start, last_log = {}, 0, time.perf_counter(), done
+                if stop:
+                    self._save_and_stop(done)
                 if solver.checkpoint_period and done % solver.checkpoint_period == 0 and done < solver.max_iter:
                     self.iteration = done
-                    self.checkpointer.save_periodic(done, self.state_dict())
+                    self.save()
                 if self.eval_period and done % self.eval_period == 0 and done < solver.max_iter:
                     self.iteration = done
                     self._evaluate(done)
             self.iteration = solver.max_iter
-            self.checkpointer.save(FINAL_NAME, self.state_dict())
-            final_metrics = self._evaluate(solver.max_iter) if self.evaluate_fn else {}
+            self.save(FINAL_NAME)
+            final_metrics = self._evaluate(solver.max_iter, final=True) if self.evaluate_fn else {}
             self._write_final_metrics(final_metrics)
         except RuntimeError as error:
             # PyTorch reports a dead worker from its SIGCHLD handler, wherever the main process is.
@@ -239,7 +301,6 @@ class Trainer:
             raise worker_death
         self._report_skipped()
         return final_metrics
-
     # -- pieces of the loop ----------------------------------------------------------------------
     def _wrap_distributed(self) -> None:
         if dist_utils.is_distributed():
@@ -304,15 +365,28 @@ class Trainer:
         self.nonfinite_steps += 1
         terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
         if self.nonfinite_steps > self.solver.max_nonfinite:
-            last = self.checkpointer.candidates()
-            kept = f"; the last good checkpoint is {last[0]}" if last else ""
-            raise TrainingError(
-                f"non-finite loss at iteration {self.iteration} ({terms}){kept}: lower solver.base_lr or raise "
-                f"solver.warmup_iters, or allow skipped steps with solver.max_nonfinite"
-            )
+            raise TrainingError(f"non-finite loss at iteration {self.iteration} ({terms}); "
+                                f"{self._keep_good_checkpoint()}")
         logger.warning("non-finite loss at iteration %d (%s): step skipped (%d of %d allowed)", self.iteration,
                        terms, self.nonfinite_steps, self.solver.max_nonfinite)
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _keep_good_checkpoint(self) -> str:
+        """Set aside the checkpoints whose weights led to the non-finite loss, point --resume at the
+        last good one, and say what to do."""
+        not_good = self.good_checkpoints.not_good()
+        kept = [self.checkpointer.set_aside(path, "diverged") for path in not_good]
+        aside = (f" ({len(kept)} later one(s) set aside as *.diverged, e.g. {os.path.basename(kept[-1])})"
+                 if kept else "")
+        advice = "lower solver.base_lr or raise solver.warmup_iters"
+        good = self.good_checkpoints.last_good
+        if good is None:
+            return (f"no checkpoint of this run is good to continue from{aside}: {advice} and start afresh "
+                    f"(--overwrite), or allow skipped steps with solver.max_nonfinite")
+        if self.is_main:
+            self.checkpointer.point_to(good)
+        return (f"the last good checkpoint is {good}{aside}: {advice}, then continue from it with --resume, "
+                f"or allow skipped steps with solver.max_nonfinite")
 
     def _log(self, iteration: int, window: dict, count: int, seconds_per_iter: float, bar) -> None:
         averaged = {k: v / max(count, 1) for k, v in window.items()}
@@ -326,17 +400,24 @@ class Trainer:
         }
         if self.device.type == "cuda":
             record["max_mem_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20)
+        if count:
+            self.good_checkpoints.typical_loss_seen(sum(averaged.values()))
         self.metrics_logger.log(iteration, record)
         short = {k.replace("loss_", ""): f"{v:.3f}" for k, v in averaged.items()}
         bar.set_postfix(lr=f"{record['lr']:.2g}", s_it=f"{record['time_per_iter']:.2f}", **short, refresh=False)
 
-    def _evaluate(self, iteration: int) -> dict:
+    def _evaluate(self, iteration: int, final: bool = False) -> dict:
         if self.evaluate_fn is None:
             return {}
         self.model.eval()
+        self._evaluating = True
         try:
             metrics = self.evaluate_fn(self.model)
+        except EvaluationInterrupted:
+            self._evaluating = False
+            self._stop_during_evaluation(iteration, final)
         finally:
+            self._evaluating = False
             self.model.train()
         # The same metrics on every process, so that all take part in saving the best model.
         metrics = dist_utils.broadcast_object(metrics)
@@ -345,7 +426,7 @@ class Trainer:
             value = self._primary(metrics)
             if value is not None and value > self.best_metric:
                 self.best_metric = value
-                self.checkpointer.save(BEST_NAME, self.state_dict())
+                self.save(BEST_NAME)
         return metrics
 
     def _primary(self, metrics: dict) -> float | None:
@@ -375,6 +456,9 @@ class Trainer:
     def _install_signal_handlers(self):
         def request_stop(signum, frame):
             self._stop_signal = signum
+            if self._evaluating:  # an evaluation can take minutes: leave it now, not at its end
+                self._evaluating = False
+                raise EvaluationInterrupted(signum)
 
         previous = {}
         try:
@@ -389,13 +473,42 @@ class Trainer:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
+    def _signal_name(self) -> str:
+        return signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another process"
+
     def _save_and_stop(self, iteration: int) -> None:
         self.iteration = iteration
-        path = self.checkpointer.save_periodic(iteration, self.state_dict())
-        name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another process"
-        raise StoppedBySignal(f"stopped by {name} at iteration {iteration}; checkpoint saved"
-                              + (f" to {path}" if path else "") + "; continue with --resume")
+        path = self.save()
+        raise StoppedBySignal(f"stopped by {self._signal_name()} at iteration {iteration}; checkpoint saved"
+                              + (f" to {path}" if path else "") + "; continue with --resume",
+                              self._stop_signal)
+
+    def _stop_during_evaluation(self, iteration: int, final: bool) -> None:
+        if final:
+            raise StoppedBySignal(f"stopped by {self._signal_name()} during the final evaluation; "
+                                  f"{os.path.join(self.output_dir, FINAL_NAME)} is saved: --resume runs the "
+                                  f"evaluation again", self._stop_signal)
+        self.iteration = iteration
+        path = self.checkpointer.path(f"model_{iteration:07d}.pth") if self._saved_at == iteration else self.save()
+        raise StoppedBySignal(f"stopped by {self._signal_name()} during the evaluation at iteration {iteration}; "
+                              f"checkpoint saved" + (f" to {path}" if path else "") + "; continue with --resume",
+                              self._stop_signal)
+
+
+class EvaluationInterrupted(BaseException):
+    """Raised by the signal handler inside an evaluation (internal to the trainer). A BaseException,
+    as KeyboardInterrupt is, so that code which skips a bad sample on Exception lets it through."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class StoppedBySignal(UserError):
-    exit_code = 0
+    """The run stopped on SIGTERM or SIGINT after saving a checkpoint. It exits as a process killed by
+    that signal would by convention (128 + the signal number), so that job schedulers see a stop."""
+
+    def __init__(self, message: str, signum: int | None = None):
+        super().__init__(message)
+        self.exit_code = 128 + (signum or signal.SIGTERM)
+

@@ -134,10 +134,10 @@ def format_metrics(metrics: dict, mode: str) -> str:
 # --------------------------------------------------------------------------------------------- entry points
 
 
-def train_classifier(cfg, resume: bool = False) -> dict:
+def train_classifier(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     """Train ``cfg``'s classifier, testing it on the val set; returns the final metrics."""
     images_per_process = check_batch_divides(cfg.solver.ims_per_batch)
-    device = setup_run(cfg)
+    device = setup_run(cfg, resume=resume, overwrite=overwrite)
     synsets = prepare_data(cfg)
     num_classes = resolve_num_classes(cfg, synsets)
     train_set = build_train_set(cfg, synsets)

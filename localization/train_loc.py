@@ -60,12 +60,12 @@ def evaluate_during_training(model: RPNLocalizer, cfg, synsets: Synsets) -> dict
                     "gt_known_acc": round(100 - metrics["gt_known_loc_err"], 4)}}
 
 
-def train_localizer(cfg, resume: bool = False) -> dict:
+def train_localizer(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     """Train ``cfg``'s localizer, scoring it on the val set; returns the final metrics."""
     if cfg.task == "rcnn":
-        return train_rcnn(cfg, resume)
+        return train_rcnn(cfg, resume, overwrite)
     images_per_process = check_batch_divides(cfg.solver.ims_per_batch)
-    device = setup_run(cfg)
+    device = setup_run(cfg, resume=resume, overwrite=overwrite)
     synsets = prepare_data(cfg)
     num_classes = resolve_num_classes(cfg, synsets)
     train_set = build_loc_train_set(cfg, synsets)
@@ -219,10 +219,10 @@ def evaluate_rcnn_during_training(model: RCNNLocalizer, rpn: RPNLocalizer, rpn_c
     return {"loc": {**numbers, **rpn_numbers, "gt_known_acc": round(100 - metrics["gt_known_loc_err"], 4)}}
 
 
-def train_rcnn(cfg, resume: bool = False) -> dict:
+def train_rcnn(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     """Train the R-CNN stage on the proposals of ``rcnn.rpn_weights``, scoring RPN+RCNN on the val set."""
     images_per_process = check_batch_divides(cfg.solver.ims_per_batch)
-    device = setup_run(cfg)
+    device = setup_run(cfg, resume=resume, overwrite=overwrite)
     synsets = prepare_data(cfg)
     num_classes = resolve_num_classes(cfg, synsets)
     rpn, rpn_cfg = load_proposal_rpn(cfg, synsets)

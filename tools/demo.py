@@ -27,7 +27,8 @@ def main() -> int:
     from detection.training import train_detector
 
     cfg = load_detection_config(args.cfg, args.overrides)
-    metrics = train_detector(cfg)
+    # The demo trains anew each time: an earlier demo run in its output_dir is replaced.
+    metrics = train_detector(cfg, overwrite=True)
     weights = os.path.join(cfg.output_dir, "model_final.pth")
     demo_dir = os.path.join(cfg.output_dir, "demo")
     infer_files(cfg, weights, [cfg.data.test.img_dir], demo_dir, vis_thresh=0.5, max_images=args.num_images)

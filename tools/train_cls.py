@@ -19,6 +19,8 @@ DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 def main() -> int:
     parser = config_parser(__doc__.splitlines()[1], default_cfg=DEFAULT_CFG)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output_dir that holds an earlier run's checkpoints (deletes them)")
     parser.add_argument("--eval-only", action="store_true", help="only test --weights on the val set")
     parser.add_argument("--weights", help="classifier weights for --eval-only (a checkpoint, a state dict, "
                                           "or torchvision:IMAGENET1K_V2)")
@@ -31,7 +33,10 @@ def main() -> int:
     from localization.train_cls import evaluate_weights, format_metrics, train_classifier
 
     cfg = load_classification_config(args.cfg, args.overrides)
-    metrics = evaluate_weights(cfg, args.weights) if args.eval_only else train_classifier(cfg, resume=args.resume)
+    if args.eval_only:
+        metrics = evaluate_weights(cfg, args.weights)
+    else:
+        metrics = train_classifier(cfg, resume=args.resume, overwrite=args.overwrite)
     if metrics and is_main_process():
         print(format_metrics(metrics, cfg.test.mode))
     return 0

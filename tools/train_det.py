@@ -19,6 +19,8 @@ DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 def main() -> int:
     parser = config_parser(__doc__.splitlines()[1], default_cfg=DEFAULT_CFG)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output_dir that holds an earlier run's checkpoints (deletes them)")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate --weights on the test set")
     parser.add_argument("--weights", help="detector weights for --eval-only")
     args = parser.parse_args()
@@ -35,7 +37,7 @@ def main() -> int:
         return 0
     from detection.training import train_detector
 
-    train_detector(cfg, resume=args.resume)
+    train_detector(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 

@@ -21,6 +21,8 @@ DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 def main() -> int:
     parser = config_parser(__doc__.splitlines()[0], default_cfg=DEFAULT_CFG)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output_dir that holds an earlier run's checkpoints (deletes them)")
     args = parser.parse_args()
 
     from engine.distributed import is_main_process
@@ -29,7 +31,7 @@ def main() -> int:
     from localization.train_loc import train_localizer
 
     cfg = load_localization_config(args.cfg, args.overrides)
-    metrics = train_localizer(cfg, resume=args.resume)
+    metrics = train_localizer(cfg, resume=args.resume, overwrite=args.overwrite)
     if metrics and is_main_process():
         loc = metrics["loc"]
         shared = {"test_mode": cfg.test.mode, "classifier": "RPN scores",

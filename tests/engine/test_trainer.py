@@ -1,7 +1,6 @@
 """The training loop's guards on a toy model: signals, checkpoint rotation, non-finite losses,
 a dead data worker and GPU out-of-memory, each with the message a user sees."""
 
-import math
 import os
 import re
 import signal
@@ -9,48 +8,11 @@ import time
 
 import pytest
 import torch
-from torch import nn
 
 from engine.checkpoint import load_checkpoint
-from engine.schema import SolverConfig
-from engine.trainer import StoppedBySignal, Trainer, TrainingError
-
-
-class ToyModel(nn.Module):
-    """A linear regression whose forward can misbehave at a chosen iteration."""
-
-    def __init__(self, on_forward=None):
-        super().__init__()
-        self.linear = nn.Linear(2, 1)
-        self.calls = 0
-        self.on_forward = on_forward
-
-    def forward(self, batch):
-        if self.on_forward is not None:
-            self.on_forward(self.calls)
-        self.calls += 1
-        x = torch.stack([sample["x"] for sample in batch])
-        loss = ((self.linear(x).squeeze(1) - x.sum(1)) ** 2).mean()
-        return {"loss": loss * batch[0].get("scale", 1.0)}
-
-
-def toy_batches(start: int, nan_at: tuple[int, ...] = ()):
-    generator = torch.Generator().manual_seed(start)
-    iteration = start
-    while True:
-        scale = math.nan if iteration in nan_at else 1.0
-        yield [{"x": torch.randn(2, generator=generator), "scale": scale} for _ in range(4)]
-        iteration += 1
-
-
-def make_trainer(model, out_dir, make_loader=toy_batches, evaluate=None, **solver_keys):
-    keys = {"max_iter": 6, "ims_per_batch": 4, "base_lr": 0.01, "warmup_iters": 0, "steps": [100],
-            "checkpoint_period": 0, "log_period": 2, **solver_keys}
-    solver = SolverConfig(**keys)
-    optimizer = torch.optim.SGD(model.parameters(), lr=solver.base_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
-    return Trainer(model, optimizer, scheduler, solver, str(out_dir), make_loader, torch.device("cpu"),
-                   evaluate=evaluate, eval_period=1 if evaluate else 0, primary_metric="m/score")
+from engine.run_dir import RunDirectory
+from engine.trainer import StoppedBySignal, TrainingError
+from tests.engine.toy_training import ToyModel, make_trainer, toy_batches
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
@@ -91,7 +53,8 @@ def test_nonfinite_loss_stops_with_the_iteration_and_terms(tmp_path):
         trainer.train()
     assert str(error.value) == (
         f"non-finite loss at iteration 3 (loss=nan); the last good checkpoint is {tmp_path / 'model_0000002.pth'}: "
-        "lower solver.base_lr or raise solver.warmup_iters, or allow skipped steps with solver.max_nonfinite")
+        "lower solver.base_lr or raise solver.warmup_iters, then continue from it with --resume, or allow "
+        "skipped steps with solver.max_nonfinite")
 
 
 def test_tolerated_nonfinite_steps_are_skipped(tmp_path):
@@ -153,6 +116,7 @@ def test_a_fresh_run_keeps_the_earlier_log_apart(tmp_path):
 
     make_trainer(ToyModel(), tmp_path).train()
     first = iterations("metrics.jsonl")
+    RunDirectory(str(tmp_path)).refuse_earlier_run(overwrite=True)  # what --overwrite does
     make_trainer(ToyModel(), tmp_path, checkpoint_period=3).train()
     assert iterations("metrics.1.jsonl") == first
     assert iterations("metrics.jsonl") == first  # the same schedule again, not appended twice
