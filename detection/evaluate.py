@@ -13,8 +13,10 @@ from .data.loader import build_test_dataset, build_test_loader
 from .evaluation.coco_eval import (
     evaluate_detections,
     format_results,
+    gather_test_results,
     load_results_file,
     metrics_for_json,
+    score_test_set,
 )
 from .inference import load_fast_detector, run_inference
 from .modeling.build import build_test_model
@@ -38,16 +40,15 @@ def evaluate_weights(cfg, weights: str, out_dir: str | None = None, plots_dir: s
     model, category_map = load_fast_detector(cfg, weights, device)
     dataset = build_test_dataset(cfg, category_map)
     loader = build_test_loader(dataset, cfg.test.ims_per_batch, cfg.data.num_workers)
-    results, seconds = run_inference(build_test_model(model, cfg), loader, category_map.category_ids,
-                                     amp=cfg.test.amp)
-    gathered = dist_utils.all_gather_objects(results)
+    results, seconds, unreadable = run_inference(build_test_model(model, cfg), loader, category_map.category_ids,
+                                                 amp=cfg.test.amp)
+    results, unreadable = gather_test_results(results, unreadable, len(dataset))
     if not dist_utils.is_main_process():
         return {}
-    results = [r for part in gathered for r in part]
     write_json(results, os.path.join(out_dir, "detections.json"))
-    metrics = evaluate_detections(dataset.coco.dataset, results, cfg.test.eval_backend,
-                                  [r["image_id"] for r in dataset.records], source=weights)
-    report(metrics, out_dir, plots_dir, extra={"seconds_per_image": round(seconds, 4), "num_images": len(dataset)})
+    metrics = score_test_set(dataset.coco.dataset, [r["image_id"] for r in dataset.records], results, unreadable,
+                             cfg.test.eval_backend, source=weights)
+    report(metrics, out_dir, plots_dir, extra={"seconds_per_image": round(seconds, 4)})
     metrics["seconds_per_image"] = round(seconds, 4)
     return metrics
 

@@ -51,5 +51,6 @@ class Predictor:
                 "labels": labels, "category_ids": category_ids}
 
     def predict_file(self, path: str) -> tuple[np.ndarray, dict]:
-        image = read_image(path)
+        # A photo without annotations is detected (and drawn) upright, as a viewer shows it.
+        image = read_image(path, apply_exif_orientation=True)
         return image, self(image)

@@ -111,8 +111,9 @@ class CocoDetection(torch.utils.data.Dataset):
     """Images and boxes of a COCO json.
 
     Items are requested as ``dataset[(index, seed)]`` (the seed drives augmentation) or
-    ``dataset[index]``. A missing or corrupt image is replaced by the next good one and reported
-    in the item's "skipped" list when ``on_bad_image="skip"``; with "fail" it raises.
+    ``dataset[index]``. With ``on_bad_image="skip"``, a missing or corrupt training image is replaced
+    by the next good one and reported in the item's "skipped" list, and a test image gives a sample
+    with "image": None (see split_unreadable); with "fail" it raises.
     """
 
     def __init__(self, ann_file: str, img_dir: str, transform=None, category_map: CategoryMap | None = None,
@@ -178,22 +179,58 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
+        if not self.train:
+            return self._test_sample(self.records[index], seed)
         skipped = []
         for attempt in range(len(self.records)):
             record = self.records[(index + attempt) % len(self.records)]
-            path = os.path.join(self.img_dir, record["file_name"])
-            try:
-                image = read_image(path)
-            except BadImageError as error:
-                if self.on_bad_image == "fail":
-                    raise BadImageError(f"{error} (set data.on_bad_image=skip to continue without it)") from None
-                warnings.warn(f"skipping: {error}", stacklevel=2)
-                skipped.append(path)
+            image = self._read(record)
+            if image is None:
+                skipped.append(self.path_of(record))
                 continue
             sample = self._make_sample(record, image, seed)
             sample["skipped"] = skipped
             return sample
         raise BadImageError(f"no image of {self.ann_file} in {self.img_dir} can be read")
+
+    def _test_sample(self, record: dict, seed: int) -> dict:
+        """A test image is never replaced by another one: its detections would be scored under the
+        wrong image id. An unreadable one gives "image": None and is left out of the evaluation."""
+        image = self._read(record)
+        if image is None:
+            return {"image_id": record["image_id"], "file_name": record["file_name"], "image": None,
+                    "skipped": [self.path_of(record)]}
+        sample = self._make_sample(record, image, seed)
+        sample["skipped"] = []
+        return sample
+
+    def path_of(self, record: dict) -> str:
+        return os.path.join(self.img_dir, record["file_name"])
+
+    def _read(self, record: dict) -> np.ndarray | None:
+        """The record's pixels, or None (after a warning when training) when the file cannot be read."""
+        path = self.path_of(record)
+        try:
+            image = read_image(path)
+        except BadImageError as error:
+            if self.on_bad_image == "fail":
+                raise BadImageError(f"{error} (set data.on_bad_image=skip to continue without it)") from None
+            if self.train:  # the evaluation names its skipped images in one warning at the end
+                warnings.warn(f"skipping: {error}", stacklevel=3)
+            return None
+        return self._pixels_of_json_size(record, image, path)
+
+    @staticmethod
+    def _pixels_of_json_size(record: dict, image: np.ndarray, path: str) -> np.ndarray:
+        """The json's width and height say which pixels the boxes refer to. Normally the stored ones
+        (COCO's convention: the EXIF orientation is ignored). When only the upright image has the
+        json's size, the file was annotated as a viewer shows it: the orientation is applied."""
+        json_size = (record["width"], record["height"])
+        stored_size = (image.shape[1], image.shape[0])
+        if not record["width"] or stored_size == json_size or stored_size[::-1] != json_size:
+            return image
+        upright = read_image(path, apply_exif_orientation=True)
+        return upright if (upright.shape[1], upright.shape[0]) == json_size else image
 
     def _make_sample(self, record: dict, image: np.ndarray, seed: int) -> dict:
         height, width = image.shape[:2]
@@ -201,6 +238,10 @@ class CocoDetection(torch.utils.data.Dataset):
         if record["width"] and (record["width"], record["height"]) != (width, height):
             # The file's size differs from the json's (resized on disk): scale the boxes with the image.
             sx, sy = width / record["width"], height / record["height"]
+            if abs(sx / sy - 1) > 0.01:
+                warnings.warn(f"{self.path_of(record)}: the json gives {record['width']:g}x{record['height']:g} pixels "
+                              f"but the file holds {width}x{height}; the boxes are stretched to the file's shape "
+                              f"(fix the width and height in {self.ann_file})", stacklevel=3)
             scale = np.array([sx, sy, sx, sy], dtype=np.float32)
             boxes, crowd = boxes * scale, crowd * scale
         sample = {"image_id": record["image_id"], "file_name": record["file_name"], "height": height, "width": width,
@@ -221,3 +262,10 @@ class CocoDetection(torch.utils.data.Dataset):
 
 def index_seed(index: int, base: int = 0) -> int:
     return (base * 1_000_003 + index * 7919) % (2**31)
+
+
+def split_unreadable(batch: list[dict]) -> tuple[list[dict], list[tuple[int, str]]]:
+    """A batch of test samples -> (the samples with an image, (image id, path) of the unreadable ones)."""
+    readable = [sample for sample in batch if sample["image"] is not None]
+    unreadable = [(sample["image_id"], sample["skipped"][0]) for sample in batch if sample["image"] is None]
+    return readable, unreadable

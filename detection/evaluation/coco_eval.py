@@ -7,10 +7,16 @@ import copy
 import io
 import json
 import logging
+import math
+import numbers
+import warnings
 
 import numpy as np
 
+from engine import distributed as dist_utils
 from engine.errors import UserError
+
+from ..data.image_io import BadImageError
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +54,31 @@ def load_results_file(path: str) -> list[dict]:
     if not isinstance(results, list):
         raise DetectionsError(f"{path}: expected a list of COCO detections [{{image_id, category_id, bbox, score}}]")
     for index, record in enumerate(results):
-        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in record]
-        if missing:
-            raise DetectionsError(f"{path}: detection #{index} lacks {', '.join(missing)}")
+        problem = detection_record_problem(record)
+        if problem:
+            raise DetectionsError(f"{path}: detection #{index} {problem}")
     return results
+
+
+def is_finite_number(value) -> bool:
+    # bool is an int to Python, but true/false in a results file is a mistake, not a number.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def detection_record_problem(record) -> str | None:
+    """What is wrong with one COCO result record, as the end of a sentence; None when it is fine.
+    A NaN score or box would be ranked and matched by pycocotools all the same, with a wrong AP."""
+    if not isinstance(record, dict):
+        return "is not an object {image_id, category_id, bbox, score}"
+    missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in record]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    bbox = record["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(v) for v in bbox)):
+        return f"has bbox {bbox!r}: give 4 finite numbers [x, y, width, height]"
+    if not is_finite_number(record["score"]):
+        return f"has score {record['score']!r}: give a finite number (higher is more confident)"
+    return None
 
 
 def check_results_match(coco_gt, results: list[dict], source: str = "detections") -> None:
@@ -139,5 +166,37 @@ def format_results(metrics: dict) -> str:
 
 def metrics_for_json(metrics: dict) -> dict:
     """The part of the metrics written to metrics.json."""
-    return {"bbox": {k: round(v, 4) for k, v in metrics["bbox"].items()},
-            "per_category": {k: (round(v, 4) if v == v else None) for k, v in metrics.get("per_category", {}).items()}}
+    data = {"bbox": {k: round(v, 4) for k, v in metrics["bbox"].items()},
+            "per_category": {k: (round(v, 4) if v == v else None)
+                             for k, v in metrics.get("per_category", {}).items()}}
+    data.update({k: metrics[k] for k in ("num_images", "skipped_images") if k in metrics})
+    return data
+
+
+def gather_test_results(results: list[dict], unreadable: list[tuple[int, str]],
+                        num_images: int) -> tuple[list[dict], list[tuple[int, str]]]:
+    """Every process's detections and unreadable images ((image id, path), sorted), on every process.
+
+    When no test image could be read, every process raises the same error."""
+    gathered = dist_utils.all_gather_objects((results, unreadable))
+    all_results = [record for part, _ in gathered for record in part]
+    all_unreadable = sorted({item for _, part in gathered for item in part})
+    if len(all_unreadable) >= num_images:
+        raise BadImageError(f"none of the {num_images} test images can be read, e.g. {all_unreadable[0][1]}")
+    return all_results, all_unreadable
+
+
+def score_test_set(gt_dataset: dict, image_ids: list[int], results: list[dict], unreadable: list[tuple[int, str]],
+                   backend: str = "pycocotools", source: str = "detections") -> dict:
+    """evaluate_detections over the test images that went through the model.
+
+    Unreadable images are left out of the COCO evaluation (their ground truth would count as missed),
+    named in one warning and counted: "num_images" is the number evaluated, "skipped_images" the rest."""
+    skipped_ids = {image_id for image_id, _ in unreadable}
+    evaluated = [image_id for image_id in image_ids if image_id not in skipped_ids]
+    if unreadable:
+        warnings.warn(f"{len(unreadable)} unreadable test images were skipped and left out of the evaluation: "
+                      + ", ".join(path for _, path in unreadable), stacklevel=2)
+    metrics = evaluate_detections(gt_dataset, results, backend, evaluated, source)
+    metrics.update(num_images=len(evaluated), skipped_images=len(unreadable))
+    return metrics

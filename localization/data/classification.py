@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from detection.data.image_io import BadImageError, read_image
+from detection.data.image_io import BadImageError, read_image, to_chw_tensor
 from engine.distributed import get_rank, get_world_size
 from engine.errors import UserError
 from engine.sampler import GroupedBatchSampler
@@ -225,10 +225,6 @@ class EvalTransform:
             return ten_crops(image, self.crop_size)
         x0, y0 = center_offset(*image.shape[:2], self.crop_size)
         return [crop(image, x0, y0, self.crop_size)]
-
-
-def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 # --------------------------------------------------------------------------------------------- dataset

@@ -107,7 +107,9 @@ def test_decoding_gray_rgba_16bit_and_exif(tmp_path):
     assert read_image(str(tmp_path / "rgba.png")).shape == (20, 30, 3)
     assert read_image(str(tmp_path / "gray.png"))[0, 0].tolist() == [77, 77, 77]
     assert read_image(str(tmp_path / "gray16.png"))[0, 0].tolist() == [40000 >> 8] * 3
-    assert read_image(str(tmp_path / "rotated.jpg")).shape == (30, 20, 3)
+    # Annotated data: the stored pixels, the orientation ignored; photos: upright as a viewer shows them.
+    assert read_image(str(tmp_path / "rotated.jpg")).shape == (20, 30, 3)
+    assert read_image(str(tmp_path / "rotated.jpg"), apply_exif_orientation=True).shape == (30, 20, 3)
 
 
 def test_train_transform_resizes_flips_and_is_seeded():
@@ -157,14 +159,3 @@ def test_samples_carry_boxes_in_network_coordinates(tmp_path):
     assert sample["labels"].tolist() == [2]
     assert torch.allclose(sample["crowd_boxes"], torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
     assert (sample["height"], sample["width"]) == (40, 80)
-
-
-def test_chw_conversion_equals_a_transpose():
-    from detection.data.image_io import to_chw_tensor
-
-    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    chw = to_chw_tensor(image)
-    assert chw.dtype == torch.uint8 and chw.is_contiguous()
-    assert np.array_equal(chw.numpy(), image.transpose(2, 0, 1))
-    flipped = image[:, ::-1]  # a non-contiguous view, as a flip may return
-    assert np.array_equal(to_chw_tensor(flipped).numpy(), flipped.transpose(2, 0, 1))
