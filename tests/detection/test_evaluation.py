@@ -12,7 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detection.evaluation.coco_eval import STAT_NAMES, DetectionsError, evaluate_detections
+from detection.evaluation.coco_eval import STAT_NAMES, DetectionsError, evaluate_detections, load_results_file
 
 
 def fixture_dataset(seed=0):
@@ -101,3 +101,39 @@ def test_scoring_mode_command_line(tmp_path, repo_root):
     assert failed.returncode == 2
     assert failed.stderr.strip().startswith("error:") and "999" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"score": float("nan")}, "detection #5 has score nan: give a finite number"),
+    ({"score": "0.9"}, "detection #5 has score '0.9': give a finite number"),
+    ({"score": float("inf")}, "detection #5 has score inf"),
+    ({"score": True}, "detection #5 has score True"),
+    ({"bbox": [1.0, float("nan"), 3.0, 4.0]}, r"detection #5 has bbox \[1.0, nan, 3.0, 4.0\]: give 4 finite numbers"),
+    ({"bbox": [1, 2, 3]}, r"detection #5 has bbox \[1, 2, 3\]: give 4 finite numbers \[x, y, width, height\]"),
+    ({"bbox": ["1", 2, 3, 4]}, r"detection #5 has bbox \['1', 2, 3, 4\]"),
+])
+def test_detections_file_with_a_bad_value_names_the_detection(tmp_path, change, message):
+    """pycocotools ranks NaN scores and matches NaN boxes without a word, and the AP is wrong."""
+    _, results = fixture_dataset()
+    results[5].update(change)
+    path = tmp_path / "det.json"
+    path.write_text(json.dumps(results))  # json writes NaN and Infinity, as Python's json reads them
+    with pytest.raises(DetectionsError, match=f"^{path}: {message}"):
+        load_results_file(str(path))
+
+
+def test_scoring_mode_refuses_a_nan_score_in_one_line(tmp_path):
+    """What eval_det prints after "error: " (test_scoring_mode_command_line runs the command line)."""
+    from detection.evaluate import score_files
+    from engine.errors import is_user_error
+
+    gt, results = fixture_dataset()
+    results[12]["score"] = float("nan")
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "det.json").write_text(json.dumps(results))
+    with pytest.raises(DetectionsError) as caught:
+        score_files(str(tmp_path / "gt.json"), str(tmp_path / "det.json"), str(tmp_path / "out"))
+    assert is_user_error(caught.value)
+    assert str(caught.value) == (f"{tmp_path / 'det.json'}: detection #12 has score nan: give a finite number "
+                                 "(higher is more confident)")
+    assert not (tmp_path / "out" / "metrics.json").exists()
