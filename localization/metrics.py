@@ -14,7 +14,8 @@ What is implemented, per image:
   classification error in eval_clsloc does not apply the blacklist, and neither does this one.
 * IoU uses inclusive pixel coordinates: width = xmax - xmin + 1. Boxes that do not overlap get IoU 0 here
   (the devkit's sentinel is -1; both fail the 0.5 test).
-* A ground-truth image missing from the predictions has no guesses, so it counts as wrong (one warning).
+* A ground-truth image missing from the predictions, or given no guess (an empty line or row, or only empty
+  devkit slots), counts as wrong and as "without prediction" (one warning).
   Predicted images that are not in the ground truth are ignored (one warning).
 
 Everything is vectorised over all (guess, GT box of the same image and label) pairs, so the 50,000 val
@@ -32,6 +33,7 @@ import numpy as np
 from engine.errors import UserError
 
 from .data.ilsvrc import Box
+from .data.predictions import EMPTY_GUESS
 
 IOU_THRESHOLD = 0.5
 MAX_GUESSES = 5
@@ -175,9 +177,12 @@ def _blacklist_mask(index: _GroundTruthIndex, blacklist: Iterable[str] | None) -
     return mask
 
 
-def _warn_coverage(index: _GroundTruthIndex, predicted: Iterable[str]) -> int:
+def _warn_coverage(index: _GroundTruthIndex, predicted: Iterable[str], answered: Iterable[str] | None = None) -> int:
+    """Warns about the ground-truth images without an answer (``answered``, by default all ``predicted``
+    images) and the predicted images outside the ground truth; returns the number without an answer."""
     predicted = set(predicted)
-    missing = [image_id for image_id in index.image_ids if image_id not in predicted]
+    answered = predicted if answered is None else set(answered)
+    missing = [image_id for image_id in index.image_ids if image_id not in answered]
     if missing:
         warnings.warn(f"{len(missing)} of {len(index.image_ids)} ground-truth images have no prediction "
                       f"(e.g. {missing[0]}); they count as wrong", stacklevel=3)
@@ -197,7 +202,10 @@ def localization_errors(gt: Guesses, predictions: Guesses, max_guesses: int = MA
     if max_guesses < 1:
         raise ValueError("max_guesses must be at least 1")
     index = _index_ground_truth(gt)
-    num_missing = _warn_coverage(index, predictions)
+    # An image with no guess at all (an empty devkit line, such as the last line of a file one line short,
+    # or an empty Kaggle row) has no prediction, as much as one left out of the file.
+    num_missing = _warn_coverage(index, predictions, [image_id for image_id, guesses in predictions.items()
+                                                      if any(wnid != EMPTY_GUESS for wnid, _ in guesses)])
     rows = [(index.position[image_id], rank, wnid, box)
             for image_id, guesses in predictions.items() if image_id in index.position
             for rank, (wnid, box) in enumerate(guesses[:max_guesses])]

@@ -33,8 +33,9 @@ def test_missing_predictions_give_a_one_line_warning(tmp_path):
     result = run_eval_loc("--gt", str(tmp_path / "gt.csv"), "--pred", str(tmp_path / "pred.csv"),
                           "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
+    # IDS[1] left out of the file and IDS[3] with an empty row
     assert result.stderr.strip().splitlines() == [
-        f"warning: 1 of 4 ground-truth images have no prediction (e.g. {IDS[1]}); they count as wrong"]
+        f"warning: 2 of 4 ground-truth images have no prediction (e.g. {IDS[1]}); they count as wrong"]
     assert json.loads((tmp_path / "metrics.json").read_text())["top5_loc_err"] == 75.0
 
 

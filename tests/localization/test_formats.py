@@ -36,7 +36,7 @@ PRED_DEVKIT = (
 EXPECTED = {"top1_loc_err": 75.0, "top5_loc_err": 50.0, "top1_cls_err": 50.0, "top5_cls_err": 25.0,
             "loc_err_by_guesses": [75.0, 50.0, 50.0, 50.0, 50.0],
             "cls_err_by_guesses": [50.0, 25.0, 25.0, 25.0, 25.0],
-            "num_images": 4, "num_blacklisted": 0, "num_missing": 0}
+            "num_images": 4, "num_blacklisted": 0, "num_missing": 1}  # IDS[3] has no guess
 
 
 def xml_text(stem, objects, size=(200, 150)):
@@ -90,8 +90,9 @@ def test_both_prediction_readers_agree(fixture_files):
 @pytest.mark.parametrize("pred_name", ["pred.csv", "pred.txt"])
 def test_four_format_combinations_give_the_same_metrics(fixture_files, gt_name, pred_name, capsys):
     out = fixture_files / f"out_{gt_name}_{pred_name}"
-    metrics = score_files(str(fixture_files / gt_name), str(fixture_files / pred_name),
-                          str(fixture_files / "map_clsloc.txt"), str(out))
+    with pytest.warns(UserWarning, match=f"1 of 4 ground-truth images have no prediction \\(e.g. {IDS[3]}\\)"):
+        metrics = score_files(str(fixture_files / gt_name), str(fixture_files / pred_name),
+                              str(fixture_files / "map_clsloc.txt"), str(out))
     assert metrics == EXPECTED
     assert json.loads((out / "metrics.json").read_text()) == EXPECTED
     table = capsys.readouterr().out
@@ -207,6 +208,18 @@ def test_malformed_devkit_predictions_name_file_and_line(fixture_files):
     path.write_text("0 0 0 0 0 2 10 10 59 59\n\n\n\n")
     guesses = read_devkit_predictions(str(path), synsets, IDS)[IDS[0]]
     assert guesses == [("", (0, 0, 0, 0)), ("n01", (10, 10, 59, 59))]
+
+
+def test_devkit_file_one_line_short_counts_the_last_image_without_prediction(fixture_files, capsys):
+    """Three lines and a newline for four images read as an empty fourth line: the report must say so."""
+    path = fixture_files / "short.txt"
+    path.write_text("2 10 10 59 59\n3 100 100 139 119\n1 20 30 69 99\n")
+    with pytest.warns(UserWarning, match=f"1 of 4 ground-truth images have no prediction \\(e.g. {IDS[3]}\\); "
+                                         "they count as wrong"):
+        metrics = score_files(str(fixture_files / "xml"), str(path), str(fixture_files / "map_clsloc.txt"),
+                              str(fixture_files / "out"))
+    assert metrics["num_missing"] == 1 and metrics["top1_loc_err"] == 25.0
+    assert "images: 4 (0 blacklisted for LOC, 1 without prediction)" in capsys.readouterr().out
 
 
 def test_missing_ground_truth_is_a_user_error(tmp_path):

@@ -112,8 +112,11 @@ def test_fewer_than_five_guesses():
     result = errors(gt, {"a": [("n1", A)], "b": [("n1", A), ("n2", BELOW_HALF)]})
     assert result.loc_err_by_guesses == [50.0] * 5
     assert result.cls_err_by_guesses == [50.0, 0.0, 0.0, 0.0, 0.0]
-    result = errors(gt, {"a": [], "b": [("n2", A)]})
-    assert result.loc_err_by_guesses == [50.0] * 5 and result.num_missing == 0
+    # No guess at all, or only empty devkit slots (label 0), is no prediction: counted and reported.
+    for no_guess in ([], [("", (0, 0, 0, 0))]):
+        with pytest.warns(UserWarning, match=r"1 of 2 ground-truth images have no prediction \(e.g. a\)"):
+            result = errors(gt, {"a": no_guess, "b": [("n2", A)]})
+        assert result.loc_err_by_guesses == [50.0] * 5 and result.num_missing == 1
 
 
 def test_missing_image_counts_as_wrong_with_one_warning():
