@@ -9,14 +9,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from .data.image_io import read_image, to_chw_tensor
-from .data.transforms import EvalTransform
+from .data.image_io import BadImageError, read_image, to_chw_tensor
+from .data.transforms import EvalTransform, shortest_edge_scale
 from .inference import load_fast_detector
 from .modeling.build import build_test_model, test_needs_original_images
 from .modeling.speed import inference_autocast
+
+
+class DegenerateImageError(BadImageError):
+    """An image too thin to detect in: resized to the test scale, its shorter side would vanish."""
 
 
 class Predictor:
@@ -31,6 +37,10 @@ class Predictor:
         self.transform = (None if test_needs_original_images(cfg)
                           else EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test))
         self.score_thresh = cfg.test.score_thresh
+        # The smallest scale the image is resized to, and its cap on the longer side (as test-time
+        # multi-scale caps each scale: max_size_test * scale / min_size_test).
+        self.smallest_scale = min([*(cfg.test.scales or [cfg.input.min_size_test]), cfg.test.rpn_scale or math.inf])
+        self.smallest_scale_max_size = cfg.input.max_size_test * self.smallest_scale / cfg.input.min_size_test
 
     @property
     def class_names(self) -> list[str]:
@@ -40,6 +50,7 @@ class Predictor:
     def __call__(self, image: np.ndarray) -> dict:
         """{"boxes" (N, 4) xyxy, "scores" (N,), "labels" (N,) 1..K, "category_ids" (N,)} as numpy arrays."""
         height, width = image.shape[:2]
+        self.check_size(height, width)
         resized = self.transform(image) if self.transform else image
         sample = {"image": to_chw_tensor(resized),
                   "height": height, "width": width}
@@ -50,7 +61,17 @@ class Predictor:
         return {"boxes": detections["boxes"].float().cpu().numpy(), "scores": detections["scores"].float().cpu().numpy(),
                 "labels": labels, "category_ids": category_ids}
 
+    def check_size(self, height: int, width: int) -> None:
+        scale = shortest_edge_scale(height, width, self.smallest_scale, self.smallest_scale_max_size)
+        if round(min(height, width) * scale) < 1:
+            raise DegenerateImageError(
+                f"image of {width}x{height} pixels is too thin: at the test scale (input.min_size_test, "
+                f"input.max_size_test) its shorter side would be {min(height, width) * scale:.2g} pixels")
+
     def predict_file(self, path: str) -> tuple[np.ndarray, dict]:
         # A photo without annotations is detected (and drawn) upright, as a viewer shows it.
         image = read_image(path, apply_exif_orientation=True)
-        return image, self(image)
+        try:
+            return image, self(image)
+        except DegenerateImageError as error:
+            raise DegenerateImageError(f"{error}: {path}") from None

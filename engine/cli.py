@@ -3,22 +3,92 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import re
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 
-from .errors import is_user_error
+from .errors import UserError, is_user_error
+
+
+class OverridesParser(argparse.ArgumentParser):
+    """An argument parser whose ``key=value`` overrides may stand before, between or after the options.
+
+    Plain argparse fills a ``nargs="*"`` positional from the first run of positionals only, so
+    ``--cfg X a=1 --resume b=2`` would fail on ``b=2`` ("unrecognized arguments").
+    """
+
+    def parse_args(self, args=None, namespace=None):
+        return self.parse_intermixed_args(args, namespace)
+
+
+OVERRIDE_PATTERN = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*=")
+
+
+def looks_like_override(text: str) -> bool:
+    """``solver.max_iter=5`` and the like (a file name such as ``a=b.jpg`` that exists is not one)."""
+    return bool(OVERRIDE_PATTERN.match(text)) and not os.path.exists(text)
 
 
 def config_parser(description: str, default_cfg: str | None = None) -> argparse.ArgumentParser:
-    """``--cfg FILE`` plus trailing ``key=value`` overrides."""
-    parser = argparse.ArgumentParser(description=description)
+    """``--cfg FILE`` plus ``key=value`` overrides, anywhere on the command line."""
+    parser = OverridesParser(description=description)
     help_text = "YAML config file" + (f" (default: {default_cfg})" if default_cfg else "")
     parser.add_argument("--cfg", default=default_cfg, help=help_text)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, values parsed as YAML, e.g. solver.max_iter=1000")
     return parser
+
+
+def check_output_folder(path: str, option: str) -> None:
+    """Stop before any work when ``path`` cannot be (or become) a writable folder."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{option} {path} is a file, not a folder: give a folder for the outputs")
+    _check_writable_folder(path, option)
+
+
+def check_output_file(path: str, option: str, example_name: str) -> None:
+    """Stop before any work when ``path`` cannot be written as a file: it is a folder, or a folder
+    above it is a file or not writable."""
+    if os.path.isdir(path):
+        raise UserError(f"{option} {path} is a folder: give the file to write, such as "
+                        f"{os.path.join(path, example_name)}")
+    _check_writable_folder(os.path.dirname(os.path.abspath(path)), option, path)
+
+
+def _check_writable_folder(folder: str, option: str, given: str | None = None) -> None:
+    """``folder``, or the nearest existing folder above it (where it will be made), accepts new files."""
+    given = given or folder
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{option} {given}: {existing} is a file, so no folder can be made there")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"{option} {given}: cannot write in {existing} (permission denied)")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM (a job scheduler's stop, ``kill PID``) raises KeyboardInterrupt as
+    Ctrl-C does, so that ``finally`` blocks close their files. Outside the main thread: no change."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
@@ -32,9 +102,11 @@ def run_cli(main: Callable[[], int | None]) -> None:
     code = 1
     try:
         code = main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C, or SIGTERM under sigterm_as_interrupt; the exit code is the signal's by convention.
+        name = str(interrupt)
+        print(f"interrupted by {name}" if name else "interrupted", file=sys.stderr)
+        code = 128 + (signal.Signals[name] if name in signal.Signals.__members__ else signal.SIGINT)
     except Exception as error:  # noqa: BLE001 - user errors become one line, the rest propagate
         if not is_user_error(error):
             raise

@@ -7,13 +7,11 @@ Both print the COCO table and write DIR/metrics.json (percent).
 
 from __future__ import annotations
 
-import argparse
-
-from engine.cli import run_cli
+from engine.cli import OverridesParser, run_cli
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="COCO box AP of a model or of a detections file")
+    parser = OverridesParser(description="COCO box AP of a model or of a detections file")
     parser.add_argument("--cfg", help="config of the model (model mode)")
     parser.add_argument("--weights", help="detector weights (model mode)")
     parser.add_argument("--gt", help="COCO annotation json (scoring mode)")

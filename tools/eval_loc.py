@@ -34,13 +34,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from engine.cli import run_cli
+from engine.cli import OverridesParser, run_cli
 
 DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes_loc.yaml")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OverridesParser(description=__doc__.splitlines()[0])
     scoring = parser.add_argument_group("scoring mode (a predictions file, no model)")
     scoring.add_argument("--gt", help="LOC_val_solution.csv, or a folder of devkit XML annotations")
     scoring.add_argument("--pred", help="predictions: Kaggle CSV or devkit text")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from engine.cli import config_parser, run_cli
+from engine.cli import check_output_file, config_parser, run_cli
 
 DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes.yaml")
 # Differences above this (pixels, scores or feature values) between the file and PyTorch are reported.
@@ -30,6 +30,8 @@ def main() -> int:
     parser.add_argument("--no-check", action="store_true",
                         help="skip running the file on a second image size and comparing it with PyTorch")
     args = parser.parse_args()
+    if args.out:
+        check_output_file(args.out, "--out", "model.onnx" if args.format == "onnx" else "model.torchscript.pt")
 
     from detection.config import load_detection_config
     from detection.export import export_detector

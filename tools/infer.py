@@ -1,14 +1,18 @@
 """Run a trained detector on image files; write predictions.json and annotated images.
 
-    python tools/infer.py --weights output/shapes/model_final.pth datasets/shapes/val --out output/infer
-    python tools/infer.py --cfg configs/coco_r101.yaml --weights W.pth a.jpg b.png --vis-thresh 0.7
+    python tools/infer.py --weights output/shapes/model_final.pth --inputs datasets/shapes/val --out output/infer
+    python tools/infer.py --cfg configs/coco_r101.yaml --weights W.pth --inputs a.jpg b.png --vis-thresh 0.7
+
+predictions.json grows as the images are processed (a stopped run keeps what it made); annotated
+images go to OUT/vis/ under the inputs' paths relative to their common folder. Images that cannot be
+read, or are too thin to detect in, are skipped and counted.
 """
 
 from __future__ import annotations
 
 import os
 
-from engine.cli import config_parser, run_cli
+from engine.cli import check_output_folder, config_parser, looks_like_override, run_cli, sigterm_as_interrupt
 
 DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes.yaml")
 
@@ -20,22 +24,29 @@ def main() -> int:
     parser.add_argument("--out", default="output/infer", help="folder for predictions.json and annotated images")
     parser.add_argument("--vis-thresh", type=float, default=0.5, help="lowest score drawn on the images")
     parser.add_argument("--no-vis", action="store_true", help="only write predictions.json")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args()
+    # --inputs takes every word after it: overrides written after the inputs are overrides all the same.
+    args.overrides += [item for item in args.inputs if looks_like_override(item)]
+    args.inputs = [item for item in args.inputs if not looks_like_override(item)]
+    if not args.inputs:
+        parser.error("--inputs needs image files or folders")
+    check_output_folder(args.out, "--out")
 
     from detection.config import load_detection_config
     from detection.infer import infer_files
 
     cfg = load_detection_config(args.cfg, args.overrides)
-    infer_files(cfg, args.weights, args.inputs, args.out, vis_thresh=None if args.no_vis else args.vis_thresh,
-                device=args.device)
+    with sigterm_as_interrupt():
+        infer_files(cfg, args.weights, args.inputs, args.out, vis_thresh=None if args.no_vis else args.vis_thresh,
+                    device=args.device or default_device())
     return 0
 
 
-def _cuda() -> bool:
+def default_device() -> str:
     import torch
 
-    return torch.cuda.is_available()
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 if __name__ == "__main__":

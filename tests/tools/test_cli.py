@@ -128,3 +128,62 @@ def test_package_help_lists_the_tools(package, tool):
                             env=subprocess_env(), timeout=120)
     assert result.returncode == 0 and f"python tools/{tool}" in result.stdout
     assert "0.1.0" in result.stdout.splitlines()[0]
+
+
+def load_tool(name: str):
+    """A script of tools/ imported as a module, to call its main() in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("tool, argv", [
+    ("train_det", ["--cfg", "configs/shapes.yaml", "solver.max_iter=5", "--resume", "solver.base_lr=-1"]),
+    ("train_det", ["solver.base_lr=-1", "--resume"]),
+    ("train_cls", ["--resume", "solver.max_iter=5", "--eval-only", "solver.base_lr=-1", "--weights", "w.pth"]),
+    ("train_loc", ["solver.max_iter=5", "--resume", "solver.base_lr=-1"]),
+    ("eval_det", ["--cfg", "configs/shapes.yaml", "solver.max_iter=5", "--weights", "w.pth", "solver.base_lr=-1"]),
+    ("eval_loc", ["solver.max_iter=5", "--weights", "w.pth", "solver.base_lr=-1", "--test-mode", "dense"]),
+])
+def test_overrides_on_either_side_of_the_options_all_reach_the_config(tool, argv, monkeypatch):
+    """The last override is out of range: the error shows it got past argparse into the config."""
+    from engine.config import ConfigError
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", [f"{tool}.py", *argv])
+    with pytest.raises(ConfigError, match=r"^solver.base_lr=-1 must be a positive number$"):
+        load_tool(tool).main()
+
+
+def test_override_parser_collects_overrides_around_options():
+    from engine.cli import config_parser
+
+    parser = config_parser("x")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(["a=1", "--cfg", "c.yaml", "b=2", "--resume", "c.d=[1,2]"])
+    assert args.overrides == ["a=1", "b=2", "c.d=[1,2]"] and args.resume and args.cfg == "c.yaml"
+
+
+def test_sigterm_becomes_keyboard_interrupt_inside_the_block_only():
+    import signal
+
+    from engine.cli import sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises as soon as the call returns
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_interrupted_tool_exits_with_the_signal_code(tmp_path):
+    script = tmp_path / "tool.py"
+    script.write_text("import os, signal\nfrom engine.cli import run_cli, sigterm_as_interrupt\n"
+                      "def main():\n    with sigterm_as_interrupt():\n        os.kill(os.getpid(), signal.SIGTERM)\n"
+                      "        signal.pause()\n"
+                      "run_cli(main)\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=subprocess_env(),
+                            timeout=60)
+    assert result.returncode == 143 and result.stderr == "interrupted by SIGTERM\n"

@@ -1,0 +1,151 @@
+"""tools/infer.py and detection/infer.py: thin images, same names in different folders, stopped runs, bad --out."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detection.config import load_detection_config
+from detection.infer import infer_files
+from detection.modeling.build import build_model
+from detection.predictor import DegenerateImageError, Predictor
+from engine.config import ConfigError
+from tests.conftest import ROOT
+from tests.helpers import TINY_DETECTOR, subprocess_env
+
+# A random detector keeps all its proposals, so every image gets detections.
+CONFIG = TINY_DETECTOR + ["model.arch=fpn", "test.score_thresh=0", "test.detections_per_img=5"]
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    """A randomly initialised tiny detector saved as tools/train_det.py saves one, and its config."""
+    cfg = load_detection_config(os.path.join(ROOT, "configs", "shapes.yaml"), CONFIG)
+    torch.manual_seed(0)
+    model = build_model(cfg, 3, backbone_weights=False)
+    path = tmp_path_factory.mktemp("weights") / "model_final.pth"
+    torch.save({"model": model.state_dict(),
+                "meta": {"num_classes": 3, "category_ids": [1, 2, 3], "class_names": ["a", "b", "c"]}}, path)
+    return cfg, str(path)
+
+
+def write_image(path, height, width, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    return str(path)
+
+
+def test_thin_image_is_skipped_and_same_names_keep_their_folders(detector, tmp_path):
+    cfg, weights = detector
+    images = tmp_path / "images"
+    for seed, name in enumerate(["a/x.png", "a/y.png", "b/x.png", "b/y.png"]):
+        write_image(images / name, 40, 50, seed)
+    write_image(images / "a" / "thin.png", 1, 5000)
+    out = tmp_path / "out"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictions = infer_files(cfg, weights, [str(images / "a"), str(images / "b")], str(out), vis_thresh=0)
+    messages = [str(w.message) for w in caught]
+    assert any("too thin" in m and m.endswith("a/thin.png") for m in messages), messages
+    assert f"1 of 5 images were skipped (unreadable, or too thin to detect in), e.g. {images / 'a' / 'thin.png'}" \
+        in messages
+    # Every readable image has its own annotated copy: b/x.png does not replace a/x.png.
+    drawn = sorted(os.path.relpath(os.path.join(d, f), out / "vis") for d, _, fs in os.walk(out / "vis") for f in fs)
+    assert drawn == ["a/x.png", "a/y.png", "b/x.png", "b/y.png"]
+    assert not np.array_equal(cv2.imread(str(out / "vis" / "a" / "x.png")), cv2.imread(str(out / "vis" / "b" / "x.png")))
+    # The file holds what the predictor gives for each image, boxes as x, y, w, h.
+    written = json.loads((out / "predictions.json").read_text())
+    assert written == predictions and len(written) == 4 * 5
+    path = str(images / "b" / "y.png")
+    image, expected = Predictor(cfg, weights).predict_file(path)
+    mine = [p for p in written if p["file_name"] == path]
+    boxes = np.array([p["bbox"] for p in mine])
+    reference = expected["boxes"].copy()
+    reference[:, 2:] -= reference[:, :2]
+    np.testing.assert_allclose(boxes, reference, atol=0.006)
+    np.testing.assert_allclose([p["score"] for p in mine], expected["scores"], atol=6e-6)
+
+
+def test_thin_limit_is_where_the_resized_side_rounds_to_zero(detector):
+    cfg, weights = detector
+    predictor = Predictor(cfg, weights)
+    # min_size_test=160, max_size_test=240: a 5000-pixel side scales by 240/5000 = 0.048, so a 10-pixel
+    # side becomes 0.48 pixel (rounds to 0) and an 11-pixel side 0.528 pixel (rounds to 1).
+    with pytest.raises(DegenerateImageError, match="5000x10 pixels is too thin"):
+        predictor(np.zeros((10, 5000, 3), np.uint8))
+    detections = predictor(np.zeros((11, 5000, 3), np.uint8))
+    assert detections["boxes"].shape[1] == 4
+    assert np.all(detections["boxes"][:, [1, 3]] <= 11) and np.all(detections["boxes"][:, [0, 2]] <= 5000)
+
+
+def test_predictions_made_before_a_stop_are_on_disk(detector, tmp_path, monkeypatch):
+    cfg, weights = detector
+    for index in range(4):
+        write_image(tmp_path / "images" / f"{index}.png", 40, 50, index)
+    calls = []
+    original = Predictor.predict_file
+
+    def stop_at_third(self, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("SIGTERM")
+        return original(self, path)
+
+    monkeypatch.setattr(Predictor, "predict_file", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        infer_files(cfg, weights, [str(tmp_path / "images")], str(tmp_path / "out"), vis_thresh=None)
+    written = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert sorted({p["file_name"] for p in written}) == calls[:2] and len(written) == 2 * 5
+
+
+def run_tool(script, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", script), *args], capture_output=True,
+                          text=True, cwd=ROOT, env=subprocess_env(OMP_NUM_THREADS="1"), timeout=300)
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_infer_out_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "taken").write_text("")
+    result = run_tool("infer.py", "--weights", "w.pth", "--inputs", "x.png", "--out", str(tmp_path / "taken"))
+    assert result.returncode == 2
+    assert result.stderr == (f"error: --out {tmp_path / 'taken'} is a file, not a folder: give a folder for the "
+                             f"outputs\n")
+
+
+def test_overrides_after_the_inputs_reach_the_config(detector, tmp_path, monkeypatch):
+    _, weights = detector
+    image = write_image(tmp_path / "x.png", 40, 50)
+    monkeypatch.setattr(sys, "argv", ["infer.py", "--weights", weights, "--inputs", image, "test.score_thresh=2",
+                                      "--out", str(tmp_path / "out"), *CONFIG])
+    with pytest.raises(ConfigError, match=r"^test.score_thresh=2 must be a number in \[0, 1\]$"):
+        load_tool("infer").main()
+    monkeypatch.setattr(sys, "argv", ["infer.py", "--weights", weights, "--inputs", image, *CONFIG,
+                                      "--out", str(tmp_path / "out"), "--no-vis", "--device", "cpu"])
+    assert load_tool("infer").main() == 0
+    assert {p["file_name"] for p in json.loads((tmp_path / "out" / "predictions.json").read_text())} == {image}
+
+
+def test_export_out_that_is_a_folder_or_under_a_file(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = run_tool("export.py", "--weights", "w.pth", "--format", "onnx", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr == (f"error: --out {tmp_path} is a folder: give the file to write, such as "
+                             f"{tmp_path / 'model.onnx'}\n")
+    result = run_tool("export.py", "--weights", "w.pth", "--format", "torchscript",
+                      "--out", str(tmp_path / "file" / "m.pt"))
+    assert result.returncode == 2
+    assert result.stderr == (f"error: --out {tmp_path / 'file' / 'm.pt'}: {tmp_path / 'file'} is a file, so no "
+                             f"folder can be made there\n")
