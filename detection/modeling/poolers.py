@@ -28,13 +28,13 @@ class SingleLevelPooler(nn.Module):
         self.kind = kind
         self.impl = impl
 
-    def forward(self, features: dict[str, torch.Tensor], boxes: Sequence[torch.Tensor],
-                image_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
+    def forward(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor],
+                image_sizes: list[tuple[int, int]]) -> torch.Tensor:
         feature = features[self.feature]
         if self.kind == "roi_pool":
             return roi_pool(feature, [b.to(feature.dtype) for b in boxes], self.output_size, self.spatial_scale)
         # aligned=True samples at pixel centres (no half-pixel shift), the more exact RoIAlign.
-        return roi_align(feature, list(boxes), self.output_size[0], self.spatial_scale, self.sampling_ratio,
+        return roi_align(feature, boxes, self.output_size[0], self.spatial_scale, self.sampling_ratio,
                          aligned=True, impl=self.impl)
 
 
@@ -51,7 +51,7 @@ class PyramidPooler(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.impl = impl
 
-    def forward(self, features: dict[str, torch.Tensor], boxes: Sequence[torch.Tensor],
-                image_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
-        return multiscale_roi_align([features[name] for name in self.features], list(boxes), self.strides,
+    def forward(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor],
+                image_sizes: list[tuple[int, int]]) -> torch.Tensor:
+        return multiscale_roi_align([features[name] for name in self.features], boxes, self.strides,
                                     self.output_size, self.sampling_ratio, self.impl)

@@ -16,61 +16,98 @@ kernel, so results agree with it to float rounding (tested against it, forward a
 On CUDA, and while tracing, scripting or exporting, torchvision's op runs instead.
 """
 
-from __future__ import annotations
-
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import handle_torch_function, has_torch_function_unary
 from torchvision.ops import roi_align as torchvision_roi_align
+
+# Annotations are evaluated here (no ``from __future__ import annotations``): TorchScript reads the
+# signatures of the functions it skips (torch.jit.unused) from objects, not from strings.
 
 IMPLEMENTATIONS = ("auto", "gather", "torchvision")
 
 
-def boxes_to_rois(boxes: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-    """Per-image (K_i, 4) boxes -> one (K, 5) tensor of (image index, x1, y1, x2, y2)."""
+def boxes_to_rois(boxes: torch.Tensor | list[torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+    """Per-image (K_i, 4) boxes -> one (K, 5) tensor of (image index, x1, y1, x2, y2); a (K, 5)
+    tensor is returned as it is. Other shapes are refused (a (K, 4) tensor would otherwise read
+    x1 as the image index). An empty list (no images) gives no RoIs, in ``features``' dtype."""
     if isinstance(boxes, torch.Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise ValueError(f"roi_align: a boxes tensor must be (K, 5) rows of (image index, x1, y1, x2, "
+                             f"y2), got shape {list(boxes.shape)}; give per-image (K_i, 4) boxes as a list")
         return boxes
+    for image, image_boxes in enumerate(boxes):
+        if image_boxes.dim() != 2 or image_boxes.shape[1] != 4:
+            raise ValueError(f"roi_align: the boxes of image {image} must be (K, 4) rows of (x1, y1, x2, "
+                             f"y2), got shape {list(image_boxes.shape)}")
+    if len(boxes) == 0:
+        return features.new_zeros((0, 5))
     index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)])
-    return torch.cat([index, torch.cat(list(boxes))], dim=1)
+    return torch.cat([index, torch.cat(boxes)], dim=1)
 
 
+@torch.jit.unused
 def use_gather(features: torch.Tensor, impl: str) -> bool:
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"roi_align impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
-    if impl == "torchvision" or torch.jit.is_scripting() or torch.jit.is_tracing():
-        return False
-    if torch.onnx.is_in_onnx_export():
+    if impl == "torchvision" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return False
     return impl == "gather" or features.device.type == "cpu"
 
 
-def roi_align(features: torch.Tensor, boxes: Sequence[torch.Tensor] | torch.Tensor, output_size: int,
-              spatial_scale: float, sampling_ratio: int = 0, aligned: bool = True, impl: str = "auto") -> torch.Tensor:
+def roi_align(features: torch.Tensor, boxes: torch.Tensor | list[torch.Tensor], output_size: int,
+              spatial_scale: float, sampling_ratio: int = 0, aligned: bool = True,
+              impl: str = "auto") -> torch.Tensor:
     """(N, C, P, P) RoIAlign of ``boxes`` (per-image list of xyxy, or (N, 5) rois) on (B, C, H, W) ``features``.
 
     ``impl``: "auto" (the gather on CPU, torchvision elsewhere), "gather" or "torchvision". The
     gather's result is a channels_last view; ``.contiguous()`` or ``.flatten(1)`` make it NCHW.
+    Like torchvision's op, no gradient flows into the boxes. Scripted, it is torchvision's op;
+    torch.fx records it as one call (box counts are data, which symbolic tracing cannot follow).
     """
-    rois = boxes_to_rois(boxes)
-    if not use_gather(features, impl):
+    if has_torch_function_unary(features):  # an fx Proxy (or another tensor-like type) takes over
+        return handle_torch_function(roi_align, (features,), features, boxes, output_size, spatial_scale,
+                                     sampling_ratio=sampling_ratio, aligned=aligned, impl=impl)
+    rois = boxes_to_rois(boxes, features)
+    if torch.jit.is_scripting() or not use_gather(features, impl):
         return torchvision_roi_align(features, rois.to(features.dtype), output_size, spatial_scale,
                                      sampling_ratio, aligned)
+    return gather_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+@torch.jit.unused
+def gather_roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int, spatial_scale: float,
+                     sampling_ratio: int, aligned: bool) -> torch.Tensor:
+    """roi_align as embedding_bag calls over the (B*H*W, C) table of the feature map."""
     batch, channels, height, width = features.shape
     # (B*H*W, C): a free view when the map is channels_last, one copy otherwise.
     table = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
-    # A fixed sampling ratio is one group of all RoIs; adaptive ones fill a zeroed output group by group.
-    out = None if sampling_ratio > 0 else features.new_zeros((rois.shape[0], output_size, output_size, channels))
-    for group, taps, weights in bilinear_taps(rois.float(), height, width, output_size, spatial_scale,
-                                              sampling_ratio, aligned):
+    # Positions and weights in float64 for float64 maps (float32 would move samples across the
+    # borders), else in float32; detached: torchvision's op gives the boxes no gradient either.
+    rois = rois.detach().to(torch.float64 if features.dtype == torch.float64 else torch.float32)
+    bins = rois.shape[0] * output_size * output_size
+    # A fixed sampling ratio is one group of all RoIs. Adaptive ones fill, group by group, an
+    # output of empty bags: zeros that RoIs without samples keep, computed by the gather so that
+    # the output always has its gradient function (zero for those RoIs).
+    out = None if sampling_ratio > 0 else empty_bags(bins, table)
+    for group, taps, weights in bilinear_taps(rois, height, width, output_size, spatial_scale, sampling_ratio,
+                                              aligned):
         pooled = F.embedding_bag(taps, table, per_sample_weights=weights.to(table.dtype), mode="sum")
-        pooled = pooled.view(-1, output_size, output_size, channels)
         if out is None:
             out = pooled
         else:
-            out.index_copy_(0, group, pooled)
-    return out.permute(0, 3, 1, 2)
+            out.view(-1, output_size * output_size, channels).index_copy_(
+                0, group, pooled.view(-1, output_size * output_size, channels))
+    return out.view(-1, output_size, output_size, channels).permute(0, 3, 1, 2)
+
+
+def empty_bags(count: int, table: torch.Tensor) -> torch.Tensor:
+    """(count, C) zeros as the sums of ``count`` empty bags of ``table``."""
+    no_taps = torch.zeros(0, dtype=torch.long, device=table.device)
+    offsets = torch.zeros(count, dtype=torch.long, device=table.device)
+    return F.embedding_bag(no_taps, table, offsets, per_sample_weights=table.new_zeros(0), mode="sum")
 
 
 def bilinear_taps(rois: torch.Tensor, height: int, width: int, output_size: int, spatial_scale: float,
@@ -78,7 +115,7 @@ def bilinear_taps(rois: torch.Tensor, height: int, width: int, output_size: int,
     """Yield (RoI indices or None for all, taps (n*P*P, T) into the (B*H*W) table, weights (n*P*P, T)).
 
     With an adaptive sampling ratio (<= 0) RoIs are grouped by their sample grid, so that each
-    group has one bag size; RoIs with no samples (empty boxes) keep their zero output.
+    group has one bag size; RoIs with no samples (empty boxes) are in no group.
     """
     offset = 0.5 if aligned else 0.0
     x1, y1 = rois[:, 1] * spatial_scale - offset, rois[:, 2] * spatial_scale - offset
@@ -139,37 +176,51 @@ def _axis_taps(coords: torch.Tensor, size: int):
     return low, high, (1.0 - frac) * inside, frac * inside
 
 
-def fpn_levels(boxes: torch.Tensor, strides: Sequence[int]) -> torch.Tensor:
-    """The pyramid level index (0 = finest of ``strides``) of each (N, 4) box, FPN paper eq. 1.
+def fpn_levels(boxes: torch.Tensor, strides: list[int]) -> torch.Tensor:
+    """The pyramid level index (0 = finest of ``strides``) of each (N, 4) box, FPN paper eq. 1, or
+    -1 for a box with no size (negative width or height, or NaN coordinates).
 
     The canonical ImageNet size 224 maps to level 4 (stride 16), with torchvision's epsilon, so
     that imported torchvision detectors pool each box from the same level.
     """
-    level_min, level_max = math.log2(strides[0]), math.log2(strides[-1])
-    sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    levels = torch.floor(4 + torch.log2(sizes / 224) + 1e-6)
-    return (levels.clamp(level_min, level_max) - level_min).long()
+    level_min, level_max = power_of_two(strides[0]), power_of_two(strides[-1])
+    sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))  # NaN for a negative area
+    levels = torch.floor(4 + torch.log2(sizes / 224) + 1e-6).clamp(level_min, level_max) - level_min
+    # NaN has no integer value (the conversion is undefined): mark those boxes explicitly.
+    return torch.where(torch.isnan(levels), torch.full_like(levels, -1.0), levels).long()
 
 
-def multiscale_roi_align(features: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor], strides: Sequence[int],
-                         output_size: int, sampling_ratio: int, impl: str = "auto") -> torch.Tensor:
+def power_of_two(stride: int) -> float:
+    """k for a stride of 2**k, exactly (TorchScript has no math.log2, and log(s) / log(2) is rounded)."""
+    return float(round(math.log(stride) / math.log(2.0)))
+
+
+def multiscale_roi_align(features: list[torch.Tensor], boxes: torch.Tensor | list[torch.Tensor],
+                         strides: list[int], output_size: int, sampling_ratio: int,
+                         impl: str = "auto") -> torch.Tensor:
     """RoIAlign of each box on the pyramid level its size selects; (N, C, P, P) in the boxes' order.
 
-    Legacy (not pixel-aligned) sampling, as torchvision's MultiScaleRoIAlign.
+    Legacy (not pixel-aligned) sampling, as torchvision's MultiScaleRoIAlign; like it, a box with
+    no level (:func:`fpn_levels`) gives zeros. One call in torch.fx graphs, as roi_align.
     """
-    rois = boxes_to_rois(boxes)
+    if has_torch_function_unary(features[0]):
+        return handle_torch_function(multiscale_roi_align, (features[0],), features, boxes, strides,
+                                     output_size, sampling_ratio, impl=impl)
+    rois = boxes_to_rois(boxes, features[0])
     levels = fpn_levels(rois[:, 1:], strides)
     first = features[0]
-    gather = use_gather(first, impl)
+    gather = not torch.jit.is_scripting() and use_gather(first, impl)
     # Filled as (N, P, P, C) by the gather and returned as a channels_last view of (N, C, P, P).
-    shape = (rois.shape[0], output_size, output_size, first.shape[1]) if gather else \
-        (rois.shape[0], first.shape[1], output_size, output_size)
-    out = first.new_empty(shape)  # every RoI belongs to one level, so every row is written below
+    shape = [rois.shape[0], output_size, output_size, first.shape[1]] if gather else \
+        [rois.shape[0], first.shape[1], output_size, output_size]
+    out = first.new_empty(shape)  # each row is written below: by its level, or with zeros
     tracing = torch.jit.is_tracing()
-    for level, (feature, stride) in enumerate(zip(features, strides)):
+    for level, feature in enumerate(features):
         index = torch.nonzero(levels == level).squeeze(1)
         if not tracing and index.numel() == 0:
             continue
-        pooled = roi_align(feature, rois[index], output_size, 1.0 / stride, sampling_ratio, aligned=False, impl=impl)
+        pooled = roi_align(feature, rois[index], output_size, 1.0 / strides[level], sampling_ratio,
+                           aligned=False, impl=impl)
         out.index_copy_(0, index, pooled.permute(0, 2, 3, 1) if gather else pooled.to(out.dtype))
+    out.index_fill_(0, torch.nonzero(levels < 0).squeeze(1), 0.0)
     return out.permute(0, 3, 1, 2) if gather else out
