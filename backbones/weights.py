@@ -116,15 +116,29 @@ def read_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Te
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "GLOBAL" in str(error):
+        reason = refusal_reason(error)
+        if reason is not None:
             raise WeightsError(
-                f"{path} holds Python objects besides tensors and was not loaded (files are read with "
-                f"weights_only=True so that they cannot run code): save the model's state_dict alone"
+                f"{path} was refused as unsafe ({reason}): it holds pickled objects other than tensors, which "
+                f"could run code when loaded. If it comes from a source you trust, load it once with "
+                f"torch.load(weights_only=False) and save the state dict alone (torch.save(model.state_dict(), ...))"
             ) from None
-        raise WeightsError(f"cannot read {path}: not a PyTorch checkpoint, or a damaged one") from None
+        raise WeightsError(f"cannot read {path}: not a PyTorch checkpoint, or a damaged one "
+                           f"({str(error).splitlines()[0][:200]})") from None
     except Exception:  # noqa: BLE001 - truncated or not a checkpoint at all
         raise WeightsError(f"cannot read {path}: the file is truncated or damaged") from None
     return unwrap_state_dict(obj, path)
+
+
+def refusal_reason(error: pickle.UnpicklingError) -> str | None:
+    """Why ``torch.load(weights_only=True)`` refused a checkpoint that names a Python function or class
+    (e.g. "Unsupported global: GLOBAL os.system was not an allowed global by default"); None for
+    files it could not read for another reason."""
+    message = str(error)
+    if "GLOBAL" not in message:  # other refusals (an unknown pickle opcode, ...) mean "not a checkpoint"
+        return None
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", message)
+    return match.group(1).strip() if match else "objects other than tensors"
 
 
 def unwrap_state_dict(obj, source: str = "weights") -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -75,6 +76,27 @@ def test_files_that_would_run_code_are_refused(tmp_path):
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "evil": Evil()}, tmp_path / "evil.pth")
     with pytest.raises(WeightsError, match="weights_only"):
         resnet18(weights=str(tmp_path / "evil.pth"))
+
+
+class Prints:
+    """Unpickling this calls print: a stand-in for code hidden in a weights file."""
+
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_file_holding_code_is_refused_as_unsafe_not_called_damaged(tmp_path, capsys, zip_format):
+    path = tmp_path / "code.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "hook": Prints()}, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(WeightsError) as error:
+        resnet18(weights=str(path))
+    message = str(error.value)
+    assert re.fullmatch(re.escape(f"{path} was refused as unsafe (Unsupported global: GLOBAL ") + r"(builtins\.)?print"
+                        + re.escape(" was not an allowed global by default): it holds pickled objects other than "
+                                    "tensors, which could run code when loaded. ") + ".*", message), message
+    assert "damaged" not in message and "torch.save(model.state_dict(), ...)" in message and "\n" not in message
+    assert "unpickled" not in capsys.readouterr().out
 
 
 def test_torchvision_name_uses_hub_cache(tv18, tmp_path, monkeypatch):
