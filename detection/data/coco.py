@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import logging
+import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -35,18 +36,58 @@ def load_coco(ann_file: str, key_hint: str = "data.train.ann_file") -> COCO:
     except json.JSONDecodeError as error:
         raise AnnotationError(f"{ann_file}: invalid JSON at line {error.lineno} column {error.colno}") from None
     for key in ("images", "categories"):
-        if key not in data:
+        if not isinstance(data, dict) or key not in data:
             raise AnnotationError(f"{ann_file}: not a COCO detection file (no '{key}' list)")
     data.setdefault("annotations", [])
-    for index, ann in enumerate(data["annotations"]):
-        missing = [k for k in ("image_id", "category_id", "bbox") if k not in ann]
-        if missing:
-            raise AnnotationError(f"{ann_file}: annotation #{index} (id {ann.get('id')}) lacks {', '.join(missing)}")
+    check_entries(ann_file, data)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+# Per list of a COCO json: what one entry is called, the keys it needs, and the hint when it lacks one.
+REQUIRED_KEYS = {
+    "images": ("image", ("id", "file_name"), "each image needs its id and file_name, its path in the image folder"),
+    "categories": ("category", ("id",), "each category needs its id, the category_id of its annotations"),
+    "annotations": ("annotation", ("id", "image_id", "category_id", "bbox"),
+                    "each annotation needs id, image_id, category_id and bbox [x, y, width, height]"),
+}
+
+
+def is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def entry_problem(kind: str, entry) -> str | None:
+    """What is wrong with one entry of the json's ``kind`` list, with the fix; None when it is fine.
+    Non-finite box values are not a problem here: they are dropped and counted with the degenerate boxes."""
+    _, keys, hint = REQUIRED_KEYS[kind]
+    if not isinstance(entry, dict):
+        return f"is not an object ({hint})"
+    missing = [key for key in keys if key not in entry]
+    if missing:
+        return f"lacks {', '.join(missing)} ({hint})"
+    if kind == "annotations":
+        bbox = entry["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
+            return f"has bbox {bbox!r}: give 4 numbers [x, y, width, height]"
+    if kind == "images" and not all(is_number(entry.get(key, 0)) for key in ("width", "height")):
+        return f"has width {entry.get('width')!r} and height {entry.get('height')!r}: give them in pixels"
+    return None
+
+
+def check_entries(ann_file: str, data: dict) -> None:
+    """One line naming the first malformed image, category or annotation (by index and id) and the fix."""
+    for kind in REQUIRED_KEYS:
+        if not isinstance(data[kind], list):
+            raise AnnotationError(f"{ann_file}: '{kind}' is not a list")
+        for index, entry in enumerate(data[kind]):
+            problem = entry_problem(kind, entry)
+            if problem:
+                entry_id = entry.get("id") if isinstance(entry, dict) else None
+                raise AnnotationError(f"{ann_file}: {REQUIRED_KEYS[kind][0]} #{index} (id {entry_id}) {problem}")
 
 
 @dataclass
@@ -84,6 +125,15 @@ class AnnotationStats:
     dropped: int = 0
     clipped: int = 0
     unknown_category: int = 0
+    unknown_image: int = 0  # annotations whose image_id is not in the json's images
+
+    def any(self) -> bool:
+        return bool(self.dropped or self.clipped or self.unknown_category or self.unknown_image)
+
+    def describe(self) -> str:
+        return (f"{self.dropped} boxes dropped (no area or not finite), {self.clipped} clipped to the image, "
+                f"{self.unknown_category} with unknown category ids ignored, {self.unknown_image} of image ids "
+                "not in 'images' ignored")
 
 
 def sanitize_boxes(anns: list[dict], width: float, height: float, stats: AnnotationStats):
@@ -134,15 +184,18 @@ class CocoDetection(torch.utils.data.Dataset):
             self.records = self.records[:max_images]
         if not self.records:
             raise AnnotationError(f"{ann_file}: no usable images")
-        if self.stats.dropped or self.stats.clipped or self.stats.unknown_category:
-            warnings.warn(
-                f"{ann_file}: {self.stats.dropped} boxes dropped (no area or not finite), {self.stats.clipped} "
-                f"clipped to the image, {self.stats.unknown_category} with unknown category ids ignored",
-                stacklevel=2,
-            )
+        if not any(len(record["boxes"]) for record in self.records):
+            # Training would run with zero box losses, and COCO AP would be undefined (-1).
+            raise AnnotationError(
+                f"{ann_file}: no object box in {len(self.records)} images ({len(self.coco.anns)} annotations; "
+                f"{self.stats.describe()}): give the objects in its 'annotations' list")
+        if self.stats.any():
+            warnings.warn(f"{ann_file}: {self.stats.describe()}", stacklevel=2)
 
     def _build_records(self, filter_empty: bool) -> list[dict]:
         label_of = self.category_map.label_of()
+        self.stats.unknown_image = sum(len(anns) for image_id, anns in self.coco.imgToAnns.items()
+                                       if image_id not in self.coco.imgs)
         records = []
         for image_id in sorted(self.coco.imgs):
             info = self.coco.imgs[image_id]

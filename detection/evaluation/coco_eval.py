@@ -92,6 +92,14 @@ def check_results_match(coco_gt, results: list[dict], source: str = "detections"
         raise DetectionsError(f"{source}: category ids {unknown_cats[:5]} are not in the ground truth")
 
 
+def check_gt_has_objects(gt_dataset: dict, image_ids: list[int]) -> None:
+    """pycocotools reports AP -1 (printed here as -100) when no scored image has an object."""
+    scored = set(image_ids)
+    if not any(not ann.get("iscrowd", 0) and ann["image_id"] in scored for ann in gt_dataset.get("annotations", [])):
+        raise DetectionsError(f"no object box in the ground truth of the {len(scored)} scored images: AP is "
+                              "undefined (give the objects in the annotation file's 'annotations' list)")
+
+
 def _coco_api(backend: str):
     if backend == "faster_coco_eval":
         try:
@@ -117,6 +125,7 @@ def evaluate_detections(gt_dataset: dict, results: list[dict], backend: str = "p
         coco_gt.dataset = copy.deepcopy(gt_dataset)
         coco_gt.createIndex()
     check_results_match(coco_gt, results, source)
+    check_gt_has_objects(gt_dataset, image_ids if image_ids is not None else coco_gt.getImgIds())
     if not results:
         logger.warning("%s: no detections at all; every AP is 0", source)
         return {"bbox": {name: 0.0 for name in STAT_NAMES}, "per_category": {}, "summary": ""}

@@ -78,6 +78,52 @@ def test_missing_and_malformed_files_name_the_file_and_key(tmp_path):
         CocoDetection(str(tmp_path / "nobbox.json"), str(tmp_path))
 
 
+def test_annotations_without_objects_are_an_error_and_orphans_are_counted(tmp_path):
+    ann_file, img_dir = write_dataset(tmp_path, [("a.jpg", 40, 60), ("b.jpg", 40, 60)], [], CATEGORIES)
+    for train in (True, False):  # zero box losses in training, AP -1 in testing
+        with pytest.raises(AnnotationError, match=r"ann.json: no object box in 2 images \(0 annotations; .*\): give the "
+                                                  r"objects in its 'annotations' list"):
+            CocoDetection(ann_file, img_dir, TrainTransform([32], 100), train=train)
+    ann_file, img_dir = write_dataset(tmp_path, [("a.jpg", 40, 60), ("b.jpg", 40, 60)], [
+        ann(1, 1, 1, [5, 5, 0, 10]), ann(2, 7, 1, [1, 1, 10, 10]), ann(3, 2, 55, [1, 1, 10, 10])], CATEGORIES)
+    with pytest.raises(AnnotationError, match=r"no object box in 2 images \(3 annotations; 1 boxes dropped .*, 1 with "
+                                              r"unknown category ids ignored, 1 of image ids not in 'images' ignored"):
+        CocoDetection(ann_file, img_dir)
+    ann_file, img_dir = write_dataset(tmp_path, [("a.jpg", 40, 60)], [
+        ann(1, 1, 1, [1, 1, 10, 10]), ann(2, 7, 1, [1, 1, 10, 10]), ann(3, 8, 1, [1, 1, 10, 10])], CATEGORIES)
+    with pytest.warns(UserWarning, match="2 of image ids not in 'images' ignored"):
+        dataset = CocoDetection(ann_file, img_dir)
+    assert dataset.records[0]["boxes"].tolist() == [[1, 1, 11, 11]]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["images"][1].pop("file_name"),
+     "image #1 (id 2) lacks file_name (each image needs its id and file_name, its path in the image folder)"),
+    (lambda d: d["images"][0].update(width="sixty"),
+     "image #0 (id 1) has width 'sixty' and height 40: give them in pixels"),
+    (lambda d: d["categories"][2].pop("id"),
+     "category #2 (id None) lacks id (each category needs its id, the category_id of its annotations)"),
+    (lambda d: d["annotations"][1].update(bbox=["1", 2, 3, 4]),
+     "annotation #1 (id 2) has bbox ['1', 2, 3, 4]: give 4 numbers [x, y, width, height]"),
+    (lambda d: d["annotations"][1].update(bbox=[1, 2, 3]),
+     "annotation #1 (id 2) has bbox [1, 2, 3]: give 4 numbers [x, y, width, height]"),
+    (lambda d: d["annotations"][0].update(bbox=None),
+     "annotation #0 (id 1) has bbox None: give 4 numbers [x, y, width, height]"),
+    (lambda d: d["annotations"].append(5), "annotation #2 (id None) is not an object (each annotation needs id, "
+                                           "image_id, category_id and bbox [x, y, width, height])"),
+])
+def test_malformed_entries_name_the_file_entry_and_fix(tmp_path, edit, message):
+    ann_file, img_dir = write_dataset(tmp_path, [("a.jpg", 40, 60), ("b.jpg", 40, 60)], [
+        ann(1, 1, 1, [1, 1, 10, 10]), ann(2, 2, 18, [5, 5, 10, 10])], CATEGORIES)
+    data = json.loads(open(ann_file, encoding="utf-8").read())
+    edit(data)
+    with open(ann_file, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    with pytest.raises(AnnotationError) as caught:
+        CocoDetection(ann_file, img_dir)
+    assert str(caught.value) == f"{ann_file}: {message}"
+
+
 def test_unreadable_image_is_skipped_or_fails(tmp_path):
     ann_file, img_dir = write_dataset(tmp_path, [("a.jpg", 40, 60), ("b.jpg", 40, 60)],
                                       [ann(1, 2, 1, [1, 1, 10, 10])], CATEGORIES)

@@ -82,6 +82,17 @@ def test_no_detections_scores_zero():
     assert evaluate_detections(gt, [])["bbox"]["AP"] == 0.0
 
 
+def test_ground_truth_without_objects_is_an_error_not_minus_100():
+    gt, results = fixture_dataset()
+    crowd_only = {**gt, "annotations": [{**a, "iscrowd": 1} for a in gt["annotations"]]}
+    for empty in ({**gt, "annotations": []}, crowd_only):
+        with pytest.raises(DetectionsError, match="no object box in the ground truth of the 12 scored images"):
+            evaluate_detections(empty, results)
+    on_image_1 = [a for a in gt["annotations"] if a["image_id"] == 1]
+    with pytest.raises(DetectionsError, match="of the 3 scored images"):
+        evaluate_detections({**gt, "annotations": on_image_1}, results, image_ids=[2, 3, 4])
+
+
 def test_scoring_mode_command_line(tmp_path, repo_root):
     gt, results = fixture_dataset()
     (tmp_path / "gt.json").write_text(json.dumps(gt))
