@@ -104,9 +104,35 @@ def check_weights_fit(model, state: dict, source: str) -> None:
     unexpected = [f"{k} not in the model" for k in state if k not in own]
     if not (mismatched or missing or unexpected):
         return
-    hint = ""
-    key = "roi_heads.predictor.cls_score.weight"
-    if key in state and key in own and state[key].shape[1] != own[key].shape[1]:
-        hint = " (model.roi_head.global_context differs from the model these weights come from)"
+    file_arch, config_arch = detector_arch(state), detector_arch(own)
+    if file_arch and config_arch and file_arch != config_arch:
+        named = {"fpn": "an FPN", "c4": "a C4"}
+        raise UserError(f"{source} holds {named[file_arch]} detector and this config builds {named[config_arch]} "
+                        f"one: set model.arch={file_arch}, or use the config the weights were trained with")
+    hint = global_context_hint(state, own)
     details = (mismatched + missing + unexpected)[:3]
     raise UserError(f"{source} does not fit the model of this config{hint}: " + "; ".join(details))
+
+
+def detector_arch(state: dict) -> str | None:
+    """"fpn" or "c4" from a detector's state-dict names: FPN has its lateral and output convolutions
+    under backbone.fpn, C4 runs res5 in the box head."""
+    if any(key.startswith("backbone.fpn.") for key in state):
+        return "fpn"
+    if any(key.startswith("roi_heads.box_head.res5.") for key in state):
+        return "c4"
+    return None
+
+
+def global_context_hint(state: dict, own: dict) -> str:
+    """Global context concatenates a whole-image feature to each region's: the classifier's input is
+    twice as wide with it as without. Any other ratio is another difference (the box head's width)."""
+    key = "roi_heads.predictor.cls_score.weight"
+    if key not in state or key not in own:
+        return ""
+    in_file, in_model = state[key].shape[1], own[key].shape[1]
+    if in_file == 2 * in_model:
+        return " (the weights were trained with global context: set model.roi_head.global_context=true)"
+    if in_model == 2 * in_file:
+        return " (the weights were trained without global context: set model.roi_head.global_context=false)"
+    return ""

@@ -1,0 +1,56 @@
+"""Weights that do not fit the config: the message names the difference that explains it."""
+
+import os
+
+import pytest
+import torch
+
+from detection.config import load_detection_config
+from detection.inference import load_detector
+from detection.modeling.build import build_model
+from engine.errors import UserError
+from tests.conftest import ROOT
+from tests.helpers import TINY_DETECTOR
+
+SHAPES = os.path.join(ROOT, "configs", "shapes.yaml")
+C4 = ["model.arch=c4", "model.roi_head.pooler_resolution=14"]
+
+
+def saved_detector(tmp_path, overrides) -> str:
+    cfg = load_detection_config(SHAPES, TINY_DETECTOR + overrides)
+    path = tmp_path / "weights.pth"
+    torch.save({"model": build_model(cfg, 3, backbone_weights=False).state_dict(), "meta": {"num_classes": 3}}, path)
+    return str(path)
+
+
+def fit_error(weights: str, overrides) -> str:
+    with pytest.raises(UserError) as error:
+        load_detector(load_detection_config(SHAPES, TINY_DETECTOR + overrides), weights, torch.device("cpu"))
+    return str(error.value)
+
+
+@pytest.mark.parametrize("trained, configured", [([], C4), (C4, [])])
+def test_fpn_and_c4_weights_name_both_architectures(tmp_path, trained, configured):
+    weights = saved_detector(tmp_path, trained)
+    file_arch, config_arch = ("fpn", "c4") if not trained else ("c4", "fpn")
+    named = {"fpn": "an FPN", "c4": "a C4"}
+    assert fit_error(weights, configured) == (
+        f"{weights} holds {named[file_arch]} detector and this config builds {named[config_arch]} one: "
+        f"set model.arch={file_arch}, or use the config the weights were trained with")
+
+
+def test_global_context_hint_says_which_way(tmp_path):
+    weights = saved_detector(tmp_path, [])
+    message = fit_error(weights, ["model.roi_head.global_context=true"])
+    assert message.startswith(f"{weights} does not fit the model of this config (the weights were trained without "
+                              f"global context: set model.roi_head.global_context=false): ")
+    assert "roi_heads.predictor.cls_score.weight: file [4, 64] vs model [4, 128]" in message
+    context_weights = saved_detector(tmp_path, ["model.roi_head.global_context=true"])
+    assert "(the weights were trained with global context: set model.roi_head.global_context=true)" in \
+        fit_error(context_weights, [])
+
+
+def test_another_box_head_width_is_not_called_global_context(tmp_path):
+    weights = saved_detector(tmp_path, [])  # fc_dim 64
+    message = fit_error(weights, ["model.roi_head.fc_dim=96"])
+    assert "global" not in message and "roi_heads.box_head.fc6.weight" in message
