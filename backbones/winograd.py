@@ -207,7 +207,7 @@ class StripBuffers:
     def transform_input(self, image: torch.Tensor, first: int, count: int) -> torch.Tensor:
         """``V = Bt d B`` for the tiles of one strip of an (H, W, C) image: (36, tiles, C)."""
         kernels = native_transforms_for(image)
-        if kernels is not None and image.stride(2) == 1:
+        if kernels is not None and channels_innermost(image):
             tiles_w = -(-image.shape[1] // TILE_OUT)
             transformed = self.take("transformed", POSITIONS, count * tiles_w, self.channels)
             kernels.input_tiles(image, first, count, tiles_w, transformed)
@@ -259,8 +259,9 @@ class NativeTransforms:
     def input_tiles(self, image: torch.Tensor, first: int, count: int, tiles_w: int, out: torch.Tensor) -> None:
         """``V = Bt d B`` of tile rows [first, first + count) of an (H, W, C) image with unit channel
         stride, into ``out``: (36, count * tiles_w, C), contiguous."""
+        check_kernel_operand("image", image)
         height, width, channels = image.shape
-        assert image.stride(2) == 1 and out.is_contiguous() and out.shape == (POSITIONS, count * tiles_w, channels)
+        check_kernel_operand("transformed tiles", out, (POSITIONS, count * tiles_w, channels), contiguous=True)
         self.input_transform(image.data_ptr(), self.STORAGE[image.dtype], image.stride(0), image.stride(1), height,
                              width, channels, first, count, tiles_w, out.data_ptr(), self.STORAGE[out.dtype],
                              torch.get_num_threads())
@@ -269,10 +270,11 @@ class NativeTransforms:
                      tiles_w: int, out: torch.Tensor, relu: bool = False) -> None:
         """``Y = At M A`` (+ bias, then ReLU if ``relu``) of (36, count * tiles_w, O) products, written
         into the pixels of tile rows [first, first + count) of an (H, W, O) output with unit channel stride."""
+        check_kernel_operand("output", out)
         height, width, channels = out.shape
-        assert out.stride(2) == 1 and products.is_contiguous() and products.shape == (POSITIONS, count * tiles_w,
-                                                                                        channels)
-        assert bias is None or (bias.is_contiguous() and bias.dtype == torch.float32 and bias.numel() == channels)
+        check_kernel_operand("products", products, (POSITIONS, count * tiles_w, channels), contiguous=True)
+        if bias is not None:
+            check_kernel_operand("bias", bias, (channels,), contiguous=True, dtypes=(torch.float32,))
         self.output_transform(products.data_ptr(), self.STORAGE[products.dtype],
                               None if bias is None else bias.data_ptr(), int(relu), channels, first, count, tiles_w,
                               out.data_ptr(), self.STORAGE[out.dtype], out.stride(0), out.stride(1), height, width,
@@ -284,6 +286,7 @@ class NativeTransforms:
         straight into the channels_last result. The filters' dtype (float32 or bfloat16) is that of
         the transformed tiles, the products and the result; the bias stays float32."""
         dtype = filters.dtype
+        # Channels innermost, as the kernels read it (a 1-channel map may keep its NCHW strides).
         x = x.to(dtype).contiguous(memory_format=torch.channels_last)
         filters = filters.contiguous()
         bias = None if bias is None else bias.detach().float().contiguous()
@@ -303,6 +306,26 @@ class NativeTransforms:
             torch.bmm(transformed, filters, out=products)
             self.output_tiles(products, bias, first, count, tiles_w, result[image].permute(1, 2, 0), relu)
         return result
+
+
+def channels_innermost(image: torch.Tensor) -> bool:
+    """Whether an (H, W, C) view has the C transforms' layout: unit channel stride, or one channel
+    (its stride is never used; PyTorch counts a 1-channel NCHW map as channels_last as it is)."""
+    return image.shape[-1] == 1 or image.stride(-1) == 1
+
+
+def check_kernel_operand(name: str, tensor: torch.Tensor, shape: tuple[int, ...] | None = None,
+                         contiguous: bool = False, dtypes: tuple[torch.dtype, ...] = tuple(NativeTransforms.STORAGE)):
+    """Refuse what the C transforms cannot read or write: they take raw CPU pointers, so a wrong
+    layout, dtype or size would read or write the wrong memory instead of failing."""
+    layout_ok = tensor.is_contiguous() if contiguous else tensor.dim() == 3 and channels_innermost(tensor)
+    if (tensor.device.type != "cpu" or tensor.dtype not in dtypes or not layout_ok
+            or (shape is not None and tuple(tensor.shape) != shape)):
+        layout = "contiguous" if contiguous else "(H, W, C) with unit channel stride"
+        expected = f"shape {shape}, " if shape is not None else ""
+        raise ValueError(f"Winograd C transforms: the {name} must be a CPU tensor, {expected}{layout}, of "
+                         f"{' or '.join(str(d) for d in dtypes)}; got shape {tuple(tensor.shape)}, strides "
+                         f"{tensor.stride()}, {tensor.dtype} on {tensor.device}")
 
 
 NATIVE: dict[str, NativeTransforms | None] = {}

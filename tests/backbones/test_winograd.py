@@ -318,3 +318,82 @@ def test_fused_relu_is_applied_on_every_path(transforms, monkeypatch):
             out = fused(x)
         assert out.dtype == torch.bfloat16 and (out >= 0).all() and (out > 0).any()
         assert ((out.double() - reference(x).double()).norm() / reference(x).norm()) < 0.06
+
+
+def degenerate_input(kind, generator):
+    """Maps the C transforms once refused or misread: one channel, one pixel, odd sizes, views."""
+    if kind == "one_channel":
+        return torch.randn(2, 1, 21, 23, generator=generator)
+    if kind == "one_pixel":
+        return torch.randn(2, 5, 1, 1, generator=generator)
+    if kind == "one_row":
+        return torch.randn(1, 6, 1, 13, generator=generator)
+    if kind == "odd":
+        return torch.randn(1, 7, 9, 5, generator=generator)
+    if kind == "sliced":  # every other channel and column of a channels_last map
+        x = torch.randn(2, 14, 11, 26, generator=generator).contiguous(memory_format=torch.channels_last)
+        return x[:, ::2, :, 1::2]
+    if kind == "permuted":  # H and W swapped: neither NCHW nor channels_last
+        return torch.randn(1, 6, 15, 10, generator=generator).permute(0, 1, 3, 2)
+    raise ValueError(kind)
+
+
+DEGENERATE = ["one_channel", "one_pixel", "one_row", "odd", "sliced", "permuted"]
+
+
+@pytest.mark.parametrize("kind", DEGENERATE)
+@pytest.mark.parametrize("out_channels", [1, 4])
+def test_degenerate_inputs_forward(kind, out_channels, transforms):
+    generator = torch.Generator().manual_seed(len(kind) + out_channels)
+    x = degenerate_input(kind, generator)
+    weight = torch.randn(out_channels, x.shape[1], 3, 3, generator=generator)
+    bias = torch.randn(out_channels, generator=generator)
+    out = winograd_conv3x3(x, transform_filters(weight), bias)
+    expected = F.conv2d(x, weight, bias, padding=1)
+    assert out.shape == expected.shape
+    assert relative_error(out, expected) < 3e-5
+
+
+@pytest.mark.parametrize("kind", DEGENERATE)
+@pytest.mark.parametrize("out_channels", [1, 4])
+def test_degenerate_inputs_backward(kind, out_channels, transforms):
+    """The input's gradient is a Winograd convolution of the output's gradient, which here comes
+    as a plain NCHW tensor (with one channel, one PyTorch already counts as channels_last)."""
+    generator = torch.Generator().manual_seed(len(kind) * out_channels)
+    x = degenerate_input(kind, generator)
+    weight = torch.randn(out_channels, x.shape[1], 3, 3, generator=generator)
+    grad_out = torch.randn(x.shape[0], out_channels, x.shape[2], x.shape[3], generator=generator)
+    ours = [x.clone().requires_grad_(), weight.clone().requires_grad_()]
+    wg.WinogradConvFunction.apply(ours[0], ours[1], None).backward(grad_out)
+    reference = [x.clone().requires_grad_(), weight.clone().requires_grad_()]
+    F.conv2d(reference[0], reference[1], padding=1).backward(grad_out)
+    assert relative_error(ours[0].grad, reference[0].grad) < 3e-5
+    assert relative_error(ours[1].grad, reference[1].grad) < 3e-5
+
+
+@needs_native
+def test_c_transforms_refuse_what_they_cannot_read():
+    """Real checks, not asserts (which python -O removes): the kernels take raw pointers."""
+    kernels = wg.native_transforms()
+    image = torch.randn(8, 8, 16)
+    good = torch.empty(wg.POSITIONS, 4, 16)
+    kernels.input_tiles(image, 0, 2, 2, good)  # the call that works
+    bad_calls = {
+        "channels not innermost": lambda: kernels.input_tiles(image.permute(2, 1, 0).contiguous().permute(2, 1, 0),
+                                                               0, 2, 2, good),
+        "float64 image": lambda: kernels.input_tiles(image.double(), 0, 2, 2, good),
+        "tiles of the wrong size": lambda: kernels.input_tiles(image, 0, 2, 2, torch.empty(wg.POSITIONS, 3, 16)),
+        "strided tiles": lambda: kernels.input_tiles(image, 0, 2, 2, torch.empty(wg.POSITIONS, 4, 32)[..., ::2]),
+        "2-D image": lambda: kernels.input_tiles(image[0], 0, 2, 2, good),
+        "output of other width": lambda: kernels.output_tiles(good, None, 0, 2, 2, torch.empty(8, 8, 17)),
+        "float64 bias": lambda: kernels.output_tiles(good, torch.zeros(16, dtype=torch.float64), 0, 2, 2,
+                                                     torch.empty(8, 8, 16)),
+        "short bias": lambda: kernels.output_tiles(good, torch.zeros(15), 0, 2, 2, torch.empty(8, 8, 16)),
+    }
+    for name, call in bad_calls.items():
+        try:
+            call()
+        except ValueError as error:
+            assert str(error).startswith("Winograd C transforms: the "), name
+        else:
+            pytest.fail(f"accepted: {name}")
