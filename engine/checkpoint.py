@@ -11,9 +11,10 @@ import glob
 import logging
 import math
 import os
-import pickle
+import pickletools
 import random
 import re
+import zipfile
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from .run_dir import POINTER_NAME
 
 logger = logging.getLogger(__name__)
 
-PERIODIC_PATTERN = re.compile(r"model_(\d{7})\.pth$")
+PERIODIC_PATTERN = re.compile(r"model_(\d{7,})\.pth$")  # 7 digits, more past 10^7 iterations
 FINAL_NAME = "model_final.pth"
 BEST_NAME = "model_best.pth"
 
@@ -71,14 +72,44 @@ def atomic_save(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
+# What torch.save writes for tensors and their containers; anything else in a pickle is an object
+# whose loading runs code.
+TENSOR_PICKLE_MODULES = ("torch.", "collections.")
+
+
+def pickled_globals(path: str) -> list[str]:
+    """``module.name`` of every class or function a pickle file refers to, read without unpickling
+    it (torch's zip format or a plain pickle); as many as could be read from a damaged file."""
+    found: list[str] = []
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        strings: list[str] = []
+        for opcode, argument, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                found.append(argument.replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(argument, str):
+                strings.append(argument)
+    except Exception:  # noqa: BLE001 - a truncated or foreign file: what was read so far
+        pass
+    # Protocol 2 (torch.save's) writes Python 2 module names.
+    return [name.replace("__builtin__.", "builtins.", 1) for name in found]
+
+
 def describe_load_failure(path: str, error: BaseException) -> str:
-    """One line for a file that ``torch.load(weights_only=True)`` could not read."""
-    if isinstance(error, pickle.UnpicklingError) and "global" in str(error).lower():
-        # weights_only refuses any pickled object other than tensors and plain containers: such a
-        # file can run code when loaded, so it is never loaded.
-        return (f"{path} was refused as unsafe: it holds pickled code or objects other than tensors, which "
-                f"could run code when loaded; re-save its tensors (torch.save(model.state_dict(), ...)) "
-                f"from a source you trust")
+    """One line for a file that ``torch.load(weights_only=True)`` could not read: refused as unsafe
+    (it refers to code), or damaged."""
+    foreign = [name for name in pickled_globals(path) if not name.startswith(TENSOR_PICKLE_MODULES)]
+    if foreign:
+        return (f"{path} was refused as unsafe: it holds pickled objects other than tensors (e.g. {foreign[0]}), "
+                f"which could run code when loaded; re-save its tensors alone (torch.save(model.state_dict(), "
+                f"...)) from a source you trust")
     return f"checkpoint {path} is damaged or truncated ({type(error).__name__})"
 
 

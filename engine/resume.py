@@ -43,8 +43,8 @@ def check_model_fits(model: torch.nn.Module, saved: dict, path: str, changes: li
     else:
         example = f"{(missing or unexpected)[0]} is {'missing' if missing else 'unexpected'}"
     changed = f"; the config changed {_examples(changes)}" if changes else ""
-    raise CheckpointError(f"cannot resume from {path}: its model differs from this config's ({counts} "
-                          f"parameters, e.g. {example}){changed}: {RESUME_FIX}")
+    raise CheckpointError(f"cannot resume from {path}: its model differs from this config's (parameters: "
+                          f"{counts}; e.g. {example}){changed}: {RESUME_FIX}")
 
 
 def _optimizer_kind(settings: set[str]) -> str:

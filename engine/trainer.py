@@ -374,7 +374,7 @@ class Trainer:
     def _keep_good_checkpoint(self) -> str:
         """Set aside the checkpoints whose weights led to the non-finite loss, point --resume at the
         last good one, and say what to do."""
-        not_good = self.good_checkpoints.not_good()
+        not_good = [path for path in self.good_checkpoints.not_good() if os.path.isfile(path)]  # rotation removed some
         kept = [self.checkpointer.set_aside(path, "diverged") for path in not_good]
         aside = (f" ({len(kept)} later one(s) set aside as *.diverged, e.g. {os.path.basename(kept[-1])})"
                  if kept else "")

@@ -42,18 +42,25 @@ def test_resume_continues_exactly(fixed_shapes, tmp_path):
     assert state["iteration"] == 4 and state["scheduler"]["last_epoch"] == 4
 
 
-def test_resume_falls_back_past_a_damaged_checkpoint(fixed_shapes, tmp_path):
+def test_resume_falls_back_past_a_damaged_checkpoint(fixed_shapes, tmp_path, caplog):
     overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + ["test.max_images=1", "solver.checkpoint_period=1",
                                                                 "solver.max_iter=3", f"output_dir={tmp_path}"]
     cfg = load_detection_config(SHAPES_CFG, overrides)
     train_detector(cfg)
+    # The final evaluation made model_best.pth at iteration 3 too: damage both states of iteration 3.
     (tmp_path / "model_final.pth").write_bytes(b"truncated")
-    with pytest.warns(UserWarning, match="model_final.pth"):
-        from detection.data.loader import build_train_dataset  # noqa: F401  (imports before the warning)
-        from engine.checkpoint import Checkpointer
-
-        state, path = Checkpointer(str(tmp_path)).load_latest()
-    assert path.endswith("model_0000002.pth") and state["iteration"] == 2
+    (tmp_path / "model_best.pth").write_bytes(b"truncated")
+    longer = load_detection_config(SHAPES_CFG, overrides + ["solver.max_iter=4"])
+    with pytest.warns(UserWarning, match=r"model_(final|best).pth is damaged or truncated .*; falling back to "
+                                         r"model_0000002.pth") as caught:
+        with caplog.at_level("INFO"):
+            train_detector(longer, resume=True)
+    assert f"resumed from {tmp_path / 'model_0000002.pth'} at iteration 2" in caplog.text
+    assert sum("falling back" in str(w.message) for w in caught) == 2
+    assert (tmp_path / "model_final.pth.damaged").read_bytes() == b"truncated"
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if r["type"] == "train"] == [2, 4]  # the first run's 3 replaced
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 4
 
 
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:

@@ -1,9 +1,12 @@
 """The training loop's guards on a toy model: signals, checkpoint rotation, non-finite losses,
 a dead data worker and GPU out-of-memory, each with the message a user sees."""
 
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -12,6 +15,7 @@ import torch
 from engine.checkpoint import load_checkpoint
 from engine.run_dir import RunDirectory
 from engine.trainer import StoppedBySignal, TrainingError
+from tests.conftest import ROOT
 from tests.engine.toy_training import ToyModel, make_trainer, toy_batches
 
 
@@ -27,6 +31,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert re.fullmatch(r"stopped by SIGTERM at iteration 3; checkpoint saved to .*model_0000003\.pth; "
                         r"continue with --resume", str(stopped.value))
     assert load_checkpoint(str(tmp_path / "model_0000003.pth"))["iteration"] == 3
+    assert stopped.value.exit_code == 128 + signal.SIGTERM  # a stop, not a success, for job schedulers
+    logged = [json.loads(line)["iteration"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [2, 3], "the record of the stopping iteration must be logged"
 
     trainer = make_trainer(ToyModel(), tmp_path)
     assert trainer.resume() and trainer.start_iter == 3
@@ -125,3 +132,81 @@ def test_a_fresh_run_keeps_the_earlier_log_apart(tmp_path):
     trainer.train()
     assert iterations("metrics.jsonl")[: len(first)] == first and max(iterations("metrics.jsonl")) > 6
     assert not (tmp_path / "metrics.2.jsonl").exists()
+
+
+def evaluate_until_signalled(signum, events):
+    """An evaluation that would take a minute; it sends itself ``signum`` once it has started."""
+
+    def evaluate(model):
+        events.append("evaluating")
+        os.kill(os.getpid(), signum)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        events.append("finished")
+        return {"m": {"score": 1.0}}
+
+    return evaluate
+
+
+def test_a_signal_stops_an_evaluation_at_once(tmp_path):
+    events = []
+    trainer = make_trainer(ToyModel(), tmp_path, evaluate=evaluate_until_signalled(signal.SIGTERM, events))
+    trainer.eval_period = 2
+    start = time.monotonic()
+    with pytest.raises(StoppedBySignal) as stopped:
+        trainer.train()
+    assert time.monotonic() - start < 20 and events == ["evaluating"]
+    assert str(stopped.value) == (f"stopped by SIGTERM during the evaluation at iteration 2; checkpoint saved to "
+                                  f"{tmp_path / 'model_0000002.pth'}; continue with --resume")
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert load_checkpoint(str(tmp_path / "model_0000002.pth"))["iteration"] == 2
+    assert trainer.model.training, "the model is back in train mode"
+
+
+def test_a_signal_during_the_final_evaluation_keeps_model_final(tmp_path):
+    events = []
+    trainer = make_trainer(ToyModel(), tmp_path, evaluate=evaluate_until_signalled(signal.SIGINT, events))
+    trainer.eval_period = 100  # only the final evaluation
+    with pytest.raises(StoppedBySignal) as stopped:
+        trainer.train()
+    assert str(stopped.value) == (f"stopped by SIGINT during the final evaluation; {tmp_path / 'model_final.pth'} "
+                                  f"is saved: --resume runs the evaluation again")
+    assert stopped.value.exit_code == 128 + signal.SIGINT
+    again = make_trainer(ToyModel(), tmp_path, evaluate=lambda model: {"m": {"score": 2.0}})
+    assert again.resume() and again.start_iter == 6
+    assert again.train() == {"m": {"score": 2.0}}
+
+
+STOPPED_DURING_EVALUATION = """
+import os, signal, sys, time
+from engine.cli import run_cli
+from tests.engine.toy_training import ToyModel, make_trainer
+
+def evaluate(model):
+    print("evaluating", flush=True)
+    time.sleep(120)
+    return {}
+
+def main():
+    trainer = make_trainer(ToyModel(), sys.argv[1], evaluate=evaluate)
+    trainer.eval_period = 2
+    trainer.train()
+    return 0
+
+run_cli(main)
+"""
+
+
+def test_a_command_stopped_during_evaluation_exits_promptly_and_non_zero(tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", STOPPED_DURING_EVALUATION, str(tmp_path)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "evaluating"
+    start = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - start < 30
+    assert process.returncode == 128 + signal.SIGTERM
+    assert stderr.strip().splitlines()[-1] == (f"error: stopped by SIGTERM during the evaluation at iteration 2; "
+                                               f"checkpoint saved to {tmp_path / 'model_0000002.pth'}; continue "
+                                               f"with --resume")
