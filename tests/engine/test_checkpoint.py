@@ -1,0 +1,149 @@
+"""Checkpoint files: which are good to continue from, which are set aside, and what an unreadable one says."""
+
+import math
+import os
+import pickle
+
+import pytest
+import torch
+
+from engine.checkpoint import Checkpointer, CheckpointError, GoodCheckpoints, load_checkpoint
+from engine.trainer import TrainingError
+from tests.engine.toy_training import ToyModel, make_trainer, toy_batches
+
+FINITE = {"w": torch.ones(2)}
+
+
+def test_a_checkpoint_is_good_once_its_own_weights_gave_a_finite_loss():
+    good = GoodCheckpoints()
+    good.loss_seen(2.0)
+    good.saved("a.pth", FINITE)
+    assert good.last_good is None and good.not_good() == ["a.pth"]  # its loss is not known yet
+    good.loss_seen(1.5)
+    assert good.last_good == "a.pth" and good.not_good() == []
+    good.saved("b.pth", FINITE)  # the weights that then produce a non-finite loss
+    assert good.last_good == "a.pth" and good.not_good() == ["b.pth"]
+
+
+def test_exploding_loss_or_non_finite_weights_are_not_good():
+    good = GoodCheckpoints()
+    good.loss_seen(2.5)
+    good.typical_loss_seen(2.0)
+    good.saved("a.pth", FINITE)
+    good.loss_seen(3.0)
+    good.saved("b.pth", FINITE)
+    good.loss_seen(2.0 * GoodCheckpoints.DIVERGENCE_FACTOR * 1.01)  # finite, but diverged
+    good.saved("c.pth", {"w": torch.tensor([1.0, math.inf])})
+    assert good.last_good == "a.pth" and good.not_good() == ["b.pth", "c.pth"]
+
+
+@pytest.fixture
+def diverged_run(tmp_path):
+    with pytest.raises(TrainingError) as error:
+        make_trainer(ToyModel(), tmp_path, base_lr=1.0, momentum=0.9, max_iter=200, checkpoint_period=1,
+                     keep_last=50).train()
+    return tmp_path, str(error.value)
+
+
+def test_a_diverged_run_sets_the_states_that_led_to_nan_aside(diverged_run):
+    """With a huge learning rate the weights explode (finite for a while) before the loss turns NaN.
+    The checkpoints whose weights led there are set aside; the one named trains on at a lower LR."""
+    out, message = diverged_run
+    good = message.split("the last good checkpoint is ")[1].split(" ")[0]
+    aside = sorted(name for name in os.listdir(out) if name.endswith(".diverged"))
+    assert aside and f"({len(aside)} later one(s) set aside as *.diverged" in message, message
+    state = load_checkpoint(good)
+    weights = torch.cat([v.flatten() for v in state["model"].values()])
+    assert weights.abs().max() < 1e3, "the named checkpoint holds exploded weights"
+    for name in aside:  # each set-aside state is one whose weights exploded or give a non-finite loss
+        held = torch.load(out / name, weights_only=True)["model"]
+        assert torch.cat([v.flatten() for v in held.values()]).abs().max() > 1e3 or not all(
+            torch.isfinite(v).all() for v in held.values())
+    assert (out / "last_checkpoint").read_text() == os.path.basename(good)
+    assert "then continue from it with --resume" in message
+
+    trainer = make_trainer(ToyModel(), out, base_lr=0.01, max_iter=state["iteration"] + 20)
+    assert trainer.resume() and trainer.start_iter == state["iteration"]
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.01)  # the lowered LR applies
+    trainer.train()
+    final = load_checkpoint(str(out / "model_final.pth"))["model"]
+    assert all(torch.isfinite(v).all() for v in final.values())
+
+
+def test_rotation_never_deletes_the_last_good_checkpoint(tmp_path):
+    checkpointer = Checkpointer(str(tmp_path), keep_last=2)
+    checkpointer.save_periodic(1, {"model": {}})
+    checkpointer.protected = str(tmp_path / "model_0000001.pth")
+    for iteration in (2, 3, 4):
+        checkpointer.save_periodic(iteration, {"model": {}})
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth", "model_0000003.pth",
+                                            "model_0000004.pth"]
+
+
+def test_rotation_orders_by_iteration_not_by_name(tmp_path):
+    checkpointer = Checkpointer(str(tmp_path), keep_last=1)
+    checkpointer.save_periodic(9_999_999, {"model": {}})
+    checkpointer.save_periodic(10_000_000, {"model": {}})  # eight digits: sorts first by name
+    assert [p for p in os.listdir(tmp_path) if p.startswith("model_")] == ["model_10000000.pth"]
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
+def test_a_pickle_that_holds_code_is_refused_as_unsafe(tmp_path):
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": RunsCode()}, path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(str(path))
+    assert str(error.value).startswith(f"{path} was refused as unsafe: it holds pickled objects other than "
+                                       f"tensors (e.g. builtins.print), which could run code when loaded")
+    with open(tmp_path / "plain.pkl", "wb") as handle:
+        pickle.dump({"model": RunsCode()}, handle)
+    with pytest.raises(CheckpointError, match="refused as unsafe"):
+        load_checkpoint(str(tmp_path / "plain.pkl"))
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match=r"is damaged or truncated \(RuntimeError\)"):
+        load_checkpoint(str(path))
+
+
+def test_resume_falls_back_to_model_best_past_damaged_states(tmp_path):
+    """model_final and the periodic checkpoints damaged, model_best intact: resume continues from
+    model_best, sets the damaged files aside, and the run never rewrites model_best with a worse state."""
+    scores = iter([1.0, 5.0, 2.0, 3.0, 0.5, 4.0])
+    make_trainer(ToyModel(), tmp_path, evaluate=lambda m: {"m": {"score": next(scores)}}, checkpoint_period=2).train()
+    best = load_checkpoint(str(tmp_path / "model_best.pth"))
+    assert best["iteration"] == 2
+    for name in ("model_final.pth", "model_0000002.pth", "model_0000004.pth"):
+        (tmp_path / name).write_bytes(b"truncated")
+    trainer = make_trainer(ToyModel(), tmp_path, evaluate=lambda m: {"m": {"score": 1.0}}, max_iter=6,
+                           checkpoint_period=2)
+    with pytest.warns(UserWarning, match="model_final.pth is damaged or truncated.*falling back to model_best.pth"):
+        assert trainer.resume()
+    assert trainer.start_iter == 2 and trainer.best_metric == 5.0
+    assert sorted(p for p in os.listdir(tmp_path) if p.endswith(".damaged")) == [
+        "model_0000002.pth.damaged", "model_0000004.pth.damaged", "model_final.pth.damaged"]
+    trainer.train()
+    assert torch.equal(load_checkpoint(str(tmp_path / "model_best.pth"))["model"]["linear.weight"],
+                       best["model"]["linear.weight"])
+
+
+def test_resume_stops_when_no_checkpoint_can_be_read(tmp_path):
+    make_trainer(ToyModel(), tmp_path, checkpoint_period=2).train()
+    for name in os.listdir(tmp_path):
+        if name.endswith(".pth"):
+            (tmp_path / name).write_bytes(b"")
+    with pytest.raises(CheckpointError) as error:
+        make_trainer(ToyModel(), tmp_path).resume()
+    assert str(error.value).startswith(f"none of the 3 checkpoints in {tmp_path} can be read (")
+    assert str(error.value).endswith("): start afresh with --overwrite, or in another output_dir")
+
+
+def test_tolerated_nan_steps_leave_the_checkpoint_before_them_good(tmp_path):
+    """A skipped non-finite step changes no weight: the checkpoint saved before it is confirmed by the
+    next finite loss, as its weights are still the ones that compute it."""
+    trainer = make_trainer(ToyModel(), tmp_path, max_nonfinite=1, checkpoint_period=3,
+                           make_loader=lambda start: toy_batches(start, nan_at=(3,)))
+    trainer.train()
+    assert trainer.good_checkpoints.last_good == str(tmp_path / "model_0000003.pth")

@@ -1,0 +1,62 @@
+"""Resuming with a changed config: one line for a model or optimizer that no longer fits, and the
+current config's optimizer settings for everything else."""
+
+import pytest
+
+from engine.checkpoint import CheckpointError
+from tests.engine.toy_training import ToyModel, make_trainer
+
+CONFIG = "model:\n  inputs: 2\nsolver:\n  optimizer: sgd\n  base_lr: 0.01\n"
+
+
+def test_a_changed_model_is_one_line_naming_the_change(tmp_path):
+    make_trainer(ToyModel(), tmp_path, config_text=CONFIG).train()
+    changed = CONFIG.replace("inputs: 2", "inputs: 3")
+    trainer = make_trainer(ToyModel(inputs=3), tmp_path, config_text=changed)
+    with pytest.raises(CheckpointError) as error:
+        trainer.resume()
+    assert str(error.value) == (
+        f"cannot resume from {tmp_path / 'model_final.pth'}: its model differs from this config's (parameters: 1 of "
+        f"another shape; e.g. linear.weight is [1, 2] there, [1, 3] here); the config changed model.inputs: "
+        f"2 -> 3: resume with the run's own config (its config.yaml), or start the new setting in another output_dir")
+
+
+def test_a_changed_optimizer_is_one_line_instead_of_a_key_error(tmp_path):
+    make_trainer(ToyModel(), tmp_path, config_text=CONFIG).train()
+    changed = CONFIG.replace("optimizer: sgd", "optimizer: adamw")
+    trainer = make_trainer(ToyModel(), tmp_path, optimizer="adamw", config_text=changed)
+    with pytest.raises(CheckpointError) as error:
+        trainer.resume()
+    assert str(error.value) == (
+        f"cannot resume from {tmp_path / 'model_final.pth'}: it holds the state of SGD, this config trains with "
+        f"an Adam-type optimizer; the config changed solver.optimizer: sgd -> adamw: resume with the run's own "
+        f"config (its config.yaml), or start the new setting in another output_dir")
+
+
+def test_other_parameter_groups_are_one_line(tmp_path):
+    make_trainer(ToyModel(), tmp_path).train()
+    model = ToyModel()
+    model.linear.bias.requires_grad_(False)  # another set of trained parameters
+    with pytest.raises(CheckpointError, match=r"its optimizer has parameter groups of \[2\] parameters, this "
+                                              r"config's has \[1\] \(which parameters train changed\)"):
+        make_trainer(model, tmp_path).resume()
+
+
+def test_resume_applies_the_current_learning_rate_weight_decay_and_momentum(tmp_path, caplog):
+    make_trainer(ToyModel(), tmp_path, max_iter=4, checkpoint_period=2, steps=[3], base_lr=0.1,
+                 weight_decay=1e-4, momentum=0.9, config_text=CONFIG).train()
+    changed = CONFIG.replace("base_lr: 0.01", "base_lr: 0.001")
+    trainer = make_trainer(ToyModel(), tmp_path, max_iter=6, steps=[3], base_lr=0.001, weight_decay=5e-4,
+                           momentum=0.5, config_text=changed)
+    with caplog.at_level("WARNING"):
+        assert trainer.resume() and trainer.start_iter == 4
+    group = trainer.optimizer.param_groups[0]
+    # Iteration 4 is past the step at 3: the current base LR times gamma, not the checkpoint's.
+    assert group["lr"] == pytest.approx(0.001 * 0.1)
+    assert group["weight_decay"] == 5e-4 and group["momentum"] == 0.5
+    assert trainer.scheduler.base_lrs == [pytest.approx(0.001)] * len(trainer.optimizer.param_groups)
+    assert trainer.optimizer.state, "the momentum buffers come from the checkpoint"
+    assert "resuming with settings that differ from the checkpoint's (the current ones apply): " \
+           "solver.base_lr: 0.01 -> 0.001" in caplog.text
+    trainer.train()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.001 * 0.1)
