@@ -14,14 +14,14 @@ from torch import nn
 from .errors import BackboneError, WeightsError
 from .fuse import fold_conv_norm, fold_frozen_bn
 from .norm import NORMS, FrozenBatchNorm2d, make_norm
-from .resnet import ARCHITECTURES, FEATURE_NAMES, STAGE_NAMES, ResNet
+from .resnet import ARCHITECTURES, FEATURE_NAMES, STAGE_NAMES, FeatureInfo, FeatureListNet, ResNet
 from .weights import load_weights, read_state_dict
 
 __all__ = [
-    "ARCHITECTURES", "BackboneError", "FEATURE_NAMES", "FeatureListNet", "FrozenBatchNorm2d", "NORMS",
-    "ResNet", "STAGE_NAMES", "WeightsError", "build_resnet", "create", "fold_conv_norm", "fold_frozen_bn",
-    "load_weights", "make_norm", "read_state_dict", "resnet18", "resnet34", "resnet50", "resnet101",
-    "resnet152",
+    "ARCHITECTURES", "BackboneError", "FEATURE_NAMES", "FeatureInfo", "FeatureListNet", "FrozenBatchNorm2d",
+    "NORMS", "ResNet", "STAGE_NAMES", "WeightsError", "build_resnet", "create", "fold_conv_norm",
+    "fold_frozen_bn", "load_weights", "make_norm", "read_state_dict", "resnet18", "resnet34", "resnet50",
+    "resnet101", "resnet152",
 ]
 
 
@@ -60,26 +60,12 @@ def resnet152(weights: str | None = None, **kwargs) -> ResNet:
     return build_resnet(152, weights, **kwargs)
 
 
-class FeatureListNet(nn.Module):
-    """timm-style ``features_only`` wrapper: returns a list of feature maps in ``out_indices`` order."""
-
-    def __init__(self, model: ResNet, names: Sequence[str]):
-        super().__init__()
-        self.model = model
-        self.names = list(names)
-        self.feature_info_channels = [model.out_channels[n] for n in self.names]
-        self.feature_info_reduction = [model.out_strides[n] for n in self.names]
-
-    def forward(self, x):
-        features = self.model(x)
-        return [features[name] for name in self.names]
-
-
 def create(name: str, weights: str | None = None, features_only: bool = False,
-           out_indices: Sequence[int] = (1, 2, 3, 4), **kwargs) -> nn.Module:
+           out_indices: int | Sequence[int] = (0, 1, 2, 3, 4), **kwargs) -> nn.Module:
     """Build by name, timm style: ``create("resnet101", weights=PATH, features_only=True)``.
 
-    ``out_indices`` counts 0 = stem (stride 4), 1..4 = res2..res5 (strides 4..32).
+    ``out_indices`` means what it means in timm: 0 = act1 (stride 2), 1..4 = res2..res5 (strides
+    4..32), negative from the end, an int n the last n maps; ``feature_info`` describes them.
     """
     depth_text = name.removeprefix("resnet")
     if not depth_text.isdigit():
@@ -87,10 +73,4 @@ def create(name: str, weights: str | None = None, features_only: bool = False,
     if not features_only:
         kwargs.setdefault("num_classes", 1000)
         return build_resnet(int(depth_text), weights, **kwargs)
-    names = []
-    for index in out_indices:
-        if not 0 <= index <= 4:
-            raise BackboneError(f"out_indices must be in 0..4 (stem, res2..res5), got {index}")
-        names.append((("stem",) + STAGE_NAMES)[index])
-    model = build_resnet(int(depth_text), weights, out_features=names, **kwargs)
-    return FeatureListNet(model, names)
+    return FeatureListNet(build_resnet(int(depth_text), weights, **kwargs), out_indices)

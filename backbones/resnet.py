@@ -35,7 +35,8 @@ ARCHITECTURES: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     200: ("bottleneck", (3, 24, 36, 3)),
 }
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
-FEATURE_NAMES = ("stem",) + STAGE_NAMES + ("logits",)
+# "act1" is conv1 after its norm and ReLU (stride 2), "stem" the max-pooled map after it (stride 4).
+FEATURE_NAMES = ("act1", "stem") + STAGE_NAMES + ("logits",)
 SHORTCUTS = ("A", "B", "C")
 
 
@@ -191,7 +192,7 @@ class ResNet(nn.Module):
     Args:
         depth: 18, 34, 50, 101, 152 (or 200).
         num_classes: adds global average pooling and a fully connected layer ("logits").
-        out_features: names to return, a subset of "stem", "res2".."res5", "logits". Stages after
+        out_features: names to return, a subset of "act1", "stem", "res2".."res5", "logits". Stages after
             the last requested one are still built (so that checkpoints load) but never run.
         norm: "frozen_bn" (default), "bn", "syncbn" or "gn".
         freeze_at: 0 freezes nothing, 1 the stem, k the stem and the first k-1 stages.
@@ -240,9 +241,10 @@ class ResNet(nn.Module):
             raise BackboneError(f"base_width must be a positive multiple of 8, got {base_width}")
         self.conv1 = nn.Conv2d(in_channels, base_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = make_norm(norm, base_width)
+        self.act1 = nn.ReLU(inplace=True)  # a module (timm's name), so that feature_info can name it
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.out_channels = {"stem": base_width}
-        self.out_strides = {"stem": 4}
+        self.out_channels = {"act1": base_width, "stem": base_width}
+        self.out_strides = {"act1": 2, "stem": 4}
 
         channels = base_width
         for index, (name, num_units) in enumerate(zip(STAGE_NAMES, units)):
@@ -303,7 +305,7 @@ class ResNet(nn.Module):
             raise BackboneError(f"only the last stage can be detached, not {name}")
         delattr(self, f"layer{index + 1}")
         self.stage_names = self.stage_names[:index]
-        self.out_features = [f for f in self.out_features if f in ("stem", *self.stage_names)]
+        self.out_features = [f for f in self.out_features if f in ("act1", "stem", *self.stage_names)]
         self.fc = None
         return module
 
@@ -327,7 +329,10 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         wanted = set(self.out_features)
         outputs: dict[str, torch.Tensor] = {}
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x)), inplace=True))
+        x = self.act1(self.bn1(self.conv1(x)))
+        if "act1" in wanted:
+            outputs["act1"] = x
+        x = self.maxpool(x)  # not in place: the act1 map stays as returned
         if "stem" in wanted:
             outputs["stem"] = x
         last = self._last_needed_stage()
@@ -357,3 +362,105 @@ def check_arguments(depth: int, norm: str, shortcut: str, freeze_at: int) -> Non
         raise BackboneError(f"unknown shortcut option '{shortcut}': choose A, B or C")
     if not 0 <= freeze_at <= 5:
         raise BackboneError(f"freeze_at must be between 0 and 5, got {freeze_at}")
+
+
+# timm's features_only ResNet: out_indices 0..4 index these maps (strides 2, 4, 8, 16, 32).
+TIMM_FEATURES = ("act1",) + STAGE_NAMES
+
+
+def timm_out_indices(out_indices: int | Sequence[int]) -> tuple[int, ...]:
+    """timm's meaning of ``out_indices`` over TIMM_FEATURES: an int n is the last n maps, negative
+    indices count from the end. Indices must increase: timm returns the maps in network order
+    whatever the order given (while its feature_info follows the order given), so another order
+    is refused rather than guessed."""
+    count = len(TIMM_FEATURES)
+    if isinstance(out_indices, int) and not isinstance(out_indices, bool):
+        if not 1 <= out_indices <= count:
+            raise BackboneError(f"out_indices={out_indices} asks for the last {out_indices} feature maps: "
+                                f"give 1..{count}, or a tuple of indices")
+        return tuple(range(count - out_indices, count))
+    indices = []
+    for index in out_indices:
+        if isinstance(index, bool) or not isinstance(index, int) or not -count <= index < count:
+            raise BackboneError(f"out_indices entry {index!r} is not a feature index: give integers in 0..{count - 1} "
+                                f"(0 = act1 at stride 2, 1..4 = res2..res5 at strides 4..32, as in timm)")
+        indices.append(index % count)
+    if not indices or any(a >= b for a, b in zip(indices, indices[1:])):
+        fix = f"give {tuple(sorted(set(indices)))}" if indices else "give at least one index"
+        raise BackboneError(f"out_indices {tuple(out_indices)} must be increasing (the maps come in network "
+                            f"order, as in timm): {fix}")
+    return tuple(indices)
+
+
+class FeatureInfo:
+    """timm's ``feature_info`` of a features_only network: one dict per map the network can give
+    (``num_chs``, ``reduction``, ``module``, ``index``) and the indices it returns (``out_indices``).
+
+    ``channels()``, ``reduction()`` and ``module_name()`` list the returned maps, or the maps of
+    ``idx`` (an index or a list of them); ``info[i]`` / ``feature_info[i]`` is any map's dict."""
+
+    def __init__(self, info: list[dict], out_indices: Sequence[int]):
+        self.info = info
+        self.out_indices = tuple(out_indices)
+
+    def from_other(self, out_indices: Sequence[int]) -> FeatureInfo:
+        return FeatureInfo([dict(entry) for entry in self.info], out_indices)
+
+    def get(self, key: str, idx: int | Sequence[int] | None = None):
+        if idx is None:
+            return [self.info[i][key] for i in self.out_indices]
+        if isinstance(idx, int):
+            return self.info[idx][key]
+        return [self.info[i][key] for i in idx]
+
+    def get_dicts(self, keys: Sequence[str] | None = None, idx: int | Sequence[int] | None = None):
+        def select(entry: dict) -> dict:
+            return entry if keys is None else {key: entry[key] for key in keys}
+
+        if idx is None:
+            return [select(self.info[i]) for i in self.out_indices]
+        if isinstance(idx, int):
+            return select(self.info[idx])
+        return [select(self.info[i]) for i in idx]
+
+    def channels(self, idx: int | Sequence[int] | None = None):
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx: int | Sequence[int] | None = None):
+        return self.get("reduction", idx)
+
+    def module_name(self, idx: int | Sequence[int] | None = None):
+        return self.get("module", idx)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.info[index]
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+
+class FeatureListNet(nn.Module):
+    """timm-style ``features_only`` network: ``model`` returning the maps of ``out_indices`` (timm's
+    meaning, :func:`timm_out_indices`) as a list in network order, described by ``feature_info``.
+    Module names there are those of this network (``model.act1``, ``model.layer1``, ...)."""
+
+    def __init__(self, model: ResNet, out_indices: int | Sequence[int] = (0, 1, 2, 3, 4)):
+        super().__init__()
+        indices = timm_out_indices(out_indices)
+        self.names = [TIMM_FEATURES[i] for i in indices]
+        missing = [name for name in self.names if name in STAGE_NAMES and model.stage(name) is None]
+        if missing:
+            raise BackboneError(f"out_indices {indices} ask for {missing}, which this model no longer has "
+                                "(detached for a C4 head)")
+        model.out_features = list(self.names)
+        self.model = model
+        modules = ["model.act1"] + [f"model.layer{i + 1}" for i in range(len(STAGE_NAMES))]
+        info = [{"num_chs": model.out_channels[name], "reduction": model.out_strides[name], "module": module,
+                 "index": index} for index, (name, module) in enumerate(zip(TIMM_FEATURES, modules))]
+        # out_indices kept as timm keeps them: negative ones as given, an int n as (-n, ..., -1).
+        given = tuple(range(-out_indices, 0)) if isinstance(out_indices, int) else tuple(out_indices)
+        self.feature_info = FeatureInfo(info, given)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = self.model(x)
+        return [features[name] for name in self.names]

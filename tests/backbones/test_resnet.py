@@ -207,7 +207,62 @@ def test_create_features_only_timm_style():
     model = create("resnet18", features_only=True, out_indices=(1, 2, 3, 4))
     features = model(torch.randn(1, 3, 64, 64))
     assert [f.shape[1] for f in features] == [64, 128, 256, 512]
-    assert model.feature_info_reduction == [4, 8, 16, 32]
+    assert [64 // f.shape[-1] for f in features] == model.feature_info.reduction() == [4, 8, 16, 32]
+
+
+@pytest.mark.parametrize("out_indices", [(0, 1, 2, 3, 4), (0,), (1, 3), (-1,), 2, (-5, -2)],
+                         ids=["default", "act1", "two", "negative", "last_two", "negatives"])
+def test_features_only_means_what_it_means_in_timm(out_indices):
+    """The same maps as timm's features_only ResNet-18 holding the same weights, for each form of
+    out_indices (index 0 is the stride-2 activation before the max pool), and the same feature_info."""
+    torch.manual_seed(5)
+    full = randomize_bn_statistics(timm.create_model("resnet18", pretrained=False), seed=5)
+    state = {k: v for k, v in full.state_dict().items() if not k.startswith("fc.")}
+    reference = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=out_indices)
+    reference.load_state_dict({k: v for k, v in state.items() if k in reference.state_dict()})  # timm prunes
+    ours = create("resnet18", features_only=True, out_indices=out_indices, norm="bn")
+    ours.model.load_state_dict(state)
+    reference.eval(), ours.eval()
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected, got = reference(x), ours(x)
+    assert len(got) == len(expected) == len(reference.feature_info.out_indices)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    ours_info, timm_info = ours.feature_info, reference.feature_info
+    assert ours_info.out_indices == tuple(timm_info.out_indices)
+    assert ours_info.channels() == timm_info.channels() and ours_info.reduction() == timm_info.reduction()
+    assert len(ours_info) == len(timm_info) == 5
+    for index in range(5):
+        assert ours_info.get_dicts(["num_chs", "reduction"], index) == timm_info.get_dicts(["num_chs", "reduction"],
+                                                                                           index)
+        # Names of this network's modules: timm's names under "model."
+        assert ours_info.module_name(index) == "model." + timm_info.module_name(index)
+        assert isinstance(ours.get_submodule(ours_info.module_name(index)), torch.nn.Module)
+    assert ours_info.channels([0, 4]) == timm_info.channels([0, 4]) == [64, 512]
+    assert ours_info[0]["reduction"] == 2
+
+
+@pytest.mark.parametrize("out_indices, message", [
+    ((3, 1), r"out_indices \(3, 1\) must be increasing .*: give \(1, 3\)"),
+    ((1, 1), r"must be increasing .*: give \(1,\)"),
+    ((1, -4), r"out_indices \(1, -4\) must be increasing"),  # -4 is index 1 again
+    ((0, 5), r"entry 5 is not a feature index: give integers in 0..4 \(0 = act1 at stride 2"),
+    (("res2",), r"entry 'res2' is not a feature index"),
+    (6, r"out_indices=6 asks for the last 6 feature maps: give 1..5"),
+    ((), r"give at least one index"),
+])
+def test_out_indices_timm_would_not_take_or_would_reorder_are_refused(out_indices, message):
+    with pytest.raises(BackboneError, match=message):
+        create("resnet18", features_only=True, out_indices=out_indices)
+
+
+def test_act1_feature_is_the_stem_before_max_pooling():
+    model = build_resnet(18, out_features=["act1", "stem"]).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 48))
+    assert model.out_strides["act1"] == 2 and out["act1"].shape == (1, 64, 32, 24)
+    torch.testing.assert_close(out["stem"], model.maxpool(out["act1"]), rtol=0, atol=0)
 
 
 def test_detach_last_stage_for_c4_head():
