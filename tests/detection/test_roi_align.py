@@ -179,6 +179,23 @@ def test_rois_of_another_dtype_and_a_transposed_map(dtype):
     torch.testing.assert_close(ours, reference, rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [-1, 0, 2])
+def test_inverted_boxes_and_rois_given_as_one_tensor(aligned, sampling_ratio):
+    """Boxes with x2 < x1 or y2 < y1 (no samples when aligned; one pixel in the legacy op), as a
+    per-image list and as the same (K, 5) rois: both equal torchvision's op."""
+    generator = torch.Generator().manual_seed(8)
+    features = torch.randn(2, 3, 12, 14, generator=generator)
+    boxes = [random_boxes(generator, 6, 12, 14, 1), random_boxes(generator, 5, 12, 14, 1)]
+    for image_boxes in boxes:
+        image_boxes[::2] = image_boxes[::2, [2, 3, 0, 1]]  # every other box inverted
+    rois = torch.cat([torch.tensor([[0.0]] * 6 + [[1.0]] * 5), torch.cat(boxes)], 1)
+    reference = tv_roi_align(features, rois, 3, 1.0, sampling_ratio, aligned)
+    for given in (boxes, rois):
+        ours = roi_align(features, given, 3, 1.0, sampling_ratio, aligned, impl="gather")
+        torch.testing.assert_close(ours, reference, rtol=0, atol=2e-6)
+
+
 def test_wrong_box_shapes_are_refused_with_the_expected_shape():
     features = torch.randn(1, 2, 8, 8)
     with pytest.raises(ValueError, match=r"must be \(K, 5\) rows .* got shape \[3, 4\]; give per-image"):
