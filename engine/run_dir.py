@@ -40,7 +40,7 @@ def checkpoint_files(output_dir: str) -> list[str]:
 
 
 # What a write that never finished leaves: atomic_save's NAME.tmp.PID and the small files' NAME.tmp.
-TEMPORARY_PATTERNS = ("*.pth.tmp.*", f"{POINTER_NAME}.tmp", "metrics.json.tmp")
+TEMPORARY_PATTERNS = ("*.pth.tmp.*", f"{POINTER_NAME}.tmp", "metrics.json.tmp", "config.yaml.tmp")
 
 
 def stale_temporary_files(output_dir: str) -> list[str]:

@@ -25,14 +25,15 @@ def seed_everything(seed: int) -> None:
 def setup_run(cfg, save: bool = True, resume: bool = False, overwrite: bool = False) -> torch.device:
     """Select the device, join torchrun's process group and seed; for a training run (``save``), also
     claim ``output_dir`` (engine/run_dir.py: lock, clean-up, no fresh run over an earlier one unless
-    ``overwrite``) and write ``output_dir/config.yaml``, before any other work."""
+    ``overwrite``) and write ``output_dir/config.yaml`` (a fresh run's), before any other work."""
     device = dist_utils.select_device(cfg.device)
     dist_utils.init_distributed(device)
     seed_everything(cfg.seed)
     if save:
         dist_utils.on_main_process(lambda: _claim(cfg.output_dir, resume, overwrite))
         if dist_utils.is_main_process():
-            save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+            if not resume:  # a resumed run's config.yaml is replaced once its checkpoint fits (Trainer.resume)
+                save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
             logger.info("config:\n%s", config_to_text(cfg))
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and dist_utils.get_world_size() > 1:
         # Processes sharing one machine's cores should not each start a thread per core.

@@ -183,6 +183,7 @@ class Trainer:
         found = dist_utils.on_main_process(self.checkpointer.load_latest)
         if found is None:
             logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
+            self._write_config()
             return False
         state, path, unreadable = found
         for bad, reason in unreadable:
@@ -191,9 +192,17 @@ class Trainer:
                           stacklevel=2)
         self._load(state, path)
         self.good_checkpoints.pending.append(path)  # good once its weights give a finite loss again
+        self._write_config()  # only now: a config that does not fit leaves the run's own config.yaml
         self.metrics_logger.truncate_after(self.start_iter)
         logger.info("resumed from %s at iteration %d", path, self.start_iter)
         return True
+
+    def _write_config(self) -> None:
+        if self.is_main and self.config_text:
+            path = os.path.join(self.output_dir, "config.yaml")
+            with open(path + ".tmp", "w", encoding="utf-8") as handle:
+                handle.write(self.config_text)
+            os.replace(path + ".tmp", path)
 
     def _load(self, state: dict, path: str) -> None:
         saved_config = state.get("config", "")

@@ -12,9 +12,11 @@ CONFIG = "model:\n  inputs: 2\nsolver:\n  optimizer: sgd\n  base_lr: 0.01\n"
 def test_a_changed_model_is_one_line_naming_the_change(tmp_path):
     make_trainer(ToyModel(), tmp_path, config_text=CONFIG).train()
     changed = CONFIG.replace("inputs: 2", "inputs: 3")
+    (tmp_path / "config.yaml").write_text(CONFIG)
     trainer = make_trainer(ToyModel(inputs=3), tmp_path, config_text=changed)
     with pytest.raises(CheckpointError) as error:
         trainer.resume()
+    assert (tmp_path / "config.yaml").read_text() == CONFIG, "the run's own config must stay"
     assert str(error.value) == (
         f"cannot resume from {tmp_path / 'model_final.pth'}: its model differs from this config's (parameters: 1 of "
         f"another shape; e.g. linear.weight is [1, 2] there, [1, 3] here); the config changed model.inputs: "
@@ -50,6 +52,7 @@ def test_resume_applies_the_current_learning_rate_weight_decay_and_momentum(tmp_
                            momentum=0.5, config_text=changed)
     with caplog.at_level("WARNING"):
         assert trainer.resume() and trainer.start_iter == 4
+    assert (tmp_path / "config.yaml").read_text() == changed  # the run goes on with this config now
     group = trainer.optimizer.param_groups[0]
     # Iteration 4 is past the step at 3: the current base LR times gamma, not the checkpoint's.
     assert group["lr"] == pytest.approx(0.001 * 0.1)

@@ -51,9 +51,12 @@ def test_overwrite_starts_afresh_and_resume_then_finds_the_new_run(tmp_path):
 
 
 def test_resume_in_a_used_folder_is_not_refused(tmp_path):
+    """setup_run leaves a resumed run's config.yaml to the Trainer, which replaces it once the
+    checkpoint fits the new config."""
     make_trainer(ToyModel(), tmp_path, max_iter=4).train()
+    (tmp_path / "config.yaml").write_text("the run's config\n")
     setup_run(run_config(tmp_path), resume=True)
-    assert (tmp_path / "config.yaml").is_file()
+    assert (tmp_path / "config.yaml").read_text() == "the run's config\n"
     release_run_directory(str(tmp_path))
 
 
@@ -94,7 +97,8 @@ def test_one_process_claims_a_folder_once(tmp_path):
 
 
 def test_leftovers_of_a_killed_checkpoint_write_are_removed(tmp_path):
-    leftovers = ["model_0000005.pth.tmp.4242", "model_final.pth.tmp.17", "last_checkpoint.tmp", "metrics.json.tmp"]
+    leftovers = ["model_0000005.pth.tmp.4242", "model_final.pth.tmp.17", "last_checkpoint.tmp", "metrics.json.tmp",
+                 "config.yaml.tmp"]
     for name in leftovers:
         (tmp_path / name).write_bytes(b"half a file")
     (tmp_path / "notes.tmp").write_text("not ours")
