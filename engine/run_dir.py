@@ -13,7 +13,9 @@ A training run claims its ``output_dir`` before it writes anything there:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import fcntl
 import glob
 import json
@@ -78,7 +80,13 @@ class RunDirectory:
         handle = open(self.lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run's life
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                # A file system without locks (some network mounts): run on, unguarded, and say so.
+                logger.warning("cannot lock %s (%s): a second run on this folder would not be stopped",
+                               self.lock_path, error.strerror)
+                self._lock_file = handle
+                return
             holder = _read_holder(handle)
             handle.close()
             raise RunDirectoryError(
@@ -92,7 +100,8 @@ class RunDirectory:
 
     def release(self) -> None:
         if self._lock_file is not None:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):  # never locked, on a file system without locks
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
 

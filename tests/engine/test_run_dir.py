@@ -1,6 +1,8 @@
 """A run's output folder: one run at a time, an earlier run never overwritten by accident, the
 leftovers of a killed write cleaned up."""
 
+import errno
+import fcntl
 import os
 import subprocess
 import sys
@@ -116,3 +118,15 @@ def test_an_output_dir_that_is_a_file_is_one_line(tmp_path):
     with pytest.raises(RunDirectoryError, match=r"cannot create output_dir .*out/run \(Not a directory\)"):
         claim_run_directory(str(path / "run"))
 
+
+
+def test_a_file_system_without_locks_runs_on_with_a_warning(tmp_path, monkeypatch, caplog):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING"):
+        claim = claim_run_directory(str(tmp_path))
+    assert claim.held
+    assert "(No locks available): a second run on this folder would not be stopped" in caplog.text
+    release_run_directory(str(tmp_path))
