@@ -114,7 +114,7 @@ class Bottleneck(nn.Module):
         self.bn2 = make_norm(norm, planes)
         self.conv3 = conv1x1(planes, planes * self.expansion)
         self.bn3 = make_norm(norm, planes * self.expansion)
-        # A module, so that the inference fast path can fuse it into conv2 (backbones.winograd.fuse_relu).
+        # A module, so that the inference fast path can fuse it into conv2 (resnet_ops.winograd.fuse_relu).
         self.relu2 = nn.ReLU(inplace=True)
         self.downsample = shortcut
         self.residual = residual

@@ -109,7 +109,7 @@ def seconds_per_image(model, cfg, images, device, repeats: int) -> float:
 def measured_flops(function, nominal: bool) -> float:
     """FLOPs of ``function``: ``nominal``, those of direct convolutions (the model's arithmetic);
     else those executed (Winograd convolutions do about a quarter of a 3x3 convolution's)."""
-    from backbones.winograd import direct_convolutions
+    from resnet_ops.winograd import direct_convolutions
 
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         with direct_convolutions() if nominal else contextlib.nullcontext():

@@ -30,8 +30,8 @@ SETTINGS = {
 
 def convert_every_convolution() -> None:
     """Make the inference fast path convert every stride-1 3x3 convolution, on maps of any size."""
-    from backbones import winograd
     from detection.modeling import speed
+    from resnet_ops import winograd
 
     winograd.MIN_PIXELS = 1
     speed.INFERENCE_MIN_CHANNELS = 1

@@ -151,7 +151,7 @@ class TestConfig:
     # same detections to float rounding, faster (detection/modeling/speed.py).
     fast: bool = True
     # With test.fast: the wide 3x3 convolutions as Winograd F(4x4, 3x3) on CPUs, a quarter of the
-    # multiply-adds, same detections to float rounding (backbones/winograd.py).
+    # multiply-adds, same detections to float rounding (resnet_ops/winograd.py).
     winograd: bool = True
     # With test.winograd and test.amp=bf16 on CPUs: those convolutions as Winograd in bfloat16, about
     # 2.7x faster than autocast's bf16 convolution with 10x its rounding error (docs/BENCHMARKS.md

@@ -37,7 +37,7 @@ class SolverConfig:
     amp: str = choice("off", ("off", "bf16", "fp16"))
     # Speed switches: channels_last memory format for the convolutions, torch.compile of the
     # backbone (in place, so checkpoints keep their keys), and the wide 3x3 convolutions as Winograd
-    # convolutions on CPUs, forward and backward (backbones/winograd.py; float rounding apart, the
+    # convolutions on CPUs, forward and backward (resnet_ops/winograd.py; float rounding apart, the
     # same gradients). All are off by default.
     channels_last: bool = False
     compile_backbone: bool = False

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from backbones.winograd import use_winograd
+from resnet_ops.winograd import use_winograd
 
 from . import distributed as dist_utils
 from .checkpoint import (

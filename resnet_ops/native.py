@@ -1,4 +1,4 @@
-"""Small C kernels (backbones/csrc/), compiled on first use with the machine's C compiler and loaded
+"""Small C kernels (resnet_ops/csrc/), compiled on first use with the machine's C compiler and loaded
 with ctypes: no build step at install time and nothing to download.
 
 Each library is compiled once per source, compiler and CPU (``-O3 -march=native -fopenmp``) into

@@ -11,8 +11,8 @@ float rounding (about 1e-5 relative in float32).
 
 The image is processed in strips of tile rows, so that the transformed tiles of a strip stay in
 the caches and its buffers are reused (large fresh buffers cost page faults on every call). On
-CPUs the tile transforms run as small C kernels (backbones/csrc/winograd_transforms.c, compiled on
-first use by backbones/native.py), one pass over memory each; where they cannot be built, as
+CPUs the tile transforms run as small C kernels (resnet_ops/csrc/winograd_transforms.c, compiled on
+first use by resnet_ops/native.py), one pass over memory each; where they cannot be built, as
 PyTorch copies and matrix products (the same results to float rounding, about 1.3x slower for
 256-channel maps).
 

@@ -1,6 +1,6 @@
 """RoI feature extraction: one feature map (C4) or a pyramid (FPN).
 
-RoIAlign runs as a multi-threaded weighted gather on CPUs (detection/modeling/roi_align.py, the
+RoIAlign runs as a multi-threaded weighted gather on CPUs (resnet_ops/roi_align.py, the
 same numbers as torchvision's op) and as torchvision's op elsewhere; RoIPool is torchvision's.
 """
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_pool
 
-from .roi_align import multiscale_roi_align, roi_align
+from resnet_ops.roi_align import multiscale_roi_align, roi_align
 
 
 class SingleLevelPooler(nn.Module):

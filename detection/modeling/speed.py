@@ -5,7 +5,7 @@
 * channels_last memory format for the convolutions, which oneDNN (CPU) and cuDNN run faster, and
   the box head's first fc layer reordered to read channels_last RoI features without a copy.
 * the stride-1 3x3 convolutions of 64 to 256 channels (the FPN's outputs, the RPN head, res2-res4)
-  as Winograd F(4x4, 3x3) convolutions on CPUs, with a quarter of the multiply-adds (backbones/winograd.py),
+  as Winograd F(4x4, 3x3) convolutions on CPUs, with a quarter of the multiply-adds (resnet_ops/winograd.py),
   and the ReLUs after them applied as they write their outputs.
 
 All three change results only by floating-point rounding (tested: the same detections); tools apply
@@ -24,8 +24,8 @@ from torch import nn
 
 from backbones import fold_frozen_bn
 from backbones.resnet import Bottleneck
-from backbones.winograd import INFERENCE_MIN_CHANNELS, fuse_relu, use_winograd
 from engine.trainer import use_channels_last
+from resnet_ops.winograd import INFERENCE_MIN_CHANNELS, fuse_relu, use_winograd
 
 from .box_heads import FCHead
 from .rpn import RPNHead

@@ -3,9 +3,9 @@
 import torch
 from torch import nn
 
-from backbones import winograd
-from backbones.winograd import WinogradConv2d
 from detection.modeling import speed
+from resnet_ops import winograd
+from resnet_ops.winograd import WinogradConv2d
 from tests.helpers import load_benchmark_script
 
 

@@ -54,9 +54,9 @@ def test_converter_rejects_other_models():
 
 
 def test_inference_fast_path_keeps_the_detections(tmp_path, repo_root):
-    from backbones.winograd import WinogradConv2d
     from detection.modeling.box_heads import PositionMajorLinear
     from detection.modeling.speed import optimize_for_inference
+    from resnet_ops.winograd import WinogradConv2d
 
     reference_model = calibrated_torchvision_detector(320, 640, depth=50)
     image = torch.from_numpy(shapes_image(11, 320, 448)).permute(2, 0, 1).contiguous()
@@ -98,9 +98,9 @@ def compare_unordered(reference: dict, ours: dict, min_matched: float = 0.97) ->
 def test_predictor_fast_path_and_bf16_autocast(tmp_path, repo_root):
     """test.fast (the default of eval_det/infer) keeps the detections; test.amp=bf16 runs on CPUs,
     with the Winograd convolutions in bfloat16 unless test.winograd_bf16=false."""
-    from backbones.winograd import WinogradConv2d
     from detection.predictor import Predictor
     from engine.errors import UserError
+    from resnet_ops.winograd import WinogradConv2d
 
     torch.save(calibrated_torchvision_detector(320, 640, depth=50).state_dict(), tmp_path / "tv.pth")
     subprocess.run([sys.executable, f"{repo_root}/tools/convert_weights.py", "--from", "torchvision",

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from backbones import native
+from resnet_ops import native
 
 needs_compiler = pytest.mark.skipif(shutil.which(native.c_compiler()[0]) is None, reason="no C compiler")
 
@@ -45,7 +45,7 @@ def test_another_cpu_gets_its_own_build(monkeypatch):
 
 def test_missing_compiler_falls_back_with_one_clear_warning(fresh, monkeypatch, caplog):
     monkeypatch.setenv("CC", str(fresh / "no-such-cc"))
-    with caplog.at_level(logging.WARNING, logger="backbones.native"):
+    with caplog.at_level(logging.WARNING, logger="resnet_ops.native"):
         assert native.load_library("winograd_transforms") is None
         assert native.load_library("winograd_transforms") is None  # remembered: no second try
     messages = [r.getMessage() for r in caplog.records]
@@ -60,7 +60,7 @@ def test_compile_error_names_the_source_and_leaves_no_partial_file(fresh, monkey
     sources.mkdir()
     (sources / "broken.c").write_text("int broken(void) { return undefined_name; }\n")
     monkeypatch.setattr(native, "SOURCES", str(sources))
-    with caplog.at_level(logging.WARNING, logger="backbones.native"):
+    with caplog.at_level(logging.WARNING, logger="resnet_ops.native"):
         assert native.load_library("broken") is None
     message = caplog.records[0].getMessage()
     assert "broken.c" in message and "undefined_name" in message
@@ -69,6 +69,6 @@ def test_compile_error_names_the_source_and_leaves_no_partial_file(fresh, monkey
 
 def test_switched_off_by_the_environment(fresh, monkeypatch, caplog):
     monkeypatch.setenv(native.DISABLE_VARIABLE, "0")
-    with caplog.at_level(logging.WARNING, logger="backbones.native"):
+    with caplog.at_level(logging.WARNING, logger="resnet_ops.native"):
         assert native.load_library("winograd_transforms") is None
     assert caplog.records == []

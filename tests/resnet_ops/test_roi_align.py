@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import roi_align as tv_roi_align
 
-from detection.modeling.roi_align import multiscale_roi_align, roi_align
+from resnet_ops.roi_align import multiscale_roi_align, roi_align
 
 
 def random_boxes(generator, count, height, width, stride):

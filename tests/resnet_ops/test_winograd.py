@@ -6,15 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backbones import build_resnet, native
-from backbones import winograd as wg
-from backbones.winograd import WinogradConv2d, transform_filters, use_winograd, winograd_conv3x3
+from backbones import build_resnet
+from resnet_ops import native
+from resnet_ops import winograd as wg
+from resnet_ops.winograd import WinogradConv2d, transform_filters, use_winograd, winograd_conv3x3
 from tests.helpers import randomize_bn_statistics
 
 
 @pytest.fixture(params=["native", "pytorch"])
 def transforms(request, monkeypatch):
-    """Each test runs with the C tile transforms (backbones/csrc/) and with their PyTorch version."""
+    """Each test runs with the C tile transforms (resnet_ops/csrc/) and with their PyTorch version."""
     if request.param == "native":
         if shutil.which(native.c_compiler()[0]) is None:
             pytest.skip("no C compiler")

@@ -7,7 +7,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import roi_align as tv_roi_align
 
 from detection.modeling.poolers import PyramidPooler, SingleLevelPooler
-from detection.modeling.roi_align import fpn_levels, multiscale_roi_align
+from resnet_ops.roi_align import fpn_levels, multiscale_roi_align
 
 STRIDES = [4, 8, 16, 32]
 
