@@ -264,7 +264,7 @@ def bench_training(depth: int, size: int, batch_size: int, repeats: int) -> dict
 
     from detection.config import load_detection_config
     from detection.modeling.build import build_model
-    from engine.trainer import apply_speed_switches
+    from detection.modeling.speed import apply_speed_switches
 
     torch.manual_seed(0)
     # The same network on both sides: BatchNorm trained (a from-scratch recipe), RoIAlign with 2 samples.

@@ -9,11 +9,12 @@ from engine.config import config_to_text
 from engine.distributed import check_batch_divides
 from engine.optim import build_optimizer, build_scheduler
 from engine.setup import setup_run
-from engine.trainer import Trainer, apply_speed_switches
+from engine.trainer import Trainer
 
 from .data.loader import build_test_dataset, build_train_dataset, build_train_loader
 from .inference import check_weights_fit, evaluate_model, read_detector_weights
 from .modeling.build import build_model
+from .modeling.speed import apply_speed_switches
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from resnet_ops.winograd import use_winograd
-
 from . import distributed as dist_utils
 from .checkpoint import (
     BEST_NAME,
@@ -59,28 +57,6 @@ class TrainingError(UserError):
 
 class DataWorkerDied(TrainingError):
     """A data-loading worker process died (killed for memory, crashed in native code, ...)."""
-
-
-def apply_speed_switches(model: nn.Module, solver) -> nn.Module:
-    """solver.channels_last, solver.winograd and solver.compile_backbone, applied in place before training."""
-    if solver.winograd:
-        use_winograd(model, bf16=False)  # training keeps autocast's convolutions (test.winograd_bf16 is for inference)
-    if solver.channels_last:
-        use_channels_last(model)
-    if solver.compile_backbone:
-        backbone = getattr(model, "backbone", model)
-        backbone.compile()  # nn.Module.compile keeps parameter names, unlike torch.compile(module)
-    return model
-
-
-def use_channels_last(model: nn.Module) -> nn.Module:
-    """Parameters in channels_last memory format, and the modules that convert their inputs (those
-    with a ``channels_last`` attribute, such as the detectors) told to do so; in place."""
-    model.to(memory_format=torch.channels_last)
-    for module in model.modules():
-        if hasattr(module, "channels_last"):
-            module.channels_last = True
-    return model
 
 
 def mute_worker_signal():

@@ -1,4 +1,8 @@
-"""Inference fast path for a trained detector: same detections, less time.
+"""The speed switches of a detector: the inference fast path, and the training switches
+(``solver.channels_last``, ``solver.winograd``, ``solver.compile_backbone``) applied before the
+model is handed to the trainer.
+
+Inference fast path for a trained detector: same detections, less time.
 
 * BatchNorm (frozen or in eval mode) folded into the preceding convolutions: one memory-bound pass
   over every activation map less (torchvision's FrozenBatchNorm2d is a separate multiply-add).
@@ -24,11 +28,32 @@ from torch import nn
 
 from backbones import fold_frozen_bn
 from backbones.resnet import Bottleneck
-from engine.trainer import use_channels_last
 from resnet_ops.winograd import INFERENCE_MIN_CHANNELS, fuse_relu, use_winograd
 
 from .box_heads import FCHead
 from .rpn import RPNHead
+
+
+def apply_speed_switches(model: nn.Module, solver) -> nn.Module:
+    """solver.channels_last, solver.winograd and solver.compile_backbone, applied in place before training."""
+    if solver.winograd:
+        use_winograd(model, bf16=False)  # training keeps autocast's convolutions (test.winograd_bf16 is for inference)
+    if solver.channels_last:
+        use_channels_last(model)
+    if solver.compile_backbone:
+        backbone = getattr(model, "backbone", model)
+        backbone.compile()  # nn.Module.compile keeps parameter names, unlike torch.compile(module)
+    return model
+
+
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Parameters in channels_last memory format, and the modules that convert their inputs (those
+    with a ``channels_last`` attribute, such as the detectors) told to do so; in place."""
+    model.to(memory_format=torch.channels_last)
+    for module in model.modules():
+        if hasattr(module, "channels_last"):
+            module.channels_last = True
+    return model
 
 
 def optimize_for_inference(model: nn.Module, channels_last: bool = True, winograd: bool = True,

@@ -151,7 +151,7 @@ def test_winograd_training_follows_the_direct_convolutions(fixed_shapes, tmp_pat
     40x60 and more) train in the Winograd domain, forward and backward. The second step's update
     of their weights is the direct convolutions' one, float rounding apart."""
     from detection.modeling.build import build_model
-    from engine.trainer import apply_speed_switches
+    from detection.modeling.speed import apply_speed_switches
     from resnet_ops.winograd import WinogradConv2d
 
     overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + [
