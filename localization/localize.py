@@ -213,7 +213,7 @@ def score_localizer(model: RPNLocalizer, cfg, synsets: Synsets, classifier: str 
 
 
 def format_rows(metrics: dict) -> str:
-    """The paper's Table 13/14 columns for one localizer, plus the other errors of the same run."""
+    """The paper's Table 13 columns for one localizer, plus the other errors of the same run."""
     testing = "1-crop" if metrics["test_mode"] == "1crop" else "dense"
     header = ("method", "network", "testing", "LOC error on GT class", "classifier", "top-5 LOC error")
     row = (metrics["method"], metrics["network"], testing, f"{metrics['gt_known_loc_err']:.2f}",
