@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backbones.config import BackboneConfig
-from engine.config import ConfigError, choice, fraction, load_config, non_negative, positive
-from engine.schema import DatasetConfig, SolverConfig
+from engine.config import ConfigError, choice, fraction, load_config, non_negative, positive, renamed_keys
+from engine.schema import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, DatasetConfig, SolverConfig
 
 
 @dataclass
 class AnchorConfig:
-    # One list of sizes (pixels, square-root of the area) per feature level.
+    # One list of sizes (pixels, square-root of the area) per feature level. The default, 4 areas x 3 ratios =
+    # 12 anchors on one level, is the COCO setting of Faster R-CNN.
     sizes: list[list[float]] = positive([[64.0, 128.0, 256.0, 512.0]], non_empty=True)
     aspect_ratios: list[float] = positive([0.5, 1.0, 2.0], non_empty=True)
 
@@ -27,7 +28,7 @@ class RPNConfig:
     pre_nms_topk_train: int = positive(12000)
     post_nms_topk_train: int = positive(2000)
     pre_nms_topk_test: int = positive(6000)
-    post_nms_topk_test: int = positive(300)
+    post_nms_topk_test: int = positive(300)  # the paper tests with 300 proposals
     nms_thresh: float = fraction(0.7)
     # Proposals smaller than this (pixels of the network input) are dropped.
     min_size: float = non_negative(0.0)
@@ -42,8 +43,8 @@ class RoIHeadConfig:
     batch_size_per_image: int = positive(512)
     positive_fraction: float = fraction(0.25)
     fg_iou_thresh: float = fraction(0.5)
-    # Background RoIs have IoU in [bg_iou_lo, fg_iou_thresh).
-    bg_iou_lo: float = fraction(0.0)
+    # Background RoIs have IoU in [bg_iou_low, fg_iou_thresh).
+    bg_iou_low: float = fraction(0.0)
     pooler: str = choice("roi_align", ("roi_align", "roi_pool"))
     # 14 for the C4 head (res5 halves it to 7x7), 7 for FPN.
     pooler_resolution: int = positive(14)
@@ -93,8 +94,8 @@ class ModelConfig:
 @dataclass
 class InputConfig:
     # Pixel statistics on 0-255 values, in the order of `format`.
-    pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
-    pixel_std: list[float] = positive([58.395, 57.12, 57.375])
+    pixel_mean: list[float] = field(default_factory=lambda: list(IMAGENET_PIXEL_MEAN))
+    pixel_std: list[float] = positive(list(IMAGENET_PIXEL_STD))
     format: str = choice("RGB", ("RGB", "BGR"))
     # Shorter sides drawn from for each training image; the longer side is capped at max_size_train.
     min_size_train: list[int] = positive([600], non_empty=True)
@@ -162,6 +163,7 @@ class TestConfig:
     amp: str = choice("off", ("off", "bf16", "fp16"))
 
 
+@renamed_keys({"model.roi_head.bg_iou_lo": "model.roi_head.bg_iou_low"})
 @dataclass
 class DetectionConfig:
     output_dir: str = "output/det"
@@ -186,9 +188,9 @@ def check_detection_options(cfg) -> None:
     if rpn.bg_iou_thresh > rpn.fg_iou_thresh:
         raise ConfigError(f"model.rpn.bg_iou_thresh={rpn.bg_iou_thresh} is above model.rpn.fg_iou_thresh="
                           f"{rpn.fg_iou_thresh}: anchors below bg are background, above fg foreground")
-    if head.bg_iou_lo > head.fg_iou_thresh:
-        raise ConfigError(f"model.roi_head.bg_iou_lo={head.bg_iou_lo} is above model.roi_head.fg_iou_thresh="
-                          f"{head.fg_iou_thresh}: background RoIs have IoU in [bg_iou_lo, fg_iou_thresh)")
+    if head.bg_iou_low > head.fg_iou_thresh:
+        raise ConfigError(f"model.roi_head.bg_iou_low={head.bg_iou_low} is above model.roi_head.fg_iou_thresh="
+                          f"{head.fg_iou_thresh}: background RoIs have IoU in [bg_iou_low, fg_iou_thresh)")
     if len(head.bbox_reg_weights) != 4:
         raise ConfigError(f"model.roi_head.bbox_reg_weights={list(head.bbox_reg_weights)}: give 4 divisors "
                           f"(x, y, w, h), such as [10, 10, 5, 5]")

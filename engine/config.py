@@ -12,6 +12,11 @@ field is checked the same way); every float must be finite. A value out of range
 one line naming the key, the value, where it was set and the range:
 
     solver.max_iter=0 in configs/x.yaml must be a positive integer
+
+A key that was renamed stays readable for a while: a root schema declares its renamed keys with
+:func:`renamed_keys`, and a file or override that uses an old name loads with one warning naming the
+old key, the new one and where it was set. Configs saved inside checkpoints are translated silently
+(:func:`config_from_text`, :func:`config_differences`): the user cannot edit them.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import math
 import os
 import re
 import typing
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -37,6 +43,24 @@ BASE_KEY = "_base_"
 
 class ConfigError(UserError):
     pass
+
+
+# The release up to which the old name of a renamed key is still read.
+OLD_NAMES_ACCEPTED_UNTIL = "0.2"
+
+# {root schema: {old dotted key: new dotted key}}, filled by :func:`renamed_keys`.
+RENAMED_KEYS: dict[type, dict[str, str]] = {}
+
+
+def renamed_keys(table: Mapping[str, str]):
+    """Class decorator of a root schema: ``{old dotted key: new dotted key}`` for keys renamed in it.
+    Files and overrides may use the old name until OLD_NAMES_ACCEPTED_UNTIL, with a warning."""
+
+    def register(schema: type) -> type:
+        RENAMED_KEYS[schema] = dict(table)
+        return schema
+
+    return register
 
 
 def choice(default: str, options: Sequence[str]):
@@ -208,6 +232,44 @@ def _nest(key: str, value: Any) -> dict:
     return tree
 
 
+def _parent_section(tree: dict, key: str, create: bool = False) -> dict | None:
+    """The mapping that holds dotted ``key``'s leaf in a nested ``tree`` (made when ``create``), or None."""
+    node = tree
+    for part in key.split(".")[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            if not create:
+                return None
+            child = node[part] = {}
+        node = child
+    return node
+
+
+def _old_and_new_given(old: str, new: str, source: str) -> ConfigError:
+    return ConfigError(f"{old} and {new} in {source} are the old and the new name of one key: keep {new} only")
+
+
+def use_new_names(tree: dict, renamed: Mapping[str, str], source: str, warn: bool = True) -> dict:
+    """A copy of ``tree`` (one file's mapping or one override) with each old key of ``renamed`` moved to its
+    new name, with a warning when ``warn``; both names of one key in one source are an error."""
+    tree = copy.deepcopy(tree)
+    for old, new in renamed.items():
+        holder = _parent_section(tree, old)
+        old_leaf = old.rsplit(".", 1)[-1]
+        if holder is None or old_leaf not in holder:
+            continue
+        value = holder.pop(old_leaf)
+        new_holder = _parent_section(tree, new, create=True)
+        new_leaf = new.rsplit(".", 1)[-1]
+        if new_leaf in new_holder:
+            raise _old_and_new_given(old, new, source)
+        new_holder[new_leaf] = value
+        if warn:
+            warnings.warn(f"{old} in {source} is deprecated: use {new} (the old name is accepted until "
+                          f"{OLD_NAMES_ACCEPTED_UNTIL})", FutureWarning, stacklevel=3)
+    return tree
+
+
 def _drop_empty_sections(tree: dict, sections: set[str], prefix: str = "") -> dict:
     """``model:`` with nothing under it in a YAML file means "no change", not "set model to null"."""
     kept = {}
@@ -230,6 +292,7 @@ class ConfigLoader:
         self.leaves = list(self.fields)
         self.sources: dict[str, str] = {}
         self.defaults = OmegaConf.structured(schema)
+        self.renamed = RENAMED_KEYS.get(schema, {})
 
     # -- public ----------------------------------------------------------------------------------
     def load(self, path: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -237,8 +300,13 @@ class ConfigLoader:
         if path:
             for layer_path, layer in self._file_layers(path, ()):
                 cfg = self._merge(cfg, layer, layer_path)
+        name_given: dict[str, str] = {}  # key -> the name (old or new) the overrides gave it
         for text in overrides:
             key, value = self._parse_override(text)
+            current = self.renamed.get(key, key)
+            if name_given.setdefault(current, key) != key:
+                old = key if key != current else name_given[current]
+                raise _old_and_new_given(old, current, "the overrides")
             cfg = self._merge(cfg, _nest(key, value), f"override '{text}'")
         self._check_choices(cfg)
         self._check_bounds(cfg)
@@ -251,10 +319,11 @@ class ConfigLoader:
             return parse_override(text)
         except yaml.YAMLError as error:
             key, raw = (part.strip() for part in text.split("=", 1))
-            if key not in self.fields or str in (self.types[key], *typing.get_args(self.types[key])):
+            known = self.renamed.get(key, key)
+            if known not in self.fields or str in (self.types[known], *typing.get_args(self.types[known])):
                 return key, raw  # a path or name with YAML's special characters; unknown keys are reported next
-            example = self._example(key)
-            fix = f"; write it like {key}={example}" if example else ""
+            example = self._example(known)
+            fix = f"; write it like {known}={example}" if example else ""
             raise ConfigError(f"override '{text}' is not valid YAML ({_yaml_problem(error)}){fix}") from None
 
     def _example(self, key: str) -> str:
@@ -283,6 +352,7 @@ class ConfigLoader:
         return layers
 
     def _merge(self, cfg: DictConfig, layer: dict, source: str) -> DictConfig:
+        layer = use_new_names(layer, self.renamed, source)
         for key, value in _flatten(layer):
             if key in self.sections:
                 if value is None or value == {}:
@@ -361,14 +431,34 @@ def config_to_text(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
+def config_from_text(schema: type, text: str) -> DictConfig:
+    """A resolved config saved as text (in a checkpoint) over ``schema``'s defaults: keys renamed since
+    are read under their new names without a warning (a checkpoint is not for the user to edit), keys
+    added since take their defaults."""
+    tree = use_new_names(load_yaml_text(text) or {}, RENAMED_KEYS.get(schema, {}), "a saved config", warn=False)
+    return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(tree))
+
+
+def _with_new_names(flat: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` with each old key name replaced by the new name that ``other`` uses (the schema of a text
+    is unknown: any registered rename applies, when the other side has the new key and this one lacks it)."""
+    renamed = {}
+    for key, value in flat.items():
+        news = (table.get(key) for table in RENAMED_KEYS.values())
+        renamed[next((new for new in news if new in other and new not in flat), key)] = value
+    return renamed
+
+
 def config_differences(before_text: str, after_text: str) -> list[str]:
     """``key: old -> new`` for every leaf that differs between two resolved configs (as saved in
-    checkpoints), in key order; keys present on one side only show as ``(absent)``."""
+    checkpoints), in key order; keys present on one side only show as ``(absent)``. A key renamed
+    between the two is compared under its new name."""
     try:
         before = dict(_flatten(yaml.safe_load(before_text) or {}))
         after = dict(_flatten(yaml.safe_load(after_text) or {}))
     except yaml.YAMLError:
         return []
+    before, after = _with_new_names(before, after), _with_new_names(after, before)
     absent = "(absent)"
     return [f"{key}: {before.get(key, absent)} -> {after.get(key, absent)}"
             for key in sorted(set(before) | set(after)) if before.get(key, absent) != after.get(key, absent)]

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from .config import bounded, choice, non_negative, positive
 
+# The ImageNet pixel statistics (0-255 values, RGB) that torchvision's and timm's ResNet weights expect.
+IMAGENET_PIXEL_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_PIXEL_STD = (58.395, 57.12, 57.375)
+
 
 @dataclass
 class DatasetConfig:

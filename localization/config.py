@@ -10,8 +10,17 @@ import os
 from dataclasses import dataclass, field
 
 from backbones.config import BackboneConfig
-from engine.config import ConfigError, bounded, choice, fraction, load_config, non_negative, positive
-from engine.schema import SolverConfig
+from engine.config import (
+    ConfigError,
+    bounded,
+    choice,
+    fraction,
+    load_config,
+    non_negative,
+    positive,
+    renamed_keys,
+)
+from engine.schema import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, SolverConfig
 
 TEST_MODES = ("1crop", "10crop", "dense")
 
@@ -42,14 +51,15 @@ class ClassificationInputConfig:
     # The shorter side is drawn uniformly from this inclusive range (the paper's scale augmentation).
     train_short_side: list[int] = positive([256, 480])
     crop: int = positive(224)
-    flip: float = fraction(0.5)
+    # The probability of a horizontal flip in training.
+    random_flip: float = fraction(0.5)
     # Brightness, contrast and saturation factors are drawn from [1 - s, 1 + s]; 0 turns them off.
     color_jitter: float = bounded(0.4, 0, 1, high_open=True)
     # AlexNet's PCA lighting noise: the standard deviation of its coefficients (0 turns it off).
     lighting_std: float = non_negative(0.1)
     # Pixel statistics on 0-255 values, in the order of `format`.
-    pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
-    pixel_std: list[float] = positive([58.395, 57.12, 57.375])
+    pixel_mean: list[float] = field(default_factory=lambda: list(IMAGENET_PIXEL_MEAN))
+    pixel_std: list[float] = positive(list(IMAGENET_PIXEL_STD))
     format: str = choice("RGB", ("RGB", "BGR"))
 
 
@@ -69,6 +79,11 @@ class ClassificationTestConfig:
     max_images: int = non_negative(0)
 
 
+# Keys of the classification and localization configs that were renamed; the old names still load until 0.2.
+INPUT_RENAMED_KEYS = {"input.flip": "input.random_flip"}
+
+
+@renamed_keys(INPUT_RENAMED_KEYS)
 @dataclass
 class ClassificationConfig:
     output_dir: str = "output/cls"
@@ -78,8 +93,8 @@ class ClassificationConfig:
     input: ClassificationInputConfig = field(default_factory=ClassificationInputConfig)
     data: ClassificationDataConfig = field(default_factory=ClassificationDataConfig)
     solver: SolverConfig = field(default_factory=lambda: SolverConfig(
-        max_iter=600000, ims_per_batch=256, base_lr=0.1, momentum=0.9, weight_decay=1e-4,
-        steps=[150000, 300000, 450000], warmup_iters=0, checkpoint_period=10000))
+        max_iter=600000, ims_per_batch=256, base_lr=0.1, steps=[150000, 300000, 450000], warmup_iters=0,
+        checkpoint_period=10000))
     test: ClassificationTestConfig = field(default_factory=ClassificationTestConfig)
 
 
@@ -117,9 +132,9 @@ def check_pixel_statistics(input_cfg) -> None:
 class LocalizerModelConfig:
     """The per-class RPN of localization/rpn_localizer.py."""
 
-    # Fine-tuned from an ImageNet classifier (the paper), so BN is frozen as in the detectors' fine-tuning.
-    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(depth=101, norm="frozen_bn",
-                                                                             freeze_at=2))
+    # Fine-tuned from an ImageNet classifier (the paper): the backbone section's defaults freeze BN, the stem
+    # and res2, as in the detectors' fine-tuning.
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(depth=101))
     # The trunk stage feeding the head. res5 (stride 32): the most class-specific features, and ImageNet
     # objects are large enough for a 7x7 grid on a 224 crop. res4 (stride 16) is the detectors' C4 choice.
     feature: str = choice("res5", ("res4", "res5"))
@@ -138,8 +153,9 @@ class LocalizerTrainConfig:
 
     anchors_per_image: int = bounded(8, 2)
     positive_fraction: float = bounded(0.5, 0, 1, low_open=True)
-    fg_iou: float = fraction(0.7)
-    bg_iou: float = fraction(0.3)
+    # IoU >= fg_iou_thresh (or the best anchor of a GT box): positive; < bg_iou_thresh: negative; else ignored.
+    fg_iou_thresh: float = fraction(0.7)
+    bg_iou_thresh: float = fraction(0.3)
     # A GT box keeps being a target when at least this fraction of its area is inside the crop; the part of a
     # box cut away more than that is neither positive nor background (anchors mostly inside it are ignored).
     min_visible: float = fraction(0.5)
@@ -147,6 +163,7 @@ class LocalizerTrainConfig:
     # positive anchor), so the per-class scores can also rank classes; "gt": only the GT class's sigmoid.
     cls_loss_classes: str = choice("all", ("all", "gt"))
     box_loss_weight: float = non_negative(1.0)
+    # About 1/9 (Fast R-CNN's sigma = 3), written as the localizer has always been trained with it.
     smooth_l1_beta: float = non_negative(0.1111)
 
 
@@ -194,19 +211,21 @@ class LocalizerRCNNConfig:
     rois_per_image: int = positive(1)
     # Each sampled RoI is foreground with this probability (when the image has one left).
     fg_fraction: float = bounded(0.25, 0, 1, low_open=True)
-    # IoU with a GT box >= fg_iou: foreground (the GT class); in [bg_iou_low, fg_iou): background.
-    fg_iou: float = fraction(0.5)
+    # IoU with a GT box >= fg_iou_thresh: foreground (the GT class); in [bg_iou_low, fg_iou_thresh): background.
+    fg_iou_thresh: float = fraction(0.5)
     bg_iou_low: float = fraction(0.0)
     # The GT boxes join the training proposals as foreground RoIs, as in the original R-CNN.
     add_gt_boxes: bool = True
     box_loss_weight: float = non_negative(1.0)
     smooth_l1_beta: float = non_negative(1.0)
     # Divisors of the (dx, dy, dw, dh) targets: the R-CNN heads' usual (10, 10, 5, 5).
-    box_coder_weights: list[float] = positive([10.0, 10.0, 5.0, 5.0])
+    bbox_reg_weights: list[float] = positive([10.0, 10.0, 5.0, 5.0])
     # Warped RoIs per forward pass at test time (memory bound only).
     test_chunk: int = positive(256)
 
 
+@renamed_keys({**INPUT_RENAMED_KEYS, "rpn.fg_iou": "rpn.fg_iou_thresh", "rpn.bg_iou": "rpn.bg_iou_thresh",
+               "rcnn.fg_iou": "rcnn.fg_iou_thresh", "rcnn.box_coder_weights": "rcnn.bbox_reg_weights"})
 @dataclass
 class LocalizationConfig:
     # "rpn": the per-class RPN localizer; "rcnn": the R-CNN stage re-scoring its proposals (section rcnn).
@@ -219,8 +238,8 @@ class LocalizationConfig:
     input: ClassificationInputConfig = field(default_factory=ClassificationInputConfig)
     data: ClassificationDataConfig = field(default_factory=lambda: ClassificationDataConfig(train_list="csv"))
     solver: SolverConfig = field(default_factory=lambda: SolverConfig(
-        max_iter=60000, ims_per_batch=256, base_lr=0.01, momentum=0.9, weight_decay=1e-4,
-        steps=[40000, 53000], warmup_iters=500, checkpoint_period=5000))
+        max_iter=60000, ims_per_batch=256, base_lr=0.01, steps=[40000, 53000], warmup_iters=500,
+        checkpoint_period=5000))
     test: LocalizerTestConfig = field(default_factory=LocalizerTestConfig)
     classifier: LocalizerClassifierConfig = field(default_factory=LocalizerClassifierConfig)
     rcnn: LocalizerRCNNConfig = field(default_factory=LocalizerRCNNConfig)
@@ -245,9 +264,10 @@ def check_localization_options(cfg) -> None:
     if cfg.test.mode == "1crop" and cfg.test.resize < crop:
         raise ConfigError(f"test.resize={cfg.test.resize} is smaller than input.crop={crop}: the centre crop "
                           f"must fit in the resized image")
-    if cfg.rpn.bg_iou > cfg.rpn.fg_iou:
-        raise ConfigError(f"rpn.bg_iou={cfg.rpn.bg_iou} is above rpn.fg_iou={cfg.rpn.fg_iou}: anchors below bg_iou "
-                          f"are background, above fg_iou foreground")
+    if cfg.rpn.bg_iou_thresh > cfg.rpn.fg_iou_thresh:
+        raise ConfigError(f"rpn.bg_iou_thresh={cfg.rpn.bg_iou_thresh} is above rpn.fg_iou_thresh="
+                          f"{cfg.rpn.fg_iou_thresh}: anchors below bg_iou_thresh are background, above "
+                          f"fg_iou_thresh foreground")
     check_pixel_statistics(cfg.input)
     if cfg.task == "rcnn":
         check_rcnn_options(cfg.rcnn)
@@ -264,9 +284,9 @@ def check_rcnn_options(rcnn) -> None:
     if rcnn.context_pad >= rcnn.warp_size / 2:
         raise ConfigError(f"rcnn.context_pad={rcnn.context_pad}: give 0 <= pad < warp_size / 2 "
                           f"({rcnn.warp_size / 2:g}), such as 0 or 16")
-    if rcnn.bg_iou_low > rcnn.fg_iou:
-        raise ConfigError(f"rcnn.bg_iou_low={rcnn.bg_iou_low} is above rcnn.fg_iou={rcnn.fg_iou}: need "
-                          f"bg_iou_low <= fg_iou")
-    if len(rcnn.box_coder_weights) != 4:
-        raise ConfigError(f"rcnn.box_coder_weights={list(rcnn.box_coder_weights)}: give 4 divisors (x, y, w, h), "
+    if rcnn.bg_iou_low > rcnn.fg_iou_thresh:
+        raise ConfigError(f"rcnn.bg_iou_low={rcnn.bg_iou_low} is above rcnn.fg_iou_thresh={rcnn.fg_iou_thresh}: "
+                          f"need bg_iou_low <= fg_iou_thresh")
+    if len(rcnn.bbox_reg_weights) != 4:
+        raise ConfigError(f"rcnn.bbox_reg_weights={list(rcnn.bbox_reg_weights)}: give 4 divisors (x, y, w, h), "
                           f"such as [10, 10, 5, 5]")

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from engine import distributed as dist_utils
 from engine.checkpoint import load_checkpoint
-from engine.config import load_yaml_text
+from engine.config import config_from_text
 from engine.errors import UserError
 
 from .data.classification import build_test_loader, list_val_images
@@ -101,8 +100,7 @@ def load_trained_classifier(spec: str, synsets: Synsets):
     if list(meta.get("wnids", [])) != list(synsets.wnids):
         raise UserError(f"{spec} was trained on other classes than {synsets.source} lists: give a classifier "
                         f"trained on this data.root")
-    cls_cfg = OmegaConf.merge(OmegaConf.structured(ClassificationConfig),
-                              OmegaConf.create(load_yaml_text(state["config"])))
+    cls_cfg = config_from_text(ClassificationConfig, state["config"])
     model = build_classifier(cls_cfg, len(synsets), load_backbone_weights=False)
     load_classifier_weights(model, spec)
     return model, cls_cfg

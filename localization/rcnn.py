@@ -20,9 +20,10 @@ softmax learns that from them directly, as the original R-CNN's fine-tuning did.
 Training, RoI-centric (why: an ImageNet image holds one dominant object, so the RoIs of one image are nearly
 the same crop). The RPN runs once over the training images and keeps the GT class's proposals. A mini-batch
 is solver.ims_per_batch images with rcnn.rois_per_image RoIs each (1 on ILSVRC: 256 RoIs from 256 images).
-A proposal with IoU >= rcnn.fg_iou (0.5) with a GT box is foreground (label: the GT class), one with IoU in
-[bg_iou_low, fg_iou) is background (label 0); each sampled RoI is foreground with probability fg_fraction.
-The GT boxes join the pool as foreground (rcnn.add_gt_boxes). A RoI is mirrored with probability input.flip.
+A proposal with IoU >= rcnn.fg_iou_thresh (0.5) with a GT box is foreground (label: the GT class), one with IoU
+in [bg_iou_low, fg_iou_thresh) is background (label 0); each sampled RoI is foreground with probability
+fg_fraction. The GT boxes join the pool as foreground (rcnn.add_gt_boxes). A RoI is mirrored with probability
+input.random_flip.
 Losses: cross-entropy over K+1, and smooth L1 on the GT class's deltas of the foreground RoIs; both are
 averaged over the batch's RoIs.
 
@@ -36,7 +37,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from types import SimpleNamespace
 
 import numpy as np
@@ -52,9 +53,10 @@ from backbones.config import BackboneConfig, build_from_config
 from detection.modeling.box_coder import BoxCoder
 from engine import distributed as dist_utils
 from engine.checkpoint import load_checkpoint
-from engine.config import load_yaml_text
+from engine.config import config_from_text
 from engine.errors import UserError
 
+from .config import LocalizationConfig, LocalizerRCNNConfig
 from .data.classification import build_test_loader, list_val_images, to_chw_tensor
 from .data.ilsvrc import Synsets
 from .data.localization import BoxedRecord, LocalizationDataset, LocEvalTransform
@@ -152,27 +154,14 @@ def class_proposals(rpn: RPNLocalizer, views: Sequence[torch.Tensor], geometries
 # --------------------------------------------------------------------------------------------- training targets
 
 
-@dataclass(frozen=True)
-class RoIRules:
-    """How proposals are labelled and sampled for training (the ``rcnn`` config section)."""
-
-    rois_per_image: int = 1
-    fg_fraction: float = 0.25
-    fg_iou: float = 0.5
-    bg_iou_low: float = 0.0
-    add_gt_boxes: bool = True
-    box_loss_weight: float = 1.0
-    smooth_l1_beta: float = 1.0
-
-
-def label_proposals(proposals: torch.Tensor, gt_boxes: torch.Tensor, fg_iou: float,
+def label_proposals(proposals: torch.Tensor, gt_boxes: torch.Tensor, fg_iou_thresh: float,
                     bg_iou_low: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(label FOREGROUND / BACKGROUND / IGNORED, index of the best-overlapping GT box) per proposal."""
     overlaps = box_iou(proposals, gt_boxes)
     best, matched = overlaps.max(dim=1)
     labels = torch.full_like(matched, IGNORED)
     labels[best >= bg_iou_low] = BACKGROUND
-    labels[best >= fg_iou] = FOREGROUND
+    labels[best >= fg_iou_thresh] = FOREGROUND
     return labels, matched
 
 
@@ -192,15 +181,16 @@ def sample_rois(labels: torch.Tensor, count: int, fg_fraction: float, generator:
 
 
 def roi_training_sample(pixels: torch.Tensor, proposals: torch.Tensor, gt_boxes: torch.Tensor, label: int,
-                        rules: RoIRules, coder: BoxCoder, warp_size: int, context_pad: int, flip: bool,
+                        rules: LocalizerRCNNConfig, coder: BoxCoder, warp_size: int, context_pad: int, flip: bool,
                         generator: torch.Generator) -> dict:
     """One image's sampled RoIs: warped crops, class targets (0 = background, k + 1 = class k) and box
-    targets (zeros for background). ``pixels`` is float (3, H, W); boxes are continuous, x2 exclusive."""
+    targets (zeros for background). ``pixels`` is float (3, H, W); boxes are continuous, x2 exclusive;
+    ``rules``: the ``rcnn`` section of the config (labelling and sampling)."""
     pool = torch.cat([proposals, gt_boxes]) if rules.add_gt_boxes else proposals
     if flip:
         width = pixels.shape[-1]
         pixels, pool, gt_boxes = pixels.flip(-1), flip_continuous(pool, width), flip_continuous(gt_boxes, width)
-    labels, matched = label_proposals(pool, gt_boxes, rules.fg_iou, rules.bg_iou_low)
+    labels, matched = label_proposals(pool, gt_boxes, rules.fg_iou_thresh, rules.bg_iou_low)
     chosen = sample_rois(labels, rules.rois_per_image, rules.fg_fraction, generator)
     rois = pool[chosen]
     foreground = labels[chosen] == FOREGROUND
@@ -216,7 +206,7 @@ class RoITrainDataset(LocalizationDataset):
     """The boxed training images with their GT class's RPN proposals; ``dataset[(index, seed)]`` gives
     {"crops": float (m, 3, S, S) in 0-255, "classes": (m,), "box_targets": (m, 4), "image_id", "skipped"}."""
 
-    def __init__(self, records: list[BoxedRecord], proposals: dict[str, torch.Tensor], rules: RoIRules,
+    def __init__(self, records: list[BoxedRecord], proposals: dict[str, torch.Tensor], rules: LocalizerRCNNConfig,
                  coder: BoxCoder, warp_size: int, context_pad: int, flip_prob: float, on_bad_image: str = "skip"):
         super().__init__(records, transform=None, train=True, on_bad_image=on_bad_image)
         self.proposals = proposals
@@ -251,11 +241,11 @@ class RoITrainDataset(LocalizationDataset):
 class RCNNLocalizer(nn.Module):
     """Warped RoIs -> (K+1)-way class logits and K x 4 class-specific deltas.
 
-    Training input: samples of :class:`RoITrainDataset`; output {"loss_cls", "loss_box"}."""
+    Training input: samples of :class:`RoITrainDataset`; output {"loss_cls", "loss_box"}. ``rules``: the
+    ``rcnn`` section of the config (the losses and the deltas' divisors bbox_reg_weights)."""
 
     def __init__(self, backbone: ResNet, num_classes: int, pixel_mean: Sequence[float], pixel_std: Sequence[float],
-                 input_format: str = "RGB", rules: RoIRules = RoIRules(),
-                 box_coder_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0)):
+                 input_format: str, rules: LocalizerRCNNConfig):
         super().__init__()
         if "res5" not in backbone.out_features:
             raise ValueError("the R-CNN trunk must return res5")
@@ -274,7 +264,7 @@ class RCNNLocalizer(nn.Module):
         self.register_buffer("pixel_std", std01.float().view(1, -1, 1, 1), persistent=False)
         self.input_format = input_format
         self.rules = rules
-        self.coder = BoxCoder(weights=tuple(box_coder_weights))
+        self.coder = BoxCoder(weights=tuple(rules.bbox_reg_weights))
 
     @property
     def device(self) -> torch.device:
@@ -348,11 +338,8 @@ def build_rcnn(cfg, num_classes: int, load_backbone_weights: bool = True) -> RCN
         backbone_cfg = SimpleNamespace(**{f.name: getattr(backbone_cfg, f.name) for f in fields(BackboneConfig)})
         backbone_cfg.weights = None
     backbone = build_from_config(backbone_cfg, out_features=["res5"])
-    section = cfg.rcnn
-    rules = RoIRules(section.rois_per_image, section.fg_fraction, section.fg_iou, section.bg_iou_low,
-                     section.add_gt_boxes, section.box_loss_weight, section.smooth_l1_beta)
     return RCNNLocalizer(backbone, num_classes, list(cfg.input.pixel_mean), list(cfg.input.pixel_std),
-                         cfg.input.format, rules, list(section.box_coder_weights))
+                         cfg.input.format, OmegaConf.to_object(cfg.rcnn))
 
 
 # --------------------------------------------------------------------------------------------- the RPN stage
@@ -360,7 +347,6 @@ def build_rcnn(cfg, num_classes: int, load_backbone_weights: bool = True) -> RCN
 
 def load_proposal_rpn(cfg, synsets: Synsets) -> tuple[RPNLocalizer, object]:
     """The per-class RPN of ``rcnn.rpn_weights``, rebuilt from the config saved in its checkpoint."""
-    from .config import LocalizationConfig
     from .train_loc import load_localizer
 
     path = cfg.rcnn.rpn_weights
@@ -372,8 +358,7 @@ def load_proposal_rpn(cfg, synsets: Synsets) -> tuple[RPNLocalizer, object]:
     if meta.get("stage") == "rcnn" or not state.get("config"):
         raise UserError(f"{path} is not a per-class RPN checkpoint of tools/train_loc.py: set rcnn.rpn_weights "
                         f"to output/<rpn run>/model_final.pth")
-    rpn_cfg = OmegaConf.merge(OmegaConf.structured(LocalizationConfig),
-                              OmegaConf.create(load_yaml_text(state["config"])))
+    rpn_cfg = config_from_text(LocalizationConfig, state["config"])
     return load_localizer(rpn_cfg, path, synsets), rpn_cfg
 
 

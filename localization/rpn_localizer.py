@@ -14,8 +14,8 @@ Training, per image of a batch of crops (input.crop, 224 on ImageNet):
 1. the image's GT boxes (all of its one class) are clipped to the crop; a box with less than
    ``rpn.min_visible`` of its area left is no target, and anchors lying mostly inside its cut remnant are
    ignored rather than taken as background;
-2. anchors with IoU >= fg_iou (0.7) with a GT box are positive, and so is the best anchor of each GT box
-   (ties included); IoU < bg_iou (0.3) is negative; the rest is ignored (detection's Matcher);
+2. anchors with IoU >= fg_iou_thresh (0.7) with a GT box are positive, and so is the best anchor of each GT
+   box (ties included); IoU < bg_iou_thresh (0.3) is negative; the rest is ignored (detection's Matcher);
 3. ``rpn.anchors_per_image`` (8) anchors are sampled, at most ``positive_fraction`` (half) positive;
 4. cls loss: binary cross-entropy on the sampled anchors. An anchor is positive only for the image's class:
    its target is 1 for that class and 0 for every other. With ``rpn.cls_loss_classes=all`` every class's
@@ -43,6 +43,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 from backbones import ResNet
@@ -51,18 +52,7 @@ from detection.modeling.anchors import cell_anchors
 from detection.modeling.box_coder import BoxCoder
 from detection.modeling.matching import FOREGROUND, Matcher, sample_balanced
 
-
-@dataclass(frozen=True)
-class AnchorRules:
-    """Label assignment and sampling for training (the ``rpn`` config section)."""
-
-    anchors_per_image: int = 8
-    positive_fraction: float = 0.5
-    fg_iou: float = 0.7
-    bg_iou: float = 0.3
-    cls_loss_classes: str = "all"
-    box_loss_weight: float = 1.0
-    smooth_l1_beta: float = 1 / 9
+from .config import LocalizerTrainConfig
 
 
 @dataclass(frozen=True)
@@ -144,12 +134,13 @@ def merge_views(per_view: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[
 class RPNLocalizer(nn.Module):
     """Input in training: samples {"image": uint8 (3, c, c) RGB, "label": int, "boxes": (n, 4) float crop
     pixels with x2 exclusive, "cut_boxes": (m, 4)}; output {"loss_cls", "loss_box"}.
-    At test time see :meth:`class_boxes`.
+    At test time see :meth:`class_boxes`. ``rules``: the ``rpn`` section of the config (label assignment,
+    sampling and the losses).
     """
 
     def __init__(self, backbone: ResNet, feature: str, num_classes: int, head_channels: int,
                  anchor_sizes: Sequence[float], aspect_ratios: Sequence[float], pixel_mean: Sequence[float],
-                 pixel_std: Sequence[float], input_format: str = "RGB", rules: AnchorRules = AnchorRules()):
+                 pixel_std: Sequence[float], input_format: str, rules: LocalizerTrainConfig):
         super().__init__()
         if feature not in backbone.out_features:
             raise ValueError(f"the trunk must return {feature}")
@@ -169,7 +160,7 @@ class RPNLocalizer(nn.Module):
         self.register_buffer("pixel_std", std01.float().view(1, -1, 1, 1), persistent=False)
         self.input_format = input_format
         self.rules = rules
-        self.matcher = Matcher(rules.fg_iou, rules.bg_iou, allow_low_quality=True)
+        self.matcher = Matcher(rules.fg_iou_thresh, rules.bg_iou_thresh, allow_low_quality=True)
         self.coder = BoxCoder()
 
     def _init_head(self) -> None:
@@ -282,9 +273,6 @@ def build_localizer(cfg, num_classes: int, load_backbone_weights: bool = True) -
     if cfg.model.feature == "res4":
         # res5 would never run: without it, distributed training has no parameter left without gradient.
         backbone.detach_stage("res5")
-    train = cfg.rpn
-    rules = AnchorRules(train.anchors_per_image, train.positive_fraction, train.fg_iou, train.bg_iou,
-                        train.cls_loss_classes, train.box_loss_weight, train.smooth_l1_beta)
     return RPNLocalizer(backbone, cfg.model.feature, num_classes, cfg.model.head_channels,
                         list(cfg.model.anchor_sizes), list(cfg.model.aspect_ratios), list(cfg.input.pixel_mean),
-                        list(cfg.input.pixel_std), cfg.input.format, rules)
+                        list(cfg.input.pixel_std), cfg.input.format, OmegaConf.to_object(cfg.rpn))

@@ -63,7 +63,7 @@ def resolve_num_classes(cfg, synsets: Synsets) -> int:
 
 
 def build_train_set(cfg, synsets: Synsets) -> ClassificationDataset:
-    transform = TrainTransform(list(cfg.input.train_short_side), cfg.input.crop, cfg.input.flip,
+    transform = TrainTransform(list(cfg.input.train_short_side), cfg.input.crop, cfg.input.random_flip,
                                cfg.input.color_jitter, cfg.input.lighting_std)
     records = list_train_images(cfg.data.root, synsets, cfg.data.train_list)
     return ClassificationDataset(records, transform, train=True, on_bad_image=cfg.data.on_bad_image)

@@ -44,7 +44,7 @@ PRIMARY_METRIC = "loc/gt_known_acc"  # higher is better, as the trainer's best-m
 
 
 def build_loc_train_set(cfg, synsets: Synsets) -> LocalizationDataset:
-    transform = LocTrainTransform(list(cfg.input.train_short_side), cfg.input.crop, cfg.input.flip,
+    transform = LocTrainTransform(list(cfg.input.train_short_side), cfg.input.crop, cfg.input.random_flip,
                                   cfg.input.color_jitter, cfg.input.lighting_std, cfg.rpn.min_visible)
     records = list_boxed_train_images(cfg.data.root, synsets)
     return LocalizationDataset(records, transform, train=True, on_bad_image=cfg.data.on_bad_image)
@@ -232,7 +232,7 @@ def train_rcnn(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     section = cfg.rcnn
     model = build_rcnn(cfg, num_classes).to(device)
     train_set = RoITrainDataset(records, proposals, model.rules, model.coder, section.warp_size,
-                                section.context_pad, cfg.input.flip, cfg.data.on_bad_image)
+                                section.context_pad, cfg.input.random_flip, cfg.data.on_bad_image)
     logger.info("%d training images with proposals, %d RoIs per image, %d classes", len(proposals),
                 section.rois_per_image, num_classes)
     optimizer = build_optimizer(model, cfg.solver)

@@ -58,13 +58,14 @@ class AnchorGenerator(nn.Module):
         self._cache[key] = anchors
         return anchors
 
-    def forward(self, image_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]],
+    def forward(self, padded_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]],
                 device: torch.device) -> list[torch.Tensor]:
-        """Anchors of every level for a padded batch of size ``image_size`` (one set serves all images)."""
+        """Anchors of every level for a padded batch of (height, width) ``padded_size`` (one set serves
+        all images)."""
         if len(feature_sizes) != len(self.cell_anchors):
             raise ValueError(f"{len(feature_sizes)} feature maps but anchors for {len(self.cell_anchors)} levels")
         anchors = []
         for level, size in enumerate(feature_sizes):
-            stride = (image_size[0] // size[0], image_size[1] // size[1])
+            stride = (padded_size[0] // size[0], padded_size[1] // size[1])
             anchors.append(self.grid_anchors(level, tuple(size), stride, device))
         return anchors

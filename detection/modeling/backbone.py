@@ -24,8 +24,7 @@ class ResNetFPN(nn.Module):
     Outputs are named after their stride: "p2" (4) .. "p5" (32) and "p6" (64).
     """
 
-    def __init__(self, body: ResNet | TimmFeatures, in_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
-                 out_channels: int = 256):
+    def __init__(self, body: ResNet | TimmFeatures, in_features: Sequence[str], out_channels: int):
         super().__init__()
         self.body = body
         self.in_features = list(in_features)

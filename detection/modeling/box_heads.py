@@ -51,7 +51,7 @@ class FCHead(nn.Module):
     """Flatten, then fully connected layers with ReLU (``fc6``, ``fc7`` as in torchvision's TwoMLPHead).
     The inference fast path replaces fc6 by a PositionMajorLinear (:meth:`read_channels_last`)."""
 
-    def __init__(self, in_channels: int, resolution: int, num_fc: int = 2, fc_dim: int = 1024):
+    def __init__(self, in_channels: int, resolution: int, num_fc: int, fc_dim: int):
         super().__init__()
         self.num_fc = num_fc
         dim = in_channels * resolution * resolution

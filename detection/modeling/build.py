@@ -51,7 +51,9 @@ def build_model(cfg, num_classes: int, backbone_weights: bool = True) -> FasterR
         pooler,
         box_head,
         BoxPredictor(box_head.out_channels * (2 if context else 1), num_classes),
-        Matcher(head_cfg.fg_iou_thresh, head_cfg.fg_iou_thresh, allow_low_quality=False, bg_lo=head_cfg.bg_iou_lo),
+        # Background is [bg_iou_low, fg_iou_thresh): no band of ignored RoIs between the two.
+        Matcher(head_cfg.fg_iou_thresh, head_cfg.fg_iou_thresh, allow_low_quality=False,
+                bg_iou_low=head_cfg.bg_iou_low),
         batch_size_per_image=head_cfg.batch_size_per_image,
         positive_fraction=head_cfg.positive_fraction,
         bbox_reg_weights=list(head_cfg.bbox_reg_weights),

@@ -22,8 +22,7 @@ class FasterRCNN(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module,
-                 pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int = 32,
-                 input_format: str = "RGB"):
+                 pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int, input_format: str):
         super().__init__()
         self.backbone = backbone
         self.rpn = rpn

@@ -22,19 +22,20 @@ def intersection_over_first_area(boxes: torch.Tensor, regions: torch.Tensor) -> 
 class Matcher:
     """Assigns each candidate box (anchor or RoI) to a ground-truth box, or to background / ignore.
 
-    * IoU >= ``fg_thresh``: foreground, matched to its best GT box;
-    * IoU < ``bg_thresh`` (and >= ``bg_lo``): background; in between, or below ``bg_lo``: ignored;
+    * IoU >= ``fg_iou_thresh``: foreground, matched to its best GT box;
+    * IoU < ``bg_iou_thresh`` (and >= ``bg_iou_low``): background; in between, or below ``bg_iou_low``:
+      ignored (``bg_iou_low`` = 0, no lower bound, is the RPN's rule);
     * ``allow_low_quality``: each GT box also claims its highest-IoU candidates (the RPN rule of
       Faster R-CNN, so that every object has at least one positive anchor);
     * crowd regions are never matched; a would-be background candidate lying mostly (over
       ``crowd_ioa``) inside a crowd region is ignored, since it may well cover an object.
     """
 
-    def __init__(self, fg_thresh: float, bg_thresh: float, allow_low_quality: bool, bg_lo: float = 0.0,
+    def __init__(self, fg_iou_thresh: float, bg_iou_thresh: float, allow_low_quality: bool, bg_iou_low: float = 0.0,
                  crowd_ioa: float = 0.5):
-        self.fg_thresh = fg_thresh
-        self.bg_thresh = bg_thresh
-        self.bg_lo = bg_lo
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.bg_iou_low = bg_iou_low
         self.allow_low_quality = allow_low_quality
         self.crowd_ioa = crowd_ioa
 
@@ -49,8 +50,8 @@ class Matcher:
             iou = box_iou(gt_boxes, candidates)  # (G, N)
             best_iou, matched = iou.max(dim=0)
             labels = torch.full((num,), IGNORE, dtype=torch.int64, device=device)
-            labels[(best_iou < self.bg_thresh) & (best_iou >= self.bg_lo)] = BACKGROUND
-            labels[best_iou >= self.fg_thresh] = FOREGROUND
+            labels[(best_iou < self.bg_iou_thresh) & (best_iou >= self.bg_iou_low)] = BACKGROUND
+            labels[best_iou >= self.fg_iou_thresh] = FOREGROUND
             if self.allow_low_quality:
                 best_per_gt = iou.max(dim=1, keepdim=True).values
                 # Ties included; a GT box that overlaps nothing claims nothing.

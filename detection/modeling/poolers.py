@@ -18,8 +18,9 @@ from resnet_ops.roi_align import multiscale_roi_align, roi_align
 class SingleLevelPooler(nn.Module):
     """RoIAlign (or RoIPool) of every box on one feature map of a known stride."""
 
-    def __init__(self, feature: str, output_size: int, stride: int, sampling_ratio: int = 0,
-                 kind: str = "roi_align", impl: str = "auto"):
+    def __init__(self, feature: str, output_size: int, stride: int, sampling_ratio: int, kind: str, impl: str):
+        """``sampling_ratio`` 0: adaptive; ``kind``: "roi_align" or "roi_pool"; ``impl``: the RoIAlign
+        implementation ("auto", "gather" or "torchvision")."""
         super().__init__()
         self.feature = feature
         self.output_size = (output_size, output_size)
@@ -42,8 +43,8 @@ class PyramidPooler(nn.Module):
     """Each box pooled from the FPN level that matches its size (FPN paper, eq. 1), with
     torchvision MultiScaleRoIAlign's level rule and sampling (legacy, not pixel-aligned)."""
 
-    def __init__(self, features: Sequence[str], strides: Sequence[int], output_size: int, sampling_ratio: int = 2,
-                 impl: str = "auto"):
+    def __init__(self, features: Sequence[str], strides: Sequence[int], output_size: int, sampling_ratio: int,
+                 impl: str):
         super().__init__()
         self.features = list(features)
         self.strides = list(strides)

@@ -20,6 +20,9 @@ def whole_image_boxes(image_sizes: Sequence[tuple[int, int]], device: torch.devi
 class RoIHeads(nn.Module):
     """Region classification and class-specific box regression on top of the proposals.
 
+    Every setting is an explicit argument; the defaults of the ``model.roi_head`` and ``test`` keys are in
+    detection/config.py.
+
     Args:
         pooler: (features, boxes per image, image sizes) -> pooled (R, C, S, S).
         box_head: pooled -> (R, D) region features (res5 for C4, fc layers for FPN).
@@ -34,14 +37,15 @@ class RoIHeads(nn.Module):
         box_head: nn.Module,
         predictor: nn.Module,
         matcher: Matcher,
-        batch_size_per_image: int = 512,
-        positive_fraction: float = 0.25,
-        bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
-        smooth_l1_beta: float = 1.0 / 9,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
-        detections_per_img: int = 100,
-        global_context: bool = False,
+        *,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        bbox_reg_weights: Sequence[float],
+        smooth_l1_beta: float,
+        score_thresh: float,
+        nms_thresh: float,
+        detections_per_img: int,
+        global_context: bool,
     ):
         super().__init__()
         self.pooler = pooler
@@ -75,7 +79,7 @@ class RoIHeads(nn.Module):
             logits, deltas = self.predictor(self.region_features(features, proposals, image_sizes))
             return [], self.losses(logits, deltas, labels, regression_targets)
         scores, boxes = self.predict(features, proposals, image_sizes)
-        return [self.select_detections(s, b, size) for s, b, size in zip(scores, boxes, image_sizes)], {}
+        return [self.select_detections(s, b) for s, b in zip(scores, boxes)], {}
 
     # -- training --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -124,7 +128,7 @@ class RoIHeads(nn.Module):
         boxes_per_image = [clip_boxes_to_image(b, size) for b, size in zip(boxes.split(counts), image_sizes)]
         return list(scores.split(counts)), boxes_per_image
 
-    def select_detections(self, scores: torch.Tensor, boxes: torch.Tensor, image_size=None) -> dict:
+    def select_detections(self, scores: torch.Tensor, boxes: torch.Tensor) -> dict:
         """Score threshold, per-class NMS and the top detections of one image."""
         return select_detections(scores, boxes, self.score_thresh, self.nms_thresh, self.detections_per_img)
 

@@ -17,7 +17,8 @@ from .matching import FOREGROUND, IGNORE, Matcher, sample_balanced
 class RPNHead(nn.Module):
     """A 3x3 conv with ReLU, then sibling 1x1 convs: one objectness logit and 4 deltas per anchor."""
 
-    def __init__(self, in_channels: int, num_anchors: int, conv_channels: int = 0):
+    def __init__(self, in_channels: int, num_anchors: int, conv_channels: int):
+        """``conv_channels``: width of the 3x3 conv; 0 keeps ``in_channels``."""
         super().__init__()
         width = conv_channels or in_channels
         self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
@@ -48,6 +49,8 @@ def flatten_level(logits: torch.Tensor, deltas: torch.Tensor) -> tuple[torch.Ten
 class RegionProposalNetwork(nn.Module):
     """Scores anchors, turns the best into proposals by NMS, and computes the RPN losses in training.
 
+    Every setting is an explicit argument; the defaults of the ``model.rpn`` keys are in detection/config.py.
+
     Args:
         in_features: names of the feature maps to run on (one anchor level each).
         pre_nms_topk / post_nms_topk: (train, test) pairs; pre is per level, post per image.
@@ -61,15 +64,16 @@ class RegionProposalNetwork(nn.Module):
         head: RPNHead,
         anchor_generator: AnchorGenerator,
         matcher: Matcher,
-        batch_size_per_image: int = 256,
-        positive_fraction: float = 0.5,
-        pre_nms_topk: tuple[int, int] = (12000, 6000),
-        post_nms_topk: tuple[int, int] = (2000, 300),
-        nms_thresh: float = 0.7,
-        min_size: float = 0.0,
-        smooth_l1_beta: float = 1.0 / 9,
-        loss_weight: float = 1.0,
-        boundary_thresh: float = -1.0,
+        *,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        pre_nms_topk: tuple[int, int],
+        post_nms_topk: tuple[int, int],
+        nms_thresh: float,
+        min_size: float,
+        smooth_l1_beta: float,
+        loss_weight: float,
+        boundary_thresh: float,
     ):
         super().__init__()
         self.in_features = list(in_features)
@@ -87,11 +91,14 @@ class RegionProposalNetwork(nn.Module):
         self.loss_weight = loss_weight
         self.boundary_thresh = boundary_thresh
 
-    def forward(self, batch_size: tuple[int, int], features: dict[str, torch.Tensor],
+    def forward(self, padded_size: tuple[int, int], features: dict[str, torch.Tensor],
                 image_sizes: list[tuple[int, int]], targets: list[dict] | None = None):
+        """``padded_size``: (height, width) of the padded batch tensor, which sets the anchors' strides;
+        ``image_sizes``: (height, width) of each image inside it, to which its proposals are clipped.
+        Returns (proposals per image, losses: empty unless training with ``targets``)."""
         maps = [features[name] for name in self.in_features]
         logits, deltas = self.head(maps)
-        anchors = self.anchor_generator(batch_size, [m.shape[-2:] for m in maps], maps[0].device)
+        anchors = self.anchor_generator(padded_size, [m.shape[-2:] for m in maps], maps[0].device)
         flat = [flatten_level(lg, dt) for lg, dt in zip(logits, deltas)]
         level_logits = [f[0] for f in flat]
         level_deltas = [f[1] for f in flat]

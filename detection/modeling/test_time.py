@@ -32,27 +32,28 @@ from torchvision.ops import box_area, box_iou
 from ..data.transforms import shortest_edge_scale
 from .roi_heads import select_detections
 
-CANONICAL_SIZE = 224  # the RoI side that ImageNet-pretrained heads see best (SPPnet, Fast R-CNN)
-
 
 @dataclass
 class TestTimeOptions:
+    """The ``test`` and ``input`` keys that inference reads (their defaults are in detection/config.py);
+    ``base_scale`` and ``max_size`` are input.min_size_test and input.max_size_test."""
+
     __test__ = False  # not a pytest class, despite the name
 
-    base_scale: int = 800
-    max_size: int = 1333
-    scales: Sequence[int] = ()
-    multiscale_mode: str = "paper"
-    rpn_scale: int = 0
-    canonical_size: float = CANONICAL_SIZE
-    flip: bool = False
-    box_refinement: bool = False
-    refine_nms_thresh: float = 0.3
-    box_voting: bool = False
-    box_voting_iou: float = 0.5
-    score_thresh: float = 0.05
-    nms_thresh: float = 0.5
-    detections_per_img: int = 100
+    base_scale: int
+    max_size: int
+    scales: Sequence[int]
+    multiscale_mode: str
+    rpn_scale: int
+    canonical_size: float
+    flip: bool
+    box_refinement: bool
+    refine_nms_thresh: float
+    box_voting: bool
+    box_voting_iou: float
+    score_thresh: float
+    nms_thresh: float
+    detections_per_img: int
 
     @classmethod
     def from_config(cls, test_cfg, input_cfg) -> TestTimeOptions:
@@ -74,7 +75,7 @@ class TestTimeOptions:
 
 # -- pure pieces (unit-tested on hand-computed cases) -----------------------------------------------
 def box_voting(kept_boxes: torch.Tensor, kept_labels: torch.Tensor, candidate_boxes: torch.Tensor,
-               candidate_scores: torch.Tensor, candidate_labels: torch.Tensor, iou_thresh: float = 0.5) -> torch.Tensor:
+               candidate_scores: torch.Tensor, candidate_labels: torch.Tensor, iou_thresh: float) -> torch.Tensor:
     """Each kept box becomes the score-weighted mean of the same-class candidates overlapping it.
 
     Weights are max(0, score); a kept box is among its own candidates, so it always has a voter.
@@ -90,7 +91,7 @@ def box_voting(kept_boxes: torch.Tensor, kept_labels: torch.Tensor, candidate_bo
     return torch.where(total > 0, voted, kept_boxes)
 
 
-def choose_scale_pairs(areas: torch.Tensor, factors: torch.Tensor, canonical: float = CANONICAL_SIZE) -> torch.Tensor:
+def choose_scale_pairs(areas: torch.Tensor, factors: torch.Tensor, canonical: float) -> torch.Tensor:
     """(R,) RoI areas in original pixels and (S,) ascending scale factors -> (R, 2) scale indices.
 
     The first index is the scale where the scaled area is closest to canonical**2; the second is

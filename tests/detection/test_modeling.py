@@ -109,7 +109,8 @@ def test_fpn_top_down_sum_in_place_equals_torchvision():
         expected = lateral + F.interpolate(top, size=size, mode="nearest")
         assert torch.equal(add_upsampled_(lateral.clone(), top), expected)
     torch.manual_seed(0)
-    model = ResNetFPN(build_resnet(18, out_features=["res2", "res3", "res4", "res5"]), out_channels=32).eval()
+    stages = ["res2", "res3", "res4", "res5"]
+    model = ResNetFPN(build_resnet(18, out_features=stages), stages, out_channels=32).eval()
     x = torch.randn(1, 3, 128, 160, generator=generator)
     with torch.no_grad():
         ours = model(x)

@@ -1,5 +1,6 @@
 """Box refinement, box voting, multi-scale testing and global context (the paper's Appendix B)."""
 
+import dataclasses
 import os
 
 import pytest
@@ -22,6 +23,12 @@ SHAPES_CFG = os.path.join(ROOT, "configs", "shapes.yaml")
 SMALL = ["model.backbone.base_width=16", "model.fpn.out_channels=32", "model.roi_head.fc_dim=64",
          "input.min_size_test=128", "input.max_size_test=256", "model.rpn.post_nms_topk_test=50",
          "test.score_thresh=0.0"]
+
+
+def make_options(**changes) -> TestTimeOptions:
+    """The test options of the config defaults, with ``changes``."""
+    defaults = load_detection_config(None)
+    return dataclasses.replace(TestTimeOptions.from_config(defaults.test, defaults.input), **changes)
 
 
 def small_model(extra=()):
@@ -51,7 +58,7 @@ def test_box_voting_hand_computed():
 def test_scale_pair_rule():
     factors = torch.tensor([0.5, 1.0, 2.0])
     areas = torch.tensor([224.0**2, 448.0**2, 1000.0**2, 10.0**2, 150.0**2])
-    pairs = choose_scale_pairs(areas, factors).tolist()
+    pairs = choose_scale_pairs(areas, factors, 224).tolist()
     assert pairs[0] == [1, 2]   # exactly 224 at factor 1; not too big, so the next larger scale
     assert pairs[1] == [0, 1]   # 224 at factor 0.5
     assert pairs[2] == [0, 1]   # too big everywhere: the two smallest scales
@@ -75,7 +82,7 @@ def test_everything_off_equals_single_scale_inference():
     _, model = small_model()
     sample = image_sample()  # 128 x 160 needs no resize at min_size_test=128
     baseline = model([sample])[0]
-    wrapped = TestTimeDetector(model, TestTimeOptions(base_scale=128, max_size=256, score_thresh=0.0))([sample])[0]
+    wrapped = TestTimeDetector(model, make_options(base_scale=128, max_size=256, score_thresh=0.0))([sample])[0]
     assert len(baseline["boxes"]) > 10
     assert torch.allclose(wrapped["boxes"], baseline["boxes"], atol=1e-3)
     assert torch.equal(wrapped["labels"], baseline["labels"])
@@ -84,7 +91,7 @@ def test_everything_off_equals_single_scale_inference():
 
 def test_refinement_repools_the_top_class_box_and_keeps_the_union():
     _, model = small_model()
-    tester = TestTimeDetector(model, TestTimeOptions(base_scale=128, max_size=256, box_refinement=True))
+    tester = TestTimeDetector(model, make_options(base_scale=128, max_size=256, box_refinement=True))
     sample = image_sample()
     level = tester.level(sample["image"], 128)
     proposals = tester.proposals(level)
@@ -101,7 +108,7 @@ def test_refinement_repools_the_top_class_box_and_keeps_the_union():
 
 def test_multiscale_merges_the_two_chosen_scales_by_max():
     _, model = small_model()
-    options = TestTimeOptions(base_scale=128, max_size=256, scales=(64, 128, 256))
+    options = make_options(base_scale=128, max_size=256, scales=(64, 128, 256))
     tester = TestTimeDetector(model, options)
     image = image_sample()["image"]
     pyramid = [tester.level(image, s) for s in options.pyramid]
@@ -114,7 +121,7 @@ def test_multiscale_merges_the_two_chosen_scales_by_max():
     finally:
         model.roi_heads.predictor = predictor
     pairs = choose_scale_pairs((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1]),
-                               torch.tensor([lv.factor for lv in pyramid]))
+                               torch.tensor([lv.factor for lv in pyramid]), options.canonical_size)
     per_scale = [model.roi_heads.region_features(lv.features, [lv.to_network(rois)], [lv.size]) for lv in pyramid]
     expected = torch.stack([torch.maximum(per_scale[a][i], per_scale[b][i]) for i, (a, b) in enumerate(pairs.tolist())])
     assert torch.allclose(captured["features"], expected, atol=1e-6)
@@ -233,7 +240,7 @@ def test_box_refinement_moves_detections_towards_the_object():
                                                    [-15.0, -25.0, 10.0, -20.0]])
     best_iou = {}
     for refine in (False, True):
-        options = TestTimeOptions(base_scale=128, max_size=256, box_refinement=refine, score_thresh=0.0)
+        options = make_options(base_scale=128, max_size=256, box_refinement=refine, score_thresh=0.0)
         tester = _HalfwayHead(torch.nn.Identity(), options)
         scores, boxes = tester.score_boxes([], proposals, (160, 200))
         assert len(scores) == (2 if refine else 1) * len(proposals)  # the union keeps the originals

@@ -11,12 +11,11 @@ import torch.nn.functional as F
 
 from detection.modeling.box_coder import BoxCoder
 from engine.errors import UserError
-from localization.config import load_localization_config
+from localization.config import LocalizerRCNNConfig, load_localization_config
 from localization.rcnn import (
     BACKGROUND,
     FOREGROUND,
     IGNORED,
-    RoIRules,
     best_box_per_class,
     class_proposals,
     label_proposals,
@@ -81,7 +80,7 @@ def test_proposals_are_labelled_by_their_best_overlap():
                               [0.0, 0.0, 10.0, 30.0],    # IoU 1/3: background
                               [30.0, 30.0, 40.0, 40.0],  # IoU 0: below bg_iou_low, ignored
                               [5.0, 0.0, 15.0, 10.0]])   # IoU 1/3: background
-    labels, matched = label_proposals(proposals, gt, fg_iou=0.5, bg_iou_low=0.1)
+    labels, matched = label_proposals(proposals, gt, fg_iou_thresh=0.5, bg_iou_low=0.1)
     assert labels.tolist() == [FOREGROUND, FOREGROUND, BACKGROUND, IGNORED, BACKGROUND]
     assert matched[:2].tolist() == [0, 1]
     generator = torch.Generator().manual_seed(0)
@@ -97,7 +96,7 @@ def test_training_sample_targets_the_gt_class_and_mirrors_with_the_image():
     pixels = crafted_image()[0]
     gt = torch.tensor([[4.0, 2.0, 12.0, 10.0]])
     proposals = torch.tensor([[6.0, 2.0, 14.0, 10.0], [20.0, 10.0, 28.0, 18.0]])  # IoU 0.6 and 0
-    rules = RoIRules(rois_per_image=3, fg_fraction=1.0, add_gt_boxes=True)
+    rules = LocalizerRCNNConfig(rois_per_image=3, fg_fraction=1.0, add_gt_boxes=True)
     coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
     sample = roi_training_sample(pixels, proposals, gt, 4, rules, coder, 8, 0, False, torch.Generator())
     assert sample["crops"].shape == (3, 3, 8, 8)

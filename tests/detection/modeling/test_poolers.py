@@ -63,7 +63,7 @@ def test_pyramid_pooler_gradients_match_torchvision():
     grad = torch.randn(8, 4, 7, 7, generator=generator)
     ours_in = {k: v.clone().requires_grad_() for k, v in features.items()}
     ref_in = {k: v.clone().requires_grad_() for k, v in features.items()}
-    PyramidPooler(list(features), STRIDES, 7, 2)(ours_in, boxes, [(64, 80)] * 2).backward(grad)
+    PyramidPooler(list(features), STRIDES, 7, 2, "auto")(ours_in, boxes, [(64, 80)] * 2).backward(grad)
     MultiScaleRoIAlign(list(features), 7, 2)(ref_in, boxes, [(64, 80)] * 2).backward(grad)
     reached = 0
     for name in features:
@@ -77,16 +77,17 @@ def test_pyramid_pooler_gradients_match_torchvision():
 def test_no_boxes_at_all():
     generator = torch.Generator().manual_seed(2)
     features = pyramid(generator, channels=3)
-    pooler = PyramidPooler(list(features), STRIDES, 5, 2)
+    pooler = PyramidPooler(list(features), STRIDES, 5, 2, "auto")
     assert pooler(features, [torch.zeros(0, 4), torch.zeros(0, 4)], [(64, 80)] * 2).shape == (0, 3, 5, 5)
     empty_batch = {name: f[:0] for name, f in features.items()}
     assert pooler(empty_batch, [], []).shape == (0, 3, 5, 5)
-    single = SingleLevelPooler("p3", 5, 8)
+    single = SingleLevelPooler("p3", 5, 8, 0, "roi_align", "auto")
     assert single(empty_batch, [], []).shape == (0, 3, 5, 5)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-@pytest.mark.parametrize("pooler", [SingleLevelPooler("p3", 5, 8), PyramidPooler(["p2", "p3", "p4", "p5"], STRIDES, 5, 2)],
+@pytest.mark.parametrize("pooler", [SingleLevelPooler("p3", 5, 8, 0, "roi_align", "auto"),
+                                    PyramidPooler(["p2", "p3", "p4", "p5"], STRIDES, 5, 2, "auto")],
                          ids=["single", "pyramid"])
 def test_poolers_trace_with_fx_and_script(pooler):
     """torch.fx keeps RoIAlign as one call (any box count); scripted, torchvision's op gives the same."""
