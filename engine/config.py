@@ -300,13 +300,9 @@ class ConfigLoader:
         if path:
             for layer_path, layer in self._file_layers(path, ()):
                 cfg = self._merge(cfg, layer, layer_path)
-        name_given: dict[str, str] = {}  # key -> the name (old or new) the overrides gave it
-        for text in overrides:
-            key, value = self._parse_override(text)
-            current = self.renamed.get(key, key)
-            if name_given.setdefault(current, key) != key:
-                old = key if key != current else name_given[current]
-                raise _old_and_new_given(old, current, "the overrides")
+        parsed = [(text, *self._parse_override(text)) for text in overrides]
+        self._check_one_name_per_key([key for _, key, _ in parsed])
+        for text, key, value in parsed:
             cfg = self._merge(cfg, _nest(key, value), f"override '{text}'")
         self._check_choices(cfg)
         self._check_bounds(cfg)
@@ -325,6 +321,14 @@ class ConfigLoader:
             example = self._example(known)
             fix = f"; write it like {known}={example}" if example else ""
             raise ConfigError(f"override '{text}' is not valid YAML ({_yaml_problem(error)}){fix}") from None
+
+    def _check_one_name_per_key(self, keys: Sequence[str]) -> None:
+        """The overrides give no key under both its old and its new name."""
+        name_given: dict[str, str] = {}  # key -> the name (old or new) it was given first
+        for key in keys:
+            current = self.renamed.get(key, key)
+            if name_given.setdefault(current, key) != key:
+                raise _old_and_new_given(key if key != current else name_given[current], current, "the overrides")
 
     def _example(self, key: str) -> str:
         """The schema's default of ``key`` in override syntax ("[600]"), or "" when it has none."""

@@ -36,7 +36,7 @@ class Classifier(nn.Module):
     """
 
     def __init__(self, backbone: ResNet, pixel_mean: Sequence[float], pixel_std: Sequence[float],
-                 input_format: str = "RGB"):
+                 input_format: str):
         super().__init__()
         if backbone.fc is None or "res5" not in backbone.out_features:
             raise ValueError("the classifier needs a ResNet built with num_classes and out_features=['res5']")

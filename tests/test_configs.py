@@ -1,12 +1,38 @@
-"""Every shipped config loads and validates (a typo in a key would stop a user's run at once)."""
+"""Every shipped config loads and validates (a typo in a key would stop a user's run at once), holds only what
+differs from what it inherits, and no constructor default contradicts the schema's."""
 
+import dataclasses
 import glob
+import inspect
 import os
+import warnings
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
-from detection.config import load_detection_config
-from localization.config import load_classification_config, load_localization_config
+from detection.config import DetectionConfig, load_detection_config
+from detection.data.transforms import TrainTransform as DetectionTrainTransform
+from detection.modeling.backbone import ResNetFPN
+from detection.modeling.box_heads import FCHead
+from detection.modeling.faster_rcnn import FasterRCNN
+from detection.modeling.matching import Matcher
+from detection.modeling.poolers import PyramidPooler, SingleLevelPooler
+from detection.modeling.roi_heads import RoIHeads
+from detection.modeling.rpn import RegionProposalNetwork, RPNHead
+from detection.modeling.test_time import TestTimeOptions, box_voting, choose_scale_pairs
+from engine.config import load_config, read_yaml, schema_keys
+from localization.classifier import Classifier
+from localization.config import (
+    ClassificationConfig,
+    LocalizationConfig,
+    load_classification_config,
+    load_localization_config,
+)
+from localization.data.classification import TrainTransform
+from localization.data.localization import LocTrainTransform
+from localization.rcnn import RCNNLocalizer, label_proposals
+from localization.rpn_localizer import RPNLocalizer
 from tests.conftest import ROOT
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
@@ -36,3 +62,155 @@ def test_classification_config_loads(path):
 def test_localization_config_loads(path):
     cfg = load_localization_config(path, [])
     assert cfg.task in ("rpn", "rcnn") and cfg.solver.max_iter > 0
+
+
+# --------------------------------------------------------------------------------------------- one source per value
+
+
+def schema_of(path):
+    if path in CLASSIFICATION_CONFIGS:
+        return ClassificationConfig
+    return LocalizationConfig if path in LOCALIZATION_CONFIGS else DetectionConfig
+
+
+def inherited_config(path, tmp_path):
+    """What ``path`` inherits: its _base_ files over the schema's defaults (the schema alone without bases)."""
+    bases = read_yaml(path).get("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    stub = tmp_path / "bases_only.yaml"
+    stub.write_text(yaml.safe_dump({"_base_": [os.path.join(os.path.dirname(path), b) for b in bases]}))
+    return load_config(schema_of(path), str(stub))
+
+
+def redundant_keys(path, tmp_path) -> list[str]:
+    """The keys ``path`` sets to the value it would inherit anyway."""
+    own = read_yaml(path)
+    own.pop("_base_", None)
+    inherited, resolved = inherited_config(path, tmp_path), load_config(schema_of(path), path)
+    return [key for key in leaf_keys(own) if OmegaConf.select(resolved, key) == OmegaConf.select(inherited, key)]
+
+
+def leaf_keys(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from leaf_keys(value, f"{prefix}{key}.")
+        elif value is not None or f"{prefix}{key}" not in SECTIONS:
+            yield prefix + key
+
+
+SECTIONS = set().union(*(schema_keys(s)[1] for s in (DetectionConfig, ClassificationConfig, LocalizationConfig)))
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=os.path.basename)
+def test_a_config_holds_only_what_differs_from_its_base(path, tmp_path):
+    """A base file repeats no schema default and a config no value of its base: each value has one home."""
+    assert redundant_keys(path, tmp_path) == []
+
+
+def test_a_repeated_value_is_found(tmp_path):
+    (tmp_path / "base.yaml").write_text("solver:\n  base_lr: 0.5\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: base.yaml\nsolver:\n  base_lr: 0.5\n  max_iter: 90000\n  gamma: 0.2\n")
+    # base_lr repeats the base, max_iter the schema default; gamma is the only setting of its own.
+    assert redundant_keys(str(child), tmp_path) == ["solver.base_lr", "solver.max_iter"]
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=os.path.basename)
+def test_shipped_configs_use_no_old_key_names(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        load_config(schema_of(path), path)
+
+
+# Constructor and function parameters that carry a config key, by schema: {callable: {parameter: key}}. A
+# parameter with a default must default to the schema's value (a second literal that drifted would change
+# what a model built by hand does, not what a config builds).
+DETECTION_PARAMETERS = {
+    RegionProposalNetwork: {name: f"model.rpn.{name}" for name in (
+        "batch_size_per_image", "positive_fraction", "nms_thresh", "min_size", "smooth_l1_beta", "loss_weight",
+        "boundary_thresh")},
+    RPNHead: {"conv_channels": "model.rpn.conv_channels"},
+    Matcher: {"bg_iou_low": "model.roi_head.bg_iou_low"},
+    RoIHeads: {"batch_size_per_image": "model.roi_head.batch_size_per_image",
+               "positive_fraction": "model.roi_head.positive_fraction",
+               "bbox_reg_weights": "model.roi_head.bbox_reg_weights",
+               "smooth_l1_beta": "model.roi_head.smooth_l1_beta", "global_context": "model.roi_head.global_context",
+               "score_thresh": "test.score_thresh", "nms_thresh": "test.nms_thresh",
+               "detections_per_img": "test.detections_per_img"},
+    FCHead: {"num_fc": "model.roi_head.num_fc", "fc_dim": "model.roi_head.fc_dim"},
+    SingleLevelPooler: {"output_size": "model.roi_head.pooler_resolution",
+                        "sampling_ratio": "model.roi_head.sampling_ratio", "kind": "model.roi_head.pooler",
+                        "impl": "model.roi_head.roi_align_impl"},
+    PyramidPooler: {"output_size": "model.roi_head.pooler_resolution",
+                    "impl": "model.roi_head.roi_align_impl"},
+    ResNetFPN: {"in_features": "model.fpn.in_features", "out_channels": "model.fpn.out_channels"},
+    FasterRCNN: {name: f"input.{name}" for name in ("pixel_mean", "pixel_std", "size_divisibility")}
+    | {"input_format": "input.format"},
+    TestTimeOptions: {"base_scale": "input.min_size_test", "max_size": "input.max_size_test"}
+    | {f.name: f"test.{f.name}" for f in dataclasses.fields(TestTimeOptions) if f.name not in ("base_scale", "max_size")},
+    box_voting: {"iou_thresh": "test.box_voting_iou"},
+    choose_scale_pairs: {"canonical": "test.canonical_size"},
+    DetectionTrainTransform: {"flip_prob": "input.random_flip"},
+}
+CLASSIFICATION_PARAMETERS = {
+    Classifier: {"pixel_mean": "input.pixel_mean", "pixel_std": "input.pixel_std", "input_format": "input.format"},
+    TrainTransform: {"flip_prob": "input.random_flip", "color_jitter": "input.color_jitter",
+                     "lighting_std": "input.lighting_std"},
+}
+LOCALIZATION_PARAMETERS = {
+    RPNLocalizer: {"head_channels": "model.head_channels", "anchor_sizes": "model.anchor_sizes",
+                   "aspect_ratios": "model.aspect_ratios", "pixel_mean": "input.pixel_mean",
+                   "pixel_std": "input.pixel_std", "input_format": "input.format"},
+    RCNNLocalizer: {"pixel_mean": "input.pixel_mean", "pixel_std": "input.pixel_std", "input_format": "input.format"},
+    LocTrainTransform: {"flip_prob": "input.random_flip", "color_jitter": "input.color_jitter",
+                        "lighting_std": "input.lighting_std", "min_visible": "rpn.min_visible"},
+    label_proposals: {"fg_iou_thresh": "rcnn.fg_iou_thresh", "bg_iou_low": "rcnn.bg_iou_low"},
+}
+
+
+def as_plain(value):
+    """Config and Python values alike: lists and tuples as lists of plain values."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    return [as_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def drifted_defaults(schema, parameters) -> list[str]:
+    """``callable.parameter: default != key: schema default`` for each parameter whose default differs."""
+    defaults = OmegaConf.structured(schema)
+    found = []
+    for function, keys in parameters.items():
+        signature = inspect.signature(function)
+        for name, key in keys.items():
+            assert OmegaConf.select(defaults, key, default="absent") != "absent", key  # the table itself is right
+            default = signature.parameters[name].default
+            if default is not inspect.Parameter.empty and as_plain(default) != as_plain(OmegaConf.select(defaults, key)):
+                found.append(f"{function.__qualname__}.{name}: {default!r} != {key}: {OmegaConf.select(defaults, key)}")
+    return found
+
+
+@pytest.mark.parametrize("schema, parameters", [(DetectionConfig, DETECTION_PARAMETERS),
+                                                (ClassificationConfig, CLASSIFICATION_PARAMETERS),
+                                                (LocalizationConfig, LOCALIZATION_PARAMETERS)],
+                         ids=["detection", "classification", "localization"])
+def test_no_parameter_default_contradicts_the_schema(schema, parameters):
+    assert drifted_defaults(schema, parameters) == []
+
+
+def test_a_drifted_parameter_default_is_found():
+    def rpn_loss(smooth_l1_beta=0.1111, nms_thresh=0.7, loss_weight=1.0, boundary_thresh=-1):
+        return smooth_l1_beta, nms_thresh, loss_weight, boundary_thresh
+
+    keys = {name: f"model.rpn.{name}" for name in ("smooth_l1_beta", "nms_thresh", "loss_weight", "boundary_thresh")}
+    assert drifted_defaults(DetectionConfig, {rpn_loss: keys}) == [
+        "test_a_drifted_parameter_default_is_found.<locals>.rpn_loss.smooth_l1_beta: 0.1111 != "
+        "model.rpn.smooth_l1_beta: 0.1111111111111111"]
+
+
+def test_sibling_schemas_share_the_imagenet_statistics():
+    detection, classification = OmegaConf.structured(DetectionConfig), OmegaConf.structured(ClassificationConfig)
+    localization = OmegaConf.structured(LocalizationConfig)
+    for key in ("input.pixel_mean", "input.pixel_std", "input.format", "input.random_flip"):
+        values = {str(as_plain(OmegaConf.select(cfg, key))) for cfg in (detection, classification, localization)}
+        assert len(values) == 1, (key, values)
+    assert as_plain(detection.input.pixel_mean) == [123.675, 116.28, 103.53]  # torchvision's ImageNet weights

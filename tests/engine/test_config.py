@@ -1,7 +1,10 @@
-"""YAML inheritance, overrides, validation messages and the saved config."""
+"""YAML inheritance, overrides, validation messages, the saved config and renamed keys."""
+
+import warnings
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from detection.config import load_detection_config
 from engine.config import ConfigError, save_config
@@ -174,3 +177,109 @@ def test_malformed_override_value_is_one_line_naming_override_and_yaml_problem()
     # Text keys keep characters that YAML reserves.
     cfg = load_detection_config(None, ["output_dir=@runs/[x"])
     assert cfg.output_dir == "@runs/[x"
+
+
+# --------------------------------------------------------------------------------------------- renamed keys
+
+OLD_LOCALIZATION_KEYS = {"rpn.fg_iou": "rpn.fg_iou_thresh", "rpn.bg_iou": "rpn.bg_iou_thresh",
+                         "rcnn.fg_iou": "rcnn.fg_iou_thresh", "rcnn.box_coder_weights": "rcnn.bbox_reg_weights",
+                         "input.flip": "input.random_flip"}
+
+
+def with_old_names(text: str, renamed: dict) -> str:
+    """A resolved config as an earlier release saved it: the same values under the old key names."""
+    tree = yaml.safe_load(text)
+    for old, new in renamed.items():
+        section, new_leaf = new.rsplit(".", 1)
+        holder = tree
+        for part in section.split("."):
+            holder = holder[part]
+        holder[old.rsplit(".", 1)[1]] = holder.pop(new_leaf)
+    return yaml.safe_dump(tree)
+
+
+def test_renamed_key_tables_map_old_names_to_keys_of_their_schema():
+    from engine.config import RENAMED_KEYS, schema_keys
+    from localization.config import ClassificationConfig, LocalizationConfig
+
+    assert RENAMED_KEYS[LocalizationConfig] == OLD_LOCALIZATION_KEYS
+    assert RENAMED_KEYS[ClassificationConfig] == {"input.flip": "input.random_flip"}
+    for schema, table in RENAMED_KEYS.items():
+        leaves = schema_keys(schema)[0]
+        assert all(new in leaves and old not in leaves for old, new in table.items()), schema
+
+
+def test_a_saved_config_of_an_earlier_release_loads_with_one_warning_per_old_key(tmp_path):
+    from localization.config import load_localization_config
+
+    changes = ["rpn.fg_iou_thresh=0.6", "rpn.bg_iou_thresh=0.2", "rcnn.fg_iou_thresh=0.45",
+               "rcnn.bbox_reg_weights=[8,8,4,4]", "input.random_flip=0.25"]
+    current = load_localization_config(None, changes)
+    save_config(current, str(tmp_path / "new.yaml"))
+    old = tmp_path / "run" / "config.yaml"
+    old.parent.mkdir()
+    old.write_text(with_old_names((tmp_path / "new.yaml").read_text(), OLD_LOCALIZATION_KEYS))
+    with pytest.warns(FutureWarning) as caught:
+        again = load_localization_config(str(old))
+    assert again == current
+    assert (again.rpn.fg_iou_thresh, again.rpn.bg_iou_thresh, again.rcnn.fg_iou_thresh) == (0.6, 0.2, 0.45)
+    assert list(again.rcnn.bbox_reg_weights) == [8.0, 8.0, 4.0, 4.0] and again.input.random_flip == 0.25
+    assert sorted(str(w.message) for w in caught) == sorted(
+        f"{o} in {old} is deprecated: use {n} (the old name is accepted until 0.2)"
+        for o, n in OLD_LOCALIZATION_KEYS.items())
+
+
+def test_old_key_names_in_overrides_and_detection_and_classification_configs():
+    from localization.config import load_classification_config
+
+    with pytest.warns(FutureWarning, match=r"^model.roi_head.bg_iou_lo in override 'model.roi_head.bg_iou_lo=0.1' "
+                                           r"is deprecated: use model.roi_head.bg_iou_low \(the old name is accepted "
+                                           r"until 0.2\)$"):
+        cfg = load_detection_config(None, ["model.roi_head.bg_iou_lo=0.1"])
+    assert cfg.model.roi_head.bg_iou_low == 0.1
+    # The relations between keys see the value under its new name.
+    with pytest.warns(FutureWarning), pytest.raises(ConfigError, match=r"^model.roi_head.bg_iou_low=0.9 is above"):
+        load_detection_config(None, ["model.roi_head.bg_iou_lo=0.9"])
+    with pytest.warns(FutureWarning, match="input.flip"):
+        assert load_classification_config(None, ["input.flip=0"]).input.random_flip == 0
+
+
+def test_old_and_new_name_of_one_key_together_are_an_error(tmp_path):
+    from localization.config import load_localization_config
+
+    path = write(tmp_path / "both.yaml", "rcnn:\n  fg_iou: 0.4\n  fg_iou_thresh: 0.6\n")
+    with pytest.raises(ConfigError) as error:
+        load_localization_config(path)
+    assert str(error.value) == (f"rcnn.fg_iou and rcnn.fg_iou_thresh in {path} are the old and the new name of one "
+                                f"key: keep rcnn.fg_iou_thresh only")
+    for overrides in (["rpn.bg_iou=0.2", "rpn.bg_iou_thresh=0.3"], ["rpn.bg_iou_thresh=0.3", "rpn.bg_iou=0.2"]):
+        with pytest.raises(ConfigError, match=r"^rpn.bg_iou and rpn.bg_iou_thresh in the overrides are the old and "
+                                              r"the new name of one key: keep rpn.bg_iou_thresh only$"):
+            load_localization_config(None, overrides)
+    # A file may set the old name over a base that uses the new one (a saved config over a new base).
+    write(tmp_path / "base.yaml", "rcnn:\n  fg_iou_thresh: 0.6\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\nrcnn:\n  fg_iou: 0.4\n")
+    with pytest.warns(FutureWarning):
+        assert load_localization_config(child).rcnn.fg_iou_thresh == 0.4
+
+
+def test_a_checkpoint_config_with_old_names_resumes_without_spurious_differences():
+    from engine.config import config_differences, config_from_text, config_to_text
+    from engine.resume import changed_keys
+    from localization.config import LocalizationConfig, load_localization_config
+
+    current = config_to_text(load_localization_config(None, ["rcnn.fg_iou_thresh=0.45"]))
+    saved = with_old_names(current, OLD_LOCALIZATION_KEYS)
+    assert "fg_iou_thresh" not in saved and "box_coder_weights" in saved
+    assert changed_keys(saved, current) == [] and config_differences(current, saved) == []
+    changed = with_old_names(config_to_text(load_localization_config(None, ["rcnn.fg_iou_thresh=0.5",
+                                                                              "solver.base_lr=0.02"])),
+                             OLD_LOCALIZATION_KEYS)
+    assert changed_keys(changed, current) == ["rcnn.fg_iou_thresh: 0.5 -> 0.45", "solver.base_lr: 0.02 -> 0.01"]
+    assert changed_keys(changed, current, "rcnn") == ["rcnn.fg_iou_thresh: 0.5 -> 0.45"]
+    # A checkpoint's own config (the RPN's for the R-CNN stage, a classifier's) reads the same, silently.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        restored = config_from_text(LocalizationConfig, saved)
+    assert restored == load_localization_config(None, ["rcnn.fg_iou_thresh=0.45"])
+    assert OmegaConf.get_type(restored.rcnn).__name__ == "LocalizerRCNNConfig"

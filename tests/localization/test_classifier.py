@@ -30,7 +30,7 @@ MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 def small_classifier():
     torch.manual_seed(0)
     backbone = ResNet(18, num_classes=5, out_features=["res5"], norm="bn", base_width=16)
-    model = Classifier(randomize_bn_statistics(backbone), MEAN, STD).eval()
+    model = Classifier(randomize_bn_statistics(backbone), MEAN, STD, "RGB").eval()
     with torch.no_grad():  # a non-zero bias, so that the check covers it
         model.backbone.fc.bias.uniform_(-0.5, 0.5)
     return model
