@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -17,7 +18,7 @@ class BoxCoder:
     Boxes are (x1, y1, x2, y2) with width x2 - x1.
     """
 
-    def __init__(self, weights=(1.0, 1.0, 1.0, 1.0), scale_clamp: float = DEFAULT_SCALE_CLAMP):
+    def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), scale_clamp: float = DEFAULT_SCALE_CLAMP):
         self.weights = tuple(float(w) for w in weights)
         self.scale_clamp = scale_clamp
 

@@ -63,16 +63,17 @@ class Matcher:
         return matched, labels
 
 
-def sample_balanced(labels: torch.Tensor, batch_size: int, positive_fraction: float,
+def sample_balanced(labels: torch.Tensor, batch_size_per_image: int, positive_fraction: float,
                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick at most ``batch_size * positive_fraction`` positives at random, and negatives for the rest.
+    """Pick at most ``batch_size_per_image * positive_fraction`` of one image's positives at random, and
+    negatives for the rest.
 
     Returns the indices of the sampled positives and negatives.
     """
     positive = torch.nonzero(labels == FOREGROUND).flatten()
     negative = torch.nonzero(labels == BACKGROUND).flatten()
-    num_pos = min(positive.numel(), int(batch_size * positive_fraction))
-    num_neg = min(negative.numel(), batch_size - num_pos)
+    num_pos = min(positive.numel(), int(batch_size_per_image * positive_fraction))
+    num_neg = min(negative.numel(), batch_size_per_image - num_pos)
     pos_order = random_order(positive.numel(), generator, labels.device)[:num_pos]
     neg_order = random_order(negative.numel(), generator, labels.device)[:num_neg]
     return positive[pos_order], negative[neg_order]

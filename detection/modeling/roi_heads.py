@@ -120,7 +120,10 @@ class RoIHeads(nn.Module):
         logits, deltas = self.predictor(self.region_features(features, proposals, image_sizes))
         return self.decode(logits, deltas, proposals, image_sizes)
 
-    def decode(self, logits, deltas, proposals, image_sizes):
+    def decode(self, logits: torch.Tensor, deltas: torch.Tensor, proposals: list[torch.Tensor],
+               image_sizes: list[tuple[int, int]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Logits (R, K+1) and deltas (R, (K+1)*4) of every image's proposals -> per image, class
+        probabilities and per-class boxes clipped to its (height, width)."""
         counts = [len(p) for p in proposals]
         boxes = self.box_coder.decode(deltas.float(), torch.cat(proposals).float())
         boxes = boxes.view(len(boxes), -1, 4)
