@@ -1,10 +1,11 @@
-"""The poolers and the pyramid's level rule: torchvision's MultiScaleRoIAlign as the reference,
-level boundaries by hand, degenerate and missing boxes, torch.fx and TorchScript."""
+"""The poolers and the pyramid's level rule: torchvision's roi_align, roi_pool and MultiScaleRoIAlign
+as the references, level boundaries by hand, degenerate and missing boxes, torch.fx and TorchScript."""
 
 import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import roi_align as tv_roi_align
+from torchvision.ops import roi_pool as tv_roi_pool
 
 from detection.modeling.poolers import PyramidPooler, SingleLevelPooler
 from resnet_ops.roi_align import fpn_levels, multiscale_roi_align
@@ -20,6 +21,46 @@ def pyramid(generator, channels=4, height=64, width=80, batch=2):
 
 def square(size, x=10.0, y=20.0):
     return [x, y, x + size, y + size]
+
+
+def random_boxes(counts, height, width, generator):
+    """Boxes of 2 to 70 pixels a side, some crossing the border, for each image."""
+    boxes = []
+    for count in counts:
+        corner = torch.rand(count, 2, generator=generator) * torch.tensor([width + 10.0, height + 10.0]) - 10
+        boxes.append(torch.cat([corner, corner + 2 + torch.rand(count, 2, generator=generator) * 68], 1))
+    return boxes
+
+
+@pytest.mark.parametrize("impl", ["gather", "torchvision"])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_single_level_pooler_is_torchvision_roi_align_or_roi_pool(impl, sampling_ratio):
+    """RoIAlign at the map's scale with pixel-aligned sampling (aligned=True); RoIPool as torchvision's."""
+    generator = torch.Generator().manual_seed(4)
+    features = pyramid(generator)
+    boxes = random_boxes((7, 4), 64, 80, generator)
+    align = SingleLevelPooler("p3", 5, 8, sampling_ratio, "roi_align", impl)
+    torch.testing.assert_close(align(features, boxes, [(64, 80)] * 2),
+                               tv_roi_align(features["p3"], boxes, 5, 1 / 8, sampling_ratio, True),
+                               rtol=0, atol=2e-6)
+    pool = SingleLevelPooler("p4", 3, 16, sampling_ratio, "roi_pool", impl)
+    assert torch.equal(pool(features, boxes, [(64, 80)] * 2), tv_roi_pool(features["p4"], boxes, 3, 1 / 16))
+
+
+@pytest.mark.parametrize("impl", ["gather", "torchvision"])
+def test_pyramid_pooler_equals_multiscale_roi_align(impl):
+    """Images of two sizes in one padded batch; boxes of every level."""
+    generator = torch.Generator().manual_seed(5)
+    features = pyramid(generator, height=256, width=320)
+    boxes = random_boxes((40, 25), 256, 320, generator)
+    # Larger boxes for p3, p4 and p5 (sides from 112, 224 and 448 by the FPN paper's rule).
+    boxes[0][:4] = torch.tensor([[10.0, 10.0, 160.0, 150.0], [0.0, 0.0, 300.0, 250.0], [-100.0, -90.0, 400.0, 380.0],
+                                 [0.0, 0.0, 2.0, 3.0]])
+    sizes = [(256, 320), (200, 240)]
+    expected = MultiScaleRoIAlign(list(features), 7, 2)(features, boxes, sizes)
+    ours = PyramidPooler(list(features), STRIDES, 7, 2, impl)(features, boxes, sizes)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=2e-6)
+    assert set(fpn_levels(torch.cat(boxes), STRIDES).tolist()) == {0, 1, 2, 3}  # every level used
 
 
 def test_level_boundaries_by_hand():
