@@ -163,7 +163,8 @@ class LocalizerTrainConfig:
     # positive anchor), so the per-class scores can also rank classes; "gt": only the GT class's sigmoid.
     cls_loss_classes: str = choice("all", ("all", "gt"))
     box_loss_weight: float = non_negative(1.0)
-    # About 1/9 (Fast R-CNN's sigma = 3), written as the localizer has always been trained with it.
+    # 0.1111, close to the detectors' 1/9 (Fast R-CNN's sigma = 3): the value the localizer's figures in
+    # docs/BENCHMARKS.md were trained with.
     smooth_l1_beta: float = non_negative(0.1111)
 
 
