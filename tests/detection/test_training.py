@@ -1,6 +1,7 @@
 """Training end to end: exact resume, distributed equivalence, overfitting a few images, the C4 model."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import torchvision
 
 from detection.config import load_detection_config
 from detection.training import train_detector
@@ -130,19 +132,48 @@ def test_c4_detector_trains_and_evaluates(fixed_shapes, tmp_path):
         f"output_dir={tmp_path}"]
     cfg = load_detection_config(os.path.join(ROOT, "configs", "coco_r50.yaml"), overrides)
     metrics = train_detector(cfg)
-    assert set(metrics["bbox"]) >= {"AP", "AP50"}
-    state = torch.load(tmp_path / "model_final.pth", weights_only=True)
-    assert any(k.startswith("roi_heads.box_head.res5") or ".res5." in k for k in state["model"]), "no res5 head"
-    assert not any(k.startswith("backbone.") and "res5" in k for k in state["model"]), "res5 belongs to the head"
+    bbox = metrics["bbox"]
+    assert 0 <= bbox["AP"] <= bbox["AP50"] <= 100, bbox  # AP averages precisions at IoU 0.5 and stricter
+    assert json.loads((tmp_path / "metrics.json").read_text())["bbox"] == pytest.approx(bbox)
+    final = final_weights(tmp_path)
+    # The trunk is conv1..res4 (torchvision's names: layer4 is res5); res5 lives in the head, with
+    # exactly the tensors of a ResNet-18's layer4, a quarter as wide (base_width 16 instead of 64).
+    assert {k.split(".")[1] for k in final if k.startswith("backbone.")} == {"conv1", "bn1", "layer1", "layer2",
+                                                                             "layer3"}
+    prefix = "roi_heads.box_head.res5."
+    head_res5 = {k[len(prefix):]: tuple(v.shape) for k, v in final.items() if k.startswith(prefix)}
+    quarter = {k: tuple(d // 4 if axis < 2 else d for axis, d in enumerate(v.shape))
+               for k, v in torchvision.models.resnet18().layer4.state_dict().items()}
+    assert head_res5 == quarter
+    # ... and trains there: its weights moved between the checkpoint of iteration 2 and the last one.
+    second = torch.load(tmp_path / "model_0000002.pth", weights_only=True)["model"]
+    assert not torch.equal(second[prefix + "1.conv2.weight"], final[prefix + "1.conv2.weight"])
+
+
+def logged_losses(out_dir) -> dict:
+    """The loss terms of the last training record of a run's metrics.jsonl."""
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["type"] == "train"][-1]
 
 
 def test_channels_last_and_bf16_autocast_train_on_cpu(fixed_shapes, tmp_path):
-    overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + [
-        "solver.channels_last=true", "solver.amp=bf16", "solver.max_iter=2", "solver.checkpoint_period=0",
-        "test.max_images=1", f"output_dir={tmp_path}"]
-    metrics = train_detector(load_detection_config(SHAPES_CFG, overrides))
-    assert "AP" in metrics["bbox"]
-    state = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    """The first two steps' losses under channels_last and bf16 autocast are those of an fp32 NCHW
+    run to bf16 rounding, and those of an untrained detector: objectness logits near 0 give a binary
+    cross-entropy of ln 2, class logits near 0 a cross-entropy of ln 6 (5 shapes and background)."""
+    losses = {}
+    for name, extra in (("fp32", ["solver.channels_last=false", "solver.amp=off"]),
+                        ("bf16", ["solver.channels_last=true", "solver.amp=bf16"])):
+        out = tmp_path / name
+        overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + extra + [
+            "solver.max_iter=2", "solver.checkpoint_period=0", "test.max_images=1", f"output_dir={out}"]
+        train_detector(load_detection_config(SHAPES_CFG, overrides))
+        losses[name] = logged_losses(out)
+    assert losses["bf16"]["loss_rpn_cls"] == pytest.approx(math.log(2), abs=0.01)
+    assert losses["bf16"]["loss_cls"] == pytest.approx(math.log(6), abs=0.02)
+    # The RoI box loss depends on which proposals were sampled, which rounding may change.
+    for name in ("loss_rpn_cls", "loss_rpn_box", "loss_cls"):
+        assert losses["bf16"][name] == pytest.approx(losses["fp32"][name], rel=0.01), name
+    state = torch.load(tmp_path / "bf16" / "model_final.pth", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
