@@ -1,11 +1,17 @@
 """Small C kernels (resnet_ops/csrc/), compiled on first use with the machine's C compiler and loaded
 with ctypes: no build step at install time and nothing to download.
 
-Each library is compiled once per source, compiler and CPU (``-O3 -march=native -fopenmp``) into
-a cache folder: ``$RESNET_DETECTION_CACHE`` or ``~/.cache/resnet-detection``; concurrent processes
-(torchrun) each write to a temporary file and rename it into place. Without a working compiler,
-or with ``RESNET_DETECTION_NATIVE=0``, :func:`load_library` returns None and the callers run their
-PyTorch versions (same results, slower), after one warning that says why.
+Each library is compiled once per source, compiler, flags and CPU (``-O3 -march=native -fopenmp``)
+into a cache folder: ``$RESNET_DETECTION_CACHE`` or ``~/.cache/resnet-detection``; concurrent
+processes (torchrun) each write to a temporary file and rename it into place. Without a working
+compiler, or with ``RESNET_DETECTION_NATIVE=0``, :func:`load_library` returns None and the callers
+run their PyTorch versions (same results, slower), after one warning that says why.
+
+``RESNET_DETECTION_NATIVE_BUILD`` chooses a build for testing the kernels: ``checked`` (``-O2
+-D_FORTIFY_SOURCE=2`` with every warning an error) or ``sanitize`` (AddressSanitizer and
+UndefinedBehaviorSanitizer, stopping at the first report; the Python process must have the ASan
+runtime preloaded: ``make sanitize`` does it). These builds never fall back to PyTorch: a test
+run against them fails when they cannot be built or loaded.
 
 The libraries link the OpenMP runtime by its usual name (libgomp.so.1), which is the one PyTorch
 has already loaded on Linux: the kernels share PyTorch's threads rather than start their own.
@@ -28,8 +34,15 @@ import threading
 import torch  # noqa: F401  (loaded first, so that the kernels link PyTorch's OpenMP runtime)
 
 SOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
+COMMON_FLAGS = ["-fopenmp", "-shared", "-fPIC", "-std=c99"]
+BUILDS = {
+    "release": ["-O3", "-march=native"],
+    "checked": ["-O2", "-D_FORTIFY_SOURCE=2", "-Wall", "-Wextra", "-Werror"],
+    "sanitize": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+                 "-fno-sanitize-recover=all"],
+}
 DISABLE_VARIABLE = "RESNET_DETECTION_NATIVE"
+BUILD_VARIABLE = "RESNET_DETECTION_NATIVE_BUILD"
 
 logger = logging.getLogger(__name__)
 LOCK = threading.Lock()
@@ -51,14 +64,17 @@ def native_enabled() -> bool:
 def build_and_load(name: str) -> ctypes.CDLL | None:
     if not native_enabled():
         return None
+    build = build_kind()
     source = os.path.join(SOURCES, f"{name}.c")
     compiler = c_compiler()
     try:
-        path = os.path.join(cache_folder(), f"{name}-{build_key(source, compiler)}.so")
+        path = os.path.join(cache_folder(), f"{name}-{build}-{build_key(source, compiler)}.so")
         if not os.path.exists(path):
             compile_library(source, compiler, path)
         return ctypes.CDLL(path)
     except (OSError, subprocess.SubprocessError, BuildError) as error:
+        if build != "release":  # a test build that silently fell back would test nothing
+            raise BuildError(f"the {build} build of {name} failed: {error}") from error
         logger.warning("%s runs in PyTorch ops (slower): %s. Install a C compiler with OpenMP (gcc), "
                        "or set %s=0 to silence this.", name, error, DISABLE_VARIABLE)
         return None
@@ -66,6 +82,18 @@ def build_and_load(name: str) -> ctypes.CDLL | None:
 
 class BuildError(RuntimeError):
     pass
+
+
+def build_kind() -> str:
+    """The build that $RESNET_DETECTION_NATIVE_BUILD asks for: release (the default), checked or sanitize."""
+    build = os.environ.get(BUILD_VARIABLE, "").strip().lower() or "release"
+    if build not in BUILDS:
+        raise BuildError(f"{BUILD_VARIABLE}={build!r} is not a build: use one of {', '.join(BUILDS)}")
+    return build
+
+
+def build_flags() -> list[str]:
+    return BUILDS[build_kind()] + COMMON_FLAGS
 
 
 def c_compiler() -> list[str]:
@@ -95,7 +123,7 @@ def build_key(source: str, compiler: list[str]) -> str:
     digest = hashlib.sha256()
     with open(source, "rb") as handle:
         digest.update(handle.read())
-    digest.update(" ".join(compiler + FLAGS).encode())
+    digest.update(" ".join(compiler + build_flags()).encode())
     digest.update(compiler_version(compiler).encode())
     digest.update(cpu_description().encode())
     return digest.hexdigest()[:16]
@@ -125,8 +153,8 @@ def compile_library(source: str, compiler: list[str], path: str) -> None:
     handle, partial = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
     os.close(handle)
     try:
-        result = subprocess.run(compiler + FLAGS + ["-o", partial, source, "-lm"], capture_output=True, text=True,
-                                timeout=300)
+        result = subprocess.run(compiler + build_flags() + ["-o", partial, source, "-lm"], capture_output=True,
+                                text=True, timeout=300)
         if result.returncode != 0:
             lines = result.stderr.strip().splitlines()
             first_error = next((line for line in lines if "error:" in line), lines[0] if lines else "no output")

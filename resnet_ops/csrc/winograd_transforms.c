@@ -1,4 +1,4 @@
-/* The tile transforms of Winograd's F(4x4, 3x3) (backbones/winograd.py) as one pass each over
+/* The tile transforms of Winograd's F(4x4, 3x3) (resnet_ops/winograd.py) as one pass each over
  * memory: the PyTorch version builds the tiles with copies and applies the 2-D transforms as dense
  * 36x36 and 16x36 matrix products, several passes over data larger than the caches.
  *
@@ -18,10 +18,48 @@
  * channels are vectorized by the compiler, the loops over tiles split over the OpenMP threads
  * (the process's own OpenMP runtime: PyTorch's, when it is loaded first). */
 
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
 #define BLOCK 16 /* channels per step: one AVX-512 register of floats */
+
+/* Statuses of the exported functions (resnet_ops/winograd_transforms.py names each). */
+enum {
+    STATUS_OK = 0,
+    STATUS_BAD_SIZES = 1,        /* a size or tile index out of range, or a null pointer */
+    STATUS_SOURCE_TOO_SHORT = 2, /* the image or the products extend past their buffer */
+    STATUS_TARGET_TOO_SHORT = 3, /* the transformed tiles or the output extend past their buffer */
+    STATUS_BIAS_TOO_SHORT = 4,
+};
+
+/* Whether a (height, width, channels) map with unit channel stride, the given row and column
+ * strides, fits in a buffer of `length` elements: its last element's offset is below `length`. */
+static int map_fits(int height, int width, int channels, long stride_h, long stride_w, long length) {
+    long rows, columns, last;
+    if (stride_h < 0 || stride_w < 0) return 0;
+    if (__builtin_mul_overflow((long)(height - 1), stride_h, &rows)) return 0;
+    if (__builtin_mul_overflow((long)(width - 1), stride_w, &columns)) return 0;
+    if (__builtin_add_overflow(rows, columns, &last) || __builtin_add_overflow(last, (long)(channels - 1), &last))
+        return 0;
+    return last < length;
+}
+
+/* Whether (36, count * tiles_w, channels) contiguous elements fit in `length`. */
+static int tiles_fit(int count, int tiles_w, int channels, long length) {
+    long total;
+    if (__builtin_mul_overflow(36L * count, (long)tiles_w, &total)) return 0;
+    if (__builtin_mul_overflow(total, (long)channels, &total)) return 0;
+    return total <= length;
+}
+
+/* The sizes both transforms share: positive map sizes, tile rows and columns whose pixel
+ * coordinates (4 * index + 5 at most) stay within int. */
+static int sizes_valid(int height, int width, int channels, int first_row, int count, int tiles_w, int threads) {
+    const long limit = (INT_MAX - 8) / 4;
+    return height > 0 && width > 0 && channels > 0 && first_row >= 0 && count >= 0 && tiles_w > 0 &&
+           threads > 0 && (long)first_row + count <= limit && tiles_w <= limit;
+}
 
 static inline float from_bf16(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
@@ -149,9 +187,13 @@ static inline __attribute__((always_inline)) void input_tile(
     }
 }
 
-void winograd_input_transform(const void *image, int image_bf16, long stride_h, long stride_w, int height,
-                              int width, int channels, int first_row, int count, int tiles_w,
-                              void *transformed, int transformed_bf16, int threads) {
+int winograd_input_transform(const void *image, long image_length, int image_bf16, long stride_h, long stride_w,
+                             int height, int width, int channels, int first_row, int count, int tiles_w,
+                             void *transformed, long transformed_length, int transformed_bf16, int threads) {
+    if (!image || !transformed || !sizes_valid(height, width, channels, first_row, count, tiles_w, threads))
+        return STATUS_BAD_SIZES;
+    if (!map_fits(height, width, channels, stride_h, stride_w, image_length)) return STATUS_SOURCE_TOO_SHORT;
+    if (!tiles_fit(count, tiles_w, channels, transformed_length)) return STATUS_TARGET_TOO_SHORT;
     const long tiles = (long)count * tiles_w;
 #define INPUT_TILES(IMAGE_BF16, TRANSFORMED_BF16)                                                            \
     _Pragma("omp parallel for num_threads(threads) schedule(static)")                                       \
@@ -161,6 +203,7 @@ void winograd_input_transform(const void *image, int image_bf16, long stride_h, 
                    transformed, TRANSFORMED_BF16);
     DISPATCH_STORAGE(INPUT_TILES, image_bf16, transformed_bf16)
 #undef INPUT_TILES
+    return STATUS_OK;
 }
 
 /* max(x, 0) if relu, else x; NaN stays NaN, as in torch.relu. */
@@ -214,10 +257,15 @@ static inline __attribute__((always_inline)) void output_tile(
     }
 }
 
-void winograd_output_transform(const void *products, int products_bf16, const float *bias, int relu,
-                               int channels, int first_row, int count, int tiles_w, void *output,
-                               int output_bf16, long stride_h, long stride_w, int height, int width,
-                               int threads) {
+int winograd_output_transform(const void *products, long products_length, int products_bf16, const float *bias,
+                              long bias_length, int relu, int channels, int first_row, int count, int tiles_w,
+                              void *output, long output_length, int output_bf16, long stride_h, long stride_w,
+                              int height, int width, int threads) {
+    if (!products || !output || !sizes_valid(height, width, channels, first_row, count, tiles_w, threads))
+        return STATUS_BAD_SIZES;
+    if (!tiles_fit(count, tiles_w, channels, products_length)) return STATUS_SOURCE_TOO_SHORT;
+    if (!map_fits(height, width, channels, stride_h, stride_w, output_length)) return STATUS_TARGET_TOO_SHORT;
+    if (bias && bias_length < channels) return STATUS_BIAS_TOO_SHORT;
     const long tiles = (long)count * tiles_w;
 #define OUTPUT_TILES(PRODUCTS_BF16, OUTPUT_BF16)                                                            \
     _Pragma("omp parallel for num_threads(threads) schedule(static)")                                      \
@@ -227,4 +275,5 @@ void winograd_output_transform(const void *products, int products_bf16, const fl
                     width);
     DISPATCH_STORAGE(OUTPUT_TILES, products_bf16, output_bf16)
 #undef OUTPUT_TILES
+    return STATUS_OK;
 }

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from backbones import build_resnet
 from resnet_ops import native
 from resnet_ops import winograd as wg
+from resnet_ops import winograd_transforms as c_transforms
 from resnet_ops.winograd import WinogradConv2d, transform_filters, use_winograd, winograd_conv3x3
 from tests.helpers import randomize_bn_statistics
 
@@ -19,9 +20,9 @@ def transforms(request, monkeypatch):
     if request.param == "native":
         if shutil.which(native.c_compiler()[0]) is None:
             pytest.skip("no C compiler")
-        assert wg.native_transforms() is not None, "the C transforms failed to build: see the warning"
+        assert c_transforms.available(), "the C transforms failed to build: see the warning"
     else:
-        monkeypatch.setitem(wg.NATIVE, "transforms", None)
+        monkeypatch.setitem(c_transforms.LOADED, "transforms", None)
     return request.param
 
 
@@ -98,7 +99,7 @@ def test_gradients_match_conv2d(shape, channels_last, transforms, monkeypatch):
 def test_native_and_pytorch_transforms_agree(monkeypatch):
     """The C transforms against the PyTorch ones on a map that is no multiple of the tile size, with
     channels no multiple of the C kernels' block of 16, and an output written through strides."""
-    if wg.native_transforms() is None:
+    if not c_transforms.available():
         pytest.skip("no C transforms here")
     monkeypatch.setattr(wg, "STRIP_TILES", 40)
     generator = torch.Generator().manual_seed(3)
@@ -106,7 +107,7 @@ def test_native_and_pytorch_transforms_agree(monkeypatch):
     weight, bias = torch.randn(21, 37, 3, 3, generator=generator), torch.randn(21, generator=generator)
     filters = transform_filters(weight)
     native_out = winograd_conv3x3(x, filters, bias)
-    monkeypatch.setitem(wg.NATIVE, "transforms", None)
+    monkeypatch.setitem(c_transforms.LOADED, "transforms", None)
     pytorch_out = winograd_conv3x3(x, filters, bias)
     assert relative_error(native_out, pytorch_out) < 1e-5
     assert relative_error(native_out, F.conv2d(x, weight, bias, padding=1)) < 3e-5
@@ -210,29 +211,28 @@ needs_native = pytest.mark.skipif(shutil.which(native.c_compiler()[0]) is None, 
 def test_bf16_storage_rounds_as_pytorch_does():
     """The C transforms in bfloat16 compute in float32 and round to nearest even: the same bits as
     the float32 transforms rounded by PyTorch; bfloat16 inputs read exactly; bias, then ReLU."""
-    kernels = wg.native_transforms()
     generator = torch.Generator().manual_seed(4)
     image = (torch.randn(13, 18, 24, generator=generator) * 50).bfloat16().float()  # exact in bfloat16
     tiles_w = -(-18 // 4)
     as_float = torch.empty(wg.POSITIONS, 2 * tiles_w, 24)
     as_bf16 = torch.empty(wg.POSITIONS, 2 * tiles_w, 24, dtype=torch.bfloat16)
     from_bf16 = torch.empty_like(as_bf16)
-    kernels.input_tiles(image, 1, 2, tiles_w, as_float)
-    kernels.input_tiles(image, 1, 2, tiles_w, as_bf16)
-    kernels.input_tiles(image.bfloat16(), 1, 2, tiles_w, from_bf16)
+    c_transforms.winograd_input_tiles(image, 1, 2, tiles_w, as_float)
+    c_transforms.winograd_input_tiles(image, 1, 2, tiles_w, as_bf16)
+    c_transforms.winograd_input_tiles(image.bfloat16(), 1, 2, tiles_w, from_bf16)
     assert torch.equal(as_bf16, as_float.bfloat16()) and torch.equal(from_bf16, as_bf16)
 
     products = torch.randn(wg.POSITIONS, 2 * tiles_w, 24, generator=generator).bfloat16()
     bias = torch.randn(24, generator=generator)
     out_float, out_bf16 = torch.zeros(13, 18, 24), torch.zeros(13, 18, 24, dtype=torch.bfloat16)
-    kernels.output_tiles(products.float(), bias, 1, 2, tiles_w, out_float, relu=True)
-    kernels.output_tiles(products, bias, 1, 2, tiles_w, out_bf16, relu=True)
+    c_transforms.winograd_output_tiles(products.float(), bias, 1, 2, tiles_w, True, out_float)
+    c_transforms.winograd_output_tiles(products, bias, 1, 2, tiles_w, True, out_bf16)
     assert torch.equal(out_bf16, out_float.bfloat16())
     rows = slice(4, 12)  # tile rows 1 and 2; nothing else written
     assert (out_float[rows] >= 0).all() and (out_float[rows] > 0).float().mean() > 0.3
     assert not out_float[:4].any() and not out_float[12:].any()
     without_relu = torch.zeros(13, 18, 24)
-    kernels.output_tiles(products.float(), bias, 1, 2, tiles_w, without_relu)
+    c_transforms.winograd_output_tiles(products.float(), bias, 1, 2, tiles_w, False, without_relu)
     assert torch.equal(out_float[rows], without_relu[rows].clamp(min=0))
 
 
@@ -365,36 +365,8 @@ def test_degenerate_inputs_backward(kind, out_channels, transforms):
     weight = torch.randn(out_channels, x.shape[1], 3, 3, generator=generator)
     grad_out = torch.randn(x.shape[0], out_channels, x.shape[2], x.shape[3], generator=generator)
     ours = [x.clone().requires_grad_(), weight.clone().requires_grad_()]
-    wg.WinogradConvFunction.apply(ours[0], ours[1], None).backward(grad_out)
+    wg.winograd_conv2d(ours[0], ours[1], None).backward(grad_out)
     reference = [x.clone().requires_grad_(), weight.clone().requires_grad_()]
     F.conv2d(reference[0], reference[1], padding=1).backward(grad_out)
     assert relative_error(ours[0].grad, reference[0].grad) < 3e-5
     assert relative_error(ours[1].grad, reference[1].grad) < 3e-5
-
-
-@needs_native
-def test_c_transforms_refuse_what_they_cannot_read():
-    """Real checks, not asserts (which python -O removes): the kernels take raw pointers."""
-    kernels = wg.native_transforms()
-    image = torch.randn(8, 8, 16)
-    good = torch.empty(wg.POSITIONS, 4, 16)
-    kernels.input_tiles(image, 0, 2, 2, good)  # the call that works
-    bad_calls = {
-        "channels not innermost": lambda: kernels.input_tiles(image.permute(2, 1, 0).contiguous().permute(2, 1, 0),
-                                                               0, 2, 2, good),
-        "float64 image": lambda: kernels.input_tiles(image.double(), 0, 2, 2, good),
-        "tiles of the wrong size": lambda: kernels.input_tiles(image, 0, 2, 2, torch.empty(wg.POSITIONS, 3, 16)),
-        "strided tiles": lambda: kernels.input_tiles(image, 0, 2, 2, torch.empty(wg.POSITIONS, 4, 32)[..., ::2]),
-        "2-D image": lambda: kernels.input_tiles(image[0], 0, 2, 2, good),
-        "output of other width": lambda: kernels.output_tiles(good, None, 0, 2, 2, torch.empty(8, 8, 17)),
-        "float64 bias": lambda: kernels.output_tiles(good, torch.zeros(16, dtype=torch.float64), 0, 2, 2,
-                                                     torch.empty(8, 8, 16)),
-        "short bias": lambda: kernels.output_tiles(good, torch.zeros(15), 0, 2, 2, torch.empty(8, 8, 16)),
-    }
-    for name, call in bad_calls.items():
-        try:
-            call()
-        except ValueError as error:
-            assert str(error).startswith("Winograd C transforms: the "), name
-        else:
-            pytest.fail(f"accepted: {name}")
