@@ -28,19 +28,8 @@ SETTINGS = {
 }
 
 
-def convert_every_convolution() -> None:
-    """Make the inference fast path convert every stride-1 3x3 convolution, on maps of any size."""
-    from detection.modeling import speed
-    from resnet_ops import winograd
-
-    winograd.MIN_PIXELS = 1
-    speed.INFERENCE_MIN_CHANNELS = 1
-    original = speed.use_winograd
-
-    def everything(model, min_channels=1, max_channels=None, bf16=True):
-        return original(model, min_channels=1, max_channels=1 << 20, bf16=bf16)
-
-    speed.use_winograd = everything
+# Every stride-1 3x3 convolution of the model as a Winograd one, whatever its width and map size.
+EVERY_CONVOLUTION = ["test.winograd_channels=[1, 1048576]", "test.winograd_min_pixels=1"]
 
 
 def main() -> None:
@@ -54,11 +43,9 @@ def main() -> None:
     from detection.config import load_detection_config
     from detection.evaluate import evaluate_weights
 
-    if args.every_conv:
-        convert_every_convolution()
     rows = []
     for name, overrides in SETTINGS.items():
-        cfg = load_detection_config(args.cfg, args.opts + overrides)
+        cfg = load_detection_config(args.cfg, args.opts + overrides + (EVERY_CONVOLUTION if args.every_conv else []))
         metrics = evaluate_weights(cfg, args.weights, out_dir=os.path.join(ROOT, "output", "bench_winograd_ap"))
         rows.append({"setting": name, **{k: round(metrics["bbox"][k], 2) for k in ("AP", "AP50", "AP75")}})
     print("| setting | AP | AP50 | AP75 |\n|---|---|---|---|")

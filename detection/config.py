@@ -158,6 +158,11 @@ class TestConfig:
     # 2.7x faster than autocast's bf16 convolution with 10x its rounding error (docs/BENCHMARKS.md
     # measures the AP change); false keeps autocast's convolutions.
     winograd_bf16: bool = True
+    # Which convolutions test.winograd converts: [min, max] input and output channels, and the
+    # smallest map (pixels) that runs as Winograd. null: 64 to 256 channels, 400 pixels, defaults
+    # measured on one CPU (docs/OPERATORS.md): other CPUs may gain from other limits.
+    winograd_channels: list[int] | None = positive(None, non_empty=True, hint="[min, max] channels, or null for 64 to 256")
+    winograd_min_pixels: int | None = positive(None, hint="or null for 400")
     # Autocast at inference ("bf16" on CPUs with AVX-512 BF16 or AMX, and on GPUs; "fp16" on GPUs).
     # Changes results slightly (docs/BENCHMARKS.md measures the AP change), so off by default.
     amp: str = choice("off", ("off", "bf16", "fp16"))
@@ -196,3 +201,7 @@ def check_detection_options(cfg) -> None:
                           f"(x, y, w, h), such as [10, 10, 5, 5]")
     if len(cfg.input.pixel_mean) != 3 or len(cfg.input.pixel_std) != 3:
         raise ConfigError("input.pixel_mean and input.pixel_std need 3 values each, one per colour channel")
+    for key, channels in (("test", cfg.test.winograd_channels), ("solver", cfg.solver.winograd_channels)):
+        if channels is not None and (len(channels) != 2 or channels[0] > channels[1]):
+            raise ConfigError(f"{key}.winograd_channels={list(channels)}: give [min, max] channels, such as [64, 256], "
+                              f"or null for the defaults")

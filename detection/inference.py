@@ -91,7 +91,9 @@ def load_fast_detector(cfg, weights: str, device: torch.device):
     """load_detector, then the inference fast path when ``test.fast`` is on (BN folded, channels_last)."""
     model, category_map = load_detector(cfg, weights, device)
     if cfg.test.fast:
-        optimize_for_inference(model, winograd=cfg.test.winograd, winograd_bf16=cfg.test.winograd_bf16)
+        optimize_for_inference(model, winograd=cfg.test.winograd, winograd_bf16=cfg.test.winograd_bf16,
+                               winograd_channels=cfg.test.winograd_channels,
+                               winograd_min_pixels=cfg.test.winograd_min_pixels)
     return model, category_map
 
 

@@ -46,6 +46,10 @@ class SolverConfig:
     channels_last: bool = False
     compile_backbone: bool = False
     winograd: bool = False
+    # Which convolutions solver.winograd converts: [min, max] input and output channels, and the
+    # smallest map (pixels) that runs as Winograd; null: 128 to 256 channels, 400 pixels.
+    winograd_channels: list[int] | None = positive(None, non_empty=True, hint="[min, max] channels, or null for 128 to 256")
+    winograd_min_pixels: int | None = positive(None, hint="or null for 400")
     # Non-finite losses tolerated (the step is skipped) before the run stops.
     max_nonfinite: int = non_negative(0)
     log_period: int = positive(20)

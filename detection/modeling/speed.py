@@ -8,8 +8,9 @@ Inference fast path for a trained detector: same detections, less time.
   over every activation map less (torchvision's FrozenBatchNorm2d is a separate multiply-add).
 * channels_last memory format for the convolutions, which oneDNN (CPU) and cuDNN run faster, and
   the box head's first fc layer reordered to read channels_last RoI features without a copy.
-* the stride-1 3x3 convolutions of 64 to 256 channels (the FPN's outputs, the RPN head, res2-res4)
-  as Winograd F(4x4, 3x3) convolutions on CPUs, with a quarter of the multiply-adds (resnet_ops/winograd.py),
+* the stride-1 3x3 convolutions of 64 to 256 channels by default (the FPN's outputs, the RPN head,
+  res2-res4; ``test.winograd_channels`` and ``test.winograd_min_pixels`` choose others) as Winograd
+  F(4x4, 3x3) convolutions on CPUs, with a quarter of the multiply-adds (resnet_ops/winograd.py),
   and the ReLUs after them applied as they write their outputs.
 
 All three change results only by floating-point rounding (tested: the same detections); tools apply
@@ -22,13 +23,21 @@ more rounding than autocast's own bf16 convolutions (docs/BENCHMARKS.md measures
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from backbones import fold_frozen_bn
 from backbones.resnet import Bottleneck
-from resnet_ops.winograd import INFERENCE_MIN_CHANNELS, fuse_relu, use_winograd
+from resnet_ops.winograd import (
+    INFERENCE_MIN_CHANNELS,
+    MAX_CHANNELS,
+    MIN_CHANNELS,
+    MIN_PIXELS,
+    fuse_relu,
+    use_winograd,
+)
 
 from .box_heads import FCHead
 from .rpn import RPNHead
@@ -37,7 +46,8 @@ from .rpn import RPNHead
 def apply_speed_switches(model: nn.Module, solver) -> nn.Module:
     """solver.channels_last, solver.winograd and solver.compile_backbone, applied in place before training."""
     if solver.winograd:
-        use_winograd(model, bf16=False)  # training keeps autocast's convolutions (test.winograd_bf16 is for inference)
+        limits = winograd_limits(solver.winograd_channels, solver.winograd_min_pixels, MIN_CHANNELS)
+        use_winograd(model, bf16=False, **limits)  # training keeps autocast's convolutions (winograd_bf16 is for inference)
     if solver.channels_last:
         use_channels_last(model)
     if solver.compile_backbone:
@@ -56,10 +66,20 @@ def use_channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
+def winograd_limits(channels: Sequence[int] | None, min_pixels: int | None, default_min_channels: int) -> dict:
+    """use_winograd's limits from a config's [min, max] channels and minimum map size in pixels;
+    None takes resnet_ops' defaults (measured on one CPU: docs/OPERATORS.md)."""
+    low, high = (default_min_channels, MAX_CHANNELS) if channels is None else channels
+    return {"min_channels": low, "max_channels": high, "min_pixels": MIN_PIXELS if min_pixels is None else min_pixels}
+
+
 def optimize_for_inference(model: nn.Module, channels_last: bool = True, winograd: bool = True,
-                           winograd_bf16: bool = True) -> nn.Module:
+                           winograd_bf16: bool = True, winograd_channels: Sequence[int] | None = None,
+                           winograd_min_pixels: int | None = None) -> nn.Module:
     """Fold the backbone's BatchNorm, switch to channels_last and to Winograd convolutions (also in
-    bfloat16 under bf16 autocast if ``winograd_bf16``), in place; returns the model in eval mode."""
+    bfloat16 under bf16 autocast if ``winograd_bf16``), in place; returns the model in eval mode.
+    ``winograd_channels`` ([min, max] input and output channels) and ``winograd_min_pixels`` choose
+    the convolutions that become Winograd ones (None: 64 to 256 channels, maps of 400 pixels)."""
     model.eval()
     fold_frozen_bn(model)
     if channels_last:
@@ -68,7 +88,8 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, winogra
             if isinstance(module, FCHead):  # the CPU RoIAlign returns channels_last features
                 module.read_channels_last()
     if winograd:  # after folding: the transformed filters are computed from the final weights
-        use_winograd(model, min_channels=INFERENCE_MIN_CHANNELS, bf16=winograd_bf16)
+        limits = winograd_limits(winograd_channels, winograd_min_pixels, INFERENCE_MIN_CHANNELS)
+        use_winograd(model, bf16=winograd_bf16, **limits)
         fuse_winograd_relus(model)
     return model
 
