@@ -65,6 +65,10 @@ def build_and_load(name: str) -> ctypes.CDLL | None:
     if not native_enabled():
         return None
     build = build_kind()
+    if build == "sanitize" and not asan_runtime_loaded():
+        raise BuildError("the sanitize build needs the ASan runtime loaded before Python starts (loading it later "
+                         "ends the process): run `make sanitize`, or set LD_PRELOAD to the output of "
+                         "`gcc -print-file-name=libasan.so`")
     source = os.path.join(SOURCES, f"{name}.c")
     compiler = c_compiler()
     try:
@@ -81,7 +85,10 @@ def build_and_load(name: str) -> ctypes.CDLL | None:
 
 
 class BuildError(RuntimeError):
-    pass
+    """A kernel build that failed or cannot be made; command lines print it as one line (the engine
+    reads ``user_error``): a test build without its compiler or runtime, or an unknown build name."""
+
+    user_error = True
 
 
 def build_kind() -> str:
@@ -90,6 +97,15 @@ def build_kind() -> str:
     if build not in BUILDS:
         raise BuildError(f"{BUILD_VARIABLE}={build!r} is not a build: use one of {', '.join(BUILDS)}")
     return build
+
+
+def asan_runtime_loaded() -> bool:
+    """Whether AddressSanitizer's runtime is in this process (Linux; elsewhere assumed)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as handle:
+            return "libasan" in handle.read()
+    except OSError:
+        return True
 
 
 def build_flags() -> list[str]:

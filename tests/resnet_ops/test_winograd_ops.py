@@ -343,5 +343,18 @@ def test_checked_build_gives_the_same_numbers(kernels, monkeypatch, tmp_path):
 
 def test_unknown_build_is_refused(monkeypatch):
     monkeypatch.setenv(native.BUILD_VARIABLE, "fast")
-    with pytest.raises(native.BuildError, match="RESNET_DETECTION_NATIVE_BUILD='fast' is not a build"):
+    with pytest.raises(native.BuildError, match="RESNET_DETECTION_NATIVE_BUILD='fast' is not a build") as caught:
         native.build_flags()
+    assert caught.value.user_error  # one line on the command line, no traceback
+
+
+def test_sanitize_build_needs_the_asan_runtime_first(monkeypatch, tmp_path):
+    """Loading an ASan-built library into a process without the runtime ends the process: refused
+    before, with the way to run it."""
+    monkeypatch.setenv(native.BUILD_VARIABLE, "sanitize")
+    monkeypatch.setenv("RESNET_DETECTION_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "LOADED", {})
+    monkeypatch.setattr(native, "asan_runtime_loaded", lambda: False)
+    with pytest.raises(native.BuildError, match="run `make sanitize`"):
+        native.load_library("winograd_transforms")
+    assert not (tmp_path / "kernels").exists() or not list((tmp_path / "kernels").iterdir())
