@@ -1,5 +1,6 @@
 """model.backbone.timm_name: timm ResNet-family models as detection backbones (random weights, CPU)."""
 
+import math
 import os
 
 import pytest
@@ -67,6 +68,27 @@ def train_and_infer(model):
     return losses, detections
 
 
+def assert_untrained_losses(losses):
+    """A detector's losses before training: the objectness and class logits start near 0 (weights of
+    std 0.01), so the objectness loss is about ln 2 and the classification loss about ln 4 (3 classes
+    and background), as means over the sampled anchors and RoIs; the box losses are positive."""
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"}
+    losses = {name: float(value.detach()) for name, value in losses.items()}
+    assert losses["loss_rpn_cls"] == pytest.approx(math.log(2), abs=0.06)
+    assert losses["loss_cls"] == pytest.approx(math.log(4), abs=0.06)
+    assert all(0 < losses[name] < 10 for name in ("loss_rpn_box", "loss_box"))
+
+
+def assert_detections_inside(detections, size):
+    height, width = size
+    assert len(detections) == 2
+    for found in detections:
+        boxes = found["boxes"]
+        assert len(boxes) > 0 and set(found["labels"].tolist()) <= {1, 2, 3}
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+        assert (boxes[:, 2:] >= boxes[:, :2]).all() and ((found["scores"] > 0) & (found["scores"] <= 1)).all()
+
+
 # -- (a) features equal timm's own, (b) weights load from a file -----------------------------------
 def test_features_equal_timm_features_only_exactly(saved_weights):
     path, state = saved_weights
@@ -120,9 +142,9 @@ def test_fpn_detector_with_timm_backbone_trains_and_detects():
     model = build_model(detection_cfg(), num_classes=3)
     assert isinstance(model.backbone.body, TimmFeatures)
     losses, detections = train_and_infer(model)
-    assert losses and all(torch.isfinite(v) for v in losses.values())
-    assert model.backbone.body.net.conv1[0].weight.grad is not None
-    assert len(detections) == 2 and detections[0]["boxes"].shape[1] == 4
+    assert_untrained_losses(losses)
+    assert model.backbone.body.net.conv1[0].weight.grad.abs().sum() > 0  # the loss reaches timm's stem
+    assert_detections_inside(detections, (160, 224))
 
 
 # -- (d) the C4 design ----------------------------------------------------------------------------------
@@ -140,15 +162,19 @@ def test_c4_trunk_and_res5_equal_timm_forward_features(saved_weights):
     assert model.backbone.out_strides == {"res4": 16}
 
 
-def test_c4_detector_with_timm_backbone_trains_and_detects():
+def test_c4_detector_with_timm_backbone_trains_and_detects(saved_weights):
+    # Weights with non-zero BatchNorm scales: timm initializes each block's last one to 0, which
+    # frozen BN would keep, and no gradient would then reach the convolutions of the blocks.
+    path, _ = saved_weights
     torch.manual_seed(0)
-    model = build_model(detection_cfg(*C4, "model.backbone.norm=frozen_bn", "model.backbone.freeze_at=2"),
-                        num_classes=3)
+    model = build_model(detection_cfg(*C4, f"model.backbone.weights={path}", "model.backbone.norm=frozen_bn",
+                                      "model.backbone.freeze_at=2"), num_classes=3)
     assert not any(p.requires_grad for p in model.backbone.body.layer1.parameters())
     losses, detections = train_and_infer(model)
-    assert losses and all(torch.isfinite(v) for v in losses.values())
-    assert model.roi_heads.box_head.res5[0].conv1.weight.grad is not None
-    assert len(detections) == 2
+    assert_untrained_losses(losses)
+    assert model.roi_heads.box_head.res5[0].conv1.weight.grad.abs().sum() > 0
+    assert model.backbone.body.layer2[0].conv1.weight.grad.abs().sum() > 0
+    assert_detections_inside(detections, (160, 224))
 
 
 def test_c4_with_a_model_without_layer4_is_one_clear_line():
