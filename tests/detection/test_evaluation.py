@@ -40,12 +40,15 @@ def fixture_dataset(seed=0):
     return {"images": images, "annotations": annotations, "categories": categories}, results
 
 
-def pycocotools_stats(gt, results):
+def pycocotools_stats(gt, results, category_ids=None):
+    """pycocotools' evaluator, over every category or only ``category_ids``."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = copy.deepcopy(gt)
         coco.createIndex()
         evaluator = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), "bbox")
+        if category_ids is not None:
+            evaluator.params.catIds = category_ids
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -59,7 +62,10 @@ def test_scores_equal_pycocotools():
     assert [ours["bbox"][k] for k in STAT_NAMES] == pytest.approx([s * 100 for s in reference.stats], abs=1e-9)
     assert np.isnan(ours["per_category"]["d"])  # no GT: undefined
     assert ours["per_category"]["c"] == 0.0  # GT but no detection
-    assert 0 < ours["per_category"]["a"] <= 100
+    # Each class's AP is pycocotools' AP of an evaluation of that class alone.
+    for name, category_id in (("a", 3), ("b", 7)):
+        alone = pycocotools_stats(gt, results, [category_id]).stats[0] * 100
+        assert 5 < alone < 95 and ours["per_category"][name] == pytest.approx(alone, abs=1e-9), name
 
 
 def test_faster_backend_gives_identical_numbers():
