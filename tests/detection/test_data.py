@@ -150,12 +150,15 @@ def test_decoding_gray_rgba_16bit_and_exif(tmp_path):
     exif[274] = 6  # rotate 90 degrees when displayed
     rotated.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
     assert read_image(str(tmp_path / "rgb.png"))[0, 0].tolist() == [200, 0, 0]
-    assert read_image(str(tmp_path / "rgba.png")).shape == (20, 30, 3)
+    rgba = read_image(str(tmp_path / "rgba.png"))
+    assert rgba.shape == (20, 30, 3) and (rgba == colour).all()  # the alpha channel dropped
     assert read_image(str(tmp_path / "gray.png"))[0, 0].tolist() == [77, 77, 77]
     assert read_image(str(tmp_path / "gray16.png"))[0, 0].tolist() == [40000 >> 8] * 3
     # Annotated data: the stored pixels, the orientation ignored; photos: upright as a viewer shows them.
-    assert read_image(str(tmp_path / "rotated.jpg")).shape == (20, 30, 3)
-    assert read_image(str(tmp_path / "rotated.jpg"), apply_exif_orientation=True).shape == (30, 20, 3)
+    stored = read_image(str(tmp_path / "rotated.jpg"))
+    assert stored.shape == (20, 30, 3)
+    np.testing.assert_array_equal(read_image(str(tmp_path / "rotated.jpg"), apply_exif_orientation=True),
+                                  np.rot90(stored, k=-1))  # orientation 6: turned 90 degrees clockwise
 
 
 def test_train_transform_resizes_flips_and_is_seeded():
@@ -173,6 +176,20 @@ def test_train_transform_resizes_flips_and_is_seeded():
     assert first == [random_sizes(image, boxes, seed=s)[0].shape for s in range(6)]
     assert len(set(first)) > 1
     assert EvalTransform(50, 1000)(image).shape == (50, 100, 3)
+
+
+def test_resized_pixels_are_bilinear_as_opencv_computes_them():
+    """A 0.6 scale (where bilinear and area interpolation differ): the training transform's pixels
+    are OpenCV's bilinear resize, mirrored, and its boxes scaled and mirrored by hand; the test
+    transform's pixels the same resize."""
+    image = np.random.default_rng(0).integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    boxes = np.array([[10, 20, 50, 60]], np.float32)
+    resized = cv2.resize(image, (120, 60), interpolation=cv2.INTER_LINEAR)
+    out_image, out_boxes, _ = TrainTransform([60], 1000, flip_prob=1.0)(image, boxes, seed=0)
+    np.testing.assert_array_equal(out_image, resized[:, ::-1])
+    np.testing.assert_allclose(out_boxes, [[120 - 50 * 0.6, 20 * 0.6, 120 - 10 * 0.6, 60 * 0.6]], atol=1e-4)
+    np.testing.assert_array_equal(EvalTransform(60, 1000)(image), resized)
+    assert EvalTransform(100, 1000)(image) is image  # already at the test scale: not resampled
 
 
 def test_grouped_sampler_groups_shards_and_resumes():
