@@ -92,13 +92,18 @@ def test_average_softmax_of_ten_crops(small_classifier):
 
 
 def test_training_forward_returns_the_cross_entropy(small_classifier):
-    batch = [{"image": random_images(3, 64, 64, seed=i), "label": i % 5} for i in range(4)]
+    batch = [{"image": random_images(3, 64, 64, seed=i), "label": (3 * i + 1) % 5} for i in range(4)]
     small_classifier.train()
     try:
         losses = small_classifier(batch)
+        # By hand, on the same batch in train mode (BatchNorm with the batch's statistics): the mean
+        # over the images of -log softmax at each image's label.
+        logits = small_classifier.logits(small_classifier.normalize(torch.stack([s["image"] for s in batch])))
     finally:
         small_classifier.eval()
-    assert set(losses) == {"loss_cls"} and losses["loss_cls"].ndim == 0 and losses["loss_cls"] > 0
+    expected = -torch.log_softmax(logits, dim=1)[torch.arange(4), torch.tensor([1, 4, 2, 0])].mean()
+    assert set(losses) == {"loss_cls"}
+    torch.testing.assert_close(losses["loss_cls"], expected)
 
 
 def test_topk_errors_hand_computed():
@@ -139,13 +144,25 @@ def test_ten_crops_of_a_small_image():
 
 
 def test_test_views_resize_then_crop():
+    """The shorter side resized (area averaging when shrinking, as OpenCV computes it), then the
+    crops at hand-computed offsets of the resized image."""
+    import cv2
+
     image = coordinate_image(12, 20)
+    resized = cv2.resize(image, (10, 6), interpolation=cv2.INTER_AREA)
     one = EvalTransform("1crop", resize=6, crop_size=4)(image)
-    assert len(one) == 1 and one[0].shape == (4, 4, 3)
+    assert len(one) == 1
+    np.testing.assert_array_equal(one[0], resized[1:5, 3:7])  # centre of 6x10: ((10-4)//2, (6-4)//2)
     ten = EvalTransform("10crop", resize=6, crop_size=4)(image)
-    assert len(ten) == 10 and all(v.shape == (4, 4, 3) for v in ten)
+    corners = [(0, 0), (6, 0), (0, 2), (6, 2), (3, 1)]  # top-left, top-right, bottom-left, bottom-right, centre
+    expected = [resized[y:y + 4, x:x + 4] for x, y in corners]
+    assert len(ten) == 10
+    for view, plain in zip(ten, expected + [e[:, ::-1] for e in expected]):
+        np.testing.assert_array_equal(view, plain)
     dense = EvalTransform("dense", resize=6, crop_size=4, dense_scales=[6, 9])(image)
-    assert [v.shape for v in dense] == [(6, 10, 3), (9, 15, 3)]
+    assert len(dense) == 2
+    np.testing.assert_array_equal(dense[0], resized)
+    np.testing.assert_array_equal(dense[1], cv2.resize(image, (15, 9), interpolation=cv2.INTER_AREA))
 
 
 def test_training_transform_is_deterministic_per_seed():
