@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import cv2
 import pytest
 
 from detection.data.shapes import generate_split
@@ -46,6 +47,11 @@ def test_training_run_writes_config_weights_metrics_and_logs(trained_run):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     iterations = [r["iteration"] for r in records if "total_loss" in r]
     assert iterations == [2, 4]
+    # metrics.json is the final evaluation's record; the logged total is the sum of the logged terms.
+    assert [r["bbox"] for r in records if r.get("type") == "eval"][-1] == metrics["bbox"]
+    for record in (r for r in records if "total_loss" in r):
+        terms = sum(v for k, v in record.items() if k.startswith("loss_"))
+        assert record["total_loss"] == pytest.approx(terms, abs=1e-4)
     # The saved config alone repeats the run: it loads without any other file or override.
     from detection.config import load_detection_config
 
@@ -61,6 +67,16 @@ def test_infer_writes_predictions_and_annotated_images(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = json.loads((tmp_path / "predictions.json").read_text())
     assert all(set(p) == {"file_name", "category_id", "category_name", "bbox", "score"} for p in predictions)
+    # Values that fit the dataset: its category ids and names, boxes (x, y, w, h) inside their image.
+    ann_file = [k.split("=", 1)[1] for k in data_keys if k.startswith("data.test.ann_file")][0]
+    names = {c["id"]: c["name"] for c in json.loads(open(ann_file, encoding="utf-8").read())["categories"]}
+    assert len(predictions) > 0
+    for prediction in predictions:
+        assert names[prediction["category_id"]] == prediction["category_name"]
+        height, width = cv2.imread(prediction["file_name"]).shape[:2]
+        x, y, w, h = prediction["bbox"]
+        assert x >= 0 and y >= 0 and w >= 0 and h >= 0 and x + w <= width + 1e-3 and y + h <= height + 1e-3
+        assert 0 < prediction["score"] <= 1
     assert sorted(os.listdir(tmp_path / "vis")) == sorted(os.listdir(val_dir))
 
 
@@ -76,6 +92,8 @@ def test_eval_only_and_scoring_mode_agree(trained_run, tmp_path):
     from_model = json.loads((tmp_path / "model" / "metrics.json").read_text())["bbox"]
     from_file = json.loads((tmp_path / "files" / "metrics.json").read_text())["bbox"]
     assert from_model == from_file
+    # The final weights score what the training run reported for them.
+    assert from_model == pytest.approx(json.loads((out / "metrics.json").read_text())["bbox"], abs=0.5)
     assert (tmp_path / "plots" / "pr_all.png").is_file()
 
 
