@@ -138,17 +138,25 @@ class _Capture(torch.nn.Module):
         return self.inner(features)
 
 
-@pytest.mark.parametrize("mode", ["paper", "union"])
-def test_multiscale_modes_run_through_the_config(mode):
-    cfg, model = small_model(["test.scales=[96,128,192]", f"test.multiscale_mode={mode}", "test.flip=true",
-                              "test.box_voting=true", "test.box_refinement=true"])
-    tester = build_test_model(model, cfg)
-    assert isinstance(tester, TestTimeDetector)
+def test_multiscale_modes_run_through_the_config():
+    """The test keys reach the options (compared with the defaults' options changed by hand) of a
+    detector wrapping the model, whose detections lie in the image; the two modes differ."""
+    switches = ["test.scales=[96,128,192]", "test.flip=true", "test.box_voting=true", "test.box_refinement=true"]
+    defaults = TestTimeOptions.from_config(small_model()[0].test, small_model()[0].input)
     sample = image_sample(100, 140)
-    detections = tester([sample])[0]
-    assert 0 < len(detections["boxes"]) <= cfg.test.detections_per_img
-    boxes = detections["boxes"]
-    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 140).all() and (boxes[:, 3] <= 100).all()
+    found = {}
+    for mode in ("paper", "union"):
+        cfg, model = small_model(switches + [f"test.multiscale_mode={mode}"])
+        tester = build_test_model(model, cfg)
+        assert isinstance(tester, TestTimeDetector)
+        by_hand = dataclasses.replace(defaults, scales=(96, 128, 192), multiscale_mode=mode, flip=True,
+                                      box_voting=True, box_refinement=True)
+        assert tester.options == by_hand and tester.model is model
+        found[mode] = tester([sample])[0]
+        boxes = found[mode]["boxes"]
+        assert 0 < len(boxes) <= cfg.test.detections_per_img
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 140).all() and (boxes[:, 3] <= 100).all()
+    assert not torch.equal(found["paper"]["scores"][:10], found["union"]["scores"][:10])
 
 
 def test_context_branch_gets_gradient():
