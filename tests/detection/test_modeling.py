@@ -28,7 +28,9 @@ def test_box_coder_round_trip_and_hand_computed_case():
 def test_decode_clamps_huge_sizes():
     coder = BoxCoder()
     box = coder.decode(torch.tensor([[0.0, 0.0, 100.0, 100.0]]), torch.tensor([[0.0, 0.0, 16.0, 16.0]]))
-    assert torch.isfinite(box).all() and box[0, 2] - box[0, 0] <= 1000 + 1e-3
+    # exp(100) would overflow; the log-size delta is capped at log(1000 / 16): a 1000-pixel box
+    # around the reference's centre (8, 8).
+    torch.testing.assert_close(box, torch.tensor([[-492.0, -492.0, 508.0, 508.0]]), rtol=0, atol=1e-3)
 
 
 def test_anchors_match_torchvision_order_and_values():
@@ -91,6 +93,34 @@ def test_balanced_sampling_caps_positives():
     assert len(positive) == 3 and len(negative) == 253
     again = sample_balanced(labels, 256, 0.5, torch.Generator().manual_seed(0))
     assert torch.equal(again[0], sample_balanced(labels, 256, 0.5, torch.Generator().manual_seed(0))[0])
+
+
+def test_sampling_from_a_labelled_row_by_hand():
+    """Six background, three foreground, two ignored candidates and a budget of 4 at a quarter
+    positive: one positive among the three, three negatives among the six, none of the ignored."""
+    labels = torch.tensor([BACKGROUND] * 6 + [FOREGROUND] * 3 + [IGNORE] * 2)
+    for seed in range(5):
+        positive, negative = sample_balanced(labels, 4, 0.25, torch.Generator().manual_seed(seed))
+        assert len(positive) == 1 and 6 <= int(positive[0]) <= 8
+        assert len(set(negative.tolist())) == 3 and set(negative.tolist()) <= set(range(6))
+
+
+def test_low_quality_matches_keep_ties_and_the_best_gt():
+    """Two anchors tie for the best IoU (0.5) with GT 0: both become foreground, though below 0.7;
+    an anchor claimed by GT 1 is matched to the GT it overlaps most."""
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 40.0, 10.0]])
+    candidates = torch.tensor([
+        [0.0, 0.0, 10.0, 20.0],    # IoU 0.5 with GT 0
+        [0.0, -10.0, 10.0, 10.0],  # IoU 0.5 with GT 0: a tie
+        [0.0, 0.0, 5.0, 10.0],     # IoU 0.5 with GT 0 too
+        [15.0, 0.0, 35.0, 10.0],   # IoU 0.6 with GT 1, its best
+        [60.0, 0.0, 70.0, 10.0],   # no overlap: background
+    ])
+    matched, labels = Matcher(0.7, 0.3, allow_low_quality=True)(candidates, gt)
+    assert labels.tolist() == [FOREGROUND, FOREGROUND, FOREGROUND, FOREGROUND, BACKGROUND]
+    assert matched[:4].tolist() == [0, 0, 0, 1]
+    _, strict = Matcher(0.7, 0.3, allow_low_quality=False)(candidates, gt)
+    assert strict.tolist() == [IGNORE, IGNORE, IGNORE, IGNORE, BACKGROUND]
 
 
 def test_fpn_top_down_sum_in_place_equals_torchvision():
