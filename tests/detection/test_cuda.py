@@ -4,6 +4,8 @@ Skipped where no CUDA device is present (CI has none); run them on a GPU machine
 ``pytest tests/detection/test_cuda.py``.
 """
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -73,13 +75,23 @@ def test_cuda_features_match_the_cpu(tmp_path):
         assert relative <= 1e-4, f"{name}: relative difference {relative}"
 
 
+def first_logged_losses(out_dir) -> dict:
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["type"] == "train"][0]
+
+
 @pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
 def test_trains_on_cuda_under_each_precision(amp, fixed_shapes, tmp_path):
     overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + [
         "device=cuda", f"solver.amp={amp}", "solver.channels_last=true", "solver.max_iter=6",
         "solver.checkpoint_period=0", "test.max_images=2", f"output_dir={tmp_path}"]
     metrics = train_detector(load_detection_config(SHAPES_CFG, overrides))
-    assert "AP" in metrics["bbox"]
+    assert 0 <= metrics["bbox"]["AP"] <= metrics["bbox"]["AP50"] <= 100
+    # The first logged losses are an untrained detector's, as on the CPU (test_training.py): ln 2 for
+    # the objectness, ln 6 for the classes (5 shapes and background), to the precision's rounding.
+    first = first_logged_losses(tmp_path)
+    assert first["loss_rpn_cls"] == pytest.approx(math.log(2), abs=0.03)
+    assert first["loss_cls"] == pytest.approx(math.log(6), abs=0.03)
     state = torch.load(tmp_path / "model_final.pth", weights_only=True, map_location="cpu")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     # fp16 keeps its loss scale in the checkpoint, so that a resume does not start from 2**16 again.
@@ -106,6 +118,7 @@ def test_torchrun_one_process_nccl_with_syncbn(fixed_shapes, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "model_final.pth").exists()
+    assert first_logged_losses(tmp_path)["loss_rpn_cls"] == pytest.approx(math.log(2), abs=0.03)
 
 
 def test_balanced_sampling_on_cuda_is_seeded_by_the_cpu_generator():
