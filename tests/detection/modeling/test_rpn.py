@@ -68,6 +68,16 @@ def run_both(rpn, reference, features, with_targets):
     return ours, theirs
 
 
+def test_anchor_grid_by_hand():
+    """One 32-pixel anchor of each ratio (height / width) centred on each cell corner of a 2x2 map
+    at stride 16: ratio 0.5 is 45.25 x 22.63 pixels, rounded to [-23, -11, 23, 11]; positions
+    row-major, ratios within a position."""
+    cells = AnchorGenerator([[32]], [0.5, 1.0, 2.0]).cell_anchors[0]
+    assert cells.tolist() == [[-23, -11, 23, 11], [-16, -16, 16, 16], [-11, -23, 11, 23]]
+    anchors = AnchorGenerator([[32]], [1.0])((32, 32), [(2, 2)], torch.device("cpu"))[0]
+    assert anchors.tolist() == [[-16, -16, 16, 16], [0, -16, 32, 16], [-16, 0, 16, 32], [0, 0, 32, 32]]
+
+
 def test_flattening_follows_torchvision_order():
     generator = torch.Generator().manual_seed(2)
     logits = [torch.randn(2, 3, 4, 5, generator=generator), torch.randn(2, 3, 2, 3, generator=generator)]
@@ -151,7 +161,7 @@ def test_an_image_without_objects_has_zero_box_loss_and_background_objectness():
     logits, _ = image_logits_and_anchors(rpn, features)
     torch.testing.assert_close(losses["loss_rpn_cls"], F.softplus(logits).mean())
     torch.testing.assert_close(losses["loss_rpn_cls"], reference_losses["loss_objectness"], rtol=1e-6, atol=0)
-    assert float(losses["loss_rpn_box"]) == 0.0 == float(reference_losses["loss_rpn_box_reg"])
+    assert float(losses["loss_rpn_box"].detach()) == 0.0 == float(reference_losses["loss_rpn_box_reg"].detach())
     (losses["loss_rpn_cls"] + losses["loss_rpn_box"]).backward()
     assert not rpn.head.bbox_pred.weight.grad.any() and rpn.head.cls_logits.weight.grad.abs().sum() > 0
 
