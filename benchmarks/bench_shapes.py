@@ -21,7 +21,7 @@ sys.path.insert(0, ROOT)
 
 
 def learning_curve(output_dir: str) -> list[dict]:
-    from engine.plot_logs import read_metrics
+    from resnet_engine.plot_logs import read_metrics
 
     _, evals = read_metrics(output_dir)
     return [{"iteration": r["iteration"], "train_minutes": round(r.get("train_time", 0) / 60, 2),

@@ -198,7 +198,7 @@ def budget_overrides(cfg, seconds: float) -> list[str]:
 
 def train_seconds(output_dir: str) -> float:
     """The trainer's own training time (evaluation and checkpoints excluded), from its log."""
-    from engine.plot_logs import read_metrics
+    from resnet_engine.plot_logs import read_metrics
 
     train, evals = read_metrics(output_dir)
     return float([r for r in train + evals if "train_time" in r][-1]["train_time"])

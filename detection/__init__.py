@@ -5,6 +5,6 @@ Where things live: ``modeling/`` (backbone, RPN, RoI heads, test-time improvemen
 ``inference.py``, ``predictor.py`` (single images).
 """
 
-from engine.version import __version__
+from resnet_engine.version import __version__
 
 __all__ = ["__version__"]

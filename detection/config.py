@@ -5,8 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backbones.config import BackboneConfig
-from engine.config import ConfigError, choice, fraction, load_config, non_negative, positive, renamed_keys
-from engine.schema import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, DatasetConfig, SolverConfig
+from resnet_engine.config import (
+    ConfigError,
+    choice,
+    fraction,
+    load_config,
+    non_negative,
+    positive,
+    renamed_keys,
+)
+from resnet_engine.schema import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, DatasetConfig, SolverConfig
 
 
 @dataclass

@@ -14,7 +14,7 @@ import re
 import torch
 
 from backbones.weights import read_state_dict
-from engine.errors import UserError
+from resnet_engine.errors import UserError
 
 # torchvision name pattern -> this toolkit's name
 RENAMES = (

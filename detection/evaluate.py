@@ -6,8 +6,8 @@ import json
 import logging
 import os
 
-from engine import distributed as dist_utils
-from engine.setup import setup_run
+from resnet_engine import distributed as dist_utils
+from resnet_engine.setup import setup_run
 
 from .data.loader import build_test_dataset, build_test_loader
 from .evaluation.coco_eval import (

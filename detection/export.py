@@ -31,7 +31,7 @@ from torch import nn
 from torch.onnx.operators import shape_as_tensor  # public; tensor.shape would be constants in a trace
 from torchvision.ops import nms, remove_small_boxes
 
-from engine.errors import UserError
+from resnet_engine.errors import UserError
 
 from .modeling.faster_rcnn import FasterRCNN
 from .modeling.rpn import flatten_level

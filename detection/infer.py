@@ -7,7 +7,7 @@ import logging
 import os
 import warnings
 
-from engine.errors import UserError
+from resnet_engine.errors import UserError
 
 from .data.image_io import BadImageError
 from .predictor import Predictor
@@ -59,7 +59,7 @@ class PredictionsWriter:
     """A JSON list written one image at a time: what was predicted is on disk however the run ends.
 
     Each image's records are flushed as they come; the closing bracket is written on any exit from
-    the ``with`` block (an error, Ctrl-C, SIGTERM under ``engine.cli.sigterm_as_interrupt``). Only a
+    the ``with`` block (an error, Ctrl-C, SIGTERM under ``resnet_engine.cli.sigterm_as_interrupt``). Only a
     process killed outright leaves the list unclosed, every record before the cut still complete.
     """
 

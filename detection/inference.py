@@ -9,9 +9,9 @@ import torch
 from tqdm import tqdm
 
 from backbones.weights import read_state_dict
-from engine import distributed as dist_utils
-from engine.checkpoint import CheckpointError, load_checkpoint
-from engine.errors import UserError
+from resnet_engine import distributed as dist_utils
+from resnet_engine.checkpoint import CheckpointError, load_checkpoint
+from resnet_engine.errors import UserError
 
 from .data.coco import CategoryMap, split_unreadable
 from .data.loader import build_test_loader

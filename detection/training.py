@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from engine import distributed as dist_utils
-from engine.config import config_to_text
-from engine.distributed import check_batch_divides
-from engine.optim import build_optimizer, build_scheduler
-from engine.setup import setup_run
-from engine.trainer import Trainer
+from resnet_engine import distributed as dist_utils
+from resnet_engine.config import config_to_text
+from resnet_engine.distributed import check_batch_divides
+from resnet_engine.optim import build_optimizer, build_scheduler
+from resnet_engine.setup import setup_run
+from resnet_engine.trainer import Trainer
 
 from .data.loader import build_test_dataset, build_train_dataset, build_train_loader
 from .inference import check_weights_fit, evaluate_model, read_detector_weights

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from backbones.config import BackboneConfig
-from engine.config import (
+from resnet_engine.config import (
     ConfigError,
     bounded,
     choice,
@@ -20,7 +20,7 @@ from engine.config import (
     positive,
     renamed_keys,
 )
-from engine.schema import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, SolverConfig
+from resnet_engine.schema import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, SolverConfig
 
 TEST_MODES = ("1crop", "10crop", "dense")
 

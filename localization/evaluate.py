@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from engine.errors import UserError
+from resnet_engine.errors import UserError
 
 from .data.ilsvrc import (
     Annotations,

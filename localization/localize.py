@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine import distributed as dist_utils
-from engine.checkpoint import load_checkpoint
-from engine.config import config_from_text
-from engine.errors import UserError
+from resnet_engine import distributed as dist_utils
+from resnet_engine.checkpoint import load_checkpoint
+from resnet_engine.config import config_from_text
+from resnet_engine.errors import UserError
 
 from .data.classification import build_test_loader, list_val_images
 from .data.ilsvrc import KAGGLE_HEADER, Annotations, Synsets, read_kaggle_solution

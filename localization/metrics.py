@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from engine.errors import UserError
+from resnet_engine.errors import UserError
 
 from .data.ilsvrc import Box
 from .data.predictions import EMPTY_GUESS

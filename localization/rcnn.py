@@ -51,10 +51,10 @@ from tqdm import tqdm
 from backbones import ResNet
 from backbones.config import BackboneConfig, build_from_config
 from detection.modeling.box_coder import BoxCoder
-from engine import distributed as dist_utils
-from engine.checkpoint import load_checkpoint
-from engine.config import config_from_text
-from engine.errors import UserError
+from resnet_engine import distributed as dist_utils
+from resnet_engine.checkpoint import load_checkpoint
+from resnet_engine.config import config_from_text
+from resnet_engine.errors import UserError
 
 from .config import LocalizationConfig, LocalizerRCNNConfig
 from .data.classification import build_test_loader, list_val_images, to_chw_tensor

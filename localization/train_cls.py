@@ -11,14 +11,14 @@ import torch
 from tqdm import tqdm
 
 from backbones.weights import apply_state_dict, read_state_dict, resolve_weights
-from engine import distributed as dist_utils
-from engine.checkpoint import load_checkpoint
-from engine.config import config_to_text
-from engine.distributed import check_batch_divides
-from engine.errors import UserError
-from engine.optim import build_optimizer, build_scheduler
-from engine.setup import setup_run
-from engine.trainer import Trainer
+from resnet_engine import distributed as dist_utils
+from resnet_engine.checkpoint import load_checkpoint
+from resnet_engine.config import config_to_text
+from resnet_engine.distributed import check_batch_divides
+from resnet_engine.errors import UserError
+from resnet_engine.optim import build_optimizer, build_scheduler
+from resnet_engine.setup import setup_run
+from resnet_engine.trainer import Trainer
 
 from .classifier import Classifier, build_classifier, errors_from_ranks, true_label_ranks
 from .data.classification import (

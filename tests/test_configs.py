@@ -21,7 +21,6 @@ from detection.modeling.poolers import PyramidPooler, SingleLevelPooler
 from detection.modeling.roi_heads import RoIHeads
 from detection.modeling.rpn import RegionProposalNetwork, RPNHead
 from detection.modeling.test_time import TestTimeOptions, box_voting, choose_scale_pairs
-from engine.config import load_config, read_yaml, schema_keys
 from localization.classifier import Classifier
 from localization.config import (
     ClassificationConfig,
@@ -33,6 +32,7 @@ from localization.data.classification import TrainTransform
 from localization.data.localization import LocTrainTransform
 from localization.rcnn import RCNNLocalizer, label_proposals
 from localization.rpn_localizer import RPNLocalizer
+from resnet_engine.config import load_config, read_yaml, schema_keys
 from tests.conftest import ROOT
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli import run_cli
+from resnet_engine.cli import run_cli
 
 
 def main() -> int:

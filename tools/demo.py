@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from engine.cli import config_parser, run_cli
+from resnet_engine.cli import config_parser, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CFG = os.path.join(ROOT, "configs", "shapes.yaml")

@@ -7,7 +7,7 @@ Both print the COCO table and write DIR/metrics.json (percent).
 
 from __future__ import annotations
 
-from engine.cli import OverridesParser, run_cli
+from resnet_engine.cli import OverridesParser, run_cli
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from engine.cli import OverridesParser, run_cli
+from resnet_engine.cli import OverridesParser, run_cli
 
 DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes_loc.yaml")
 
@@ -96,10 +96,10 @@ def plot_files(gt: str, pred: str, synsets_path: str | None, images: str, plots_
 
 
 def run_model_mode(args) -> int:
-    from engine.distributed import is_main_process
     from localization.config import load_localization_config
     from localization.localize import format_rows
     from localization.train_loc import evaluate_localizer_weights
+    from resnet_engine.distributed import is_main_process
 
     overrides = list(args.overrides) + ([f"test.mode={args.test_mode}"] if args.test_mode else [])
     cfg = load_localization_config(args.cfg or DEFAULT_CFG, overrides)

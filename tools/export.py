@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from engine.cli import check_output_file, config_parser, run_cli
+from resnet_engine.cli import check_output_file, config_parser, run_cli
 
 DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes.yaml")
 # Differences above this (pixels, scores or feature values) between the file and PyTorch are reported.

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import os
 
-from engine.cli import check_output_folder, config_parser, looks_like_override, run_cli, sigterm_as_interrupt
+from resnet_engine.cli import (
+    check_output_folder,
+    config_parser,
+    looks_like_override,
+    run_cli,
+    sigterm_as_interrupt,
+)
 
 DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes.yaml")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli import run_cli
+from resnet_engine.cli import run_cli
 
 
 def main() -> int:
@@ -17,7 +17,7 @@ def main() -> int:
     parser.add_argument("--out", help="folder for the PNG files (default: the run's folder)")
     args = parser.parse_args()
 
-    from engine.plot_logs import plot_run
+    from resnet_engine.plot_logs import plot_run
 
     for path in plot_run(args.run, args.out):
         print(path)

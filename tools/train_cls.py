@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from engine.cli import config_parser, run_cli
+from resnet_engine.cli import config_parser, run_cli
 
 DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cls_shapes.yaml")
 
@@ -28,9 +28,9 @@ def main() -> int:
     if args.eval_only and not args.weights:
         parser.error("--eval-only needs --weights")
 
-    from engine.distributed import is_main_process
     from localization.config import load_classification_config
     from localization.train_cls import evaluate_weights, format_metrics, train_classifier
+    from resnet_engine.distributed import is_main_process
 
     cfg = load_classification_config(args.cfg, args.overrides)
     if args.eval_only:

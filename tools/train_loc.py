@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from engine.cli import config_parser, run_cli
+from resnet_engine.cli import config_parser, run_cli
 
 DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes_loc.yaml")
 
@@ -25,10 +25,10 @@ def main() -> int:
                         help="start afresh in an output_dir that holds an earlier run's checkpoints (deletes them)")
     args = parser.parse_args()
 
-    from engine.distributed import is_main_process
     from localization.config import load_localization_config
     from localization.localize import format_rows, network_name
     from localization.train_loc import train_localizer
+    from resnet_engine.distributed import is_main_process
 
     cfg = load_localization_config(args.cfg, args.overrides)
     metrics = train_localizer(cfg, resume=args.resume, overwrite=args.overwrite)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from engine.errors import UserError
+from resnet_engine.errors import UserError
 
 from .image_io import BadImageError, read_image, to_chw_tensor
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from engine.errors import UserError
+from resnet_engine.errors import UserError
 
 
 class BadImageError(UserError):

@@ -6,9 +6,9 @@ import os
 
 import torch
 
-from engine.distributed import get_rank, get_world_size
-from engine.errors import UserError
-from engine.sampler import GroupedBatchSampler
+from resnet_engine.distributed import get_rank, get_world_size
+from resnet_engine.errors import UserError
+from resnet_engine.sampler import GroupedBatchSampler
 
 from .coco import CategoryMap, CocoDetection
 from .shapes import ensure_shapes

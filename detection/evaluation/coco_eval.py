@@ -13,8 +13,8 @@ import warnings
 
 import numpy as np
 
-from engine import distributed as dist_utils
-from engine.errors import UserError
+from resnet_engine import distributed as dist_utils
+from resnet_engine.errors import UserError
 
 from ..data.image_io import BadImageError
 

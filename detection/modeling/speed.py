@@ -111,7 +111,7 @@ def inference_autocast(amp: str, device: torch.device):
     if amp == "off":
         return contextlib.nullcontext()
     if device.type == "cpu" and amp == "fp16":
-        from engine.errors import UserError
+        from resnet_engine.errors import UserError
 
         raise UserError("test.amp=fp16 needs a GPU: use test.amp=bf16 on CPUs (or test.amp=off)")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from detection.data.image_io import BadImageError, read_image, to_chw_tensor
-from engine.distributed import get_rank, get_world_size
-from engine.errors import UserError
-from engine.sampler import GroupedBatchSampler
+from resnet_engine.distributed import get_rank, get_world_size
+from resnet_engine.errors import UserError
+from resnet_engine.sampler import GroupedBatchSampler
 
 from .ilsvrc import Synsets, read_kaggle_solution
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from xml.parsers import expat
 
-from engine.errors import UserError
+from resnet_engine.errors import UserError
 
 Box = tuple[float, float, float, float]
 # image id (file stem) -> [(wnid, box), ...]; for predictions the list is ranked, best first.

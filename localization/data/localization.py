@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.errors import UserError
+from resnet_engine.errors import UserError
 
 from ..rpn_localizer import ViewGeometry
 from .classification import (

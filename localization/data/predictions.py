@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from engine.errors import UserError
+from resnet_engine.errors import UserError
 
 from .ilsvrc import Annotations, Box, Synsets, is_kaggle_csv, numbered_lines, parse_number, read_kaggle_rows
 

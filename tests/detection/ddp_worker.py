@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from detection.config import load_detection_config  # noqa: E402
 from detection.training import train_detector  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+from resnet_engine.trainer import Trainer  # noqa: E402
 
 original_train = Trainer.train
 

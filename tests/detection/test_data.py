@@ -12,7 +12,7 @@ from PIL import Image
 from detection.data.coco import AnnotationError, CocoDetection
 from detection.data.image_io import BadImageError, read_image
 from detection.data.transforms import EvalTransform, TrainTransform
-from engine.sampler import GroupedBatchSampler
+from resnet_engine.sampler import GroupedBatchSampler
 
 
 def write_dataset(root, images, annotations, categories):

@@ -15,7 +15,7 @@ from detection.modeling.test_time import (
     choose_scale_pairs,
     flip_boxes,
 )
-from engine.errors import UserError
+from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.helpers import randomize_bn_statistics
 

@@ -45,7 +45,7 @@ def test_same_detections_as_torchvision(depth, tmp_path, repo_root):
 
 
 def test_converter_rejects_other_models():
-    from engine.errors import UserError
+    from resnet_engine.errors import UserError
 
     with pytest.raises(UserError, match="not a torchvision FasterRCNN"):
         convert_torchvision_detector({"conv1.weight": torch.zeros(1)})
@@ -99,7 +99,7 @@ def test_predictor_fast_path_and_bf16_autocast(tmp_path, repo_root):
     """test.fast (the default of eval_det/infer) keeps the detections; test.amp=bf16 runs on CPUs,
     with the Winograd convolutions in bfloat16 unless test.winograd_bf16=false."""
     from detection.predictor import Predictor
-    from engine.errors import UserError
+    from resnet_engine.errors import UserError
     from resnet_ops.winograd import WinogradConv2d
 
     torch.save(calibrated_torchvision_detector(320, 640, depth=50).state_dict(), tmp_path / "tv.pth")

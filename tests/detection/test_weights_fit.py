@@ -8,7 +8,7 @@ import torch
 from detection.config import load_detection_config
 from detection.inference import load_detector
 from detection.modeling.build import build_model
-from engine.errors import UserError
+from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.helpers import TINY_DETECTOR
 

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from detection.modeling.box_coder import BoxCoder
-from engine.errors import UserError
 from localization.config import LocalizerRCNNConfig, load_localization_config
 from localization.rcnn import (
     BACKGROUND,
@@ -24,6 +23,7 @@ from localization.rcnn import (
     warp_regions,
 )
 from localization.rpn_localizer import ViewGeometry
+from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.localization.test_rpn_localizer import (  # noqa: F401
     FIXED_RANKING,

@@ -201,10 +201,10 @@ FIXED_RANKING = (1, 3, 5, 4, 2)  # the top-5 of write_fixed_ranking_classifier's
 
 def write_fixed_ranking_classifier(tiny_root, path) -> None:
     """A tools/train_cls.py checkpoint whose network ranks the classes FIXED_RANKING on any image."""
-    from engine.checkpoint import atomic_save
-    from engine.config import config_to_text
     from localization.classifier import build_classifier
     from localization.config import load_classification_config
+    from resnet_engine.checkpoint import atomic_save
+    from resnet_engine.config import config_to_text
 
     cls_cfg = load_classification_config(os.path.join(ROOT, "configs", "cls_shapes.yaml"),
                                          ["model.backbone.base_width=8", f"data.root={tiny_root}"])
@@ -224,8 +224,8 @@ def assert_submission_ranks(csv_path, ranking, rows_expected: int = 12) -> None:
 
 
 def test_classifier_top5_classes_get_the_rpn_boxes(tiny_root, tmp_path):
-    from engine.checkpoint import atomic_save
     from localization.train_loc import evaluate_localizer_weights
+    from resnet_engine.checkpoint import atomic_save
 
     cfg = tiny_config(tiny_root, tmp_path, "classifier.mode=1crop")
     localizer = build_localizer(cfg, len(WNIDS))

@@ -168,7 +168,7 @@ def load_tool(name: str):
 ])
 def test_overrides_on_either_side_of_the_options_all_reach_the_config(tool, argv, monkeypatch):
     """The last override is out of range: the error shows it got past argparse into the config."""
-    from engine.config import ConfigError
+    from resnet_engine.config import ConfigError
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", [f"{tool}.py", *argv])
@@ -177,7 +177,7 @@ def test_overrides_on_either_side_of_the_options_all_reach_the_config(tool, argv
 
 
 def test_override_parser_collects_overrides_around_options():
-    from engine.cli import config_parser
+    from resnet_engine.cli import config_parser
 
     parser = config_parser("x")
     parser.add_argument("--resume", action="store_true")
@@ -188,7 +188,7 @@ def test_override_parser_collects_overrides_around_options():
 def test_sigterm_becomes_keyboard_interrupt_inside_the_block_only():
     import signal
 
-    from engine.cli import sigterm_as_interrupt
+    from resnet_engine.cli import sigterm_as_interrupt
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"), sigterm_as_interrupt():
@@ -198,7 +198,7 @@ def test_sigterm_becomes_keyboard_interrupt_inside_the_block_only():
 
 def test_interrupted_tool_exits_with_the_signal_code(tmp_path):
     script = tmp_path / "tool.py"
-    script.write_text("import os, signal\nfrom engine.cli import run_cli, sigterm_as_interrupt\n"
+    script.write_text("import os, signal\nfrom resnet_engine.cli import run_cli, sigterm_as_interrupt\n"
                       "def main():\n    with sigterm_as_interrupt():\n        os.kill(os.getpid(), signal.SIGTERM)\n"
                       "        signal.pause()\n"
                       "run_cli(main)\n")

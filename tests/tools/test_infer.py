@@ -16,7 +16,7 @@ from detection.config import load_detection_config
 from detection.infer import infer_files
 from detection.modeling.build import build_model
 from detection.predictor import DegenerateImageError, Predictor
-from engine.config import ConfigError
+from resnet_engine.config import ConfigError
 from tests.conftest import ROOT
 from tests.helpers import TINY_DETECTOR, subprocess_env
 

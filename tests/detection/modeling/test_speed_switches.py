@@ -10,7 +10,7 @@ from torch import nn
 
 from detection.config import load_detection_config
 from detection.modeling.speed import apply_speed_switches, optimize_for_inference
-from engine.config import ConfigError
+from resnet_engine.config import ConfigError
 from resnet_ops.winograd import WinogradConv2d
 
 

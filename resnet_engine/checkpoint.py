@@ -168,7 +168,7 @@ class Checkpointer:
 
     def _prune(self) -> None:
         """Delete the oldest periodic checkpoints beyond keep_last, never the protected one. Only
-        this run's files are here (engine.run_dir refuses a fresh run over an earlier one)."""
+        this run's files are here (resnet_engine.run_dir refuses a fresh run over an earlier one)."""
         periodic = sorted((p for p in glob.glob(self.path("model_*.pth")) if PERIODIC_PATTERN.search(p)),
                           key=periodic_iteration)
         for stale in periodic[: max(0, len(periodic) - self.keep_last)]:

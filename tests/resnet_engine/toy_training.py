@@ -6,9 +6,9 @@ import math
 import torch
 from torch import nn
 
-from engine.optim import build_optimizer, build_scheduler
-from engine.schema import SolverConfig
-from engine.trainer import Trainer
+from resnet_engine.optim import build_optimizer, build_scheduler
+from resnet_engine.schema import SolverConfig
+from resnet_engine.trainer import Trainer
 
 
 class ToyModel(nn.Module):

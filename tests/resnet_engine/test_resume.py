@@ -3,8 +3,8 @@ current config's optimizer settings for everything else."""
 
 import pytest
 
-from engine.checkpoint import CheckpointError
-from tests.engine.toy_training import ToyModel, make_trainer
+from resnet_engine.checkpoint import CheckpointError
+from tests.resnet_engine.toy_training import ToyModel, make_trainer
 
 CONFIG = "model:\n  inputs: 2\nsolver:\n  optimizer: sgd\n  base_lr: 0.01\n"
 

@@ -24,7 +24,7 @@ def seed_everything(seed: int) -> None:
 
 def setup_run(cfg, save: bool = True, resume: bool = False, overwrite: bool = False) -> torch.device:
     """Select the device, join torchrun's process group and seed; for a training run (``save``), also
-    claim ``output_dir`` (engine/run_dir.py: lock, clean-up, no fresh run over an earlier one unless
+    claim ``output_dir`` (resnet_engine/run_dir.py: lock, clean-up, no fresh run over an earlier one unless
     ``overwrite``) and write ``output_dir/config.yaml`` (a fresh run's), before any other work."""
     device = dist_utils.select_device(cfg.device)
     dist_utils.init_distributed(device)

@@ -75,7 +75,7 @@ def restore_worker_signal(previous) -> None:
 
 
 class Trainer:
-    """Runs one training job in its output folder (claimed for the run: see engine/run_dir.py).
+    """Runs one training job in its output folder (claimed for the run: see resnet_engine/run_dir.py).
 
     Args:
         model: returns a dict of scalar losses for a batch in train mode.

@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from engine.optim import build_optimizer, build_scheduler, lr_factor
+from resnet_engine.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def solver(**changes):

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from engine import distributed
-from engine.errors import UserError
+from resnet_engine import distributed
+from resnet_engine.errors import UserError
 
 
 class BadKey(UserError):

@@ -10,11 +10,11 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from engine.checkpoint import load_checkpoint
-from engine.run_dir import RunDirectory, RunDirectoryError, claim_run_directory, release_run_directory
-from engine.setup import setup_run
+from resnet_engine.checkpoint import load_checkpoint
+from resnet_engine.run_dir import RunDirectory, RunDirectoryError, claim_run_directory, release_run_directory
+from resnet_engine.setup import setup_run
 from tests.conftest import ROOT
-from tests.engine.toy_training import ToyModel, make_trainer
+from tests.resnet_engine.toy_training import ToyModel, make_trainer
 
 
 def run_config(output_dir):
@@ -64,7 +64,7 @@ def test_resume_in_a_used_folder_is_not_refused(tmp_path):
 
 HOLD_THE_FOLDER = """
 import sys, time
-from engine.run_dir import claim_run_directory
+from resnet_engine.run_dir import claim_run_directory
 claim_run_directory(sys.argv[1])
 print("holding", flush=True)
 time.sleep(60)

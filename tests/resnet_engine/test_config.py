@@ -7,7 +7,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from detection.config import load_detection_config
-from engine.config import ConfigError, save_config
+from resnet_engine.config import ConfigError, save_config
 
 
 def write(path, data):
@@ -199,8 +199,8 @@ def with_old_names(text: str, renamed: dict) -> str:
 
 
 def test_renamed_key_tables_map_old_names_to_keys_of_their_schema():
-    from engine.config import RENAMED_KEYS, schema_keys
     from localization.config import ClassificationConfig, LocalizationConfig
+    from resnet_engine.config import RENAMED_KEYS, schema_keys
 
     assert RENAMED_KEYS[LocalizationConfig] == OLD_LOCALIZATION_KEYS
     assert RENAMED_KEYS[ClassificationConfig] == {"input.flip": "input.random_flip"}
@@ -264,9 +264,9 @@ def test_old_and_new_name_of_one_key_together_are_an_error(tmp_path):
 
 
 def test_a_checkpoint_config_with_old_names_resumes_without_spurious_differences():
-    from engine.config import config_differences, config_from_text, config_to_text
-    from engine.resume import changed_keys
     from localization.config import LocalizationConfig, load_localization_config
+    from resnet_engine.config import config_differences, config_from_text, config_to_text
+    from resnet_engine.resume import changed_keys
 
     current = config_to_text(load_localization_config(None, ["rcnn.fg_iou_thresh=0.45"]))
     saved = with_old_names(current, OLD_LOCALIZATION_KEYS)

@@ -7,9 +7,9 @@ import pickle
 import pytest
 import torch
 
-from engine.checkpoint import Checkpointer, CheckpointError, GoodCheckpoints, load_checkpoint
-from engine.trainer import TrainingError
-from tests.engine.toy_training import ToyModel, make_trainer, toy_batches
+from resnet_engine.checkpoint import Checkpointer, CheckpointError, GoodCheckpoints, load_checkpoint
+from resnet_engine.trainer import TrainingError
+from tests.resnet_engine.toy_training import ToyModel, make_trainer, toy_batches
 
 FINITE = {"w": torch.ones(2)}
 

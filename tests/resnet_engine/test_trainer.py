@@ -12,11 +12,11 @@ import time
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint
-from engine.run_dir import RunDirectory
-from engine.trainer import StoppedBySignal, TrainingError
+from resnet_engine.checkpoint import load_checkpoint
+from resnet_engine.run_dir import RunDirectory
+from resnet_engine.trainer import StoppedBySignal, TrainingError
 from tests.conftest import ROOT
-from tests.engine.toy_training import ToyModel, make_trainer, toy_batches
+from tests.resnet_engine.toy_training import ToyModel, make_trainer, toy_batches
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
@@ -180,8 +180,8 @@ def test_a_signal_during_the_final_evaluation_keeps_model_final(tmp_path):
 
 STOPPED_DURING_EVALUATION = """
 import os, signal, sys, time
-from engine.cli import run_cli
-from tests.engine.toy_training import ToyModel, make_trainer
+from resnet_engine.cli import run_cli
+from tests.resnet_engine.toy_training import ToyModel, make_trainer
 
 def evaluate(model):
     print("evaluating", flush=True)
