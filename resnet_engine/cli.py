@@ -118,13 +118,9 @@ def run_cli(main: Callable[[], int | None]) -> None:
 
 
 def _leave_process_group(wait_for_others: bool) -> None:
-    """Leave torchrun's process group in step with the other processes. A process that exits with
-    the group alive, or tears it down while a peer still talks to it, can be aborted by gloo
-    ("terminate called without an active exception"), failing a run that succeeded. After an
-    error the others may never arrive, so only a successful run waits for them."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
-        return
-    if wait_for_others:
-        dist.barrier()
-    dist.destroy_process_group()
+    """Leave torchrun's process group, if the command joined one; only a successful run waits for the
+    other processes. The group is joined through resnet_engine.distributed, so a command that never
+    loaded that module (and torch with it, as --help does not) has none to leave."""
+    distributed = sys.modules.get("resnet_engine.distributed")
+    if distributed is not None:
+        distributed.leave_process_group(wait_for_others)

@@ -160,12 +160,14 @@ def _numbers_in(hint: Any) -> set[type]:
     return set().union(*(_numbers_in(arg) for arg in typing.get_args(hint))) if typing.get_args(hint) else set()
 
 
-def _flatten(tree: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+def flatten_tree(tree: Any, separator: str = ".", prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """(the keys down to a leaf joined by ``separator``, the leaf) for every leaf of nested dicts; an
+    empty dict below the top is a leaf."""
     if isinstance(tree, dict) and (tree or not prefix):
         for key, value in tree.items():
-            yield from _flatten(value, f"{prefix}{key}.")
+            yield from flatten_tree(value, separator, f"{prefix}{key}{separator}")
     else:
-        yield prefix[:-1], tree
+        yield prefix[:len(prefix) - len(separator)], tree
 
 
 def _suggest(key: str, valid: Sequence[str]) -> str:
@@ -357,7 +359,7 @@ class ConfigLoader:
 
     def _merge(self, cfg: DictConfig, layer: dict, source: str) -> DictConfig:
         layer = use_new_names(layer, self.renamed, source)
-        for key, value in _flatten(layer):
+        for key, value in flatten_tree(layer):
             if key in self.sections:
                 if value is None or value == {}:
                     continue
@@ -458,8 +460,8 @@ def config_differences(before_text: str, after_text: str) -> list[str]:
     checkpoints), in key order; keys present on one side only show as ``(absent)``. A key renamed
     between the two is compared under its new name."""
     try:
-        before = dict(_flatten(yaml.safe_load(before_text) or {}))
-        after = dict(_flatten(yaml.safe_load(after_text) or {}))
+        before = dict(flatten_tree(yaml.safe_load(before_text) or {}))
+        after = dict(flatten_tree(yaml.safe_load(after_text) or {}))
     except yaml.YAMLError:
         return []
     before, after = _with_new_names(before, after), _with_new_names(after, before)

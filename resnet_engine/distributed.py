@@ -109,6 +109,21 @@ def reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, flo
     return dict(zip(names, tensor.tolist()))
 
 
-def cleanup() -> None:
-    if is_distributed():
-        dist.destroy_process_group()
+def all_gather_dict(part: dict) -> dict:
+    """The union of every process's dict (each holds its own share of the keys)."""
+    merged = {}
+    for piece in all_gather_objects(part):
+        merged.update(piece)
+    return merged
+
+
+def leave_process_group(wait_for_others: bool = True) -> None:
+    """Leave the process group in step with the other processes. A process that exits with the group
+    alive, or tears it down while a peer still talks to it, can be aborted by gloo ("terminate called
+    without an active exception"), failing a run that succeeded. After an error the others may never
+    arrive: pass ``wait_for_others=False``."""
+    if not is_distributed():
+        return
+    if wait_for_others:
+        dist.barrier()
+    dist.destroy_process_group()

@@ -8,18 +8,18 @@ import math
 import os
 import sys
 
+from tqdm import tqdm
+
+from .config import flatten_tree
+
 logger = logging.getLogger(__name__)
 
 
-def _flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
-    flat = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name + "/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
-    return flat
+def flatten_metrics(record: dict) -> dict[str, float]:
+    """The numbers of a nested metrics record by their "/"-joined names ("bbox/AP"), as TensorBoard
+    and the plots name them."""
+    return {name: float(value) for name, value in flatten_tree(record, "/")
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 class MetricsLogger:
@@ -73,7 +73,7 @@ class MetricsLogger:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, default=_json_default) + "\n")
         if self.writer is not None:
-            for name, value in _flatten(metrics).items():
+            for name, value in flatten_metrics(metrics).items():
                 if math.isfinite(value):
                     self.writer.add_scalar(f"{kind}/{name}", value, iteration)
             self.writer.flush()
@@ -89,18 +89,6 @@ def _json_default(value):
     return str(value)
 
 
-def read_metrics(output_dir: str) -> list[dict]:
-    path = os.path.join(output_dir, "metrics.jsonl")
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                records.append(json.loads(line))
-    return records
-
-
 def progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, file=sys.stderr,
                 unit="it", smoothing=0.1)

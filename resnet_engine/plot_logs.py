@@ -6,6 +6,7 @@ import json
 import os
 
 from .errors import UserError
+from .logger import flatten_metrics
 
 # Evaluation numbers worth a curve, by the name they have in metrics.jsonl (flattened with "/").
 EVAL_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "top1_err", "top5_err", "top1_loc_err", "top5_loc_err",
@@ -27,17 +28,6 @@ def read_metrics(path: str) -> tuple[list[dict], list[dict]]:
                 continue  # a line cut short by a crash
             (evals if record.get("type") == "eval" else train).append(record)
     return train, evals
-
-
-def flatten(record: dict, prefix: str = "") -> dict[str, float]:
-    flat = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
-    return flat
 
 
 def plot_run(path: str, out_dir: str | None = None) -> list[str]:
@@ -78,7 +68,7 @@ def plot_run(path: str, out_dir: str | None = None) -> list[str]:
             axis.grid(alpha=0.3)
             save(figure, "lr.png")
     if evals:
-        flat = [(r["iteration"], flatten(r)) for r in evals]
+        flat = [(r["iteration"], flatten_metrics(r)) for r in evals]
         keys = [k for k in EVAL_KEYS if any(k in values for _, values in flat)]
         if keys:
             figure, axis = plt.subplots(figsize=(7, 4.5))

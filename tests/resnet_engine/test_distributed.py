@@ -32,6 +32,7 @@ def rank_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     seen = {"rank": distributed.get_rank(), "world": distributed.get_world_size(),
             "main": distributed.is_main_process(), "in_group": distributed.is_distributed()}
     seen["gathered"] = distributed.all_gather_objects({"rank": rank, "items": list(range(rank + 2))})
+    seen["union"] = distributed.all_gather_dict({f"image{rank}": rank, f"image{rank + 2}": [rank] * 2})
     seen["from_0"] = distributed.broadcast_object(f"made by rank {rank}")
     seen["from_1"] = distributed.broadcast_object([rank, "x"], src=1)
     seen["mean"] = distributed.reduce_mean({"loss": 1.0 + rank, "other": 10.0 * rank}, torch.device("cpu"))
@@ -55,8 +56,8 @@ def rank_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             messages.append(str(error))
     seen["divides"] = [distributed.check_batch_divides(8), messages]
     distributed.barrier()
-    distributed.cleanup()
-    seen["in_group_after_cleanup"] = distributed.is_distributed()
+    distributed.leave_process_group()
+    seen["in_group_after_leaving"] = distributed.is_distributed()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w", encoding="utf-8") as handle:
         json.dump(seen, handle)
 
@@ -71,13 +72,14 @@ def two_ranks(tmp_path_factory):
 def test_ranks_join_the_group_that_torchrun_describes(two_ranks):
     assert [(s["rank"], s["world"], s["main"], s["in_group"]) for s in two_ranks] == [(0, 2, True, True),
                                                                                        (1, 2, False, True)]
-    assert [s["in_group_after_cleanup"] for s in two_ranks] == [False, False]
+    assert [s["in_group_after_leaving"] for s in two_ranks] == [False, False]
 
 
 def test_gather_broadcast_and_mean(two_ranks):
     expected = [{"rank": 0, "items": [0, 1]}, {"rank": 1, "items": [0, 1, 2]}]
     for seen in two_ranks:
         assert seen["gathered"] == expected  # in rank order, on every rank
+        assert seen["union"] == {"image0": 0, "image2": [0, 0], "image1": 1, "image3": [1, 1]}
         assert seen["from_0"] == "made by rank 0"
         assert seen["from_1"] == [1, "x"]
         assert seen["mean"] == {"loss": 1.5, "other": 5.0}
@@ -106,13 +108,14 @@ def test_without_a_group_every_helper_is_the_identity():
     assert (distributed.get_rank(), distributed.get_world_size(), distributed.is_main_process()) == (0, 1, True)
     payload = {"a": [1, 2]}
     assert distributed.all_gather_objects(payload) == [payload]
+    assert distributed.all_gather_dict(payload) == payload
     assert distributed.broadcast_object(payload) is payload
     assert distributed.reduce_mean({"loss": 2.5}, torch.device("cpu")) == {"loss": 2.5}
     assert distributed.on_main_process(lambda: 7) == 7
     with pytest.raises(BadKey, match="^bad$"):
         distributed.on_main_process(lambda: (_ for _ in ()).throw(BadKey("bad")))
     distributed.barrier()
-    distributed.cleanup()
+    distributed.leave_process_group()
 
 
 @pytest.mark.parametrize("world, ims_per_batch, result", [
