@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import build_resnet
 from .norm import NORMS
 from .resnet import ARCHITECTURES, SHORTCUTS
 
@@ -27,8 +28,6 @@ class BackboneConfig:
 
 def build_from_config(cfg, **kwargs):
     """Build the ResNet described by a ``model.backbone`` section (a dataclass or DictConfig)."""
-    from . import build_resnet
-
     return build_resnet(
         cfg.depth, weights=cfg.weights, trust_pickle=cfg.trust_pickle, norm=cfg.norm,
         freeze_at=cfg.freeze_at, stride_in_1x1=cfg.stride_in_1x1, shortcut=cfg.shortcut,

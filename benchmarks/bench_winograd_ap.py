@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from detection.config import load_detection_config
-    from detection.evaluate import evaluate_weights
+    from detection.evaluation.evaluator import evaluate_weights
 
     rows = []
     for name, overrides in SETTINGS.items():

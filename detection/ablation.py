@@ -11,7 +11,7 @@ import json
 import os
 
 from .config import load_detection_config
-from .evaluate import evaluate_weights
+from .evaluation.evaluator import evaluate_weights
 
 PAPER_SCALES = (200, 400, 600, 800, 1000)  # for the paper's base scale of 600
 PAPER_BASE_SCALE = 600

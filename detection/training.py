@@ -12,9 +12,10 @@ from resnet_engine.setup import setup_run
 from resnet_engine.trainer import Trainer
 
 from .data.loader import build_test_dataset, build_train_dataset, build_train_loader
-from .inference import check_weights_fit, evaluate_model, read_detector_weights
-from .modeling.build import build_model
+from .evaluation.evaluator import evaluate_model
+from .modeling.build import build_model, test_needs_original_images
 from .modeling.speed import apply_speed_switches
+from .weights import check_weights_fit, read_detector_weights
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def train_detector(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     train_set = build_train_dataset(cfg)
     category_map = train_set.category_map
     num_classes = cfg.model.num_classes or category_map.num_classes
-    test_set = build_test_dataset(cfg, category_map)
+    test_set = build_test_dataset(cfg, category_map, resize=not test_needs_original_images(cfg))
 
     model = build_model(cfg, num_classes, backbone_weights=not cfg.model.weights)
     if cfg.model.weights:

@@ -45,6 +45,15 @@ def config_parser(description: str, default_cfg: str | None = None) -> argparse.
     return parser
 
 
+def training_parser(description: str, default_cfg: str) -> argparse.ArgumentParser:
+    """config_parser plus the options every trainer has: ``--resume`` and ``--overwrite``."""
+    parser = config_parser(description, default_cfg)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output_dir that holds an earlier run's checkpoints (deletes them)")
+    return parser
+
+
 def check_output_folder(path: str, option: str) -> None:
     """Stop before any work when ``path`` cannot be (or become) a writable folder."""
     if os.path.exists(path) and not os.path.isdir(path):

@@ -89,6 +89,15 @@ def _json_default(value):
     return str(value)
 
 
+def write_json(obj, path: str) -> None:
+    """``obj`` as indented JSON at ``path`` (folders made as needed), replacing any older file in one
+    step: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(obj, handle, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def progress_bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, file=sys.stderr,
                 unit="it", smoothing=0.1)

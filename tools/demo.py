@@ -23,7 +23,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from detection.config import load_detection_config
-    from detection.infer import infer_files
+    from detection.predict_files import infer_files
     from detection.training import train_detector
 
     cfg = load_detection_config(args.cfg, args.overrides)

@@ -25,14 +25,14 @@ def main() -> int:
     if args.gt or args.det:
         if not (args.gt and args.det):
             parser.error("scoring mode needs both --gt and --det")
-        from detection.evaluate import score_files
+        from detection.evaluation.evaluator import score_files
 
         score_files(args.gt, args.det, args.out or ".", args.backend or "pycocotools", args.plots)
         return 0
     if not (args.cfg and args.weights):
         parser.error("give --cfg and --weights (model mode) or --gt and --det (scoring mode)")
     from detection.config import load_detection_config
-    from detection.evaluate import evaluate_weights
+    from detection.evaluation.evaluator import evaluate_weights
 
     overrides = list(args.overrides) + ([f"test.eval_backend={args.backend}"] if args.backend else [])
     cfg = load_detection_config(args.cfg, overrides)

@@ -40,7 +40,7 @@ def main() -> int:
     check_output_folder(args.out, "--out")
 
     from detection.config import load_detection_config
-    from detection.infer import infer_files
+    from detection.predict_files import infer_files
 
     cfg = load_detection_config(args.cfg, args.overrides)
     with sigterm_as_interrupt():

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import os
 
-from resnet_engine.cli import config_parser, run_cli
+from resnet_engine.cli import run_cli, training_parser
 
 DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cls_shapes.yaml")
 
 
 def main() -> int:
-    parser = config_parser(__doc__.splitlines()[1], default_cfg=DEFAULT_CFG)
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh in an output_dir that holds an earlier run's checkpoints (deletes them)")
+    parser = training_parser(__doc__.splitlines()[1], DEFAULT_CFG)
     parser.add_argument("--eval-only", action="store_true", help="only test --weights on the val set")
     parser.add_argument("--weights", help="classifier weights for --eval-only (a checkpoint, a state dict, "
                                           "or torchvision:IMAGENET1K_V2)")

@@ -52,12 +52,11 @@ def build_train_dataset(cfg) -> CocoDetection:
     return dataset
 
 
-def build_test_dataset(cfg, category_map: CategoryMap) -> CocoDetection:
+def build_test_dataset(cfg, category_map: CategoryMap, resize: bool) -> CocoDetection:
+    """The test set; ``resize=False`` keeps the images as read, for test-time multi-scale and refinement,
+    which resize them themselves (detection.modeling.build.test_needs_original_images)."""
     ensure_synthetic(cfg)
-    from ..modeling.build import test_needs_original_images
-
-    transform = (None if test_needs_original_images(cfg)
-                 else EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test))
+    transform = EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test) if resize else None
     return CocoDetection(cfg.data.test.ann_file, cfg.data.test.img_dir, transform, category_map=category_map,
                          train=False, on_bad_image=cfg.data.on_bad_image, key_prefix="data.test",
                          max_images=cfg.test.max_images)

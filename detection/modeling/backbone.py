@@ -5,6 +5,7 @@ The ResNet is this toolkit's own (backbones/) or, with ``model.backbone.timm_nam
 
 from __future__ import annotations
 
+import difflib
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -154,8 +155,6 @@ def _create_timm(name: str, **kwargs) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
-        import difflib
-
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
         raise BackboneError(f"model.backbone.timm_name: timm has no model '{name}' ({hint})")

@@ -14,6 +14,7 @@ from .matching import Matcher
 from .poolers import PyramidPooler, SingleLevelPooler
 from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork, RPNHead
+from .test_time import TestTimeDetector, TestTimeOptions
 
 
 def build_model(cfg, num_classes: int, backbone_weights: bool = True) -> FasterRCNN:
@@ -103,14 +104,10 @@ def _timm_name(backbone_cfg) -> str:
 
 def build_test_model(model: FasterRCNN, cfg):
     """``model`` itself, or wrapped for the paper's test-time improvements when the config asks for any."""
-    from .test_time import TestTimeDetector, TestTimeOptions
-
     options = TestTimeOptions.from_config(cfg.test, cfg.input)
     return TestTimeDetector(model, options) if options.any_enabled else model
 
 
 def test_needs_original_images(cfg) -> bool:
     """Test-time multi-scale and refinement resize images themselves."""
-    from .test_time import TestTimeOptions
-
     return TestTimeOptions.from_config(cfg.test, cfg.input).any_enabled

@@ -30,6 +30,7 @@ from torch import nn
 
 from backbones import fold_frozen_bn
 from backbones.resnet import Bottleneck
+from resnet_engine.errors import UserError
 from resnet_ops.winograd import (
     INFERENCE_MIN_CHANNELS,
     MAX_CHANNELS,
@@ -111,7 +112,5 @@ def inference_autocast(amp: str, device: torch.device):
     if amp == "off":
         return contextlib.nullcontext()
     if device.type == "cpu" and amp == "fp16":
-        from resnet_engine.errors import UserError
-
         raise UserError("test.amp=fp16 needs a GPU: use test.amp=bf16 on CPUs (or test.amp=off)")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

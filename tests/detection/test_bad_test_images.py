@@ -17,7 +17,7 @@ from detection.data.coco import CategoryMap
 from detection.data.image_io import BadImageError
 from detection.data.loader import build_test_dataset, build_test_loader
 from detection.evaluation.coco_eval import gather_test_results, metrics_for_json, score_test_set
-from detection.inference import evaluate_model, run_inference
+from detection.evaluation.evaluator import evaluate_model, run_inference
 from tests.helpers import TINY_DETECTOR, data_overrides, make_fixed_size_shapes
 
 BAD_IMAGES = (2, 3, 4)
@@ -99,7 +99,7 @@ def reference_ap_on_good_images(gt: dict, model: GroundTruthDetector) -> list[fl
 def test_unreadable_test_images_are_left_out_of_the_evaluation(damaged_val):
     root, gt = damaged_val
     cfg = tiny_cfg(root)
-    dataset = build_test_dataset(cfg, category_map_of(gt))
+    dataset = build_test_dataset(cfg, category_map_of(gt), resize=True)
     model = GroundTruthDetector(gt)
     with pytest.warns(UserWarning, match=r"3 unreadable test images were skipped .*0001.png, .*0002.png, .*0003.png"):
         metrics = evaluate_model(model, dataset, cfg, progress=False)
@@ -113,7 +113,7 @@ def test_two_processes_gather_their_unreadable_images(damaged_val, monkeypatch):
     """Each rank evaluates every second image; the main process scores what both saw."""
     root, gt = damaged_val
     cfg = tiny_cfg(root, "test.ims_per_batch=1")
-    dataset = build_test_dataset(cfg, category_map_of(gt))
+    dataset = build_test_dataset(cfg, category_map_of(gt), resize=True)
     model = GroundTruthDetector(gt)
     parts = []
     for rank in range(2):
@@ -135,7 +135,7 @@ def test_two_processes_gather_their_unreadable_images(damaged_val, monkeypatch):
 
 def test_a_test_image_is_never_replaced_by_another(damaged_val):
     root, gt = damaged_val
-    dataset = build_test_dataset(tiny_cfg(root), category_map_of(gt))
+    dataset = build_test_dataset(tiny_cfg(root), category_map_of(gt), resize=True)
     sample = dataset[1]  # image id 2, unreadable
     assert sample["image"] is None and sample["image_id"] == 2 and sample["skipped"][0].endswith("0001.png")
     assert dataset[4]["image_id"] == 5 and dataset[4]["image"].shape[0] == 3
@@ -143,7 +143,7 @@ def test_a_test_image_is_never_replaced_by_another(damaged_val):
 
 def test_on_bad_image_fail_stops_with_one_line_naming_the_file(damaged_val):
     root, gt = damaged_val
-    dataset = build_test_dataset(tiny_cfg(root, "data.on_bad_image=fail"), category_map_of(gt))
+    dataset = build_test_dataset(tiny_cfg(root, "data.on_bad_image=fail"), category_map_of(gt), resize=True)
     with pytest.raises(BadImageError) as caught:
         list(build_test_loader(dataset, 2, num_workers=0))
     message = str(caught.value)
@@ -164,6 +164,6 @@ def test_no_readable_test_image_is_an_error(tmp_path):
     for path in (tmp_path / "val").iterdir():
         path.write_bytes(b"")
     gt = json.loads(open(ann_file, encoding="utf-8").read())
-    dataset = build_test_dataset(tiny_cfg(tmp_path), category_map_of(gt))
+    dataset = build_test_dataset(tiny_cfg(tmp_path), category_map_of(gt), resize=True)
     with pytest.raises(BadImageError, match="none of the 2 test images can be read, e.g. .*0000.png"):
         evaluate_model(GroundTruthDetector(gt), dataset, tiny_cfg(tmp_path), progress=False)

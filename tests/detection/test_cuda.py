@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from detection.config import load_detection_config
-from detection.inference import load_detector
 from detection.training import train_detector
+from detection.weights import load_detector
 from tests.conftest import ROOT
 from tests.detection.test_torchvision_equivalence import SIZE_OVERRIDES, compare_unordered
 from tests.detection.tv_reference import calibrated_torchvision_detector, shapes_image

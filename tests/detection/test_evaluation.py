@@ -141,7 +141,7 @@ def test_detections_file_with_a_bad_value_names_the_detection(tmp_path, change, 
 
 def test_scoring_mode_refuses_a_nan_score_in_one_line(tmp_path):
     """What eval_det prints after "error: " (test_scoring_mode_command_line runs the command line)."""
-    from detection.evaluate import score_files
+    from detection.evaluation.evaluator import score_files
     from resnet_engine.errors import is_user_error
 
     gt, results = fixture_dataset()

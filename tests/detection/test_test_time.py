@@ -197,7 +197,7 @@ def test_bad_scales_are_one_clear_message(override, message):
 
 
 def test_context_weights_without_context_are_named(tmp_path):
-    from detection.inference import check_weights_fit
+    from detection.weights import check_weights_fit
 
     _, with_context = small_model(["model.roi_head.global_context=true"])
     _, without = small_model()

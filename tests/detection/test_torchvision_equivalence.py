@@ -8,7 +8,7 @@ import torch
 
 from detection.config import load_detection_config
 from detection.convert import convert_torchvision_detector
-from detection.inference import load_detector
+from detection.weights import load_detector
 from tests.detection.tv_reference import calibrated_torchvision_detector, shapes_image
 
 SIZE_OVERRIDES = ["input.min_size_test=320", "input.max_size_test=640"]

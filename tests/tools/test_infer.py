@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from detection.config import load_detection_config
-from detection.infer import infer_files
 from detection.modeling.build import build_model
+from detection.predict_files import infer_files
 from detection.predictor import DegenerateImageError, Predictor
 from resnet_engine.config import ConfigError
 from tests.conftest import ROOT

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from detection.config import load_detection_config
-from detection.inference import load_detector
 from detection.modeling.build import build_model
+from detection.weights import load_detector
 from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.helpers import TINY_DETECTOR

@@ -1,65 +1,16 @@
-"""Running a detector over a dataset, and loading trained or converted detectors."""
+"""Loading trained or converted detectors, and one readable message when weights do not fit the config's model."""
 
 from __future__ import annotations
 
-import logging
-import time
-
 import torch
-from tqdm import tqdm
 
 from backbones.weights import read_state_dict
-from resnet_engine import distributed as dist_utils
 from resnet_engine.checkpoint import CheckpointError, load_checkpoint
 from resnet_engine.errors import UserError
 
-from .data.coco import CategoryMap, split_unreadable
-from .data.loader import build_test_loader
-from .evaluation.coco_eval import detections_to_coco, gather_test_results, metrics_for_json, score_test_set
-from .modeling.build import build_model, build_test_model
-from .modeling.speed import inference_autocast, optimize_for_inference
-
-logger = logging.getLogger(__name__)
-
-
-@torch.inference_mode()
-def run_inference(model, loader, category_ids: list[int], progress: bool = True,
-                  amp: str = "off") -> tuple[list[dict], float, list[tuple[int, str]]]:
-    """COCO results of this process's images, the seconds per image spent in the model, and the
-    (image id, path) of the images that could not be read and were left out."""
-    model.eval()
-    results, model_seconds, images, unreadable = [], 0.0, 0, []
-    bar = tqdm(loader, desc="inference", disable=not (progress and dist_utils.is_main_process()), leave=False)
-    device = next(model.parameters()).device
-    for batch in bar:
-        batch, skipped = split_unreadable(batch)
-        unreadable.extend(skipped)
-        if not batch:
-            continue
-        start = time.perf_counter()
-        with inference_autocast(amp, device):
-            outputs = model(batch)
-        model_seconds += time.perf_counter() - start
-        images += len(batch)
-        for sample, detections in zip(batch, outputs):
-            results.extend(detections_to_coco(sample["image_id"], detections, category_ids))
-    return results, model_seconds / max(images, 1), unreadable
-
-
-def evaluate_model(model, dataset, cfg, progress: bool = True) -> dict:
-    """COCO metrics of ``model`` on ``dataset``, sharded over processes and identical on all of them."""
-    loader = build_test_loader(dataset, cfg.test.ims_per_batch, cfg.data.num_workers)
-    results, seconds, unreadable = run_inference(build_test_model(model, cfg), loader,
-                                                 dataset.category_map.category_ids, progress, cfg.test.amp)
-    results, unreadable = gather_test_results(results, unreadable, len(dataset))
-    metrics = None
-    if dist_utils.is_main_process():
-        scored = score_test_set(dataset.coco.dataset, [r["image_id"] for r in dataset.records], results,
-                                unreadable, cfg.test.eval_backend, source="model detections")
-        metrics = metrics_for_json(scored)  # with num_images and skipped_images
-        metrics["seconds_per_image"] = round(seconds, 4)
-        metrics["_summary"] = scored["summary"]
-    return dist_utils.broadcast_object(metrics)
+from .data.coco import CategoryMap
+from .modeling.build import build_model
+from .modeling.speed import optimize_for_inference
 
 
 def read_detector_weights(path: str) -> tuple[dict, dict]:

@@ -1,0 +1,123 @@
+"""Evaluating a detector: running it over a test set and scoring its detections with COCO AP, and the
+two modes of tools/eval_det.py (a model on a config's test set, or a detections file against a
+ground-truth file)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+from tqdm import tqdm
+
+from resnet_engine import distributed as dist_utils
+from resnet_engine.logger import write_json
+from resnet_engine.setup import setup_run
+
+from ..data.coco import CocoDetection, load_coco, split_unreadable
+from ..data.loader import build_test_dataset, build_test_loader
+from ..modeling.build import build_test_model, test_needs_original_images
+from ..modeling.speed import inference_autocast
+from ..weights import load_fast_detector
+from .coco_eval import (
+    detections_to_coco,
+    evaluate_detections,
+    format_results,
+    gather_test_results,
+    load_results_file,
+    metrics_for_json,
+    score_test_set,
+)
+from .plots import plot_precision_recall
+
+logger = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def run_inference(model, loader, category_ids: list[int], progress: bool = True,
+                  amp: str = "off") -> tuple[list[dict], float, list[tuple[int, str]]]:
+    """COCO results of this process's images, the seconds per image spent in the model, and the
+    (image id, path) of the images that could not be read and were left out."""
+    model.eval()
+    results, model_seconds, images, unreadable = [], 0.0, 0, []
+    bar = tqdm(loader, desc="inference", disable=not (progress and dist_utils.is_main_process()), leave=False)
+    device = next(model.parameters()).device
+    for batch in bar:
+        batch, skipped = split_unreadable(batch)
+        unreadable.extend(skipped)
+        if not batch:
+            continue
+        start = time.perf_counter()
+        with inference_autocast(amp, device):
+            outputs = model(batch)
+        model_seconds += time.perf_counter() - start
+        images += len(batch)
+        for sample, detections in zip(batch, outputs):
+            results.extend(detections_to_coco(sample["image_id"], detections, category_ids))
+    return results, model_seconds / max(images, 1), unreadable
+
+
+def detect_test_set(model, dataset: CocoDetection, cfg,
+                    progress: bool = True) -> tuple[list[dict], list[tuple[int, str]], float]:
+    """The detections of every image of ``dataset``, each process running its share with the config's
+    test-time options, then gathered on every process: (COCO results, the unreadable images' (image id,
+    path), this process's seconds per image in the model)."""
+    loader = build_test_loader(dataset, cfg.test.ims_per_batch, cfg.data.num_workers)
+    results, seconds, unreadable = run_inference(build_test_model(model, cfg), loader,
+                                                 dataset.category_map.category_ids, progress, cfg.test.amp)
+    results, unreadable = gather_test_results(results, unreadable, len(dataset))
+    return results, unreadable, seconds
+
+
+def evaluate_model(model, dataset: CocoDetection, cfg, progress: bool = True) -> dict:
+    """COCO metrics of ``model`` on ``dataset``, sharded over processes and identical on all of them."""
+    results, unreadable, seconds = detect_test_set(model, dataset, cfg, progress)
+    metrics = None
+    if dist_utils.is_main_process():
+        scored = score_test_set(dataset.coco.dataset, [r["image_id"] for r in dataset.records], results,
+                                unreadable, cfg.test.eval_backend, source="model detections")
+        metrics = metrics_for_json(scored)  # with num_images and skipped_images
+        metrics["seconds_per_image"] = round(seconds, 4)
+        metrics["_summary"] = scored["summary"]
+    return dist_utils.broadcast_object(metrics)
+
+
+def evaluate_weights(cfg, weights: str, out_dir: str | None = None, plots_dir: str | None = None) -> dict:
+    """Model mode: run ``weights`` on the config's test set; print and write the COCO metrics and the
+    detections."""
+    device = setup_run(cfg, save=False)
+    out_dir = out_dir or cfg.output_dir
+    inference_autocast(cfg.test.amp, device)  # an unusable test.amp fails before any work
+    model, category_map = load_fast_detector(cfg, weights, device)
+    dataset = build_test_dataset(cfg, category_map, resize=not test_needs_original_images(cfg))
+    results, unreadable, seconds = detect_test_set(model, dataset, cfg)
+    if not dist_utils.is_main_process():
+        return {}
+    write_json(results, os.path.join(out_dir, "detections.json"))
+    metrics = score_test_set(dataset.coco.dataset, [r["image_id"] for r in dataset.records], results, unreadable,
+                             cfg.test.eval_backend, source=weights)
+    report(metrics, out_dir, plots_dir, extra={"seconds_per_image": round(seconds, 4)})
+    metrics["seconds_per_image"] = round(seconds, 4)
+    return metrics
+
+
+def score_files(gt_file: str, det_file: str, out_dir: str, backend: str = "pycocotools",
+                plots_dir: str | None = None) -> dict:
+    """Scoring mode: a COCO results file against a COCO annotation file, no model."""
+    coco = load_coco(gt_file, key_hint="--gt")
+    results = load_results_file(det_file)
+    metrics = evaluate_detections(coco.dataset, results, backend, source=det_file)
+    report(metrics, out_dir, plots_dir)
+    return metrics
+
+
+def report(metrics: dict, out_dir: str, plots_dir: str | None, extra: dict | None = None) -> None:
+    print(metrics["summary"].rstrip())
+    print(format_results(metrics))
+    data = metrics_for_json(metrics)
+    data.update(extra or {})
+    write_json(data, os.path.join(out_dir, "metrics.json"))
+    if plots_dir:
+        plot_precision_recall(metrics, plots_dir)
+    print(f"metrics written to {os.path.join(out_dir, 'metrics.json')}")
