@@ -3,6 +3,9 @@
     from backbones import resnet101
     model = resnet101(weights="resnet101.pth", out_features=["res4", "res5"])
     features = model(images)          # {"res4": ..., "res5": ...}
+
+    cifar = create("resnet56_cifar", plain=True)   # the CIFAR nets of the paper's section 4.2
+    logits = cifar(images32)["logits"]
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .cifar import CIFAR_FEATURES, CIFAR_STAGES, CifarResNet
 from .errors import BackboneError, WeightsError
 from .fuse import fold_conv_norm, fold_frozen_bn
 from .norm import NORMS, FrozenBatchNorm2d, make_norm
@@ -18,8 +22,9 @@ from .resnet import ARCHITECTURES, FEATURE_NAMES, STAGE_NAMES, FeatureInfo, Feat
 from .weights import load_weights, read_state_dict
 
 __all__ = [
-    "ARCHITECTURES", "BackboneError", "FEATURE_NAMES", "FeatureInfo", "FeatureListNet", "FrozenBatchNorm2d",
-    "NORMS", "ResNet", "STAGE_NAMES", "WeightsError", "build_resnet", "create", "fold_conv_norm",
+    "ARCHITECTURES", "BackboneError", "CIFAR_FEATURES", "CIFAR_STAGES", "CifarResNet", "FEATURE_NAMES",
+    "FeatureInfo", "FeatureListNet", "FrozenBatchNorm2d", "NORMS", "ResNet", "STAGE_NAMES", "WeightsError",
+    "build_cifar_resnet", "build_resnet", "create", "fold_conv_norm",
     "fold_frozen_bn", "load_weights", "make_norm", "read_state_dict", "resnet18", "resnet34", "resnet50",
     "resnet101", "resnet152",
 ]
@@ -60,17 +65,42 @@ def resnet152(weights: str | None = None, **kwargs) -> ResNet:
     return build_resnet(152, weights, **kwargs)
 
 
-def create(name: str, weights: str | None = None, features_only: bool = False,
-           out_indices: int | Sequence[int] = (0, 1, 2, 3, 4), **kwargs) -> nn.Module:
-    """Build by name, timm style: ``create("resnet101", weights=PATH, features_only=True)``.
+def build_cifar_resnet(depth: int = 20, weights: str | None = None, trust_pickle: bool = False,
+                       **kwargs) -> CifarResNet:
+    """Build a CIFAR ResNet of ``depth`` and load ``weights`` (a file: no CIFAR weights are published
+    under torchvision or timm names). Keyword arguments are those of :class:`CifarResNet`; freezing
+    is applied after loading, as in :func:`build_resnet`."""
+    freeze_at = kwargs.pop("freeze_at", 0)
+    model = CifarResNet(depth, **kwargs)
+    if weights:
+        if str(weights).startswith(("torchvision:", "timm:")):
+            raise WeightsError(f"no weights named '{weights}' exist for the CIFAR ResNets: pass a file "
+                               "(a state dict, such as a CIFAR training run's model_final.pth)")
+        load_weights(model, weights, trust_pickle=trust_pickle)
+    model.freeze(freeze_at)
+    return model
 
-    ``out_indices`` means what it means in timm: 0 = act1 (stride 2), 1..4 = res2..res5 (strides
-    4..32), negative from the end, an int n the last n maps; ``feature_info`` describes them.
+
+def create(name: str, weights: str | None = None, features_only: bool = False,
+           out_indices: int | Sequence[int] | None = None, **kwargs) -> nn.Module:
+    """Build by name, timm style: ``create("resnet101", weights=PATH, features_only=True)``,
+    ``create("resnet56_cifar", plain=True)``, ``create("resnet164_cifar", preact=True)``.
+
+    ``resnet18`` .. ``resnet200`` are the ImageNet family (1000 classes unless ``num_classes`` is
+    given), ``resnet{depth}_cifar`` the CIFAR family (10 classes unless given). ``out_indices`` means
+    what it means in timm: 0 = act1, 1.. = the stages (res2..res5 at strides 4..32 for ImageNet,
+    stage1..stage3 at strides 1..4 for CIFAR), negative from the end, an int n the last n maps, None
+    every map; ``feature_info`` describes them.
     """
     depth_text = name.removeprefix("resnet")
-    if not depth_text.isdigit():
-        raise BackboneError(f"unknown model '{name}': choose one of " + ", ".join(f"resnet{d}" for d in ARCHITECTURES))
+    cifar = depth_text.endswith("_cifar")
+    depth_text = depth_text.removesuffix("_cifar")
+    if not name.startswith("resnet") or not depth_text.isdigit():
+        raise BackboneError(f"unknown model '{name}': choose one of "
+                            + ", ".join(f"resnet{d}" for d in ARCHITECTURES)
+                            + ", or resnet{depth}_cifar (resnet20_cifar .. resnet1202_cifar, resnet164_cifar, ...)")
+    build, default_classes = (build_cifar_resnet, 10) if cifar else (build_resnet, 1000)
     if not features_only:
-        kwargs.setdefault("num_classes", 1000)
-        return build_resnet(int(depth_text), weights, **kwargs)
-    return FeatureListNet(build_resnet(int(depth_text), weights, **kwargs), out_indices)
+        kwargs.setdefault("num_classes", default_classes)
+        return build(int(depth_text), weights, **kwargs)
+    return FeatureListNet(build(int(depth_text), weights, **kwargs), out_indices)

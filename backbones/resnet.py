@@ -37,6 +37,8 @@ ARCHITECTURES: dict[int, tuple[str, tuple[int, int, int, int]]] = {
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 # "act1" is conv1 after its norm and ReLU (stride 2), "stem" the max-pooled map after it (stride 4).
 FEATURE_NAMES = ("act1", "stem") + STAGE_NAMES + ("logits",)
+# timm's features_only ResNet: out_indices 0..4 index these maps (strides 2, 4, 8, 16, 32).
+TIMM_FEATURES = ("act1",) + STAGE_NAMES
 SHORTCUTS = ("A", "B", "C")
 
 
@@ -186,6 +188,69 @@ class PreActBottleneck(nn.Module):
         return out
 
 
+BLOCKS = {("basic", False): BasicBlock, ("bottleneck", False): Bottleneck,
+          ("basic", True): PreActBasicBlock, ("bottleneck", True): PreActBottleneck}
+
+
+def make_stage(block: type[nn.Module], in_channels: int, planes: int, num_units: int, stride: int, *, norm: str,
+               shortcut: str, plain: bool, stride_in_1x1: bool, activate_first_input: bool) -> nn.Sequential:
+    """``num_units`` units of ``block`` with shortcuts of option ``shortcut`` (none with ``plain``); the first
+    unit changes the shape (``stride``, channels). ``activate_first_input=False`` drops the first
+    pre-activation unit's BN-ReLU, which the stem's already provides (Identity Mappings, appendix)."""
+    preact = block in (PreActBasicBlock, PreActBottleneck)
+    units = []
+    channels = in_channels
+    for unit in range(num_units):
+        out_channels = planes * block.expansion
+        unit_stride = stride if unit == 0 else 1
+        skip = None if plain else make_shortcut(shortcut, channels, out_channels, unit_stride, norm, preact)
+        extra = {"activate_input": activate_first_input or unit > 0} if preact else {}
+        units.append(block(channels, planes, unit_stride, norm, skip, residual=not plain,
+                           stride_in_1x1=stride_in_1x1, **extra))
+        channels = out_channels
+    return nn.Sequential(*units)
+
+
+def init_weights(model: nn.Module, zero_init_residual: bool) -> None:
+    """He initialization of the convs (normal, std sqrt(2 / (k*k*out_channels))), norms at identity, and
+    with ``zero_init_residual`` each post-activation unit's last norm at zero, so that it starts as its
+    shortcut. Pre-activation units end with a conv, not a norm, and are left as initialized."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    if not zero_init_residual:
+        return
+    for module in model.modules():
+        if isinstance(module, (BasicBlock, Bottleneck)):
+            if not module.residual:
+                # A plain unit has no shortcut: a zero norm would cut the signal of the whole net.
+                raise BackboneError("zero_init_residual=True needs residual units: a plain net would start "
+                                    "with every unit's output at zero; drop zero_init_residual or plain")
+            last_norm = module.bn3 if isinstance(module, Bottleneck) else module.bn2
+            if getattr(last_norm, "weight", None) is not None:
+                last_norm.weight.data.zero_()
+
+
+def freeze_stem_and_stages(model: nn.Module, freeze_at: int, num_stages: int) -> None:
+    """Stop gradients in the stem (``conv1``, ``bn1``) when freeze_at >= 1 and in stages ``layer1`` ..
+    ``layer{freeze_at-1}`` of the model's ``num_stages``. Trainable norms in frozen parts become
+    FrozenBatchNorm2d, so that their statistics stay fixed even in train mode."""
+    # Checked here too: the builders apply freeze_at after loading weights, not in the constructor.
+    check_freeze_at(freeze_at, num_stages)
+    if freeze_at >= 1:
+        for part in (model.conv1, model.bn1):
+            part.requires_grad_(False)
+        model.bn1 = FrozenBatchNorm2d.convert(model.bn1)
+    for index in range(1, freeze_at):
+        layer = getattr(model, f"layer{index}", None)
+        if layer is not None:
+            layer.requires_grad_(False)
+            FrozenBatchNorm2d.convert(layer)
+
+
 class ResNet(nn.Module):
     """A ResNet that returns a dict of named features.
 
@@ -201,6 +266,8 @@ class ResNet(nn.Module):
         base_width: channels of the stem and the first stage (64 in the paper); smaller values give
             narrow networks for quick CPU experiments. Pretrained weights need 64.
     """
+
+    timm_features = TIMM_FEATURES
 
     def __init__(
         self,
@@ -233,8 +300,7 @@ class ResNet(nn.Module):
         self.preact = preact
         self.norm = norm
         self.out_features = out_features
-        block = {("basic", False): BasicBlock, ("bottleneck", False): Bottleneck,
-                 ("basic", True): PreActBasicBlock, ("bottleneck", True): PreActBottleneck}[(kind, preact)]
+        block = BLOCKS[(kind, preact)]
 
         # The stem's BN-ReLU also serves as the first pre-activation (Identity Mappings, appendix).
         if base_width % 8 or base_width <= 0:
@@ -248,18 +314,11 @@ class ResNet(nn.Module):
 
         channels = base_width
         for index, (name, num_units) in enumerate(zip(STAGE_NAMES, units)):
-            planes = base_width * 2**index
-            stride = 1 if index == 0 else 2
-            layers = []
-            for unit in range(num_units):
-                out_channels = planes * block.expansion
-                unit_stride = stride if unit == 0 else 1
-                skip = None if plain else make_shortcut(shortcut, channels, out_channels, unit_stride, norm, preact)
-                extra = {"activate_input": not (index == 0 and unit == 0)} if preact else {}
-                layers.append(block(channels, planes, unit_stride, norm, skip, residual=not plain,
-                                    stride_in_1x1=stride_in_1x1, **extra))
-                channels = out_channels
-            self.add_module(f"layer{index + 1}", nn.Sequential(*layers))
+            stage = make_stage(block, channels, base_width * 2**index, num_units, stride=1 if index == 0 else 2,
+                               norm=norm, shortcut=shortcut, plain=plain, stride_in_1x1=stride_in_1x1,
+                               activate_first_input=index > 0)
+            self.add_module(f"layer{index + 1}", stage)
+            channels = base_width * 2**index * block.expansion
             self.out_channels[name] = channels
             self.out_strides[name] = 4 * 2**index
         # Pre-activation nets end with one extra BN-ReLU after the last addition.
@@ -271,23 +330,8 @@ class ResNet(nn.Module):
             self.fc = nn.Linear(channels, num_classes)
             self.out_channels["logits"] = num_classes
         self.stage_names = list(STAGE_NAMES)
-        self._init_weights(zero_init_residual)
+        init_weights(self, zero_init_residual)
         self.freeze(freeze_at)
-
-    # -- construction helpers ---------------------------------------------------------------------
-    def _init_weights(self, zero_init_residual: bool) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        if zero_init_residual and not self.preact:
-            for module in self.modules():
-                last_norm = getattr(module, "bn3", None) if isinstance(module, Bottleneck) else (
-                    getattr(module, "bn2", None) if isinstance(module, BasicBlock) else None)
-                if last_norm is not None and getattr(last_norm, "weight", None) is not None:
-                    last_norm.weight.data.zero_()
 
     def stage(self, name: str) -> nn.Module | None:
         """The module computing feature ``name`` ("res2".."res5"), None once detached."""
@@ -310,20 +354,9 @@ class ResNet(nn.Module):
         return module
 
     def freeze(self, freeze_at: int) -> None:
-        """Stop gradients in the stem (freeze_at >= 1) and the first freeze_at-1 stages.
-
-        Trainable norms in frozen parts become FrozenBatchNorm2d, so that their statistics stay
-        fixed even in train mode.
-        """
-        if freeze_at >= 1:
-            for part in (self.conv1, self.bn1):
-                part.requires_grad_(False)
-            self.bn1 = FrozenBatchNorm2d.convert(self.bn1)
-        for index in range(1, min(freeze_at, 5)):
-            layer = getattr(self, f"layer{index}", None)
-            if layer is not None:
-                layer.requires_grad_(False)
-                FrozenBatchNorm2d.convert(layer)
+        """Stop gradients in the stem (freeze_at >= 1) and the first freeze_at-1 stages
+        (:func:`freeze_stem_and_stages`)."""
+        freeze_stem_and_stages(self, freeze_at, num_stages=len(STAGE_NAMES))
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -356,24 +389,31 @@ class ResNet(nn.Module):
 def check_arguments(depth: int, norm: str, shortcut: str, freeze_at: int) -> None:
     if depth not in ARCHITECTURES:
         raise BackboneError(f"unknown ResNet depth {depth}: choose one of {', '.join(map(str, ARCHITECTURES))}")
+    check_options(norm, shortcut)
+    check_freeze_at(freeze_at, num_stages=len(STAGE_NAMES))
+
+
+def check_options(norm: str, shortcut: str) -> None:
+    """The options both ResNet families share."""
     if norm not in NORMS:
         raise BackboneError(f"unknown norm '{norm}': choose one of {', '.join(NORMS)}")
     if shortcut not in SHORTCUTS:
         raise BackboneError(f"unknown shortcut option '{shortcut}': choose A, B or C")
-    if not 0 <= freeze_at <= 5:
-        raise BackboneError(f"freeze_at must be between 0 and 5, got {freeze_at}")
 
 
-# timm's features_only ResNet: out_indices 0..4 index these maps (strides 2, 4, 8, 16, 32).
-TIMM_FEATURES = ("act1",) + STAGE_NAMES
+def check_freeze_at(freeze_at: int, num_stages: int) -> None:
+    """``freeze_at`` counts the stem and then the stages."""
+    if not 0 <= freeze_at <= num_stages + 1:
+        raise BackboneError(f"freeze_at must be between 0 and {num_stages + 1}, got {freeze_at}")
 
 
-def timm_out_indices(out_indices: int | Sequence[int]) -> tuple[int, ...]:
-    """timm's meaning of ``out_indices`` over TIMM_FEATURES: an int n is the last n maps, negative
-    indices count from the end. Indices must increase: timm returns the maps in network order
-    whatever the order given (while its feature_info follows the order given), so another order
-    is refused rather than guessed."""
-    count = len(TIMM_FEATURES)
+def timm_out_indices(out_indices: int | Sequence[int], names: Sequence[str] = TIMM_FEATURES,
+                     strides: Sequence[int] = (2, 4, 8, 16, 32)) -> tuple[int, ...]:
+    """timm's meaning of ``out_indices`` over a network's maps ``names`` (TIMM_FEATURES for the ImageNet
+    family, at ``strides``): an int n is the last n maps, negative indices count from the end. Indices
+    must increase: timm returns the maps in network order whatever the order given (while its
+    feature_info follows the order given), so another order is refused rather than guessed."""
+    count = len(names)
     if isinstance(out_indices, int) and not isinstance(out_indices, bool):
         if not 1 <= out_indices <= count:
             raise BackboneError(f"out_indices={out_indices} asks for the last {out_indices} feature maps: "
@@ -383,7 +423,8 @@ def timm_out_indices(out_indices: int | Sequence[int]) -> tuple[int, ...]:
     for index in out_indices:
         if isinstance(index, bool) or not isinstance(index, int) or not -count <= index < count:
             raise BackboneError(f"out_indices entry {index!r} is not a feature index: give integers in 0..{count - 1} "
-                                f"(0 = act1 at stride 2, 1..4 = res2..res5 at strides 4..32, as in timm)")
+                                f"(0 = {names[0]} at stride {strides[0]}, 1..{count - 1} = {names[1]}..{names[-1]} "
+                                f"at strides {strides[1]}..{strides[-1]}, as in timm)")
         indices.append(index % count)
     if not indices or any(a >= b for a, b in zip(indices, indices[1:])):
         fix = f"give {tuple(sorted(set(indices)))}" if indices else "give at least one index"
@@ -442,21 +483,26 @@ class FeatureInfo:
 class FeatureListNet(nn.Module):
     """timm-style ``features_only`` network: ``model`` returning the maps of ``out_indices`` (timm's
     meaning, :func:`timm_out_indices`) as a list in network order, described by ``feature_info``.
-    Module names there are those of this network (``model.act1``, ``model.layer1``, ...)."""
+    ``model`` is a :class:`ResNet` or a :class:`backbones.cifar.CifarResNet`: its ``timm_features`` name
+    its maps, ``act1`` then one per stage ``layer1``, ``layer2``, ...; module names in ``feature_info`` are
+    those of this network (``model.act1``, ``model.layer1``, ...). ``out_indices=None``: every map."""
 
-    def __init__(self, model: ResNet, out_indices: int | Sequence[int] = (0, 1, 2, 3, 4)):
+    def __init__(self, model: nn.Module, out_indices: int | Sequence[int] | None = None):
         super().__init__()
-        indices = timm_out_indices(out_indices)
-        self.names = [TIMM_FEATURES[i] for i in indices]
-        missing = [name for name in self.names if name in STAGE_NAMES and model.stage(name) is None]
+        names = model.timm_features
+        if out_indices is None:
+            out_indices = tuple(range(len(names)))
+        indices = timm_out_indices(out_indices, names, [model.out_strides[name] for name in names])
+        self.names = [names[i] for i in indices]
+        missing = [name for name in self.names if name != "act1" and name not in model.stage_names]
         if missing:
             raise BackboneError(f"out_indices {indices} ask for {missing}, which this model no longer has "
                                 "(detached for a C4 head)")
         model.out_features = list(self.names)
         self.model = model
-        modules = ["model.act1"] + [f"model.layer{i + 1}" for i in range(len(STAGE_NAMES))]
+        modules = ["model.act1"] + [f"model.layer{i}" for i in range(1, len(names))]
         info = [{"num_chs": model.out_channels[name], "reduction": model.out_strides[name], "module": module,
-                 "index": index} for index, (name, module) in enumerate(zip(TIMM_FEATURES, modules))]
+                 "index": index} for index, (name, module) in enumerate(zip(names, modules))]
         # out_indices kept as timm keeps them: negative ones as given, an int n as (-n, ..., -1).
         given = tuple(range(-out_indices, 0)) if isinstance(out_indices, int) else tuple(out_indices)
         self.feature_info = FeatureInfo(info, given)
