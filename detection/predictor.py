@@ -5,6 +5,8 @@
 
     predictor = Predictor(load_detection_config("configs/shapes.yaml"), "output/shapes/model_final.pth")
     detections = predictor(image)      # (H, W, 3) uint8 RGB -> {"boxes", "scores", "labels", ...}
+
+or from a detector of detection.builders: ``Predictor(faster_rcnn_r50_fpn(num_classes=3))``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import numpy as np
 import torch
 
+from .builders import built_detector_settings
 from .data.image_io import BadImageError, read_image, to_chw_tensor
 from .data.transforms import EvalTransform, shortest_edge_scale
 from .modeling.build import build_test_model, test_needs_original_images
@@ -28,9 +31,26 @@ class DegenerateImageError(BadImageError):
 class Predictor:
     """A detector in eval mode with its test-time resize; outputs are in the input image's pixels."""
 
-    def __init__(self, cfg, weights: str, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
-        model, self.category_map = load_fast_detector(cfg, weights, self.device)
+    def __init__(self, cfg, weights: str | None = None, device: str | torch.device | None = None):
+        """``cfg`` and ``weights``: a detection config and a detector file, on the inference fast path
+        when test.fast is on (device: the CPU unless given).
+
+        Or ``cfg`` alone is a detector made by detection.builders, with the config and categories its
+        builder recorded on it: it is put in eval mode and run as it is, on its own device unless one
+        is given (``detection.modeling.speed.optimize_for_inference`` gives it the fast path).
+        """
+        if isinstance(cfg, torch.nn.Module):
+            model = cfg
+            cfg, self.category_map = built_detector_settings(model)
+            if weights is not None:
+                raise TypeError("a built detector loads its weights in its builder: faster_rcnn_r50_fpn(weights=...)")
+            model = (model if device is None else model.to(device)).eval()
+            self.device = model.device
+        else:
+            if weights is None:
+                raise TypeError("Predictor(cfg, weights) needs the detector file of the config")
+            self.device = torch.device(device or "cpu")
+            model, self.category_map = load_fast_detector(cfg, weights, self.device)
         self.model = build_test_model(model, cfg)
         self.amp = cfg.test.amp
         inference_autocast(self.amp, self.device)  # an unusable test.amp fails here, not on the first image

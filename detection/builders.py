@@ -1,0 +1,210 @@
+"""Detectors without a config file: each shipped detection config as a function, torchvision style.
+
+    >>> import numpy as np
+    >>> from detection import faster_rcnn_r18_fpn_small
+    >>> from detection.predictor import Predictor
+    >>> model = faster_rcnn_r18_fpn_small(num_classes=3)   # random weights, to try the API
+    >>> predictor = Predictor(model)                        # eval mode, the recipe's test-time resize
+    >>> image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    >>> detections = predictor(image)                       # boxes in the image's own pixels
+    >>> sorted(detections)
+    ['boxes', 'category_ids', 'labels', 'scores']
+    >>> bool((detections["boxes"][:, 2] <= 160).all() and (detections["labels"] <= 3).all())
+    True
+
+Settings are changed with the config's own keys, as keyword arguments named after their section
+(``model``, ``input``, ``test``) holding nested dicts, or as dotted names; both are checked as a
+config override is, so a misspelt key stops with the closest valid one:
+
+    >>> model = faster_rcnn_r50_fpn(num_classes=3, backbone_weights=None,
+    ...                             model={"rpn": {"nms_thresh": 0.6}}, test={"score_thresh": 0.5})
+    >>> model.rpn.nms_thresh, model.roi_heads.score_thresh
+    (0.6, 0.5)
+    >>> model = faster_rcnn_r50_fpn(num_classes=3, backbone_weights=None, **{"model.rpn.nms_thresh": 0.6})
+    >>> faster_rcnn_r50_fpn(num_classes=3, backbone_weights=None, model={"rpn": {"nms_thres": 0.6}})
+    Traceback (most recent call last):
+    resnet_engine.config.ConfigError: unknown key 'model.rpn.nms_thres' in override 'model.rpn.nms_thres=0.6' (did you mean model.rpn.nms_thresh?)
+
+Each builder makes what ``build_model`` makes for its config (same modules, parameter names and
+shapes, same outputs): the settings are the schema's defaults (detection/config.py) with the
+config's changes, which the ``*_RECIPE`` tables below copy from the YAML files
+(tests/detection/test_builders.py compares each with its file). ``num_classes`` counts the
+foreground classes (torchvision's builders count the background too: their 91 is 90 here).
+``weights`` is a detector file, a checkpoint of this toolkit or a converted torchvision detector
+(tools/convert_weights.py), from which ``num_classes`` and the category ids are read;
+``backbone_weights`` are the ImageNet weights of the backbone (``model.backbone.weights``: a
+file, ``torchvision:NAME`` or ``timm:NAME``; None starts from random weights), not loaded when
+``weights`` is given. The model comes back in training mode, on the CPU, with ``config`` (the
+resolved detection config it was built from) and ``category_map`` (its category ids and names),
+which ``Predictor(model)`` reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import yaml
+from omegaconf import DictConfig
+
+from resnet_engine.config import ConfigError
+
+from .config import load_detection_config
+from .data.coco import CategoryMap
+from .modeling.build import build_model
+from .modeling.faster_rcnn import FasterRCNN
+from .weights import load_detector
+
+# The ImageNet weights the COCO configs start from.
+IMAGENET_WEIGHTS = "torchvision:IMAGENET1K_V1"
+
+# What each config changes in the model, input and test sections of the schema's defaults (which
+# are the paper's C4 detector); the depth and the backbone weights come from the builder.
+# configs/base_det.yaml (the C4 configs coco_r50.yaml, coco_r101.yaml, coco_r152.yaml):
+PAPER_C4_RECIPE = {"test": {"nms_thresh": 0.3}}
+# configs/coco_r50_fpn.yaml and coco_r101_fpn.yaml:
+FPN_1X_RECIPE = {
+    "model": {
+        "arch": "fpn",
+        "anchors": {"sizes": [[32], [64], [128], [256], [512]]},
+        "rpn": {"pre_nms_topk_train": 2000, "post_nms_topk_train": 1000,
+                "pre_nms_topk_test": 1000, "post_nms_topk_test": 1000},
+        "roi_head": {"pooler_resolution": 7, "sampling_ratio": 2},
+    },
+    "input": {"min_size_train": [640, 672, 704, 736, 768, 800], "max_size_train": 1333,
+              "min_size_test": 800, "max_size_test": 1333},
+    "test": {"nms_thresh": 0.5},
+}
+# configs/shapes.yaml: a half-width ResNet-18 with thin heads on small images, from scratch.
+SMALL_R18_FPN_RECIPE = {
+    "model": {
+        "arch": "fpn",
+        "backbone": {"norm": "bn", "freeze_at": 0, "base_width": 32},
+        "fpn": {"out_channels": 64},
+        "anchors": {"sizes": [[16], [32], [64], [128], [256]]},
+        "rpn": {"pre_nms_topk_train": 600, "post_nms_topk_train": 300,
+                "pre_nms_topk_test": 300, "post_nms_topk_test": 100},
+        "roi_head": {"batch_size_per_image": 128, "pooler_resolution": 7, "sampling_ratio": 1, "fc_dim": 256},
+    },
+    "input": {"min_size_train": [224, 240, 256], "max_size_train": 400, "min_size_test": 240, "max_size_test": 400},
+    "test": {"nms_thresh": 0.5},
+}
+
+# The sections a built detector reads; solver and data settings belong to a training run.
+DETECTOR_SECTIONS = ("model", "input", "test")
+# Keys that the builders' own arguments set.
+ARGUMENT_KEYS = {"model.num_classes": "num_classes", "model.weights": "weights",
+                 "model.backbone.weights": "backbone_weights"}
+
+
+def faster_rcnn_r50_c4(*, num_classes: int | None = None, weights: str | None = None,
+                       backbone_weights: str | None = IMAGENET_WEIGHTS, **overrides: Any) -> FasterRCNN:
+    """The paper's C4 Faster R-CNN on ResNet-50 (configs/coco_r50.yaml): res5 runs on each region."""
+    return build_detector(PAPER_C4_RECIPE, 50, num_classes, weights, backbone_weights, overrides)
+
+
+def faster_rcnn_r101_c4(*, num_classes: int | None = None, weights: str | None = None,
+                        backbone_weights: str | None = IMAGENET_WEIGHTS, **overrides: Any) -> FasterRCNN:
+    """The paper's COCO detector, C4 Faster R-CNN on ResNet-101 (configs/coco_r101.yaml)."""
+    return build_detector(PAPER_C4_RECIPE, 101, num_classes, weights, backbone_weights, overrides)
+
+
+def faster_rcnn_r152_c4(*, num_classes: int | None = None, weights: str | None = None,
+                        backbone_weights: str | None = IMAGENET_WEIGHTS, **overrides: Any) -> FasterRCNN:
+    """The paper's C4 Faster R-CNN on ResNet-152 (configs/coco_r152.yaml)."""
+    return build_detector(PAPER_C4_RECIPE, 152, num_classes, weights, backbone_weights, overrides)
+
+
+def faster_rcnn_r50_fpn(*, num_classes: int | None = None, weights: str | None = None,
+                        backbone_weights: str | None = IMAGENET_WEIGHTS, **overrides: Any) -> FasterRCNN:
+    """Faster R-CNN with FPN on ResNet-50 (configs/coco_r50_fpn.yaml), the architecture of torchvision's
+    fasterrcnn_resnet50_fpn; its converted weights give torchvision's detections with
+    ``model={"rpn": {"min_size": 0.001}}`` (configs/tv_fasterrcnn_r50_fpn.yaml)."""
+    return build_detector(FPN_1X_RECIPE, 50, num_classes, weights, backbone_weights, overrides)
+
+
+def faster_rcnn_r101_fpn(*, num_classes: int | None = None, weights: str | None = None,
+                         backbone_weights: str | None = IMAGENET_WEIGHTS, **overrides: Any) -> FasterRCNN:
+    """Faster R-CNN with FPN on ResNet-101 (configs/coco_r101_fpn.yaml)."""
+    return build_detector(FPN_1X_RECIPE, 101, num_classes, weights, backbone_weights, overrides)
+
+
+def faster_rcnn_r18_fpn_small(*, num_classes: int | None = None, weights: str | None = None,
+                              backbone_weights: str | None = None, **overrides: Any) -> FasterRCNN:
+    """The embedded default (configs/shapes.yaml): a half-width ResNet-18 FPN for images of about 240
+    pixels, trained from scratch on a CPU in minutes."""
+    return build_detector(SMALL_R18_FPN_RECIPE, 18, num_classes, weights, backbone_weights, overrides)
+
+
+def build_detector(recipe: Mapping, depth: int, num_classes: int | None, weights: str | None,
+                   backbone_weights: str | None, overrides: Mapping[str, Any]) -> FasterRCNN:
+    """The detector of ``recipe`` at ``depth`` with the user's ``overrides``, through the config builder."""
+    cfg = detector_config(recipe, depth, num_classes, backbone_weights, overrides)
+    if weights:
+        model, category_map = load_detector(cfg, weights, torch.device("cpu"))
+        check_class_count(num_classes, category_map, weights)
+        model.train()  # as every freshly built module: the caller switches to eval()
+    elif num_classes:
+        model = build_model(cfg, num_classes, backbone_weights=backbone_weights is not None)
+        category_map = CategoryMap.identity(num_classes)
+    else:
+        raise ConfigError("give num_classes (the foreground classes) or weights to read it from")
+    cfg.model.num_classes = len(category_map.category_ids)
+    model.config, model.category_map = cfg, category_map
+    return model
+
+
+def detector_config(recipe: Mapping, depth: int, num_classes: int | None, backbone_weights: str | None,
+                    overrides: Mapping[str, Any]) -> DictConfig:
+    """The schema's defaults, then ``recipe``, then the user's ``overrides``, each checked as an override."""
+    user = flatten_settings(overrides)
+    for key in user:
+        if key in ARGUMENT_KEYS:
+            raise ConfigError(f"{key} is an argument of the builder: give {ARGUMENT_KEYS[key]} instead")
+    settings = {**flatten_settings(recipe), "model.backbone.depth": depth, "model.backbone.weights": backbone_weights,
+                "model.num_classes": num_classes or 0, **user}
+    cfg = load_detection_config(None, [f"{key}={as_yaml(value, key)}" for key, value in settings.items()])
+    for key in user:  # known keys by now: the config load reports misspelt ones with a suggestion
+        if key.split(".")[0] not in DETECTOR_SECTIONS:
+            raise ConfigError(f"{key} is not a detector setting: the builders take model, input and test keys "
+                              f"(training settings go in a config file)")
+    return cfg
+
+
+def flatten_settings(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"rpn": {"nms_thresh": 0.6}}} and {"model.rpn.nms_thresh": 0.6} -> the latter."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_settings(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def as_yaml(value: Any, key: str) -> str:
+    """``value`` as the right-hand side of a ``key=value`` override (YAML, as on the command line)."""
+    if isinstance(value, tuple):
+        value = list(value)
+    try:
+        text = yaml.safe_dump(value, default_flow_style=True, width=2**31)
+    except yaml.YAMLError:
+        raise ConfigError(f"{key}={value!r}: give a number, a string, a bool, None or a list of them") from None
+    return text.strip().removesuffix("...").strip()
+
+
+def check_class_count(num_classes: int | None, category_map: CategoryMap, weights: str) -> None:
+    """A detector file knows its classes: a different ``num_classes`` would be silently replaced."""
+    recorded = len(category_map.category_ids)
+    if num_classes and num_classes != recorded:
+        raise ConfigError(f"{weights} holds a detector of {recorded} classes, not num_classes={num_classes}: "
+                          f"leave num_classes out")
+
+
+def built_detector_settings(model: torch.nn.Module) -> tuple[DictConfig, CategoryMap]:
+    """The config and category map a builder of this module recorded on ``model``."""
+    if not isinstance(getattr(model, "config", None), DictConfig) or not hasattr(model, "category_map"):
+        raise TypeError("this model was not made by a builder of detection.builders (faster_rcnn_r50_fpn, ...): "
+                        "give its config and weights file, Predictor(cfg, weights)")
+    return model.config, model.category_map

@@ -1,0 +1,220 @@
+"""The config-free builders make the config builder's detector, take the config's keys and checks,
+load detector files, and feed the Predictor."""
+
+import doctest
+import inspect
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import detection
+import detection.builders
+from detection.builders import faster_rcnn_r18_fpn_small, faster_rcnn_r50_fpn
+from detection.config import load_detection_config
+from detection.convert import convert_file
+from detection.modeling.build import build_model
+from detection.predictor import Predictor
+from resnet_engine.config import ConfigError
+from tests.detection.tv_reference import calibrated_torchvision_detector, shapes_image
+
+NUM_CLASSES = 3
+# Few proposals keep res5 on every region of the C4 detectors quick.
+FEW_PROPOSALS = {"model.rpn.post_nms_topk_test": 8}
+
+BUILDERS_AND_CONFIGS = [
+    ("faster_rcnn_r50_c4", "coco_r50.yaml"),
+    ("faster_rcnn_r101_c4", "coco_r101.yaml"),
+    ("faster_rcnn_r152_c4", "coco_r152.yaml"),
+    ("faster_rcnn_r50_fpn", "coco_r50_fpn.yaml"),
+    ("faster_rcnn_r101_fpn", "coco_r101_fpn.yaml"),
+    ("faster_rcnn_r18_fpn_small", "shapes.yaml"),
+]
+
+
+def detector_sections(cfg) -> dict:
+    return {section: OmegaConf.to_container(cfg[section]) for section in ("model", "input", "test")}
+
+
+def file_config(repo_root, config: str):
+    overrides = [f"model.num_classes={NUM_CLASSES}"] + [f"{k}={v}" for k, v in FEW_PROPOSALS.items()]
+    return load_detection_config(f"{repo_root}/configs/{config}", overrides)
+
+
+@pytest.mark.parametrize(("builder_name", "config"), BUILDERS_AND_CONFIGS)
+def test_builder_has_the_config_files_settings_and_modules(builder_name, config, repo_root):
+    """Every setting of the model, input and test sections as the file gives it; the modules and
+    parameter shapes of build_model (on the meta device: no memory, no initialization)."""
+    builder = getattr(detection, builder_name)  # exported from the package
+    file_cfg = file_config(repo_root, config)
+    assert inspect.signature(builder).parameters["backbone_weights"].default == file_cfg.model.backbone.weights
+    file_cfg.model.backbone.weights = None  # no download: the weights' names are compared just above
+    with torch.device("meta"):
+        ours = builder(num_classes=NUM_CLASSES, backbone_weights=None, **FEW_PROPOSALS)
+        reference = build_model(file_cfg, NUM_CLASSES)
+    assert detector_sections(ours.config) == detector_sections(file_cfg)
+    assert repr(ours) == repr(reference)
+    assert ({k: v.shape for k, v in ours.state_dict().items()}
+            == {k: v.shape for k, v in reference.state_dict().items()})
+
+
+def calm_residual_branches(model: torch.nn.Module) -> None:
+    """Scale each bottleneck's last norm down: random deep ResNet activations otherwise grow until no
+    proposal is left to compare."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith(".bn3"):
+                module.weight.mul_(0.1)
+
+
+# One builder per recipe (the depths differ only in model.backbone.depth, compared above).
+@pytest.mark.parametrize(("builder_name", "config"), [BUILDERS_AND_CONFIGS[0], BUILDERS_AND_CONFIGS[3],
+                                                      BUILDERS_AND_CONFIGS[5]])
+def test_builder_gives_the_config_builders_weights_and_detections(builder_name, config, repo_root):
+    file_cfg = file_config(repo_root, config)
+    file_cfg.model.backbone.weights = None
+    torch.manual_seed(0)
+    ours = getattr(detection, builder_name)(num_classes=NUM_CLASSES, backbone_weights=None, **FEW_PROPOSALS)
+    torch.manual_seed(0)
+    reference = build_model(file_cfg, NUM_CLASSES)
+    ours_state, reference_state = ours.state_dict(), reference.state_dict()
+    assert list(ours_state) == list(reference_state)
+    assert all(torch.equal(ours_state[k], reference_state[k]) for k in reference_state)
+
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for model in (ours, reference):
+        calm_residual_branches(model)
+        with torch.no_grad():
+            outputs.append(model.eval()([{"image": image}])[0])
+    assert len(outputs[1]["boxes"]) > 0
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(outputs[0][key], outputs[1][key])
+
+
+def test_overrides_nested_or_dotted_equal_config_overrides(repo_root):
+    overrides = ["model.rpn.nms_thresh=0.6", "test.score_thresh=0.5", "input.min_size_test=640",
+                 "model.anchors.aspect_ratios=[0.5, 1.0]", f"model.num_classes={NUM_CLASSES}"]
+    file_cfg = load_detection_config(f"{repo_root}/configs/coco_r50_fpn.yaml", overrides)
+    nested = faster_rcnn_r50_fpn(num_classes=NUM_CLASSES, backbone_weights=None,
+                                 model={"rpn": {"nms_thresh": 0.6}, "anchors": {"aspect_ratios": (0.5, 1.0)}},
+                                 test={"score_thresh": 0.5}, input={"min_size_test": 640})
+    dotted = faster_rcnn_r50_fpn(num_classes=NUM_CLASSES, backbone_weights=None,
+                                 **{"model.rpn.nms_thresh": 0.6, "model.anchors.aspect_ratios": [0.5, 1.0],
+                                    "test.score_thresh": 0.5, "input.min_size_test": 640})
+    file_cfg.model.backbone.weights = None
+    assert detector_sections(nested.config) == detector_sections(dotted.config) == detector_sections(file_cfg)
+    # The values reach the modules: two aspect ratios make two anchors per position.
+    assert nested.rpn.nms_thresh == 0.6 and nested.roi_heads.score_thresh == 0.5
+    assert nested.rpn.head.cls_logits.out_channels == 2
+
+
+def config_error(overrides: list[str]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_detection_config(None, overrides)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(("settings", "override"), [
+    ({"model": {"rpn": {"nms_thres": 0.6}}}, "model.rpn.nms_thres=0.6"),
+    ({"test": {"score_thresh": 2}}, "test.score_thresh=2"),
+    ({"model": {"backbone": {"norm": "batchnorm"}}}, "model.backbone.norm=batchnorm"),
+    ({"input.min_size_test": [800]}, "input.min_size_test=[800]"),
+])
+def test_bad_settings_get_the_config_override_error(settings, override):
+    with pytest.raises(ConfigError) as caught:
+        faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES, **settings)
+    assert str(caught.value) == config_error([override])
+    assert "did you mean model.rpn.nms_thresh?" in config_error(["model.rpn.nms_thres=0.6"])
+
+
+def test_settings_the_builders_do_not_take():
+    with pytest.raises(ConfigError, match="solver.base_lr is not a detector setting"):
+        faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES, solver={"base_lr": 0.1})
+    with pytest.raises(ConfigError, match="model.num_classes is an argument of the builder: give num_classes"):
+        faster_rcnn_r18_fpn_small(**{"model.num_classes": 3})
+    with pytest.raises(ConfigError, match="model.backbone.weights is an argument of the builder: give backbone_weights"):
+        faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES, model={"backbone": {"weights": "x.pth"}})
+    with pytest.raises(ConfigError, match="give num_classes"):
+        faster_rcnn_r18_fpn_small()
+    with pytest.raises(ConfigError, match="model.rpn.nms_thresh=.*give a number"):
+        faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES, model={"rpn": {"nms_thresh": np.float32(0.5)}})
+
+
+def test_weights_from_a_checkpoint_of_this_toolkit(tmp_path):
+    torch.manual_seed(0)
+    trained = faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES)
+    meta = {"num_classes": NUM_CLASSES, "category_ids": [5, 7, 9], "class_names": ["cat", "dog", "owl"]}
+    torch.save({"model": trained.state_dict(), "meta": meta}, tmp_path / "model_final.pth")
+
+    torch.manual_seed(1)  # another initialization, which the file's weights must replace
+    loaded = faster_rcnn_r18_fpn_small(weights=str(tmp_path / "model_final.pth"))
+    assert loaded.training
+    assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in trained.state_dict().items())
+    assert loaded.category_map.category_ids == [5, 7, 9] and loaded.category_map.names == ["cat", "dog", "owl"]
+    assert loaded.config.model.num_classes == NUM_CLASSES
+
+    with pytest.raises(ConfigError, match=r"holds a detector of 3 classes, not num_classes=4: leave num_classes out"):
+        faster_rcnn_r18_fpn_small(num_classes=4, weights=str(tmp_path / "model_final.pth"))
+    image = shapes_image(3, 120, 160)
+    detections = Predictor(loaded)(image)
+    labels = detections["labels"]
+    assert len(labels) > 0 and np.array_equal(detections["category_ids"], np.array([5, 7, 9])[labels - 1])
+
+
+def test_weights_of_a_converted_torchvision_detector_give_its_detections(tmp_path):
+    """torchvision's FasterRCNN on a ResNet-18 FPN, converted: the builder's detector (its depth and
+    torchvision's proposal size limit as overrides) detects what torchvision does."""
+    reference_model = calibrated_torchvision_detector(160, 320, depth=18)
+    image = torch.from_numpy(shapes_image(7, 160, 224)).permute(2, 0, 1).contiguous()
+    with torch.no_grad():
+        reference = reference_model([image.float() / 255])[0]
+    torch.save(reference_model.state_dict(), tmp_path / "tv.pth")
+    convert_file(str(tmp_path / "tv.pth"), str(tmp_path / "converted.pth"))
+
+    model = faster_rcnn_r50_fpn(weights=str(tmp_path / "converted.pth"),
+                                model={"backbone": {"depth": 18}, "rpn": {"min_size": 0.001}},
+                                input={"min_size_test": 160, "max_size_test": 320})
+    with torch.no_grad():
+        ours = model.eval()([{"image": image}])[0]
+    assert len(reference["boxes"]) > 10
+    assert torch.equal(ours["labels"], reference["labels"])
+    assert (ours["boxes"] - reference["boxes"]).abs().max() <= 1e-3
+    assert (ours["scores"] - reference["scores"]).abs().max() <= 1e-4
+    assert model.category_map.category_ids == list(range(1, 91))
+
+
+def test_predictor_of_a_built_detector_equals_its_forward():
+    torch.manual_seed(0)
+    model = faster_rcnn_r50_fpn(num_classes=NUM_CLASSES, backbone_weights=None,
+                                input={"min_size_test": 128, "max_size_test": 192},
+                                model={"rpn": {"post_nms_topk_test": 50}})
+    image = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    detections = Predictor(model)(image)
+    assert not model.training
+
+    # The test scale by hand: the shorter side 64 -> 128 (the longer, 160, stays under 192).
+    resized = cv2.resize(image, (160, 128), interpolation=cv2.INTER_LINEAR)
+    with torch.no_grad():
+        expected = model([{"image": torch.from_numpy(resized).permute(2, 0, 1), "height": 64, "width": 80}])[0]
+    assert len(expected["boxes"]) > 0
+    for key in ("boxes", "scores", "labels"):
+        assert np.array_equal(detections[key], expected[key].numpy())
+    assert np.array_equal(detections["category_ids"], detections["labels"])
+
+
+def test_predictor_needs_a_built_detector_or_a_weights_file(repo_root):
+    cfg = load_detection_config(f"{repo_root}/configs/shapes.yaml")
+    with pytest.raises(TypeError, match="not made by a builder of detection.builders"):
+        Predictor(build_model(cfg, NUM_CLASSES, backbone_weights=False))
+    with pytest.raises(TypeError, match="loads its weights in its builder"):
+        Predictor(faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES), "model_final.pth")
+    with pytest.raises(TypeError, match="needs the detector file"):
+        Predictor(cfg)
+
+
+def test_docstring_examples_run():
+    results = doctest.testmod(detection.builders, optionflags=doctest.ELLIPSIS)
+    assert results.attempted >= 10 and results.failed == 0
