@@ -308,7 +308,8 @@ class Trainer:
         except (ConnectionError, EOFError) as error:
             # A worker that died while handing over a batch breaks the pipe before PyTorch notices.
             raise self._worker_died(f"{type(error).__name__}: {error}") from None
-        for sample in batch:
+        # A batch is a list of samples, or one dict of batched tensors (CIFAR's loaders).
+        for sample in [batch] if isinstance(batch, dict) else batch:
             self.skipped_files.update(sample.get("skipped", ()))
         return batch
 

@@ -1,0 +1,261 @@
+"""The paper's CIFAR protocol: the splits, the per-pixel mean, the training augmentation, the loaders.
+
+Splits (section 4.2 of the paper): the schedule was chosen on a 45k/5k train/val split of the 50k
+training images; the final nets train on all 50k and are tested on the 10k test images.
+
+    "trainval"  every image of the training files (CIFAR: 50,000)
+    "train"     the training files without the last ``val_images`` of them (CIFAR: the first 45,000)
+    "val"       the last ``val_images`` images of the training files (CIFAR: the last 5,000)
+    "test"      the test file (CIFAR: 10,000)
+
+The held-out images are the last ones in file order (the second half of data_batch_5): no seed is
+involved, so any other program can rebuild the same split. ``val_images`` defaults to a tenth of the
+training files (5,000 for CIFAR, the paper's split).
+
+Inputs: the per-pixel mean image of the training split in use is subtracted from every image (train
+and test alike; :func:`save_pixel_mean` keeps it with a run so that evaluation subtracts the same
+one). Training: 4 pixels of zeros are padded on each side of the mean-subtracted image, a random
+32x32 crop of the 40x40 result is taken, and flipped horizontally half the time. The padding is
+zero after the mean subtraction, i.e. the padded border holds "average" pixels, which carry no
+signal, as in fb.resnet.torch (torchvision-style recipes pad the raw image with black instead).
+Test: the single 32x32 image, mean subtracted.
+
+Augmentation draws come from a generator seeded by the sampler's per-sample seed, so that a sample
+depends only on (run seed, epoch, image) and a resumed run sees exactly the batches it would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from resnet_engine.distributed import get_rank, get_world_size
+from resnet_engine.sampler import GroupedBatchSampler
+
+from .cifar import IMAGE_SHAPE, CifarArrays, CifarError, CifarSource, find_cifar, read_class_names, read_split
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("trainval", "train", "val", "test")
+PADDING = 4
+
+
+# --------------------------------------------------------------------------------------------- splits
+
+
+def held_out_count(num_training: int, val_images: int | None) -> int:
+    """How many of the last training images form "val": ``val_images``, or a tenth of them."""
+    count = num_training // 10 if val_images is None else int(val_images)
+    if not 0 < count < num_training:
+        raise CifarError(f"val_images={val_images} must leave images on both sides of the split: give a "
+                         f"number between 1 and {num_training - 1} (the training files hold {num_training})")
+    return count
+
+
+def select_split(training: CifarArrays, split: str, val_images: int | None = None) -> CifarArrays:
+    """The "trainval", "train" or "val" images of the training files, as views (no copy)."""
+    if split == "trainval":
+        return training
+    if split not in ("train", "val"):
+        raise CifarError(f"unknown CIFAR split {split!r}: choose one of {', '.join(SPLITS)}")
+    cut = len(training) - held_out_count(len(training), val_images)
+    part = slice(0, cut) if split == "train" else slice(cut, None)
+    coarse = None if training.coarse_labels is None else training.coarse_labels[part]
+    return CifarArrays(training.images[part], training.labels[part], coarse)
+
+
+# --------------------------------------------------------------------------------------------- the mean image
+
+
+def pixel_mean(images: np.ndarray, chunk: int = 5000) -> np.ndarray:
+    """The mean image (float32, 3 x 32 x 32) of uint8 ``images``, summed in float64 chunk by chunk."""
+    if len(images) == 0:
+        raise ValueError("the mean of no images is undefined")
+    total = np.zeros(images.shape[1:], dtype=np.float64)
+    for start in range(0, len(images), chunk):
+        total += images[start:start + chunk].sum(axis=0, dtype=np.float64)
+    return (total / len(images)).astype(np.float32)
+
+
+def save_pixel_mean(path: str, mean: np.ndarray) -> None:
+    """Write the mean image as a .npy file (atomically)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    partial = f"{path}.tmp.{os.getpid()}.npy"
+    np.save(partial, np.asarray(mean, dtype=np.float32))
+    os.replace(partial, path)
+
+
+def load_pixel_mean(path: str) -> np.ndarray:
+    """Read a mean image written by :func:`save_pixel_mean` (no pickled objects are loaded)."""
+    try:
+        mean = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise CifarError(f"pixel mean not found: {path} (it is written by the training run; give the run's "
+                         f"folder, or train again)") from None
+    except (OSError, ValueError) as error:
+        raise CifarError(f"cannot read the pixel mean {path} ({error}): the file is damaged") from None
+    if mean.shape != IMAGE_SHAPE or not np.isfinite(mean).all():
+        raise CifarError(f"{path} holds an array of shape {mean.shape} and not a finite 3x32x32 mean image: "
+                         f"the file is damaged or not a pixel mean")
+    return mean.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------- augmentation
+
+
+def augmentation_draws(seed: int, padding: int = PADDING) -> tuple[int, int, bool]:
+    """(top, left, flip) of one training view: the crop's corner in the padded image, and the mirror."""
+    rng = np.random.default_rng(seed)
+    top, left = (int(v) for v in rng.integers(0, 2 * padding + 1, size=2))
+    return top, left, bool(rng.random() < 0.5)
+
+
+def pad_crop_flip(pixels: np.ndarray, seeds: Sequence[int], padding: int = PADDING) -> np.ndarray:
+    """Each (3, H, W) image of ``pixels`` zero-padded, randomly cropped back to H x W, maybe mirrored."""
+    count, channels, height, width = pixels.shape
+    padded = np.zeros((count, channels, height + 2 * padding, width + 2 * padding), dtype=pixels.dtype)
+    padded[:, :, padding:padding + height, padding:padding + width] = pixels
+    views = np.empty_like(pixels)
+    for k, seed in enumerate(seeds):
+        top, left, flip = augmentation_draws(seed, padding)
+        view = padded[k, :, top:top + height, left:left + width]
+        views[k] = view[:, :, ::-1] if flip else view
+    return views
+
+
+# --------------------------------------------------------------------------------------------- dataset
+
+
+class CifarDataset(torch.utils.data.Dataset):
+    """CIFAR images as mean-subtracted float tensors, augmented when ``train``.
+
+    ``dataset[(index, seed)]`` (or ``dataset[index]``, seeded by the index) is one sample
+    {"image": float32 (3, 32, 32), "label": int}; :meth:`batch` makes a whole batch at once
+    {"images": float32 (B, 3, 32, 32), "labels": int64 (B,)}, which is what the loaders yield.
+    """
+
+    def __init__(self, arrays: CifarArrays, mean: np.ndarray, train: bool, padding: int = PADDING,
+                 class_names: Sequence[str] | None = None):
+        self.images = arrays.images
+        self.labels = arrays.labels
+        self.coarse_labels = arrays.coarse_labels
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.train = train
+        self.padding = padding
+        self.class_names = list(class_names) if class_names is not None else None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, item) -> dict:
+        batch = self.batch([item])
+        return {"image": batch["images"][0], "label": int(batch["labels"][0])}
+
+    def batch(self, items: Sequence) -> dict[str, torch.Tensor]:
+        """The samples of ``items``: (index, seed) pairs, or bare indices (seeded by themselves)."""
+        pairs = [item if isinstance(item, tuple) else (item, item) for item in items]
+        indices = np.fromiter((int(index) for index, _ in pairs), dtype=np.int64, count=len(pairs))
+        pixels = self.images[indices].astype(np.float32)
+        pixels -= self.mean
+        if self.train:
+            pixels = pad_crop_flip(pixels, [seed for _, seed in pairs], self.padding)
+        return {"images": torch.from_numpy(pixels), "labels": torch.from_numpy(self.labels[indices])}
+
+
+class _WholeBatches(torch.utils.data.Dataset):
+    """A view of a CifarDataset indexed by whole batches: one vectorized call per batch, in the worker."""
+
+    def __init__(self, dataset: CifarDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, items):
+        return self.dataset.batch(items)
+
+
+def keep_batch(batch: dict) -> dict:
+    return batch
+
+
+def _loader_options(num_workers: int, persistent: bool) -> dict:
+    # batch_size=None: the sampler yields whole batches and the dataset builds each in one call.
+    options = {"batch_size": None, "num_workers": num_workers, "collate_fn": keep_batch, "pin_memory": False}
+    if num_workers > 0:
+        # A hung worker becomes an error instead of a silent stall.
+        options.update(persistent_workers=persistent, prefetch_factor=2, timeout=600)
+    return options
+
+
+def build_cifar_train_loader(dataset: CifarDataset, images_per_process: int, seed: int, num_workers: int,
+                             start_step: int = 0) -> torch.utils.data.DataLoader:
+    """Infinite, resumable, sharded training batches: from ``start_step`` on, the batches a run from
+    step 0 would have had there, whatever the number of workers."""
+    sampler = GroupedBatchSampler([1.0] * len(dataset), images_per_process, seed, rank=get_rank(),
+                                  world_size=get_world_size(), start_step=start_step, group_by_aspect=False)
+    # A private generator keeps the loader from drawing on the global RNG (exact resume).
+    return torch.utils.data.DataLoader(_WholeBatches(dataset), sampler=sampler, generator=torch.Generator(),
+                                       **_loader_options(num_workers, persistent=True))
+
+
+def build_cifar_test_loader(dataset: CifarDataset, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+    """This process's share of the test images (every world_size-th), in order, in batches."""
+    indices = list(range(get_rank(), len(dataset), get_world_size()))
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    return torch.utils.data.DataLoader(_WholeBatches(dataset), sampler=batches,
+                                       **_loader_options(num_workers, persistent=False))
+
+
+# --------------------------------------------------------------------------------------------- the whole set
+
+
+@dataclass
+class CifarSets:
+    """The training and test datasets of one run, the mean image they subtract and where they come from."""
+
+    train: CifarDataset
+    test: CifarDataset
+    mean: np.ndarray
+    source: CifarSource
+
+
+def _split_of(source: CifarSource, split: str, val_images: int | None, cache: dict) -> CifarArrays:
+    if split not in SPLITS:
+        raise CifarError(f"unknown CIFAR split {split!r}: choose one of {', '.join(SPLITS)}")
+    part = "test" if split == "test" else "train"
+    if part not in cache:  # the training files are read once for "train" and "val"
+        cache[part] = read_split(source, part)
+    return cache[part] if split == "test" else select_split(cache[part], split, val_images)
+
+
+def build_cifar_sets(root: str | None = None, train_split: str = "trainval", test_split: str = "test",
+                     val_images: int | None = None, num_classes: int | None = None,
+                     mean: np.ndarray | None = None, padding: int = PADDING) -> CifarSets:
+    """Read the CIFAR folder in ``root`` (None: the synthetic set, generated on first use) and build
+    the training and test datasets. ``mean`` (a run's saved mean) replaces the training split's own."""
+    if root is None:
+        from .synthetic_cifar import ensure_synthetic_cifar
+
+        root = ensure_synthetic_cifar()
+    source = find_cifar(root, num_classes)
+    if {train_split, test_split} in ({"trainval", "val"}, {"train", "trainval"}) or train_split == test_split:
+        warnings.warn(f"the test split {test_split!r} shares images with the training split {train_split!r}: "
+                      f"its error is not a held-out error", stacklevel=2)
+    cache: dict = {}
+    train = _split_of(source, train_split, val_images, cache)
+    test = _split_of(source, test_split, val_images, cache)
+    mean = pixel_mean(train.images) if mean is None else np.asarray(mean, dtype=np.float32)
+    if mean.shape != IMAGE_SHAPE:
+        raise ValueError(f"mean must be a 3x32x32 image, not of shape {mean.shape}")
+    names = read_class_names(source)
+    logger.info("%s: %d training images (%s), %d test images (%s)", source.describe(), len(train), train_split,
+                len(test), test_split)
+    return CifarSets(CifarDataset(train, mean, train=True, padding=padding, class_names=names),
+                     CifarDataset(test, mean, train=False, padding=padding, class_names=names), mean, source)
