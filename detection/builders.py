@@ -44,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from omegaconf import DictConfig
@@ -149,7 +150,8 @@ def build_detector(recipe: Mapping, depth: int, num_classes: int | None, weights
         model = build_model(cfg, num_classes, backbone_weights=backbone_weights is not None)
         category_map = CategoryMap.identity(num_classes)
     else:
-        raise ConfigError("give num_classes (the foreground classes) or weights to read it from")
+        raise ConfigError("give num_classes= (the number of foreground classes), or weights= a detector file "
+                          "that records it")
     cfg.model.num_classes = len(category_map.category_ids)
     model.config, model.category_map = cfg, category_map
     return model
@@ -187,6 +189,8 @@ def as_yaml(value: Any, key: str) -> str:
     """``value`` as the right-hand side of a ``key=value`` override (YAML, as on the command line)."""
     if isinstance(value, tuple):
         value = list(value)
+    if isinstance(value, np.generic):  # numpy scalars, which YAML does not know
+        value = value.item()
     try:
         text = yaml.safe_dump(value, default_flow_style=True, width=2**31)
     except yaml.YAMLError:

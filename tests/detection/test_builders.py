@@ -60,6 +60,17 @@ def test_builder_has_the_config_files_settings_and_modules(builder_name, config,
             == {k: v.shape for k, v in reference.state_dict().items()})
 
 
+def test_the_papers_full_config_is_the_r101_builder_with_its_switches(repo_root):
+    file_cfg = file_config(repo_root, "coco_r101_paper.yaml")
+    file_cfg.model.backbone.weights = None
+    with torch.device("meta"):
+        ours = detection.faster_rcnn_r101_c4(
+            num_classes=NUM_CLASSES, backbone_weights=None, **FEW_PROPOSALS,
+            model={"roi_head": {"global_context": True}},
+            test={"box_refinement": True, "box_voting": True, "scales": [200, 400, 600, 800, 1000], "rpn_scale": 600})
+    assert detector_sections(ours.config) == detector_sections(file_cfg)
+
+
 def calm_residual_branches(model: torch.nn.Module) -> None:
     """Scale each bottleneck's last norm down: random deep ResNet activations otherwise grow until no
     proposal is left to compare."""
@@ -139,8 +150,13 @@ def test_settings_the_builders_do_not_take():
         faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES, model={"backbone": {"weights": "x.pth"}})
     with pytest.raises(ConfigError, match="give num_classes"):
         faster_rcnn_r18_fpn_small()
-    with pytest.raises(ConfigError, match="model.rpn.nms_thresh=.*give a number"):
-        faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES, model={"rpn": {"nms_thresh": np.float32(0.5)}})
+    with pytest.raises(ConfigError, match="model.rpn.nms_thresh=<object .*>: give a number"):
+        faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES, model={"rpn": {"nms_thresh": object()}})
+    # numpy scalars and tuples are values too
+    model = faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES, model={"rpn": {"nms_thresh": np.float32(0.25)}},
+                                      input={"pixel_std": (57.0, 51.0, 60.0)})
+    assert model.rpn.nms_thresh == 0.25
+    assert torch.equal(model.pixel_std.flatten(), torch.tensor([57.0 / 255, 51.0 / 255, 60.0 / 255]))
 
 
 def test_weights_from_a_checkpoint_of_this_toolkit(tmp_path):
