@@ -16,6 +16,7 @@ Settings are changed with the config's own keys, as keyword arguments named afte
 (``model``, ``input``, ``test``) holding nested dicts, or as dotted names; both are checked as a
 config override is, so a misspelt key stops with the closest valid one:
 
+    >>> from detection import faster_rcnn_r50_fpn
     >>> model = faster_rcnn_r50_fpn(num_classes=3, backbone_weights=None,
     ...                             model={"rpn": {"nms_thresh": 0.6}}, test={"score_thresh": 0.5})
     >>> model.rpn.nms_thresh, model.roi_heads.score_thresh
