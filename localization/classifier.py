@@ -16,15 +16,15 @@ backbone weights file for the detectors (``model.backbone.weights=output/cls/mod
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backbones import ResNet
-from backbones.config import BackboneConfig, build_from_config
+from backbones.config import build_from_config
+
+from .config import backbone_without_weights
 
 TEST_MODES = ("1crop", "10crop", "dense")
 
@@ -117,11 +117,7 @@ def average_softmax(view_logits: torch.Tensor) -> torch.Tensor:
 
 def build_classifier(cfg, num_classes: int, load_backbone_weights: bool = True) -> Classifier:
     """The classifier of a classification config; ``model.backbone.weights`` are loaded unless told not to."""
-    backbone_cfg = cfg.model.backbone
-    if not load_backbone_weights:
-        # The weights come later (a whole classifier checkpoint): a copy of the section without them.
-        backbone_cfg = SimpleNamespace(**{f.name: getattr(backbone_cfg, f.name) for f in fields(BackboneConfig)})
-        backbone_cfg.weights = None
+    backbone_cfg = cfg.model.backbone if load_backbone_weights else backbone_without_weights(cfg.model.backbone)
     backbone = build_from_config(backbone_cfg, num_classes=num_classes, out_features=["res5"])
     return Classifier(backbone, list(cfg.input.pixel_mean), list(cfg.input.pixel_std), cfg.input.format)
 

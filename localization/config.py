@@ -7,7 +7,8 @@ batch 256 for 600k iterations); configs/cls_shapes.yaml scales it down to the sy
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from types import SimpleNamespace
 
 from backbones.config import BackboneConfig
 from resnet_engine.config import (
@@ -291,3 +292,11 @@ def check_rcnn_options(rcnn) -> None:
     if len(rcnn.bbox_reg_weights) != 4:
         raise ConfigError(f"rcnn.bbox_reg_weights={list(rcnn.bbox_reg_weights)}: give 4 divisors (x, y, w, h), "
                           f"such as [10, 10, 5, 5]")
+
+
+def backbone_without_weights(backbone_cfg) -> SimpleNamespace:
+    """A copy of a ``model.backbone`` section with ``weights`` unset: for a network whose weights come
+    next from a whole checkpoint (classifier, localizer), so that the ImageNet ones are not loaded first."""
+    copy = SimpleNamespace(**{f.name: getattr(backbone_cfg, f.name) for f in fields(BackboneConfig)})
+    copy.weights = None
+    return copy

@@ -38,8 +38,6 @@ network fully convolutionally on the whole image with its shorter side at each t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -47,23 +45,13 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from backbones import ResNet
-from backbones.config import BackboneConfig, build_from_config
+from backbones.config import build_from_config
 from detection.modeling.anchors import cell_anchors
 from detection.modeling.box_coder import BoxCoder
 from detection.modeling.matching import FOREGROUND, Matcher, sample_balanced
 
-from .config import LocalizerTrainConfig
-
-
-@dataclass(frozen=True)
-class ViewGeometry:
-    """How a test view was cut from the original image: view pixel x = (original x) * scale_x - offset_x."""
-
-    scale_x: float
-    scale_y: float
-    offset_x: float = 0.0
-    offset_y: float = 0.0
-    flipped: bool = False
+from .config import LocalizerTrainConfig, backbone_without_weights
+from .data.loc_dataset import ViewGeometry, to_original_image, with_mirror_images
 
 
 def grid_anchors(cell: torch.Tensor, feature_size: tuple[int, int], stride: int) -> torch.Tensor:
@@ -102,24 +90,6 @@ def best_box_per_class(logits: torch.Tensor, deltas: torch.Tensor, anchors: torc
     classes = torch.arange(logits.shape[1], device=logits.device)
     boxes = coder.decode(deltas[best, classes], anchors[best])
     return boxes, scores
-
-
-def to_original_image(boxes: torch.Tensor, geometry: ViewGeometry, view_width: int,
-                      image_size: tuple[int, int]) -> torch.Tensor:
-    """Boxes (x2 exclusive) of a view -> inclusive pixel boxes of the original (height, width) image."""
-    x1, y1, x2, y2 = boxes.unbind(dim=1)
-    if geometry.flipped:
-        x1, x2 = view_width - x2, view_width - x1
-    x1 = (x1 + geometry.offset_x) / geometry.scale_x
-    x2 = (x2 + geometry.offset_x) / geometry.scale_x
-    y1 = (y1 + geometry.offset_y) / geometry.scale_y
-    y2 = (y2 + geometry.offset_y) / geometry.scale_y
-    height, width = image_size
-    inclusive = torch.stack((x1, y1, x2 - 1, y2 - 1), dim=1)
-    # Clip after the -1 so that a box reaching the border ends on the last pixel.
-    upper = torch.tensor([width - 1, height - 1, width - 1, height - 1], dtype=inclusive.dtype,
-                         device=inclusive.device)
-    return torch.minimum(inclusive.clamp(min=0), upper)
 
 
 def merge_views(per_view: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,25 +220,16 @@ class RPNLocalizer(nn.Module):
         """All views (uint8 (3, h, w)) of one image -> (K, 4) inclusive boxes in the original image and (K,)
         sigmoid scores, by the one-box-per-class rule over every view (and its mirror image when ``flip``)."""
         per_view = []
-        for view, geometry in zip(views, geometries):
-            variants = [(view, geometry)]
-            if flip:
-                variants.append((view.flip(-1), ViewGeometry(geometry.scale_x, geometry.scale_y, geometry.offset_x,
-                                                             geometry.offset_y, flipped=True)))
-            for pixels, where in variants:
-                boxes, scores = self.class_boxes(pixels[None])
-                per_view.append((to_original_image(boxes[0], where, pixels.shape[-1], image_size), scores[0]))
+        for pixels, geometry in with_mirror_images(views, geometries, flip):
+            boxes, scores = self.class_boxes(pixels[None])
+            per_view.append((to_original_image(boxes[0], geometry, pixels.shape[-1], image_size), scores[0]))
         boxes, scores = merge_views(per_view)
         return boxes.cpu(), scores.sigmoid().cpu()
 
 
 def build_localizer(cfg, num_classes: int, load_backbone_weights: bool = True) -> RPNLocalizer:
     """The localizer of a localization config; ``model.backbone.weights`` are loaded unless told not to."""
-    backbone_cfg = cfg.model.backbone
-    if not load_backbone_weights:
-        # The weights come later (a whole localizer checkpoint): a copy of the section without them.
-        backbone_cfg = SimpleNamespace(**{f.name: getattr(backbone_cfg, f.name) for f in fields(BackboneConfig)})
-        backbone_cfg.weights = None
+    backbone_cfg = cfg.model.backbone if load_backbone_weights else backbone_without_weights(cfg.model.backbone)
     backbone = build_from_config(backbone_cfg, out_features=[cfg.model.feature])
     if cfg.model.feature == "res4":
         # res5 would never run: without it, distributed training has no parameter left without gradient.

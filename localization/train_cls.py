@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -16,6 +15,8 @@ from resnet_engine.checkpoint import load_checkpoint
 from resnet_engine.config import config_to_text
 from resnet_engine.distributed import check_batch_divides
 from resnet_engine.errors import UserError
+from resnet_engine.loaders import build_test_loader, build_train_loader
+from resnet_engine.logger import write_json
 from resnet_engine.optim import build_optimizer, build_scheduler
 from resnet_engine.setup import setup_run
 from resnet_engine.trainer import Trainer
@@ -25,8 +26,6 @@ from .data.classification import (
     ClassificationDataset,
     EvalTransform,
     TrainTransform,
-    build_test_loader,
-    build_train_loader,
     list_train_images,
     list_val_images,
 )
@@ -78,7 +77,8 @@ def build_test_set(cfg, synsets: Synsets) -> ClassificationDataset:
 # --------------------------------------------------------------------------------------------- evaluation
 
 
-def _batch_scores(model: Classifier, samples: list[dict], mode: str, dense_flip: bool) -> torch.Tensor:
+def batch_scores(model: Classifier, samples: list[dict], mode: str, dense_flip: bool) -> torch.Tensor:
+    """The classifier's scores (B, K) of a batch of readable test samples, tested in ``mode``."""
     if mode == "dense":
         # Images differ in size: one image (all its scales) at a time.
         return torch.cat([model.predict_logits([v[None] for v in s["views"]], mode, dense_flip) for s in samples])
@@ -99,7 +99,7 @@ def classify_dataset(model: Classifier, loader, mode: str, dense_flip: bool = Fa
         if not samples:
             continue
         start = time.perf_counter()
-        scores = _batch_scores(model, samples, mode, dense_flip)
+        scores = batch_scores(model, samples, mode, dense_flip)
         seconds += time.perf_counter() - start
         labels = torch.tensor([s["label"] for s in samples])
         ranks += true_label_ranks(scores.cpu(), labels, 5).tolist()
@@ -191,9 +191,6 @@ def evaluate_weights(cfg, weights: str) -> dict:
     load_classifier_weights(model, weights)
     metrics = evaluate_classifier(model.to(device), build_test_set(cfg, synsets), cfg)
     if dist_utils.is_main_process():
-        path = os.path.join(cfg.output_dir, f"eval_{cfg.test.mode}.json")
-        os.makedirs(cfg.output_dir, exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump({**metrics, "mode": cfg.test.mode, "weights": weights}, handle, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json({**metrics, "mode": cfg.test.mode, "weights": weights},
+                   os.path.join(cfg.output_dir, f"eval_{cfg.test.mode}.json"))
     return metrics

@@ -14,7 +14,7 @@ from detection.data.image_io import read_image
 from detection.visualize import write_rgb
 
 from .data.ilsvrc import Annotations, Box
-from .metrics import iou_inclusive
+from .evaluation.ilsvrc_metric import iou_inclusive
 
 GT_COLOUR = (40, 200, 40)       # green: the ground truth
 RIGHT_COLOUR = (40, 120, 255)   # blue: a guess with a GT label and IoU >= 0.5 with one of its boxes

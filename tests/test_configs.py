@@ -29,8 +29,9 @@ from localization.config import (
     load_localization_config,
 )
 from localization.data.classification import TrainTransform
-from localization.data.localization import LocTrainTransform
-from localization.rcnn import RCNNLocalizer, label_proposals
+from localization.data.loc_dataset import LocTrainTransform
+from localization.data.rcnn_rois import label_proposals
+from localization.rcnn import RCNNLocalizer
 from localization.rpn_localizer import RPNLocalizer
 from resnet_engine.config import load_config, read_yaml, schema_keys
 from tests.conftest import ROOT

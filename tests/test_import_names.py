@@ -15,7 +15,7 @@ def test_imports_work_from_a_project_folder_with_common_module_names(tmp_path):
         (tmp_path / f"{name}.py").write_text(f"raise ImportError('the project-local {name}.py was imported')\n")
     script = ("from detection.predictor import Predictor\n"
               "from detection.training import train_detector\n"
-              "from localization.train_loc import train_localizer\n"
+              "from localization.training import train_localizer\n"
               "from backbones import resnet50\n"
               "import resnet_engine.trainer, resnet_ops.winograd\n"
               "print('ok')\n")

@@ -69,7 +69,7 @@ def main() -> int:
         if args.cfg or args.weights or args.classifier_weights or args.test_mode or args.overrides:
             parser.error("--gt/--pred (scoring mode) do not mix with --cfg, --weights, --classifier-weights, "
                          "--test-mode or overrides (model mode)")
-        from localization.evaluate import score_files
+        from localization.evaluation.evaluator import score_files
 
         score_files(args.gt, args.pred, args.synsets, args.out or ".", args.blacklist)
         if args.plots:
@@ -81,9 +81,8 @@ def main() -> int:
 
 
 def plot_files(gt: str, pred: str, synsets_path: str | None, images: str, plots_dir: str) -> None:
-    from localization.data.ilsvrc import read_synsets
+    from localization.data.ilsvrc import load_ground_truth, read_synsets
     from localization.data.predictions import read_predictions
-    from localization.evaluate import load_ground_truth
     from localization.visualize import image_finder, write_plots
 
     synsets = read_synsets(synsets_path) if synsets_path else None
@@ -97,8 +96,8 @@ def plot_files(gt: str, pred: str, synsets_path: str | None, images: str, plots_
 
 def run_model_mode(args) -> int:
     from localization.config import load_localization_config
-    from localization.localize import format_rows
-    from localization.train_loc import evaluate_localizer_weights
+    from localization.evaluation.evaluator import evaluate_localizer_weights
+    from localization.evaluation.submission import format_rows
     from resnet_engine.distributed import is_main_process
 
     overrides = list(args.overrides) + ([f"test.mode={args.test_mode}"] if args.test_mode else [])

@@ -23,8 +23,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from localization.config import load_localization_config
-    from localization.localize import format_rows, network_name
-    from localization.train_loc import train_localizer
+    from localization.evaluation.submission import format_rows, network_name
+    from localization.training import train_localizer
     from resnet_engine.distributed import is_main_process
 
     cfg = load_localization_config(args.cfg, args.overrides)

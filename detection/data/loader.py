@@ -1,22 +1,15 @@
-"""Data loaders for training (infinite, grouped, resumable, sharded) and testing (sharded by rank)."""
+"""The datasets of a detection config (generating the synthetic one on first use) and its training loader."""
 
 from __future__ import annotations
 
 import os
 
-import torch
-
-from resnet_engine.distributed import get_rank, get_world_size
+from resnet_engine import loaders
 from resnet_engine.errors import UserError
-from resnet_engine.sampler import GroupedBatchSampler
 
 from .coco import CategoryMap, CocoDetection
 from .shapes import ensure_shapes
 from .transforms import EvalTransform, TrainTransform
-
-
-def collate_list(batch: list[dict]) -> list[dict]:
-    return batch
 
 
 def ensure_synthetic(cfg) -> None:
@@ -62,27 +55,9 @@ def build_test_dataset(cfg, category_map: CategoryMap, resize: bool) -> CocoDete
                          max_images=cfg.test.max_images)
 
 
-def _loader_options(num_workers: int, persistent: bool = False) -> dict:
-    options = {"num_workers": num_workers, "collate_fn": collate_list, "pin_memory": False}
-    if num_workers > 0:
-        # A hung worker becomes an error instead of a silent stall.
-        options.update(persistent_workers=persistent, prefetch_factor=2, timeout=600)
-    return options
-
-
 def build_train_loader(dataset: CocoDetection, cfg, images_per_process: int, start_step: int = 0):
-    sampler = GroupedBatchSampler(
-        dataset.aspect_ratios() if cfg.data.aspect_ratio_grouping else [1.0] * len(dataset),
-        images_per_process, cfg.seed, rank=get_rank(), world_size=get_world_size(), start_step=start_step,
-        group_by_aspect=cfg.data.aspect_ratio_grouping,
-    )
-    # A private generator keeps the loader from drawing on the global RNG (exact resume).
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator(),
-                                       **_loader_options(cfg.data.num_workers, persistent=True))
-
-
-def build_test_loader(dataset: CocoDetection, batch_size: int, num_workers: int):
-    """This process's share of the test set: every world_size-th image."""
-    indices = list(range(get_rank(), len(dataset), get_world_size()))
-    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **_loader_options(num_workers))
+    """The training batches of ``cfg`` (resnet_engine.loaders), grouped by aspect ratio when
+    data.aspect_ratio_grouping is on."""
+    aspect_ratios = dataset.aspect_ratios() if cfg.data.aspect_ratio_grouping else None
+    return loaders.build_train_loader(dataset, images_per_process, cfg.seed, cfg.data.num_workers, start_step,
+                                      aspect_ratios)

@@ -12,11 +12,12 @@ import torch
 from tqdm import tqdm
 
 from resnet_engine import distributed as dist_utils
+from resnet_engine.loaders import build_test_loader
 from resnet_engine.logger import write_json
 from resnet_engine.setup import setup_run
 
 from ..data.coco import CocoDetection, load_coco, split_unreadable
-from ..data.loader import build_test_dataset, build_test_loader
+from ..data.loader import build_test_dataset
 from ..modeling.build import build_test_model, test_needs_original_images
 from ..modeling.speed import inference_autocast
 from ..weights import load_fast_detector

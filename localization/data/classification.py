@@ -24,11 +24,9 @@ import numpy as np
 import torch
 
 from detection.data.image_io import BadImageError, read_image, to_chw_tensor
-from resnet_engine.distributed import get_rank, get_world_size
 from resnet_engine.errors import UserError
-from resnet_engine.sampler import GroupedBatchSampler
 
-from .ilsvrc import Synsets, read_kaggle_solution
+from .ilsvrc import Box, Synsets, read_kaggle_solution
 
 logger = logging.getLogger(__name__)
 
@@ -74,19 +72,25 @@ def list_train_images(root: str, synsets: Synsets, source: str = "folder") -> li
 
 
 def _train_images_from_csv(root: str, synsets: Synsets) -> list[ImageRecord]:
-    csv_path = os.path.join(root, "LOC_train_solution.csv")
-    objects = read_kaggle_solution(csv_path, synsets)
-    train_dir = os.path.join(root, DATA_DIR, "train")
-    records = []
-    for image_id in sorted(objects):
-        wnid = image_id.split("_")[0]
-        # The folder names the image's class; the first box's class is the same on ILSVRC.
-        wnid = wnid if wnid in synsets else objects[image_id][0][0]
-        path = os.path.join(train_dir, wnid, image_id + ".JPEG")
-        records.append(ImageRecord(image_id, path, synsets.label(wnid) - 1))
+    records = [record for record, _ in labelled_train_images(root, synsets)]
     if not records:
-        raise UserError(f"{csv_path}: no training images listed")
+        raise UserError(f"{os.path.join(root, 'LOC_train_solution.csv')}: no training images listed")
     return records
+
+
+def labelled_train_images(root: str, synsets: Synsets) -> list[tuple[ImageRecord, list[tuple[str, Box]]]]:
+    """(record, the image's GT objects) of every image of LOC_train_solution.csv, in id order. The label is
+    the WNID that starts the image id (its folder, whose class every box of an ILSVRC training image has),
+    else the WNID of its first box; the file is ILSVRC/Data/CLS-LOC/train/<that WNID>/<id>.JPEG."""
+    objects = read_kaggle_solution(os.path.join(root, "LOC_train_solution.csv"), synsets)
+    train_dir = os.path.join(root, DATA_DIR, "train")
+    labelled = []
+    for image_id in sorted(objects):
+        prefix = image_id.split("_")[0]
+        wnid = prefix if prefix in synsets else objects[image_id][0][0]
+        record = ImageRecord(image_id, os.path.join(train_dir, wnid, image_id + ".JPEG"), synsets.label(wnid) - 1)
+        labelled.append((record, objects[image_id]))
+    return labelled
 
 
 def list_val_images(root: str, synsets: Synsets, max_images: int = 0) -> list[ImageRecord]:
@@ -283,33 +287,3 @@ class ClassificationDataset(torch.utils.data.Dataset):
         image = self._read(record)
         views = None if image is None else [to_chw_tensor(v) for v in self.transform(image)]
         return {"views": views, "label": record.label, "image_id": record.image_id}
-
-
-def collate_list(batch: list[dict]) -> list[dict]:
-    return batch
-
-
-def _loader_options(num_workers: int, persistent: bool) -> dict:
-    options = {"num_workers": num_workers, "collate_fn": collate_list, "pin_memory": False}
-    if num_workers > 0:
-        # A hung worker becomes an error instead of a silent stall.
-        options.update(persistent_workers=persistent, prefetch_factor=2, timeout=600)
-    return options
-
-
-def build_train_loader(dataset: ClassificationDataset, images_per_process: int, seed: int, num_workers: int,
-                       start_step: int = 0) -> torch.utils.data.DataLoader:
-    """Infinite, resumable, sharded batches (lists of samples) of the training set."""
-    sampler = GroupedBatchSampler([1.0] * len(dataset), images_per_process, seed, rank=get_rank(),
-                                  world_size=get_world_size(), start_step=start_step, group_by_aspect=False)
-    # A private generator keeps the loader from drawing on the global RNG (exact resume).
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator(),
-                                       **_loader_options(num_workers, persistent=True))
-
-
-def build_test_loader(dataset: ClassificationDataset, batch_size: int,
-                      num_workers: int) -> torch.utils.data.DataLoader:
-    """This process's share of the test set: every world_size-th image."""
-    indices = list(range(get_rank(), len(dataset), get_world_size()))
-    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **_loader_options(num_workers, False))

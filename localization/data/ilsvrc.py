@@ -1,4 +1,5 @@
-"""Readers of the ILSVRC CLS-LOC ground truth: synset lists, devkit XML annotations, Kaggle solution CSVs.
+"""Readers of the ILSVRC CLS-LOC ground truth: synset lists, devkit XML annotations, Kaggle solution CSVs, the
+devkit's blacklist.
 
 Every reader returns boxes exactly as the files hold them: inclusive pixel coordinates
 (xmin, ymin, xmax, ymax), where xmax is the last column the object covers. The metric adds the +1 itself.
@@ -296,3 +297,39 @@ def read_xml_dir(directory: str, synsets: Synsets | None = None) -> Annotations:
     if not result:
         raise UserError(f"no .xml annotations under {directory}; give ILSVRC/Annotations/CLS-LOC/val")
     return result
+
+
+# ----------------------------------------------------------------------------------------------- either form
+
+
+def load_ground_truth(path: str, synsets: Synsets | None = None) -> Annotations:
+    """A folder of devkit XMLs (ILSVRC/Annotations/CLS-LOC/val) or a Kaggle LOC_val_solution.csv."""
+    if os.path.isdir(path):
+        return read_xml_dir(path, synsets)
+    if not os.path.isfile(path):
+        raise UserError(f"ground truth not found: {path} (give LOC_val_solution.csv or the folder of the "
+                        "val XMLs)")
+    return read_kaggle_solution(path, synsets)
+
+
+def read_blacklist(path: str, image_ids: list[str]) -> set[str]:
+    """The devkit blacklist: one image per line, as a 1-based index into the sorted image names (the
+    devkit's ILSVRC2015_clsloc_validation_blacklist.txt) or as the image name itself."""
+    ordered = sorted(image_ids)
+    known = set(ordered)
+    blacklist = set()
+    for number, line in numbered_lines(path):
+        entry = line.strip()
+        if not entry:
+            continue
+        if entry.isdigit():
+            if not 1 <= int(entry) <= len(ordered):
+                raise UserError(f"{path} line {number}: image index {entry} is outside 1..{len(ordered)} "
+                                "(indices count the ground-truth images in sorted name order)")
+            blacklist.add(ordered[int(entry) - 1])
+        elif entry in known:
+            blacklist.add(entry)
+        else:
+            raise UserError(f"{path} line {number}: '{entry}' is neither an image index nor a ground-truth "
+                            "image name")
+    return blacklist

@@ -1,4 +1,5 @@
-"""Readers of localization predictions: the Kaggle CSV and the ILSVRC devkit text format.
+"""Readers of localization predictions, the Kaggle CSV and the ILSVRC devkit text format, and the writer of
+the Kaggle CSV.
 
 Both give {image id: [(wnid, (xmin, ymin, xmax, ymax)), ...]} with the guesses best first. All guesses are
 kept; the metric uses the first five.
@@ -6,12 +7,23 @@ kept; the metric uses the first five.
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 from collections.abc import Sequence
 
 from resnet_engine.errors import UserError
 
-from .ilsvrc import Annotations, Box, Synsets, is_kaggle_csv, numbered_lines, parse_number, read_kaggle_rows
+from .ilsvrc import (
+    KAGGLE_HEADER,
+    Annotations,
+    Box,
+    Synsets,
+    is_kaggle_csv,
+    numbered_lines,
+    parse_number,
+    read_kaggle_rows,
+)
 
 # A devkit label 0 is an empty slot (MATLAB's dlmread pads short rows with zeros): it keeps its rank and is
 # never right. The metric treats this WNID like any label that is not in the ground truth.
@@ -74,3 +86,14 @@ def read_predictions(path: str, synsets: Synsets | None, image_ids: Sequence[str
         raise UserError(f"{path} is in the devkit format (integer labels): give the synset list with "
                         "--synsets (LOC_synset_mapping.txt or map_clsloc.txt) to translate its labels")
     return read_devkit_predictions(path, synsets, image_ids)
+
+
+def write_kaggle_csv(predictions: Annotations, path: str) -> None:
+    """{image id: ranked (wnid, box)} as a Kaggle CSV, replacing an older file in one step."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(KAGGLE_HEADER)
+        for image_id, guesses in predictions.items():
+            writer.writerow([image_id, " ".join(f"{wnid} {b[0]} {b[1]} {b[2]} {b[3]}" for wnid, b in guesses)])
+    os.replace(path + ".tmp", path)

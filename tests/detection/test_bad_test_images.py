@@ -10,14 +10,15 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-import detection.data.loader as loader_module
 import detection.evaluation.coco_eval as coco_eval
 from detection.config import load_detection_config
 from detection.data.coco import CategoryMap
 from detection.data.image_io import BadImageError
-from detection.data.loader import build_test_dataset, build_test_loader
+from detection.data.loader import build_test_dataset
 from detection.evaluation.coco_eval import gather_test_results, metrics_for_json, score_test_set
 from detection.evaluation.evaluator import evaluate_model, run_inference
+from resnet_engine import loaders as loader_module
+from resnet_engine.loaders import build_test_loader
 from tests.helpers import TINY_DETECTOR, data_overrides, make_fixed_size_shapes
 
 BAD_IMAGES = (2, 3, 4)

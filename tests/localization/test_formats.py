@@ -7,7 +7,7 @@ import pytest
 
 from localization.data.ilsvrc import read_kaggle_solution, read_synsets, read_xml_annotation, read_xml_dir
 from localization.data.predictions import read_devkit_predictions, read_kaggle_predictions
-from localization.evaluate import score_files
+from localization.evaluation.evaluator import score_files
 from resnet_engine.errors import UserError
 
 IDS = [f"ILSVRC2012_val_{i:08d}" for i in range(1, 5)]

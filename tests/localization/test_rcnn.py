@@ -11,18 +11,18 @@ import torch.nn.functional as F
 
 from detection.modeling.box_coder import BoxCoder
 from localization.config import LocalizerRCNNConfig, load_localization_config
-from localization.rcnn import (
+from localization.data.loc_dataset import ViewGeometry
+from localization.data.rcnn_rois import (
     BACKGROUND,
     FOREGROUND,
     IGNORED,
-    best_box_per_class,
-    class_proposals,
     label_proposals,
     roi_training_sample,
     sample_rois,
     warp_regions,
 )
-from localization.rpn_localizer import ViewGeometry
+from localization.rcnn import best_box_per_class
+from localization.rcnn_proposals import class_proposals
 from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.localization.test_rpn_localizer import (  # noqa: F401
@@ -182,7 +182,7 @@ def test_train_rpn_then_rcnn_then_eval_loc(tiny_root, tmp_path):  # noqa: F811
     assert os.path.isfile(metrics["submission"]) and 0 <= metrics["gt_known_loc_err"] <= 100
 
     # With a classifier, its top-5 classes (not the RPN's) head both submissions, each with its own box.
-    from localization.train_loc import evaluate_localizer_weights
+    from localization.evaluation.evaluator import evaluate_localizer_weights
 
     cfg = load_localization_config(rcnn_cfg, overrides)
     write_fixed_ranking_classifier(tiny_root, tmp_path / "cls.pth")

@@ -13,18 +13,22 @@ import torch
 from detection.modeling.box_coder import BoxCoder
 from detection.modeling.matching import Matcher, sample_balanced
 from localization.config import load_localization_config
-from localization.data.localization import LocEvalTransform, LocTrainTransform, boxes_after_crop
-from localization.data.synthetic import WNIDS, ensure_synthetic_loc
-from localization.localize import ImageGuesses, build_submission, top_classes
-from localization.metrics import iou_inclusive
-from localization.rpn_localizer import (
+from localization.data.loc_dataset import (
+    LocEvalTransform,
+    LocTrainTransform,
     ViewGeometry,
+    boxes_after_crop,
+    to_original_image,
+)
+from localization.data.synthetic import WNIDS, ensure_synthetic_loc
+from localization.evaluation.ilsvrc_metric import iou_inclusive
+from localization.evaluation.submission import ImageGuesses, build_submission, top_classes
+from localization.rpn_localizer import (
     best_box_per_class,
     build_localizer,
     class_targets,
     label_anchors,
     merge_views,
-    to_original_image,
 )
 from tests.conftest import ROOT
 from tests.helpers import subprocess_env
@@ -224,7 +228,7 @@ def assert_submission_ranks(csv_path, ranking, rows_expected: int = 12) -> None:
 
 
 def test_classifier_top5_classes_get_the_rpn_boxes(tiny_root, tmp_path):
-    from localization.train_loc import evaluate_localizer_weights
+    from localization.evaluation.evaluator import evaluate_localizer_weights
     from resnet_engine.checkpoint import atomic_save
 
     cfg = tiny_config(tiny_root, tmp_path, "classifier.mode=1crop")

@@ -8,7 +8,7 @@ import pytest
 
 from localization.data.ilsvrc import read_kaggle_solution, read_synsets, read_xml_annotation, read_xml_dir
 from localization.data.synthetic import CLASSES, WNIDS, ensure_synthetic_loc
-from localization.evaluate import score_files
+from localization.evaluation.evaluator import score_files
 
 TINY = {"images_per_class": {"train": 2, "val": 2}, "sides": (48, 72), "seed": 3}
 

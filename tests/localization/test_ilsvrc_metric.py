@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from localization.metrics import gt_known_loc_error, iou_inclusive, localization_errors
+from localization.evaluation.ilsvrc_metric import gt_known_loc_error, iou_inclusive, localization_errors
 
 A = (0, 0, 9, 9)  # 10 x 10 = 100 pixels
 HALF_OF_A = (0, 0, 9, 4)  # 10 x 5 = 50 pixels inside A: inclusive IoU exactly 0.5

@@ -32,8 +32,8 @@ import numpy as np
 
 from resnet_engine.errors import UserError
 
-from .data.ilsvrc import Box
-from .data.predictions import EMPTY_GUESS
+from ..data.ilsvrc import Box
+from ..data.predictions import EMPTY_GUESS
 
 IOU_THRESHOLD = 0.5
 MAX_GUESSES = 5
@@ -239,3 +239,15 @@ def gt_known_loc_error(gt: Guesses, boxes_for_gt_class: Mapping[str, Box | Mappi
                 rows.append((index.position[image_id], 0, wnid, box))
     first_loc, _ = _first_right_ranks(index, _guess_rows(index, rows), never=1)
     return _error_percent(index, first_loc >= 1, ~_blacklist_mask(index, blacklist))
+
+
+def format_table(errors: LocalizationErrors) -> str:
+    """The devkit demo's "# guesses vs clsloc error vs cls-only error" table, in percent."""
+    lines = [f"images: {errors.num_images} ({errors.num_blacklisted} blacklisted for LOC, "
+             f"{errors.num_missing} without prediction)",
+             "# guesses   clsloc error (%)   cls-only error (%)"]
+    for k, (loc, cls) in enumerate(zip(errors.loc_err_by_guesses, errors.cls_err_by_guesses), start=1):
+        lines.append(f"{k:9d}   {loc:16.2f}   {cls:18.2f}")
+    lines.append(f"top-1 LOC error {errors.top1_loc_err:.2f}%   top-5 LOC error {errors.top5_loc_err:.2f}%   "
+                 f"top-1 CLS error {errors.top1_cls_err:.2f}%   top-5 CLS error {errors.top5_cls_err:.2f}%")
+    return "\n".join(lines)

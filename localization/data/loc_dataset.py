@@ -1,4 +1,5 @@
-"""Localization data: training crops with their boxes, and test views with the geometry to map boxes back.
+"""Localization data: training crops with their boxes, and test views with the geometry that maps boxes
+back to the image.
 
 Training follows the classification recipe (shorter side jittered, a random square crop, a flip, colour
 jitter and PCA lighting) and carries the image's GT boxes through it. Boxes come in as inclusive pixel
@@ -8,6 +9,7 @@ indices (the files' convention) and leave as continuous crop coordinates with x2
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,18 +19,17 @@ import torch
 
 from resnet_engine.errors import UserError
 
-from ..rpn_localizer import ViewGeometry
 from .classification import (
-    DATA_DIR,
     ClassificationDataset,
     add_pca_lighting,
     center_offset,
     crop,
     jitter_colour,
+    labelled_train_images,
     resize_shorter_side,
     to_chw_tensor,
 )
-from .ilsvrc import Synsets, read_kaggle_solution
+from .ilsvrc import Synsets
 
 
 @dataclass(frozen=True)
@@ -45,17 +46,12 @@ def list_boxed_train_images(root: str, synsets: Synsets) -> list[BoxedRecord]:
     if not os.path.isfile(csv_path):
         raise UserError(f"training boxes not found: {csv_path} (set data.root to the folder holding "
                         f"LOC_train_solution.csv, or data.synthetic=shapes_loc)")
-    objects = read_kaggle_solution(csv_path, synsets)
-    train_dir = os.path.join(root, DATA_DIR, "train")
     records = []
-    for image_id in sorted(objects):
-        folder = image_id.split("_")[0]
-        # The folder names the image's class; on ILSVRC every box of a training image has that class.
-        wnid = folder if folder in synsets else objects[image_id][0][0]
-        boxes = tuple(tuple(box) for box_wnid, box in objects[image_id] if box_wnid == wnid)
+    for image, objects in labelled_train_images(root, synsets):
+        wnid = synsets.wnids[image.label]
+        boxes = tuple(tuple(box) for box_wnid, box in objects if box_wnid == wnid)
         if boxes:
-            records.append(BoxedRecord(image_id, os.path.join(train_dir, folder, image_id + ".JPEG"),
-                                       synsets.label(wnid) - 1, boxes))
+            records.append(BoxedRecord(image.image_id, image.path, image.label, boxes))
     if not records:
         raise UserError(f"{csv_path}: no training image with a box of its own class")
     return records
@@ -121,6 +117,59 @@ class LocTrainTransform:
 # --------------------------------------------------------------------------------------------- testing
 
 
+@dataclass(frozen=True)
+class ViewGeometry:
+    """How a test view was cut from the original image: view pixel x = (original x) * scale_x - offset_x."""
+
+    scale_x: float
+    scale_y: float
+    offset_x: float = 0.0
+    offset_y: float = 0.0
+    flipped: bool = False
+
+
+def with_mirror_images(views: Sequence[torch.Tensor],
+                       geometries: Sequence[ViewGeometry], flip: bool) -> list[tuple[torch.Tensor, ViewGeometry]]:
+    """(pixels, geometry) of every test view, each followed by its mirror image when ``flip``."""
+    variants = []
+    for view, geometry in zip(views, geometries):
+        variants.append((view, geometry))
+        if flip:
+            variants.append((view.flip(-1), dataclasses.replace(geometry, flipped=True)))
+    return variants
+
+
+def to_original_image(boxes: torch.Tensor, geometry: ViewGeometry, view_width: int,
+                      image_size: tuple[int, int]) -> torch.Tensor:
+    """Boxes (x2 exclusive) of a view -> inclusive pixel boxes of the original (height, width) image."""
+    x1, y1, x2, y2 = boxes.unbind(dim=1)
+    if geometry.flipped:
+        x1, x2 = view_width - x2, view_width - x1
+    x1 = (x1 + geometry.offset_x) / geometry.scale_x
+    x2 = (x2 + geometry.offset_x) / geometry.scale_x
+    y1 = (y1 + geometry.offset_y) / geometry.scale_y
+    y2 = (y2 + geometry.offset_y) / geometry.scale_y
+    height, width = image_size
+    inclusive = torch.stack((x1, y1, x2 - 1, y2 - 1), dim=1)
+    # Clip after the -1 so that a box reaching the border ends on the last pixel.
+    upper = torch.tensor([width - 1, height - 1, width - 1, height - 1], dtype=inclusive.dtype,
+                         device=inclusive.device)
+    return torch.minimum(inclusive.clamp(min=0), upper)
+
+
+def inclusive_to_continuous(boxes: torch.Tensor) -> torch.Tensor:
+    """Inclusive pixel boxes (xmax is the last column) -> continuous boxes with x2 exclusive."""
+    return boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=boxes.dtype, device=boxes.device)
+
+
+def continuous_to_inclusive(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Continuous boxes (x2 exclusive) -> inclusive pixel boxes clipped to the (height, width) image."""
+    height, width = image_size
+    inclusive = boxes - torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=boxes.dtype, device=boxes.device)
+    upper = torch.tensor([width - 1, height - 1, width - 1, height - 1], dtype=boxes.dtype, device=boxes.device)
+    return torch.minimum(inclusive.clamp(min=0), upper)
+
+
 class LocEvalTransform:
     """The views of one test image and where each came from: the 1-crop centre square, or every dense scale."""
 
@@ -152,6 +201,8 @@ class LocalizationDataset(ClassificationDataset):
     tensors, crop pixels, x2 exclusive) to the classification sample; test samples are {"views": [uint8
     (3, h, w)] or None when unreadable, "geometries", "size": (height, width), "label", "image_id"}."""
 
+    carries_image = False  # test samples hold the original image too (ImageAndViews)
+
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, item)
         if not self.train:
@@ -164,9 +215,18 @@ class LocalizationDataset(ClassificationDataset):
     def _test_sample(self, record) -> dict:
         image = self._read(record)
         sample = {"views": None, "geometries": None, "size": None, "label": record.label,
-                  "image_id": record.image_id}
+                  "image_id": record.image_id, **({"image": None} if self.carries_image else {})}
         if image is not None:
             views = self.transform(image)
             sample.update(views=[to_chw_tensor(v) for v, _ in views], geometries=[g for _, g in views],
                           size=tuple(image.shape[:2]))
+            if self.carries_image:
+                sample["image"] = to_chw_tensor(image)
         return sample
+
+
+class ImageAndViews(LocalizationDataset):
+    """Test samples that also carry the original image ("image": uint8 (3, H, W), None when unreadable),
+    for the R-CNN stage's crops."""
+
+    carries_image = True

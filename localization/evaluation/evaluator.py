@@ -1,0 +1,64 @@
+"""Evaluating a localizer, the two modes of tools/eval_loc.py: a predictions file against the ILSVRC CLS-LOC
+ground truth (no model), or a trained localizer (the per-class RPN, or the R-CNN stage on it) on a config's
+val set."""
+
+from __future__ import annotations
+
+import os
+
+from resnet_engine import distributed as dist_utils
+from resnet_engine.errors import UserError
+from resnet_engine.logger import write_json
+from resnet_engine.setup import setup_run
+
+from ..data.ilsvrc import load_ground_truth, read_blacklist, read_synsets
+from ..data.predictions import read_predictions
+from ..train_cls import prepare_data
+from ..weights import latest_weights, load_localizer, load_proposal_rpn, load_rcnn
+from .ilsvrc_metric import MAX_GUESSES, format_table, localization_errors
+from .rcnn_evaluation import score_rcnn
+from .rpn_evaluation import score_localizer
+
+
+def score_files(gt: str, pred: str, synsets: str | None, out_dir: str, blacklist: str | None = None,
+                max_guesses: int = MAX_GUESSES) -> dict:
+    """Score ``pred`` (Kaggle CSV or devkit text) against ``gt`` (Kaggle CSV or XML folder); print the table
+    and write ``out_dir/metrics.json`` (errors in percent). ``synsets`` is needed for devkit predictions."""
+    synset_list = read_synsets(synsets) if synsets else None
+    ground_truth = load_ground_truth(gt, synset_list)
+    predictions = read_predictions(pred, synset_list, list(ground_truth))
+    ignored = read_blacklist(blacklist, list(ground_truth)) if blacklist else None
+    errors = localization_errors(ground_truth, predictions, max_guesses, ignored)
+    print(format_table(errors))
+    metrics = errors.as_dict()
+    path = os.path.join(out_dir, "metrics.json")
+    write_json(metrics, path)
+    print(f"metrics written to {path}")
+    return metrics
+
+
+
+def evaluate_localizer_weights(cfg, weights: str | None, classifier: str | None, out_dir: str | None) -> dict:
+    """Model mode: score ``weights`` (default: the run's latest checkpoint) on the val set; write
+    out_dir/loc_<mode>_submission.csv (the scored Kaggle CSV), out_dir/loc_<mode>_gt_class.csv (the GT
+    class's boxes) and out_dir/metrics.json (percent)."""
+    device = setup_run(cfg, save=False)
+    synsets = prepare_data(cfg)
+    weights = weights or latest_weights(cfg.output_dir)
+    classifier = cfg.classifier.weights if classifier is None else classifier
+    if classifier and not os.path.isfile(classifier):
+        raise UserError(f"classifier weights not found: {classifier} (train one with tools/train_cls.py, or "
+                        f"leave classifier.weights empty to rank classes by the RPN's scores)")
+    out_dir = out_dir or cfg.output_dir
+    if cfg.task == "rcnn":
+        rpn, rpn_cfg = load_proposal_rpn(cfg, synsets)
+        model = load_rcnn(cfg, weights, synsets).to(device)
+        metrics = score_rcnn(model, rpn.to(device), rpn_cfg, cfg, synsets, classifier or "", out_dir)
+        metrics["rpn_weights"] = cfg.rcnn.rpn_weights
+    else:
+        model = load_localizer(cfg, weights, synsets).to(device)
+        metrics = score_localizer(model, cfg, synsets, classifier or "", out_dir)
+    metrics["weights"] = weights
+    if dist_utils.is_main_process():
+        write_json(metrics, os.path.join(out_dir, "metrics.json"))
+    return metrics
