@@ -39,6 +39,7 @@ from resnet_engine.distributed import get_rank, get_world_size
 from resnet_engine.sampler import GroupedBatchSampler
 
 from .cifar import IMAGE_SHAPE, CifarArrays, CifarError, CifarSource, find_cifar, read_class_names, read_split
+from .synthetic_cifar import ensure_synthetic_cifar
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +244,6 @@ def build_cifar_sets(root: str | None = None, train_split: str = "trainval", tes
     """Read the CIFAR folder in ``root`` (None: the synthetic set, generated on first use) and build
     the training and test datasets. ``mean`` (a run's saved mean) replaces the training split's own."""
     if root is None:
-        from .synthetic_cifar import ensure_synthetic_cifar
-
         root = ensure_synthetic_cifar()
     source = find_cifar(root, num_classes)
     if {train_split, test_split} in ({"trainval", "val"}, {"train", "trainval"}) or train_split == test_split:
