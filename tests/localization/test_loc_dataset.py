@@ -1,0 +1,83 @@
+"""The localization data that training and evaluation share: the boxed training list read from
+LOC_train_solution.csv, test views with their mirror images, test samples that carry the image, and the
+backbone section a checkpoint's network is built from."""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from backbones.config import BackboneConfig
+from localization.config import backbone_without_weights
+from localization.data.classification import DATA_DIR, ImageRecord, labelled_train_images
+from localization.data.ilsvrc import Synsets
+from localization.data.loc_dataset import (
+    BoxedRecord,
+    ImageAndViews,
+    LocEvalTransform,
+    ViewGeometry,
+    list_boxed_train_images,
+    with_mirror_images,
+)
+
+SYNSETS = Synsets(("n01", "n02"), ("first", "second"))
+
+
+def write_train_csv(root) -> str:
+    # n01_1 lives in its class folder and holds a box of another class; x_2's id names no class.
+    (root / "LOC_train_solution.csv").write_text("ImageId,PredictionString\n"
+                                                 "x_2,n02 0 0 4 4\n"
+                                                 "n01_1,n01 1 2 10 12 n02 3 3 5 5\n")
+    return os.path.join(str(root), DATA_DIR, "train")
+
+
+def test_the_training_list_labels_each_image_by_its_folder_else_its_first_box(tmp_path):
+    train_dir = write_train_csv(tmp_path)
+    labelled = labelled_train_images(str(tmp_path), SYNSETS)
+    assert [record for record, _ in labelled] == [
+        ImageRecord("n01_1", os.path.join(train_dir, "n01", "n01_1.JPEG"), 0),
+        ImageRecord("x_2", os.path.join(train_dir, "n02", "x_2.JPEG"), 1)]
+    assert [objects for _, objects in labelled] == [[("n01", (1, 2, 10, 12)), ("n02", (3, 3, 5, 5))],
+                                                    [("n02", (0, 0, 4, 4))]]
+
+
+def test_the_boxed_training_list_keeps_the_boxes_of_the_images_class(tmp_path):
+    train_dir = write_train_csv(tmp_path)
+    assert list_boxed_train_images(str(tmp_path), SYNSETS) == [
+        BoxedRecord("n01_1", os.path.join(train_dir, "n01", "n01_1.JPEG"), 0, ((1, 2, 10, 12),)),
+        BoxedRecord("x_2", os.path.join(train_dir, "n02", "x_2.JPEG"), 1, ((0, 0, 4, 4),))]
+
+
+def test_each_view_is_followed_by_its_mirror_image():
+    views = [torch.arange(18).view(3, 2, 3), torch.arange(12).view(3, 2, 2)]
+    geometries = [ViewGeometry(0.5, 0.25, 4.0, 1.0), ViewGeometry(2.0, 2.0)]
+    variants = with_mirror_images(views, geometries, flip=True)
+    assert [g for _, g in variants] == [geometries[0], ViewGeometry(0.5, 0.25, 4.0, 1.0, flipped=True),
+                                        geometries[1], ViewGeometry(2.0, 2.0, flipped=True)]
+    assert variants[1][0].tolist() == [[[2, 1, 0], [5, 4, 3]], [[8, 7, 6], [11, 10, 9]],
+                                       [[14, 13, 12], [17, 16, 15]]]
+    assert [v is view for (v, _), view in zip(with_mirror_images(views, geometries, flip=False), views)] == [True,
+                                                                                                           True]
+
+
+def test_rcnn_test_samples_carry_the_image_and_none_when_it_cannot_be_read(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    records = [BoxedRecord("a", str(tmp_path / "a.png"), 1, ()), BoxedRecord("b", str(tmp_path / "b.png"), 0, ())]
+    dataset = ImageAndViews(records, LocEvalTransform("1crop", 10, 8), train=False)
+    sample = dataset[0]
+    assert torch.equal(sample["image"], torch.from_numpy(pixels).permute(2, 0, 1))
+    assert (sample["size"], sample["label"], len(sample["views"])) == ((10, 12), 1, 1)
+    with pytest.warns(UserWarning, match="skipping: .*b.png"):
+        unreadable = dataset[1]
+    assert (unreadable["image"], unreadable["views"]) == (None, None)
+
+
+def test_a_checkpoints_network_starts_from_the_backbone_section_without_weights():
+    section = BackboneConfig(depth=18, weights="torchvision:IMAGENET1K_V1", base_width=8, norm="bn")
+    copy = backbone_without_weights(section)
+    assert (copy.weights, copy.depth, copy.base_width, copy.norm) == (None, 18, 8, "bn")
+    assert section.weights == "torchvision:IMAGENET1K_V1"
