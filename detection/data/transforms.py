@@ -15,11 +15,65 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 def shortest_edge_scale(height: int, width: int, short: float, max_size: float) -> float:
     """Scale making the shorter side ``short`` unless the longer side would exceed ``max_size``."""
     return min(short / min(height, width), max_size / max(height, width))
+
+
+def shortest_edge_size(height, width, short: float, max_size: float):
+    """(new height, new width) of the test-time resize: each side times :func:`shortest_edge_scale`,
+    rounded half to even.
+
+    Python ints give ints. Sizes that a trace records as 0-dim tensors give 0-dim int64 tensors,
+    computed in float64 like the Python floats, so that an exported detector resizes every image
+    to the size the PyTorch one does.
+    """
+    if isinstance(height, torch.Tensor) or isinstance(width, torch.Tensor):
+        size = torch.stack([torch.as_tensor(height), torch.as_tensor(width)]).double()
+        # Divisions of tensors (a number divided by a tensor is traced as a reciprocal and a product).
+        scale = (size.new_tensor([short, max_size]) / torch.stack([size.min(), size.max()])).min()
+        new_height, new_width = (size * scale).round().long()
+        return new_height, new_width
+    scale = shortest_edge_scale(height, width, short, max_size)
+    return int(round(height * scale)), int(round(width * scale))
+
+
+def resize_shortest_edge(image, short: float, max_size: float):
+    """The test-time resize of the data loader, of the test-time augmentations and of the exported
+    detector: ``image``, an (H, W, C) numpy array (the loader's) or a (C, H, W) tensor, resized to
+    :func:`shortest_edge_size` by :func:`resize_bilinear`. An image already at that size is returned
+    as it is (while tracing, sizes are tensors and the graph always resizes, to the same pixels)."""
+    if isinstance(image, np.ndarray):
+        height, width = image.shape[:2]
+    else:
+        height, width = image.shape[-2], image.shape[-1]
+    new_height, new_width = shortest_edge_size(height, width, short, max_size)
+    if not torch.jit.is_tracing() and (new_height, new_width) == (height, width):
+        return image
+    return resize_bilinear(image, new_height, new_width)
+
+
+def resize_bilinear(image, height, width):
+    """Bilinear interpolation at pixel centres without antialiasing, which OpenCV's INTER_LINEAR and
+    ``F.interpolate(mode="bilinear", align_corners=False)`` both compute.
+
+    uint8 images, numpy (H, W, C) or tensor (C, H, W), go through OpenCV and stay uint8 (rounded
+    from its fixed-point weights): the pixels the network has always been given by the loader.
+    Float tensors are interpolated in float on their device, as is every tensor while tracing (the
+    graph follows the input's size; OpenCV is outside it).
+    """
+    if isinstance(image, np.ndarray):
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    if image.dtype == torch.uint8 and not torch.jit.is_tracing():
+        planes_last = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
+        resized = cv2.resize(planes_last, (width, height), interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(resized.reshape(height, width, -1)).permute(2, 0, 1)
+    source = image if image.is_floating_point() else image.float()
+    return F.interpolate(source[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
 class ResizeShortestEdge(A.SmallestMaxSize):
@@ -61,9 +115,4 @@ class EvalTransform:
         self.max_size = max_size
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        height, width = image.shape[:2]
-        scale = shortest_edge_scale(height, width, self.min_size, self.max_size)
-        new_size = (int(round(width * scale)), int(round(height * scale)))
-        if new_size == (width, height):
-            return image
-        return cv2.resize(image, new_size, interpolation=cv2.INTER_LINEAR)
+        return resize_shortest_edge(image, self.min_size, self.max_size)

@@ -41,10 +41,20 @@ class AnchorGenerator(nn.Module):
 
     def grid_anchors(self, level: int, feature_size: tuple[int, int], stride: tuple[int, int],
                      device: torch.device) -> torch.Tensor:
+        """Anchors of one level, cached by size. While tracing, sizes and strides are 0-dim tensors
+        and the grid is computed in the graph, so that it follows the input's size."""
+        if torch.jit.is_tracing():
+            return self.compute_grid_anchors(level, feature_size, stride, device)
         key = (level, feature_size, stride, str(device))
         cached = self._cache.get(key)
-        if cached is not None:
-            return cached
+        if cached is None:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            cached = self._cache[key] = self.compute_grid_anchors(level, feature_size, stride, device)
+        return cached
+
+    def compute_grid_anchors(self, level: int, feature_size: tuple[int, int], stride: tuple[int, int],
+                             device: torch.device) -> torch.Tensor:
         height, width = feature_size
         shifts_x = torch.arange(width, dtype=torch.float32, device=device) * stride[1]
         shifts_y = torch.arange(height, dtype=torch.float32, device=device) * stride[0]
@@ -52,11 +62,7 @@ class AnchorGenerator(nn.Module):
         shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
         shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
         base = self.cell_anchors[level].to(device)
-        anchors = (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4)
-        if len(self._cache) > 64:
-            self._cache.clear()
-        self._cache[key] = anchors
-        return anchors
+        return (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4)
 
     def forward(self, padded_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]],
                 device: torch.device) -> list[torch.Tensor]:

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -54,19 +55,36 @@ class FasterRCNN(nn.Module):
     # -- steps -----------------------------------------------------------------------------------
     def preprocess(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Normalize each image and pad the batch (bottom/right, with zeros) to a multiple of the stride."""
+        if torch.jit.is_tracing():
+            return self.preprocess_traced(images)
         image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         stride = self.size_divisibility
         height = int(math.ceil(max(s[0] for s in image_sizes) / stride) * stride)
         width = int(math.ceil(max(s[1] for s in image_sizes) / stride) * stride)
         batch = images[0].new_zeros((len(images), 3, height, width), dtype=torch.float32, device=self.device)
         for slot, image in zip(batch, images):
-            image = image.to(self.device, non_blocking=True).float() / 255
-            if self.input_format == "BGR":
-                image = image.flip(0)
-            slot[:, : image.shape[1], : image.shape[2]].copy_((image - self.pixel_mean) / self.pixel_std)
+            slot[:, : image.shape[1], : image.shape[2]].copy_(self.normalize(image))
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch, image_sizes
+
+    def preprocess_traced(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple]]:
+        """:meth:`preprocess` with the sizes kept as the 0-dim tensors a trace records, so that the
+        graph pads any image to its own multiple of the stride (ints would freeze the example's)."""
+        image_sizes = [(img.shape[-2], img.shape[-1]) for img in images]
+        stride = self.size_divisibility
+        largest = torch.stack([torch.stack(size) for size in image_sizes]).amax(dim=0)
+        padded_height, padded_width = torch.div(largest + stride - 1, stride, rounding_mode="floor") * stride
+        batch = [F.pad(self.normalize(image), [0, padded_width - width, 0, padded_height - height])
+                 for image, (height, width) in zip(images, image_sizes)]
+        return torch.stack(batch), image_sizes
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) 0-255 -> float32 on the model's device, (x / 255 - mean) / std, in RGB or BGR order."""
+        image = image.to(self.device, non_blocking=True).float() / 255
+        if self.input_format == "BGR":
+            image = image.flip(0)
+        return (image - self.pixel_mean) / self.pixel_std
 
     def _target(self, sample: dict) -> dict:
         device = self.device
@@ -81,9 +99,16 @@ class FasterRCNN(nn.Module):
 
     @staticmethod
     def to_original_size(detections: dict, sample: dict, input_size: tuple[int, int]) -> dict:
+        """Boxes scaled from the network input's (height, width) ``input_size`` to the sample's
+        "height" and "width", when it gives them."""
         height, width = sample.get("height"), sample.get("width")
         if height is None or width is None:
             return detections
         boxes = detections["boxes"]
-        scale = boxes.new_tensor([width / input_size[1], height / input_size[0]] * 2)
+        if torch.jit.is_tracing():  # sizes are 0-dim tensors: the ratios in the graph, in float64 as in Python
+            original = torch.stack([torch.as_tensor(width), torch.as_tensor(height)]).double()
+            network = torch.stack([torch.as_tensor(input_size[1]), torch.as_tensor(input_size[0])]).double()
+            scale = (original / network).to(boxes.dtype).repeat(2)
+        else:
+            scale = boxes.new_tensor([width / input_size[1], height / input_size[0]] * 2)
         return {**detections, "boxes": boxes * scale}

@@ -7,14 +7,17 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import remove_small_boxes
 
 from .box_coder import BoxCoder
 from .matching import Matcher, sample_balanced
+from .traceable import batched_nms, clip_boxes
 
 
 def whole_image_boxes(image_sizes: Sequence[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
-    return [torch.tensor([[0.0, 0.0, float(w), float(h)]], device=device) for h, w in image_sizes]
+    """One (1, 4) box (0, 0, width, height) per image; sizes may be ints or, while tracing, 0-dim tensors."""
+    return [torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in (0, 0, w, h)])[None]
+            for h, w in image_sizes]
 
 
 class RoIHeads(nn.Module):
@@ -69,7 +72,7 @@ class RoIHeads(nn.Module):
         if not self.global_context:
             return regions
         context = self.box_head(self.pooler(features, whole_image_boxes(image_sizes, regions.device), image_sizes))
-        counts = torch.tensor([len(b) for b in boxes], device=regions.device)
+        counts = torch.stack([torch.as_tensor(b.shape[0], device=regions.device) for b in boxes])
         return torch.cat([regions, context.repeat_interleave(counts, dim=0)], dim=1)
 
     def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
@@ -124,11 +127,11 @@ class RoIHeads(nn.Module):
                image_sizes: list[tuple[int, int]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Logits (R, K+1) and deltas (R, (K+1)*4) of every image's proposals -> per image, class
         probabilities and per-class boxes clipped to its (height, width)."""
-        counts = [len(p) for p in proposals]
+        counts = [p.shape[0] for p in proposals]  # 0-dim tensors while tracing: split follows them
         boxes = self.box_coder.decode(deltas.float(), torch.cat(proposals).float())
         boxes = boxes.view(len(boxes), -1, 4)
         scores = F.softmax(logits.float(), dim=-1)
-        boxes_per_image = [clip_boxes_to_image(b, size) for b, size in zip(boxes.split(counts), image_sizes)]
+        boxes_per_image = [clip_boxes(b, size) for b, size in zip(boxes.split(counts), image_sizes)]
         return list(scores.split(counts)), boxes_per_image
 
     def select_detections(self, scores: torch.Tensor, boxes: torch.Tensor) -> dict:

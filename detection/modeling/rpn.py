@@ -7,11 +7,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import remove_small_boxes
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
 from .matching import FOREGROUND, IGNORE, Matcher, sample_balanced
+from .traceable import batched_nms, clip_boxes, top_count
 
 
 class RPNHead(nn.Module):
@@ -119,19 +120,19 @@ class RegionProposalNetwork(nn.Module):
         batch_index = torch.arange(num_images, device=logits[0].device)[:, None]
         scores, boxes, levels = [], [], []
         for level, (level_logits, level_deltas, level_anchors) in enumerate(zip(logits, deltas, anchors)):
-            k = min(pre_topk, level_logits.shape[1])
+            k = top_count(pre_topk, level_logits.shape[1])
             top_logits, top_index = level_logits.detach().topk(k, dim=1)
             top_deltas = level_deltas.detach()[batch_index, top_index]  # (N, k, 4)
             decoded = self.box_coder.decode(top_deltas.reshape(-1, 4), level_anchors[top_index.reshape(-1)])
             scores.append(top_logits)
-            boxes.append(decoded.view(num_images, k, 4))
-            levels.append(torch.full((k,), level, dtype=torch.int64, device=top_logits.device))
+            boxes.append(decoded.view(num_images, -1, 4))
+            levels.append(torch.full_like(top_index[0], level))
         scores = torch.cat(scores, 1).sigmoid()
         boxes = torch.cat(boxes, 1)
         levels = torch.cat(levels)
         proposals = []
         for image_boxes, image_scores, size in zip(boxes, scores, image_sizes):
-            image_boxes = clip_boxes_to_image(image_boxes, size)
+            image_boxes = clip_boxes(image_boxes, size)
             # Degenerate boxes (clipped to nothing) are always dropped.
             keep = remove_small_boxes(image_boxes, max(self.min_size, 1e-3))
             image_boxes, image_scores, image_levels = image_boxes[keep], image_scores[keep], levels[keep]

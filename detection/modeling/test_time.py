@@ -23,13 +23,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
-import numpy as np
 import torch
 from torch import nn
 from torchvision.ops import box_area, box_iou
 
-from ..data.transforms import shortest_edge_scale
+from ..data.transforms import resize_shortest_edge
 from .roi_heads import select_detections
 
 
@@ -211,10 +209,10 @@ class TestTimeDetector(nn.Module):
     # -- pieces ------------------------------------------------------------------------------------
     def level(self, image: torch.Tensor, scale: int) -> ScaleLevel:
         height, width = image.shape[-2:]
+        # The test aspect cap, scaled with the shorter side.
         max_size = self.options.max_size * scale / self.options.base_scale
-        factor = shortest_edge_scale(height, width, scale, max_size)
-        new_w, new_h = int(round(width * factor)), int(round(height * factor))
-        resized = resize_chw(image, new_w, new_h)
+        resized = resize_shortest_edge(image, scale, max_size)
+        new_h, new_w = resized.shape[-2:]
         batch, sizes = self.model.preprocess([resized])
         return ScaleLevel(self.model.backbone(batch), new_w / width, new_h / height, sizes[0],
                           tuple(batch.shape[-2:]))
@@ -256,14 +254,4 @@ class TestTimeDetector(nn.Module):
             detections["boxes"] = box_voting(detections["boxes"], detections["labels"], boxes[:, 1:].reshape(-1, 4),
                                              scores[:, 1:].reshape(-1), labels, options.box_voting_iou)
         return detections
-
-
-def resize_chw(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Resize a (3, H, W) image as the test transform does (OpenCV bilinear), so that the base scale
-    gives exactly the pixels of single-scale testing."""
-    if image.shape[-2:] == (height, width):
-        return image
-    array = image.permute(1, 2, 0).cpu().numpy()
-    resized = cv2.resize(np.ascontiguousarray(array), (width, height), interpolation=cv2.INTER_LINEAR)
-    return torch.from_numpy(resized).permute(2, 0, 1)
 

@@ -124,6 +124,21 @@ def test_torchscript_round_trip_matches_pytorch(detector, tmp_path):
         compare(reference, run_exported(path, "torchscript", image.float()))
 
 
+def test_global_context_exports(tmp_path):
+    """The C4 head with the whole image as one more region (paper, Appendix B): in the graph the
+    context feature joins however many proposals the image has."""
+    path, overrides = CONFIGS["c4"]
+    cfg = load_detection_config(os.path.join(ROOT, path), overrides + ["model.roi_head.global_context=true"])
+    model = calibrated_detector(cfg)
+    weights = tmp_path / "model_final.pth"
+    torch.save({"model": model.state_dict(), "meta": {"num_classes": NUM_CLASSES}}, weights)
+    path, report = export_detector(cfg, str(weights), "onnx", str(tmp_path / "model.onnx"))
+    assert report["matched"] == report["expected"] == report["actual"] > 10
+    for seed, size in [(7, EXPORT_SIZE), (9, OTHER_SIZE)]:
+        image = image_tensor(seed, *size)
+        compare(reference_detections(model, image), run_exported(path, "onnx", image))
+
+
 def test_backbone_only_gives_the_feature_maps(detector, tmp_path):
     path, _ = export_detector(detector.cfg, detector.weights, "onnx", str(tmp_path / "backbone.onnx"),
                               backbone_only=True, check=False)
