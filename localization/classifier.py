@@ -29,7 +29,34 @@ from .config import backbone_without_weights
 TEST_MODES = ("1crop", "10crop", "dense")
 
 
-class Classifier(nn.Module):
+class ClassifierInput:
+    """The classifier's input arithmetic, shared by the localizers whose trunks start from its weights:
+    uint8 or 0-255 float (B, 3, H, W) RGB images become (x / 255 - mean / 255) / (std / 255), torchvision's
+    arithmetic, so that imported torchvision models see bit-identical inputs; a BGR network gets the
+    channels reversed first. The statistics are buffers that are not saved: checkpoints hold the networks
+    alone. Mixed into nn.Module subclasses, which call set_input_normalization in their __init__."""
+
+    def set_input_normalization(self, pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                                input_format: str) -> None:
+        mean01 = torch.tensor(pixel_mean, dtype=torch.float64) / 255
+        std01 = torch.tensor(pixel_std, dtype=torch.float64) / 255
+        self.register_buffer("pixel_mean", mean01.float().view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", std01.float().view(1, -1, 1, 1), persistent=False)
+        self.input_format = input_format
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or 0-255 float (B, 3, H, W) RGB on any device -> the network's input on its device."""
+        images = images.to(self.device, non_blocking=True).float() / 255
+        if self.input_format == "BGR":
+            images = images.flip(1)
+        return (images - self.pixel_mean) / self.pixel_std
+
+
+class Classifier(ClassifierInput, nn.Module):
     """Input: a list of samples {"image": uint8 (3, H, W) RGB, "label": int}, as the data loader yields.
 
     Output: {"loss_cls"} in training; the logits (B, K) otherwise.
@@ -41,30 +68,13 @@ class Classifier(nn.Module):
         if backbone.fc is None or "res5" not in backbone.out_features:
             raise ValueError("the classifier needs a ResNet built with num_classes and out_features=['res5']")
         self.backbone = backbone
-        # Normalized as (x / 255 - mean / 255) / (std / 255), torchvision's arithmetic, so that imported
-        # torchvision models see bit-identical inputs. Not saved: checkpoints hold the ResNet alone.
-        mean01 = torch.tensor(pixel_mean, dtype=torch.float64) / 255
-        std01 = torch.tensor(pixel_std, dtype=torch.float64) / 255
-        self.register_buffer("pixel_mean", mean01.float().view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", std01.float().view(1, -1, 1, 1), persistent=False)
-        self.input_format = input_format
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
+        self.set_input_normalization(pixel_mean, pixel_std, input_format)
 
     @property
     def num_classes(self) -> int:
         return self.backbone.fc.out_features
 
     # -- building blocks ---------------------------------------------------------------------------
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or 0-255 float (B, 3, H, W) RGB -> the network's input."""
-        images = images.to(self.device, non_blocking=True).float() / 255
-        if self.input_format == "BGR":
-            images = images.flip(1)
-        return (images - self.pixel_mean) / self.pixel_std
-
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """The classifier as trained: res5, global average pool, fc. ``images`` are normalized."""
         res5 = self.backbone(images)["res5"]

@@ -29,11 +29,12 @@ from backbones import ResNet
 from backbones.config import build_from_config
 from detection.modeling.box_coder import BoxCoder
 
+from .classifier import ClassifierInput
 from .config import LocalizerRCNNConfig, backbone_without_weights
 from .data.rcnn_rois import warp_regions
 
 
-class RCNNLocalizer(nn.Module):
+class RCNNLocalizer(ClassifierInput, nn.Module):
     """Warped RoIs -> (K+1)-way class logits and K x 4 class-specific deltas.
 
     Training input: samples of :class:`RoITrainDataset`; output {"loss_cls", "loss_box"}. ``rules``: the
@@ -53,24 +54,9 @@ class RCNNLocalizer(nn.Module):
         nn.init.normal_(self.bbox_pred.weight, std=0.001)  # deltas start near 0: the proposal itself
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
-        mean01 = torch.tensor(pixel_mean, dtype=torch.float64) / 255
-        std01 = torch.tensor(pixel_std, dtype=torch.float64) / 255
-        self.register_buffer("pixel_mean", mean01.float().view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", std01.float().view(1, -1, 1, 1), persistent=False)
-        self.input_format = input_format
+        self.set_input_normalization(pixel_mean, pixel_std, input_format)
         self.rules = rules
         self.coder = BoxCoder(weights=tuple(rules.bbox_reg_weights))
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    def normalize(self, crops: torch.Tensor) -> torch.Tensor:
-        """0-255 float (R, 3, S, S) RGB crops -> the network's input (the RPN's and classifier's arithmetic)."""
-        crops = crops.to(self.device, non_blocking=True) / 255
-        if self.input_format == "BGR":
-            crops = crops.flip(1)
-        return (crops - self.pixel_mean) / self.pixel_std
 
     def head(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized crops -> class logits (R, K+1) and deltas (R, K, 4)."""

@@ -50,6 +50,7 @@ from detection.modeling.anchors import cell_anchors
 from detection.modeling.box_coder import BoxCoder
 from detection.modeling.matching import FOREGROUND, Matcher, sample_balanced
 
+from .classifier import ClassifierInput
 from .config import LocalizerTrainConfig, backbone_without_weights
 from .data.loc_dataset import ViewGeometry, to_original_image, with_mirror_images
 
@@ -101,7 +102,7 @@ def merge_views(per_view: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[
     return boxes[best_view, classes], best_scores
 
 
-class RPNLocalizer(nn.Module):
+class RPNLocalizer(ClassifierInput, nn.Module):
     """Input in training: samples {"image": uint8 (3, c, c) RGB, "label": int, "boxes": (n, 4) float crop
     pixels with x2 exclusive, "cut_boxes": (m, 4)}; output {"loss_cls", "loss_box"}.
     At test time see :meth:`class_boxes`. ``rules``: the ``rpn`` section of the config (label assignment,
@@ -124,11 +125,7 @@ class RPNLocalizer(nn.Module):
         self.cls_logits = nn.Conv2d(head_channels, self.num_anchors * num_classes, 1)
         self.bbox_deltas = nn.Conv2d(head_channels, self.num_anchors * num_classes * 4, 1)
         self._init_head()
-        mean01 = torch.tensor(pixel_mean, dtype=torch.float64) / 255
-        std01 = torch.tensor(pixel_std, dtype=torch.float64) / 255
-        self.register_buffer("pixel_mean", mean01.float().view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", std01.float().view(1, -1, 1, 1), persistent=False)
-        self.input_format = input_format
+        self.set_input_normalization(pixel_mean, pixel_std, input_format)
         self.rules = rules
         self.matcher = Matcher(rules.fg_iou_thresh, rules.bg_iou_thresh, allow_low_quality=True)
         self.coder = BoxCoder()
@@ -141,18 +138,7 @@ class RPNLocalizer(nn.Module):
         # would spend the first iterations only pushing K-1 outputs down.
         nn.init.constant_(self.cls_logits.bias, -4.6)
 
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    # -- shared ------------------------------------------------------------------------------------
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) RGB -> the network's input (the classifier's arithmetic)."""
-        images = images.to(self.device, non_blocking=True).float() / 255
-        if self.input_format == "BGR":
-            images = images.flip(1)
-        return (images - self.pixel_mean) / self.pixel_std
-
+    # -- shared (and normalize, the classifier's input arithmetic) ------------------------------------
     def head(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalized (B, 3, H, W) -> logits (B, N, K), deltas (B, N, K, 4), anchors (N, 4); N = h*w*A."""
         features = F.relu(self.conv(self.backbone(images)[self.feature]))

@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms.functional import normalize
 
 from backbones import ResNet
-from localization.classifier import Classifier, average_softmax, topk_errors
+from localization.classifier import Classifier, ClassifierInput, average_softmax, topk_errors
 from localization.data.classification import (
     ClassificationDataset,
     EvalTransform,
@@ -242,3 +243,21 @@ def test_unknown_config_key_is_one_line_and_exit_code_2():
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unknown key 'solver.max_itr'"), result.stderr
     assert "did you mean solver.max_iter" in lines[0]
+
+
+@pytest.mark.parametrize("input_format", ["RGB", "BGR"])
+def test_the_classifier_input_is_torchvisions_arithmetic_and_not_saved(input_format):
+    """The input arithmetic the classifier shares with the localizers, against torchvision's Normalize."""
+    class Network(ClassifierInput, torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.set_input_normalization(MEAN, STD, input_format)
+
+    network = Network()
+    images = random_images(2, 3, 5, 4)
+    # A BGR network reverses the channels before subtracting its statistics (given in its own order).
+    pixels = images.flip(1) if input_format == "BGR" else images
+    expected = normalize(pixels.float() / 255, [m / 255 for m in MEAN], [s / 255 for s in STD])
+    torch.testing.assert_close(network.normalize(images), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(network.normalize(images.float()), expected, rtol=0, atol=1e-6)
+    assert (network.device, network.state_dict()) == (torch.device("cpu"), {})
