@@ -1,1 +1,2 @@
-"""Readers and writers of the ILSVRC CLS-LOC files (devkit XML, Kaggle CSV, predictions)."""
+"""ILSVRC data: readers and writers of the CLS-LOC files (devkit XML, Kaggle CSV, predictions), the
+classification and localization datasets, the R-CNN stage's RoIs, and a synthetic set."""
