@@ -2,6 +2,8 @@
 
 Training uses albumentations (bbox-aware) with a per-sample seed, so that an augmentation depends
 only on (run seed, epoch, image) and not on which worker process draws it: runs resume exactly.
+The test-time resize, :func:`resize_shortest_edge`, is the one function that the data loader, the
+test-time augmentations (detection/modeling/test_time.py) and the exported detector resize with.
 """
 
 from __future__ import annotations
