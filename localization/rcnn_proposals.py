@@ -94,7 +94,6 @@ def training_proposals(rpn: RPNLocalizer, views: LocEvalTransform, records: list
     return dist_utils.all_gather_dict(found)
 
 
-
 def cached_training_proposals(cfg, rpn: RPNLocalizer, rpn_cfg, records) -> dict:
     """The GT class's proposals of every training image, kept in output_dir so that a resumed run (or a
     second one with the same RPN and proposal settings) does not run the RPN over the training set again."""

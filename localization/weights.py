@@ -81,7 +81,6 @@ def load_fitting_state(model, state: dict, weights: str) -> None:
                         f"config it was trained with (model.backbone.*, model.feature, model.head_channels, anchors)")
 
 
-
 def load_proposal_rpn(cfg, synsets: Synsets) -> tuple[RPNLocalizer, object]:
     """The per-class RPN of ``rcnn.rpn_weights``, rebuilt from the config saved in its checkpoint."""
     path = cfg.rcnn.rpn_weights
@@ -95,7 +94,6 @@ def load_proposal_rpn(cfg, synsets: Synsets) -> tuple[RPNLocalizer, object]:
                         f"to output/<rpn run>/model_final.pth")
     rpn_cfg = config_from_text(LocalizationConfig, state["config"])
     return load_localizer(rpn_cfg, path, synsets), rpn_cfg
-
 
 
 def load_trained_classifier(spec: str, synsets: Synsets):

@@ -37,7 +37,6 @@ def score_files(gt: str, pred: str, synsets: str | None, out_dir: str, blacklist
     return metrics
 
 
-
 def evaluate_localizer_weights(cfg, weights: str | None, classifier: str | None, out_dir: str | None) -> dict:
     """Model mode: score ``weights`` (default: the run's latest checkpoint) on the val set; write
     out_dir/loc_<mode>_submission.csv (the scored Kaggle CSV), out_dir/loc_<mode>_gt_class.csv (the GT
