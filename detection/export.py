@@ -82,16 +82,18 @@ class ExportedDetector(nn.Module):
 
 
 class ExportedBackbone(nn.Module):
-    """The detector's normalization, padding and feature extractor; outputs in ``feature_names`` order."""
+    """The detector's normalization, padding and feature extractor, without its heads; outputs in
+    ``feature_names`` order."""
 
     def __init__(self, model: FasterRCNN):
         super().__init__()
-        self.model = model
+        self.preprocessor = model.preprocessor
+        self.backbone = model.backbone
         self.feature_names = list(getattr(model.backbone, "out_features", model.rpn.in_features))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        batch, _ = self.model.preprocess([image])
-        features = self.model.backbone(batch)
+        batch, _ = self.preprocessor([image])
+        features = self.backbone(batch)
         return tuple(features[name] for name in self.feature_names)
 
 

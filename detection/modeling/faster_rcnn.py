@@ -10,6 +10,59 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class InputPreprocessor(nn.Module):
+    """The network's input: each (3, H, W) image, 0-255 in RGB (uint8 or float), normalized, and the
+    batch zero-padded (bottom and right) to a multiple of the stride. A module of its own, so that
+    the exported backbone takes it without the heads."""
+
+    def __init__(self, pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int,
+                 input_format: str):
+        super().__init__()
+        # Normalized as (x / 255 - mean / 255) / (std / 255), the arithmetic of torchvision's
+        # transform, so that imported torchvision models see bit-identical inputs.
+        mean01 = torch.tensor(pixel_mean, dtype=torch.float64) / 255
+        std01 = torch.tensor(pixel_std, dtype=torch.float64) / 255
+        self.register_buffer("pixel_mean", mean01.float().view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", std01.float().view(-1, 1, 1), persistent=False)
+        self.size_divisibility = size_divisibility
+        self.input_format = input_format
+        self.channels_last = False
+
+    def forward(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """(the padded (N, 3, H', W') batch, each image's (height, width))."""
+        if torch.jit.is_tracing():
+            return self.forward_traced(images)
+        image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        stride = self.size_divisibility
+        height = int(math.ceil(max(s[0] for s in image_sizes) / stride) * stride)
+        width = int(math.ceil(max(s[1] for s in image_sizes) / stride) * stride)
+        device = self.pixel_mean.device
+        batch = images[0].new_zeros((len(images), 3, height, width), dtype=torch.float32, device=device)
+        for slot, image in zip(batch, images):
+            slot[:, : image.shape[1], : image.shape[2]].copy_(self.normalize(image))
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch, image_sizes
+
+    def forward_traced(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple]]:
+        """:meth:`forward` with the sizes kept as the 0-dim tensors a trace records, so that the
+        graph pads any image to its own multiple of the stride (ints would freeze the example's)."""
+        image_sizes = [(img.shape[-2], img.shape[-1]) for img in images]
+        stride = self.size_divisibility
+        largest = torch.stack([torch.stack(size) for size in image_sizes]).amax(dim=0)
+        padded_height, padded_width = torch.div(largest + stride - 1, stride, rounding_mode="floor") * stride
+        batch = [F.pad(self.normalize(image), [0, padded_width - width, 0, padded_height - height])
+                 for image, (height, width) in zip(images, image_sizes)]
+        return torch.stack(batch), image_sizes
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) 0-255 -> float32 on the buffers' device, (x / 255 - mean) / std, in RGB or BGR order."""
+        image = image.to(self.pixel_mean.device, non_blocking=True).float() / 255
+        if self.input_format == "BGR":
+            image = image.flip(0)
+        return (image - self.pixel_mean) / self.pixel_std
+
+
 class FasterRCNN(nn.Module):
     """The whole detector.
 
@@ -25,22 +78,33 @@ class FasterRCNN(nn.Module):
     def __init__(self, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module,
                  pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int, input_format: str):
         super().__init__()
+        self.preprocessor = InputPreprocessor(pixel_mean, pixel_std, size_divisibility, input_format)
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
-        # Normalized as (x / 255 - mean / 255) / (std / 255), the arithmetic of torchvision's
-        # transform, so that imported torchvision models see bit-identical inputs.
-        mean01 = torch.tensor(pixel_mean, dtype=torch.float64) / 255
-        std01 = torch.tensor(pixel_std, dtype=torch.float64) / 255
-        self.register_buffer("pixel_mean", mean01.float().view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", std01.float().view(-1, 1, 1), persistent=False)
-        self.size_divisibility = size_divisibility
-        self.input_format = input_format
-        self.channels_last = False
 
     @property
     def device(self) -> torch.device:
-        return self.pixel_mean.device
+        return self.preprocessor.pixel_mean.device
+
+    @property
+    def pixel_mean(self) -> torch.Tensor:
+        """(3, 1, 1) mean of the 0-1 input, in the model's channel order."""
+        return self.preprocessor.pixel_mean
+
+    @property
+    def pixel_std(self) -> torch.Tensor:
+        """(3, 1, 1) standard deviation of the 0-1 input."""
+        return self.preprocessor.pixel_std
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the input batch is laid out channels_last (the inference fast path sets it)."""
+        return self.preprocessor.channels_last
+
+    @channels_last.setter
+    def channels_last(self, value: bool) -> None:
+        self.preprocessor.channels_last = value
 
     def forward(self, batch: list[dict]):
         images, image_sizes = self.preprocess([sample["image"] for sample in batch])
@@ -55,36 +119,7 @@ class FasterRCNN(nn.Module):
     # -- steps -----------------------------------------------------------------------------------
     def preprocess(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Normalize each image and pad the batch (bottom/right, with zeros) to a multiple of the stride."""
-        if torch.jit.is_tracing():
-            return self.preprocess_traced(images)
-        image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-        stride = self.size_divisibility
-        height = int(math.ceil(max(s[0] for s in image_sizes) / stride) * stride)
-        width = int(math.ceil(max(s[1] for s in image_sizes) / stride) * stride)
-        batch = images[0].new_zeros((len(images), 3, height, width), dtype=torch.float32, device=self.device)
-        for slot, image in zip(batch, images):
-            slot[:, : image.shape[1], : image.shape[2]].copy_(self.normalize(image))
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch, image_sizes
-
-    def preprocess_traced(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple]]:
-        """:meth:`preprocess` with the sizes kept as the 0-dim tensors a trace records, so that the
-        graph pads any image to its own multiple of the stride (ints would freeze the example's)."""
-        image_sizes = [(img.shape[-2], img.shape[-1]) for img in images]
-        stride = self.size_divisibility
-        largest = torch.stack([torch.stack(size) for size in image_sizes]).amax(dim=0)
-        padded_height, padded_width = torch.div(largest + stride - 1, stride, rounding_mode="floor") * stride
-        batch = [F.pad(self.normalize(image), [0, padded_width - width, 0, padded_height - height])
-                 for image, (height, width) in zip(images, image_sizes)]
-        return torch.stack(batch), image_sizes
-
-    def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) 0-255 -> float32 on the model's device, (x / 255 - mean) / std, in RGB or BGR order."""
-        image = image.to(self.device, non_blocking=True).float() / 255
-        if self.input_format == "BGR":
-            image = image.flip(0)
-        return (image - self.pixel_mean) / self.pixel_std
+        return self.preprocessor(images)
 
     def _target(self, sample: dict) -> dict:
         device = self.device

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from types import SimpleNamespace
 
 import onnx
@@ -150,6 +151,23 @@ def test_backbone_only_gives_the_feature_maps(detector, tmp_path):
         actual = run_exported(path, "onnx", image)
         for name, features in zip(names, actual):
             torch.testing.assert_close(features, expected[name], atol=1e-4, rtol=1e-4)
+
+
+def test_torchscript_backbone_holds_the_backbone_alone(detector, tmp_path):
+    path, report = export_detector(detector.cfg, detector.weights, "torchscript", str(tmp_path / "backbone.pt"),
+                                   backbone_only=True)
+    assert report["max_abs_diff"] <= 1e-4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation note
+        loaded = torch.jit.load(path)
+    # The backbone's weights (and BatchNorm statistics) and the input's mean and std, none of the
+    # RPN's or the box head's tensors.
+    expected = {f"backbone.{name}": tensor for name, tensor in detector.model.backbone.state_dict().items()}
+    expected |= {f"preprocessor.{name}": tensor for name, tensor in detector.model.preprocessor.named_buffers()}
+    saved = loaded.state_dict()
+    assert sorted(saved) == sorted(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(saved[name], tensor), name
 
 
 @pytest.mark.parametrize(("override", "message"), [
