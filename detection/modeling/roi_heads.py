@@ -129,7 +129,7 @@ class RoIHeads(nn.Module):
         probabilities and per-class boxes clipped to its (height, width)."""
         counts = [p.shape[0] for p in proposals]  # 0-dim tensors while tracing: split follows them
         boxes = self.box_coder.decode(deltas.float(), torch.cat(proposals).float())
-        boxes = boxes.view(len(boxes), -1, 4)
+        boxes = boxes.view(-1, logits.shape[-1], 4)  # the class count, not the RoI count, fixed: R may be 0
         scores = F.softmax(logits.float(), dim=-1)
         boxes_per_image = [clip_boxes(b, size) for b, size in zip(boxes.split(counts), image_sizes)]
         return list(scores.split(counts)), boxes_per_image

@@ -237,3 +237,21 @@ def test_decode_uses_the_box_coder_weights():
     torch.testing.assert_close(boxes[0][0, 1], torch.tensor([30.0, 20.0, 50.0, 40.0]))
     torch.testing.assert_close(scores[0], torch.full((1, 4), 0.25))
     assert torch.equal(boxes[0][0, 1], BoxCoder(WEIGHTS).decode(deltas[:, 4:8], proposal[0])[0])
+
+
+@pytest.mark.parametrize("counts", [(0, 20), (0, 0)])
+def test_images_without_proposals_get_no_detections(counts):
+    """An image whose proposals were all filtered out (a random detector on a small image) gets
+    empty detections; the other images' detections are those of a batch without it."""
+    heads, reference = make_pair(detections=12)
+    heads.eval()
+    reference.eval()
+    features, boxes = feature_maps(), proposals(counts=counts)
+    with torch.no_grad():
+        ours, _ = heads(features, boxes, IMAGE_SIZES)
+        theirs, _ = reference(features, boxes, IMAGE_SIZES)
+    assert [len(d["boxes"]) for d in ours] == [len(d["boxes"]) for d in theirs]
+    assert ours[0]["boxes"].shape == (0, 4) and ours[0]["scores"].shape == (0,)
+    for mine, expected in zip(ours, theirs):
+        assert torch.equal(mine["labels"], expected["labels"])
+        torch.testing.assert_close(mine["boxes"], expected["boxes"], rtol=0, atol=1e-4)
