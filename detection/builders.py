@@ -27,15 +27,14 @@ config override is, so a misspelt key stops with the closest valid one:
     resnet_engine.config.ConfigError: unknown key 'model.rpn.nms_thres' in override 'model.rpn.nms_thres=0.6' (did you mean model.rpn.nms_thresh?)
 
 Each builder makes what ``build_model`` makes for its config (same modules, parameter names and
-shapes, same outputs): the settings are the schema's defaults (detection/config.py) with the
-config's changes, which the ``*_RECIPE`` tables below copy from the YAML files
-(tests/detection/test_builders.py compares each with its file). ``num_classes`` counts the
+shapes, same outputs): it reads the config file itself, shipped with the toolkit (the configs/
+folder, installed as the package ``resnet_configs``), so the two cannot drift. ``num_classes`` counts the
 foreground classes (torchvision's builders count the background too: their 91 is 90 here).
 ``weights`` is a detector file, a checkpoint of this toolkit or a converted torchvision detector
 (tools/convert_weights.py), from which ``num_classes`` and the category ids are read;
 ``backbone_weights`` are the ImageNet weights of the backbone (``model.backbone.weights``: a
 file, ``torchvision:NAME`` or ``timm:NAME``; None starts from random weights), not loaded when
-``weights`` is given. The model comes back in training mode, on the CPU, with ``config`` (the
+``weights`` is given; by default those the config names. The model comes back in training mode, on the CPU, with ``config`` (the
 resolved detection config it was built from) and ``category_map`` (its category ids and names),
 which ``Predictor(model)`` reads.
 """
@@ -58,41 +57,6 @@ from .modeling.build import build_model
 from .modeling.faster_rcnn import FasterRCNN
 from .weights import load_detector
 
-# The ImageNet weights the COCO configs start from.
-IMAGENET_WEIGHTS = "torchvision:IMAGENET1K_V1"
-
-# What each config changes in the model, input and test sections of the schema's defaults (which
-# are the paper's C4 detector); the depth and the backbone weights come from the builder.
-# configs/base_det.yaml (the C4 configs coco_r50.yaml, coco_r101.yaml, coco_r152.yaml):
-PAPER_C4_RECIPE = {"test": {"nms_thresh": 0.3}}
-# configs/coco_r50_fpn.yaml and coco_r101_fpn.yaml:
-FPN_1X_RECIPE = {
-    "model": {
-        "arch": "fpn",
-        "anchors": {"sizes": [[32], [64], [128], [256], [512]]},
-        "rpn": {"pre_nms_topk_train": 2000, "post_nms_topk_train": 1000,
-                "pre_nms_topk_test": 1000, "post_nms_topk_test": 1000},
-        "roi_head": {"pooler_resolution": 7, "sampling_ratio": 2},
-    },
-    "input": {"min_size_train": [640, 672, 704, 736, 768, 800], "max_size_train": 1333,
-              "min_size_test": 800, "max_size_test": 1333},
-    "test": {"nms_thresh": 0.5},
-}
-# configs/shapes.yaml: a half-width ResNet-18 with thin heads on small images, from scratch.
-SMALL_R18_FPN_RECIPE = {
-    "model": {
-        "arch": "fpn",
-        "backbone": {"norm": "bn", "freeze_at": 0, "base_width": 32},
-        "fpn": {"out_channels": 64},
-        "anchors": {"sizes": [[16], [32], [64], [128], [256]]},
-        "rpn": {"pre_nms_topk_train": 600, "post_nms_topk_train": 300,
-                "pre_nms_topk_test": 300, "post_nms_topk_test": 100},
-        "roi_head": {"batch_size_per_image": 128, "pooler_resolution": 7, "sampling_ratio": 1, "fc_dim": 256},
-    },
-    "input": {"min_size_train": [224, 240, 256], "max_size_train": 400, "min_size_test": 240, "max_size_test": 400},
-    "test": {"nms_thresh": 0.5},
-}
-
 # The sections a built detector reads; solver and data settings belong to a training run.
 DETECTOR_SECTIONS = ("model", "input", "test")
 # Keys that the builders' own arguments set.
@@ -100,55 +64,67 @@ ARGUMENT_KEYS = {"model.num_classes": "num_classes", "model.weights": "weights",
                  "model.backbone.weights": "backbone_weights"}
 
 
+class AsConfigured:
+    """The default of ``backbone_weights``: what the builder's config names (``model.backbone.weights``)."""
+
+    def __repr__(self) -> str:
+        return "AS_CONFIGURED"
+
+
+AS_CONFIGURED = AsConfigured()
+
+
 def faster_rcnn_r50_c4(*, num_classes: int | None = None, weights: str | None = None,
-                       backbone_weights: str | None = IMAGENET_WEIGHTS, **overrides: Any) -> FasterRCNN:
+                       backbone_weights: str | None | AsConfigured = AS_CONFIGURED, **overrides: Any) -> FasterRCNN:
     """The paper's C4 Faster R-CNN on ResNet-50 (configs/coco_r50.yaml): res5 runs on each region."""
-    return build_detector(PAPER_C4_RECIPE, 50, num_classes, weights, backbone_weights, overrides)
+    return build_detector("coco_r50.yaml", num_classes, weights, backbone_weights, overrides)
 
 
 def faster_rcnn_r101_c4(*, num_classes: int | None = None, weights: str | None = None,
-                        backbone_weights: str | None = IMAGENET_WEIGHTS, **overrides: Any) -> FasterRCNN:
+                        backbone_weights: str | None | AsConfigured = AS_CONFIGURED, **overrides: Any) -> FasterRCNN:
     """The paper's COCO detector, C4 Faster R-CNN on ResNet-101 (configs/coco_r101.yaml)."""
-    return build_detector(PAPER_C4_RECIPE, 101, num_classes, weights, backbone_weights, overrides)
+    return build_detector("coco_r101.yaml", num_classes, weights, backbone_weights, overrides)
 
 
 def faster_rcnn_r152_c4(*, num_classes: int | None = None, weights: str | None = None,
-                        backbone_weights: str | None = IMAGENET_WEIGHTS, **overrides: Any) -> FasterRCNN:
+                        backbone_weights: str | None | AsConfigured = AS_CONFIGURED, **overrides: Any) -> FasterRCNN:
     """The paper's C4 Faster R-CNN on ResNet-152 (configs/coco_r152.yaml)."""
-    return build_detector(PAPER_C4_RECIPE, 152, num_classes, weights, backbone_weights, overrides)
+    return build_detector("coco_r152.yaml", num_classes, weights, backbone_weights, overrides)
 
 
 def faster_rcnn_r50_fpn(*, num_classes: int | None = None, weights: str | None = None,
-                        backbone_weights: str | None = IMAGENET_WEIGHTS, **overrides: Any) -> FasterRCNN:
+                        backbone_weights: str | None | AsConfigured = AS_CONFIGURED, **overrides: Any) -> FasterRCNN:
     """Faster R-CNN with FPN on ResNet-50 (configs/coco_r50_fpn.yaml), the architecture of torchvision's
     fasterrcnn_resnet50_fpn; its converted weights give torchvision's detections with
     ``model={"rpn": {"min_size": 0.001}}`` (configs/tv_fasterrcnn_r50_fpn.yaml)."""
-    return build_detector(FPN_1X_RECIPE, 50, num_classes, weights, backbone_weights, overrides)
+    return build_detector("coco_r50_fpn.yaml", num_classes, weights, backbone_weights, overrides)
 
 
 def faster_rcnn_r101_fpn(*, num_classes: int | None = None, weights: str | None = None,
-                         backbone_weights: str | None = IMAGENET_WEIGHTS, **overrides: Any) -> FasterRCNN:
+                         backbone_weights: str | None | AsConfigured = AS_CONFIGURED, **overrides: Any) -> FasterRCNN:
     """Faster R-CNN with FPN on ResNet-101 (configs/coco_r101_fpn.yaml)."""
-    return build_detector(FPN_1X_RECIPE, 101, num_classes, weights, backbone_weights, overrides)
+    return build_detector("coco_r101_fpn.yaml", num_classes, weights, backbone_weights, overrides)
 
 
 def faster_rcnn_r18_fpn_small(*, num_classes: int | None = None, weights: str | None = None,
-                              backbone_weights: str | None = None, **overrides: Any) -> FasterRCNN:
+                              backbone_weights: str | None | AsConfigured = AS_CONFIGURED,
+                              **overrides: Any) -> FasterRCNN:
     """The embedded default (configs/shapes.yaml): a half-width ResNet-18 FPN for images of about 240
     pixels, trained from scratch on a CPU in minutes."""
-    return build_detector(SMALL_R18_FPN_RECIPE, 18, num_classes, weights, backbone_weights, overrides)
+    return build_detector("shapes.yaml", num_classes, weights, backbone_weights, overrides)
 
 
-def build_detector(recipe: Mapping, depth: int, num_classes: int | None, weights: str | None,
-                   backbone_weights: str | None, overrides: Mapping[str, Any]) -> FasterRCNN:
-    """The detector of ``recipe`` at ``depth`` with the user's ``overrides``, through the config builder."""
-    cfg = detector_config(recipe, depth, num_classes, backbone_weights, overrides)
+def build_detector(config_name: str, num_classes: int | None, weights: str | None,
+                   backbone_weights: str | None | AsConfigured, overrides: Mapping[str, Any]) -> FasterRCNN:
+    """The detector of the shipped config ``config_name`` with the user's ``overrides``, through the
+    config builder."""
+    cfg = detector_config(config_name, num_classes, backbone_weights, overrides)
     if weights:
         model, category_map = load_detector(cfg, weights, torch.device("cpu"))
         check_class_count(num_classes, category_map, weights)
         model.train()  # as every freshly built module: the caller switches to eval()
     elif num_classes:
-        model = build_model(cfg, num_classes, backbone_weights=backbone_weights is not None)
+        model = build_model(cfg, num_classes, backbone_weights=bool(cfg.model.backbone.weights))
         category_map = CategoryMap.identity(num_classes)
     else:
         raise ConfigError("give num_classes= (the number of foreground classes), or weights= a detector file "
@@ -158,16 +134,18 @@ def build_detector(recipe: Mapping, depth: int, num_classes: int | None, weights
     return model
 
 
-def detector_config(recipe: Mapping, depth: int, num_classes: int | None, backbone_weights: str | None,
+def detector_config(config_name: str, num_classes: int | None, backbone_weights: str | None | AsConfigured,
                     overrides: Mapping[str, Any]) -> DictConfig:
-    """The schema's defaults, then ``recipe``, then the user's ``overrides``, each checked as an override."""
+    """The shipped config ``config_name``, then the builder's arguments and the user's ``overrides``,
+    each checked as a command-line override is."""
     user = flatten_settings(overrides)
     for key in user:
         if key in ARGUMENT_KEYS:
             raise ConfigError(f"{key} is an argument of the builder: give {ARGUMENT_KEYS[key]} instead")
-    settings = {**flatten_settings(recipe), "model.backbone.depth": depth, "model.backbone.weights": backbone_weights,
-                "model.num_classes": num_classes or 0, **user}
-    cfg = load_detection_config(None, [f"{key}={as_yaml(value, key)}" for key, value in settings.items()])
+    settings = {"model.num_classes": num_classes or 0, **user}
+    if not isinstance(backbone_weights, AsConfigured):
+        settings["model.backbone.weights"] = backbone_weights
+    cfg = load_detection_config(config_name, [f"{key}={as_yaml(value, key)}" for key, value in settings.items()])
     for key in user:  # known keys by now: the config load reports misspelt ones with a suggestion
         if key.split(".")[0] not in DETECTOR_SECTIONS:
             raise ConfigError(f"{key} is not a detector setting: the builders take model, input and test keys "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib.resources
 import math
 import os
 import re
@@ -198,6 +199,37 @@ def load_yaml_text(text) -> Any:
     return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+# The configs/ folder, installed as this package (pyproject.toml) so that the YAML files ship with the toolkit.
+SHIPPED_CONFIGS = "resnet_configs"
+
+
+def shipped_config_dir() -> str | None:
+    """The folder of the YAML configs that come with the toolkit; None if it is not installed."""
+    try:
+        return str(importlib.resources.files(SHIPPED_CONFIGS))
+    except ModuleNotFoundError:
+        return None
+
+
+def shipped_configs() -> list[str]:
+    folder = shipped_config_dir()
+    return sorted(name for name in os.listdir(folder) if name.endswith(".yaml")) if folder else []
+
+
+def find_config(path: str) -> str:
+    """``path`` itself when it exists; else the shipped config of that name (``coco_r101.yaml`` or
+    ``configs/coco_r101.yaml`` from any working directory); else one line naming the closest one."""
+    if os.path.isfile(path):
+        return path
+    name = os.path.basename(path)
+    shipped = shipped_configs()
+    if os.path.dirname(path) in ("", "configs") and name in shipped:
+        return os.path.join(shipped_config_dir(), name)
+    close = difflib.get_close_matches(name, shipped, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else (f" (shipped configs: {', '.join(shipped)})" if shipped else "")
+    raise ConfigError(f"config file not found: {path}{hint}")
+
+
 def read_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
@@ -300,7 +332,7 @@ class ConfigLoader:
     def load(self, path: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
         cfg = OmegaConf.structured(self.schema)
         if path:
-            for layer_path, layer in self._file_layers(path, ()):
+            for layer_path, layer in self._file_layers(find_config(path), ()):
                 cfg = self._merge(cfg, layer, layer_path)
         parsed = [(text, *self._parse_override(text)) for text in overrides]
         self._check_one_name_per_key([key for _, key, _ in parsed])

@@ -250,12 +250,26 @@ def test_every_lazy_import_allowance_is_in_use():
     assert sorted(set(LAZY_IMPORTS) - used) == []
 
 
+# Installed from configs/ under this name: YAML files only, no code to place in the order.
+CONFIG_PACKAGE = ("resnet_configs", "configs")
+
+
 def test_every_installed_package_has_its_place_in_the_order():
-    """A package the project installs but this test does not know would go unchecked."""
+    """A package the project installs but this test does not know would go unchecked, and a
+    subpackage missing from pyproject's explicit list would be left out of the wheel."""
     tomllib = pytest.importorskip("tomllib")
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
-        include = tomllib.load(handle)["tool"]["setuptools"]["packages"]["find"]["include"]
-    assert sorted(pattern.rstrip("*") for pattern in include) == sorted(PACKAGES) == sorted(MAY_IMPORT)
+        setuptools = tomllib.load(handle)["tool"]["setuptools"]
+    installed = set(setuptools["packages"])
+    assert setuptools["package-dir"] == {CONFIG_PACKAGE[0]: CONFIG_PACKAGE[1]}
+    code_packages = installed - {CONFIG_PACKAGE[0]}
+    assert sorted({name.split(".")[0] for name in code_packages}) == sorted(PACKAGES) == sorted(MAY_IMPORT)
+    on_disk = {os.path.relpath(folder, ROOT).replace(os.sep, ".")
+               for top in PACKAGES for folder, _, files in os.walk(os.path.join(ROOT, top))
+               if "__init__.py" in files}
+    assert code_packages == on_disk
+    config_files = os.listdir(os.path.join(ROOT, CONFIG_PACKAGE[1]))
+    assert [name for name in config_files if name.endswith(".py") and name != "__init__.py"] == []
 
 
 def test_the_named_data_and_model_modules_exist():

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 import detection
 import detection.builders
-from detection.builders import faster_rcnn_r18_fpn_small, faster_rcnn_r50_fpn
+from detection.builders import detector_config, faster_rcnn_r18_fpn_small, faster_rcnn_r50_fpn
 from detection.config import load_detection_config
 from detection.convert import convert_file
 from detection.modeling.build import build_model
@@ -49,7 +49,9 @@ def test_builder_has_the_config_files_settings_and_modules(builder_name, config,
     parameter shapes of build_model (on the meta device: no memory, no initialization)."""
     builder = getattr(detection, builder_name)  # exported from the package
     file_cfg = file_config(repo_root, config)
-    assert inspect.signature(builder).parameters["backbone_weights"].default == file_cfg.model.backbone.weights
+    default = inspect.signature(builder).parameters["backbone_weights"].default
+    assert detector_config(config, NUM_CLASSES, default, FEW_PROPOSALS).model.backbone.weights == \
+        file_cfg.model.backbone.weights  # the builder's default weights are its config's
     file_cfg.model.backbone.weights = None  # no download: the weights' names are compared just above
     with torch.device("meta"):
         ours = builder(num_classes=NUM_CLASSES, backbone_weights=None, **FEW_PROPOSALS)

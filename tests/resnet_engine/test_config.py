@@ -1,5 +1,6 @@
 """YAML inheritance, overrides, validation messages, the saved config and renamed keys."""
 
+import os
 import warnings
 
 import pytest
@@ -7,7 +8,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from detection.config import load_detection_config
-from resnet_engine.config import ConfigError, save_config
+from resnet_engine.config import ConfigError, find_config, save_config, shipped_config_dir
+from tests.conftest import ROOT
 
 
 def write(path, data):
@@ -283,3 +285,23 @@ def test_a_checkpoint_config_with_old_names_resumes_without_spurious_differences
         restored = config_from_text(LocalizationConfig, saved)
     assert restored == load_localization_config(None, ["rcnn.fg_iou_thresh=0.45"])
     assert OmegaConf.get_type(restored.rcnn).__name__ == "LocalizerRCNNConfig"
+
+
+def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    """configs/ is installed with the toolkit (package resnet_configs): ``--cfg coco_r101.yaml`` and
+    ``--cfg configs/coco_r101.yaml`` work outside the repository, a file of that name in the working
+    folder comes first, and a misspelt name gets the closest shipped one."""
+    repository_file = load_detection_config(os.path.join(ROOT, "configs", "coco_r101.yaml"))
+    monkeypatch.chdir(tmp_path)
+    assert os.path.samefile(shipped_config_dir(), os.path.join(ROOT, "configs"))
+    for name in ("coco_r101.yaml", "configs/coco_r101.yaml"):
+        assert load_detection_config(name) == repository_file
+    (tmp_path / "coco_r101.yaml").write_text("_base_: configs/coco_r101.yaml\nseed: 7\n")
+    os.makedirs(tmp_path / "configs")
+    (tmp_path / "configs" / "coco_r101.yaml").write_text("seed: 5\n")
+    assert find_config("coco_r101.yaml") == "coco_r101.yaml"
+    with pytest.raises(ConfigError) as error:
+        find_config("coco_r10.yaml")
+    assert str(error.value) == "config file not found: coco_r10.yaml (did you mean coco_r101.yaml?)"
+    with pytest.raises(ConfigError, match=r"config file not found: elsewhere/coco_r101.yaml \(did you mean"):
+        find_config("elsewhere/coco_r101.yaml")

@@ -1,0 +1,1 @@
+"""The YAML configs shipped with the toolkit (the repository's configs/ folder)."""
