@@ -7,7 +7,7 @@ import sys
 
 from tests.conftest import ROOT
 from tests.helpers import subprocess_env
-from tests.localization.test_formats import EXPECTED, IDS, write_fixture
+from tests.localization.data.test_formats import EXPECTED, IDS, write_fixture
 
 
 def run_eval_loc(*args: str) -> subprocess.CompletedProcess:
