@@ -286,7 +286,8 @@ def _entry(path: str, entries: dict, key: str, dataset: str):
 
 def _label_array(path: str, key: str, value, count: int, num_classes: int, dataset: str) -> np.ndarray:
     labels = np.asarray(value) if isinstance(value, (list, tuple, np.ndarray)) else None
-    if labels is None or labels.ndim != 1 or labels.dtype.kind not in "iu" and labels.size:
+    # An empty list is left to the count check below, which names the problem better.
+    if labels is None or labels.ndim != 1 or (labels.dtype.kind not in "iu" and labels.size > 0):
         raise CifarError(f"{path}: '{key}' must be a list of integer labels, not {_describe(value)}")
     if len(labels) != count:
         raise CifarError(f"{path} holds {len(labels)} '{key}' for {count} images: the file is damaged ({REDOWNLOAD})")

@@ -6,6 +6,7 @@ import logging
 import os
 import pickle
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -37,10 +38,12 @@ from classification.data.cifar_dataset import (
     select_split,
 )
 from classification.data.synthetic_cifar import (
+    CLASS_ANGLES,
     CLASSES,
     SyntheticCifarSpec,
     ensure_synthetic_cifar,
     generate_synthetic_cifar,
+    render_image,
 )
 
 from .official_pickle import python2_pickle
@@ -479,6 +482,31 @@ def test_the_synthetic_set(tmp_path):
                                                                      "rb").read()
     assert ensure_synthetic_cifar(root, spec) == root
     with pytest.raises(CifarError) as error:
-        ensure_synthetic_cifar(root, dataclasses.replace(spec, noise=20.0))
-    assert str(error.value) == (f"{root}/cifar-10-batches-bin was generated with other settings (noise=10.0): "
+        ensure_synthetic_cifar(root, dataclasses.replace(spec, noise=5.0))
+    assert str(error.value) == (f"{root}/cifar-10-batches-bin was generated with other settings (noise=20.0 instead of 5.0): "
                                 f"delete it to generate it with these, or give another folder")
+
+
+def stripe_direction(image: np.ndarray) -> float:
+    """The stripes' direction in degrees [0, 180) (x right, y down), across the gradients of the
+    structure tensor summed over the channels."""
+    pixels = image.astype(np.float64)
+    gx = np.stack([cv2.Sobel(c, cv2.CV_64F, 1, 0, ksize=3) for c in pixels])[:, 2:-2, 2:-2]
+    gy = np.stack([cv2.Sobel(c, cv2.CV_64F, 0, 1, ksize=3) for c in pixels])[:, 2:-2, 2:-2]
+    gradient = 0.5 * np.degrees(np.arctan2(2 * (gx * gy).sum(), (gx * gx).sum() - (gy * gy).sum()))
+    return (gradient + 90) % 180
+
+
+def test_each_synthetic_class_holds_stripes_of_its_direction():
+    plain = SyntheticCifarSpec(angle_jitter=0.0, min_period=6.0, min_radius=32.0, clutter=0, noise=0.0)
+    seen_signs = set()
+    for class_index, angle in enumerate(CLASS_ANGLES):
+        for k in range(3):
+            image = render_image(np.random.default_rng([7, class_index, k]), class_index, plain)
+            direction = stripe_direction(image)
+            # Rising or falling: within 2 degrees of +angle or -angle.
+            difference = min(abs((direction - sign * angle + 90) % 180 - 90) for sign in (1, -1))
+            assert difference < 2.0, (class_index, k, direction)
+            if 0 < angle < 90:
+                seen_signs.add(bool(direction < 90))
+    assert seen_signs == {True, False}  # rising and falling stripes both occur
