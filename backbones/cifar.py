@@ -24,20 +24,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import BackboneError
 from .norm import make_norm
 from .resnet import (
     BLOCKS,
+    StagedResNet,
     check_freeze_at,
     check_options,
     conv3x3,
     freeze_stem_and_stages,
     init_weights,
-    make_stage,
 )
 
 CIFAR_STAGES = ("stage1", "stage2", "stage3")
@@ -63,7 +61,7 @@ def cifar_architecture(depth: int, block: str | None = None) -> tuple[str, int]:
     return block, (depth - 2) // (3 * layers_per_unit)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedResNet):
     """A CIFAR ResNet that returns a dict of named features, as :class:`backbones.ResNet` does.
 
     Args:
@@ -116,25 +114,12 @@ class CifarResNet(nn.Module):
         self.act1 = nn.ReLU(inplace=True)
         self.out_channels = {"act1": base_width}
         self.out_strides = {"act1": 1}
-        channels = base_width
-        for index, name in enumerate(CIFAR_STAGES):
-            planes = base_width * 2**index
-            stage = make_stage(unit, channels, planes, units, stride=1 if index == 0 else 2, norm=norm,
-                               shortcut=shortcut, plain=plain, stride_in_1x1=stride_in_1x1,
-                               activate_first_input=index > 0)
-            self.add_module(f"layer{index + 1}", stage)
-            channels = planes * unit.expansion
-            self.out_channels[name] = channels
-            self.out_strides[name] = 2**index
-        # Pre-activation nets end with one extra BN-ReLU after the last addition.
-        self.post_norm = make_norm(norm, channels) if preact else None
-
-        self.fc = None
-        if num_classes:
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(channels, num_classes)
-            self.out_channels["logits"] = num_classes
         self.stage_names = list(CIFAR_STAGES)
+        self.num_stages = len(CIFAR_STAGES)
+        widths = [base_width * 2**index for index in range(len(CIFAR_STAGES))]
+        channels = self.add_stages(unit, base_width, widths, [units] * len(CIFAR_STAGES), first_stride=1,
+                                   norm=norm, shortcut=shortcut, plain=plain, stride_in_1x1=stride_in_1x1)
+        self.add_head(channels, num_classes, norm, preact)
         init_weights(self, zero_init_residual)
         self.freeze(freeze_at)
 
@@ -145,24 +130,6 @@ class CifarResNet(nn.Module):
     def stage(self, name: str) -> nn.Module:
         """The module computing feature ``name`` ("stage1".."stage3")."""
         return getattr(self, f"layer{CIFAR_STAGES.index(name) + 1}")
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        wanted = self.out_features
-        outputs: dict[str, torch.Tensor] = {}
-        x = self.act1(self.bn1(self.conv1(x)))
-        if "act1" in wanted:
-            outputs["act1"] = x
-        last = len(CIFAR_STAGES) - 1 if "logits" in wanted else max(
-            (CIFAR_STAGES.index(name) for name in wanted if name in CIFAR_STAGES), default=-1)
-        for index, name in enumerate(CIFAR_STAGES[: last + 1]):
-            x = getattr(self, f"layer{index + 1}")(x)
-            if index == len(CIFAR_STAGES) - 1 and self.post_norm is not None:
-                x = F.relu(self.post_norm(x))
-            if name in wanted:
-                outputs[name] = x
-        if "logits" in wanted:
-            outputs["logits"] = self.fc(torch.flatten(self.avgpool(x), 1))
-        return outputs
 
     def response_modules(self) -> list[tuple[str, nn.Module]]:
         """The modules whose outputs are the responses of the 3x3 layers (paper, Fig. 7), in layer order,

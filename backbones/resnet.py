@@ -251,7 +251,73 @@ def freeze_stem_and_stages(model: nn.Module, freeze_at: int, num_stages: int) ->
             FrozenBatchNorm2d.convert(layer)
 
 
-class ResNet(nn.Module):
+class StagedResNet(nn.Module):
+    """What the ImageNet and the CIFAR families share: a stem, stages of units named ``layer1``..,
+    the pre-activation nets' last BN-ReLU, the classifier head, and the forward that returns the
+    requested named features, running no stage after the last one needed.
+
+    A subclass builds its stem (``conv1``, ``bn1``, ``act1`` and whatever else), calls
+    :meth:`add_stages` and :meth:`add_head`, and names its features in ``stem_features`` (returned by
+    :meth:`forward_stem`) and ``stage_names``.
+    """
+
+    out_features: list[str]
+    stage_names: list[str]
+
+    def add_stages(self, unit: type[nn.Module], channels: int, widths: Sequence[int], units: Sequence[int],
+                   first_stride: int, norm: str, shortcut: str, plain: bool, stride_in_1x1: bool) -> int:
+        """Stages ``layer1``.. of ``units[i]`` units of width ``widths[i]`` (stride 2 from the second
+        stage on), recorded in ``out_channels``/``out_strides``; returns the channels of the last one."""
+        stride = first_stride
+        for index, (name, width, count) in enumerate(zip(self.stage_names, widths, units)):
+            stage = make_stage(unit, channels, width, count, stride=1 if index == 0 else 2, norm=norm,
+                               shortcut=shortcut, plain=plain, stride_in_1x1=stride_in_1x1,
+                               activate_first_input=index > 0)
+            self.add_module(f"layer{index + 1}", stage)
+            stride *= 1 if index == 0 else 2
+            channels = width * unit.expansion
+            self.out_channels[name] = channels
+            self.out_strides[name] = stride
+        return channels
+
+    def add_head(self, channels: int, num_classes: int | None, norm: str, preact: bool) -> None:
+        # Pre-activation nets end with one extra BN-ReLU after the last addition.
+        self.post_norm = make_norm(norm, channels) if preact else None
+        self.fc = None
+        if num_classes:
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(channels, num_classes)
+            self.out_channels["logits"] = num_classes
+
+    def forward_stem(self, x: torch.Tensor, wanted: set[str], outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        if "act1" in wanted:
+            outputs["act1"] = x
+        return x
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        wanted = set(self.out_features)
+        outputs: dict[str, torch.Tensor] = {}
+        x = self.forward_stem(x, wanted, outputs)
+        last = self._last_needed_stage()
+        for index, name in enumerate(self.stage_names[: last + 1]):
+            x = getattr(self, f"layer{index + 1}")(x)
+            if index == self.num_stages - 1 and self.post_norm is not None:
+                x = F.relu(self.post_norm(x))
+            if name in wanted:
+                outputs[name] = x
+        if "logits" in wanted:
+            outputs["logits"] = self.fc(torch.flatten(self.avgpool(x), 1))
+        return outputs
+
+    def _last_needed_stage(self) -> int:
+        if "logits" in self.out_features:
+            return len(self.stage_names) - 1
+        needed = [self.stage_names.index(f) for f in self.out_features if f in self.stage_names]
+        return max(needed, default=-1)
+
+
+class ResNet(StagedResNet):
     """A ResNet that returns a dict of named features.
 
     Args:
@@ -312,24 +378,12 @@ class ResNet(nn.Module):
         self.out_channels = {"act1": base_width, "stem": base_width}
         self.out_strides = {"act1": 2, "stem": 4}
 
-        channels = base_width
-        for index, (name, num_units) in enumerate(zip(STAGE_NAMES, units)):
-            stage = make_stage(block, channels, base_width * 2**index, num_units, stride=1 if index == 0 else 2,
-                               norm=norm, shortcut=shortcut, plain=plain, stride_in_1x1=stride_in_1x1,
-                               activate_first_input=index > 0)
-            self.add_module(f"layer{index + 1}", stage)
-            channels = base_width * 2**index * block.expansion
-            self.out_channels[name] = channels
-            self.out_strides[name] = 4 * 2**index
-        # Pre-activation nets end with one extra BN-ReLU after the last addition.
-        self.post_norm = make_norm(norm, channels) if preact else None
-
-        self.fc = None
-        if num_classes:
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(channels, num_classes)
-            self.out_channels["logits"] = num_classes
         self.stage_names = list(STAGE_NAMES)
+        self.num_stages = len(STAGE_NAMES)
+        widths = [base_width * 2**index for index in range(len(STAGE_NAMES))]
+        channels = self.add_stages(block, base_width, widths, units, first_stride=4, norm=norm, shortcut=shortcut,
+                                   plain=plain, stride_in_1x1=stride_in_1x1)
+        self.add_head(channels, num_classes, norm, preact)
         init_weights(self, zero_init_residual)
         self.freeze(freeze_at)
 
@@ -359,31 +413,12 @@ class ResNet(nn.Module):
         freeze_stem_and_stages(self, freeze_at, num_stages=len(STAGE_NAMES))
 
     # -- forward ---------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        wanted = set(self.out_features)
-        outputs: dict[str, torch.Tensor] = {}
-        x = self.act1(self.bn1(self.conv1(x)))
-        if "act1" in wanted:
-            outputs["act1"] = x
+    def forward_stem(self, x: torch.Tensor, wanted: set[str], outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = super().forward_stem(x, wanted, outputs)
         x = self.maxpool(x)  # not in place: the act1 map stays as returned
         if "stem" in wanted:
             outputs["stem"] = x
-        last = self._last_needed_stage()
-        for index, name in enumerate(self.stage_names[: last + 1]):
-            x = getattr(self, f"layer{index + 1}")(x)
-            if name == "res5" and self.post_norm is not None:
-                x = F.relu(self.post_norm(x))
-            if name in wanted:
-                outputs[name] = x
-        if "logits" in wanted:
-            outputs["logits"] = self.fc(torch.flatten(self.avgpool(x), 1))
-        return outputs
-
-    def _last_needed_stage(self) -> int:
-        if "logits" in self.out_features:
-            return len(self.stage_names) - 1
-        needed = [self.stage_names.index(f) for f in self.out_features if f in self.stage_names]
-        return max(needed, default=-1)
+        return x
 
 
 def check_arguments(depth: int, norm: str, shortcut: str, freeze_at: int) -> None:
