@@ -1,16 +1,22 @@
-"""The ImageNet classification config schema: every key a classifier YAML file or override may set.
+"""The localization config schema: every key a localizer YAML file or override may set.
 
-Defaults are the paper's ImageNet recipe (ResNet-101, scale jitter [256, 480], 224 crops, SGD lr 0.1 with
-batch 256 for 600k iterations); configs/cls_shapes.yaml scales it down to the synthetic set.
+Defaults are the paper's ILSVRC localizer (App. C): a per-class RPN on ResNet-101, fine-tuned from an
+ImageNet classifier, on the ImageNet augmentation of the classifier (classification/config.py).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
-from types import SimpleNamespace
+from dataclasses import dataclass, field
 
 from backbones.config import BackboneConfig
+from classification.config import (
+    INPUT_RENAMED_KEYS,
+    TEST_MODES,
+    ClassificationInputConfig,
+    IlsvrcDataConfig,
+    check_pixel_statistics,
+)
 from resnet_engine.config import (
     ConfigError,
     bounded,
@@ -21,110 +27,7 @@ from resnet_engine.config import (
     positive,
     renamed_keys,
 )
-from resnet_engine.schema import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, SolverConfig
-
-TEST_MODES = ("1crop", "10crop", "dense")
-
-
-@dataclass
-class ClassifierModelConfig:
-    # Trained from scratch with BN updated, as on ImageNet (the detection default freezes it).
-    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(depth=101, norm="bn", freeze_at=0))
-    # Classes of the fc head; 0 = as many as the synset file lists.
-    num_classes: int = non_negative(0)
-
-
-@dataclass
-class ClassificationDataConfig:
-    # The folder holding ILSVRC/Data/CLS-LOC, LOC_synset_mapping.txt and LOC_{train,val}_solution.csv.
-    root: str = "datasets/ilsvrc"
-    # "shapes_loc": generate the synthetic ILSVRC-layout set into data.root on first use.
-    synthetic: str = choice("", ("", "shapes_loc"))
-    # "folder": every image under ILSVRC/Data/CLS-LOC/train/<wnid>/ (all 1.28M on ImageNet);
-    # "csv": only the images of LOC_train_solution.csv (the ones with boxes).
-    train_list: str = choice("folder", ("folder", "csv"))
-    num_workers: int = non_negative(4)
-    on_bad_image: str = choice("skip", ("skip", "fail"))
-
-
-@dataclass
-class ClassificationInputConfig:
-    # The shorter side is drawn uniformly from this inclusive range (the paper's scale augmentation).
-    train_short_side: list[int] = positive([256, 480])
-    crop: int = positive(224)
-    # The probability of a horizontal flip in training.
-    random_flip: float = fraction(0.5)
-    # Brightness, contrast and saturation factors are drawn from [1 - s, 1 + s]; 0 turns them off.
-    color_jitter: float = bounded(0.4, 0, 1, high_open=True)
-    # AlexNet's PCA lighting noise: the standard deviation of its coefficients (0 turns it off).
-    lighting_std: float = non_negative(0.1)
-    # Pixel statistics on 0-255 values, in the order of `format`.
-    pixel_mean: list[float] = field(default_factory=lambda: list(IMAGENET_PIXEL_MEAN))
-    pixel_std: list[float] = positive(list(IMAGENET_PIXEL_STD))
-    format: str = choice("RGB", ("RGB", "BGR"))
-
-
-@dataclass
-class ClassificationTestConfig:
-    mode: str = choice("10crop", TEST_MODES)
-    # 1-crop and 10-crop: the shorter side before cropping input.crop.
-    resize: int = positive(256)
-    # Dense (fully convolutional) testing: shorter sides whose class scores are averaged.
-    dense_scales: list[int] = positive([224, 256, 384, 480, 640], non_empty=True)
-    # Dense testing also averages the horizontally flipped image at every scale.
-    dense_flip: bool = True
-    ims_per_batch: int = positive(32)
-    # Evaluate every N iterations during training (0: only at the end).
-    eval_period: int = non_negative(0)
-    # Evaluate at most this many val images (0: all), for quick checks.
-    max_images: int = non_negative(0)
-
-
-# Keys of the classification and localization configs that were renamed; the old names still load until 0.2.
-INPUT_RENAMED_KEYS = {"input.flip": "input.random_flip"}
-
-
-@renamed_keys(INPUT_RENAMED_KEYS)
-@dataclass
-class ClassificationConfig:
-    output_dir: str = "output/cls"
-    seed: int = 42
-    device: str = choice("auto", ("auto", "cpu", "cuda"))
-    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
-    input: ClassificationInputConfig = field(default_factory=ClassificationInputConfig)
-    data: ClassificationDataConfig = field(default_factory=ClassificationDataConfig)
-    solver: SolverConfig = field(default_factory=lambda: SolverConfig(
-        max_iter=600000, ims_per_batch=256, base_lr=0.1, steps=[150000, 300000, 450000], warmup_iters=0,
-        checkpoint_period=10000))
-    test: ClassificationTestConfig = field(default_factory=ClassificationTestConfig)
-
-
-def load_classification_config(path: str | None = None, overrides=()):
-    cfg = load_config(ClassificationConfig, path, overrides)
-    check_classification_options(cfg)
-    return cfg
-
-
-def check_classification_options(cfg) -> None:
-    """Relations between keys, which the ranges of single keys in the schema cannot express."""
-    low_high = list(cfg.input.train_short_side)
-    crop = cfg.input.crop
-    if len(low_high) != 2 or low_high[0] > low_high[1]:
-        raise ConfigError(f"input.train_short_side={low_high}: give the range [low, high] of shorter sides, "
-                          f"such as [256, 480]")
-    if low_high[0] < crop:
-        raise ConfigError(f"input.train_short_side={low_high} starts below input.crop={crop}: a crop must fit "
-                          f"in the resized image")
-    if cfg.test.resize < crop:
-        raise ConfigError(f"test.resize={cfg.test.resize} is smaller than input.crop={crop}: the test crops "
-                          f"must fit in the resized image")
-    check_pixel_statistics(cfg.input)
-
-
-def check_pixel_statistics(input_cfg) -> None:
-    if len(input_cfg.pixel_mean) != 3 or len(input_cfg.pixel_std) != 3:
-        raise ConfigError("input.pixel_mean and input.pixel_std need 3 values each, one per colour channel")
-
+from resnet_engine.schema import SolverConfig, check_solver_options
 
 # --------------------------------------------------------------------------------------------- localization
 
@@ -238,7 +141,7 @@ class LocalizationConfig:
     model: LocalizerModelConfig = field(default_factory=LocalizerModelConfig)
     rpn: LocalizerTrainConfig = field(default_factory=LocalizerTrainConfig)
     input: ClassificationInputConfig = field(default_factory=ClassificationInputConfig)
-    data: ClassificationDataConfig = field(default_factory=lambda: ClassificationDataConfig(train_list="csv"))
+    data: IlsvrcDataConfig = field(default_factory=lambda: IlsvrcDataConfig(train_list="csv"))
     solver: SolverConfig = field(default_factory=lambda: SolverConfig(
         max_iter=60000, ims_per_batch=256, base_lr=0.01, steps=[40000, 53000], warmup_iters=500,
         checkpoint_period=5000))
@@ -255,6 +158,7 @@ def load_localization_config(path: str | None = None, overrides=()):
 
 def check_localization_options(cfg) -> None:
     """Relations between keys, which the ranges of single keys in the schema cannot express."""
+    check_solver_options(cfg.solver)
     crop = cfg.input.crop
     low_high = list(cfg.input.train_short_side)
     if len(low_high) != 2 or low_high[0] > low_high[1] or low_high[0] < crop:
@@ -292,11 +196,3 @@ def check_rcnn_options(rcnn) -> None:
     if len(rcnn.bbox_reg_weights) != 4:
         raise ConfigError(f"rcnn.bbox_reg_weights={list(rcnn.bbox_reg_weights)}: give 4 divisors (x, y, w, h), "
                           f"such as [10, 10, 5, 5]")
-
-
-def backbone_without_weights(backbone_cfg) -> SimpleNamespace:
-    """A copy of a ``model.backbone`` section with ``weights`` unset: for a network whose weights come
-    next from a whole checkpoint (classifier, localizer), so that the ImageNet ones are not loaded first."""
-    copy = SimpleNamespace(**{f.name: getattr(backbone_cfg, f.name) for f in fields(BackboneConfig)})
-    copy.weights = None
-    return copy

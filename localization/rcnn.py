@@ -27,10 +27,11 @@ from torch import nn
 
 from backbones import ResNet
 from backbones.config import build_from_config
+from classification.classifier import ClassifierInput
+from classification.config import backbone_without_weights
 from detection.modeling.box_coder import BoxCoder
 
-from .classifier import ClassifierInput
-from .config import LocalizerRCNNConfig, backbone_without_weights
+from .config import LocalizerRCNNConfig
 from .data.rcnn_rois import warp_regions
 
 

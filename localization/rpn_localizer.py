@@ -46,12 +46,13 @@ from torch import nn
 
 from backbones import ResNet
 from backbones.config import build_from_config
+from classification.classifier import ClassifierInput
+from classification.config import backbone_without_weights
 from detection.modeling.anchors import cell_anchors
 from detection.modeling.box_coder import BoxCoder
 from detection.modeling.matching import FOREGROUND, Matcher, sample_balanced
 
-from .classifier import ClassifierInput
-from .config import LocalizerTrainConfig, backbone_without_weights
+from .config import LocalizerTrainConfig
 from .data.loc_dataset import ViewGeometry, to_original_image, with_mirror_images
 
 

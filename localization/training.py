@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from classification.data.ilsvrc import Synsets
+from classification.data.loaders import prepare_data, resolve_num_classes
 from resnet_engine import distributed as dist_utils
 from resnet_engine.config import config_to_text
 from resnet_engine.distributed import check_batch_divides
@@ -19,7 +21,6 @@ from resnet_engine.optim import build_optimizer, build_scheduler
 from resnet_engine.setup import setup_run
 from resnet_engine.trainer import Trainer
 
-from .data.ilsvrc import Synsets
 from .data.loc_dataset import LocalizationDataset, LocTrainTransform, list_boxed_train_images
 from .data.rcnn_rois import RoITrainDataset
 from .evaluation.rcnn_evaluation import score_rcnn
@@ -27,7 +28,6 @@ from .evaluation.rpn_evaluation import score_localizer
 from .rcnn import RCNNLocalizer, build_rcnn
 from .rcnn_proposals import cached_training_proposals
 from .rpn_localizer import RPNLocalizer, build_localizer
-from .train_cls import prepare_data, resolve_num_classes
 from .weights import load_proposal_rpn
 
 logger = logging.getLogger(__name__)

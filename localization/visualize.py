@@ -10,10 +10,10 @@ from collections.abc import Callable, Mapping
 import cv2
 import numpy as np
 
+from classification.data.ilsvrc import Annotations, Box
 from detection.data.image_io import read_image
 from detection.visualize import write_rgb
 
-from .data.ilsvrc import Annotations, Box
 from .evaluation.ilsvrc_metric import iou_inclusive
 
 GT_COLOUR = (40, 200, 40)       # green: the ground truth

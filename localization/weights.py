@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import os
 
+from classification.data.ilsvrc import Synsets
+from classification.weights import load_trained_classifier as load_classifier_checkpoint
 from resnet_engine.checkpoint import BEST_NAME, FINAL_NAME, Checkpointer, load_checkpoint
 from resnet_engine.config import config_from_text
 from resnet_engine.errors import UserError
 
-from .classifier import build_classifier
-from .config import ClassificationConfig, LocalizationConfig
-from .data.ilsvrc import Synsets
+from .config import LocalizationConfig
 from .rcnn import RCNNLocalizer, build_rcnn
 from .rpn_localizer import RPNLocalizer, build_localizer
-from .train_cls import load_classifier_weights
 
 
 def latest_weights(output_dir: str) -> str:
@@ -97,16 +96,10 @@ def load_proposal_rpn(cfg, synsets: Synsets) -> tuple[RPNLocalizer, object]:
 
 
 def load_trained_classifier(spec: str, synsets: Synsets):
-    """A classifier checkpoint of tools/train_cls.py and its own config (input size, normalization, views)."""
-    state = load_checkpoint(spec)
-    meta = state.get("meta") or {}
-    if not state.get("config") or meta.get("task") != "classification":
-        raise UserError(f"{spec} is not a classifier checkpoint of tools/train_cls.py: give classifier.weights "
-                        f"(--classifier-weights) as output/<cls run>/model_final.pth")
-    if list(meta.get("wnids", [])) != list(synsets.wnids):
+    """A classifier checkpoint of tools/train_cls.py and its own config (input size, normalization, views),
+    trained on the classes of ``synsets``."""
+    trained = load_classifier_checkpoint(spec, option="classifier.weights (--classifier-weights)")
+    if list(trained.meta.get("wnids", [])) != list(synsets.wnids):
         raise UserError(f"{spec} was trained on other classes than {synsets.source} lists: give a classifier "
                         f"trained on this data.root")
-    cls_cfg = config_from_text(ClassificationConfig, state["config"])
-    model = build_classifier(cls_cfg, len(synsets), load_backbone_weights=False)
-    load_classifier_weights(model, spec)
-    return model, cls_cfg
+    return trained.model, trained.cfg

@@ -36,15 +36,80 @@ def lr_factor(iteration: int, steps, gamma: float, warmup_iters: int, warmup_fac
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, solver) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR whose function comes from the config, so that a resumed run follows the current config.
+class MetricWarmup:
+    """Holds the learning rate at ``lr_factor`` times the schedule's until the mean of a training metric
+    over the last ``window`` iterations falls below ``below``; from the next iteration on, the schedule
+    alone applies (solver.warmup_until). Only a full window ends it."""
 
-    Its saved state is only the iteration counter: resuming restores the position on the schedule.
-    """
-    steps = sorted(int(s) for s in solver.steps)
-    gamma, warmup_iters, warmup_factor = solver.gamma, solver.warmup_iters, solver.warmup_factor
+    def __init__(self, metric: str, below: float, lr_factor: float, window: int):
+        self.metric, self.below, self.lr_factor, self.window = metric, float(below), float(lr_factor), int(window)
+        self.recent: list[float] = []  # the metric of the last ``window`` iterations, oldest first
+        self.ended_at: int | None = None  # the first iteration at the schedule's learning rate
 
-    def schedule(iteration: int) -> float:
-        return lr_factor(iteration, steps, gamma, warmup_iters, warmup_factor)
+    @property
+    def active(self) -> bool:
+        return self.ended_at is None
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    def factor(self) -> float:
+        return self.lr_factor if self.active else 1.0
+
+    def observe(self, iteration: int, value: float) -> bool:
+        """Take the metric of ``iteration``; True when that ends the warm-up (after ``iteration``)."""
+        if not self.active:
+            return False
+        self.recent = (self.recent + [float(value)])[-self.window:]
+        if len(self.recent) == self.window and self.mean() < self.below:
+            self.ended_at = iteration + 1
+            return True
+        return False
+
+    def mean(self) -> float:
+        return sum(self.recent) / max(len(self.recent), 1)
+
+    def state_dict(self) -> dict:
+        return {"recent": list(self.recent), "ended_at": self.ended_at}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """A checkpoint's progress; none (a checkpoint of a run without this warm-up): it starts now."""
+        state = state or {}
+        self.recent = [float(v) for v in state.get("recent", [])][-self.window:]
+        self.ended_at = state.get("ended_at")
+
+
+class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """The solver's schedule: a linear warm-up, steps at absolute iterations, and the warm-up until a
+    training metric falls below a threshold (``metric_warmup``, None when not configured).
+
+    The factor comes from the config, so that a resumed run follows the current config; the saved state
+    is the position on the schedule and the metric warm-up's progress (ended or not, its recent values),
+    so that a resumed run switches at the iteration an uninterrupted one would."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, solver):
+        steps = sorted(int(s) for s in solver.steps)
+        gamma, warmup_iters, warmup_factor = solver.gamma, solver.warmup_iters, solver.warmup_factor
+        until = solver.warmup_until
+        self.metric_warmup = (MetricWarmup(until.metric, until.below, until.lr_factor, until.window)
+                              if until.metric else None)
+
+        def schedule(iteration: int) -> float:
+            factor = lr_factor(iteration, steps, gamma, warmup_iters, warmup_factor)
+            return factor * (self.metric_warmup.factor() if self.metric_warmup is not None else 1.0)
+
+        super().__init__(optimizer, schedule)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["metric_warmup"] = self.metric_warmup.state_dict() if self.metric_warmup is not None else None
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        warmup_state = state.pop("metric_warmup", None)
+        super().load_state_dict(state)
+        if self.metric_warmup is not None:
+            self.metric_warmup.load_state_dict(warmup_state)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, solver) -> StepSchedule:
+    """The schedule of the ``solver`` section (see :class:`StepSchedule`)."""
+    return StepSchedule(optimizer, solver)

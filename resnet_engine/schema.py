@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .config import bounded, choice, non_negative, positive
+from .config import ConfigError, bounded, choice, non_negative, positive
 
 # The ImageNet pixel statistics (0-255 values, RGB) that torchvision's and timm's ResNet weights expect.
 IMAGENET_PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -15,6 +15,22 @@ IMAGENET_PIXEL_STD = (58.395, 57.12, 57.375)
 class DatasetConfig:
     ann_file: str = ""
     img_dir: str = ""
+
+
+@dataclass
+class MetricWarmupConfig:
+    """A warm-up that ends when the network starts to learn rather than at a set iteration: the learning
+    rate is ``lr_factor`` times the schedule's until the mean of a training metric over the last ``window``
+    iterations falls below ``below``, and the schedule's from the next iteration on (the paper's CIFAR
+    ResNet-110: 0.01 until the training error is below 80%, then 0.1)."""
+
+    # A metric the model reports in training, besides its losses (the classifiers' train_error, in
+    # percent); empty: no such warm-up.
+    metric: str = ""
+    # The warm-up ends once the metric's mean over the window is below this value.
+    below: float | None = None
+    lr_factor: float = bounded(0.1, 0, 1, low_open=True)
+    window: int = positive(20)
 
 
 @dataclass
@@ -32,6 +48,8 @@ class SolverConfig:
     gamma: float = positive(0.1)
     warmup_iters: int = non_negative(1000)
     warmup_factor: float = bounded(0.001, 0, 1, low_open=True)
+    # A warm-up until a training metric falls below a threshold (after the linear one, if both are set).
+    warmup_until: MetricWarmupConfig = field(default_factory=MetricWarmupConfig)
     # 0: no periodic checkpoints (model_final.pth only).
     checkpoint_period: int = non_negative(5000)
     # Keep the newest N periodic checkpoints (plus model_final.pth and model_best.pth).
@@ -53,3 +71,14 @@ class SolverConfig:
     # Non-finite losses tolerated (the step is skipped) before the run stops.
     max_nonfinite: int = non_negative(0)
     log_period: int = positive(20)
+
+
+def check_solver_options(solver) -> None:
+    """Relations between solver keys, which the ranges of single keys cannot express."""
+    warmup = solver.warmup_until
+    if warmup.metric and warmup.below is None:
+        raise ConfigError(f"solver.warmup_until.metric={warmup.metric} needs solver.warmup_until.below, the value "
+                          f"under which the warm-up ends (e.g. solver.warmup_until.below=80 for an error in percent)")
+    if warmup.below is not None and not warmup.metric:
+        raise ConfigError(f"solver.warmup_until.below={warmup.below:g} needs solver.warmup_until.metric, the "
+                          f"training metric it is compared with (e.g. solver.warmup_until.metric=train_error)")

@@ -1,4 +1,4 @@
-"""`python -m detection --help` / `python -m localization --help`: which command lines exist."""
+"""`python -m detection --help` (localization, classification): which command lines exist."""
 
 from __future__ import annotations
 

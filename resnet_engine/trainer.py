@@ -4,12 +4,15 @@
         batch = next(data)
         losses = model(batch)                  # under autocast when solver.amp is on
         check the losses are finite            # skip or stop, the same on every process
-        backward, (clip), step, scheduler step
+        backward, (clip), step
+        metric warm-up, scheduler step         # solver.warmup_until follows a training metric
         log / checkpoint / evaluate on their periods
         stop cleanly on SIGTERM or SIGINT      # after saving a checkpoint, also during an evaluation
 
-It knows nothing about detection: the model returns a dict of losses, ``evaluate(model)`` returns
-a dict of metrics, and ``make_loader(start_iter)`` returns the batches from a given step on.
+It knows nothing about detection: the model returns a dict of losses (or :class:`LossesAndMetrics`:
+its losses and training metrics that are logged but not trained on, such as a classifier's error on
+its training batch), ``evaluate(model)`` returns a dict of metrics, and ``make_loader(start_iter)``
+returns the batches from a given step on.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -47,12 +51,22 @@ from .resume import (
     load_scheduler_state,
 )
 from .run_dir import claim_run_directory, release_run_directory
+from .schema import check_solver_options
 
 logger = logging.getLogger(__name__)
 
 
 class TrainingError(UserError):
     exit_code = 1
+
+
+class LossesAndMetrics(NamedTuple):
+    """What a model may return in training instead of its losses alone: the losses (summed and trained
+    on) and metrics of the batch (logged in metrics.jsonl and followed by solver.warmup_until, never
+    trained on)."""
+
+    losses: dict[str, torch.Tensor]
+    metrics: dict[str, torch.Tensor]
 
 
 class DataWorkerDied(TrainingError):
@@ -78,7 +92,9 @@ class Trainer:
     """Runs one training job in its output folder (claimed for the run: see resnet_engine/run_dir.py).
 
     Args:
-        model: returns a dict of scalar losses for a batch in train mode.
+        model: returns a dict of scalar losses for a batch in train mode, or a :class:`LossesAndMetrics`.
+        scheduler: steps once per iteration; a :class:`resnet_engine.optim.StepSchedule` also takes the
+            training metric its ``metric_warmup`` follows.
         make_loader: start_iteration -> iterable of batches (resumes the sampler).
         evaluate: model -> nested metrics dict (run on every process; only the main one's result is kept).
         primary_metric: "section/name" in the metrics that selects model_best.pth (higher is better).
@@ -108,6 +124,7 @@ class Trainer:
         self.checkpointer = Checkpointer(output_dir, solver.keep_last, enabled=self.is_main)
         self.good_checkpoints = GoodCheckpoints()
         self.metrics_logger = MetricsLogger(output_dir, enabled=self.is_main)
+        check_solver_options(solver)
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[solver.amp]
         if solver.amp == "fp16" and device.type != "cuda":
             raise UserError("solver.amp=fp16 needs a CUDA device: use solver.amp=bf16 on the CPU, or off")
@@ -220,7 +237,8 @@ class Trainer:
         data = iter(loader)
         bar = progress_bar(solver.max_iter, self.start_iter, self.is_main)
         previous_handlers = self._install_signal_handlers()
-        window: dict[str, float] = {}
+        window: dict[str, float] = {}  # the sums of the losses since the last log, then of the metrics
+        metric_window: dict[str, float] = {}
         window_count, window_start, last_log = 0, time.perf_counter(), self.start_iter
         final_metrics: dict = {}
         worker_death: TrainingError | None = None
@@ -230,7 +248,7 @@ class Trainer:
                 self.iteration = iteration
                 tick = time.perf_counter()
                 batch = self._next_batch(data)
-                losses = self._forward(batch)
+                losses, metrics = self._forward(batch)
                 total = sum(losses.values())
                 stop, nonfinite = self._agree(self._stop_signal is not None, not bool(torch.isfinite(total)))
                 if nonfinite:
@@ -238,8 +256,11 @@ class Trainer:
                 else:
                     self.good_checkpoints.loss_seen(float(total.detach()))
                     self._step(total)
+                    self._follow_metric_warmup(metrics)
                     for name, value in losses.items():
                         window[name] = window.get(name, 0.0) + float(value.detach())
+                    for name, value in metrics.items():
+                        metric_window[name] = metric_window.get(name, 0.0) + float(value)
                     window_count += 1
                 done = self.iteration + 1
                 self.scheduler.step()
@@ -248,8 +269,9 @@ class Trainer:
                 if stop or done % solver.log_period == 0 or done == solver.max_iter:
                     # A stop by signal logs its partial window too: no record is lost.
                     seconds_per_iter = (time.perf_counter() - window_start) / max(done - last_log, 1)
-                    self._log(done, window, window_count, seconds_per_iter, bar)
-                    window, window_count, window_start, last_log = {}, 0, time.perf_counter(), done
+                    self._log(done, window, metric_window, window_count, seconds_per_iter, bar)
+                    window, metric_window = {}, {}
+                    window_count, window_start, last_log = 0, time.perf_counter(), done
                 if stop:
                     self._save_and_stop(done)
                 if solver.checkpoint_period and done % solver.checkpoint_period == 0 and done < solver.max_iter:
@@ -259,6 +281,7 @@ class Trainer:
                     self.iteration = done
                     self._evaluate(done)
             self.iteration = solver.max_iter
+            self._warn_if_still_warming_up()
             self.save(FINAL_NAME)
             final_metrics = self._evaluate(solver.max_iter, final=True) if self.evaluate_fn else {}
             self._write_final_metrics(final_metrics)
@@ -317,18 +340,21 @@ class Trainer:
         return DataWorkerDied(f"a data-loading worker died at iteration {self.iteration} ({detail}); "
                              f"run with data.num_workers=0 to see the error in the main process")
 
-    def _forward(self, batch) -> dict[str, torch.Tensor]:
+    def _forward(self, batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """(the losses in float32, the training metrics as numbers) of one batch."""
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
         try:
             with autocast:
-                losses = self.ddp_model(batch)
+                outputs = self.ddp_model(batch)
         except torch.cuda.OutOfMemoryError:
             raise TrainingError(
                 f"out of GPU memory at iteration {self.iteration}: lower solver.ims_per_batch "
                 f"(now {self.solver.ims_per_batch}) or input.max_size_train, or set solver.amp=bf16"
             ) from None
-        return {name: value.float() for name, value in losses.items()}
+        losses, metrics = outputs if isinstance(outputs, LossesAndMetrics) else (outputs, {})
+        return ({name: value.float() for name, value in losses.items()},
+                {name: float(value) for name, value in metrics.items()})
 
     def _agree(self, stop: bool, nonfinite: bool) -> tuple[bool, bool]:
         """Every process takes the same decision, or collective operations would hang."""
@@ -346,6 +372,29 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.solver.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+
+    def _follow_metric_warmup(self, metrics: dict[str, float]) -> None:
+        """Give the metric warm-up (solver.warmup_until) this iteration's value, averaged over the
+        processes so that all of them end it at the same iteration."""
+        warmup = getattr(self.scheduler, "metric_warmup", None)
+        if warmup is None or not warmup.active:
+            return
+        if warmup.metric not in metrics:
+            reported = ", ".join(sorted(metrics)) or "none"
+            raise TrainingError(f"solver.warmup_until.metric={warmup.metric}: the model reports no such training "
+                                f"metric (it reports: {reported}); name one of them, or leave the key empty")
+        value = dist_utils.reduce_mean({warmup.metric: metrics[warmup.metric]}, self.device)[warmup.metric]
+        if warmup.observe(self.iteration, value) and self.is_main:
+            logger.info("%s averaged %.4g over iterations %d-%d, below %g: the warm-up ends, the schedule's "
+                        "learning rate applies from iteration %d", warmup.metric, warmup.mean(),
+                        self.iteration + 1 - warmup.window, self.iteration, warmup.below, warmup.ended_at)
+
+    def _warn_if_still_warming_up(self) -> None:
+        warmup = getattr(self.scheduler, "metric_warmup", None)
+        if warmup is not None and warmup.active and self.is_main:
+            warnings.warn(f"the whole run trained in the warm-up at {warmup.lr_factor:g} x the learning rate: "
+                          f"{warmup.metric} averaged {warmup.mean():.4g} over the last {len(warmup.recent)} "
+                          f"iterations, never below solver.warmup_until.below={warmup.below:g}", stacklevel=2)
 
     def _handle_nonfinite(self, losses: dict[str, torch.Tensor]) -> None:
         self.nonfinite_steps += 1
@@ -374,12 +423,14 @@ class Trainer:
         return (f"the last good checkpoint is {good}{aside}: {advice}, then continue from it with --resume, "
                 f"or allow skipped steps with solver.max_nonfinite")
 
-    def _log(self, iteration: int, window: dict, count: int, seconds_per_iter: float, bar) -> None:
-        averaged = {k: v / max(count, 1) for k, v in window.items()}
+    def _log(self, iteration: int, window: dict, metric_window: dict, count: int, seconds_per_iter: float,
+             bar) -> None:
+        averaged = {k: v / max(count, 1) for k, v in {**window, **metric_window}.items()}
         averaged = dist_utils.reduce_mean(averaged, self.device)
+        loss_total = sum(v for k, v in averaged.items() if k in window)
         record = {
             **{k: round(v, 5) for k, v in averaged.items()},
-            "total_loss": round(sum(averaged.values()), 5),
+            "total_loss": round(loss_total, 5),
             "lr": self.optimizer.param_groups[0]["lr"],
             "time_per_iter": round(seconds_per_iter, 4),
             "train_time": round(self.train_seconds, 1),
@@ -387,7 +438,7 @@ class Trainer:
         if self.device.type == "cuda":
             record["max_mem_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20)
         if count:
-            self.good_checkpoints.typical_loss_seen(sum(averaged.values()))
+            self.good_checkpoints.typical_loss_seen(loss_total)
         self.metrics_logger.log(iteration, record)
         short = {k.replace("loss_", ""): f"{v:.3f}" for k, v in averaged.items()}
         bar.set_postfix(lr=f"{record['lr']:.2g}", s_it=f"{record['time_per_iter']:.2f}", **short, refresh=False)

@@ -11,6 +11,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from classification.classifier import Classifier
+from classification.config import ClassificationConfig, load_classification_config
+from classification.data.imagenet import TrainTransform
 from detection.config import DetectionConfig, load_detection_config
 from detection.data.transforms import TrainTransform as DetectionTrainTransform
 from detection.modeling.backbone import ResNetFPN
@@ -21,14 +24,7 @@ from detection.modeling.poolers import PyramidPooler, SingleLevelPooler
 from detection.modeling.roi_heads import RoIHeads
 from detection.modeling.rpn import RegionProposalNetwork, RPNHead
 from detection.modeling.test_time import TestTimeOptions, box_voting, choose_scale_pairs
-from localization.classifier import Classifier
-from localization.config import (
-    ClassificationConfig,
-    LocalizationConfig,
-    load_classification_config,
-    load_localization_config,
-)
-from localization.data.classification import TrainTransform
+from localization.config import LocalizationConfig, load_localization_config
 from localization.data.loc_dataset import LocTrainTransform
 from localization.data.rcnn_rois import label_proposals
 from localization.rcnn import RCNNLocalizer

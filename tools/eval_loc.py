@@ -81,7 +81,7 @@ def main() -> int:
 
 
 def plot_files(gt: str, pred: str, synsets_path: str | None, images: str, plots_dir: str) -> None:
-    from localization.data.ilsvrc import load_ground_truth, read_synsets
+    from classification.data.ilsvrc import load_ground_truth, read_synsets
     from localization.data.predictions import read_predictions
     from localization.visualize import image_finder, write_plots
 

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from resnet_engine.errors import UserError
-
-from .classification import (
+from classification.data.ilsvrc import Synsets
+from classification.data.imagenet import (
     ClassificationDataset,
     add_pca_lighting,
     center_offset,
@@ -27,9 +26,9 @@ from .classification import (
     jitter_colour,
     labelled_train_images,
     resize_shorter_side,
-    to_chw_tensor,
 )
-from .ilsvrc import Synsets
+from detection.data.image_io import to_chw_tensor
+from resnet_engine.errors import UserError
 
 
 @dataclass(frozen=True)

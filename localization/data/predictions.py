@@ -12,9 +12,7 @@ import math
 import os
 from collections.abc import Sequence
 
-from resnet_engine.errors import UserError
-
-from .ilsvrc import (
+from classification.data.ilsvrc import (
     KAGGLE_HEADER,
     Annotations,
     Box,
@@ -24,6 +22,7 @@ from .ilsvrc import (
     parse_number,
     read_kaggle_rows,
 )
+from resnet_engine.errors import UserError
 
 # A devkit label 0 is an empty slot (MATLAB's dlmread pads short rows with zeros): it keeps its rank and is
 # never right. The metric treats this WNID like any label that is not in the ground truth.

@@ -22,10 +22,10 @@ from typing import Protocol
 import torch
 from torchvision.ops import box_iou, roi_align
 
+from detection.data.image_io import to_chw_tensor
 from resnet_engine.errors import UserError
 
 from ..config import LocalizerRCNNConfig
-from .classification import to_chw_tensor
 from .loc_dataset import BoxedRecord, LocalizationDataset, inclusive_to_continuous
 
 FOREGROUND, BACKGROUND, IGNORED = 1, 0, -1

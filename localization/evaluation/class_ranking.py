@@ -7,11 +7,12 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from classification.data.ilsvrc import Synsets
+from classification.data.loaders import build_test_set
+from classification.evaluation import batch_scores
 from resnet_engine import distributed as dist_utils
 from resnet_engine.loaders import build_test_loader
 
-from ..data.ilsvrc import Synsets
-from ..train_cls import batch_scores, build_test_set
 from ..weights import load_trained_classifier
 from .submission import network_name, top_classes
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 
+from classification.data.ilsvrc import load_ground_truth, read_blacklist, read_synsets
+from classification.data.loaders import prepare_data
 from resnet_engine import distributed as dist_utils
 from resnet_engine.errors import UserError
 from resnet_engine.logger import write_json
 from resnet_engine.setup import setup_run
 
-from ..data.ilsvrc import load_ground_truth, read_blacklist, read_synsets
 from ..data.predictions import read_predictions
-from ..train_cls import prepare_data
 from ..weights import latest_weights, load_localizer, load_proposal_rpn, load_rcnn
 from .ilsvrc_metric import MAX_GUESSES, format_table, localization_errors
 from .rcnn_evaluation import score_rcnn

@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from classification.data.ilsvrc import Box
 from resnet_engine.errors import UserError
 
-from ..data.ilsvrc import Box
 from ..data.predictions import EMPTY_GUESS
 
 IOU_THRESHOLD = 0.5

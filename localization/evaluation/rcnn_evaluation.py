@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from classification.data.ilsvrc import Synsets
+from classification.data.imagenet import list_val_images
 from resnet_engine import distributed as dist_utils
 from resnet_engine.loaders import build_test_loader
 
-from ..data.classification import list_val_images
-from ..data.ilsvrc import Synsets
 from ..data.loc_dataset import ImageAndViews, LocEvalTransform, continuous_to_inclusive
 from ..rcnn import RCNNLocalizer
 from ..rcnn_proposals import class_proposals, proposal_views

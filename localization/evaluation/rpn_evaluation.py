@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from classification.data.ilsvrc import Synsets
+from classification.data.imagenet import list_val_images
 from resnet_engine import distributed as dist_utils
 from resnet_engine.loaders import build_test_loader
 
-from ..data.classification import list_val_images
-from ..data.ilsvrc import Synsets
 from ..data.loc_dataset import LocalizationDataset, LocEvalTransform
 from ..rpn_localizer import RPNLocalizer
 from .class_ranking import class_ranking

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from classification.data.ilsvrc import Annotations, Synsets, read_kaggle_solution
 from resnet_engine import distributed as dist_utils
 
-from ..data.ilsvrc import Annotations, Synsets, read_kaggle_solution
 from ..data.predictions import write_kaggle_csv
 from .ilsvrc_metric import gt_known_loc_error, localization_errors
 

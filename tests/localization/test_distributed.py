@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from localization.data.synthetic import ensure_synthetic_loc
+from classification.data.synthetic_ilsvrc import ensure_synthetic_loc
+from tests.classification.test_classifier import TINY as TINY_CLASSIFIER
 from tests.conftest import ROOT
 from tests.helpers import subprocess_env
-from tests.localization.test_classifier import TINY as TINY_CLASSIFIER
 from tests.localization.test_rpn_localizer import TINY_LOCALIZER
 
 

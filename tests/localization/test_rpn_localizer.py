@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from classification.data.synthetic_ilsvrc import WNIDS, ensure_synthetic_loc
 from detection.modeling.box_coder import BoxCoder
 from detection.modeling.matching import Matcher, sample_balanced
 from localization.config import load_localization_config
@@ -20,7 +21,6 @@ from localization.data.loc_dataset import (
     boxes_after_crop,
     to_original_image,
 )
-from localization.data.synthetic import WNIDS, ensure_synthetic_loc
 from localization.evaluation.ilsvrc_metric import iou_inclusive
 from localization.evaluation.submission import ImageGuesses, build_submission, top_classes
 from localization.rpn_localizer import (
@@ -205,8 +205,8 @@ FIXED_RANKING = (1, 3, 5, 4, 2)  # the top-5 of write_fixed_ranking_classifier's
 
 def write_fixed_ranking_classifier(tiny_root, path) -> None:
     """A tools/train_cls.py checkpoint whose network ranks the classes FIXED_RANKING on any image."""
-    from localization.classifier import build_classifier
-    from localization.config import load_classification_config
+    from classification.classifier import build_classifier
+    from classification.config import load_classification_config
     from resnet_engine.checkpoint import atomic_save
     from resnet_engine.config import config_to_text
 

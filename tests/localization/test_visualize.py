@@ -50,7 +50,7 @@ def test_eval_loc_plots_in_scoring_mode(tmp_path):
     import subprocess
     import sys
 
-    from localization.data.synthetic import ensure_synthetic_loc
+    from classification.data.synthetic_ilsvrc import ensure_synthetic_loc
     from tests.conftest import ROOT
     from tests.helpers import subprocess_env
 

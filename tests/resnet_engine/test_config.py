@@ -155,7 +155,8 @@ def test_relations_between_keys():
 
 
 def test_classification_and_localization_configs_share_the_ranges():
-    from localization.config import load_classification_config, load_localization_config
+    from classification.config import load_classification_config
+    from localization.config import load_localization_config
 
     with pytest.raises(ConfigError, match=r"^solver.base_lr=0 must be a positive number$"):
         load_classification_config(None, ["solver.base_lr=0"])
@@ -201,7 +202,8 @@ def with_old_names(text: str, renamed: dict) -> str:
 
 
 def test_renamed_key_tables_map_old_names_to_keys_of_their_schema():
-    from localization.config import ClassificationConfig, LocalizationConfig
+    from classification.config import ClassificationConfig
+    from localization.config import LocalizationConfig
     from resnet_engine.config import RENAMED_KEYS, schema_keys
 
     assert RENAMED_KEYS[LocalizationConfig] == OLD_LOCALIZATION_KEYS
@@ -232,7 +234,7 @@ def test_a_saved_config_of_an_earlier_release_loads_with_one_warning_per_old_key
 
 
 def test_old_key_names_in_overrides_and_detection_and_classification_configs():
-    from localization.config import load_classification_config
+    from classification.config import load_classification_config
 
     with pytest.warns(FutureWarning, match=r"^model.roi_head.bg_iou_lo in override 'model.roi_head.bg_iou_lo=0.1' "
                                            r"is deprecated: use model.roi_head.bg_iou_low \(the old name is accepted "

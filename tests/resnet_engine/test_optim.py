@@ -9,11 +9,12 @@ import torchvision
 from torch import nn
 
 from resnet_engine.optim import build_optimizer, build_scheduler, lr_factor
+from resnet_engine.schema import MetricWarmupConfig
 
 
 def solver(**changes):
     values = {"optimizer": "sgd", "base_lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4, "steps": [3000, 4000],
-              "gamma": 0.1, "warmup_iters": 1000, "warmup_factor": 0.001}
+              "gamma": 0.1, "warmup_iters": 1000, "warmup_factor": 0.001, "warmup_until": MetricWarmupConfig()}
     return SimpleNamespace(**{**values, **changes})
 
 

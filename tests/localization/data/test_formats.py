@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from localization.data.ilsvrc import read_kaggle_solution, read_synsets, read_xml_annotation, read_xml_dir
+from classification.data.ilsvrc import read_kaggle_solution, read_synsets, read_xml_annotation, read_xml_dir
 from localization.data.predictions import read_devkit_predictions, read_kaggle_predictions
 from localization.evaluation.evaluator import score_files
 from resnet_engine.errors import UserError

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from backbones.config import BackboneConfig
-from localization.config import backbone_without_weights
-from localization.data.classification import DATA_DIR, ImageRecord, labelled_train_images
-from localization.data.ilsvrc import Synsets
+from classification.config import backbone_without_weights
+from classification.data.ilsvrc import Synsets
+from classification.data.imagenet import DATA_DIR, ImageRecord, labelled_train_images
 from localization.data.loc_dataset import (
     BoxedRecord,
     ImageAndViews,

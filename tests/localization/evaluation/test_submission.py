@@ -3,7 +3,7 @@ files a scored submission goes to, and one set of guesses scored and written, al
 
 from types import SimpleNamespace
 
-from localization.data.ilsvrc import Synsets
+from classification.data.ilsvrc import Synsets
 from localization.evaluation.submission import (
     ImageGuesses,
     guesses_metrics,

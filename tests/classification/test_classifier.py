@@ -11,8 +11,8 @@ import torch
 from torchvision.transforms.functional import normalize
 
 from backbones import ResNet
-from localization.classifier import Classifier, ClassifierInput, average_softmax, topk_errors
-from localization.data.classification import (
+from classification.classifier import Classifier, ClassifierInput, average_softmax, topk_errors
+from classification.data.imagenet import (
     ClassificationDataset,
     EvalTransform,
     ImageRecord,
@@ -20,7 +20,7 @@ from localization.data.classification import (
     five_crop_offsets,
     ten_crops,
 )
-from localization.data.synthetic import ensure_synthetic_loc
+from classification.data.synthetic_ilsvrc import ensure_synthetic_loc
 from tests.conftest import ROOT
 from tests.helpers import randomize_bn_statistics, subprocess_env
 
@@ -92,19 +92,23 @@ def test_average_softmax_of_ten_crops(small_classifier):
     assert scores.shape == (2, 5)
 
 
-def test_training_forward_returns_the_cross_entropy(small_classifier):
+def test_training_forward_returns_the_cross_entropy_and_the_batch_error(small_classifier):
     batch = [{"image": random_images(3, 64, 64, seed=i), "label": (3 * i + 1) % 5} for i in range(4)]
     small_classifier.train()
     try:
-        losses = small_classifier(batch)
+        losses, metrics = small_classifier(batch)
         # By hand, on the same batch in train mode (BatchNorm with the batch's statistics): the mean
         # over the images of -log softmax at each image's label.
         logits = small_classifier.logits(small_classifier.normalize(torch.stack([s["image"] for s in batch])))
     finally:
         small_classifier.eval()
-    expected = -torch.log_softmax(logits, dim=1)[torch.arange(4), torch.tensor([1, 4, 2, 0])].mean()
-    assert set(losses) == {"loss_cls"}
+    labels = torch.tensor([1, 4, 2, 0])
+    expected = -torch.log_softmax(logits, dim=1)[torch.arange(4), labels].mean()
+    assert set(losses) == {"loss_cls"} and set(metrics) == {"train_error"}
     torch.testing.assert_close(losses["loss_cls"], expected)
+    # The share of the 4 images whose best score is not their label, counted one by one.
+    wrong = sum(int(logits[i].argmax()) != int(labels[i]) for i in range(4))
+    assert float(metrics["train_error"]) == pytest.approx(100 * wrong / 4)
 
 
 def test_topk_errors_hand_computed():

@@ -1,4 +1,10 @@
-"""An ImageNet classifier: a backbones ResNet, global average pooling and a K-way fc, tested three ways.
+"""The classifiers: an ImageNet ResNet or a CIFAR ResNet, global average pooling and a K-way fc.
+
+Both train on the cross-entropy and report the top-1 error of each training batch (``train_error``, in
+percent, computed in train mode on the augmented images as the paper's training curves are), which the
+trainer logs and solver.warmup_until can follow; it is not trained on.
+
+The ImageNet classifier is tested three ways:
 
 * "1crop" / "10crop": the softmax of each crop's logits is averaged over the crops;
 * "dense": the fully convolutional form of the paper (after Simonyan & Zisserman): the fc is applied as a
@@ -21,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbones import ResNet
+from backbones import CifarResNet, ResNet, build_cifar_resnet
 from backbones.config import build_from_config
+from resnet_engine.trainer import LossesAndMetrics
 
-from .config import backbone_without_weights
+from .config import backbone_without_weights, is_cifar
 
 TEST_MODES = ("1crop", "10crop", "dense")
 
@@ -59,7 +66,8 @@ class ClassifierInput:
 class Classifier(ClassifierInput, nn.Module):
     """Input: a list of samples {"image": uint8 (3, H, W) RGB, "label": int}, as the data loader yields.
 
-    Output: {"loss_cls"} in training; the logits (B, K) otherwise.
+    Output: {"loss_cls"} and {"train_error"} (:func:`training_outputs`) in training; the logits (B, K)
+    otherwise.
     """
 
     def __init__(self, backbone: ResNet, pixel_mean: Sequence[float], pixel_std: Sequence[float],
@@ -93,7 +101,7 @@ class Classifier(ClassifierInput, nn.Module):
         if not self.training:
             return logits
         labels = torch.tensor([int(sample["label"]) for sample in batch], device=self.device)
-        return {"loss_cls": F.cross_entropy(logits, labels)}
+        return training_outputs(logits, labels)
 
     # -- testing -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -119,17 +127,75 @@ class Classifier(ClassifierInput, nn.Module):
         return average_softmax(logits.view(batch, num_views, -1))
 
 
+class CifarClassifier(nn.Module):
+    """A CIFAR ResNet (``backbone``, :class:`backbones.CifarResNet` with its fc) as a classifier.
+
+    Input: {"images": float32 (B, 3, 32, 32), mean-subtracted, "labels": int64 (B,)}, as the CIFAR loaders
+    yield. Output: {"loss_cls"} and {"train_error"} (:func:`training_outputs`) in training; the logits
+    (B, K) otherwise. The test view is the image itself, so testing is :meth:`logits` of a batch.
+    """
+
+    def __init__(self, backbone: CifarResNet):
+        super().__init__()
+        if backbone.fc is None or backbone.out_features != ["logits"]:
+            raise ValueError("the CIFAR classifier needs a CifarResNet built with num_classes and "
+                             "out_features=['logits']")
+        self.backbone = backbone
+
+    @property
+    def num_classes(self) -> int:
+        return self.backbone.fc.out_features
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.fc.weight.device
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images.to(self.device, non_blocking=True))["logits"]
+
+    def forward(self, batch: dict):
+        logits = self.logits(batch["images"])
+        if not self.training:
+            return logits
+        return training_outputs(logits, batch["labels"].to(self.device))
+
+
+def training_outputs(logits: torch.Tensor, labels: torch.Tensor) -> LossesAndMetrics:
+    """The cross-entropy to train on, and the batch's top-1 error in percent, to log."""
+    with torch.no_grad():
+        wrong = (logits.argmax(dim=1) != labels).float().mean() * 100
+    return LossesAndMetrics({"loss_cls": F.cross_entropy(logits, labels)}, {"train_error": wrong})
+
+
 def average_softmax(view_logits: torch.Tensor) -> torch.Tensor:
     """(B, V, K) logits of V views -> (B, K) log of the mean softmax (log_softmax when V is 1)."""
     probabilities = view_logits.float().softmax(dim=-1).mean(dim=1)
     return probabilities.clamp_min(torch.finfo(torch.float32).tiny).log()
 
 
-def build_classifier(cfg, num_classes: int, load_backbone_weights: bool = True) -> Classifier:
-    """The classifier of a classification config; ``model.backbone.weights`` are loaded unless told not to."""
+def build_classifier(cfg, num_classes: int, load_backbone_weights: bool = True) -> Classifier | CifarClassifier:
+    """The classifier of a classification config (an ImageNet or a CIFAR one, as ``data.dataset`` says);
+    ``model.backbone.weights`` are loaded unless told not to."""
     backbone_cfg = cfg.model.backbone if load_backbone_weights else backbone_without_weights(cfg.model.backbone)
-    backbone = build_from_config(backbone_cfg, num_classes=num_classes, out_features=["res5"])
+    variants = {"plain": backbone_cfg.plain, "preact": backbone_cfg.preact}
+    if is_cifar(cfg):
+        return CifarClassifier(build_cifar_resnet(
+            backbone_cfg.depth, weights=backbone_cfg.weights, trust_pickle=backbone_cfg.trust_pickle,
+            norm=backbone_cfg.norm, freeze_at=backbone_cfg.freeze_at, shortcut=backbone_cfg.shortcut,
+            stride_in_1x1=backbone_cfg.stride_in_1x1, zero_init_residual=backbone_cfg.zero_init_residual,
+            base_width=backbone_cfg.base_width, num_classes=num_classes, out_features=["logits"], **variants))
+    backbone = build_from_config(backbone_cfg, num_classes=num_classes, out_features=["res5"], **variants)
     return Classifier(backbone, list(cfg.input.pixel_mean), list(cfg.input.pixel_std), cfg.input.format)
+
+
+def network_name(cfg) -> str:
+    """The network of a classification config as the paper's tables name it ("ResNet-56", "plain-20",
+    "pre-act ResNet-164"), with its width when it is not the paper's."""
+    backbone = cfg.model.backbone
+    kind = "plain" if backbone.plain else ("pre-act ResNet" if backbone.preact else "ResNet")
+    paper_width = 16 if is_cifar(cfg) else 64
+    width = "" if backbone.base_width == paper_width else f" (width {backbone.base_width})"
+    return f"{kind}-{backbone.depth}{width}"
 
 
 def true_label_ranks(logits: torch.Tensor, labels: torch.Tensor, max_k: int = 5) -> torch.Tensor:

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from localization.data.ilsvrc import read_kaggle_solution, read_synsets, read_xml_annotation, read_xml_dir
-from localization.data.synthetic import CLASSES, WNIDS, ensure_synthetic_loc
+from classification.data.ilsvrc import read_kaggle_solution, read_synsets, read_xml_annotation, read_xml_dir
+from classification.data.synthetic_ilsvrc import CLASSES, WNIDS, ensure_synthetic_loc
 from localization.evaluation.evaluator import score_files
 
 TINY = {"images_per_class": {"train": 2, "val": 2}, "sides": (48, 72), "seed": 3}
@@ -68,7 +68,7 @@ def test_generation_is_deterministic_and_resumable(tiny_root, tmp_path):
 
 
 def test_several_boxes_per_image_occur(tmp_path):
-    from localization.data.synthetic import render_loc_image
+    from classification.data.synthetic_ilsvrc import render_loc_image
 
     counts = [len(render_loc_image(np.random.default_rng([0, i]), i % 6, (64, 96))[1]) for i in range(60)]
     assert set(counts) == {1, 2}

@@ -1,0 +1,5 @@
+"""python -m classification --help: the classification command lines."""
+
+from resnet_engine.tool_index import main
+
+main("classification", ["train_cls.py", "plot_logs.py"])

@@ -1,0 +1,82 @@
+"""Loading trained classifiers: the weights of a checkpoint, a state dict file or a torchvision:/timm: name
+into a classifier, and a checkpoint of tools/train_cls.py with the config and data facts it was trained
+with (classes, CIFAR's pixel mean)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from backbones.weights import apply_state_dict, read_state_dict, resolve_weights
+from resnet_engine.checkpoint import load_checkpoint
+from resnet_engine.config import config_from_text
+from resnet_engine.errors import UserError
+
+from .classifier import CifarClassifier, Classifier, build_classifier
+from .config import ClassificationConfig
+
+
+def read_classifier_state(spec: str, depth: int) -> dict[str, torch.Tensor]:
+    """The tensors of a training checkpoint, a state dict file, or a torchvision:/timm: weights name."""
+    if os.path.isfile(spec) and spec.lower().endswith((".pth", ".pt")):
+        try:
+            return load_checkpoint(spec)["model"]
+        except UserError as error:
+            if "no 'model' entry" not in str(error):
+                raise
+    return read_state_dict(resolve_weights(spec, depth))
+
+
+def load_classifier_weights(model: Classifier | CifarClassifier, spec: str) -> None:
+    """Load a whole classifier (ResNet and fc) from ``spec`` (see :func:`read_classifier_state`)."""
+    apply_classifier_state(model, read_classifier_state(spec, model.backbone.depth), spec)
+
+
+def apply_classifier_state(model: Classifier | CifarClassifier, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a classifier's tensors; an fc for another number of classes is an error."""
+    head = next((v for k, v in state.items() if k.endswith("fc.weight")), None)
+    if head is None or head.shape[0] != model.num_classes:
+        found = "no fc" if head is None else f"an fc for {head.shape[0]} classes"
+        raise UserError(f"{source} holds {found}, the test set has {model.num_classes} classes: give the weights "
+                        f"of a classifier trained on these classes")
+    apply_state_dict(model.backbone, state, source=source)
+
+
+def read_checkpoint_meta(path: str) -> dict:
+    """The ``meta`` a checkpoint of tools/train_cls.py keeps (empty for other files)."""
+    if not (os.path.isfile(path) and path.lower().endswith((".pth", ".pt"))):
+        return {}
+    try:
+        return load_checkpoint(path).get("meta") or {}
+    except UserError as error:
+        if "no 'model' entry" in str(error):  # a bare state dict
+            return {}
+        raise
+
+
+@dataclass
+class TrainedClassifier:
+    """A classifier of tools/train_cls.py, its config and its checkpoint's meta (classes, CIFAR's pixel mean)."""
+
+    model: Classifier | CifarClassifier
+    cfg: object
+    meta: dict
+
+
+def load_trained_classifier(path: str, option: str = "--weights") -> TrainedClassifier:
+    """The classifier of a checkpoint of tools/train_cls.py, rebuilt from the config saved in it;
+    ``option`` names where the path was given, for the message when it is not such a checkpoint."""
+    state = load_checkpoint(path)
+    meta = state.get("meta") or {}
+    if not state.get("config") or meta.get("task") != "classification":
+        raise UserError(f"{path} is not a classifier checkpoint of tools/train_cls.py: give {option} as "
+                        f"output/<cls run>/model_final.pth")
+    cfg = config_from_text(ClassificationConfig, state["config"])
+    head = next((v for k, v in state["model"].items() if k.endswith("fc.weight")), None)
+    if head is None:
+        raise UserError(f"{path} holds no fc: it is not the checkpoint of a whole classifier")
+    model = build_classifier(cfg, head.shape[0], load_backbone_weights=False)
+    apply_classifier_state(model, state["model"], path)
+    return TrainedClassifier(model, cfg, meta)
