@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from backbones.cifar import cifar_architecture
 from backbones.config import BackboneConfig
 from backbones.errors import BackboneError
-from backbones.resnet import ARCHITECTURES
+from backbones.resnet import ARCHITECTURES, SHORTCUTS
 from resnet_engine.config import (
     ConfigError,
     bounded,
@@ -40,6 +40,9 @@ from resnet_engine.schema import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, Solver
 TEST_MODES = ("1crop", "10crop", "dense")
 DATASETS = ("imagenet", "cifar10", "cifar100")
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
+# The paper's shortcut option and width of each family, for model.backbone.shortcut and base_width left
+# unset: one place, so that a CIFAR config cannot silently train the 4x wider ImageNet-width net.
+PAPER_NETWORK = {"imagenet": {"shortcut": "B", "base_width": 64}, "cifar": {"shortcut": "A", "base_width": 16}}
 
 
 @dataclass
@@ -54,6 +57,11 @@ class ClassifierBackboneConfig(BackboneConfig):
     plain: bool = False
     # Full pre-activation units ("Identity Mappings in Deep Residual Networks").
     preact: bool = False
+    # Empty / 0: the paper's for data.dataset, filled in when the config loads (PAPER_NETWORK): option B
+    # projections and width 64 on ImageNet (Table 3's ResNets); option A zero-padding identities and
+    # width 16 on CIFAR (section 4.2). The resolved values are what output_dir/config.yaml records.
+    shortcut: str = choice("", ("",) + SHORTCUTS)
+    base_width: int = non_negative(0)
 
 
 @dataclass
@@ -156,8 +164,19 @@ CIFAR_ONLY_KEYS = ("data.train_split", "data.val_images")
 
 def load_classification_config(path: str | None = None, overrides=()):
     cfg = load_config(ClassificationConfig, path, overrides)
+    fill_in_paper_network(cfg)
     check_classification_options(cfg)
     return cfg
+
+
+def fill_in_paper_network(cfg) -> None:
+    """model.backbone.shortcut and base_width left unset take the paper's values for data.dataset."""
+    paper = PAPER_NETWORK["cifar" if is_cifar(cfg) else "imagenet"]
+    backbone = cfg.model.backbone
+    if not backbone.shortcut:
+        backbone.shortcut = paper["shortcut"]
+    if not backbone.base_width:
+        backbone.base_width = paper["base_width"]
 
 
 def is_cifar(cfg) -> bool:
