@@ -33,7 +33,7 @@ from resnet_engine.config import load_config, read_yaml, schema_keys
 from tests.conftest import ROOT
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
-CLASSIFICATION_CONFIGS = [p for p in ALL_CONFIGS if os.path.basename(p).startswith(("cls_", "ilsvrc_cls", "cifar", "base_cifar"))]
+CLASSIFICATION_CONFIGS = [p for p in ALL_CONFIGS if os.path.basename(p).startswith(("cls_", "ilsvrc_cls", "cifar", "base_cifar", "base_ilsvrc_cls"))]
 LOCALIZATION_CONFIGS = [p for p in ALL_CONFIGS if os.path.basename(p).startswith(("shapes_loc", "ilsvrc_loc"))]
 DETECTION_CONFIGS = [p for p in ALL_CONFIGS if p not in CLASSIFICATION_CONFIGS + LOCALIZATION_CONFIGS]
 
