@@ -31,7 +31,7 @@ from backbones import CifarResNet, ResNet, build_cifar_resnet
 from backbones.config import build_from_config
 from resnet_engine.trainer import LossesAndMetrics
 
-from .config import PAPER_NETWORK, backbone_without_weights, is_cifar
+from .config import backbone_without_weights, is_cifar, paper_network
 
 TEST_MODES = ("1crop", "10crop", "dense")
 
@@ -193,7 +193,7 @@ def network_name(cfg) -> str:
     "pre-act ResNet-164"), with its width when it is not the paper's."""
     backbone = cfg.model.backbone
     kind = "plain" if backbone.plain else ("pre-act ResNet" if backbone.preact else "ResNet")
-    paper_width = PAPER_NETWORK["cifar" if is_cifar(cfg) else "imagenet"]["base_width"]
+    paper_width = paper_network(cfg)["base_width"]
     width = "" if backbone.base_width == paper_width else f" (width {backbone.base_width})"
     return f"{kind}-{backbone.depth}{width}"
 

@@ -41,8 +41,11 @@ TEST_MODES = ("1crop", "10crop", "dense")
 DATASETS = ("imagenet", "cifar10", "cifar100")
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 # The paper's shortcut option and width of each family, for model.backbone.shortcut and base_width left
-# unset: one place, so that a CIFAR config cannot silently train the 4x wider ImageNet-width net.
-PAPER_NETWORK = {"imagenet": {"shortcut": "B", "base_width": 64}, "cifar": {"shortcut": "A", "base_width": 16}}
+# unset: one place, so that a CIFAR config cannot silently train the 4x wider ImageNet-width net. The CIFAR
+# nets of bottleneck units (the pre-activation ResNet-164 and 1001, whose first unit widens 16 to 64
+# channels) take projections where dimensions change, as backbones.CifarResNet does by default.
+PAPER_NETWORK = {"imagenet": {"shortcut": "B", "base_width": 64}, "cifar": {"shortcut": "A", "base_width": 16},
+                 "cifar_bottleneck": {"shortcut": "B", "base_width": 16}}
 
 
 @dataclass
@@ -59,7 +62,8 @@ class ClassifierBackboneConfig(BackboneConfig):
     preact: bool = False
     # Empty / 0: the paper's for data.dataset, filled in when the config loads (PAPER_NETWORK): option B
     # projections and width 64 on ImageNet (Table 3's ResNets); option A zero-padding identities and
-    # width 16 on CIFAR (section 4.2). The resolved values are what output_dir/config.yaml records.
+    # width 16 on CIFAR (section 4.2; projections for the bottleneck nets 164 and 1001). The resolved
+    # values are what output_dir/config.yaml records.
     shortcut: str = choice("", ("",) + SHORTCUTS)
     base_width: int = non_negative(0)
 
@@ -90,6 +94,9 @@ class IlsvrcDataConfig:
 
 @dataclass
 class ClassificationDataConfig(IlsvrcDataConfig):
+    # Empty: the dataset's own default, filled in when the config loads: datasets/ilsvrc for
+    # ImageNet; for CIFAR it stays empty, which means the embedded synthetic CIFAR-10.
+    root: str = ""
     # "imagenet": the ILSVRC layout under data.root. "cifar10", "cifar100": the official CIFAR files under
     # data.root (binary or python version: docs/CLASSIFICATION.md); an empty data.root is the embedded
     # synthetic CIFAR-10, generated into datasets/cifar_synthetic on first use.
@@ -164,19 +171,34 @@ CIFAR_ONLY_KEYS = ("data.train_split", "data.val_images")
 
 def load_classification_config(path: str | None = None, overrides=()):
     cfg = load_config(ClassificationConfig, path, overrides)
-    fill_in_paper_network(cfg)
+    fill_in_dataset_defaults(cfg)
     check_classification_options(cfg)
     return cfg
 
 
-def fill_in_paper_network(cfg) -> None:
-    """model.backbone.shortcut and base_width left unset take the paper's values for data.dataset."""
-    paper = PAPER_NETWORK["cifar" if is_cifar(cfg) else "imagenet"]
+def fill_in_dataset_defaults(cfg) -> None:
+    """The keys whose default depends on data.dataset, left unset: model.backbone.shortcut and base_width
+    take the paper's values (:func:`paper_network`); data.root is the ILSVRC folder for ImageNet and stays
+    empty for CIFAR (the embedded set), so that a CIFAR run without a root never reads the ImageNet folder."""
+    paper = paper_network(cfg)
     backbone = cfg.model.backbone
     if not backbone.shortcut:
         backbone.shortcut = paper["shortcut"]
     if not backbone.base_width:
         backbone.base_width = paper["base_width"]
+    if not cfg.data.root and not is_cifar(cfg):
+        cfg.data.root = IlsvrcDataConfig.root
+
+
+def paper_network(cfg) -> dict:
+    """The paper's {"shortcut", "base_width"} for the network of a classification config."""
+    if not is_cifar(cfg):
+        return PAPER_NETWORK["imagenet"]
+    try:
+        unit = cifar_architecture(cfg.model.backbone.depth)[0]
+    except BackboneError:  # a depth of no CIFAR net: check_cifar_options says so
+        unit = "basic"
+    return PAPER_NETWORK["cifar_bottleneck" if unit == "bottleneck" else "cifar"]
 
 
 def is_cifar(cfg) -> bool:
@@ -231,9 +253,6 @@ def check_cifar_options(cfg) -> None:
     if cfg.model.num_classes not in (0, classes):
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} but {dataset} has {classes} classes: set "
                           f"model.num_classes=0 to take the dataset's count")
-    if not cfg.data.root and dataset != "cifar10":
-        raise ConfigError(f"data.dataset={dataset} needs data.root, the folder of the official CIFAR-100 files "
-                          f"(cifar-100-binary or cifar-100-python): the embedded synthetic set is a CIFAR-10")
 
 
 def check_pixel_statistics(input_cfg) -> None:

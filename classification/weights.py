@@ -15,7 +15,7 @@ from resnet_engine.config import config_from_text
 from resnet_engine.errors import UserError
 
 from .classifier import CifarClassifier, Classifier, build_classifier
-from .config import ClassificationConfig, fill_in_paper_network
+from .config import ClassificationConfig, fill_in_dataset_defaults
 
 
 def read_classifier_state(spec: str, depth: int) -> dict[str, torch.Tensor]:
@@ -74,7 +74,7 @@ def load_trained_classifier(path: str, option: str = "--weights") -> TrainedClas
         raise UserError(f"{path} is not a classifier checkpoint of tools/train_cls.py: give {option} as "
                         f"output/<cls run>/model_final.pth")
     cfg = config_from_text(ClassificationConfig, state["config"])
-    fill_in_paper_network(cfg)
+    fill_in_dataset_defaults(cfg)
     head = next((v for k, v in state["model"].items() if k.endswith("fc.weight")), None)
     if head is None:
         raise UserError(f"{path} holds no fc: it is not the checkpoint of a whole classifier")

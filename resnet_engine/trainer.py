@@ -263,13 +263,14 @@ class Trainer:
                         metric_window[name] = metric_window.get(name, 0.0) + float(value)
                     window_count += 1
                 done = self.iteration + 1
+                lr = self.optimizer.param_groups[0]["lr"]  # this iteration's: the log shows what it trained with
                 self.scheduler.step()
                 self.train_seconds += time.perf_counter() - tick
                 bar.update(1)
                 if stop or done % solver.log_period == 0 or done == solver.max_iter:
                     # A stop by signal logs its partial window too: no record is lost.
                     seconds_per_iter = (time.perf_counter() - window_start) / max(done - last_log, 1)
-                    self._log(done, window, metric_window, window_count, seconds_per_iter, bar)
+                    self._log(done, window, metric_window, window_count, seconds_per_iter, lr, bar)
                     window, metric_window = {}, {}
                     window_count, window_start, last_log = 0, time.perf_counter(), done
                 if stop:
@@ -424,14 +425,16 @@ class Trainer:
                 f"or allow skipped steps with solver.max_nonfinite")
 
     def _log(self, iteration: int, window: dict, metric_window: dict, count: int, seconds_per_iter: float,
-             bar) -> None:
+             lr: float, bar) -> None:
+        """One record of metrics.jsonl for the iterations up to ``iteration``: their mean losses and metrics,
+        and ``lr``, the learning rate the last of them trained with."""
         averaged = {k: v / max(count, 1) for k, v in {**window, **metric_window}.items()}
         averaged = dist_utils.reduce_mean(averaged, self.device)
         loss_total = sum(v for k, v in averaged.items() if k in window)
         record = {
             **{k: round(v, 5) for k, v in averaged.items()},
             "total_loss": round(loss_total, 5),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "time_per_iter": round(seconds_per_iter, 4),
             "train_time": round(self.train_seconds, 1),
         }
