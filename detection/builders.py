@@ -8,7 +8,7 @@
     >>> image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     >>> detections = predictor(image)                       # boxes in the image's own pixels
     >>> sorted(detections)
-    ['boxes', 'category_ids', 'labels', 'scores']
+    ['boxes', 'category_ids', 'class_names', 'labels', 'scores']
     >>> bool((detections["boxes"][:, 2] <= 160).all() and (detections["labels"] <= 3).all())
     True
 

@@ -96,7 +96,12 @@ class ModelConfig:
     num_classes: int = non_negative(0)
     # Output category ids are the contiguous labels themselves (torchvision-trained models).
     labels_are_category_ids: bool = False
+    # A detector file to start training from (ours or a converted torchvision one). Trained on other
+    # classes, its classifier and per-class box regressor are re-initialized for this dataset's.
     weights: str = ""
+    # With model.weights: keep the classifier and box-regressor rows of the background and of the
+    # classes whose names the file and this dataset share (docs/CUSTOM_DATA.md).
+    weights_keep_classes_by_name: bool = False
 
 
 @dataclass
@@ -204,6 +209,9 @@ def check_detection_options(cfg) -> None:
     if head.bg_iou_low > head.fg_iou_thresh:
         raise ConfigError(f"model.roi_head.bg_iou_low={head.bg_iou_low} is above model.roi_head.fg_iou_thresh="
                           f"{head.fg_iou_thresh}: background RoIs have IoU in [bg_iou_low, fg_iou_thresh)")
+    if cfg.model.weights_keep_classes_by_name and not cfg.model.weights:
+        raise ConfigError("model.weights_keep_classes_by_name=true keeps class rows of a detector file: give it as "
+                          "model.weights=PATH, or leave the key out")
     if len(head.bbox_reg_weights) != 4:
         raise ConfigError(f"model.roi_head.bbox_reg_weights={list(head.bbox_reg_weights)}: give 4 divisors "
                           f"(x, y, w, h), such as [10, 10, 5, 5]")

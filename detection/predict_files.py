@@ -1,4 +1,4 @@
-"""Detections for a list of image files: predictions.json plus annotated copies of the images."""
+"""Detections for image and video files: predictions.json plus annotated copies of the images and videos."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import json
 import logging
 import os
 import warnings
+
+import cv2
+import numpy as np
+from tqdm import tqdm
 
 from resnet_engine.errors import UserError
 
@@ -16,39 +20,52 @@ from .visualize import draw_detections, write_rgb
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+# Annotated videos are written as MPEG-4 part 2, which OpenCV's own builds encode without FFmpeg extras.
+VIDEO_FOURCC = "mp4v"
 
 
-def list_images(inputs: list[str]) -> list[str]:
-    """Files named directly, plus the images inside named folders (sorted, not recursive); a file
-    named twice is listed once."""
+class UnreadableVideoError(BadImageError):
+    """A video file OpenCV cannot open or decode a frame of: skipped as an unreadable image is."""
+
+
+def is_video(path: str) -> bool:
+    return path.lower().endswith(VIDEO_SUFFIXES)
+
+
+def list_inputs(inputs: list[str]) -> list[str]:
+    """Files named directly, plus the images and videos inside named folders and their subfolders
+    (sorted; other files there are left alone); a file named twice is listed once."""
     paths = []
     for item in inputs:
         if os.path.isdir(item):
-            paths.extend(sorted(os.path.join(item, name) for name in os.listdir(item)
-                                if name.lower().endswith(IMAGE_SUFFIXES)))
+            paths.extend(sorted(os.path.join(folder, name) for folder, _, names in os.walk(item) for name in names
+                                if name.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES)))
         elif os.path.isfile(item):
             paths.append(item)
         else:
-            raise UserError(f"input not found: {item} (give image files or folders of images)")
+            raise UserError(f"input not found: {item} (give image or video files, or folders of them)")
     if not paths:
-        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(inputs)}")
+        raise UserError(f"no images or videos ({', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}) in {', '.join(inputs)}")
     unique = {os.path.realpath(path): path for path in reversed(paths)}
     return [path for path in paths if unique[os.path.realpath(path)] is path]
 
 
 def relative_names(paths: list[str]) -> dict[str, str]:
-    """Each image's path below the deepest folder holding them all, so that a/x.jpg and b/x.jpg keep
+    """Each file's path below the deepest folder holding them all, so that a/x.jpg and b/x.jpg keep
     apart when their annotated copies are written into one folder."""
     root = os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in paths])
     return {path: os.path.relpath(os.path.abspath(path), root) for path in paths}
 
 
-def predictions_for_file(path: str, detections: dict, names: list[str]) -> list[dict]:
-    """COCO-style records (bbox as x, y, w, h) keyed by the file instead of an image id."""
+def predictions_for_file(path: str, detections: dict, frame: int | None = None) -> list[dict]:
+    """COCO-style records (bbox as x, y, w, h) keyed by the file (and a video's frame, from 0) instead
+    of an image id; tools/eval_det.py --det matches the file names to a COCO json's images."""
+    where = {"file_name": path} if frame is None else {"file_name": path, "frame": frame}
     records = []
-    for (x1, y1, x2, y2), score, label, category in zip(detections["boxes"], detections["scores"],
-                                                         detections["labels"], detections["category_ids"]):
-        records.append({"file_name": path, "category_id": int(category), "category_name": names[int(label) - 1],
+    for (x1, y1, x2, y2), score, category, name in zip(detections["boxes"], detections["scores"],
+                                                        detections["category_ids"], detections["class_names"]):
+        records.append({**where, "category_id": int(category), "category_name": name,
                         "bbox": [round(float(x1), 2), round(float(y1), 2), round(float(x2 - x1), 2),
                                  round(float(y2 - y1), 2)],
                         "score": round(float(score), 5)})
@@ -84,48 +101,105 @@ class PredictionsWriter:
 
 
 def infer_files(cfg, weights: str, inputs: list[str], out_dir: str, vis_thresh: float | None = 0.5,
-                device: str = "cpu", max_images: int | None = None) -> list[dict]:
-    """Run the detector on every image; returns the predictions, written to OUT/predictions.json as
-    they are made. Unreadable images and images too thin to detect in are skipped and counted."""
-    paths = list_images(inputs)[:max_images]
+                device: str = "auto", max_images: int | None = None, progress: bool = True) -> list[dict]:
+    """Run the detector on every image and every frame of every video; returns the predictions, written
+    to OUT/predictions.json as they are made, with annotated copies under OUT/vis/ unless
+    ``vis_thresh`` is None. Unreadable files and images too thin to detect in are skipped and counted."""
+    paths = list_inputs(inputs)[:max_images]
     names = relative_names(paths)
     predictor = Predictor(cfg, weights, device)
     os.makedirs(out_dir, exist_ok=True)
-    vis_dir = os.path.join(out_dir, "vis")
+    vis_dir = os.path.join(out_dir, "vis") if vis_thresh is not None else None
     out_file = os.path.join(out_dir, "predictions.json")
     predictions, skipped, current = [], [], None
     try:
         with PredictionsWriter(out_file) as writer:
-            for path in paths:
+            for path in tqdm(paths, desc="inference", unit="file", disable=not progress):
                 current = path
+                vis_path = os.path.join(vis_dir, names[path]) if vis_dir else None
                 try:
-                    image, detections = predictor.predict_file(path)
+                    if is_video(path):
+                        records = infer_video(predictor, path, vis_path, vis_thresh, writer, progress)
+                    else:
+                        records = infer_image(predictor, path, vis_path, vis_thresh, writer)
                 except BadImageError as error:
                     warnings.warn(f"skipping: {error}", stacklevel=2)
                     skipped.append(path)
                     continue
-                records = predictions_for_file(path, detections, predictor.class_names)
-                writer.write(records)
                 predictions.extend(records)
-                if vis_thresh is not None:
-                    write_annotated(os.path.join(vis_dir, names[path]), image, detections, vis_thresh,
-                                    predictor.class_names)
     except BaseException:
-        logger.warning("stopped at image %d of %d (%s); the %d detections of the images before it are in %s",
+        logger.warning("stopped at file %d of %d (%s); the %d detections of the files before it are in %s",
                        paths.index(current) + 1 if current else 0, len(paths), current, len(predictions), out_file)
         raise
     finally:
         if skipped:
-            warnings.warn(f"{len(skipped)} of {len(paths)} images were skipped (unreadable, or too thin to "
+            kind = "files" if any(is_video(path) for path in paths) else "images"
+            warnings.warn(f"{len(skipped)} of {len(paths)} {kind} were skipped (unreadable, or too thin to "
                           f"detect in), e.g. {skipped[0]}", stacklevel=2)
-    logger.info("%d detections on %d images written to %s%s", len(predictions), len(paths) - len(skipped), out_file,
-                f"; annotated images in {vis_dir}" if vis_thresh is not None else "")
+    logger.info("%d detections on %d files written to %s%s", len(predictions), len(paths) - len(skipped), out_file,
+                f"; annotated copies in {vis_dir}" if vis_dir else "")
     return predictions
 
 
-def write_annotated(path: str, image, detections: dict, vis_thresh: float, class_names: list[str]) -> None:
-    keep = detections["scores"] >= vis_thresh
-    drawn = draw_detections(image, detections["boxes"][keep], detections["labels"][keep],
-                            detections["scores"][keep], class_names)
+def infer_image(predictor: Predictor, path: str, vis_path: str | None, vis_thresh: float | None,
+                writer: PredictionsWriter) -> list[dict]:
+    image, detections = predictor.predict_file(path)
+    records = predictions_for_file(path, detections)
+    writer.write(records)
+    if vis_path:
+        os.makedirs(os.path.dirname(vis_path), exist_ok=True)
+        write_rgb(vis_path, annotated(image, detections, vis_thresh, predictor.class_names))
+    return records
+
+
+def infer_video(predictor: Predictor, path: str, vis_path: str | None, vis_thresh: float | None,
+                writer: PredictionsWriter, progress: bool = True) -> list[dict]:
+    """Detections of each frame of the video ``path``, written as they come, and the annotated video
+    at ``vis_path`` with an .mp4 suffix (same size and frame rate)."""
+    capture = cv2.VideoCapture(path)
+    records, video_out = [], None
+    try:
+        ok, frame = capture.read() if capture.isOpened() else (False, None)
+        if not ok:
+            raise UnreadableVideoError(f"cannot read video: {path} (a damaged file, or a format the OpenCV of this "
+                                       f"machine cannot decode: convert it to MP4 or extract its frames as images)")
+        total = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) or None  # unknown for some streams
+        bar = tqdm(total=total, desc=os.path.basename(path), unit="frame", leave=False, disable=not progress)
+        index = 0
+        while ok:
+            image = np.ascontiguousarray(frame[:, :, ::-1])  # OpenCV decodes BGR
+            detections = predictor(image)
+            frame_records = predictions_for_file(path, detections, frame=index)
+            writer.write(frame_records)
+            records.extend(frame_records)
+            if vis_path:
+                video_out = video_out or open_video_writer(vis_path, capture, image.shape)
+                video_out.write(annotated(image, detections, vis_thresh, predictor.class_names)[:, :, ::-1])
+            bar.update()
+            index += 1
+            ok, frame = capture.read()
+        bar.close()
+    finally:
+        capture.release()
+        if video_out is not None:
+            video_out.release()
+    return records
+
+
+def open_video_writer(vis_path: str, capture: cv2.VideoCapture, shape: tuple) -> cv2.VideoWriter:
+    """An MPEG-4 writer at ``vis_path`` (.mp4 appended unless it ends so) with the source's frame rate."""
+    path = vis_path if vis_path.lower().endswith(".mp4") else vis_path + ".mp4"
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_rgb(path, drawn)
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    height, width = shape[:2]
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*VIDEO_FOURCC), fps if fps > 0 else 25.0, (width, height))
+    if not writer.isOpened():
+        raise UserError(f"cannot write the annotated video {path}: the OpenCV of this machine has no "
+                        f"{VIDEO_FOURCC} encoder (pass --no-vis to write predictions.json only)")
+    return writer
+
+
+def annotated(image: np.ndarray, detections: dict, vis_thresh: float, class_names: list[str]) -> np.ndarray:
+    keep = detections["scores"] >= vis_thresh
+    return draw_detections(image, detections["boxes"][keep], detections["labels"][keep],
+                           detections["scores"][keep], class_names)

@@ -15,7 +15,7 @@ from .data.loader import build_test_dataset, build_train_dataset, build_train_lo
 from .evaluation.evaluator import evaluate_model
 from .modeling.build import build_model, test_needs_original_images
 from .modeling.speed import apply_speed_switches
-from .weights import check_weights_fit, read_detector_weights
+from .weights import load_weights_to_fine_tune
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +31,7 @@ def train_detector(cfg, resume: bool = False, overwrite: bool = False) -> dict:
 
     model = build_model(cfg, num_classes, backbone_weights=not cfg.model.weights)
     if cfg.model.weights:
-        state, _ = read_detector_weights(cfg.model.weights)
-        check_weights_fit(model, state, cfg.model.weights)
-        model.load_state_dict(state)
+        load_weights_to_fine_tune(model, cfg.model.weights, category_map, cfg.model.weights_keep_classes_by_name)
     model.to(device)
     apply_speed_switches(model, cfg.solver)
     optimizer = build_optimizer(model, cfg.solver)

@@ -1,6 +1,9 @@
-"""Loading trained or converted detectors, and one readable message when weights do not fit the config's model."""
+"""Loading trained or converted detectors, fine-tuning one to another set of classes, and one readable
+message when weights do not fit the config's model."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
@@ -11,6 +14,13 @@ from resnet_engine.errors import UserError
 from .data.coco import CategoryMap
 from .modeling.build import build_model
 from .modeling.speed import optimize_for_inference
+
+logger = logging.getLogger(__name__)
+
+# The layers with one output (or four) per class: the classifier and the per-class box regressor, their
+# rows in class order, row 0 (or 0..3) the background.
+CLASS_LAYERS = {"roi_heads.predictor.cls_score": 1, "roi_heads.predictor.bbox_pred": 4}
+CLASS_KEYS = tuple(f"{layer}.{param}" for layer in CLASS_LAYERS for param in ("weight", "bias"))
 
 
 def read_detector_weights(path: str) -> tuple[dict, dict]:
@@ -46,6 +56,79 @@ def load_fast_detector(cfg, weights: str, device: torch.device):
                                winograd_channels=cfg.test.winograd_channels,
                                winograd_min_pixels=cfg.test.winograd_min_pixels)
     return model, category_map
+
+
+def load_weights_to_fine_tune(model, path: str, category_map: CategoryMap, keep_classes_by_name: bool = False) -> None:
+    """Start ``model``, a detector built for the training set's classes, from the detector file ``path``
+    (model.weights), trained on the same classes or on others.
+
+    Everything that fits is loaded. When the file's classes are another number, or another set with
+    ``keep_classes_by_name``, the classifier and the per-class box regressor start from the model's
+    own initialization, and with ``keep_classes_by_name`` their rows of the background and of the
+    classes of the same name in both (the file's class_names) are copied; one log line says which.
+    Any other tensor that does not fit is an error naming it (check_weights_fit).
+    """
+    state, meta = read_detector_weights(path)
+    state = fit_class_layers(state, meta, model.state_dict(), category_map, keep_classes_by_name, path)
+    check_weights_fit(model, state, path)
+    model.load_state_dict(state)
+
+
+def fit_class_layers(state: dict, meta: dict, own: dict, category_map: CategoryMap, keep_classes_by_name: bool,
+                     source: str) -> dict:
+    """``state`` with the class layers of ``own`` (the model's initialization), and the rows of classes
+    shared by name copied when asked, if the file's classes differ from the model's; else as it is."""
+    if not all(key in state and key in own for key in CLASS_KEYS) or \
+            any(state[key].shape[1:] != own[key].shape[1:] for key in CLASS_KEYS):
+        return state  # another difference than the classes (global context, the head's width): an error later
+    file_count = state["roi_heads.predictor.cls_score.weight"].shape[0] - 1
+    model_count = own["roi_heads.predictor.cls_score.weight"].shape[0] - 1
+    model_names = list(category_map.names[:model_count])
+    file_names = meta.get("class_names")
+    if file_count == model_count and file_names == model_names:
+        return state
+    if file_count == model_count and not keep_classes_by_name:
+        if file_names:  # a file without names (a converted one) is taken to have the dataset's classes
+            logger.warning("%s was trained on the classes %s and this dataset has %s: their rows are loaded by "
+                           "position (set model.weights_keep_classes_by_name=true to match them by name)",
+                           source, short_list(file_names), short_list(model_names))
+        return state
+    fitted = {key: own[key].clone() for key in CLASS_KEYS}
+    if keep_classes_by_name:
+        if not file_names:
+            raise UserError(f"{source} does not record the names of its classes, which "
+                            f"model.weights_keep_classes_by_name=true matches: set it to false to re-initialize "
+                            f"every class")
+        kept = copy_rows_of_shared_classes(fitted, state, file_names, model_names)
+        logger.info("%s: a detector of %d classes fine-tuned to %d: %s re-initialized except the rows of the "
+                    "background and of the %d classes of the same name (%s)", source, file_count, model_count,
+                    ", ".join(CLASS_KEYS), len(kept), short_list(kept))
+    else:
+        logger.info("%s: a detector of %d classes fine-tuned to %d: re-initialized %s", source, file_count,
+                    model_count, ", ".join(CLASS_KEYS))
+    return {**state, **fitted}
+
+
+def copy_rows_of_shared_classes(fitted: dict, state: dict, file_names: list[str], model_names: list[str]) -> list[str]:
+    """Copy the file's rows of the background and of each model class whose name the file has (its
+    first class of that name) into ``fitted``; returns the names of the classes copied."""
+    file_label = {}
+    for label, name in enumerate(file_names, start=1):
+        file_label.setdefault(name, label)
+    shared = [name for name in model_names if name in file_label]
+    pairs = [(0, 0)] + [(file_label[name], label) for label, name in enumerate(model_names, start=1)
+                        if name in file_label]
+    for layer, rows_per_class in CLASS_LAYERS.items():
+        for param in ("weight", "bias"):
+            key = f"{layer}.{param}"
+            for source_label, label in pairs:
+                fitted[key][label * rows_per_class:(label + 1) * rows_per_class] = \
+                    state[key][source_label * rows_per_class:(source_label + 1) * rows_per_class]
+    return shared
+
+
+def short_list(names: list[str], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "") or "none"
 
 
 def check_weights_fit(model, state: dict, source: str) -> None:

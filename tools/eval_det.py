@@ -2,7 +2,9 @@
 
     python tools/eval_det.py --cfg CFG --weights W [key=value ...]     # run a model on the test set
     python tools/eval_det.py --gt ANN.json --det DETS.json --out DIR   # score a results file
-Both print the COCO table and write DIR/metrics.json (percent).
+Both print the COCO table and write DIR/metrics.json (percent). A detection of DETS.json names its image
+by image_id, or by file_name (tools/infer.py's predictions.json): the image of ANN.json whose
+file_name is the longest ending of that path, so that datasets/val/0001.png is the image "0001.png".
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ def main() -> int:
     parser.add_argument("--cfg", help="config of the model (model mode)")
     parser.add_argument("--weights", help="detector weights (model mode)")
     parser.add_argument("--gt", help="COCO annotation json (scoring mode)")
-    parser.add_argument("--det", help="COCO results json (scoring mode)")
+    parser.add_argument("--det", help="COCO results json, or infer.py's predictions.json (scoring mode)")
     parser.add_argument("--out", help="output folder (default: the config's output_dir, or .)")
     parser.add_argument("--backend", default=None, choices=["pycocotools", "faster_coco_eval"])
     parser.add_argument("--plots", metavar="DIR", help="write per-category precision-recall curves here")

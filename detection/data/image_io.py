@@ -1,4 +1,5 @@
-"""Decoding images with OpenCV into 3-channel 8-bit RGB, whatever the file holds."""
+"""Decoding images with OpenCV into 3-channel 8-bit RGB, whatever the file holds, and the images users
+hold (arrays, tensors, PIL images) as RGB arrays."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from resnet_engine.errors import UserError
 
@@ -70,3 +72,73 @@ def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
         if all(np.shares_memory(plane, target) for plane, target in zip(planes, out)):
             return torch.from_numpy(out)
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+class ImageInputError(UserError):
+    """An object the predictor cannot take as an image: another type, dtype or number of channels,
+    an empty array, float pixels outside [0, 1]."""
+
+
+ACCEPTED_IMAGES = ("accepted: a file path, a PIL image, an (H, W, 3) RGB or BGR (format=) numpy array, "
+                   "(H, W, 4), (H, W, 1) or (H, W) arrays, a (C, H, W) tensor with C = 1, 3 or 4, "
+                   "uint8 pixels in 0-255 or float pixels in [0, 1]")
+
+
+def as_rgb_image(image, format: str = "RGB") -> np.ndarray:
+    """Anything a user holds as an image -> an (H, W, 3) RGB array of the input's pixels: uint8 as
+    given, float scaled from [0, 1] to float32 0-255 (not rounded to 8 bits).
+
+    Files are decoded and turned upright (EXIF orientation); PIL images are taken in their own mode
+    (grayscale, palette and RGBA become RGB). ``format`` is the channel order of numpy arrays and
+    tensors, "RGB" or "BGR" (OpenCV's and detectron2's); tensors are (C, H, W) as in torchvision,
+    arrays (H, W, C). Grayscale is repeated into three channels and an alpha channel dropped.
+    """
+    if format not in ("RGB", "BGR"):
+        raise ImageInputError(f"format={format!r}: give 'RGB' or 'BGR', the channel order of the arrays")
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(os.fspath(image), apply_exif_orientation=True)
+    if isinstance(image, Image.Image):
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        pixels = image.detach().cpu()
+        if pixels.dtype == torch.bfloat16:  # which numpy lacks
+            pixels = pixels.float()
+        planes_last = pixels.permute(1, 2, 0) if pixels.ndim == 3 and pixels.shape[0] in (1, 3, 4) else None
+        if planes_last is None and pixels.ndim != 2:
+            raise ImageInputError(f"tensor of shape {tuple(pixels.shape)}: give (C, H, W) with C = 1, 3 or 4, "
+                                  f"or (H, W) ({ACCEPTED_IMAGES})")
+        return channels_to_rgb(pixel_values(pixels if planes_last is None else planes_last, "tensor"), format)
+    if isinstance(image, np.ndarray):
+        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+            raise ImageInputError(f"array of shape {image.shape}: give (H, W, C) with C = 1, 3 or 4, or (H, W) "
+                                  f"({ACCEPTED_IMAGES})")
+        return channels_to_rgb(pixel_values(image, "array"), format)
+    raise ImageInputError(f"{type(image).__name__} is not an image ({ACCEPTED_IMAGES})")
+
+
+def pixel_values(pixels, kind: str) -> np.ndarray:
+    """uint8 pixels as they are; float pixels checked to lie in [0, 1] and scaled to float32 0-255."""
+    values = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
+    shape = tuple(pixels.shape)
+    if values.size == 0:
+        raise ImageInputError(f"empty {kind} of shape {shape}: an image needs at least one pixel")
+    if values.dtype == np.uint8:
+        return values
+    if not np.issubdtype(values.dtype, np.floating):
+        raise ImageInputError(f"{kind} of dtype {values.dtype} and shape {shape}: give uint8 (0-255) or float "
+                              f"(0-1) pixels ({ACCEPTED_IMAGES})")
+    low, high = float(values.min()), float(values.max())
+    if not (0 <= low and high <= 1):  # also false for NaN
+        raise ImageInputError(f"float {kind} with values in [{low:g}, {high:g}]: float pixels are read in [0, 1]; "
+                              f"divide 0-255 values by 255 or give uint8")
+    return values.astype(np.float32) * 255
+
+
+def channels_to_rgb(pixels: np.ndarray, format: str) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) in ``format`` order -> contiguous (H, W, 3) RGB."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(pixels, 3, axis=2))
+    colour = pixels[:, :, :3]
+    return np.ascontiguousarray(colour[:, :, ::-1] if format == "BGR" else colour)

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import numbers
+import posixpath
 import warnings
 
 import numpy as np
@@ -43,7 +44,10 @@ def detections_to_coco(image_id: int, detections: dict, category_ids: list[int])
     return results
 
 
-def load_results_file(path: str) -> list[dict]:
+def load_results_file(path: str, gt_images: list[dict] | None = None) -> list[dict]:
+    """The COCO results of ``path``, each checked. Records that name their image by file_name instead of
+    image_id (tools/infer.py's) are given the id of the image of ``gt_images`` (a COCO json's images)
+    whose file_name their path ends with."""
     try:
         with open(path, encoding="utf-8") as handle:
             results = json.load(handle)
@@ -57,7 +61,47 @@ def load_results_file(path: str) -> list[dict]:
         problem = detection_record_problem(record)
         if problem:
             raise DetectionsError(f"{path}: detection #{index} {problem}")
+    if any("image_id" not in record for record in results):
+        attach_image_ids(results, gt_images or [], path)
     return results
+
+
+def attach_image_ids(results: list[dict], gt_images: list[dict], source: str) -> None:
+    """Set the image_id of each record that has a file_name instead: the id of the ground-truth image
+    whose file_name (relative to its image folder) is the longest ending of the record's path."""
+    ids_by_name = {}
+    for image in gt_images:
+        ids_by_name.setdefault(normalized_path(str(image["file_name"])), []).append(image["id"])
+    matched = {}
+    for index, record in enumerate(results):
+        if "image_id" in record:
+            continue
+        if "frame" in record:
+            raise DetectionsError(f"{source}: detection #{index} is on frame {record['frame']} of the video "
+                                  f"{record['file_name']}: COCO scoring takes detections on images")
+        path = record["file_name"]
+        if path not in matched:
+            matched[path] = image_id_of_file(path, ids_by_name, f"{source}: detection #{index}")
+        record["image_id"] = matched[path]
+
+
+def normalized_path(path: str) -> str:
+    return posixpath.normpath(path.replace("\\", "/"))
+
+
+def image_id_of_file(path: str, ids_by_name: dict[str, list], where: str):
+    """The id of the image whose file_name is the longest ending (whole path components) of ``path``."""
+    parts = normalized_path(str(path)).split("/")
+    for start in range(len(parts)):
+        ids = ids_by_name.get("/".join(parts[start:]))
+        if ids and len(ids) > 1:
+            raise DetectionsError(f"{where} is for {path}, which {len(ids)} images of the ground truth share as "
+                                  f"file_name (ids {ids[:3]}): give image_id")
+        if ids:
+            return ids[0]
+    raise DetectionsError(f"{where} is for {path}, whose path ends in no file_name of the ground truth's images "
+                          f"(a file_name such as val/0001.png matches /data/coco/val/0001.png): score the images of "
+                          f"this json, or give image_id")
 
 
 def is_finite_number(value) -> bool:
@@ -74,7 +118,9 @@ def detection_record_problem(record) -> str | None:
     A NaN score or box would be ranked and matched by pycocotools all the same, with a wrong AP."""
     if not isinstance(record, dict):
         return "is not an object {image_id, category_id, bbox, score}"
-    missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in record]
+    missing = [k for k in ("category_id", "bbox", "score") if k not in record]
+    if "image_id" not in record and "file_name" not in record:
+        missing.insert(0, "image_id (or file_name)")
     if missing:
         return f"lacks {', '.join(missing)}"
     bbox = record["bbox"]

@@ -107,7 +107,7 @@ def score_files(gt_file: str, det_file: str, out_dir: str, backend: str = "pycoc
                 plots_dir: str | None = None) -> dict:
     """Scoring mode: a COCO results file against a COCO annotation file, no model."""
     coco = load_coco(gt_file, key_hint="--gt")
-    results = load_results_file(det_file)
+    results = load_results_file(det_file, coco.dataset["images"])
     metrics = evaluate_detections(coco.dataset, results, backend, source=det_file)
     report(metrics, out_dir, plots_dir)
     return metrics
