@@ -27,7 +27,10 @@ def plain_transpose(image: np.ndarray) -> np.ndarray:
     lambda rng: rng.random((37, 53, 3)),  # float64
     lambda rng: rng.integers(0, 256, (37, 53), dtype=np.uint8),  # 2-D grayscale
     lambda rng: rng.integers(0, 256, (37, 53, 4), dtype=np.uint8),
-], ids=["uint8", "uint8-flipped", "uint8-strided", "float32", "float32-flipped", "float64", "gray-2d", "uint8-4ch"])
+    lambda rng: rng.integers(0, 256, (37, 53, 1), dtype=np.uint8),
+    lambda rng: (rng.random((37, 53)) * 255).astype(np.float32),  # a float 2-D plane
+], ids=["uint8", "uint8-flipped", "uint8-strided", "float32", "float32-flipped", "float64", "gray-2d", "uint8-4ch",
+        "uint8-1ch", "float32-2d"])
 def test_chw_conversion_equals_a_plain_transpose(make):
     image = make(np.random.default_rng(0))
     expected = plain_transpose(image)
