@@ -156,6 +156,8 @@ def infer_video(predictor: Predictor, path: str, vis_path: str | None, vis_thres
                 writer: PredictionsWriter, progress: bool = True) -> list[dict]:
     """Detections of each frame of the video ``path``, written as they come, and the annotated video
     at ``vis_path`` with an .mp4 suffix (same size and frame rate)."""
+    # FFmpeg's own log lines (e.g. "moov atom not found") would stand beside the one-line warning below.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     capture = cv2.VideoCapture(path)
     records, video_out = [], None
     try:
