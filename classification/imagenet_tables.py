@@ -1,0 +1,320 @@
+"""The paper's ImageNet classification tables, measured for trained classifiers beside the paper's figures.
+
+* Table 2: plain-18 and plain-34 against ResNet-18 and ResNet-34 with option A shortcuts; top-1 error,
+  10-crop testing.
+* Table 3: plain-34, ResNet-34 with shortcut options A, B and C, ResNet-50, 101 and 152 (option B); top-1
+  and top-5 error, 10-crop testing.
+* Table 4: single models tested fully convolutionally at shorter sides 224, 256, 384, 480 and 640, the
+  softmax averaged over the scales and their mirror images; top-1 and top-5 error.
+
+All on the ImageNet val images. Each row names a network; its weights are a checkpoint of
+tools/train_cls.py, tested with the config saved in it, or a state dict file or a ``torchvision:`` /
+``timm:`` weights name, tested with the row's shipped config (configs/ilsvrc_cls_*.yaml). Either way the
+table's test protocol is set first and the caller's overrides after it (``data.root=DIR``, or smaller test
+views on the synthetic set); a row tested otherwise than the table says carries a note and a warning. The
+testing itself is classification.evaluation.evaluate_weights, as ``tools/train_cls.py --eval-only`` runs it.
+
+    from classification.imagenet_tables import measure_table, table_markdown
+
+    table = measure_table(3, {"ResNet-50": "output/ilsvrc_cls_r50/model_final.pth"}, ["data.root=/data/ilsvrc"],
+                          "output/imagenet_table3")
+    print(table_markdown(table))
+
+Rows without weights show the paper's figures and "not run".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+
+from backbones.weights import resolve_weights
+from resnet_engine import distributed as dist_utils
+from resnet_engine.checkpoint import CheckpointError, load_checkpoint
+from resnet_engine.config import config_from_text, save_config
+from resnet_engine.errors import UserError
+from resnet_engine.logger import write_json
+
+from .config import PAPER_NETWORK, ClassificationConfig, is_cifar, load_classification_config
+from .evaluation import evaluate_weights
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network of the paper's ImageNet tables and the shipped config that trains it."""
+
+    depth: int
+    plain: bool
+    shortcut: str  # of a residual net (a plain net has none)
+    config: str
+
+    def describe(self) -> str:
+        return f"plain-{self.depth}" if self.plain else f"ResNet-{self.depth} with option {self.shortcut} shortcuts"
+
+
+NETWORKS = {
+    "plain-18": Network(18, True, "", "ilsvrc_cls_plain18.yaml"),
+    "plain-34": Network(34, True, "", "ilsvrc_cls_plain34.yaml"),
+    "ResNet-18": Network(18, False, "A", "ilsvrc_cls_r18.yaml"),
+    "ResNet-34 A": Network(34, False, "A", "ilsvrc_cls_r34a.yaml"),
+    "ResNet-34 B": Network(34, False, "B", "ilsvrc_cls_r34b.yaml"),
+    "ResNet-34 C": Network(34, False, "C", "ilsvrc_cls_r34c.yaml"),
+    "ResNet-50": Network(50, False, "B", "ilsvrc_cls_r50.yaml"),
+    "ResNet-101": Network(101, False, "B", "ilsvrc_cls_r101.yaml"),
+    "ResNet-152": Network(152, False, "B", "ilsvrc_cls_r152.yaml"),
+}
+
+# The paper's errors on the ImageNet val set in percent, (top-1, top-5), None where a table gives none:
+# "Deep Residual Learning for Image Recognition", Tables 2, 3 and 4 (the rows of its own networks).
+PAPER_ERRORS: dict[int, dict[str, tuple[float, float | None]]] = {
+    2: {"plain-18": (27.94, None), "plain-34": (28.54, None), "ResNet-18": (27.88, None),
+        "ResNet-34 A": (25.03, None)},
+    3: {"plain-34": (28.54, 10.02), "ResNet-34 A": (25.03, 7.76), "ResNet-34 B": (24.52, 7.46),
+        "ResNet-34 C": (24.19, 7.40), "ResNet-50": (22.85, 6.71), "ResNet-101": (21.75, 6.05),
+        "ResNet-152": (21.43, 5.71)},
+    4: {"ResNet-34 B": (21.84, 5.71), "ResNet-34 C": (21.53, 5.60), "ResNet-50": (20.74, 5.25),
+        "ResNet-101": (19.87, 4.60), "ResNet-152": (19.38, 4.49)},
+}
+TABLES = tuple(PAPER_ERRORS)
+PAPER_WIDTH = PAPER_NETWORK["imagenet"]["base_width"]
+WEIGHTS_NAME_PREFIXES = ("torchvision:", "timm:")
+
+# Each table's test protocol: the config values set for every row (the caller's overrides come after them).
+# 10-crop testing keeps the row's own crop and resize (input.crop is also the training crop).
+PROTOCOLS = {2: {"test.mode": "10crop"}, 3: {"test.mode": "10crop"},
+             4: {"test.mode": "dense", "test.dense_scales": [224, 256, 384, 480, 640], "test.dense_flip": True}}
+# The values a row must be tested with to be the table's: the 10 crops are the 224-pixel corners and centre
+# of the image resized to shorter side 256, and their mirror images (the paper does not give the resize: 256
+# is the common choice, and the toolkit's default); every val image is tested.
+PAPER_TEST = {2: {**PROTOCOLS[2], "test.resize": 256, "input.crop": 224, "test.max_images": 0},
+              3: {**PROTOCOLS[3], "test.resize": 256, "input.crop": 224, "test.max_images": 0},
+              4: {**PROTOCOLS[4], "test.max_images": 0}}
+PROTOCOL_TEXT = {
+    2: "top-1 error (%), 10-crop testing",
+    3: "top-1 / top-5 error (%), 10-crop testing",
+    4: "top-1 / top-5 error (%), single model, fully convolutional at shorter sides {224, 256, 384, 480, 640} "
+       "with flips, softmax averaged",
+}
+
+
+# --------------------------------------------------------------------------------------------- rows
+
+
+def row_name(table: int, given: str) -> str:
+    """The row of ``table`` that ``given`` names, in any case, with or without spaces, hyphens and
+    underscores ("resnet34a", "ResNet-34 A")."""
+    wanted = _squeeze(given)
+    for name in PAPER_ERRORS[table]:
+        if _squeeze(name) == wanted:
+            return name
+    other = [t for t in TABLES if any(_squeeze(n) == wanted for n in PAPER_ERRORS[t])]
+    where = f" ({given} is in Table {', '.join(map(str, other))})" if other else ""
+    raise UserError(f"unknown network {given!r} for Table {table}{where}: choose one of "
+                    f"{', '.join(PAPER_ERRORS[table])}")
+
+
+def _squeeze(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name).lower()
+
+
+def parse_weights_options(table: int, options: list[str]) -> dict[str, str]:
+    """``--weights NET=W`` options -> {row: W}, in the order given; each row at most once."""
+    chosen: dict[str, str] = {}
+    for option in options:
+        given, separator, weights = option.partition("=")
+        if not separator or not given.strip() or not weights.strip():
+            raise UserError(f"--weights {option}: give NET=WEIGHTS, such as "
+                            f"--weights ResNet-50=output/ilsvrc_cls_r50/model_final.pth")
+        name = row_name(table, given.strip())
+        if name in chosen:
+            raise UserError(f"--weights gives {name} twice ({chosen[name]} and {weights.strip()}): keep one")
+        chosen[name] = weights.strip()
+    return chosen
+
+
+def saved_config_text(weights: str) -> str | None:
+    """The config saved in a classifier checkpoint of tools/train_cls.py; None for other weights (a state
+    dict file, a torchvision:/timm: name)."""
+    if not (os.path.isfile(weights) and weights.lower().endswith((".pth", ".pt"))):
+        return None
+    try:
+        state = load_checkpoint(weights)
+    except CheckpointError as error:
+        if "no 'model' entry" in str(error):  # a bare state dict
+            return None
+        raise
+    meta = state.get("meta") or {}
+    return state.get("config") if meta.get("task") == "classification" else None
+
+
+def row_config(table: int, name: str, weights: str, overrides: list[str], output_dir: str):
+    """The config that tests ``weights`` as row ``name``: the checkpoint's own or the row's shipped one, then
+    the table's protocol, then ``overrides``; its output_dir is ``output_dir``."""
+    protocol = [f"{key}={_yaml(value)}" for key, value in PROTOCOLS[table].items()]
+    layered = [*protocol, *overrides, f"output_dir={output_dir}"]
+    text = saved_config_text(weights)
+    if text is None:
+        return load_classification_config(NETWORKS[name].config, layered)
+    saved = config_from_text(ClassificationConfig, text)
+    if is_cifar(saved):
+        raise UserError(f"{weights} is a {saved.data.dataset} classifier: the ImageNet tables test ImageNet "
+                        f"classifiers (tools/train_cls.py --eval-only tests CIFAR ones)")
+    # Through a file, so that the overrides are checked as on any command line.
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "config.yaml")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return load_classification_config(path, layered)
+
+
+def _yaml(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
+
+
+def check_network(cfg, name: str, weights: str) -> None:
+    """The config of ``weights`` builds the row's network (its width may differ, and is shown)."""
+    backbone, wanted = cfg.model.backbone, NETWORKS[name]
+    held = Network(backbone.depth, bool(backbone.plain), "" if backbone.plain else backbone.shortcut, "")
+    if backbone.preact or (held.depth, held.plain, held.shortcut) != (wanted.depth, wanted.plain, wanted.shortcut):
+        found = ("pre-activation " if backbone.preact else "") + held.describe()
+        raise UserError(f"{weights} holds {found}, not {wanted.describe()} (the row {name}): give the weights of "
+                        f"that network (configs/{wanted.config} trains it)")
+
+
+def protocol_deviations(table: int, cfg) -> list[str]:
+    """``key=value (the table's: value)`` for each test setting of ``cfg`` that is not the table's."""
+    deviations = []
+    for key, value in PAPER_TEST[table].items():
+        used = _plain(_select(cfg, key))
+        if used != value:
+            deviations.append(f"{key}={_yaml(used)} (the table's: {_yaml(value)})")
+    return deviations
+
+
+def _select(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _plain(value):
+    return [int(v) for v in value] if not isinstance(value, (str, bool, int, float)) else value
+
+
+# --------------------------------------------------------------------------------------------- the table
+
+
+@dataclass
+class PlannedRow:
+    name: str
+    weights: str
+    cfg: object
+    deviations: list[str]
+
+
+def plan_rows(table: int, weights: dict[str, str], overrides: list[str], out: str) -> list[PlannedRow]:
+    """Every row's config, network and protocol checked before any image is read."""
+    planned = []
+    for name, spec in weights.items():
+        check_weights_exist(name, spec)
+        cfg = row_config(table, name, spec, overrides, os.path.join(out, _slug(name)))
+        check_network(cfg, name, spec)
+        planned.append(PlannedRow(name, spec, cfg, protocol_deviations(table, cfg)))
+    return planned
+
+
+def check_weights_exist(name: str, spec: str) -> None:
+    """A weights file exists, a torchvision:/timm: name is cached (or downloads): before any row is tested."""
+    if spec.startswith(WEIGHTS_NAME_PREFIXES):
+        resolve_weights(spec, NETWORKS[name].depth)
+    elif not os.path.isfile(spec):
+        raise UserError(f"weights not found: {spec} (--weights {name}=...): give a checkpoint of tools/train_cls.py, "
+                        f"a state dict file, or a torchvision:NAME or timm:NAME")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def measure_table(table: int, weights: dict[str, str], overrides: list[str], out: str) -> dict:
+    """Test each row's weights with the table's protocol; returns the table (see :func:`table_markdown`)
+    and, on the main process, writes out/table<N>.json and .md and each row's config and eval json under
+    out/<row>/."""
+    if table not in PAPER_ERRORS:
+        raise UserError(f"there is no Table {table} of ImageNet classification results: choose one of "
+                        f"{', '.join(map(str, TABLES))}")
+    planned = {row.name: row for row in plan_rows(table, weights, list(overrides), out)}
+    rows = []
+    for name, (top1, top5) in PAPER_ERRORS[table].items():
+        row = {"net": name, "paper": {"top1_err": top1, "top5_err": top5}, "status": "not run", "measured": None}
+        if name in planned:
+            row.update(measure_row(planned[name]))
+        rows.append(row)
+    result = {"table": table, "protocol": PROTOCOL_TEXT[table], "rows": rows}
+    if dist_utils.is_main_process():
+        write_json(result, os.path.join(out, f"table{table}.json"))
+        with open(os.path.join(out, f"table{table}.md"), "w", encoding="utf-8") as handle:
+            handle.write(table_markdown(result) + "\n")
+    return result
+
+
+def measure_row(row: PlannedRow) -> dict:
+    """The measured part of a row: errors, images, what was tested and how."""
+    for deviation in row.deviations:
+        warnings.warn(f"{row.name} is not tested as the table says: {deviation}", stacklevel=2)
+    if dist_utils.is_main_process():
+        save_config(row.cfg, os.path.join(row.cfg.output_dir, "config.yaml"))
+    logger.info("%s: testing %s", row.name, row.weights)
+    metrics = evaluate_weights(row.cfg, row.weights)["cls"]
+    backbone = row.cfg.model.backbone
+    return {"status": "measured", "weights": row.weights,
+            "measured": {key: metrics[key] for key in ("top1_err", "top5_err", "num_images")},
+            "width": backbone.base_width, "test": {key: _plain(_select(row.cfg, key)) for key in _test_keys(row.cfg)},
+            "deviations": row.deviations}
+
+
+def _test_keys(cfg) -> tuple[str, ...]:
+    if cfg.test.mode == "dense":
+        return ("test.mode", "test.dense_scales", "test.dense_flip", "test.max_images")
+    return ("test.mode", "test.resize", "input.crop", "test.max_images")
+
+
+def table_markdown(result: dict) -> str:
+    """The table as markdown: the paper's errors and the measured ones side by side ("not run" where no
+    weights were given), then a note for each row tested otherwise than the table says."""
+    with_top5 = result["table"] != 2
+    header = ["network", "top-1 paper", "top-1 here"] + (["top-5 paper", "top-5 here"] if with_top5 else [])
+    header += ["val images", "weights"]
+    lines = [f"Table {result['table']}: {result['protocol']}, ImageNet val", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
+    for row in result["rows"]:
+        measured = row["measured"] or {}
+        cells = [row["net"], _number(row["paper"]["top1_err"]), _measured(measured, "top1_err")]
+        if with_top5:
+            cells += [_number(row["paper"]["top5_err"]), _measured(measured, "top5_err")]
+        cells += [str(measured.get("num_images", "")), f"`{row['weights']}`" if measured else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+        if measured and row["width"] != PAPER_WIDTH:
+            notes.append(f"{row['net']}: width {row['width']} (the paper's: {PAPER_WIDTH})")
+        notes += [f"{row['net']}: {deviation}" for deviation in row.get("deviations", [])]
+    if notes:
+        lines += ["", "Tested otherwise than the paper:", *[f"- {note}" for note in notes]]
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _measured(measured: dict, key: str) -> str:
+    return f"{measured[key]:.2f}" if measured else "not run"
