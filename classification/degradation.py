@@ -1,0 +1,299 @@
+"""The degradation experiment of the paper (Fig. 1, Fig. 6 and Table 6): plain and residual CIFAR nets of
+several depths, trained with one recipe and one seed, their training and test errors side by side.
+
+    from classification.degradation import run_degradation
+
+    report = run_degradation("configs/cifar_degradation.yaml", [], depths=[20, 56], iters=None, out="output/deg")
+    report.runs[0].train_error, report.json_path, report.figure_path, report.table_path
+
+Each net trains through :func:`classification.training.train_classifier` into ``out/<net>/`` (``plain-20``,
+``ResNet-20``, ...), so a run can be resumed and a finished one is reused. The recipe is the config's, with
+its schedule scaled to ``iters``: the learning-rate steps, the evaluation period and the checkpoint period
+keep their fractions of the config's solver.max_iter (base_cifar.yaml's steps at 32k and 48k of 64k become
+50% and 75% of ``iters``). Nets of 110 layers and more warm up as the paper's ResNet-110 does (lr 0.01
+until the training error is below 80%) unless the config sets a warm-up of its own.
+
+The training error of a net is the mean top-1 error of its training batches over the last
+:data:`TRAIN_ERROR_WINDOW` iterations: the trainer logs the mean of every :data:`LOG_PERIOD` iterations,
+and the last five records are averaged, weighted by the iterations each covers. The test error is the
+final top-1 error on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+from backbones.cifar import BOTTLENECK_DEPTHS
+from resnet_engine.checkpoint import FINAL_NAME
+from resnet_engine.config import config_to_text
+from resnet_engine.errors import UserError
+from resnet_engine.plot_logs import read_metrics
+
+from .classifier import build_classifier, network_name
+from .config import CIFAR_CLASSES, load_classification_config
+from .training import train_classifier
+
+logger = logging.getLogger(__name__)
+
+LOG_PERIOD = 10  # iterations per logged training-error record
+TRAIN_ERROR_WINDOW = 50  # iterations the reported training error averages
+# The tool sets these keys itself (from --depths, --iters and --out): an override of them would be lost.
+KEYS_OF_THE_TOOL = {"model.backbone.depth": "--depths", "model.backbone.plain": "--depths (plain and residual nets)",
+                    "solver.max_iter": "--iters", "solver.log_period": "nothing (it is fixed at 10)",
+                    "output_dir": "--out"}
+# Table 6: the CIFAR-10 test error (%) of the paper's ResNets; its plain nets appear only as curves (Fig. 6).
+PAPER_RESNET_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+# The paper's warm-up for ResNet-110 and deeper: lr 0.01 until the training error falls below 80%.
+DEEP_WARMUP_DEPTH = 110
+DEEP_WARMUP = ["solver.warmup_until.metric=train_error", "solver.warmup_until.below=80",
+               "solver.warmup_until.lr_factor=0.1"]
+
+
+class DegradationError(UserError):
+    """A bad argument of the degradation experiment (a depth, the iterations, an override)."""
+
+
+@dataclass
+class DegradationRun:
+    """One trained net, as degradation.json lists it (errors in percent)."""
+
+    net: str
+    depth: int
+    residual: bool
+    params: int
+    iters: int
+    train_error: float
+    test_error: float
+
+
+@dataclass
+class DegradationReport:
+    runs: list[DegradationRun]
+    schedule: str  # how the config's schedule was scaled, in words
+    dataset: str
+    json_path: str
+    figure_path: str
+    table_path: str
+
+
+# --------------------------------------------------------------------------------------------- arguments
+
+
+def check_depths(depths) -> list[int]:
+    """The depths of the experiment: 6n+2 nets of basic units (8, 14, 20, 32, 44, 56, 110, 1202, ...)."""
+    if not depths:
+        raise DegradationError("--depths is empty: give depths of the form 6n+2, such as --depths 20 56")
+    for depth in depths:
+        if depth < 8 or (depth - 2) % 6 or depth in BOTTLENECK_DEPTHS:
+            raise DegradationError(
+                f"--depths {depth}: the plain and residual CIFAR nets have 6n+2 layers of basic units with n >= 1 "
+                f"(8, 14, 20, 32, 44, 56, 110, 1202; 164 and 1001 name bottleneck nets): give such depths")
+    return sorted(set(depths))
+
+
+def check_iters(iters: int) -> int:
+    if iters < TRAIN_ERROR_WINDOW or iters % LOG_PERIOD:
+        raise DegradationError(
+            f"--iters {iters}: give a multiple of {LOG_PERIOD} of at least {TRAIN_ERROR_WINDOW} (the training error "
+            f"is the mean over the last {TRAIN_ERROR_WINDOW} iterations, logged every {LOG_PERIOD})")
+    return iters
+
+
+def check_overrides(overrides) -> None:
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if key in KEYS_OF_THE_TOOL:
+            raise DegradationError(f"override '{text}': the degradation experiment sets {key} itself: "
+                                   f"use {KEYS_OF_THE_TOOL[key]} instead")
+
+
+# --------------------------------------------------------------------------------------------- the recipe
+
+
+def scaled(value: int, iters: int, max_iter: int) -> int:
+    """``value`` (an iteration count of a max_iter-long schedule) at the same fraction of ``iters``."""
+    return max(1, round(value * iters / max_iter))
+
+
+def schedule_overrides(base, iters: int) -> tuple[list[str], str]:
+    """The overrides that scale ``base``'s schedule to ``iters`` iterations, and a sentence saying how."""
+    solver, max_iter = base.solver, base.solver.max_iter
+    steps = [scaled(step, iters, max_iter) for step in solver.steps if step < max_iter]
+    periods = {"test.eval_period": base.test.eval_period, "solver.checkpoint_period": solver.checkpoint_period}
+    overrides = [f"solver.max_iter={iters}", f"solver.steps=[{', '.join(map(str, steps))}]",
+                 f"solver.log_period={LOG_PERIOD}"]
+    overrides += [f"{key}={scaled(value, iters, max_iter) if value else 0}" for key, value in periods.items()]
+    percent = ", ".join(f"{100 * step / max_iter:g}%" for step in solver.steps if step < max_iter) or "none"
+    sentence = (f"{iters} iterations of batch {solver.ims_per_batch}, lr {solver.base_lr:g} divided by "
+                f"{1 / solver.gamma:g} at iterations {', '.join(map(str, steps)) or 'none'} (the config's steps "
+                f"at {percent} of its {max_iter} iterations, kept at the same fractions)")
+    return overrides, sentence
+
+
+def net_overrides(depth: int, residual: bool, base) -> list[str]:
+    overrides = [f"model.backbone.depth={depth}", f"model.backbone.plain={not residual}"]
+    if depth >= DEEP_WARMUP_DEPTH and not base.solver.warmup_until.metric:
+        overrides += DEEP_WARMUP
+    return overrides
+
+
+def count_parameters(cfg) -> int:
+    model = build_classifier(cfg, CIFAR_CLASSES[cfg.data.dataset], load_backbone_weights=False)
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------- the runs
+
+
+def last_window_error(output_dir: str, iters: int) -> float:
+    """The mean training error over the last TRAIN_ERROR_WINDOW iterations, from the run's metrics.jsonl:
+    each record averages the iterations since the previous one, so records are weighted by those counts."""
+    train, _ = read_metrics(output_dir)
+    records = sorted((r["iteration"], r["train_error"]) for r in train if "train_error" in r and r["iteration"] <= iters)
+    start = iters - TRAIN_ERROR_WINDOW
+    weighted, covered, previous = 0.0, 0, 0
+    for iteration, error in records:
+        if iteration > start:
+            span = iteration - max(previous, start)
+            weighted, covered = weighted + span * error, covered + span
+        previous = iteration
+    if covered != TRAIN_ERROR_WINDOW or not records or records[-1][0] != iters:
+        raise DegradationError(f"{output_dir}/metrics.jsonl does not log the training error of the last "
+                               f"{TRAIN_ERROR_WINDOW} iterations up to {iters}: train the net again (--overwrite)")
+    return weighted / covered
+
+
+def is_finished(cfg) -> bool:
+    """A finished run of exactly this config in its output_dir (reused rather than trained again)."""
+    folder = cfg.output_dir
+    files = [os.path.join(folder, name) for name in ("config.yaml", "metrics.json", FINAL_NAME)]
+    if not all(os.path.isfile(path) for path in files):
+        return False
+    with open(files[0], encoding="utf-8") as handle:
+        return handle.read() == config_to_text(cfg)
+
+
+def final_test_error(cfg) -> float:
+    with open(os.path.join(cfg.output_dir, "metrics.json"), encoding="utf-8") as handle:
+        metrics = json.load(handle)
+    return float(metrics["test"]["top1_err"])
+
+
+def train_one(cfg, resume: bool, overwrite: bool) -> DegradationRun:
+    name = network_name(cfg)
+    if resume and is_finished(cfg):
+        logger.info("%s: reusing the finished run in %s", name, cfg.output_dir)
+    else:
+        train_classifier(cfg, resume=resume, overwrite=overwrite)
+    backbone, iters = cfg.model.backbone, cfg.solver.max_iter
+    return DegradationRun(name, backbone.depth, not backbone.plain, count_parameters(cfg), iters,
+                          round(last_window_error(cfg.output_dir, iters), 4), final_test_error(cfg))
+
+
+def run_degradation(cfg_path: str, overrides, depths, iters: int | None, out: str, resume: bool = False,
+                    overwrite: bool = False) -> DegradationReport:
+    """Train a plain and a residual net of each depth with ``cfg_path``'s recipe scaled to ``iters``
+    (None: the config's own max_iter), then write out/degradation.json, .png and .md."""
+    overrides = list(overrides)
+    check_overrides(overrides)
+    depths = check_depths(depths)
+    base = load_classification_config(cfg_path, overrides)
+    if base.data.dataset not in CIFAR_CLASSES:
+        raise DegradationError(f"{cfg_path} trains on data.dataset={base.data.dataset}: the degradation "
+                               f"experiment runs on CIFAR (give a CIFAR config, e.g. configs/cifar_degradation.yaml)")
+    iters = check_iters(base.solver.max_iter if iters is None else iters)
+    schedule, sentence = schedule_overrides(base, iters)
+    logger.info("degradation experiment, depths %s: %s", ", ".join(map(str, depths)), sentence)
+    runs = []
+    for depth in depths:
+        for residual in (False, True):
+            cfg = load_classification_config(cfg_path, [*overrides, *schedule, *net_overrides(depth, residual, base),
+                                                         f"output_dir={run_folder(out, depth, residual)}"])
+            runs.append(train_one(cfg, resume, overwrite))
+    dataset = describe_dataset(base)
+    return write_report(runs, sentence, dataset, out)
+
+
+def run_folder(out: str, depth: int, residual: bool) -> str:
+    return os.path.join(out, f"{'ResNet' if residual else 'plain'}-{depth}")
+
+
+def describe_dataset(cfg) -> str:
+    name = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[cfg.data.dataset]
+    return f"{name} in {cfg.data.root}" if cfg.data.root else "the embedded synthetic CIFAR-10"
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def write_report(runs: list[DegradationRun], schedule: str, dataset: str, out: str) -> DegradationReport:
+    os.makedirs(out, exist_ok=True)
+    report = DegradationReport(runs, schedule, dataset, os.path.join(out, "degradation.json"),
+                               os.path.join(out, "degradation.png"), os.path.join(out, "degradation.md"))
+    write_atomically(report.json_path, json.dumps({"runs": [asdict(run) for run in runs]}, indent=1) + "\n")
+    write_atomically(report.table_path, degradation_table(runs, schedule, dataset))
+    plot_degradation(runs, out, report.figure_path)
+    return report
+
+
+def write_atomically(path: str, text: str) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def degradation_table(runs: list[DegradationRun], schedule: str, dataset: str) -> str:
+    """The runs in the shape of the paper's Table 6, with its test error where it reports one."""
+    lines = [f"Plain and residual nets on {dataset}: {schedule}; one seed. Training error: the mean over the "
+             f"last {TRAIN_ERROR_WINDOW} iterations; test error: the test split at the end. The paper's column is "
+             f"its CIFAR-10 test error (Table 6, full schedule); it reports its plain nets only as curves (Fig. 6).",
+             "",
+             "| network | layers | parameters | training error (%) | test error (%) | paper's test error (%) |",
+             "|---|---|---|---|---|---|"]
+    for run in runs:
+        paper = PAPER_RESNET_TEST_ERROR.get(run.depth) if run.residual else None
+        paper_text = f"{paper:.2f}" if paper is not None else "-"
+        lines.append(f"| {run.net} | {run.depth} | {run.params / 1e6:.2f}M ({run.params:,}) | {run.train_error:.2f} "
+                     f"| {run.test_error:.2f} | {paper_text} |")
+    return "\n".join(lines) + "\n"
+
+
+def error_curves(output_dir: str) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(training error records, test error evaluations) of a run, as (iteration, percent) pairs."""
+    train, evals = read_metrics(output_dir)
+    training = [(r["iteration"], r["train_error"]) for r in train if "train_error" in r]
+    testing = [(r["iteration"], r["test"]["top1_err"]) for r in evals if "top1_err" in r.get("test", {})]
+    return training, testing
+
+
+def plot_degradation(runs: list[DegradationRun], out: str, path: str) -> None:
+    """Fig. 6 of the paper: plain nets on the left, residual nets on the right; training error thin, test
+    error bold, one colour per depth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depths = sorted({run.depth for run in runs})
+    colours = dict(zip(depths, plt.cm.viridis_r([0.25 + 0.65 * i / max(len(depths) - 1, 1)
+                                                  for i in range(len(depths))])))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for axis, residual in zip(axes, (False, True)):
+        for run in (r for r in runs if r.residual == residual):
+            training, testing = error_curves(run_folder(out, run.depth, run.residual))
+            colour = colours[run.depth]
+            if training:
+                axis.plot(*zip(*training), color=colour, linewidth=0.8, alpha=0.8)
+            if testing:
+                axis.plot(*zip(*testing), color=colour, linewidth=2.5, label=f"{run.net}")
+        axis.set(title="residual nets" if residual else "plain nets", xlabel="iteration")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small", title="bold: test, thin: training", title_fontsize="small")
+    axes[0].set_ylabel("error (%)")
+    axes[0].set_ylim(bottom=0)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
