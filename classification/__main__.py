@@ -2,4 +2,5 @@
 
 from resnet_engine.tool_index import main
 
-main("classification", ["train_cls.py", "imagenet_tables.py", "plot_logs.py"])
+main("classification", ["train_cls.py", "imagenet_tables.py", "degradation.py", "layer_responses.py",
+                          "plot_logs.py"])
