@@ -41,9 +41,9 @@ logger = logging.getLogger(__name__)
 LOG_PERIOD = 10  # iterations per logged training-error record
 TRAIN_ERROR_WINDOW = 50  # iterations the reported training error averages
 # The tool sets these keys itself (from --depths, --iters and --out): an override of them would be lost.
-KEYS_OF_THE_TOOL = {"model.backbone.depth": "--depths", "model.backbone.plain": "--depths (plain and residual nets)",
-                    "solver.max_iter": "--iters", "solver.log_period": "nothing (it is fixed at 10)",
-                    "output_dir": "--out"}
+KEYS_OF_THE_TOOL = {"model.backbone.depth": "from --depths", "model.backbone.plain": "both ways, for each of --depths",
+                    "solver.max_iter": "from --iters", "solver.log_period": "to 10, for the last-50-iterations error",
+                    "output_dir": "to a folder of --out per net"}
 # Table 6: the CIFAR-10 test error (%) of the paper's ResNets; its plain nets appear only as curves (Fig. 6).
 PAPER_RESNET_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
 # The paper's warm-up for ResNet-110 and deeper: lr 0.01 until the training error falls below 80%.
@@ -106,8 +106,8 @@ def check_overrides(overrides) -> None:
     for text in overrides:
         key = text.split("=", 1)[0].strip()
         if key in KEYS_OF_THE_TOOL:
-            raise DegradationError(f"override '{text}': the degradation experiment sets {key} itself: "
-                                   f"use {KEYS_OF_THE_TOOL[key]} instead")
+            raise DegradationError(f"override '{text}': the degradation experiment sets {key} itself "
+                                   f"({KEYS_OF_THE_TOOL[key]}): remove the override")
 
 
 # --------------------------------------------------------------------------------------------- the recipe
@@ -202,8 +202,8 @@ def run_degradation(cfg_path: str, overrides, depths, iters: int | None, out: st
     depths = check_depths(depths)
     base = load_classification_config(cfg_path, overrides)
     if base.data.dataset not in CIFAR_CLASSES:
-        raise DegradationError(f"{cfg_path} trains on data.dataset={base.data.dataset}: the degradation "
-                               f"experiment runs on CIFAR (give a CIFAR config, e.g. configs/cifar_degradation.yaml)")
+        raise DegradationError(f"data.dataset={base.data.dataset} ({cfg_path} and the overrides): the degradation "
+                               f"experiment trains CIFAR nets: give a CIFAR config, such as configs/cifar_degradation.yaml")
     iters = check_iters(base.solver.max_iter if iters is None else iters)
     schedule, sentence = schedule_overrides(base, iters)
     logger.info("degradation experiment, depths %s: %s", ", ".join(map(str, depths)), sentence)

@@ -157,8 +157,8 @@ def test_a_bad_depth_gets_one_line_and_trains_nothing(tmp_path):
     ([164], None, [], "--depths 164"),
     ([20], 45, [], "--iters 45: give a multiple of 10 of at least 50"),
     ([20], 105, [], "--iters 105"),
-    ([20], None, ["model.backbone.depth=20"], "sets model.backbone.depth itself: use --depths"),
-    ([20], None, ["data.dataset=imagenet"], "the degradation experiment runs on CIFAR"),
+    ([20], None, ["model.backbone.depth=20"], "sets model.backbone.depth itself (from --depths)"),
+    ([20], None, ["data.dataset=imagenet"], "the degradation experiment trains CIFAR nets"),
 ])
 def test_bad_arguments_stop_before_training(depths, iters, overrides, message, tmp_path):
     with pytest.raises(DegradationError, match=re.escape(message)):
@@ -172,7 +172,7 @@ def test_the_checks_directly():
     for bad in ([], [2], [9], [1001]):
         with pytest.raises(DegradationError):
             check_depths(bad)
-    with pytest.raises(DegradationError, match="--out"):
+    with pytest.raises(DegradationError, match="a folder of --out"):
         check_overrides(["output_dir=x"])
 
 
