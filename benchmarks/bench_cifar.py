@@ -14,9 +14,10 @@ gradients, then test-mode logits); the differences are printed.
 
 A training step: forward, cross-entropy, backward and an SGD step (lr 0.1, momentum 0.9, weight decay 1e-4)
 on a batch of 128 random 32x32 images (mean-subtracted floats, as the CIFAR loader yields). After --warmup
-steps of each, every repeat times --steps steps of the reference, then as many of ours; images/s are medians
-over the repeats, and the ratio (ours / reference) is the median of the per-repeat ratios, so that the
-machine's drift between repeats cancels (bench_det.py's pairing). Results: benchmarks/results/cifar_<device>.json.
+steps of each, every repeat times --steps steps of the reference and as many of ours, in alternating order;
+images/s are medians over the repeats, and the ratio (ours / reference) is the median of the per-repeat
+ratios, so that the machine's drift between repeats cancels (bench_det.py's pairing). Results:
+benchmarks/results/cifar_<device>.json.
 """
 
 from __future__ import annotations
@@ -169,9 +170,13 @@ def bench_depth(depth: int, device: torch.device, batch: int, warmup: int, steps
 
     timed_steps(step_reference, warmup, device), timed_steps(step_ours, warmup, device)
     reference_times, our_times = [], []
-    for _ in range(repeats):
+    for repeat in range(repeats):
+        # Alternating which net goes first, so that neither always follows the other's memory traffic.
+        if repeat % 2:
+            our_times.append(timed_steps(step_ours, steps, device))
         reference_times.append(timed_steps(step_reference, steps, device))
-        our_times.append(timed_steps(step_ours, steps, device))
+        if not repeat % 2:
+            our_times.append(timed_steps(step_ours, steps, device))
     images_per_repeat = batch * steps
     reference_rate = images_per_repeat / statistics.median(reference_times)
     our_rate = images_per_repeat / statistics.median(our_times)
