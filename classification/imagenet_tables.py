@@ -276,7 +276,7 @@ def measure_row(row: PlannedRow) -> dict:
     logger.info("%s: testing %s", row.name, row.weights)
     metrics = evaluate_weights(row.cfg, row.weights)["cls"]
     backbone = row.cfg.model.backbone
-    return {"status": "measured", "weights": row.weights,
+    return {"status": "measured", "weights": row.weights, "data_root": row.cfg.data.root,
             "measured": {key: metrics[key] for key in ("top1_err", "top5_err", "num_images")},
             "width": backbone.base_width, "test": {key: _plain(_select(row.cfg, key)) for key in _test_keys(row.cfg)},
             "deviations": row.deviations}
@@ -294,7 +294,7 @@ def table_markdown(result: dict) -> str:
     with_top5 = result["table"] != 2
     header = ["network", "top-1 paper", "top-1 here"] + (["top-5 paper", "top-5 here"] if with_top5 else [])
     header += ["val images", "weights"]
-    lines = [f"Table {result['table']}: {result['protocol']}, ImageNet val", "",
+    lines = [f"Table {result['table']}: {result['protocol']}, on the val images", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes = []
     for row in result["rows"]:
