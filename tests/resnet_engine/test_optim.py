@@ -1,5 +1,6 @@
 """The optimizer's parameter groups and one update of each kind by hand; the learning-rate schedule
-(linear warm-up, then steps) at hand-computed iterations, through the LambdaLR the trainer steps."""
+(linear warm-up, then steps) at hand-computed iterations, through the LambdaLR the trainer steps; the
+warm-up until a training metric falls below a threshold, on a scripted metric."""
 
 from types import SimpleNamespace
 
@@ -8,8 +9,10 @@ import torch
 import torchvision
 from torch import nn
 
-from resnet_engine.optim import build_optimizer, build_scheduler, lr_factor
-from resnet_engine.schema import MetricWarmupConfig
+from resnet_engine.config import ConfigError
+from resnet_engine.optim import MetricWarmup, build_optimizer, build_scheduler, lr_factor
+from resnet_engine.resume import load_scheduler_state
+from resnet_engine.schema import MetricWarmupConfig, check_solver_options
 
 
 def solver(**changes):
@@ -145,3 +148,114 @@ def test_scheduler_state_is_the_position_and_the_function_comes_from_the_config(
     resumed.load_state_dict(state)
     assert resumed.last_epoch == 5
     assert resumed.lr_lambdas[0](resumed.last_epoch) == 0.5  # past the changed config's step at 3
+
+
+# --------------------------------------------------------------------------------------------- the metric warm-up
+
+# A scripted training metric, one value per iteration, and its means over windows of 3 by hand:
+#   iteration  0    1    2    3      4      5   6    7      8
+#   value      70   70   100  90     85     80  75   60     99
+#   mean       -    -    80   86.67  91.67  85  80   71.67
+# Iterations 0 and 1 are below 80 but their window is not full; 2 and 6 are at 80, not below; 7 is the
+# first full window below 80, so the schedule's rate applies from iteration 8 on, whatever comes next.
+SCRIPTED = [70, 70, 100, 90, 85, 80, 75, 60, 99, 99, 99, 99]
+SWITCH = 8
+
+
+def warmup_solver(**changes):
+    until = MetricWarmupConfig(metric="train_error", below=80, lr_factor=0.1, window=3)
+    return solver(**{"warmup_until": until, "base_lr": 0.1, "steps": [10], "warmup_iters": 0, **changes})
+
+
+def test_the_metric_warmup_ends_after_the_first_full_window_below_the_threshold():
+    warmup = MetricWarmup("train_error", below=80, lr_factor=0.1, window=3)
+    factors, ended = [], []
+    for iteration, value in enumerate(SCRIPTED):
+        factors.append(warmup.factor())
+        ended.append(warmup.observe(iteration, value))
+    assert factors == [0.1] * SWITCH + [1.0] * (len(SCRIPTED) - SWITCH)
+    assert ended.index(True) == SWITCH - 1 and ended.count(True) == 1
+    assert warmup.ended_at == SWITCH and not warmup.active
+    assert warmup.mean() == pytest.approx((80 + 75 + 60) / 3)  # the window that ended it, kept for the log
+
+
+def test_the_metric_warmup_state_round_trip():
+    """A warm-up stopped after iteration 5 and rebuilt from its state ends at the same iteration; one that
+    lost its recent values would need a new full window and end later."""
+    first = MetricWarmup("train_error", below=80, lr_factor=0.1, window=3)
+    for iteration, value in enumerate(SCRIPTED[:6]):
+        first.observe(iteration, value)
+    state = first.state_dict()
+    assert state == {"recent": [90.0, 85.0, 80.0], "ended_at": None}
+    resumed, forgetful = (MetricWarmup("train_error", below=80, lr_factor=0.1, window=3) for _ in range(2))
+    resumed.load_state_dict(state)
+    forgetful.load_state_dict(None)  # a checkpoint of a run without the warm-up: it starts now
+    for iteration, value in enumerate(SCRIPTED[6:], start=6):
+        resumed.observe(iteration, value)
+        forgetful.observe(iteration, value)
+    assert resumed.ended_at == SWITCH
+    assert forgetful.ended_at == SWITCH + 1  # its first full window is (75, 60, 99), at iteration 8
+    finished = MetricWarmup("train_error", below=80, lr_factor=0.1, window=3)
+    finished.load_state_dict(resumed.state_dict())
+    assert finished.factor() == 1.0 and not finished.observe(20, 100.0)  # an ended warm-up stays ended
+
+
+def scheduled_lrs(scheduler, optimizer, iterations, start=0):
+    """The learning rate of each iteration, the scripted metric observed as the trainer does (after the
+    optimizer's step, before the scheduler's)."""
+    seen = []
+    for iteration in range(start, start + iterations):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.metric_warmup.observe(iteration, SCRIPTED[iteration])
+        scheduler.step()
+    return seen
+
+
+def test_the_schedule_with_a_metric_warmup_by_hand():
+    """lr 0.1 x 0.1 until the switch, 0.1 from iteration 8, 0.01 from the step at 10; a linear warm-up over
+    the first 2 iterations (factor 0.5) multiplies the metric warm-up's factor."""
+    config = warmup_solver(warmup_iters=2, warmup_factor=0.5)
+    optimizer = build_optimizer(Mixed(), config)
+    lrs = scheduled_lrs(build_scheduler(optimizer, config), optimizer, 12)
+    expected = [0.1 * 0.1 * 0.5, 0.1 * 0.1 * 0.75] + [0.01] * 6 + [0.1] * 2 + [0.01] * 2
+    assert lrs == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_schedule_state_keeps_the_warmups_progress():
+    config = warmup_solver()
+    optimizer = build_optimizer(Mixed(), config)
+    scheduler = build_scheduler(optimizer, config)
+    uninterrupted = scheduled_lrs(scheduler, optimizer, 12)
+
+    optimizer = build_optimizer(Mixed(), config)
+    scheduler = build_scheduler(optimizer, config)
+    before = scheduled_lrs(scheduler, optimizer, 6)
+    state = scheduler.state_dict()
+    assert state["metric_warmup"] == {"recent": [90.0, 85.0, 80.0], "ended_at": None} and state["last_epoch"] == 6
+    optimizer = build_optimizer(Mixed(), config)
+    resumed = build_scheduler(optimizer, config)
+    load_scheduler_state(resumed, optimizer, state)
+    assert before + scheduled_lrs(resumed, optimizer, 6, start=6) == uninterrupted
+
+    without = dict(state)
+    del without["metric_warmup"]  # saved by a run that had no such warm-up
+    plain = build_scheduler(build_optimizer(Mixed(), config), config)
+    plain.load_state_dict(without)
+    assert plain.metric_warmup.active and plain.metric_warmup.recent == []
+
+
+@pytest.mark.parametrize("until, message", [
+    (MetricWarmupConfig(metric="train_error"),
+     "solver.warmup_until.metric=train_error needs solver.warmup_until.below, the value under which the warm-up "
+     "ends (e.g. solver.warmup_until.below=80 for an error in percent)"),
+    (MetricWarmupConfig(below=80),
+     "solver.warmup_until.below=80 needs solver.warmup_until.metric, the training metric it is compared with "
+     "(e.g. solver.warmup_until.metric=train_error)"),
+])
+def test_a_metric_warmup_needs_both_its_metric_and_its_threshold(until, message):
+    with pytest.raises(ConfigError) as error:
+        check_solver_options(solver(warmup_until=until))
+    assert str(error.value) == message
+    check_solver_options(solver(warmup_until=MetricWarmupConfig(metric="train_error", below=80)))
+    check_solver_options(solver())  # none at all

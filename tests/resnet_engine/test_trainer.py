@@ -1,5 +1,6 @@
 """The training loop's guards on a toy model: signals, checkpoint rotation, non-finite losses,
-a dead data worker and GPU out-of-memory, each with the message a user sees."""
+a dead data worker and GPU out-of-memory, each with the message a user sees; the training metrics a
+model reports, logged and followed by the metric warm-up."""
 
 import json
 import os
@@ -14,7 +15,8 @@ import torch
 
 from resnet_engine.checkpoint import load_checkpoint
 from resnet_engine.run_dir import RunDirectory
-from resnet_engine.trainer import StoppedBySignal, TrainingError
+from resnet_engine.schema import MetricWarmupConfig
+from resnet_engine.trainer import LossesAndMetrics, StoppedBySignal, TrainingError
 from tests.conftest import ROOT
 from tests.resnet_engine.toy_training import ToyModel, make_trainer, toy_batches
 
@@ -210,3 +212,58 @@ def test_a_command_stopped_during_evaluation_exits_promptly_and_non_zero(tmp_pat
     assert stderr.strip().splitlines()[-1] == (f"error: stopped by SIGTERM during the evaluation at iteration 2; "
                                                f"checkpoint saved to {tmp_path / 'model_0000002.pth'}; continue "
                                                f"with --resume")
+
+
+# --------------------------------------------------------------------------------------------- training metrics
+
+
+class ReportsAScore(ToyModel):
+    """The toy regression, reporting a scripted training metric "score" beside its loss."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = scores
+
+    def forward(self, batch):
+        losses = super().forward(batch)
+        return LossesAndMetrics(losses, {"score": torch.tensor(float(self.scores[self.calls - 1]))})
+
+
+def logged_records(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_metric_warmup_switches_after_the_first_window_below_and_the_log_shows_each_iterations_lr(tmp_path):
+    """Windows of 2 over the scores 9, 9, 6, 3, ...: means 9, 7.5, 4.5: the third is below 5, so iterations
+    0-3 train at 0.5 x 0.1 and the rest at 0.5. Each record holds its iteration's score and learning rate."""
+    scores = [9, 9, 6, 3, 9, 9, 9, 9]
+    until = MetricWarmupConfig(metric="score", below=5, lr_factor=0.1, window=2)
+    make_trainer(ReportsAScore(scores), tmp_path, max_iter=8, log_period=1, base_lr=0.5, warmup_until=until).train()
+    records = logged_records(tmp_path)
+    assert [r["iteration"] for r in records] == list(range(1, 9))
+    assert [r["score"] for r in records] == scores
+    assert [r["lr"] for r in records] == pytest.approx([0.05] * 4 + [0.5] * 4, rel=1e-12)
+    assert load_checkpoint(str(tmp_path / "model_final.pth"))["scheduler"]["metric_warmup"] == {
+        "recent": [6.0, 3.0], "ended_at": 4}
+
+
+def test_logged_metrics_are_averaged_over_the_logging_window(tmp_path):
+    make_trainer(ReportsAScore([1, 2, 3, 4, 5, 6]), tmp_path, max_iter=6, log_period=4).train()
+    assert [(r["iteration"], r["score"]) for r in logged_records(tmp_path)] == [(4, 2.5), (6, 5.5)]
+
+
+def test_a_warmup_metric_the_model_does_not_report_is_one_line(tmp_path):
+    until = MetricWarmupConfig(metric="train_error", below=80)
+    with pytest.raises(TrainingError) as error:
+        make_trainer(ReportsAScore([1] * 6), tmp_path, warmup_until=until).train()
+    assert str(error.value) == ("solver.warmup_until.metric=train_error: the model reports no such training metric "
+                                "(it reports: score); name one of them, or leave the key empty")
+
+
+def test_a_run_that_never_leaves_the_warmup_warns(tmp_path):
+    until = MetricWarmupConfig(metric="score", below=5, lr_factor=0.1, window=3)
+    with pytest.warns(UserWarning) as caught:
+        make_trainer(ReportsAScore([9, 9, 9, 9, 6, 6]), tmp_path, warmup_until=until).train()
+    assert [str(w.message) for w in caught] == [
+        "the whole run trained in the warm-up at 0.1 x the learning rate: score averaged 7 over the last 3 "
+        "iterations, never below solver.warmup_until.below=5"]

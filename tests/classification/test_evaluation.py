@@ -1,0 +1,78 @@
+"""Testing trained CIFAR weights with evaluate_weights (tools/train_cls.py --eval-only): the errors of the
+run's own final evaluation, and the errors computed here from the files' bytes, the checkpoint's weights
+and the training images' mean, without the toolkit's data code."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from classification.classifier import build_classifier
+from classification.evaluation import evaluate_weights
+from classification.training import train_classifier
+from resnet_engine.errors import UserError
+
+from .tiny_cifar import BINARY, read_binary_file, tiny_config, write_brightness_cifar
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = write_brightness_cifar(tmp_path_factory.mktemp("cifar"))
+    cfg = tiny_config(root, tmp_path_factory.mktemp("run"), "solver.max_iter=12", "solver.steps=[10]")
+    return cfg, train_classifier(cfg)
+
+
+def errors_by_hand(cfg, weights: str) -> dict[str, float]:
+    """Top-1 and top-5 error (percent) of ``weights`` on the test file: the images minus the mean of the
+    training files' images, through the network in eval mode."""
+    folder = os.path.join(cfg.data.root, BINARY.folder)
+    training = np.concatenate([read_binary_file(os.path.join(folder, name))[0] for name in BINARY.train_files])
+    mean = training.astype(np.float64).mean(axis=0)
+    images, labels = read_binary_file(os.path.join(folder, BINARY.test_files[0]))
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    torch.testing.assert_close(checkpoint["meta"]["pixel_mean"], torch.from_numpy(mean).float())
+    model = build_classifier(cfg, 10, load_backbone_weights=False).eval()
+    model.load_state_dict(checkpoint["model"])
+    with torch.no_grad():
+        logits = model.logits(torch.from_numpy((images - mean).astype(np.float32)))
+    labels = torch.from_numpy(labels)
+    top5 = logits.topk(5, dim=1).indices
+    return {"top1_err": float((logits.argmax(1) != labels).double().mean() * 100),
+            "top5_err": float((~(top5 == labels[:, None]).any(1)).double().mean() * 100)}
+
+
+def test_eval_only_gives_the_runs_final_errors_and_the_hand_computed_ones(trained):
+    cfg, run = trained
+    metrics = evaluate_weights(cfg, run.weights)
+    assert list(metrics) == ["test"] and metrics["test"]["num_images"] == 50
+    for key in ("top1_err", "top5_err", "top1_acc", "num_images"):
+        assert metrics["test"][key] == run.metrics["test"][key], key
+    by_hand = errors_by_hand(cfg, run.weights)
+    assert metrics["test"]["top1_err"] == pytest.approx(by_hand["top1_err"], abs=1e-3)
+    assert metrics["test"]["top5_err"] == pytest.approx(by_hand["top5_err"], abs=1e-3)
+    with open(os.path.join(cfg.output_dir, "eval_test.json"), encoding="utf-8") as handle:
+        written = json.load(handle)
+    assert written["test"] == metrics["test"] and written["weights"] == run.weights
+    assert written["dataset"] == "cifar10"
+
+
+def test_a_named_split_is_tested_alone(trained):
+    """split="val": the last tenth of the training files (20 images), with the run's own mean; the run
+    trained on them, which the warning says."""
+    cfg, run = trained
+    with pytest.warns(UserWarning, match="the test split 'val' shares images with the training split 'trainval'"):
+        metrics = evaluate_weights(cfg, run.weights, split="val")
+    assert list(metrics) == ["val"] and metrics["val"]["num_images"] == 20
+    assert os.path.isfile(os.path.join(cfg.output_dir, "eval_val.json"))
+
+
+def test_weights_without_the_runs_pixel_mean_are_refused(trained, tmp_path):
+    cfg, run = trained
+    bare = tmp_path / "bare.pth"
+    torch.save(torch.load(run.weights, map_location="cpu", weights_only=True)["model"], bare)
+    with pytest.raises(UserError) as error:
+        evaluate_weights(cfg, str(bare))
+    assert str(error.value) == (f"{bare} holds no pixel mean: give a checkpoint of a CIFAR run of tools/train_cls.py "
+                                f"(its model_final.pth), which keeps the mean its images were trained with")
