@@ -64,15 +64,18 @@ class Predictor:
         when test.fast is on.
 
         Or ``cfg`` alone is a detector made by detection.builders, with the config and categories its
-        builder recorded on it: it is put in eval mode and moved to ``device``
-        (``detection.modeling.speed.optimize_for_inference`` gives it the fast path).
+        builder recorded on it: it is put in eval mode and moved to ``device`` (with "auto", to the GPU
+        unless it is on one already; ``detection.modeling.speed.optimize_for_inference`` gives it the
+        fast path).
         """
         if isinstance(cfg, torch.nn.Module):
             model = cfg
             cfg, self.category_map = built_detector_settings(model)
             if weights is not None:
                 raise TypeError("a built detector loads its weights in its builder: faster_rcnn_r50_fpn(weights=...)")
-            model = model.to(choose_device(device)).eval()
+            # "auto" leaves a detector the user put on a GPU where it is.
+            on_gpu = isinstance(device, str) and device == "auto" and model.device.type == "cuda"
+            model = model.to(model.device if on_gpu else choose_device(device)).eval()
         else:
             if weights is None:
                 raise TypeError("Predictor(cfg, weights) needs the detector file of the config")
