@@ -13,16 +13,19 @@ The exported detector is a single function of one image:
 The exported backbone takes the same input without the resize and returns the feature maps of the
 normalized, padded image: "p2".."p6" for FPN models, "res4" for C4 models.
 
-Both trace the detector's own code: :func:`detection.data.transforms.resize_shortest_edge` (the
-loader's test-time resize) and ``FasterRCNN.forward``. Its modules keep the sizes a trace records
-as tensors where it matters (detection/modeling/traceable.py), so that the graph follows the input
-image's size instead of freezing the example's.
+Both record the detector's own code: :func:`detection.data.transforms.resize_shortest_edge` (the
+loader's test-time resize) and ``FasterRCNN.forward``. ONNX files come from the torch.export-based
+exporter, with the image's height and width as symbolic sizes; where it fails (an older PyTorch,
+no onnxscript), from the TorchScript-based one after a warning that says why. TorchScript files are
+traces. The detector's modules keep the sizes a trace records as tensors, and those torch.export
+records as symbolic ints, where it matters (detection/modeling/traceable.py), so that the graph
+follows the input image's size instead of freezing the example's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import logging
 import os
 import warnings
 
@@ -30,6 +33,7 @@ import torch
 from torch import nn
 
 from resnet_engine.errors import UserError
+from resnet_engine.extras import install_hint, installed
 
 from .data.transforms import resize_shortest_edge
 from .modeling.faster_rcnn import FasterRCNN
@@ -37,8 +41,10 @@ from .modeling.traceable import graph_nms
 from .weights import load_detector
 
 FORMATS = ("onnx", "torchscript")
+# The opset of PyTorch's ONNX function library, which the torch.export-based exporter translates with.
+ONNX_OPSET = 18
 # RoIAlign with aligned=True (the C4 pooler) maps to ONNX RoiAlign's half_pixel mode, new in opset 16.
-ONNX_OPSET = 17
+TORCHSCRIPT_ONNX_OPSET = 17
 DETECTOR_OUTPUTS = ("boxes", "scores", "labels")
 INPUT_DTYPES = ("uint8", "float32")
 # Test-time features of detection/modeling/test_time.py: they loop in Python over scales, passes
@@ -90,6 +96,9 @@ class ExportedBackbone(nn.Module):
         self.preprocessor = model.preprocessor
         self.backbone = model.backbone
         self.feature_names = list(getattr(model.backbone, "out_features", model.rpn.in_features))
+        # The smallest image side of a file from torch.export: two pixels in the coarsest map, since
+        # a map of one pixel is a special case that torch.export does not keep symbolic.
+        self.min_side = 2 * max(model.backbone.out_strides.values())
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         batch, _ = self.preprocessor([image])
@@ -116,22 +125,60 @@ def example_image(cfg, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     return torch.randint(0, 256, (3, height, width), generator=generator).to(dtype)
 
 
-def export_onnx(module: nn.Module, image: torch.Tensor, path: str, output_names: list[str]) -> None:
-    """ONNX with a dynamic height and width and a dynamic number of detections.
+def export_onnx(module: nn.Module, image: torch.Tensor, path: str, output_names: list[str]) -> str:
+    """ONNX with a dynamic height and width and a dynamic number of detections; returns the exporter
+    that wrote it, "torch.export" or, after a warning naming the reason, "torchscript"."""
+    try:
+        export_onnx_dynamo(module, image, path, output_names)
+        return "torch.export"
+    except Exception as error:  # noqa: BLE001 - whatever stops the new exporter, the old one is tried
+        warnings.warn(f"the torch.export-based ONNX exporter failed ({short_reason(error)}); the file comes "
+                      "from the TorchScript-based exporter instead", stacklevel=2)
+    export_onnx_torchscript(module, image, path, output_names)
+    return "torchscript"
 
-    The TorchScript-based exporter (dynamo=False): torchvision registers ONNX translations of its
-    nms, roi_align (with aligned=True at opset 16) and roi_pool for it, and a trace handles the
-    data-dependent sizes of NMS and score thresholding as ordinary dynamic axes. The dynamo
-    exporter goes through torch.export, where each of those sizes is an unbacked symbol that needs
-    guards throughout the proposal and selection code, and it needs onnxscript besides.
-    """
+
+def export_onnx_dynamo(module: nn.Module, image: torch.Tensor, path: str, output_names: list[str]) -> None:
+    """``torch.export`` with the image's height and width as symbolic sizes, then
+    ``torch.onnx.export(dynamo=True)`` on the program. The program is exported here rather than by
+    the ONNX exporter, which would quietly fix the image size where the sizes cannot stay symbolic."""
+    if not installed("onnxscript"):
+        raise ExportError(f"onnxscript is not installed ({install_hint('onnxscript')})")
+    min_side = getattr(module, "min_side", 2)  # the detector resizes every image: any size from 2 pixels
+    dims = {"image": {1: torch.export.Dim("height", min=min_side), 2: torch.export.Dim("width", min=min_side)}}
+    with _quiet_export():
+        program = torch.export.export(module, (image,), dynamic_shapes=dims, strict=False)
+        onnx_program = torch.onnx.export(program, (image,), dynamo=True, opset_version=ONNX_OPSET,
+                                         input_names=["image"], output_names=output_names, verbose=False)
+    image_shape = onnx_program.model.graph.inputs[0].shape
+    onnx_program.rename_axes({image_shape[1]: "height", image_shape[2]: "width"})  # torch.export's s0, s1
+    onnx_program.save(path)
+
+
+def export_onnx_torchscript(module: nn.Module, image: torch.Tensor, path: str, output_names: list[str]) -> None:
+    """The TorchScript-based exporter (dynamo=False), which PyTorch has deprecated: torchvision
+    registers ONNX translations of its nms, roi_align (with aligned=True at opset 16) and roi_pool
+    for it, and a trace handles the data-dependent sizes of NMS and score thresholding as ordinary
+    dynamic axes."""
     dynamic_axes = {"image": {1: "height", 2: "width"}}
     for name in output_names:
         dynamic_axes[name] = {0: "detections"} if name in DETECTOR_OUTPUTS else {2: f"{name}_height",
                                                                                 3: f"{name}_width"}
     with _quiet_trace():
-        torch.onnx.export(module, (image,), path, dynamo=False, opset_version=ONNX_OPSET, input_names=["image"],
-                          output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
+        torch.onnx.export(module, (image,), path, dynamo=False, opset_version=TORCHSCRIPT_ONNX_OPSET,
+                          input_names=["image"], output_names=output_names, dynamic_axes=dynamic_axes,
+                          do_constant_folding=True)
+
+
+def short_reason(error: BaseException, limit: int = 300) -> str:
+    """The root of an exporter's chain of errors, on one line: its type, its first line and, for the
+    guards of torch.export, the line of code it names."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    where = next((line for line in lines if line.startswith("Caused by:")), "")
+    text = " ".join(part for part in (f"{type(error).__name__}: {lines[0] if lines else ''}", where) if part)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def export_torchscript(module: nn.Module, image: torch.Tensor, path: str) -> None:
@@ -139,6 +186,28 @@ def export_torchscript(module: nn.Module, image: torch.Tensor, path: str) -> Non
     with _quiet_trace(), torch.no_grad():
         traced = torch.jit.trace(module, (image,), check_trace=False)
     traced.save(path)
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    """Silences the notes torch.export and the ONNX exporter print on their way (deprecations inside
+    torchvision's symbolic registrations, symbols they cannot attribute to a line of code): the
+    result is checked afterwards, and a failure is reported whole."""
+    with warnings.catch_warnings(), _logger_level("torch", logging.ERROR), _logger_level("onnxscript", logging.ERROR):
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        yield
+
+
+@contextlib.contextmanager
+def _logger_level(name: str, level: int):
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 @contextlib.contextmanager
@@ -186,8 +255,8 @@ def export_detector(cfg, weights: str, fmt: str, out: str | None = None, backbon
         export_onnx(module, image, path, output_names)
     else:
         export_torchscript(module, image, path)
-    if check and fmt == "onnx" and importlib.util.find_spec("onnxruntime") is None:
-        warnings.warn("onnxruntime is not installed: the ONNX file was not checked (pip install onnxruntime)",
+    if check and fmt == "onnx" and not installed("onnxruntime"):
+        warnings.warn(f"onnxruntime is not installed: the ONNX file was not checked ({install_hint('onnxruntime')})",
                       stacklevel=2)
         check = False
     report = check_export(path, fmt, module, second_image(cfg, image.dtype), output_names) if check else None

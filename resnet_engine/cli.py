@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 
 from .errors import UserError, is_user_error
+from .extras import missing_package_error
 
 
 class OverridesParser(argparse.ArgumentParser):
@@ -117,7 +118,9 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print(f"interrupted by {name}" if name else "interrupted", file=sys.stderr)
         code = 128 + (signal.Signals[name] if name in signal.Signals.__members__ else signal.SIGINT)
     except Exception as error:  # noqa: BLE001 - user errors become one line, the rest propagate
-        if not is_user_error(error):
+        # An optional package that is not installed is the user's to install: one line naming its extra.
+        error = missing_package_error(error) if isinstance(error, ImportError) else error
+        if error is None or not is_user_error(error):
             raise
         print(f"error: {error}", file=sys.stderr)
         code = getattr(error, "exit_code", 2)

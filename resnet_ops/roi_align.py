@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch.overrides import handle_torch_function, has_torch_function_unary
 from torchvision.ops import roi_align as torchvision_roi_align
 
+from .winograd import in_exported_graph
+
 # Annotations are evaluated here (no ``from __future__ import annotations``): TorchScript reads the
 # signatures of the functions it skips (torch.jit.unused) from objects, not from strings.
 
@@ -52,9 +54,15 @@ def boxes_to_rois(boxes: torch.Tensor | list[torch.Tensor], features: torch.Tens
 def use_gather(features: torch.Tensor, impl: str) -> bool:
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"roi_align impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
-    if impl == "torchvision" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if impl == "torchvision" or in_exported_graph():
         return False
     return impl == "gather" or features.device.type == "cpu"
+
+
+@torch.jit.unused
+def recording_graph() -> bool:
+    """:func:`resnet_ops.winograd.in_exported_graph`, out of TorchScript's sight (it cannot compile it)."""
+    return in_exported_graph()
 
 
 def roi_align(features: torch.Tensor, boxes: torch.Tensor | list[torch.Tensor], output_size: int,
@@ -214,10 +222,12 @@ def multiscale_roi_align(features: list[torch.Tensor], boxes: torch.Tensor | lis
     shape = [rois.shape[0], output_size, output_size, first.shape[1]] if gather else \
         [rois.shape[0], first.shape[1], output_size, output_size]
     out = first.new_empty(shape)  # each row is written below: by its level, or with zeros
-    tracing = torch.jit.is_tracing()
+    # A recorded graph pools every level: the boxes of each are data, and a level skipped while
+    # recording would be skipped for every input.
+    in_graph = not torch.jit.is_scripting() and recording_graph()
     for level, feature in enumerate(features):
         index = torch.nonzero(levels == level).squeeze(1)
-        if not tracing and index.numel() == 0:
+        if not in_graph and index.numel() == 0:
             continue
         pooled = roi_align(feature, rois[index], output_size, 1.0 / strides[level], sampling_ratio,
                            aligned=False, impl=impl)

@@ -32,29 +32,47 @@ def shortest_edge_size(height, width, short: float, max_size: float):
 
     Python ints give ints. Sizes that a trace records as 0-dim tensors give 0-dim int64 tensors,
     computed in float64 like the Python floats, so that an exported detector resizes every image
-    to the size the PyTorch one does.
+    to the size the PyTorch one does. The symbolic ints of torch.export are computed the same way
+    in the graph and give symbolic ints (the exporter's own arithmetic on them is float32).
     """
-    if isinstance(height, torch.Tensor) or isinstance(width, torch.Tensor):
-        size = torch.stack([torch.as_tensor(height), torch.as_tensor(width)]).double()
+    symbolic = isinstance(height, torch.SymInt) or isinstance(width, torch.SymInt)
+    if symbolic or isinstance(height, torch.Tensor) or isinstance(width, torch.Tensor):
+        size = torch.stack([_float64_size(height), _float64_size(width)])
         # Divisions of tensors (a number divided by a tensor is traced as a reciprocal and a product).
         scale = (size.new_tensor([short, max_size]) / torch.stack([size.min(), size.max()])).min()
         new_height, new_width = (size * scale).round().long()
-        return new_height, new_width
+        return (_graph_int(new_height), _graph_int(new_width)) if symbolic else (new_height, new_width)
     scale = shortest_edge_scale(height, width, short, max_size)
     return int(round(height * scale)), int(round(width * scale))
+
+
+def _float64_size(size) -> torch.Tensor:
+    """A traced 0-dim tensor or a symbolic int of torch.export as a float64 0-dim tensor
+    (``torch.as_tensor`` would fix a symbolic int to the example's value)."""
+    return size.double() if isinstance(size, torch.Tensor) else torch.scalar_tensor(size, dtype=torch.float64)
+
+
+def _graph_int(value: torch.Tensor):
+    """A 0-dim int64 tensor of the graph read as a size under torch.export: a symbolic int that it
+    knows to be positive."""
+    size = value.item()
+    torch._check(size >= 1)
+    return size
 
 
 def resize_shortest_edge(image, short: float, max_size: float):
     """The test-time resize of the data loader, of the test-time augmentations and of the exported
     detector: ``image``, an (H, W, C) numpy array (the loader's) or a (C, H, W) tensor, resized to
     :func:`shortest_edge_size` by :func:`resize_bilinear`. An image already at that size is returned
-    as it is (while tracing, sizes are tensors and the graph always resizes, to the same pixels)."""
+    as it is (while tracing or exporting, sizes are tensors or symbolic ints and the graph always
+    resizes, to the same pixels)."""
     if isinstance(image, np.ndarray):
         height, width = image.shape[:2]
     else:
         height, width = image.shape[-2], image.shape[-1]
     new_height, new_width = shortest_edge_size(height, width, short, max_size)
-    if not torch.jit.is_tracing() and (new_height, new_width) == (height, width):
+    in_graph = torch.jit.is_tracing() or isinstance(new_height, torch.SymInt)
+    if not in_graph and (new_height, new_width) == (height, width):
         return image
     return resize_bilinear(image, new_height, new_width)
 

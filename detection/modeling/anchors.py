@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .traceable import exporting
+
 
 def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torch.Tensor:
     """Anchors centred on (0, 0): ratio-major, size-minor; ratio = height / width; rounded to pixels."""
@@ -41,9 +43,10 @@ class AnchorGenerator(nn.Module):
 
     def grid_anchors(self, level: int, feature_size: tuple[int, int], stride: tuple[int, int],
                      device: torch.device) -> torch.Tensor:
-        """Anchors of one level, cached by size. While tracing, sizes and strides are 0-dim tensors
-        and the grid is computed in the graph, so that it follows the input's size."""
-        if torch.jit.is_tracing():
+        """Anchors of one level, cached by size. While tracing or exporting, sizes and strides are
+        0-dim tensors or symbolic ints and the grid is computed in the graph, so that it follows the
+        input's size."""
+        if torch.jit.is_tracing() or exporting():
             return self.compute_grid_anchors(level, feature_size, stride, device)
         key = (level, feature_size, stride, str(device))
         cached = self._cache.get(key)

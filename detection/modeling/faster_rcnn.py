@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .traceable import exporting, size_tensor
+
 
 class InputPreprocessor(nn.Module):
     """The network's input: each (3, H, W) image, 0-255 in RGB (uint8 or float), normalized, and the
@@ -32,6 +34,8 @@ class InputPreprocessor(nn.Module):
         """(the padded (N, 3, H', W') batch, each image's (height, width))."""
         if torch.jit.is_tracing():
             return self.forward_traced(images)
+        if exporting():
+            return self.forward_exported(images)
         image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         stride = self.size_divisibility
         height = int(math.ceil(max(s[0] for s in image_sizes) / stride) * stride)
@@ -53,6 +57,19 @@ class InputPreprocessor(nn.Module):
         padded_height, padded_width = torch.div(largest + stride - 1, stride, rounding_mode="floor") * stride
         batch = [F.pad(self.normalize(image), [0, padded_width - width, 0, padded_height - height])
                  for image, (height, width) in zip(images, image_sizes)]
+        return torch.stack(batch), image_sizes
+
+    def forward_exported(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple]]:
+        """:meth:`forward` on the symbolic sizes of torch.export: no ``int()`` or ``max()`` of one
+        (each would fix the example's value), and padding as in :meth:`forward_traced`."""
+        image_sizes = [(img.shape[-2], img.shape[-1]) for img in images]
+        stride = self.size_divisibility
+        height, width = image_sizes[0]
+        for other_height, other_width in image_sizes[1:]:
+            height, width = torch.sym_max(height, other_height), torch.sym_max(width, other_width)
+        padded_height, padded_width = (height + stride - 1) // stride * stride, (width + stride - 1) // stride * stride
+        batch = [F.pad(self.normalize(image), [0, padded_width - image_width, 0, padded_height - image_height])
+                 for image, (image_height, image_width) in zip(images, image_sizes)]
         return torch.stack(batch), image_sizes
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
@@ -140,9 +157,11 @@ class FasterRCNN(nn.Module):
         if height is None or width is None:
             return detections
         boxes = detections["boxes"]
-        if torch.jit.is_tracing():  # sizes are 0-dim tensors: the ratios in the graph, in float64 as in Python
-            original = torch.stack([torch.as_tensor(width), torch.as_tensor(height)]).double()
-            network = torch.stack([torch.as_tensor(input_size[1]), torch.as_tensor(input_size[0])]).double()
+        if torch.jit.is_tracing() or exporting():
+            # Sizes are 0-dim tensors or symbolic ints: the ratios in the graph, in float64 as in Python.
+            original = torch.stack([size_tensor(width, torch.float64), size_tensor(height, torch.float64)])
+            network = torch.stack([size_tensor(input_size[1], torch.float64),
+                                   size_tensor(input_size[0], torch.float64)])
             scale = (original / network).to(boxes.dtype).repeat(2)
         else:
             scale = boxes.new_tensor([width / input_size[1], height / input_size[0]] * 2)

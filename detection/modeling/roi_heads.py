@@ -11,12 +11,13 @@ from torchvision.ops import remove_small_boxes
 
 from .box_coder import BoxCoder
 from .matching import Matcher, sample_balanced
-from .traceable import batched_nms, clip_boxes
+from .traceable import batched_nms, clip_boxes, exporting, size_tensor
 
 
 def whole_image_boxes(image_sizes: Sequence[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
-    """One (1, 4) box (0, 0, width, height) per image; sizes may be ints or, while tracing, 0-dim tensors."""
-    return [torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in (0, 0, w, h)])[None]
+    """One (1, 4) box (0, 0, width, height) per image; sizes may be ints or, while tracing or
+    exporting, 0-dim tensors or symbolic ints."""
+    return [torch.stack([size_tensor(v, torch.float32).to(device) for v in (0, 0, w, h)])[None]
             for h, w in image_sizes]
 
 
@@ -72,6 +73,11 @@ class RoIHeads(nn.Module):
         if not self.global_context:
             return regions
         context = self.box_head(self.pooler(features, whole_image_boxes(image_sizes, regions.device), image_sizes))
+        if exporting():
+            # Each image's context row expanded to its symbolic box count: repeat_interleave's output
+            # would have a count of its own, which torch.export cannot equate with the regions'.
+            per_box = torch.cat([row.expand(b.shape[0], -1) for row, b in zip(context.split(1), boxes)])
+            return torch.cat([regions, per_box], dim=1)
         counts = torch.stack([torch.as_tensor(b.shape[0], device=regions.device) for b in boxes])
         return torch.cat([regions, context.repeat_interleave(counts, dim=0)], dim=1)
 

@@ -1,4 +1,5 @@
-"""Exported detectors give the PyTorch detections: ONNX through onnxruntime, TorchScript through
+"""Exported detectors give the PyTorch detections: ONNX (from the torch.export-based exporter, and
+from the TorchScript-based one it falls back to) through onnxruntime, TorchScript through
 torch.jit.load, for the FPN and the C4 design, at the export size and at another image size."""
 
 import os
@@ -14,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import detection.export
 from detection.config import load_detection_config
 from detection.data.transforms import shortest_edge_scale
-from detection.export import ExportError, check_exportable, export_detector, run_exported
+from detection.export import ExportError, check_exportable, export_detector, run_exported, short_reason
 from detection.modeling.build import build_model
 from tests.conftest import ROOT
 from tests.detection.tv_reference import shapes_image
@@ -105,14 +107,62 @@ def compare(reference: dict, outputs: list[torch.Tensor]) -> None:
     assert (scores - reference["scores"]).abs().max() <= 1e-4
 
 
+def export_without_fallback(*args, **kwargs):
+    """export_detector, failing on the warning that the TorchScript-based exporter was taken."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = export_detector(*args, **kwargs)
+    fallbacks = [str(w.message) for w in caught if "TorchScript-based exporter" in str(w.message)]
+    assert not fallbacks, fallbacks
+    return result
+
+
 def test_onnx_matches_pytorch_at_two_image_sizes(detector, tmp_path):
+    """The torch.export-based exporter's file, with symbolic height and width, at two image sizes."""
     dtype = "uint8" if detector.arch == "fpn" else "float32"  # both input types, one per design
-    path, _ = export_detector(detector.cfg, detector.weights, "onnx", str(tmp_path / "model.onnx"), input_dtype=dtype,
-                              check=False)
-    graph_input = onnx.load(path).graph.input[0]
+    path, _ = export_without_fallback(detector.cfg, detector.weights, "onnx", str(tmp_path / "model.onnx"),
+                                      input_dtype=dtype, check=False)
+    model = onnx.load(path)
+    assert model.opset_import[0].version == detection.export.ONNX_OPSET  # not the fallback's opset 17
+    graph_input = model.graph.input[0]
     assert [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [3, "height", "width"]
     for image, reference in zip(detector.images, detector.references):
         compare(reference, run_exported(path, "onnx", image.to(getattr(torch, dtype))))
+
+
+def test_fallback_to_the_torchscript_based_exporter_says_why_and_is_checked(detectors, tmp_path, monkeypatch):
+    """Where the torch.export-based exporter fails, the file comes from the TorchScript-based one: a
+    warning names the reason, and the file still matches PyTorch at two image sizes."""
+    detector = detectors("fpn")
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("no exporter today\nsecond line of the report")
+
+    monkeypatch.setattr(detection.export, "export_onnx_dynamo", fails)
+    with pytest.warns(UserWarning) as caught:
+        path, report = export_detector(detector.cfg, detector.weights, "onnx", str(tmp_path / "model.onnx"))
+    messages = [str(w.message) for w in caught]
+    assert ("the torch.export-based ONNX exporter failed (RuntimeError: no exporter today); the file comes from "
+            "the TorchScript-based exporter instead") in messages
+    assert onnx.load(path).opset_import[0].version == detection.export.TORCHSCRIPT_ONNX_OPSET
+    assert report["matched"] == report["expected"] == report["actual"] > 10
+    assert report["box_diff"] <= 1e-3 and report["score_diff"] <= 1e-4
+    for image, reference in zip(detector.images, detector.references):
+        compare(reference, run_exported(path, "onnx", image))
+
+
+def test_short_reason_is_the_root_error_and_the_line_it_names():
+    try:
+        try:
+            raise ValueError("Could not guard on data-dependent expression u0 > 4000\n\nconsider using ...\n"
+                             "Caused by: (torchvision/ops/boxes.py:86 in batched_nms)\nmore help")
+        except ValueError as inner:
+            raise RuntimeError("Failed to export the model with torch.export.") from inner
+    except RuntimeError as error:
+        reason = short_reason(error)
+    assert reason == ("ValueError: Could not guard on data-dependent expression u0 > 4000 Caused by: "
+                      "(torchvision/ops/boxes.py:86 in batched_nms)")
+    assert short_reason(RuntimeError("x" * 500)) == "RuntimeError: " + "x" * 283 + "..."
 
 
 def test_torchscript_round_trip_matches_pytorch(detector, tmp_path):
@@ -133,7 +183,7 @@ def test_global_context_exports(tmp_path):
     model = calibrated_detector(cfg)
     weights = tmp_path / "model_final.pth"
     torch.save({"model": model.state_dict(), "meta": {"num_classes": NUM_CLASSES}}, weights)
-    path, report = export_detector(cfg, str(weights), "onnx", str(tmp_path / "model.onnx"))
+    path, report = export_without_fallback(cfg, str(weights), "onnx", str(tmp_path / "model.onnx"))
     assert report["matched"] == report["expected"] == report["actual"] > 10
     for seed, size in [(7, EXPORT_SIZE), (9, OTHER_SIZE)]:
         image = image_tensor(seed, *size)
@@ -141,8 +191,8 @@ def test_global_context_exports(tmp_path):
 
 
 def test_backbone_only_gives_the_feature_maps(detector, tmp_path):
-    path, _ = export_detector(detector.cfg, detector.weights, "onnx", str(tmp_path / "backbone.onnx"),
-                              backbone_only=True, check=False)
+    path, _ = export_without_fallback(detector.cfg, detector.weights, "onnx", str(tmp_path / "backbone.onnx"),
+                                      backbone_only=True, check=False)
     names = ["p2", "p3", "p4", "p5", "p6"] if detector.arch == "fpn" else ["res4"]
     assert [output.name for output in onnx.load(path).graph.output] == names
     for image in detector.images:  # no resize: the features of the image as given
@@ -204,6 +254,7 @@ def test_command_line_exports_checks_and_refuses(detectors, tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0] == f"wrote {tmp_path / 'm.onnx'}"
     assert lines[1].startswith("checked on a 3x407x261 image: 100 of 100 PyTorch detections found"), lines[1]
+    assert "warning" not in result.stderr, result.stderr  # the torch.export-based exporter wrote it
 
     result = run_export_tool("--cfg", path, "--weights", detector.weights, "--format", "onnx", "test.scales=[400]",
                              *overrides)
