@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test sanitize bench lint install clean
+.PHONY: demo test packaging floors sanitize bench lint install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,24 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --durations=15
+
+# The packaging check alone (`make test` runs it too): a wheel built from the tree and installed into a
+# fresh virtualenv, its console scripts run from an empty folder (tests/test_packaging.py).
+packaging: $(STAMP)
+	$(PY) -m pytest -m packaging -q
+
+# Every dependency at its floor, the oldest release pyproject.toml allows (tests/floor_requirements.py
+# lists them), in a virtualenv of its own, and a fast part of the suite run on the tree with it.
+# Downloads about 3 GB (PyTorch 2.4 and its CUDA libraries) on first use.
+FLOORS_VENV ?= .venv-floors
+FLOORS_TESTS ?= tests/backbones tests/resnet_ops tests/resnet_engine/test_config.py tests/detection/data \
+	tests/detection/evaluation tests/detection/test_export.py tests/detection/test_builders.py
+floors:
+	@test -x $(FLOORS_VENV)/bin/python || $(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python tests/floor_requirements.py > $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/python -m pip install -r $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/python -m pip list --format=freeze > $(FLOORS_VENV)/installed.txt
+	PYTHONPATH=$(CURDIR) $(FLOORS_VENV)/bin/python -m pytest -n 2 -q -p no:cacheprovider $(FLOORS_TESTS)
 
 # The C kernels built with AddressSanitizer and UndefinedBehaviorSanitizer (gcc), and the operator
 # tests run against that build: any report stops the run with its stack. The ASan runtime must come

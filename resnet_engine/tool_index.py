@@ -1,14 +1,23 @@
-"""`python -m detection --help` (localization, classification): which command lines exist."""
+"""`python -m detection --help` (localization, classification): which command lines exist.
+
+Installed, each command line is a console script (``resnet-train-det``) whose module lives in the
+package ``resnet_tools``; in a source checkout it is also ``python tools/train_det.py``. The tools'
+files are read, never imported: tools import the library, not the other way round.
+"""
 
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import importlib.resources
 import os
 import sys
 
 from .version import __version__
 
-TOOLS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+TOOLS_PACKAGE = "resnet_tools"
+# The source checkout's tools/ folder (absent from an installed wheel, where resnet_tools holds the files).
+CHECKOUT_TOOLS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 
 
 def tool_summary(path: str) -> str:
@@ -18,12 +27,37 @@ def tool_summary(path: str) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+def tools_dir() -> str | None:
+    """The folder of the tools' files: the installed package's, else the checkout's tools/."""
+    try:
+        return str(importlib.resources.files(TOOLS_PACKAGE))
+    except ModuleNotFoundError:
+        return CHECKOUT_TOOLS_DIR if os.path.isdir(CHECKOUT_TOOLS_DIR) else None
+
+
+def console_scripts() -> dict[str, str]:
+    """{tool module name: console script name} of the installed toolkit (none when it is not installed)."""
+    scripts = {}
+    for entry in importlib.metadata.entry_points(group="console_scripts"):
+        module = entry.value.split(":")[0]
+        if module.startswith(TOOLS_PACKAGE + "."):
+            scripts[module.split(".", 1)[1]] = entry.name
+    return scripts
+
+
 def print_tools(package: str, names: list[str]) -> int:
-    print(f"{package} {__version__}: command lines (run from the repository root)\n")
+    folder, scripts = tools_dir(), console_scripts()
+    in_checkout = os.path.isdir(CHECKOUT_TOOLS_DIR)
+    rows = []
     for name in names:
-        path = os.path.join(TOOLS_DIR, name)
+        path = os.path.join(folder, name) if folder else ""
         if os.path.isfile(path):
-            print(f"  python tools/{name:<20} {tool_summary(path)}")
+            forms = [scripts.get(os.path.splitext(name)[0], "")] + ([f"python tools/{name}"] if in_checkout else [])
+            rows.append([*forms, tool_summary(path)])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)] if rows else []
+    print(f"{package} {__version__}: command lines\n")
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
     print("\nEach takes --help; trailing key=value arguments override the config.")
     return 0
 

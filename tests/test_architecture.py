@@ -253,6 +253,7 @@ def test_every_lazy_import_allowance_is_in_use():
 
 # Installed from configs/ under this name: YAML files only, no code to place in the order.
 CONFIG_PACKAGE = ("resnet_configs", "configs")
+TOOLS_PACKAGE = ("resnet_tools", "tools")  # the command lines, outside the library's order
 
 
 def test_every_installed_package_has_its_place_in_the_order():
@@ -262,8 +263,8 @@ def test_every_installed_package_has_its_place_in_the_order():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
         setuptools = tomllib.load(handle)["tool"]["setuptools"]
     installed = set(setuptools["packages"])
-    assert setuptools["package-dir"] == {CONFIG_PACKAGE[0]: CONFIG_PACKAGE[1]}
-    code_packages = installed - {CONFIG_PACKAGE[0]}
+    assert setuptools["package-dir"] == dict([CONFIG_PACKAGE, TOOLS_PACKAGE])
+    code_packages = installed - {CONFIG_PACKAGE[0], TOOLS_PACKAGE[0]}
     assert sorted({name.split(".")[0] for name in code_packages}) == sorted(PACKAGES) == sorted(MAY_IMPORT)
     on_disk = {os.path.relpath(folder, ROOT).replace(os.sep, ".")
                for top in PACKAGES for folder, _, files in os.walk(os.path.join(ROOT, top))

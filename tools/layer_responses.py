@@ -40,5 +40,10 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script: main() with one-line errors."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -11,11 +11,9 @@ Test a trained localizer (with a classifier's top-5 classes) with tools/eval_loc
 
 from __future__ import annotations
 
-import os
-
 from resnet_engine.cli import run_cli, training_parser
 
-DEFAULT_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes_loc.yaml")
+DEFAULT_CFG = "configs/shapes_loc.yaml"  # the shipped file unless the working folder has its own
 
 
 def main() -> int:
@@ -42,5 +40,10 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script: main() with one-line errors."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()
