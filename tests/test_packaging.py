@@ -153,6 +153,20 @@ def run_blocked(blocked: tuple[str, ...], code: str) -> subprocess.CompletedProc
                env=subprocess_env(OMP_NUM_THREADS="1"))
 
 
+def test_each_optional_module_names_an_extra_that_installs_it():
+    """resnet_engine.extras' table against pyproject.toml: the message would otherwise send a user to
+    an extra that does not bring the package (timm's own huggingface_hub comes with timm)."""
+    tomllib = pytest.importorskip("tomllib")
+    from resnet_engine.extras import OPTIONAL_MODULES
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
+        extras = tomllib.load(handle)["project"]["optional-dependencies"]
+    listed = {extra: {item.split(">=")[0].lower() for item in items} for extra, items in extras.items()}
+    for module, (package, extra) in OPTIONAL_MODULES.items():
+        assert package.lower() in listed[extra] or (package, extra) == ("huggingface_hub", "detection"), module
+    assert set(OPTIONAL) == set(OPTIONAL_MODULES)
+
+
 def test_backbones_need_torch_and_torchvision_only():
     code = ("import torch, backbones\n"
             "net = backbones.create('resnet50', out_features=['res5'])\n"
