@@ -34,6 +34,7 @@ floors:
 	@test -x $(FLOORS_VENV)/bin/python || $(PYTHON) -m venv $(FLOORS_VENV)
 	$(FLOORS_VENV)/bin/python tests/floor_requirements.py > $(FLOORS_VENV)/floors.txt
 	$(FLOORS_VENV)/bin/python -m pip install -r $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/python -m pip install --no-deps -e .
 	$(FLOORS_VENV)/bin/python -m pip list --format=freeze > $(FLOORS_VENV)/installed.txt
 	PYTHONPATH=$(CURDIR) $(FLOORS_VENV)/bin/python -m pytest -n 2 -q -p no:cacheprovider $(FLOORS_TESTS)
 

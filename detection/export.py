@@ -192,7 +192,7 @@ def export_torchscript(module: nn.Module, image: torch.Tensor, path: str) -> Non
 def _quiet_export():
     """Silences the notes torch.export and the ONNX exporter print on their way (deprecations inside
     torchvision's symbolic registrations, symbols they cannot attribute to a line of code): the
-    result is checked afterwards, and a failure is reported whole."""
+    file is checked afterwards, and a failure raises (export_onnx names its reason)."""
     with warnings.catch_warnings(), _logger_level("torch", logging.ERROR), _logger_level("onnxscript", logging.ERROR):
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
