@@ -1,10 +1,11 @@
 """The toolkit installed as a user installs it, and its dependency groups.
 
-A wheel is built from the tree and installed, without its sources, into a fresh virtualenv whose
-third-party packages are this environment's (a .pth file: nothing is copied or downloaded, so the
-test runs offline); its console scripts then run from an empty folder that holds modules named as a
-user's own project names them. Those tests are part of `make test`; `make packaging` runs them alone,
-and ``-m "not packaging"`` leaves them out.
+A wheel is built from the tree as a user builds one (``pip wheel .``: the build backend comes from
+the package index) and installed, without its sources, into a fresh virtualenv whose third-party
+packages are this environment's (a .pth file: nothing of them is copied or downloaded); its console
+scripts then run from an empty folder that holds modules named as a user's own project names them.
+Those tests are part of `make test`; `make packaging` runs them alone, and ``-m "not packaging"``
+leaves them out (offline, where the build backend cannot be fetched).
 
 Imports blocked in a subprocess stand for packages that are not installed: ``import backbones``
 needs torch and torchvision only, and a command that needs an optional package says which extra
@@ -37,7 +38,7 @@ def run(command: list[str], cwd, env: dict, timeout: int = 300) -> subprocess.Co
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("wheel")
-    result = run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "--no-build-isolation", "-q",
+    result = run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "-q",
                   "-w", str(folder)], cwd=folder, env=subprocess_env())
     assert result.returncode == 0, result.stderr[-3000:]
     (name,) = [name for name in os.listdir(folder) if name.endswith(".whl")]
