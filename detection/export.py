@@ -193,7 +193,8 @@ def _quiet_export():
     """Silences the notes torch.export and the ONNX exporter print on their way (deprecations inside
     torchvision's symbolic registrations, symbols they cannot attribute to a line of code): the
     file is checked afterwards, and a failure raises (export_onnx names its reason)."""
-    with warnings.catch_warnings(), _logger_level("torch", logging.ERROR), _logger_level("onnxscript", logging.ERROR):
+    quiet = logging.CRITICAL  # torch logs the guard that fails as an error too; the failure raises
+    with warnings.catch_warnings(), _logger_level("torch", quiet), _logger_level("onnxscript", quiet):
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         yield
