@@ -108,7 +108,7 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main`` and turn user errors into ``error: ...`` on stderr with exit code 2."""
     warnings.formatwarning = _one_line_warnings
-    # PyTorch before 2.7 calls onnxscript API that onnxscript marks as deprecated, on import of
+    # PyTorch 2.4 (the floor) calls onnxscript API that onnxscript marks as deprecated, on import of
     # torchvision.ops: notes for PyTorch's developers, not for the user of a command.
     warnings.filterwarnings("ignore", category=FutureWarning, module="onnxscript")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -23,7 +23,7 @@ from torchvision.ops import clip_boxes_to_image, nms
 
 def exporting() -> bool:
     """Whether torch.export is recording the forward (sizes are symbolic ints)."""
-    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.7; before, export falls back
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # not in torch 2.4, 2.5: export falls back
     return is_exporting is not None and is_exporting()
 
 

@@ -36,7 +36,7 @@ NUM_CLASSES = 5
 # the exported model and pads to another size (448 x 320) than the export example at every level.
 EXPORT_SIZE = (320, 448)
 OTHER_SIZE = (400, 300)
-# The torch.export-based path needs torch.compiler.is_exporting (PyTorch 2.7 and later); on an older
+# The torch.export-based path needs torch.compiler.is_exporting (not in PyTorch 2.4 or 2.5); on an older
 # PyTorch (`make floors`) every ONNX file comes from the fallback, and is checked all the same.
 TORCH_EXPORT = hasattr(torch.compiler, "is_exporting")
 
