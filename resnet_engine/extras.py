@@ -1,8 +1,9 @@
 """The optional dependency groups (pip extras) of the toolkit, and the one-line error for a package
 that a command needs and that is not installed.
 
-``import backbones`` needs torch and torchvision only. The rest comes in groups that follow how the
-toolkit is used (pyproject.toml lists the same groups with their version floors):
+``import backbones`` needs torch and torchvision only (and safetensors, also a base dependency, to
+read .safetensors weights). The rest comes in groups that follow how the toolkit is used
+(pyproject.toml lists the same groups with their version floors):
 
 * ``detection``: the data pipelines, configs, training and evaluation of the detectors, classifiers
   and localizers, and timm backbones;
@@ -30,7 +31,7 @@ OPTIONAL_MODULES = {
     "tqdm": ("tqdm", "detection"),
     "tensorboard": ("tensorboard", "detection"),
     "timm": ("timm", "detection"),
-    "huggingface_hub": ("huggingface_hub", "detection"),
+    "huggingface_hub": ("huggingface_hub", "detection"),  # timm's own dependency (timm: weights names)
     "onnx": ("onnx", "export"),
     "onnxruntime": ("onnxruntime", "export"),
     "onnxscript": ("onnxscript", "export"),
