@@ -262,9 +262,9 @@ def bench_training(depth: int, size: int, batch_size: int, repeats: int) -> dict
     import torchvision
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
+    from backbones.speed import apply_speed_switches
     from detection.config import load_detection_config
     from detection.modeling.build import build_model
-    from detection.modeling.speed import apply_speed_switches
 
     torch.manual_seed(0)
     # The same network on both sides: BatchNorm trained (a from-scratch recipe), RoIAlign with 2 samples.

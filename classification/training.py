@@ -20,6 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from backbones.speed import apply_speed_switches
 from resnet_engine import distributed as dist_utils
 from resnet_engine.checkpoint import FINAL_NAME
 from resnet_engine.config import config_to_text
@@ -51,7 +52,7 @@ def train_classifier(cfg, resume: bool = False, overwrite: bool = False) -> Trai
     images_per_process = check_batch_divides(cfg.solver.ims_per_batch)
     device = setup_run(cfg, resume=resume, overwrite=overwrite)
     data = build_classification_data(cfg, images_per_process)
-    model = build_classifier(cfg, data.num_classes).to(device)
+    model = apply_speed_switches(build_classifier(cfg, data.num_classes).to(device), cfg.solver)
     if dist_utils.is_main_process():
         parameters = sum(p.numel() for p in model.parameters())
         logger.info("%s, %d parameters (%.2fM); %s", network_name(cfg), parameters, parameters / 1e6,

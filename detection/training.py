@@ -14,7 +14,7 @@ from resnet_engine.trainer import Trainer
 from .data.loader import build_test_dataset, build_train_dataset, build_train_loader
 from .evaluation.evaluator import evaluate_model
 from .modeling.build import build_model, test_needs_original_images
-from .modeling.speed import apply_speed_switches
+from backbones.speed import apply_speed_switches
 from .weights import load_weights_to_fine_tune
 
 logger = logging.getLogger(__name__)

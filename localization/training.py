@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from backbones.speed import apply_speed_switches
 from classification.data.ilsvrc import Synsets
 from classification.data.loaders import prepare_data, resolve_num_classes
 from resnet_engine import distributed as dist_utils
@@ -63,7 +64,7 @@ def train_localizer(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     train_set = build_loc_train_set(cfg, synsets)
     logger.info("%d training images with boxes, %d classes", len(train_set), num_classes)
 
-    model = build_localizer(cfg, num_classes).to(device)
+    model = apply_speed_switches(build_localizer(cfg, num_classes).to(device), cfg.solver)
     meta = {"task": "localization", "stage": "rpn", "num_classes": num_classes, "wnids": list(synsets.wnids),
             "class_names": list(synsets.names), "depth": cfg.model.backbone.depth}
     return run_trainer(model, train_set, cfg, device, images_per_process, meta, resume,
@@ -113,7 +114,7 @@ def train_rcnn(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     records = list_boxed_train_images(cfg.data.root, synsets)
     proposals = cached_training_proposals(cfg, rpn, rpn_cfg, records)
     section = cfg.rcnn
-    model = build_rcnn(cfg, num_classes).to(device)
+    model = apply_speed_switches(build_rcnn(cfg, num_classes).to(device), cfg.solver)
     train_set = RoITrainDataset(records, proposals, model.rules, model.coder, section.warp_size,
                                 section.context_pad, cfg.input.random_flip, cfg.data.on_bad_image)
     logger.info("%d training images with proposals, %d RoIs per image, %d classes", len(proposals),

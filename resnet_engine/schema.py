@@ -60,7 +60,7 @@ class SolverConfig:
     # Speed switches: channels_last memory format for the convolutions, torch.compile of the
     # backbone (in place, so checkpoints keep their keys), and the wide 3x3 convolutions as Winograd
     # convolutions on CPUs, forward and backward (resnet_ops/winograd.py; float rounding apart, the
-    # same gradients). All are off by default.
+    # same gradients). All are off by default; every trainer applies them (backbones/speed.py).
     channels_last: bool = False
     compile_backbone: bool = False
     winograd: bool = False

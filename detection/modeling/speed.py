@@ -1,6 +1,5 @@
-"""The speed switches of a detector: the inference fast path, and the training switches
-(``solver.channels_last``, ``solver.winograd``, ``solver.compile_backbone``) applied before the
-model is handed to the trainer.
+"""The inference fast path of a detector (the training switches, solver.channels_last, winograd
+and compile_backbone, are shared by every task: backbones/speed.py).
 
 Inference fast path for a trained detector: same detections, less time.
 
@@ -30,48 +29,16 @@ from torch import nn
 
 from backbones import fold_frozen_bn
 from backbones.resnet import Bottleneck
+from backbones.speed import use_channels_last, winograd_limits
 from resnet_engine.errors import UserError
 from resnet_ops.winograd import (
     INFERENCE_MIN_CHANNELS,
-    MAX_CHANNELS,
-    MIN_CHANNELS,
-    MIN_PIXELS,
     fuse_relu,
     use_winograd,
 )
 
 from .box_heads import FCHead
 from .rpn import RPNHead
-
-
-def apply_speed_switches(model: nn.Module, solver) -> nn.Module:
-    """solver.channels_last, solver.winograd and solver.compile_backbone, applied in place before training."""
-    if solver.winograd:
-        limits = winograd_limits(solver.winograd_channels, solver.winograd_min_pixels, MIN_CHANNELS)
-        use_winograd(model, bf16=False, **limits)  # training keeps autocast's convolutions (winograd_bf16 is for inference)
-    if solver.channels_last:
-        use_channels_last(model)
-    if solver.compile_backbone:
-        backbone = getattr(model, "backbone", model)
-        backbone.compile()  # nn.Module.compile keeps parameter names, unlike torch.compile(module)
-    return model
-
-
-def use_channels_last(model: nn.Module) -> nn.Module:
-    """Parameters in channels_last memory format, and the modules that convert their inputs (those
-    with a ``channels_last`` attribute, such as the detectors) told to do so; in place."""
-    model.to(memory_format=torch.channels_last)
-    for module in model.modules():
-        if hasattr(module, "channels_last"):
-            module.channels_last = True
-    return model
-
-
-def winograd_limits(channels: Sequence[int] | None, min_pixels: int | None, default_min_channels: int) -> dict:
-    """use_winograd's limits from a config's [min, max] channels and minimum map size in pixels;
-    None takes resnet_ops' defaults (measured on one CPU: docs/OPERATORS.md)."""
-    low, high = (default_min_channels, MAX_CHANNELS) if channels is None else channels
-    return {"min_channels": low, "max_channels": high, "min_pixels": MIN_PIXELS if min_pixels is None else min_pixels}
 
 
 def optimize_for_inference(model: nn.Module, channels_last: bool = True, winograd: bool = True,

@@ -96,3 +96,30 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one_across_the_warmup_switch(cif
     for name, tensor in first["model"].items():
         torch.testing.assert_close(second["model"][name], tensor, msg=name)
     assert resumed.metrics["test"]["top1_err"] == whole.metrics["test"]["top1_err"]
+
+
+def test_the_solver_speed_switches_apply_to_the_classifier_and_change_only_rounding(cifar_root, tmp_path):
+    """solver.channels_last and solver.winograd are the shared solver keys: the classification trainer
+    applies them (it used to ignore them without a word), and the run trains the same to float rounding."""
+    built = []
+    original = training.apply_speed_switches
+
+    def record(model, solver):
+        built.append(original(model, solver))
+        return built[-1]
+
+    plain = train_classifier(tiny_config(cifar_root, tmp_path / "plain", "solver.max_iter=4"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "apply_speed_switches", record)
+        fast = train_classifier(tiny_config(cifar_root, tmp_path / "fast", "solver.max_iter=4",
+                                            "solver.channels_last=true", "solver.winograd=true",
+                                            "solver.winograd_channels=[8,64]", "solver.winograd_min_pixels=16"))
+    convs = [m for m in built[0].modules() if isinstance(m, torch.nn.Conv2d) and m.weight.dim() == 4]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    from resnet_ops.winograd import WinogradConv2d
+    assert any(isinstance(m, WinogradConv2d) for m in built[0].modules())
+    plain_losses = [r["loss_cls"] for r in training_records(plain.output_dir)]
+    fast_losses = [r["loss_cls"] for r in training_records(fast.output_dir)]
+    # The first loss is before any step: rounding alone; the steps after it amplify the rounding a little.
+    assert fast_losses[0] == pytest.approx(plain_losses[0], rel=1e-5)
+    assert fast_losses == pytest.approx(plain_losses, rel=1e-2)

@@ -181,8 +181,8 @@ def test_winograd_training_follows_the_direct_convolutions(fixed_shapes, tmp_pat
     """solver.winograd=true: the FPN's and the RPN's 3x3 convolutions (128 channels here, maps of
     40x60 and more) train in the Winograd domain, forward and backward. The second step's update
     of their weights is the direct convolutions' one, float rounding apart."""
+    from backbones.speed import apply_speed_switches
     from detection.modeling.build import build_model
-    from detection.modeling.speed import apply_speed_switches
     from resnet_ops.winograd import WinogradConv2d
 
     overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + [

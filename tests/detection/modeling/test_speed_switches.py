@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones.speed import apply_speed_switches
 from detection.config import load_detection_config
-from detection.modeling.speed import apply_speed_switches, optimize_for_inference
+from detection.modeling.speed import optimize_for_inference
 from resnet_engine.config import ConfigError
 from resnet_ops.winograd import WinogradConv2d
 
