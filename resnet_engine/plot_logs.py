@@ -8,9 +8,13 @@ import os
 from .errors import UserError
 from .logger import flatten_metrics
 
-# Evaluation numbers worth a curve, by the name they have in metrics.jsonl (flattened with "/").
-EVAL_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "top1_err", "top5_err", "top1_loc_err", "top5_loc_err",
-             "gt_known_loc_err")
+# Evaluation numbers worth a curve, by the name they have in metrics.jsonl (flattened with "/"); the
+# classifiers' errors are matched under any section ("cls/top1_err", "test/top1_err", "val/top1_err").
+EVAL_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
+EVAL_NAMES = ("top1_err", "top5_err", "top1_loc_err", "top5_loc_err", "gt_known_loc_err")
+# Training metrics that a model logs besides its losses, drawn thin beside the evaluation (as the
+# paper's figures draw the training error thin and the test error bold).
+TRAIN_METRICS = ("train_error",)
 
 
 def read_metrics(path: str) -> tuple[list[dict], list[dict]]:
@@ -67,16 +71,27 @@ def plot_run(path: str, out_dir: str | None = None) -> list[str]:
             axis.set(xlabel="iteration", ylabel="learning rate", title="learning rate")
             axis.grid(alpha=0.3)
             save(figure, "lr.png")
-    if evals:
-        flat = [(r["iteration"], flatten_metrics(r)) for r in evals]
-        keys = [k for k in EVAL_KEYS if any(k in values for _, values in flat)]
-        if keys:
-            figure, axis = plt.subplots(figsize=(7, 4.5))
-            for key in keys:
-                points = [(it, values[key]) for it, values in flat if key in values]
-                axis.plot(*zip(*points), marker="o", label=key)
-            axis.set(xlabel="iteration", ylabel="percent", title="evaluation")
-            axis.grid(alpha=0.3)
-            axis.legend(fontsize="small")
-            save(figure, "eval.png")
+    curves = evaluation_curves(train, evals)
+    if curves:
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        for label, points in curves.items():
+            if label in TRAIN_METRICS:
+                axis.plot(*zip(*points), linewidth=0.8, label=label)
+            else:
+                axis.plot(*zip(*points), marker="o", linewidth=2, label=label)
+        axis.set(xlabel="iteration", ylabel="percent", title="evaluation")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+        save(figure, "eval.png")
     return written
+
+
+def evaluation_curves(train: list[dict], evals: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """{label: [(iteration, value), ...]} of the training metrics and the evaluation numbers worth a curve."""
+    curves = {name: [(r["iteration"], r[name]) for r in train if name in r] for name in TRAIN_METRICS}
+    flat = [(r["iteration"], flatten_metrics(r)) for r in evals]
+    keys = sorted({k for _, values in flat for k in values
+                   if k in EVAL_KEYS or k.rsplit("/", 1)[-1] in EVAL_NAMES})
+    for key in keys:
+        curves[key] = [(it, values[key]) for it, values in flat if key in values]
+    return {label: points for label, points in curves.items() if points}
