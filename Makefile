@@ -26,7 +26,10 @@ packaging: $(STAMP)
 
 # Every dependency at its floor, the oldest release pyproject.toml allows (tests/floor_requirements.py
 # lists them), in a virtualenv of its own, and a fast part of the suite run on the tree with it.
-# Downloads about 3 GB (PyTorch 2.4 and its CUDA libraries) on first use.
+# Downloads about 3 GB (PyTorch 2.4 and its CUDA libraries) on first use. Every floor is on PyPI.
+# Known at the floors: torch.compile of the Winograd operator needs PyTorch 2.5, and torch.export of
+# it more than 2.5 (tests/resnet_ops/test_winograd_ops.py, two tests); ONNX files come from the
+# TorchScript-based fallback before PyTorch has torch.compiler.is_exporting.
 FLOORS_VENV ?= .venv-floors
 FLOORS_TESTS ?= tests/backbones tests/resnet_ops tests/resnet_engine/test_config.py tests/detection/data \
 	tests/detection/evaluation tests/detection/test_export.py tests/detection/test_builders.py
