@@ -197,6 +197,8 @@ def run_degradation(cfg_path: str, overrides, depths, iters: int | None, out: st
                     overwrite: bool = False) -> DegradationReport:
     """Train a plain and a residual net of each depth with ``cfg_path``'s recipe scaled to ``iters``
     (None: the config's own max_iter), then write out/degradation.json, .png and .md."""
+    import matplotlib  # noqa: F401 - the figure comes after the training: a missing package stops the run now
+
     overrides = list(overrides)
     check_overrides(overrides)
     depths = check_depths(depths)

@@ -2,6 +2,7 @@
 parameter counts worked out by hand and the training log, the figure, the table; resuming; bad arguments."""
 
 import json
+import logging
 import os
 import re
 import struct
@@ -21,10 +22,12 @@ from classification.degradation import (
     run_degradation,
     schedule_overrides,
 )
+from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.helpers import subprocess_env
 
 ITERS = 60
+CONFIG = "configs/cifar_degradation.yaml"
 TINY_RECIPE = ["solver.ims_per_batch=8", "test.ims_per_batch=20", "data.num_workers=0"]
 
 
@@ -126,22 +129,24 @@ def test_the_figure_is_a_png_of_two_panels_size(experiment):
     assert 800 <= width <= 1400 and 300 <= height <= 600 and len(data) > 20000
 
 
-def test_resume_reuses_finished_runs(experiment, tiny_cifar):
-    out, _ = experiment
-    before = {name: os.path.getmtime(out / name / "model_final.pth") for name in ("plain-8", "ResNet-14")}
-    result = run_tool("--depths", "8", "14", "--iters", str(ITERS), "--out", str(out), f"data.root={tiny_cifar}",
-                      "--resume", *TINY_RECIPE)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "reusing the finished run" in result.stderr
-    assert {name: os.path.getmtime(out / name / "model_final.pth") for name in before} == before
-
-
-def test_a_second_run_without_resume_stops_with_one_line(experiment, tiny_cifar):
-    out, _ = experiment
-    result = run_tool("--depths", "8", "--iters", str(ITERS), "--out", str(out), f"data.root={tiny_cifar}", *TINY_RECIPE)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: output_dir")
-    assert "--resume" in result.stderr and "Traceback" not in result.stderr
+def test_resume_reuses_finished_nets_and_continues_the_others(tiny_cifar, tmp_path, caplog):
+    out = str(tmp_path / "out")
+    overrides = [f"data.root={tiny_cifar}", *TINY_RECIPE]
+    first = json.loads(open(run_degradation(CONFIG, overrides, [8], 50, out).json_path).read())
+    # ResNet-8 stopped after its last periodic checkpoint (every 12 iterations: 100 of 400 scaled to 50).
+    for name in ("model_final.pth", "metrics.json", "last_checkpoint"):
+        os.remove(os.path.join(out, "ResNet-8", name))
+    finished = os.path.getmtime(os.path.join(out, "plain-8", "model_final.pth"))
+    with pytest.raises(UserError, match="holds the checkpoints of an earlier run"):
+        run_degradation(CONFIG, overrides, [8], 50, out)
+    caplog.set_level(logging.INFO)
+    again = json.loads(open(run_degradation(CONFIG, overrides, [8], 50, out, resume=True).json_path).read())
+    assert "plain-8: reusing the finished run" in caplog.text and "resumed from" in caplog.text
+    assert os.path.getmtime(os.path.join(out, "plain-8", "model_final.pth")) == finished
+    # The continued run ends where the uninterrupted one did.
+    for before, after in zip(first["runs"], again["runs"], strict=True):
+        assert after["train_error"] == pytest.approx(before["train_error"], abs=1e-6)
+        assert after["test_error"] == before["test_error"]
 
 
 def test_a_bad_depth_gets_one_line_and_trains_nothing(tmp_path):
@@ -162,7 +167,7 @@ def test_a_bad_depth_gets_one_line_and_trains_nothing(tmp_path):
 ])
 def test_bad_arguments_stop_before_training(depths, iters, overrides, message, tmp_path):
     with pytest.raises(DegradationError, match=re.escape(message)):
-        run_degradation("configs/cifar_degradation.yaml", overrides, depths, iters, str(tmp_path / "out"))
+        run_degradation(CONFIG, overrides, depths, iters, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
