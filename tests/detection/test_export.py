@@ -120,11 +120,8 @@ def export_without_fallback(*args, **kwargs):
     return result
 
 
-def test_onnx_matches_pytorch_at_two_image_sizes(detector, tmp_path):
+def check_onnx_file(detector, path: str, dtype: str) -> None:
     """The torch.export-based exporter's file, with symbolic height and width, at two image sizes."""
-    dtype = "uint8" if detector.arch == "fpn" else "float32"  # both input types, one per design
-    path, _ = export_without_fallback(detector.cfg, detector.weights, "onnx", str(tmp_path / "model.onnx"),
-                                      input_dtype=dtype, check=False)
     model = onnx.load(path)
     if TORCH_EXPORT:
         assert model.opset_import[0].version == detection.export.ONNX_OPSET  # not the fallback's opset 17
@@ -132,6 +129,15 @@ def test_onnx_matches_pytorch_at_two_image_sizes(detector, tmp_path):
     assert [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [3, "height", "width"]
     for image, reference in zip(detector.images, detector.references):
         compare(reference, run_exported(path, "onnx", image.to(getattr(torch, dtype))))
+
+
+def test_onnx_matches_pytorch_at_two_image_sizes(detectors, tmp_path):
+    """The C4 design with float32 input; the FPN design with uint8 input is exported by the command
+    line in test_command_line_exports_checks_and_refuses (each export takes half a minute)."""
+    detector = detectors("c4")
+    path, _ = export_without_fallback(detector.cfg, detector.weights, "onnx", str(tmp_path / "model.onnx"),
+                                      input_dtype="float32", check=False)
+    check_onnx_file(detector, path, "float32")
 
 
 def test_fallback_to_the_torchscript_based_exporter_says_why_and_is_checked(detectors, tmp_path, monkeypatch):
@@ -265,6 +271,7 @@ def test_command_line_exports_checks_and_refuses(detectors, tmp_path):
     assert lines[0] == f"wrote {tmp_path / 'm.onnx'}"
     assert lines[1].startswith("checked on a 3x407x261 image: 100 of 100 PyTorch detections found"), lines[1]
     assert not (TORCH_EXPORT and "warning" in result.stderr), result.stderr  # torch.export's exporter wrote it
+    check_onnx_file(detector, str(tmp_path / "m.onnx"), "uint8")
 
     result = run_export_tool("--cfg", path, "--weights", detector.weights, "--format", "onnx", "test.scales=[400]",
                              *overrides)
