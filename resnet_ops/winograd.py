@@ -421,10 +421,12 @@ def direct_convolutions_chosen() -> bool:
 def workspace(name: str, numel: int, like: Tensor) -> Tensor:
     """A flat buffer of ``numel`` elements of ``like``'s dtype and device, kept by this thread under
     ``name`` and reused by the next call. The sanitizer build gets a fresh buffer of that exact
-    size every time, so that a write past its end reaches the sanitizer's guard bytes."""
+    size every time, so that a write past its end reaches the sanitizer's guard bytes. A buffer made
+    under torch.inference_mode is an inference tensor, which may not be written outside it: the two
+    modes keep their own buffers."""
     if native.build_kind() == "sanitize":
         return like.new_empty(numel)
-    key = (name, like.device, like.dtype)
+    key = (name, like.device, like.dtype, torch.is_inference_mode_enabled())
     buffers = WORKSPACES.__dict__.setdefault("buffers", {})
     if key not in buffers or buffers[key].numel() < numel:
         buffers[key] = like.new_empty(numel)

@@ -370,3 +370,20 @@ def test_degenerate_inputs_backward(kind, out_channels, transforms):
     F.conv2d(reference[0], reference[1], padding=1).backward(grad_out)
     assert relative_error(ours[0].grad, reference[0].grad) < 3e-5
     assert relative_error(ours[1].grad, reference[1].grad) < 3e-5
+
+
+@needs_native
+def test_a_convolution_runs_in_no_grad_after_inference_mode_in_the_same_thread():
+    """The kept workspaces: one made under torch.inference_mode is an inference tensor, which no_grad
+    code may not write; a classifier evaluated in inference mode then used under no_grad failed so."""
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 16, 24, 24, generator=generator)
+    weight = torch.randn(16, 16, 3, 3, generator=generator) * 0.1
+    filters = transform_filters(weight)
+    expected = F.conv2d(x, weight, padding=1)
+    with torch.inference_mode():
+        in_inference = winograd_conv3x3(x, filters)
+    with torch.no_grad():
+        in_no_grad = winograd_conv3x3(x, filters)
+    torch.testing.assert_close(in_inference, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(in_no_grad, expected, rtol=1e-4, atol=1e-4)
