@@ -35,7 +35,13 @@ from resnet_engine.config import (
     positive,
     renamed_keys,
 )
-from resnet_engine.schema import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, SolverConfig, check_solver_options
+from resnet_engine.schema import (
+    IMAGENET_PIXEL_MEAN,
+    IMAGENET_PIXEL_STD,
+    LoggingConfig,
+    SolverConfig,
+    check_solver_options,
+)
 
 TEST_MODES = ("1crop", "10crop", "dense")
 DATASETS = ("imagenet", "cifar10", "cifar100")
@@ -159,6 +165,7 @@ class ClassificationConfig:
         max_iter=600000, ims_per_batch=256, base_lr=0.1, steps=[150000, 300000, 450000], warmup_iters=0,
         checkpoint_period=10000))
     test: ClassificationTestConfig = field(default_factory=ClassificationTestConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 # Keys that only one dataset reads: a CIFAR run uses the paper's CIFAR views (4-pixel padding, a random

@@ -14,7 +14,13 @@ from resnet_engine.config import (
     positive,
     renamed_keys,
 )
-from resnet_engine.schema import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, DatasetConfig, SolverConfig
+from resnet_engine.schema import (
+    IMAGENET_PIXEL_MEAN,
+    IMAGENET_PIXEL_STD,
+    DatasetConfig,
+    LoggingConfig,
+    SolverConfig,
+)
 
 
 @dataclass
@@ -192,6 +198,7 @@ class DetectionConfig:
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def load_detection_config(path=None, overrides=()):

@@ -27,7 +27,7 @@ from resnet_engine.config import (
     positive,
     renamed_keys,
 )
-from resnet_engine.schema import SolverConfig, check_solver_options
+from resnet_engine.schema import LoggingConfig, SolverConfig, check_solver_options
 
 # --------------------------------------------------------------------------------------------- localization
 
@@ -148,6 +148,7 @@ class LocalizationConfig:
     test: LocalizerTestConfig = field(default_factory=LocalizerTestConfig)
     classifier: LocalizerClassifierConfig = field(default_factory=LocalizerClassifierConfig)
     rcnn: LocalizerRCNNConfig = field(default_factory=LocalizerRCNNConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def load_localization_config(path: str | None = None, overrides=()):

@@ -82,3 +82,42 @@ def check_solver_options(solver) -> None:
     if warmup.below is not None and not warmup.metric:
         raise ConfigError(f"solver.warmup_until.below={warmup.below:g} needs solver.warmup_until.metric, the "
                           f"training metric it is compared with (e.g. solver.warmup_until.metric=train_error)")
+
+
+@dataclass
+class WandbConfig:
+    """A Weights & Biases run mirroring metrics.jsonl (the ``trackers`` extra installs wandb). W&B's own
+    environment variables (WANDB_API_KEY, WANDB_MODE, WANDB_DIR, ...) apply as usual."""
+
+    enabled: bool = False
+    project: str = "resnet-detection"
+    # The user or team the run belongs to; empty: the account's default entity.
+    entity: str = ""
+    # The run's display name; empty: the name of output_dir.
+    name: str = ""
+    # online or offline (``wandb sync`` uploads an offline run later); empty: WANDB_MODE, else online.
+    mode: str = choice("", ("", "online", "offline"))
+
+
+@dataclass
+class MlflowConfig:
+    """An MLflow run mirroring metrics.jsonl (the ``trackers`` extra installs mlflow-skinny)."""
+
+    enabled: bool = False
+    # A server (http://host:5000), a folder (file:/path/mlruns) or a database (sqlite:///mlflow.db); empty:
+    # MLFLOW_TRACKING_URI, else MLflow's default.
+    tracking_uri: str = ""
+    # The experiment the run is filed under, created when missing; empty: MLflow's default experiment.
+    experiment: str = ""
+    # The run's name; empty: the name of output_dir.
+    run_name: str = ""
+
+
+@dataclass
+class LoggingConfig:
+    """Where the main process mirrors the records of metrics.jsonl (which is always written). A run
+    resumed in its output_dir continues the same tracker runs (their ids are kept in trackers.json)."""
+
+    tensorboard: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
