@@ -10,6 +10,7 @@ read .safetensors weights). The rest comes in groups that follow how the toolkit
 * ``export``: writing and checking ONNX files;
 * ``fast-eval``: the faster COCO scoring backend (``test.eval_backend=faster_coco_eval``);
 * ``vis``: the plots (``--plots``, ``tools/plot_logs.py``, the degradation and layer-response figures);
+* ``trackers``: the experiment trackers besides TensorBoard (``logging.wandb``, ``logging.mlflow``);
 * ``all``: every group.
 """
 
@@ -37,6 +38,8 @@ OPTIONAL_MODULES = {
     "onnxscript": ("onnxscript", "export"),
     "faster_coco_eval": ("faster-coco-eval", "fast-eval"),
     "matplotlib": ("matplotlib", "vis"),
+    "wandb": ("wandb", "trackers"),
+    "mlflow": ("mlflow-skinny", "trackers"),  # the client alone; the full mlflow package serves as well
 }
 
 
@@ -64,5 +67,11 @@ def missing_package_error(error: ImportError) -> MissingPackageError | None:
     name = (getattr(error, "name", None) or "").split(".")[0]
     if not isinstance(error, ModuleNotFoundError) or name not in OPTIONAL_MODULES:
         return None
-    package, _ = OPTIONAL_MODULES[name]
-    return MissingPackageError(f"this command needs {package}, which is not installed: {install_hint(name)}")
+    return package_needed(name, "this command")
+
+
+def package_needed(module: str, purpose: str) -> MissingPackageError:
+    """The one-line error for ``purpose`` (a command, a config setting) when the optional ``module`` that
+    it needs is not installed."""
+    package, _ = OPTIONAL_MODULES[module.split(".")[0]]
+    return MissingPackageError(f"{purpose} needs {package}, which is not installed: {install_hint(module)}")

@@ -28,7 +28,7 @@ from tests.helpers import TINY_DETECTOR, subprocess_env
 USER_MODULES = ("engine", "utils", "transforms")
 # The third-party packages of the extras, and their own imports that no torch-only user has.
 OPTIONAL = ("cv2", "albumentations", "pycocotools", "omegaconf", "yaml", "tensorboard", "timm", "tqdm",
-            "matplotlib", "onnx", "onnxruntime", "onnxscript", "faster_coco_eval", "huggingface_hub")
+            "matplotlib", "onnx", "onnxruntime", "onnxscript", "faster_coco_eval", "huggingface_hub", "wandb", "mlflow")
 
 
 def run(command: list[str], cwd, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:

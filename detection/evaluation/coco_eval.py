@@ -16,6 +16,7 @@ import numpy as np
 
 from resnet_engine import distributed as dist_utils
 from resnet_engine.errors import UserError
+from resnet_engine.extras import installed, package_needed
 
 from ..data.image_io import BadImageError
 
@@ -152,10 +153,10 @@ def check_gt_has_objects(gt_dataset: dict, image_ids: list[int]) -> None:
 
 def _coco_api(backend: str):
     if backend == "faster_coco_eval":
-        try:
-            from faster_coco_eval import COCO, COCOeval_faster
-        except ImportError:
-            raise UserError("test.eval_backend=faster_coco_eval needs 'pip install faster-coco-eval'") from None
+        if not installed("faster_coco_eval"):
+            raise package_needed("faster_coco_eval", "test.eval_backend=faster_coco_eval")
+        from faster_coco_eval import COCO, COCOeval_faster
+
         return COCO, COCOeval_faster
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval

@@ -13,6 +13,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detection.evaluation.coco_eval import STAT_NAMES, DetectionsError, evaluate_detections, load_results_file
+from resnet_engine.errors import UserError
 
 
 def fixture_dataset(seed=0):
@@ -74,6 +75,15 @@ def test_faster_backend_gives_identical_numbers():
     fast = evaluate_detections(gt, results, "faster_coco_eval")
     assert [fast["bbox"][k] for k in STAT_NAMES] == pytest.approx([slow["bbox"][k] for k in STAT_NAMES], abs=1e-9)
     assert np.allclose(fast["precision"], slow["precision"], atol=1e-12)
+
+
+def test_the_faster_backend_missing_names_the_extra_that_installs_it(monkeypatch):
+    gt, results = fixture_dataset()
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # an import of it now fails
+    with pytest.raises(UserError) as caught:
+        evaluate_detections(gt, results, "faster_coco_eval")
+    assert str(caught.value) == ("test.eval_backend=faster_coco_eval needs faster-coco-eval, which is not installed: "
+                                 "pip install 'resnet-detection[fast-eval]'")
 
 
 def test_unknown_image_ids_are_a_clear_error():
