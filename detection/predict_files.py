@@ -13,13 +13,12 @@ from tqdm import tqdm
 
 from resnet_engine.errors import UserError
 
-from .data.image_io import BadImageError
+from .data.image_io import IMAGE_SUFFIXES, BadImageError
 from .predictor import Predictor
 from .visualize import draw_detections, write_rgb
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 # Annotated videos are written as MPEG-4 part 2, which OpenCV's own builds encode without FFmpeg extras.
 VIDEO_FOURCC = "mp4v"

@@ -39,7 +39,13 @@ def load_coco(ann_file: str, key_hint: str = "data.train.ann_file") -> COCO:
         if not isinstance(data, dict) or key not in data:
             raise AnnotationError(f"{ann_file}: not a COCO detection file (no '{key}' list)")
     data.setdefault("annotations", [])
-    check_entries(ann_file, data)
+    return coco_from_dict(data, ann_file)
+
+
+def coco_from_dict(data: dict, source: str) -> COCO:
+    """A pycocotools COCO object of a COCO-format dict (read from ``source``, which messages name),
+    its entries checked first."""
+    check_entries(source, data)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -169,12 +175,19 @@ class CocoDetection(torch.utils.data.Dataset):
     ``dataset[index]``. With ``on_bad_image="skip"``, a missing or corrupt training image is replaced
     by the next good one and reported in the item's "skipped" list, and a test image gives a sample
     with "image": None (see split_unreadable); with "fail" it raises.
+
+    Annotations that were not read from a json (YOLO labels, detection/data/yolo.py) come as ``coco``,
+    ``ann_file`` then only names their source in messages. ``labels_by_category`` maps the file's
+    category ids to labels of ``category_map`` when they are not its own ids (a further training set
+    matched by category name, detection/data/datasets.py). ``upright``: the boxes refer to the image as a
+    viewer shows it (YOLO's convention), so the EXIF orientation is applied when reading.
     """
 
     def __init__(self, ann_file: str, img_dir: str, transform=None, category_map: CategoryMap | None = None,
                  train: bool = True, filter_empty: bool = False, on_bad_image: str = "skip",
-                 key_prefix: str = "data.train", max_images: int = 0):
-        self.coco = load_coco(ann_file, f"{key_prefix}.ann_file")
+                 key_prefix: str = "data.train", max_images: int = 0, coco: COCO | None = None,
+                 labels_by_category: dict[int, int] | None = None, upright: bool = False):
+        self.coco = coco if coco is not None else load_coco(ann_file, f"{key_prefix}.ann_file")
         if not os.path.isdir(img_dir):
             raise UserError(f"image folder not found: {img_dir} (set {key_prefix}.img_dir=/path/to/images)")
         self.ann_file = ann_file
@@ -182,7 +195,9 @@ class CocoDetection(torch.utils.data.Dataset):
         self.transform = transform
         self.train = train
         self.on_bad_image = on_bad_image
+        self.upright = upright
         self.category_map = category_map or CategoryMap.from_coco(self.coco)
+        self.labels_by_category = labels_by_category
         self.stats = AnnotationStats()
         self.records = self._build_records(filter_empty)
         if max_images:
@@ -198,7 +213,7 @@ class CocoDetection(torch.utils.data.Dataset):
             warnings.warn(f"{ann_file}: {self.stats.describe()}", stacklevel=2)
 
     def _build_records(self, filter_empty: bool) -> list[dict]:
-        label_of = self.category_map.label_of()
+        label_of = self.labels_by_category if self.labels_by_category is not None else self.category_map.label_of()
         self.stats.unknown_image = sum(len(anns) for image_id, anns in self.coco.imgToAnns.items()
                                        if image_id not in self.coco.imgs)
         records = []
@@ -269,7 +284,7 @@ class CocoDetection(torch.utils.data.Dataset):
         """The record's pixels, or None (after a warning when training) when the file cannot be read."""
         path = self.path_of(record)
         try:
-            image = read_image(path)
+            image = read_image(path, apply_exif_orientation=self.upright)
         except BadImageError as error:
             if self.on_bad_image == "fail":
                 raise BadImageError(f"{error} (set data.on_bad_image=skip to continue without it)") from None

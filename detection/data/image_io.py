@@ -12,6 +12,9 @@ from PIL import Image
 
 from resnet_engine.errors import UserError
 
+# The image files that folders are searched for (inference inputs, YOLO datasets).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
 
 class BadImageError(UserError):
     """An image that is missing or cannot be decoded."""
