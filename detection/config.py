@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from backbones.config import BackboneConfig
 from resnet_engine.config import (
@@ -21,6 +22,8 @@ from resnet_engine.schema import (
     LoggingConfig,
     SolverConfig,
 )
+
+from .data.augment import check_augmentations
 
 
 @dataclass
@@ -125,6 +128,13 @@ class InputConfig:
     size_divisibility: int = positive(32)
     # The probability of a horizontal flip in training.
     random_flip: float = fraction(0.5)
+    # Training augmentations beyond the paper's, off by default (docs/CUSTOM_DATA.md#augmentation): named
+    # presets (color_jitter, large_scale_jitter, random_crop), then albumentations transforms by class
+    # name with their arguments, such as [{name: ColorJitter, brightness: 0.2, p: 0.8}]. They run after
+    # the resize and flip, so that sizes given here are pixels of the network's input and the resize and
+    # flip draw, per sample, what they draw without them.
+    augment_presets: list[str] = field(default_factory=list)
+    augmentations: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -224,6 +234,7 @@ def check_detection_options(cfg) -> None:
                           f"(x, y, w, h), such as [10, 10, 5, 5]")
     if len(cfg.input.pixel_mean) != 3 or len(cfg.input.pixel_std) != 3:
         raise ConfigError("input.pixel_mean and input.pixel_std need 3 values each, one per colour channel")
+    check_augmentations(cfg.input)
     for key, channels in (("test", cfg.test.winograd_channels), ("solver", cfg.solver.winograd_channels)):
         if channels is not None and (len(channels) != 2 or channels[0] > channels[1]):
             raise ConfigError(f"{key}.winograd_channels={list(channels)}: give [min, max] channels, such as [64, 256], "

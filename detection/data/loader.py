@@ -7,6 +7,7 @@ import os
 from resnet_engine import loaders
 from resnet_engine.errors import UserError
 
+from .augment import build_augmentations
 from .coco import CategoryMap, CocoDetection
 from .shapes import ensure_shapes
 from .transforms import EvalTransform, TrainTransform
@@ -31,9 +32,16 @@ def category_map_for(cfg, dataset_coco=None) -> CategoryMap | None:
     return None
 
 
+def train_transform(cfg) -> TrainTransform:
+    """The paper's random resize and flip of input.min_size_train, max_size_train and random_flip, then
+    the augmentations of input.augment_presets and input.augmentations."""
+    return TrainTransform(list(cfg.input.min_size_train), cfg.input.max_size_train, cfg.input.random_flip,
+                          build_augmentations(cfg.input))
+
+
 def build_train_dataset(cfg) -> CocoDetection:
     ensure_synthetic(cfg)
-    transform = TrainTransform(list(cfg.input.min_size_train), cfg.input.max_size_train, cfg.input.random_flip)
+    transform = train_transform(cfg)
     dataset = CocoDetection(cfg.data.train.ann_file, cfg.data.train.img_dir, transform, train=True,
                             filter_empty=cfg.data.filter_empty, on_bad_image=cfg.data.on_bad_image,
                             key_prefix="data.train")

@@ -9,6 +9,7 @@ test-time augmentations (detection/modeling/test_time.py) and the exported detec
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 # albumentations asks the network for a newer version on import: a delay and a warning on every
@@ -109,22 +110,54 @@ class ResizeShortestEdge(A.SmallestMaxSize):
         return {"scale": shortest_edge_scale(height, width, short, self.cap)}
 
 
-class TrainTransform:
-    """Random shortest-edge resize and horizontal flip of an RGB image and its xyxy boxes."""
+def box_params() -> A.BboxParams:
+    """Boxes as pixel xyxy, clipped to the image, each with its index in ``box_ids``: a box that a crop
+    leaves no area of is dropped with its index, and the caller drops its label with it."""
+    return A.BboxParams(format="pascal_voc", label_fields=["box_ids"], min_visibility=0.0, clip=True)
 
-    def __init__(self, min_sizes: Sequence[int], max_size: int, flip_prob: float = 0.5):
-        self.pipeline = A.Compose(
-            [ResizeShortestEdge(min_sizes, max_size), A.HorizontalFlip(p=flip_prob)],
-            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["box_ids"], min_visibility=0.0,
-                                     clip=True),
-        )
+
+def paper_transforms(min_sizes: Sequence[int], max_size: int, flip_prob: float) -> list[A.BasicTransform]:
+    """The paper's training augmentation: a random shortest-edge resize and a horizontal flip."""
+    return [ResizeShortestEdge(min_sizes, max_size), A.HorizontalFlip(p=flip_prob)]
+
+
+class TrainTransform:
+    """Random shortest-edge resize and horizontal flip of an RGB image and its xyxy boxes, then
+    ``augmentations`` (albumentations transforms: detection/data/augment.py builds those of a config).
+
+    One pipeline, seeded per sample, draws all of them: the resize and flip first, so that they draw
+    what they draw without augmentations.
+    """
+
+    def __init__(self, min_sizes: Sequence[int], max_size: int, flip_prob: float = 0.5,
+                 augmentations: Sequence[A.BasicTransform] = ()):
+        paper = paper_transforms(min_sizes, max_size, flip_prob)
+        self.pipeline = A.Compose([*paper, *augmentations], bbox_params=box_params())
+        # The resize and flip alone, for a sample that the augmentations fail on.
+        self.without_augmentations = (A.Compose(paper_transforms(min_sizes, max_size, flip_prob),
+                                                bbox_params=box_params()) if augmentations else None)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, seed: int):
-        """Returns the new image and boxes, and the ids of the boxes that survived (all, normally)."""
-        self.pipeline.set_random_seed(seed)
-        out = self.pipeline(image=image, bboxes=boxes.reshape(-1, 4), box_ids=np.arange(len(boxes)))
+        """Returns the new image and boxes, and the ids of the boxes that survived (all, unless a crop
+        removed some)."""
+        try:
+            out = self._run(self.pipeline, image, boxes, seed)
+        except Exception as error:  # albumentations raises many types; one sample does not end a run
+            if self.without_augmentations is None:
+                raise
+            height, width = image.shape[:2]
+            problem = " ".join(f"{type(error).__name__}: {error}".split())
+            warnings.warn(f"the augmentations of input.augment_presets and input.augmentations failed on a "
+                          f"training image of {width}x{height} pixels ({problem}); this sample gets the resize "
+                          f"and flip alone", stacklevel=2)
+            out = self._run(self.without_augmentations, image, boxes, seed)
         new_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         return out["image"], new_boxes, np.asarray(out["box_ids"], dtype=np.int64)
+
+    @staticmethod
+    def _run(pipeline: A.Compose, image: np.ndarray, boxes: np.ndarray, seed: int) -> dict:
+        pipeline.set_random_seed(seed)
+        return pipeline(image=image, bboxes=boxes.reshape(-1, 4), box_ids=np.arange(len(boxes)))
 
 
 class EvalTransform:
