@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from backbones.config import BackboneConfig
 from resnet_engine.config import (
@@ -137,11 +142,32 @@ class InputConfig:
     augmentations: list[Any] = field(default_factory=list)
 
 
+DATASET_FORMATS = ("coco", "yolo")
+
+
+@dataclass
+class DetectionDatasetConfig(DatasetConfig):
+    # "coco": a json (ann_file) and its image folder (img_dir). "yolo": root/images/<split>/ and one
+    # root/labels/<split>/NAME.txt per image (detection/data/yolo.py); ann_file and img_dir are then unused.
+    format: str = choice("coco", DATASET_FORMATS)
+    root: str = ""
+    split: str = ""
+    # The class names of a YOLO set: a data.yaml with names:, or a file of one name a line;
+    # "": the first of data.yaml, classes.txt and obj.names in root.
+    names: str = ""
+
+
 @dataclass
 class DataConfig:
-    train: DatasetConfig = field(default_factory=lambda: DatasetConfig(
+    train: DetectionDatasetConfig = field(default_factory=lambda: DetectionDatasetConfig(
         "datasets/coco/annotations/instances_train2017.json", "datasets/coco/train2017"))
-    test: DatasetConfig = field(default_factory=lambda: DatasetConfig(
+    # More training sets, concatenated to data.train: a list of entries with the keys of data.train, such
+    # as [{ann_file: b/instances.json, img_dir: b/images}, {format: yolo, root: c, split: train}], each
+    # with an optional rename: {name in its file: name in data.train}. Categories are matched by name;
+    # data.train's give the labels, and a name it lacks becomes a new class after them (docs/CUSTOM_DATA.md).
+    train_extra: list[Any] = field(default_factory=list)
+    # The evaluation runs on this one set, whose category ids must be those of the training set.
+    test: DetectionDatasetConfig = field(default_factory=lambda: DetectionDatasetConfig(
         "datasets/coco/annotations/instances_val2017.json", "datasets/coco/val2017"))
     # "shapes": generate the synthetic dataset into the paths above on first use.
     synthetic: str = choice("", ("", "shapes"))
@@ -219,6 +245,7 @@ def load_detection_config(path=None, overrides=()):
 
 def check_detection_options(cfg) -> None:
     """Relations between keys, which the ranges of single keys in the schema cannot express."""
+    check_datasets(cfg)
     rpn, head = cfg.model.rpn, cfg.model.roi_head
     if rpn.bg_iou_thresh > rpn.fg_iou_thresh:
         raise ConfigError(f"model.rpn.bg_iou_thresh={rpn.bg_iou_thresh} is above model.rpn.fg_iou_thresh="
@@ -239,3 +266,66 @@ def check_detection_options(cfg) -> None:
         if channels is not None and (len(channels) != 2 or channels[0] > channels[1]):
             raise ConfigError(f"{key}.winograd_channels={list(channels)}: give [min, max] channels, such as [64, 256], "
                               f"or null for the defaults")
+
+
+def check_datasets(cfg) -> None:
+    """Each set's keys fit its format, and the entries of data.train_extra are well formed."""
+    check_dataset_keys(cfg.data.train, "data.train")
+    check_dataset_keys(cfg.data.test, "data.test")
+    extra_train_sets(cfg)
+    if cfg.data.synthetic and cfg.data.train.format != "coco":
+        raise ConfigError(f"data.synthetic={cfg.data.synthetic} generates a COCO json into data.train.ann_file: "
+                          "set data.synthetic='' to train on your YOLO set")
+
+
+def check_dataset_keys(dataset, key: str) -> None:
+    if dataset.format == "yolo" and not dataset.root:
+        raise ConfigError(f"{key}.format=yolo needs {key}.root, the folder that holds images/ and labels/")
+    if dataset.format != "coco":
+        return
+    yolo_keys = [name for name in ("root", "split", "names") if dataset[name]]
+    if yolo_keys:
+        raise ConfigError(f"{key}.{yolo_keys[0]} is a key of YOLO sets: add {key}.format=yolo, or leave it out "
+                          "for a COCO json")
+    if not dataset.ann_file or not dataset.img_dir:
+        raise ConfigError(f"{key} needs ann_file and img_dir (a COCO json and its image folder), or format: yolo "
+                          "and root")
+
+
+EXTRA_DATASET_KEYS = tuple(f.name for f in dataclasses.fields(DetectionDatasetConfig)) + ("rename",)
+
+
+def extra_train_sets(cfg) -> list[tuple[DictConfig, dict[str, str]]]:
+    """The entries of data.train_extra, checked: each as (its keys over the defaults of
+    DetectionDatasetConfig, its rename mapping)."""
+    return [extra_train_set(entry, f"data.train_extra[{index}]") for index, entry in enumerate(cfg.data.train_extra)]
+
+
+def extra_train_set(entry, key: str) -> tuple[DictConfig, dict[str, str]]:
+    entry = OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else entry
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{key} is {entry!r}: give a mapping such as {{ann_file: b/instances.json, img_dir: "
+                          "b/images}")
+    entry = dict(entry)
+    for name in entry:
+        if name not in EXTRA_DATASET_KEYS:
+            close = difflib.get_close_matches(str(name), EXTRA_DATASET_KEYS, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"its keys: {', '.join(EXTRA_DATASET_KEYS)}"
+            raise ConfigError(f"unknown key '{name}' in {key} ({hint})")
+    rename = entry.pop("rename", None) or {}
+    if not isinstance(rename, dict) or not all(is_name(part) for pair in rename.items() for part in pair):
+        raise ConfigError(f"{key}.rename={rename!r}: give {{name in its file: name in data.train}}, such as "
+                          "{motorbike: motorcycle}")
+    try:
+        dataset = OmegaConf.merge(OmegaConf.structured(DetectionDatasetConfig), entry)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"bad value in {key}: {str(error).splitlines()[0]}") from None
+    if dataset.format not in DATASET_FORMATS:
+        raise ConfigError(f"'{key}.format' is '{dataset.format}': choose one of {', '.join(DATASET_FORMATS)}")
+    check_dataset_keys(dataset, key)
+    return dataset, {str(old): str(new) for old, new in rename.items()}
+
+
+def is_name(value) -> bool:
+    """A category name as YAML gives it: a string, or a number written without quotes."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
+
+from pycocotools.coco import COCO
 
 from resnet_engine import loaders
+from resnet_engine.config import ConfigError
 from resnet_engine.errors import UserError
 
+from ..config import extra_train_sets
 from .augment import build_augmentations
-from .coco import CategoryMap, CocoDetection
+from .coco import CategoryMap, CocoDetection, load_coco
+from .datasets import ConcatDetection, labels_by_name
 from .shapes import ensure_shapes
 from .transforms import EvalTransform, TrainTransform
+from .yolo import read_yolo_split
+
+logger = logging.getLogger(__name__)
 
 
 def ensure_synthetic(cfg) -> None:
@@ -32,6 +42,35 @@ def category_map_for(cfg, dataset_coco=None) -> CategoryMap | None:
     return None
 
 
+@dataclass
+class AnnotationSource:
+    """One set's annotations as read: the COCO object, what messages call the set (its json, or its YOLO
+    labels folder), its image folder, and whether its boxes refer to the upright images (YOLO)."""
+
+    coco: COCO
+    name: str
+    img_dir: str
+    upright: bool
+
+
+def read_annotations(dataset_cfg, key_prefix: str, on_bad_image: str) -> AnnotationSource:
+    """The annotations of one data.train/data.test-like section, COCO json or YOLO labels."""
+    if dataset_cfg.format == "yolo":
+        coco, images_dir, labels_dir = read_yolo_split(dataset_cfg.root, dataset_cfg.split, dataset_cfg.names,
+                                                       on_bad_image, key_prefix)
+        return AnnotationSource(coco, labels_dir, images_dir, upright=True)
+    return AnnotationSource(load_coco(dataset_cfg.ann_file, f"{key_prefix}.ann_file"), dataset_cfg.ann_file,
+                            dataset_cfg.img_dir, upright=False)
+
+
+def dataset_of(source: AnnotationSource, cfg, key_prefix: str, transform, category_map: CategoryMap, train: bool,
+               labels_by_category: dict[int, int] | None = None, max_images: int = 0) -> CocoDetection:
+    return CocoDetection(source.name, source.img_dir, transform, category_map=category_map, train=train,
+                         filter_empty=cfg.data.filter_empty, on_bad_image=cfg.data.on_bad_image, key_prefix=key_prefix,
+                         max_images=max_images, coco=source.coco, labels_by_category=labels_by_category,
+                         upright=source.upright)
+
+
 def train_transform(cfg) -> TrainTransform:
     """The paper's random resize and flip of input.min_size_train, max_size_train and random_flip, then
     the augmentations of input.augment_presets and input.augmentations."""
@@ -39,18 +78,33 @@ def train_transform(cfg) -> TrainTransform:
                           build_augmentations(cfg.input))
 
 
-def build_train_dataset(cfg) -> CocoDetection:
+def build_train_dataset(cfg) -> CocoDetection | ConcatDetection:
+    """data.train, followed by the sets of data.train_extra with their categories matched by name."""
     ensure_synthetic(cfg)
     transform = train_transform(cfg)
-    dataset = CocoDetection(cfg.data.train.ann_file, cfg.data.train.img_dir, transform, train=True,
-                            filter_empty=cfg.data.filter_empty, on_bad_image=cfg.data.on_bad_image,
-                            key_prefix="data.train")
-    identity = category_map_for(cfg, dataset.coco)
-    if identity is not None:
-        dataset = CocoDetection(cfg.data.train.ann_file, cfg.data.train.img_dir, transform, category_map=identity,
-                                train=True, filter_empty=cfg.data.filter_empty, on_bad_image=cfg.data.on_bad_image,
-                                key_prefix="data.train")
-    return dataset
+    first = read_annotations(cfg.data.train, "data.train", cfg.data.on_bad_image)
+    category_map = category_map_for(cfg, first.coco) or CategoryMap.from_coco(first.coco)
+    parts = [dataset_of(first, cfg, "data.train", transform, category_map, train=True)]
+    for index, (dataset_cfg, rename) in enumerate(extra_train_sets(cfg)):
+        key = f"data.train_extra[{index}]"
+        source = read_annotations(dataset_cfg, key, cfg.data.on_bad_image)
+        labels = labels_by_name(category_map, source.coco, rename, source.name, first.name,
+                                can_add=not cfg.model.labels_are_category_ids)
+        parts.append(dataset_of(source, cfg, key, transform, category_map, train=True, labels_by_category=labels))
+    check_class_count(cfg, category_map)
+    if len(parts) == 1:
+        return parts[0]
+    logger.info("training on %d sets: %s", len(parts),
+                ", ".join(f"{part.ann_file} ({len(part)} images)" for part in parts))
+    return ConcatDetection(parts)
+
+
+def check_class_count(cfg, category_map: CategoryMap) -> None:
+    """A model of fewer classes than the training labels would fail at the first loss."""
+    if not cfg.model.labels_are_category_ids and 0 < cfg.model.num_classes < category_map.num_classes:
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes} is below the {category_map.num_classes} classes "
+                          f"of the training data ({', '.join(category_map.names)}): set model.num_classes=0 to take "
+                          "their number")
 
 
 def build_test_dataset(cfg, category_map: CategoryMap, resize: bool) -> CocoDetection:
@@ -58,12 +112,11 @@ def build_test_dataset(cfg, category_map: CategoryMap, resize: bool) -> CocoDete
     which resize them themselves (detection.modeling.build.test_needs_original_images)."""
     ensure_synthetic(cfg)
     transform = EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test) if resize else None
-    return CocoDetection(cfg.data.test.ann_file, cfg.data.test.img_dir, transform, category_map=category_map,
-                         train=False, on_bad_image=cfg.data.on_bad_image, key_prefix="data.test",
-                         max_images=cfg.test.max_images)
+    source = read_annotations(cfg.data.test, "data.test", cfg.data.on_bad_image)
+    return dataset_of(source, cfg, "data.test", transform, category_map, train=False, max_images=cfg.test.max_images)
 
 
-def build_train_loader(dataset: CocoDetection, cfg, images_per_process: int, start_step: int = 0):
+def build_train_loader(dataset: CocoDetection | ConcatDetection, cfg, images_per_process: int, start_step: int = 0):
     """The training batches of ``cfg`` (resnet_engine.loaders), grouped by aspect ratio when
     data.aspect_ratio_grouping is on."""
     aspect_ratios = dataset.aspect_ratios() if cfg.data.aspect_ratio_grouping else None
