@@ -32,7 +32,8 @@ packaging: $(STAMP)
 # TorchScript-based fallback before PyTorch has torch.compiler.is_exporting.
 FLOORS_VENV ?= .venv-floors
 FLOORS_TESTS ?= tests/backbones tests/resnet_ops tests/resnet_engine/test_config.py tests/detection/data \
-	tests/detection/evaluation tests/detection/test_export.py tests/detection/test_builders.py
+	tests/detection/evaluation tests/detection/test_export.py tests/detection/test_builders.py \
+	tests/resnet_engine/test_logger.py
 floors:
 	@test -x $(FLOORS_VENV)/bin/python || $(PYTHON) -m venv $(FLOORS_VENV)
 	$(FLOORS_VENV)/bin/python tests/floor_requirements.py > $(FLOORS_VENV)/floors.txt

@@ -63,6 +63,7 @@ def train_classifier(cfg, resume: bool = False, overwrite: bool = False) -> Trai
         model, optimizer, scheduler, cfg.solver, cfg.output_dir, make_loader=data.train_loader, device=device,
         evaluate=lambda m: evaluate_classifier(m, data.test_loaders, cfg), eval_period=cfg.test.eval_period,
         primary_metric=data.primary_metric, meta=data.meta, config_text=config_to_text(cfg),
+        logging_cfg=cfg.logging,
     )
     if resume:
         trainer.resume()

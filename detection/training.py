@@ -49,7 +49,8 @@ def train_detector(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     trainer = Trainer(model, optimizer, scheduler, cfg.solver, cfg.output_dir,
                       make_loader=lambda start: build_train_loader(train_set, cfg, images_per_process, start),
                       device=device, evaluate=evaluate, eval_period=cfg.test.eval_period,
-                      primary_metric="bbox/AP", meta=meta, config_text=config_to_text(cfg))
+                      primary_metric="bbox/AP", meta=meta, config_text=config_to_text(cfg),
+                      logging_cfg=cfg.logging)
     if resume:
         trainer.resume()
     return trainer.train()

@@ -81,7 +81,7 @@ def run_trainer(model, train_set, cfg, device, images_per_process: int, meta: di
         make_loader=lambda start: build_train_loader(train_set, images_per_process, cfg.seed,
                                                      cfg.data.num_workers, start),
         device=device, evaluate=evaluate, eval_period=cfg.test.eval_period, primary_metric=PRIMARY_METRIC,
-        meta=meta, config_text=config_to_text(cfg),
+        meta=meta, config_text=config_to_text(cfg), logging_cfg=cfg.logging,
     )
     if resume:
         trainer.resume()

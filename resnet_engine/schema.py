@@ -104,11 +104,12 @@ class MlflowConfig:
     """An MLflow run mirroring metrics.jsonl (the ``trackers`` extra installs mlflow-skinny)."""
 
     enabled: bool = False
-    # A server (http://host:5000), a folder (file:/path/mlruns) or a database (sqlite:///mlflow.db); empty:
-    # MLFLOW_TRACKING_URI, else MLflow's default.
+    # A tracking server (http://host:5000) or a folder (file:/path/mlruns: recent MLflow releases ask for
+    # MLFLOW_ALLOW_FILE_STORE=true to use one; a database, sqlite:///mlflow.db, needs the full mlflow
+    # package); empty: MLFLOW_TRACKING_URI, else MLflow's default.
     tracking_uri: str = ""
-    # The experiment the run is filed under, created when missing; empty: MLflow's default experiment.
-    experiment: str = ""
+    # The experiment the run is filed under, created when missing; empty: MLflow's "Default" experiment.
+    experiment: str = "resnet-detection"
     # The run's name; empty: the name of output_dir.
     run_name: str = ""
 

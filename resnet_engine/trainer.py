@@ -51,7 +51,7 @@ from .resume import (
     load_scheduler_state,
 )
 from .run_dir import claim_run_directory, release_run_directory
-from .schema import check_solver_options
+from .schema import LoggingConfig, check_solver_options
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +99,15 @@ class Trainer:
         evaluate: model -> nested metrics dict (run on every process; only the main one's result is kept).
         primary_metric: "section/name" in the metrics that selects model_best.pth (higher is better).
         meta: saved in checkpoints (class names, category ids, ...), for inference.
-        config_text: the resolved config, saved in checkpoints.
+        config_text: the resolved config, saved in checkpoints (and logged once by the trackers).
+        logging_cfg: the config's ``logging`` section: TensorBoard and the trackers the records go to.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, solver, output_dir: str,
                  make_loader: Callable[[int], object], device: torch.device,
                  evaluate: Callable[[nn.Module], dict] | None = None, eval_period: int = 0,
-                 primary_metric: str | None = None, meta: dict | None = None, config_text: str = ""):
+                 primary_metric: str | None = None, meta: dict | None = None, config_text: str = "",
+                 logging_cfg: LoggingConfig | None = None):
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -123,7 +125,8 @@ class Trainer:
             claim_run_directory(output_dir)  # the claim setup_run took, or a new one
         self.checkpointer = Checkpointer(output_dir, solver.keep_last, enabled=self.is_main)
         self.good_checkpoints = GoodCheckpoints()
-        self.metrics_logger = MetricsLogger(output_dir, enabled=self.is_main)
+        self.metrics_logger = MetricsLogger(output_dir, enabled=self.is_main, options=logging_cfg,
+                                            config_text=config_text)
         check_solver_options(solver)
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[solver.amp]
         if solver.amp == "fp16" and device.type != "cuda":
@@ -186,7 +189,7 @@ class Trainer:
         self._load(state, path)
         self.good_checkpoints.pending.append(path)  # good once its weights give a finite loss again
         self._write_config()  # only now: a config that does not fit leaves the run's own config.yaml
-        self.metrics_logger.truncate_after(self.start_iter)
+        self.metrics_logger.resume_after(self.start_iter)
         logger.info("resumed from %s at iteration %d", path, self.start_iter)
         return True
 
@@ -241,6 +244,7 @@ class Trainer:
         metric_window: dict[str, float] = {}
         window_count, window_start, last_log = 0, time.perf_counter(), self.start_iter
         final_metrics: dict = {}
+        completed = False
         worker_death: TrainingError | None = None
         previous_sigchld = None
         try:
@@ -286,6 +290,7 @@ class Trainer:
             self.save(FINAL_NAME)
             final_metrics = self._evaluate(solver.max_iter, final=True) if self.evaluate_fn else {}
             self._write_final_metrics(final_metrics)
+            completed = True
         except RuntimeError as error:
             # PyTorch reports a dead worker from its SIGCHLD handler, wherever the main process is.
             if "DataLoader worker" not in str(error):
@@ -298,7 +303,7 @@ class Trainer:
         finally:
             bar.close()
             self._restore_signal_handlers(previous_handlers)
-            self.metrics_logger.close()
+            self.metrics_logger.close(finished=completed)
         if worker_death is not None:
             # Drop every reference to the loader's iterator (the exception's traceback holds its
             # frames too) so that it shuts its workers down now; until then PyTorch's SIGCHLD handler

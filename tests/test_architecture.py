@@ -51,6 +51,8 @@ LAZY_IMPORTS = {
     "huggingface_hub": "only timm: weights names download from the Hugging Face Hub",
     "safetensors.torch": "only .safetensors weights files need it",
     "torch.utils.tensorboard": "TensorBoard logging loads tensorboard, which is slow to import",
+    "wandb": "an optional tracker (logging.wandb), slow to import",
+    "mlflow": "an optional tracker (logging.mlflow), slow to import",
 }
 
 

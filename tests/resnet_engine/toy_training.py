@@ -38,7 +38,8 @@ def toy_batches(start: int, nan_at: tuple[int, ...] = ()):
         iteration += 1
 
 
-def make_trainer(model, out_dir, make_loader=toy_batches, evaluate=None, config_text="", **solver_keys):
+def make_trainer(model, out_dir, make_loader=toy_batches, evaluate=None, config_text="", logging_cfg=None,
+                 **solver_keys):
     """A Trainer of ``model`` with the engine's own optimizer and schedule builders."""
     keys = {"max_iter": 6, "ims_per_batch": 4, "base_lr": 0.01, "warmup_iters": 0, "steps": [100],
             "checkpoint_period": 0, "log_period": 2, **solver_keys}
@@ -47,4 +48,4 @@ def make_trainer(model, out_dir, make_loader=toy_batches, evaluate=None, config_
     scheduler = build_scheduler(optimizer, solver)
     return Trainer(model, optimizer, scheduler, solver, str(out_dir), make_loader, torch.device("cpu"),
                    evaluate=evaluate, eval_period=1 if evaluate else 0, primary_metric="m/score",
-                   config_text=config_text)
+                   config_text=config_text, logging_cfg=logging_cfg)
