@@ -8,14 +8,10 @@ test-time augmentations (detection/modeling/test_time.py) and the exported detec
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 
-# albumentations asks the network for a newer version on import: a delay and a warning on every
-# offline cluster node. Users who want the check can set the variable to 0.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A  # noqa: E402
+import albumentations as A
 import cv2
 import numpy as np
 import torch
