@@ -31,7 +31,11 @@ shapes, same outputs): it reads the config file itself, shipped with the toolkit
 folder, installed as the package ``resnet_configs``), so the two cannot drift. ``num_classes`` counts the
 foreground classes (torchvision's builders count the background too: their 91 is 90 here).
 ``weights`` is a detector file, a checkpoint of this toolkit or a converted torchvision detector
-(tools/convert_weights.py), from which ``num_classes`` and the category ids are read;
+(tools/convert_weights.py), from which ``num_classes`` and the category ids are read; with a
+``num_classes`` other than the file's, the detector starts from the file to be fine-tuned, as
+``model.weights`` starts a training run: everything loads but the classifier and the per-class box
+regressor, which keep their initialization (one log line names them), and the category ids are
+1..num_classes;
 ``backbone_weights`` are the ImageNet weights of the backbone (``model.backbone.weights``: a
 file, ``torchvision:NAME`` or ``timm:NAME``; None starts from random weights), not loaded when
 ``weights`` is given; by default those the config names. The model comes back in training mode, on the CPU, with ``config`` (the
@@ -55,7 +59,7 @@ from .config import load_detection_config
 from .data.coco import CategoryMap
 from .modeling.build import build_model
 from .modeling.faster_rcnn import FasterRCNN
-from .weights import load_detector
+from .weights import load_detector, load_weights_to_fine_tune, read_detector_weights
 
 # The sections a built detector reads; solver and data settings belong to a training run.
 DETECTOR_SECTIONS = ("model", "input", "test")
@@ -119,9 +123,14 @@ def build_detector(config_name: str, num_classes: int | None, weights: str | Non
     """The detector of the shipped config ``config_name`` with the user's ``overrides``, through the
     config builder."""
     cfg = detector_config(config_name, num_classes, backbone_weights, overrides)
-    if weights:
+    # Another class count than the file's: fine-tuning, as model.weights does in training (the file is
+    # read twice, once for its count).
+    if weights and num_classes and num_classes != recorded_class_count(weights):
+        model = build_model(cfg, num_classes, backbone_weights=False)
+        category_map = CategoryMap.identity(num_classes)
+        load_weights_to_fine_tune(model, weights, category_map)
+    elif weights:
         model, category_map = load_detector(cfg, weights, torch.device("cpu"))
-        check_class_count(num_classes, category_map, weights)
         model.train()  # as every freshly built module: the caller switches to eval()
     elif num_classes:
         model = build_model(cfg, num_classes, backbone_weights=bool(cfg.model.backbone.weights))
@@ -177,12 +186,14 @@ def as_yaml(value: Any, key: str) -> str:
     return text.strip().removesuffix("...").strip()
 
 
-def check_class_count(num_classes: int | None, category_map: CategoryMap, weights: str) -> None:
-    """A detector file knows its classes: a different ``num_classes`` would be silently replaced."""
-    recorded = len(category_map.category_ids)
-    if num_classes and num_classes != recorded:
-        raise ConfigError(f"{weights} holds a detector of {recorded} classes, not num_classes={num_classes}: "
-                          f"leave num_classes out")
+def recorded_class_count(weights: str) -> int | None:
+    """The number of classes of the detector file ``weights``: its metadata's, else its classifier's
+    rows less the background's (None for a file without either, which loading reports)."""
+    state, meta = read_detector_weights(weights)
+    if meta.get("num_classes"):
+        return int(meta["num_classes"])
+    classifier = state.get("roi_heads.predictor.cls_score.weight")
+    return classifier.shape[0] - 1 if classifier is not None else None
 
 
 def built_detector_settings(model: torch.nn.Module) -> tuple[DictConfig, CategoryMap]:

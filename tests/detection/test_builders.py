@@ -3,6 +3,7 @@ load detector files, and feed the Predictor."""
 
 import doctest
 import inspect
+import logging
 
 import cv2
 import numpy as np
@@ -17,7 +18,9 @@ from detection.config import load_detection_config
 from detection.convert import convert_file
 from detection.modeling.build import build_model
 from detection.predictor import Predictor
+from detection.weights import CLASS_KEYS
 from resnet_engine.config import ConfigError
+from resnet_engine.errors import UserError
 from tests.detection.tv_reference import calibrated_torchvision_detector, shapes_image
 
 NUM_CLASSES = 3
@@ -174,25 +177,35 @@ def test_weights_from_a_checkpoint_of_this_toolkit(tmp_path):
     assert loaded.category_map.category_ids == [5, 7, 9] and loaded.category_map.names == ["cat", "dog", "owl"]
     assert loaded.config.model.num_classes == NUM_CLASSES
 
-    with pytest.raises(ConfigError, match=r"holds a detector of 3 classes, not num_classes=4: leave num_classes out"):
-        faster_rcnn_r18_fpn_small(num_classes=4, weights=str(tmp_path / "model_final.pth"))
+    same_count = faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES, weights=str(tmp_path / "model_final.pth"))
+    assert all(torch.equal(value, same_count.state_dict()[key]) for key, value in trained.state_dict().items())
+    assert same_count.category_map.names == ["cat", "dog", "owl"]  # the file's classes, not fine-tuned
     image = shapes_image(3, 120, 160)
     detections = Predictor(loaded)(image)
     labels = detections["labels"]
     assert len(labels) > 0 and np.array_equal(detections["category_ids"], np.array([5, 7, 9])[labels - 1])
 
 
-def test_weights_of_a_converted_torchvision_detector_give_its_detections(tmp_path):
-    """torchvision's FasterRCNN on a ResNet-18 FPN, converted: the builder's detector (its depth and
-    torchvision's proposal size limit as overrides) detects what torchvision does."""
+@pytest.fixture(scope="module")
+def converted_torchvision(tmp_path_factory):
+    """torchvision's FasterRCNN on a ResNet-18 FPN (90 classes) and its file converted to this
+    toolkit's names."""
+    folder = tmp_path_factory.mktemp("torchvision")
     reference_model = calibrated_torchvision_detector(160, 320, depth=18)
+    torch.save(reference_model.state_dict(), folder / "tv.pth")
+    convert_file(str(folder / "tv.pth"), str(folder / "converted.pth"))
+    return reference_model, str(folder / "converted.pth")
+
+
+def test_weights_of_a_converted_torchvision_detector_give_its_detections(converted_torchvision):
+    """The builder's detector (its depth and torchvision's proposal size limit as overrides) detects
+    what torchvision does."""
+    reference_model, converted = converted_torchvision
     image = torch.from_numpy(shapes_image(7, 160, 224)).permute(2, 0, 1).contiguous()
     with torch.no_grad():
         reference = reference_model([image.float() / 255])[0]
-    torch.save(reference_model.state_dict(), tmp_path / "tv.pth")
-    convert_file(str(tmp_path / "tv.pth"), str(tmp_path / "converted.pth"))
 
-    model = faster_rcnn_r50_fpn(weights=str(tmp_path / "converted.pth"),
+    model = faster_rcnn_r50_fpn(weights=converted,
                                 model={"backbone": {"depth": 18}, "rpn": {"min_size": 0.001}},
                                 input={"min_size_test": 160, "max_size_test": 320})
     with torch.no_grad():
@@ -202,6 +215,77 @@ def test_weights_of_a_converted_torchvision_detector_give_its_detections(tmp_pat
     assert (ours["boxes"] - reference["boxes"]).abs().max() <= 1e-3
     assert (ours["scores"] - reference["scores"]).abs().max() <= 1e-4
     assert model.category_map.category_ids == list(range(1, 91))
+
+
+FINE_TUNE_MESSAGE = ("{path}: a detector of {before} classes fine-tuned to {after}: re-initialized "
+                     "roi_heads.predictor.cls_score.weight, roi_heads.predictor.cls_score.bias, "
+                     "roi_heads.predictor.bbox_pred.weight, roi_heads.predictor.bbox_pred.bias")
+
+
+@pytest.fixture(scope="module")
+def five_class_file(tmp_path_factory):
+    """A 5-class detector of the small builder saved as training saves one, every float tensor moved off
+    its initialization as training would: (path, its tensors as saved)."""
+    torch.manual_seed(5)
+    model = faster_rcnn_r18_fpn_small(num_classes=5)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.rand_like(tensor) * 0.1)
+    path = tmp_path_factory.mktemp("five") / "model_final.pth"
+    meta = {"num_classes": 5, "category_ids": [1, 2, 3, 4, 5], "class_names": ["a", "b", "c", "d", "e"]}
+    torch.save({"model": model.state_dict(), "meta": meta}, path)
+    return str(path), {key: value.clone() for key, value in model.state_dict().items()}
+
+
+def assert_fine_tuned(model, file_state: dict, initial_state: dict, num_classes: int) -> None:
+    """Every tensor but the class layers' is the file's; those are the builder's initialization, with
+    rows for ``num_classes`` and the background."""
+    loaded = model.state_dict()
+    kept = [key for key in loaded if key not in CLASS_KEYS]
+    assert len(kept) > 100 and all(torch.equal(loaded[key], file_state[key]) for key in kept)
+    assert loaded["roi_heads.predictor.cls_score.weight"].shape[0] == num_classes + 1
+    assert loaded["roi_heads.predictor.bbox_pred.weight"].shape[0] == 4 * (num_classes + 1)
+    assert all(torch.equal(loaded[key], initial_state[key]) for key in CLASS_KEYS)
+
+
+def test_num_classes_other_than_the_files_fine_tunes_from_it(five_class_file, caplog):
+    path, saved = five_class_file
+    torch.manual_seed(1)
+    initial = faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES).state_dict()  # the same draws, without the file
+    torch.manual_seed(1)
+    with caplog.at_level(logging.INFO, logger="detection.weights"):
+        model = faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES, weights=path)
+    floats = [key for key in saved if key not in CLASS_KEYS and saved[key].is_floating_point()]
+    assert not any(torch.equal(initial[key], saved[key]) for key in floats)  # so that the check can fail
+    assert_fine_tuned(model, saved, initial, NUM_CLASSES)
+    assert [r.getMessage() for r in caplog.records if r.name == "detection.weights"] == [
+        FINE_TUNE_MESSAGE.format(path=path, before=5, after=NUM_CLASSES)]
+    assert model.training and model.config.model.num_classes == NUM_CLASSES
+    assert model.category_map.category_ids == [1, 2, 3]
+    assert Predictor(model)(shapes_image(3, 120, 160))["labels"].max(initial=1) <= NUM_CLASSES
+
+
+def test_a_converted_torchvision_detector_fine_tunes_to_other_classes(converted_torchvision, caplog):
+    _, converted = converted_torchvision
+    file_state = torch.load(converted, weights_only=True)["model"]
+    settings = {"model": {"backbone": {"depth": 18}}, "backbone_weights": None}
+    torch.manual_seed(2)
+    initial = faster_rcnn_r50_fpn(num_classes=NUM_CLASSES, **settings).state_dict()
+    torch.manual_seed(2)
+    with caplog.at_level(logging.INFO, logger="detection.weights"):
+        model = faster_rcnn_r50_fpn(num_classes=NUM_CLASSES, weights=converted, **settings)
+    assert_fine_tuned(model, file_state, initial, NUM_CLASSES)
+    assert [r.getMessage() for r in caplog.records if r.name == "detection.weights"] == [
+        FINE_TUNE_MESSAGE.format(path=converted, before=90, after=NUM_CLASSES)]
+
+
+def test_fine_tuning_still_refuses_weights_that_differ_otherwise(five_class_file):
+    path, _ = five_class_file
+    with pytest.raises(UserError) as caught:
+        faster_rcnn_r18_fpn_small(num_classes=NUM_CLASSES, weights=path, model={"roi_head": {"fc_dim": 192}})
+    assert str(caught.value).startswith(f"{path} does not fit the model of this config: roi_heads.box_head.")
+    assert "file [256, " in str(caught.value) and "model [192, " in str(caught.value)
 
 
 def test_predictor_of_a_built_detector_equals_its_forward():
