@@ -57,6 +57,31 @@ def data_overrides(root) -> list[str]:
             "data.synthetic=''"]
 
 
+def coco_as_yolo(ann_file: str, img_dir: str, root, split: str, names: list[str]) -> None:
+    """The images of a COCO json copied to ROOT/images/SPLIT and its boxes written as YOLO lines into
+    ROOT/labels/SPLIT: the class index of the category's name in ``names``, then the box's centre and size
+    divided by the image's width and height (six decimals, as label tools write them)."""
+    import json
+    import os
+    import shutil
+
+    with open(ann_file, encoding="utf-8") as handle:
+        data = json.load(handle)
+    index_of = {c["id"]: names.index(c["name"]) for c in data["categories"]}
+    for folder in ("images", "labels"):
+        os.makedirs(os.path.join(root, folder, split), exist_ok=True)
+    for image in data["images"]:
+        shutil.copyfile(os.path.join(img_dir, image["file_name"]), os.path.join(root, "images", split, image["file_name"]))
+        width, height = image["width"], image["height"]
+        lines = [f"{index_of[ann['category_id']]} {(x + w / 2) / width:.6f} {(y + h / 2) / height:.6f} "
+                 f"{w / width:.6f} {h / height:.6f}"
+                 for ann in data["annotations"] if ann["image_id"] == image["id"] for x, y, w, h in [ann["bbox"]]]
+        if lines:
+            stem = os.path.splitext(image["file_name"])[0]
+            with open(os.path.join(root, "labels", split, f"{stem}.txt"), "w", encoding="utf-8") as handle:
+                handle.write("\n".join(lines) + "\n")
+
+
 # A very small version of configs/shapes.yaml: seconds per iteration on one thread.
 TINY_DETECTOR = [
     "model.backbone.base_width=16", "model.fpn.out_channels=32", "model.roi_head.fc_dim=64",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
+import io
 import logging
+import warnings
 
 import numpy as np
 import torch
@@ -56,6 +59,41 @@ def check_renames(rename: dict[str, str], file_names: set[str], model_names: set
         if new not in model_names:
             raise AnnotationError(f"{source}: rename maps '{old}' to '{new}', which is no category of {first_source} "
                                   f"(its categories: {', '.join(sorted(model_names))})")
+
+
+def align_test_categories(coco: COCO, category_map: CategoryMap, source: str) -> None:
+    """Prepare a test set's categories for scoring the model's detections by category id.
+
+    A category of the model that the test set lacks (a class added from another training set, say)
+    joins it without objects: COCO AP leaves such a class out, and its detections are not scored,
+    as one log line says. A test set that shares no category id with the model, or that gives one of
+    the model's names another id, would be scored against the wrong classes: that is an error."""
+    test_names = {category["id"]: category.get("name", str(category["id"])) for category in coco.dataset["categories"]}
+    model_names = dict(zip(category_map.category_ids, category_map.names))
+    if not set(model_names) & set(test_names):
+        raise AnnotationError(f"{source}: none of its category ids ({', '.join(map(str, sorted(test_names)))}) is one "
+                              f"of the model's ({', '.join(map(str, model_names))}): give the test set the category "
+                              "ids of the training set")
+    ids_of_test_names = {name: category_id for category_id, name in test_names.items()}
+    missing = [category_id for category_id in model_names if category_id not in test_names]
+    for category_id in missing:
+        if model_names[category_id] in ids_of_test_names:
+            raise AnnotationError(f"{source}: category '{model_names[category_id]}' has id "
+                                  f"{ids_of_test_names[model_names[category_id]]} here but {category_id} in the "
+                                  "model: give the test set the category ids of the training set")
+    if missing:
+        coco.dataset["categories"] = coco.dataset["categories"] + [
+            {"id": category_id, "name": model_names[category_id]} for category_id in missing]
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        logger.info("%s lacks the model's categories %s: detections of them are left out of the scores", source,
+                    ", ".join(f"{category_id} ({model_names[category_id]})" for category_id in missing))
+    renamed = [f"id {category_id} is '{test_names[category_id]}' here and '{name}' in the model"
+               for category_id, name in model_names.items()
+               if category_id in test_names and name != str(category_id) and test_names[category_id] != name]
+    if renamed:
+        warnings.warn(f"{source}: {'; '.join(renamed)}: is this the test set of the training set's categories?",
+                      stacklevel=2)
 
 
 class ConcatDetection(torch.utils.data.Dataset):

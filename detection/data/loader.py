@@ -15,7 +15,7 @@ from resnet_engine.errors import UserError
 from ..config import extra_train_sets
 from .augment import build_augmentations
 from .coco import CategoryMap, CocoDetection, load_coco
-from .datasets import ConcatDetection, labels_by_name
+from .datasets import ConcatDetection, align_test_categories, labels_by_name
 from .shapes import ensure_shapes
 from .transforms import EvalTransform, TrainTransform
 from .yolo import read_yolo_split
@@ -113,6 +113,7 @@ def build_test_dataset(cfg, category_map: CategoryMap, resize: bool) -> CocoDete
     ensure_synthetic(cfg)
     transform = EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test) if resize else None
     source = read_annotations(cfg.data.test, "data.test", cfg.data.on_bad_image)
+    align_test_categories(source.coco, category_map, source.name)
     return dataset_of(source, cfg, "data.test", transform, category_map, train=False, max_images=cfg.test.max_images)
 
 

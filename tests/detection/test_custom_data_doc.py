@@ -1,5 +1,6 @@
-"""docs/CUSTOM_DATA.md runs as written: its commands, in order, on a tiny dataset of its json's categories
-(tiny model sizes and 4 iterations added to the training command), then its Python example."""
+"""docs/CUSTOM_DATA.md runs as written: its commands, in order, on a tiny dataset of its json's categories,
+a second set of its second json's categories and a YOLO copy of the first (tiny model sizes and 4
+iterations added to the training commands), then its Python example and its config of several sets."""
 
 import contextlib
 import importlib.util
@@ -15,12 +16,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from detection.config import load_detection_config
+from detection.data.loader import build_train_dataset
 from detection.data.shapes import CLASSES, render_image
 from detection.modeling.build import build_model
 from tests.conftest import ROOT
-from tests.helpers import TINY_DETECTOR
+from tests.helpers import TINY_DETECTOR, coco_as_yolo
 
 DOC = os.path.join(ROOT, "docs", "CUSTOM_DATA.md")
 # Commands of the walkthrough this test does not run (matched by a part of the command), and why.
@@ -98,6 +101,13 @@ def workspace(tmp_path, monkeypatch):
     assert [c["id"] for c in categories] == [3, 7, 12]  # ids with gaps, as the doc says
     write_split("datasets/pets", "train", 4, categories, seed=0)
     write_split("datasets/pets", "val", 2, categories, seed=1)
+    write_split("datasets/more_pets", "train", 4, json.loads(blocks("json")[1])["categories"], seed=2)
+    names = [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+    for split in ("train", "val"):
+        coco_as_yolo(f"datasets/pets/annotations/{split}.json", f"datasets/pets/{split}", "datasets/pets_yolo", split,
+                     names)
+    with open("datasets/pets_yolo/data.yaml", "w", encoding="utf-8") as handle:
+        yaml.safe_dump({"names": names}, handle)
     torch.manual_seed(0)
     demo = build_model(load_detection_config(os.path.join(ROOT, "configs", "shapes.yaml"), TINY_DETECTOR),
                        len(CLASSES), backbone_weights=False)
@@ -109,7 +119,8 @@ def workspace(tmp_path, monkeypatch):
 
 def test_the_walkthrough_runs_as_written(workspace, monkeypatch, caplog):
     ran, skipped = [], set()
-    with caplog.at_level(logging.INFO, logger="detection.weights"):
+    with caplog.at_level(logging.INFO, logger="detection.weights"), \
+            caplog.at_level(logging.INFO, logger="detection.data.datasets"):
         for command in doc_commands():
             reason = [part for part in NOT_RUN if part in command]
             if reason:
@@ -117,7 +128,7 @@ def test_the_walkthrough_runs_as_written(workspace, monkeypatch, caplog):
                 continue
             assert run_tool(shlex.split(command, comments=True), monkeypatch) == 0, command
             ran.append(command)
-    assert skipped == set(NOT_RUN) and len(ran) == 4
+    assert skipped == set(NOT_RUN) and len(ran) == 7
 
     # Fine-tuning said what it re-initialized and kept, in the words the doc shows.
     shown = [line for line in doc_text().splitlines() if line.startswith("output/shapes/model_final.pth: ")]
@@ -132,6 +143,27 @@ def test_the_walkthrough_runs_as_written(workspace, monkeypatch, caplog):
     assert {os.path.basename(p["file_name"]) for p in predictions} <= {"0000.jpg", "0001.jpg"}
     scored = json.loads(open("output/pets/infer/metrics.json", encoding="utf-8").read())
     assert set(scored["per_category"]) == {"circle", "square", "ring"}
+
+    # Several sets: the second set's classes matched by name, its box renamed, its star added after.
+    added = [line.strip() for line in doc_text().splitlines()
+             if line.strip().startswith(("datasets/more_pets/annotations/train.json: ",
+                                         "datasets/pets/annotations/val.json lacks "))]
+    assert len(added) == 2
+    assert [r.getMessage() for r in caplog.records if r.name == "detection.data.datasets"] == added
+    several = torch.load("output/pets_more/model_final.pth", weights_only=False)["meta"]
+    assert several["category_ids"] == [3, 7, 12, 13]
+    assert several["class_names"] == ["circle", "square", "ring", "star"]
+    # The YOLO copy: class index i is category id i + 1, scored per class under the names of data.yaml.
+    assert torch.load("output/pets_yolo/model_final.pth", weights_only=False)["meta"]["category_ids"] == [1, 2, 3]
+    yolo_metrics = json.loads(open("output/pets_yolo/eval/metrics.json", encoding="utf-8").read())
+    assert set(yolo_metrics["per_category"]) == {"circle", "square", "ring"} and yolo_metrics["num_images"] == 2
+    # The config file of several sets, the YOLO one among them.
+    (config_block,) = [block for block in blocks("yaml") if "train_extra" in block]
+    with open("several.yaml", "w", encoding="utf-8") as handle:
+        handle.write(f"_base_: {os.path.join(ROOT, 'configs', 'shapes.yaml')}\n{config_block}")
+    dataset = build_train_dataset(load_detection_config("several.yaml", ["data.synthetic=''"]))
+    assert dataset.category_map.names == ["circle", "square", "ring", "star"]
+    assert [len(part) for part in dataset.parts] == [4, 4, 4]
 
     # The Python example, on the fine-tuned detector.
     (example,) = blocks("python")

@@ -2,6 +2,8 @@
 classes, image ids apart, aspect ratios, unreadable images and empty images as for one set, the config's
 checks, and training on a list as on the same images in one json."""
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -10,10 +12,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from detection.config import load_detection_config
 from detection.data.coco import AnnotationError
-from detection.data.loader import build_train_dataset
+from detection.data.loader import build_test_dataset, build_train_dataset
+from detection.evaluation.coco_eval import score_test_set
 from detection.training import train_detector
 from resnet_engine.config import ConfigError
 from tests.conftest import ROOT
@@ -190,3 +195,60 @@ def test_a_model_of_fewer_classes_than_the_sets_is_refused_before_training(two_s
         build_train_dataset(config(a, [entry(b, rename={"kitty": "cat"})], "model.num_classes=2"))
     assert build_train_dataset(config(a, [entry(b, rename={"kitty": "cat"})], "model.num_classes=4")).category_map.names \
         == ["cat", "dog", "bird"]
+
+
+def test_a_class_the_test_set_lacks_is_left_out_of_the_scores(two_sets, caplog):
+    """A model with b's bird (id 6) on a test set of a's classes: its bird detections do not count, and the
+    scores are those of pycocotools on a's json without them."""
+    a, b = two_sets
+    cfg = config(a, [entry(b, rename={"kitty": "cat"})], f"data.test.ann_file={a[0]}", f"data.test.img_dir={a[1]}")
+    category_map = build_train_dataset(cfg).category_map
+    with caplog.at_level(logging.INFO, logger="detection.data.datasets"):
+        test_set = build_test_dataset(cfg, category_map, resize=True)
+    assert caplog.messages == [f"{a[0]} lacks the model's categories 6 (bird): detections of them are left out of "
+                               "the scores"]
+    ours = [{"image_id": 1, "category_id": 5, "bbox": [1, 1, 10, 12], "score": 0.9},   # dog, IoU 10/12
+            {"image_id": 1, "category_id": 2, "bbox": [30, 5, 10, 10], "score": 0.8},  # cat, misses
+            {"image_id": 2, "category_id": 2, "bbox": [5, 5, 20, 20], "score": 0.7},   # cat, exact
+            {"image_id": 1, "category_id": 6, "bbox": [20, 5, 10, 10], "score": 0.95},  # bird: not scored
+            {"image_id": 2, "category_id": 6, "bbox": [0, 0, 5, 5], "score": 0.6}]
+    scored = score_test_set(test_set.coco.dataset, [r["image_id"] for r in test_set.records], ours, [])
+    reference = COCOeval(*coco_and_results(a[0], [d for d in ours if d["category_id"] != 6]), "bbox")
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+    assert scored["bbox"]["AP"] == pytest.approx(reference.stats[0] * 100, abs=1e-9)
+    assert 10 < scored["bbox"]["AP"] < 90
+    assert np.isnan(scored["per_category"]["bird"])
+
+
+def coco_and_results(ann_file: str, results: list[dict]):
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann_file)
+        return gt, gt.loadRes(results)
+
+
+def test_test_sets_of_other_category_ids_are_refused_or_warned(two_sets, tmp_path):
+    a, b = two_sets
+    cfg = config(a, [])
+    category_map = build_train_dataset(cfg).category_map  # cat 2, dog 5
+    other = write_set(tmp_path / "other", [{"id": 1, "name": "cat"}, {"id": 3, "name": "dog"}],
+                      [(1, "o.png", 60, 40)], [(1, 1, [1, 1, 10, 10])])
+    with pytest.raises(AnnotationError, match=r"other/instances.json: none of its category ids \(1, 3\) is one of "
+                                              r"the model's \(2, 5\): give the test set the category ids of the "
+                                              r"training set"):
+        build_test_dataset(config(a, [], f"data.test.ann_file={other[0]}", f"data.test.img_dir={other[1]}"),
+                           category_map, resize=True)
+    moved = write_set(tmp_path / "moved", [{"id": 2, "name": "cat"}, {"id": 7, "name": "dog"}],
+                      [(1, "o.png", 60, 40)], [(1, 2, [1, 1, 10, 10])])
+    with pytest.raises(AnnotationError, match=r"moved/instances.json: category 'dog' has id 7 here but 5 in the "
+                                              r"model: give the test set the category ids of the training set"):
+        build_test_dataset(config(a, [], f"data.test.ann_file={moved[0]}", f"data.test.img_dir={moved[1]}"),
+                           category_map, resize=True)
+    renamed = write_set(tmp_path / "renamed", [{"id": 2, "name": "cat"}, {"id": 5, "name": "wolf"}],
+                        [(1, "o.png", 60, 40)], [(1, 2, [1, 1, 10, 10])])
+    with pytest.warns(UserWarning, match=r"renamed/instances.json: id 5 is 'wolf' here and 'dog' in the model: is "
+                                         r"this the test set of the training set's categories\?"):
+        build_test_dataset(config(a, [], f"data.test.ann_file={renamed[0]}", f"data.test.img_dir={renamed[1]}"),
+                           category_map, resize=True)

@@ -21,7 +21,7 @@ from detection.evaluation.coco_eval import score_test_set
 from detection.training import train_detector
 from resnet_engine.config import ConfigError
 from tests.conftest import ROOT
-from tests.helpers import TINY_DETECTOR, data_overrides
+from tests.helpers import TINY_DETECTOR, coco_as_yolo, data_overrides
 
 SHAPES_CFG = os.path.join(ROOT, "configs", "shapes.yaml")
 # Category ids with gaps and out of order, as a COCO json may give them.
@@ -42,27 +42,6 @@ def write_coco(root, images: list[tuple[str, int, int]], boxes: dict[str, list[t
     path = root / "instances.json"
     path.write_text(json.dumps({"images": infos, "annotations": annotations, "categories": CATEGORIES}))
     return str(path)
-
-
-def coco_as_yolo(ann_file: str, img_dir: str, root, split: str, names: list[str]) -> None:
-    """The images of a COCO json copied to ROOT/images/SPLIT and its boxes written as YOLO lines into
-    ROOT/labels/SPLIT: class index of the category's name, centre and size divided by the image's size."""
-    data = json.loads(open(ann_file, encoding="utf-8").read())
-    index_of = {c["id"]: names.index(c["name"]) for c in data["categories"]}
-    for folder in ("images", "labels"):
-        os.makedirs(os.path.join(root, folder, split), exist_ok=True)
-    for image in data["images"]:
-        stem = os.path.splitext(image["file_name"])[0]
-        with open(os.path.join(img_dir, image["file_name"]), "rb") as source:
-            (root / "images" / split / image["file_name"]).write_bytes(source.read())
-        lines = []
-        for ann in data["annotations"]:
-            if ann["image_id"] == image["id"]:
-                x, y, w, h = ann["bbox"]
-                lines.append(f"{index_of[ann['category_id']]} {(x + w / 2) / image['width']:.6f} "
-                             f"{(y + h / 2) / image['height']:.6f} {w / image['width']:.6f} {h / image['height']:.6f}")
-        if lines:
-            (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + "\n")
 
 
 def boxes_by_file(data: dict) -> dict[str, list[tuple[str, list[float]]]]:
