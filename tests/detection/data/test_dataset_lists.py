@@ -136,7 +136,7 @@ def test_labels_fixed_to_category_ids_refuse_a_new_name(two_sets):
      r"data.train_extra\[0\].rename=\['kitty', 'cat'\]: give \{name in its file: name in data.train\}"),
     ([{"ann_file": "b.json"}], r"data.train_extra\[0\] needs ann_file and img_dir"),
     ([{"format": "yolo"}], r"data.train_extra\[0\].format=yolo needs data.train_extra\[0\].root"),
-    ([{"format": "voc", "root": "x"}], r"'data.train_extra\[0\].format' is 'voc': choose one of coco, yolo"),
+    ([{"format": "csv", "root": "x"}], r"'data.train_extra\[0\].format' is 'csv': choose one of coco, yolo"),
     ([{"ann_file": "b.json", "img_dir": "b", "root": "x"}], r"data.train_extra\[0\].root is a key of YOLO sets"),
 ])
 def test_a_malformed_entry_is_one_line_naming_it(two_sets, extra, message):
