@@ -142,18 +142,21 @@ class InputConfig:
     augmentations: list[Any] = field(default_factory=list)
 
 
-DATASET_FORMATS = ("coco", "yolo")
+DATASET_FORMATS = ("coco", "yolo", "voc")
 
 
 @dataclass
 class DetectionDatasetConfig(DatasetConfig):
     # "coco": a json (ann_file) and its image folder (img_dir). "yolo": root/images/<split>/ and one
     # root/labels/<split>/NAME.txt per image (detection/data/yolo.py); ann_file and img_dir are then unused.
+    # "voc": root is a VOCdevkit folder and split YEAR_SET parts joined by "+", such as
+    # 2007_trainval+2012_trainval (detection/data/voc.py).
     format: str = choice("coco", DATASET_FORMATS)
     root: str = ""
     split: str = ""
     # The class names of a YOLO set: a data.yaml with names:, or a file of one name a line;
-    # "": the first of data.yaml, classes.txt and obj.names in root.
+    # "": the first of data.yaml, classes.txt and obj.names in root. Of a VOC set: such a file, or ""
+    # for the 20 VOC classes.
     names: str = ""
 
 
@@ -169,8 +172,9 @@ class DataConfig:
     # The evaluation runs on this one set, whose category ids must be those of the training set.
     test: DetectionDatasetConfig = field(default_factory=lambda: DetectionDatasetConfig(
         "datasets/coco/annotations/instances_val2017.json", "datasets/coco/val2017"))
-    # "shapes": generate the synthetic dataset into the paths above on first use.
-    synthetic: str = choice("", ("", "shapes"))
+    # "shapes": generate the synthetic dataset into the paths above on first use; "shapes_voc": the same
+    # images as a VOCdevkit folder into data.train.root.
+    synthetic: str = choice("", ("", "shapes", "shapes_voc"))
     num_workers: int = non_negative(2)
     aspect_ratio_grouping: bool = True
     on_bad_image: str = choice("skip", ("skip", "fail"))
@@ -188,6 +192,10 @@ class TestConfig:
     # Evaluate at most this many images (0: all), for quick checks.
     max_images: int = non_negative(0)
     eval_backend: str = choice("pycocotools", ("pycocotools", "faster_coco_eval"))
+    # "coco": COCO AP (pycocotools). "voc2007": the VOC devkit's AP at IoU 0.5, difficult objects
+    # ignored, interpolated at 11 recalls (VOC2007 test); "voc2010": the area under the precision
+    # envelope (VOC2010 and later). detection/evaluation/voc_eval.py.
+    metric: str = choice("coco", ("coco", "voc2007", "voc2010"))
     # The paper's test-time improvements (Appendix B); see detection/modeling/test_time.py.
     box_refinement: bool = False
     refine_nms_thresh: float = fraction(0.3)
@@ -273,14 +281,20 @@ def check_datasets(cfg) -> None:
     check_dataset_keys(cfg.data.train, "data.train")
     check_dataset_keys(cfg.data.test, "data.test")
     extra_train_sets(cfg)
-    if cfg.data.synthetic and cfg.data.train.format != "coco":
-        raise ConfigError(f"data.synthetic={cfg.data.synthetic} generates a COCO json into data.train.ann_file: "
-                          "set data.synthetic='' to train on your YOLO set")
+    synthetic_format = "voc" if cfg.data.synthetic == "shapes_voc" else "coco"
+    if cfg.data.synthetic and cfg.data.train.format != synthetic_format:
+        target = "a VOCdevkit folder into data.train.root" if synthetic_format == "voc" else \
+            "a COCO json into data.train.ann_file"
+        raise ConfigError(f"data.synthetic={cfg.data.synthetic} generates {target}: set data.synthetic='' to train "
+                          f"on your {cfg.data.train.format.upper()} set")
 
 
 def check_dataset_keys(dataset, key: str) -> None:
     if dataset.format == "yolo" and not dataset.root:
         raise ConfigError(f"{key}.format=yolo needs {key}.root, the folder that holds images/ and labels/")
+    if dataset.format == "voc" and not (dataset.root and dataset.split):
+        raise ConfigError(f"{key}.format=voc needs {key}.root, the VOCdevkit folder, and {key}.split, such as "
+                          "2007_trainval+2012_trainval")
     if dataset.format != "coco":
         return
     yolo_keys = [name for name in ("root", "split", "names") if dataset[name]]

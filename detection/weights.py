@@ -21,6 +21,11 @@ logger = logging.getLogger(__name__)
 # rows in class order, row 0 (or 0..3) the background.
 CLASS_LAYERS = {"roi_heads.predictor.cls_score": 1, "roi_heads.predictor.bbox_pred": 4}
 CLASS_KEYS = tuple(f"{layer}.{param}" for layer in CLASS_LAYERS for param in ("weight", "bias"))
+# Classes that PASCAL VOC and COCO name differently ({VOC name: COCO name}): keeping classes by name
+# matches either spelling with the other, so that a COCO detector fine-tuned on VOC keeps its rows
+# of the 20 classes the two sets share.
+CLASS_NAME_ALIASES = {"aeroplane": "airplane", "diningtable": "dining table", "motorbike": "motorcycle",
+                      "pottedplant": "potted plant", "sofa": "couch", "tvmonitor": "tv"}
 
 
 def read_detector_weights(path: str) -> tuple[dict, dict]:
@@ -109,15 +114,21 @@ def fit_class_layers(state: dict, meta: dict, own: dict, category_map: CategoryM
     return {**state, **fitted}
 
 
+def canonical_class_name(name: str) -> str:
+    """The name under which classes are matched: the COCO spelling of a VOC name (CLASS_NAME_ALIASES)."""
+    return CLASS_NAME_ALIASES.get(name, name)
+
+
 def copy_rows_of_shared_classes(fitted: dict, state: dict, file_names: list[str], model_names: list[str]) -> list[str]:
     """Copy the file's rows of the background and of each model class whose name the file has (its
-    first class of that name) into ``fitted``; returns the names of the classes copied."""
+    first class of that name, VOC and COCO spellings taken as one) into ``fitted``; returns the names
+    of the classes copied."""
     file_label = {}
     for label, name in enumerate(file_names, start=1):
-        file_label.setdefault(name, label)
-    shared = [name for name in model_names if name in file_label]
-    pairs = [(0, 0)] + [(file_label[name], label) for label, name in enumerate(model_names, start=1)
-                        if name in file_label]
+        file_label.setdefault(canonical_class_name(name), label)
+    shared = [name for name in model_names if canonical_class_name(name) in file_label]
+    pairs = [(0, 0)] + [(file_label[canonical_class_name(name)], label)
+                        for label, name in enumerate(model_names, start=1) if canonical_class_name(name) in file_label]
     for layer, rows_per_class in CLASS_LAYERS.items():
         for param in ("weight", "bias"):
             key = f"{layer}.{param}"

@@ -16,8 +16,9 @@ from ..config import extra_train_sets
 from .augment import build_augmentations
 from .coco import CategoryMap, CocoDetection, load_coco
 from .datasets import ConcatDetection, align_test_categories, labels_by_name
-from .shapes import ensure_shapes
+from .shapes import ensure_shapes, ensure_shapes_voc
 from .transforms import EvalTransform, TrainTransform
+from .voc import read_voc_split
 from .yolo import read_yolo_split
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ def ensure_synthetic(cfg) -> None:
     if cfg.data.synthetic == "shapes":
         root = os.path.dirname(os.path.dirname(cfg.data.train.ann_file))
         ensure_shapes(root)
+    elif cfg.data.synthetic == "shapes_voc":
+        ensure_shapes_voc(cfg.data.train.root)
 
 
 def category_map_for(cfg, dataset_coco=None) -> CategoryMap | None:
@@ -44,8 +47,9 @@ def category_map_for(cfg, dataset_coco=None) -> CategoryMap | None:
 
 @dataclass
 class AnnotationSource:
-    """One set's annotations as read: the COCO object, what messages call the set (its json, or its YOLO
-    labels folder), its image folder, and whether its boxes refer to the upright images (YOLO)."""
+    """One set's annotations as read: the COCO object, what messages call the set (its json, its YOLO
+    labels folder, or its VOCdevkit folder and split), its image folder, and whether its boxes refer to
+    the upright images (YOLO)."""
 
     coco: COCO
     name: str
@@ -53,8 +57,11 @@ class AnnotationSource:
     upright: bool
 
 
-def read_annotations(dataset_cfg, key_prefix: str, on_bad_image: str) -> AnnotationSource:
-    """The annotations of one data.train/data.test-like section, COCO json or YOLO labels."""
+def read_annotations(dataset_cfg, key_prefix: str, on_bad_image: str, train: bool = True) -> AnnotationSource:
+    """The annotations of one data.train/data.test-like section, COCO json, YOLO labels or VOC."""
+    if dataset_cfg.format == "voc":
+        coco = read_voc_split(dataset_cfg.root, dataset_cfg.split, dataset_cfg.names, train, on_bad_image, key_prefix)
+        return AnnotationSource(coco, f"{dataset_cfg.root} ({dataset_cfg.split})", dataset_cfg.root, upright=False)
     if dataset_cfg.format == "yolo":
         coco, images_dir, labels_dir = read_yolo_split(dataset_cfg.root, dataset_cfg.split, dataset_cfg.names,
                                                        on_bad_image, key_prefix)
@@ -112,7 +119,7 @@ def build_test_dataset(cfg, category_map: CategoryMap, resize: bool) -> CocoDete
     which resize them themselves (detection.modeling.build.test_needs_original_images)."""
     ensure_synthetic(cfg)
     transform = EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test) if resize else None
-    source = read_annotations(cfg.data.test, "data.test", cfg.data.on_bad_image)
+    source = read_annotations(cfg.data.test, "data.test", cfg.data.on_bad_image, train=False)
     align_test_categories(source.coco, category_map, source.name)
     return dataset_of(source, cfg, "data.test", transform, category_map, train=False, max_images=cfg.test.max_images)
 

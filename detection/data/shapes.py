@@ -5,6 +5,9 @@ Each image has a textured background with clutter (lines and blobs that are not 
 partly overlapping. The generator is deterministic: the same seed gives the same files.
 
     python tools/make_shapes.py            # writes datasets/shapes/
+
+The same images also come as a VOCdevkit folder (ensure_shapes_voc, datasets/shapes_voc/), for the VOC
+reader and metric.
 """
 
 from __future__ import annotations
@@ -19,6 +22,13 @@ import numpy as np
 CLASSES = ("circle", "square", "triangle", "star", "cross")
 DEFAULT_ROOT = "datasets/shapes"
 SPLITS = {"train": 1500, "val": 300}
+# The VOC copy: VOC_ROOT/VOCshapes/{Annotations,ImageSets/Main,JPEGImages}, splits shapes_train and
+# shapes_val, the class names in VOC_ROOT/classes.txt.
+VOC_ROOT = "datasets/shapes_voc"
+VOC_YEAR = "shapes"
+# Objects whose box is narrower or lower than this (pixels) are marked difficult in the VOC copy, as
+# VOC marks objects hard to recognize: training leaves them out and the VOC metric ignores them.
+DIFFICULT_BELOW = 16
 
 
 def polygon_points(kind: str, cx: float, cy: float, size: float, angle: float) -> np.ndarray:
@@ -129,18 +139,21 @@ def write_coco_split(root: str, split: str, samples, categories: list[dict], jpe
     return ann_file
 
 
+def split_samples(split: str, num_images: int, seed: int = 0):
+    """(index, RGB image, objects) of each image of a split, the same for the COCO and the VOC copy."""
+    split_offset = {"train": 0, "val": 1}.get(split, 2)
+    for index in range(num_images):
+        image, objects = render_image(np.random.default_rng([seed, split_offset, index]))
+        yield index, image, objects
+
+
 def generate_split(root: str, split: str, num_images: int, seed: int = 0) -> str:
     """Write ``root/split/*.jpg`` and ``root/annotations/instances_split.json``; return the json path."""
-    split_offset = {"train": 0, "val": 1}.get(split, 2)
-
-    def samples():
-        for index in range(num_images):
-            image, objects = render_image(np.random.default_rng([seed, split_offset, index]))
-            yield index + 1, f"{index:06d}.jpg", image, [
-                {"category_id": obj["category"] + 1, "bbox": obj["bbox"]} for obj in objects]
-
+    samples = ((index + 1, f"{index:06d}.jpg", image,
+                [{"category_id": obj["category"] + 1, "bbox": obj["bbox"]} for obj in objects])
+               for index, image, objects in split_samples(split, num_images, seed))
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
-    return write_coco_split(root, split, samples(), categories)
+    return write_coco_split(root, split, samples, categories)
 
 
 def ensure_shapes(root: str = DEFAULT_ROOT, splits: dict[str, int] | None = None, seed: int = 0) -> None:
@@ -148,3 +161,40 @@ def ensure_shapes(root: str = DEFAULT_ROOT, splits: dict[str, int] | None = None
     for split, count in (splits or SPLITS).items():
         if not os.path.isfile(os.path.join(root, "annotations", f"instances_{split}.json")):
             generate_split(root, split, count, seed)
+
+
+def generate_voc_split(root: str, split: str, num_images: int, seed: int = 0, jpeg_quality: int = 92) -> str:
+    """Write the images of ``split`` as ``root/VOCshapes``: JPEGImages/<split>_NNNNNN.jpg, one annotation
+    file each (1-based pixel corners), and ImageSets/Main/<split>.txt last, atomically: its presence
+    means the split is complete. Returns the list's path."""
+    from .voc import voc_box_of, write_voc_annotation
+
+    folder = os.path.join(root, f"VOC{VOC_YEAR}")
+    for sub in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    ids = []
+    for index, image, objects in split_samples(split, num_images, seed):
+        voc_id = f"{split}_{index:06d}"
+        cv2.imwrite(os.path.join(folder, "JPEGImages", f"{voc_id}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        voc_objects = [{"name": CLASSES[obj["category"]], "box": voc_box_of(*obj["bbox"]),
+                        "difficult": min(obj["bbox"][2:]) < DIFFICULT_BELOW} for obj in objects]
+        write_voc_annotation(os.path.join(folder, "Annotations", f"{voc_id}.xml"), f"{voc_id}.jpg", image.shape[1],
+                             image.shape[0], voc_objects)
+        ids.append(voc_id)
+    list_path = os.path.join(folder, "ImageSets", "Main", f"{split}.txt")
+    with open(list_path + ".tmp", "w", encoding="utf-8") as handle:
+        handle.write("\n".join(ids) + "\n")
+    os.replace(list_path + ".tmp", list_path)
+    return list_path
+
+
+def ensure_shapes_voc(root: str = VOC_ROOT, splits: dict[str, int] | None = None, seed: int = 0) -> None:
+    """Generate any split of the VOC copy of the shapes dataset that is not on disk yet, and its class list."""
+    for split, count in (splits or SPLITS).items():
+        if not os.path.isfile(os.path.join(root, f"VOC{VOC_YEAR}", "ImageSets", "Main", f"{split}.txt")):
+            generate_voc_split(root, split, count, seed)
+    names = os.path.join(root, "classes.txt")
+    if not os.path.isfile(names):
+        with open(names, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(CLASSES) + "\n")
