@@ -12,7 +12,7 @@ from resnet_engine.setup import setup_run
 from resnet_engine.trainer import Trainer
 
 from .data.loader import build_test_dataset, build_train_dataset, build_train_loader
-from .evaluation.evaluator import evaluate_model
+from .evaluation.evaluator import evaluate_model, primary_metric
 from .modeling.build import build_model, test_needs_original_images
 from backbones.speed import apply_speed_switches
 from .weights import load_weights_to_fine_tune
@@ -49,7 +49,7 @@ def train_detector(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     trainer = Trainer(model, optimizer, scheduler, cfg.solver, cfg.output_dir,
                       make_loader=lambda start: build_train_loader(train_set, cfg, images_per_process, start),
                       device=device, evaluate=evaluate, eval_period=cfg.test.eval_period,
-                      primary_metric="bbox/AP", meta=meta, config_text=config_to_text(cfg),
+                      primary_metric=primary_metric(cfg), meta=meta, config_text=config_to_text(cfg),
                       logging_cfg=cfg.logging)
     if resume:
         trainer.resume()

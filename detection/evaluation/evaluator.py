@@ -31,6 +31,7 @@ from .coco_eval import (
     score_test_set,
 )
 from .plots import plot_precision_recall
+from .voc_eval import VOC_METRICS, score_voc_test_set, voc_metrics_for_json
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,12 @@ def detect_test_set(model, dataset: CocoDetection, cfg,
 def evaluate_model(model, dataset: CocoDetection, cfg, progress: bool = True) -> dict:
     """COCO metrics of ``model`` on ``dataset``, sharded over processes and identical on all of them."""
     results, unreadable, seconds = detect_test_set(model, dataset, cfg, progress)
+    if cfg.test.metric in VOC_METRICS:
+        metrics = None
+        if dist_utils.is_main_process():
+            metrics = voc_test_metrics(dataset, results, unreadable, cfg.test.metric, cfg.output_dir, seconds,
+                                       source="model detections")
+        return dist_utils.broadcast_object(metrics)
     metrics = None
     if dist_utils.is_main_process():
         scored = score_test_set(dataset.coco.dataset, [r["image_id"] for r in dataset.records], results,
@@ -95,12 +102,36 @@ def evaluate_weights(cfg, weights: str, out_dir: str | None = None, plots_dir: s
     results, unreadable, seconds = detect_test_set(model, dataset, cfg)
     if not dist_utils.is_main_process():
         return {}
+    if cfg.test.metric in VOC_METRICS:
+        write_json(results, os.path.join(out_dir, "detections.json"))
+        metrics = voc_test_metrics(dataset, results, unreadable, cfg.test.metric, out_dir, seconds, source=weights)
+        print(metrics.pop("_summary") or "")
+        write_json(metrics, os.path.join(out_dir, "metrics.json"))
+        print(f"metrics written to {os.path.join(out_dir, 'metrics.json')}")
+        return metrics
     write_json(results, os.path.join(out_dir, "detections.json"))
     metrics = score_test_set(dataset.coco.dataset, [r["image_id"] for r in dataset.records], results, unreadable,
                              cfg.test.eval_backend, source=weights)
     report(metrics, out_dir, plots_dir, extra={"seconds_per_image": round(seconds, 4)})
     metrics["seconds_per_image"] = round(seconds, 4)
     return metrics
+
+
+def voc_test_metrics(dataset: CocoDetection, results: list[dict], unreadable: list[tuple[int, str]], metric: str,
+                     out_dir: str, seconds: float, source: str) -> dict:
+    """test.metric=voc2007/voc2010: the VOC metrics of a test set's detections for metrics.json, with the
+    summary under "_summary", and the per-class files of the VOC evaluation server in ``out_dir``."""
+    scored = score_voc_test_set(dataset.coco.dataset, [r["image_id"] for r in dataset.records], results, unreadable,
+                                metric, out_dir, source)
+    metrics = voc_metrics_for_json(scored) if "voc" in scored else scored
+    metrics["seconds_per_image"] = round(seconds, 4)
+    metrics["_summary"] = scored.get("summary", "")
+    return metrics
+
+
+def primary_metric(cfg) -> str:
+    """The metric that selects model_best.pth: COCO AP, or the VOC mAP under test.metric=voc2007/voc2010."""
+    return "voc/mAP" if cfg.test.metric in VOC_METRICS else "bbox/AP"
 
 
 def score_files(gt_file: str, det_file: str, out_dir: str, backend: str = "pycocotools",
