@@ -47,6 +47,14 @@ def flatten_level(logits: torch.Tensor, deltas: torch.Tensor) -> tuple[torch.Ten
     return logits, deltas
 
 
+def crossing_border(boxes: torch.Tensor, image_size: tuple[int, int], tolerance: float) -> torch.Tensor:
+    """Whether each (x1, y1, x2, y2) box reaches more than ``tolerance`` pixels outside an image of
+    (height, width) ``image_size``."""
+    height, width = image_size
+    return ((boxes[:, 0] < -tolerance) | (boxes[:, 1] < -tolerance)
+            | (boxes[:, 2] > width + tolerance) | (boxes[:, 3] > height + tolerance))
+
+
 class RegionProposalNetwork(nn.Module):
     """Scores anchors, turns the best into proposals by NMS, and computes the RPN losses in training.
 
@@ -140,17 +148,26 @@ class RegionProposalNetwork(nn.Module):
             proposals.append(image_boxes[keep])
         return proposals
 
+    def anchor_labels(self, anchors: torch.Tensor, target: dict,
+                      image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index of each anchor's GT box, its label FOREGROUND / BACKGROUND / IGNORE) for one image of
+        (height, width) ``image_size``. With ``boundary_thresh`` >= 0, anchors crossing the border are ignored
+        and left out of the matching, as Faster R-CNN drops them first: a GT box whose best anchor crosses
+        the border then claims its best anchor inside the image."""
+        if self.boundary_thresh < 0:
+            return self.matcher(anchors, target["boxes"], target.get("crowd_boxes"))
+        inside = ~crossing_border(anchors, image_size, self.boundary_thresh)
+        matched = torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device)
+        labels = torch.full((len(anchors),), IGNORE, dtype=torch.int64, device=anchors.device)
+        matched[inside], labels[inside] = self.matcher(anchors[inside], target["boxes"], target.get("crowd_boxes"))
+        return matched, labels
+
     def losses(self, logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor,
                image_sizes: list[tuple[int, int]], targets: list[dict]) -> dict[str, torch.Tensor]:
         sampled_logits, sampled_labels, pos_deltas, pos_targets = [], [], [], []
         num_sampled = 0
         for image, (target, size) in enumerate(zip(targets, image_sizes)):
-            matched, labels = self.matcher(anchors, target["boxes"], target.get("crowd_boxes"))
-            if self.boundary_thresh >= 0:
-                t = self.boundary_thresh
-                outside = ((anchors[:, 0] < -t) | (anchors[:, 1] < -t)
-                           | (anchors[:, 2] > size[1] + t) | (anchors[:, 3] > size[0] + t))
-                labels[outside] = IGNORE
+            matched, labels = self.anchor_labels(anchors, target, size)
             positive, negative = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction,
                                                  target.get("generator"))
             sampled = torch.cat([positive, negative])

@@ -145,3 +145,18 @@ def test_poolers_trace_with_fx_and_script(pooler):
     if isinstance(pooler, SingleLevelPooler):  # the scripted pooler is torchvision's aligned op
         torch.testing.assert_close(scripted(features, boxes, [(64, 80)] * 2),
                                    tv_roi_align(features["p3"], boxes, 5, 1 / 8, 0, True), rtol=0, atol=0)
+
+
+def test_the_paper_configs_pool_regions_by_roi_max_pooling(repo_root):
+    """The paper's settings (configs/base_det_paper.yaml) build a C4 detector whose regions are RoI max
+    pooled, 14x14 from res4 at stride 16: torchvision's roi_pool on the same map."""
+    from detection.config import load_detection_config
+    from detection.modeling.build import build_model
+
+    cfg = load_detection_config(f"{repo_root}/configs/base_det_paper.yaml", [
+        "model.backbone.depth=18", "model.backbone.base_width=8", "model.backbone.weights=null"])
+    pooler = build_model(cfg, num_classes=2).roi_heads.pooler
+    generator = torch.Generator().manual_seed(6)
+    features = {"res4": torch.randn(2, 3, 6, 8, generator=generator)}
+    boxes = random_boxes((5, 3), 96, 128, generator)
+    assert torch.equal(pooler(features, boxes, [(96, 128)] * 2), tv_roi_pool(features["res4"], boxes, 14, 1 / 16))

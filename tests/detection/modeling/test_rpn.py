@@ -16,7 +16,7 @@ from torchvision.ops import box_iou
 
 from detection.modeling.anchors import AnchorGenerator
 from detection.modeling.matching import Matcher
-from detection.modeling.rpn import RegionProposalNetwork, RPNHead, flatten_level
+from detection.modeling.rpn import RegionProposalNetwork, RPNHead, crossing_border, flatten_level
 
 SIZES = [[16, 32], [32, 64]]  # per level (strides 8 and 16)
 RATIOS = [0.5, 1.0, 2.0]
@@ -245,3 +245,49 @@ def test_head_starts_from_the_papers_initialization():
     for layer in (head.conv, head.cls_logits, head.bbox_pred):
         assert not layer.bias.any()
     assert RPNHead(16, 9, conv_channels=4).cls_logits.in_channels == 4
+
+
+def test_crossing_border_by_hand():
+    boxes = torch.tensor([[0.0, 0.0, 100.0, 80.0], [-0.5, 10.0, 20.0, 20.0], [10.0, 10.0, 104.0, 20.0],
+                          [10.0, -3.0, 20.0, 20.0], [10.0, 10.0, 20.0, 81.0]])
+    assert crossing_border(boxes, (80, 100), 0.0).tolist() == [False, True, True, True, True]
+    assert crossing_border(boxes, (80, 100), 3.0).tolist() == [False, False, True, False, False]
+
+
+# Hand-built anchors in a 100x80 image (width x height) and their labels, worked out by hand. GT 0
+# = A exactly (IoU 1). GT 1 lies on the right border: B crosses it by 4 px with IoU 36*40 / (2*1600 -
+# 1440) = 0.82, E lies inside with IoU 25*40 / 1600 = 0.625 (between the thresholds). C has IoU 100 /
+# 1900 = 0.05 with GT 0: background. D crosses the top-left corner by 30 px and overlaps nothing.
+BORDER_ANCHORS = torch.tensor([[10.0, 10.0, 50.0, 50.0],    # A
+                               [64.0, 20.0, 104.0, 60.0],   # B
+                               [75.0, 20.0, 100.0, 60.0],   # E
+                               [0.0, 0.0, 20.0, 20.0],      # C
+                               [-30.0, -30.0, 10.0, 10.0]])  # D
+BORDER_GT = torch.tensor([[10.0, 10.0, 50.0, 50.0], [60.0, 20.0, 100.0, 60.0]])
+
+
+@pytest.mark.parametrize("thresh, expected", [
+    (-1.0, [1, 1, -1, 0, 0]),  # every anchor kept: B is GT 1's positive, E is between the thresholds
+    (0.0, [1, -1, 1, 0, -1]),  # B and D ignored; E, GT 1's best anchor inside the image, becomes its positive
+    (8.0, [1, 1, -1, 0, -1]),  # B crosses by 4 px only and is kept; D by 30 and is ignored
+])
+def test_anchors_crossing_the_border_are_ignored_and_left_out_of_the_matching(thresh, expected):
+    rpn, _ = make_pair(boundary_thresh=thresh)
+    matched, labels = rpn.anchor_labels(BORDER_ANCHORS, {"boxes": BORDER_GT}, (80, 100))
+    assert labels.tolist() == expected
+    positives = labels == 1
+    assert matched[positives].tolist() == [0, 1]  # A to GT 0; B or E to GT 1
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_min_size_by_hand(training):
+    """Zero deltas propose the anchors themselves: with min_size 16 (the reference's, in training and at
+    test time alike) a box 15 px wide or 15.9 px high goes, a 16 x 16 one stays."""
+    anchors = torch.tensor([[0.0, 0.0, 15.0, 40.0], [20.0, 20.0, 60.0, 60.0], [0.0, 50.0, 16.0, 66.0],
+                            [70.0, 0.0, 90.0, 15.9]])
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    for min_size, kept in ((16.0, [1, 2]), (0.0, [0, 1, 2, 3])):
+        rpn, _ = make_pair(min_size=min_size)
+        rpn.train(training)
+        proposals = rpn.propose([logits], [torch.zeros(1, 4, 4)], [anchors], [(100, 100)])
+        assert torch.equal(proposals[0], anchors[kept])
