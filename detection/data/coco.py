@@ -38,8 +38,13 @@ def load_coco(ann_file: str, key_hint: str = "data.train.ann_file") -> COCO:
     for key in ("images", "categories"):
         if not isinstance(data, dict) or key not in data:
             raise AnnotationError(f"{ann_file}: not a COCO detection file (no '{key}' list)")
-    data.setdefault("annotations", [])
     return coco_from_dict(data, ann_file)
+
+
+def lists_annotations(coco: COCO) -> bool:
+    """Whether the json has an 'annotations' list at all: COCO's image_info files (test-dev) list the images
+    of a split scored by the evaluation server, without one."""
+    return "annotations" in coco.dataset
 
 
 def coco_from_dict(data: dict, source: str) -> COCO:
@@ -92,9 +97,10 @@ def entry_problem(kind: str, entry) -> str | None:
 def check_entries(ann_file: str, data: dict) -> None:
     """One line naming the first malformed image, category or annotation (by index and id) and the fix."""
     for kind in REQUIRED_KEYS:
-        if not isinstance(data[kind], list):
+        entries = data.get(kind, [])  # only 'annotations' may be absent (load_coco requires the others)
+        if not isinstance(entries, list):
             raise AnnotationError(f"{ann_file}: '{kind}' is not a list")
-        for index, entry in enumerate(data[kind]):
+        for index, entry in enumerate(entries):
             problem = entry_problem(kind, entry)
             if problem:
                 entry_id = entry.get("id") if isinstance(entry, dict) else None
@@ -204,8 +210,10 @@ class CocoDetection(torch.utils.data.Dataset):
             self.records = self.records[:max_images]
         if not self.records:
             raise AnnotationError(f"{ann_file}: no usable images")
-        if not any(len(record["boxes"]) for record in self.records):
-            # Training would run with zero box losses, and COCO AP would be undefined (-1).
+        if not any(len(record["boxes"]) for record in self.records) and (train or lists_annotations(self.coco)):
+            # Training would run with zero box losses, and COCO AP would be undefined (-1). A test json
+            # without an 'annotations' list is a split without local ground truth (the evaluator writes
+            # its results file instead of a score).
             raise AnnotationError(
                 f"{ann_file}: no object box in {len(self.records)} images ({len(self.coco.anns)} annotations; "
                 f"{self.stats.describe()}): give the objects in its 'annotations' list")

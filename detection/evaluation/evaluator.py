@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
+import warnings
 
 import torch
 from tqdm import tqdm
@@ -16,7 +18,7 @@ from resnet_engine.loaders import build_test_loader
 from resnet_engine.logger import write_json
 from resnet_engine.setup import setup_run
 
-from ..data.coco import CocoDetection, load_coco, split_unreadable
+from ..data.coco import CocoDetection, lists_annotations, load_coco, split_unreadable
 from ..data.loader import build_test_dataset
 from ..modeling.build import build_test_model, test_needs_original_images
 from ..modeling.speed import inference_autocast
@@ -82,7 +84,9 @@ def evaluate_model(model, dataset: CocoDetection, cfg, progress: bool = True) ->
                                        source="model detections")
         return dist_utils.broadcast_object(metrics)
     metrics = None
-    if dist_utils.is_main_process():
+    if dist_utils.is_main_process() and not lists_annotations(dataset.coco):
+        metrics = write_server_results(results, dataset, unreadable, cfg.output_dir)
+    elif dist_utils.is_main_process():
         scored = score_test_set(dataset.coco.dataset, [r["image_id"] for r in dataset.records], results,
                                 unreadable, cfg.test.eval_backend, source="model detections")
         metrics = metrics_for_json(scored)  # with num_images and skipped_images
@@ -109,12 +113,40 @@ def evaluate_weights(cfg, weights: str, out_dir: str | None = None, plots_dir: s
         write_json(metrics, os.path.join(out_dir, "metrics.json"))
         print(f"metrics written to {os.path.join(out_dir, 'metrics.json')}")
         return metrics
+    if not lists_annotations(dataset.coco):
+        metrics = write_server_results(results, dataset, unreadable, out_dir)
+        write_json(metrics, os.path.join(out_dir, "metrics.json"))
+        return metrics
     write_json(results, os.path.join(out_dir, "detections.json"))
     metrics = score_test_set(dataset.coco.dataset, [r["image_id"] for r in dataset.records], results, unreadable,
                              cfg.test.eval_backend, source=weights)
     report(metrics, out_dir, plots_dir, extra={"seconds_per_image": round(seconds, 4)})
     metrics["seconds_per_image"] = round(seconds, 4)
     return metrics
+
+
+def server_results_name(ann_file: str, out_dir: str) -> str:
+    """The name the COCO evaluation server asks for, detections_<split>_<algorithm>_results.json: the split
+    from the json's name (image_info_test-dev2015.json: test-dev2015), the algorithm from the output folder's,
+    with anything but letters, digits and '-' made '-' (the underscores separate the name's fields)."""
+    split = re.sub(r"^(image_info|instances)_", "", os.path.basename(ann_file).removesuffix(".json"))
+    algorithm = re.sub(r"[^A-Za-z0-9-]+", "-", os.path.basename(os.path.normpath(out_dir))).strip("-") or "model"
+    return f"detections_{split}_{algorithm}_results.json"
+
+
+def write_server_results(results: list[dict], dataset: CocoDetection, unreadable: list[tuple[int, str]],
+                         out_dir: str) -> dict:
+    """A test set without annotations (test-dev): its COCO results file for the evaluation server, and no
+    score. Returns what metrics.json records instead of AP."""
+    path = os.path.join(out_dir, server_results_name(dataset.ann_file, out_dir))
+    write_json(results, path)
+    if unreadable:
+        warnings.warn(f"{len(unreadable)} unreadable test images have no detections in {path}: "
+                      + ", ".join(image_path for _, image_path in unreadable), stacklevel=2)
+    print(f"{dataset.ann_file} has no annotations, so nothing is scored here: {len(results)} detections of "
+          f"{len(dataset) - len(unreadable)} images written to {path}, to zip and upload to the COCO evaluation "
+          "server")
+    return {"results_file": path, "num_images": len(dataset) - len(unreadable), "skipped_images": len(unreadable)}
 
 
 def voc_test_metrics(dataset: CocoDetection, results: list[dict], unreadable: list[tuple[int, str]], metric: str,
