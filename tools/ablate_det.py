@@ -1,7 +1,11 @@
 """Evaluate a trained detector row by row as the paper's Table 9 (baseline and its improvements).
 
-Rows: baseline, +box refinement, +context, +multi-scale testing; prints and writes a markdown table
-and JSON (mAP@.5, mAP@[.5,.95], s/img).
+Rows: baseline, +box refinement, +context, +multi-scale testing, each from the baseline whatever the
+config turns on; prints and writes a markdown table and JSON (mAP@.5, mAP@[.5,.95], s/img) beside the
+paper's figures (ResNet-101, COCO val and test-dev). --weights is a model trained without global context;
+the last two rows need --context-weights, the same model trained with it, and are marked not produced
+without them. On a test set without annotations (test-dev) each row writes its results file for the
+COCO evaluation server instead of a score.
 
     python tools/ablate_det.py --cfg configs/shapes.yaml --weights output/shapes/model_final.pth \
         --context-weights output/shapes_ctx/model_final.pth --out output/ablation --plot
@@ -16,7 +20,7 @@ DEFAULT_CFG = "configs/shapes.yaml"  # the shipped file unless the working folde
 
 def main() -> int:
     parser = config_parser(__doc__.splitlines()[0], default_cfg=DEFAULT_CFG)
-    parser.add_argument("--weights", required=True, help="weights of the baseline model")
+    parser.add_argument("--weights", required=True, help="weights of the model trained without global context")
     parser.add_argument("--context-weights", help="weights of the same model trained with global context")
     parser.add_argument("--scales", type=int, nargs="+", help="multi-scale pyramid (default: test.scales, "
                         "or the paper's 200..1000 relative to its 600)")

@@ -132,10 +132,11 @@ def test_ablation_tool_prints_and_writes_the_table(trained_run, tmp_path):
                       "--scales", "128", "160", "192", "--out", str(tmp_path), "--plot", "test.max_images=2")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((tmp_path / "ablation.json").read_text())
-    assert [r["row"] for r in rows] == ["baseline", "+box refinement", "+multi-scale"]
-    assert rows[2]["overrides"][-1].startswith("test.scales=[128,160,192]") or "test.scales=[128,160,192]" in \
-        rows[2]["overrides"]
-    assert all(r["seconds_per_image"] > 0 for r in rows)
+    assert [r["row"] for r in rows] == ["baseline", "+box refinement", "+context", "+multi-scale"]
+    assert "test.scales=[128,160,192]" in rows[3]["overrides"]
+    assert all(r["seconds_per_image"] > 0 for r in rows[:2])
+    # Without --context-weights the rows that need a model trained with context are not produced.
+    assert [r["AP"] for r in rows[2:]] == [None, None] and "not produced: needs --context-weights" in result.stdout
     assert "| +box refinement |" in (tmp_path / "ablation.md").read_text() and "| +box refinement |" in result.stdout
     assert (tmp_path / "ablation.png").is_file()
 
