@@ -43,6 +43,7 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
 BOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
+WITHHELD_TEST_YEARS = ("2008", "2009", "2010", "2011", "2012")
 # Bad images named one by one in the warning of a set that skips some; the count covers the rest.
 NAMED_PROBLEMS = 5
 
@@ -61,6 +62,13 @@ class VocSubset:
     @property
     def folder(self) -> str:
         return f"VOC{self.year}"
+
+    @property
+    def ground_truth_withheld(self) -> bool:
+        """The test sets of VOC2008 to VOC2012 are scored by the evaluation server alone. Their annotation
+        files, where the archive has them, hold only the person boxes of the action and layout tasks:
+        read as detection ground truth, they would give a wrong score."""
+        return self.image_set == "test" and self.year in WITHHELD_TEST_YEARS
 
     def __str__(self) -> str:
         return f"{self.year}_{self.image_set}"
@@ -203,19 +211,23 @@ class SkippedImages:
 def voc_to_coco(root: str, split: str, class_names: list[str], train: bool, on_bad_image: str = "skip",
                 key: str = "data.train") -> dict:
     """A VOC split as a COCO-format dict: images numbered from 1 in list order, ``file_name`` relative to
-    ``root`` (VOC2007/JPEGImages/000005.jpg), ``voc_id``, ``voc_year`` and ``voc_set`` the image's id, year and list, one category per class
-    (id = index + 1). Training leaves difficult objects out; a test set keeps them marked.
+    ``root`` (VOC2007/JPEGImages/000005.jpg), ``voc_id``, ``voc_year`` and ``voc_set`` the image's id,
+    year and list, one category per class (id = index + 1). Training leaves difficult objects out; a test set keeps them marked.
 
     An image whose annotation is bad or whose file is missing is left out and named in one warning
     (``on_bad_image="skip"``), or stops the reading (``"fail"``). A test subset without any annotation
-    file (VOC2012 test as distributed for the evaluation server) gives its images without objects, and a
+    file, or whose ground truth the server keeps (VOC2012 test), gives its images without objects, and a
     test split made only of such subsets has no 'annotations' list, as COCO's test-dev image lists.
     """
     images, annotations, skipped, annotated = [], [], SkippedImages(), False
     for subset in parse_split(split, f"{key}.split"):
+        if train and subset.ground_truth_withheld:
+            raise ConfigError(f"{key}.split names {subset}, whose ground truth only the VOC evaluation server has: "
+                              "train on trainval sets (07++12 is 2007_trainval+2007_test+2012_trainval)")
         ids = read_image_ids(root, subset, key)
         xml_dir = os.path.join(root, subset.folder, "Annotations")
-        unannotated = not train and not any(os.path.isfile(os.path.join(xml_dir, f"{i}.xml")) for i in ids)
+        unannotated = not train and (subset.ground_truth_withheld or
+                                     not any(os.path.isfile(os.path.join(xml_dir, f"{i}.xml")) for i in ids))
         annotated = annotated or not unannotated
         for voc_id in ids:
             record = read_record(root, subset, voc_id, class_names, unannotated, skipped, on_bad_image)

@@ -106,6 +106,12 @@ def test_a_test_split_without_annotations_lists_none(devkit):
     write_image(devkit, "2012", "2008_000002", [], image_set="test", xml=False)
     data = voc_to_coco(str(devkit), "2012_test", list(VOC_CLASSES), train=False)
     assert "annotations" not in data and data["images"][0]["voc_set"] == "test"
+    # VOC2012 test's files hold the person boxes of other tasks: never read as detection ground truth.
+    write_image(devkit, "2012", "2008_000003", [("person", 0, 1, 1, 5, 5)], image_set="test")
+    data = voc_to_coco(str(devkit), "2012_test", list(VOC_CLASSES), train=False)
+    assert "annotations" not in data and len(data["images"]) == 2
+    with pytest.raises(ConfigError, match=r"data.train.split names 2012_test, whose ground truth only the VOC "):
+        voc_to_coco(str(devkit), "2007_trainval+2012_test", list(VOC_CLASSES), train=True)
 
 
 def test_config_needs_root_and_split():
