@@ -112,3 +112,10 @@ def test_weights_with_and_without_context_are_told_apart(base, tmp_path):
         ablation.check_ablation_weights(context, None)
     with pytest.raises(UserError, match=r"--context-weights .*plain.pth was trained without global context"):
         ablation.check_ablation_weights(plain, plain)
+
+
+def test_an_evaluation_without_coco_box_ap_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(ablation, "evaluate_weights", lambda cfg, weights, out_dir: {"voc": {"mAP": 70.0}})
+    monkeypatch.setattr(ablation, "trained_with_global_context", lambda weights: False)
+    with pytest.raises(UserError, match="Table 9 is scored with COCO box AP, which this config's evaluation does not"):
+        ablation.run_ablation(PAPER_CFG, [], "base.pth", None, str(tmp_path))
