@@ -19,6 +19,8 @@ import os
 import cv2
 import numpy as np
 
+from .voc import voc_box_of, write_voc_annotation
+
 CLASSES = ("circle", "square", "triangle", "star", "cross")
 DEFAULT_ROOT = "datasets/shapes"
 SPLITS = {"train": 1500, "val": 300}
@@ -167,8 +169,6 @@ def generate_voc_split(root: str, split: str, num_images: int, seed: int = 0, jp
     """Write the images of ``split`` as ``root/VOCshapes``: JPEGImages/<split>_NNNNNN.jpg, one annotation
     file each (1-based pixel corners), and ImageSets/Main/<split>.txt last, atomically: its presence
     means the split is complete. Returns the list's path."""
-    from .voc import voc_box_of, write_voc_annotation
-
     folder = os.path.join(root, f"VOC{VOC_YEAR}")
     for sub in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
         os.makedirs(os.path.join(folder, sub), exist_ok=True)

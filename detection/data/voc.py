@@ -37,6 +37,7 @@ from pycocotools.coco import COCO
 from resnet_engine.config import ConfigError
 
 from .coco import AnnotationError, coco_from_dict
+from .yolo import read_names
 
 # The 20 classes in the devkit's order (VOCinit.m), the order of the class indices of VOC detectors.
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -122,9 +123,7 @@ def read_class_names(names_file: str, key: str) -> list[str]:
     if not os.path.isfile(names_file):
         raise ConfigError(f"VOC class names file not found: {names_file} (set {key}.names to a file of one class "
                           "name a line, or to '' for the 20 VOC classes)")
-    from .yolo import read_names  # the same names files as YOLO sets
-
-    return read_names(names_file)
+    return read_names(names_file)  # the same names files as YOLO sets
 
 
 def element_text(parent: ET.Element, tag: str, where: str) -> str:
