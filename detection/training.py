@@ -41,7 +41,7 @@ def train_detector(cfg, resume: bool = False, overwrite: bool = False) -> dict:
         metrics = evaluate_model(model_to_test, test_set, cfg)
         summary = metrics.pop("_summary", "")
         if dist_utils.is_main_process() and summary:
-            logger.info("evaluation on %d images of %s:\n%s", metrics["num_images"], cfg.data.test.ann_file, summary)
+            logger.info("evaluation on %d images of %s:\n%s", metrics["num_images"], test_set.ann_file, summary)
         return metrics
 
     meta = {"num_classes": num_classes, "category_ids": category_map.category_ids,
