@@ -27,6 +27,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -67,6 +68,30 @@ class LossesAndMetrics(NamedTuple):
 
     losses: dict[str, torch.Tensor]
     metrics: dict[str, torch.Tensor]
+
+
+@dataclass
+class LogWindow:
+    """The sums of the losses and metrics of the iterations since the last record of metrics.jsonl, and how
+    many iterations they cover. A checkpoint keeps it, so that the first record after a resume averages over
+    its whole log period as an uninterrupted run's does (not only over the iterations since the resume)."""
+
+    losses: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, losses: dict, metrics: dict) -> None:
+        for name, value in losses.items():
+            self.losses[name] = self.losses.get(name, 0.0) + float(value.detach())
+        for name, value in metrics.items():
+            self.metrics[name] = self.metrics.get(name, 0.0) + float(value)
+        self.count += 1
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> LogWindow:
+        """A checkpoint's window; none (a checkpoint written before windows were kept): an empty one."""
+        state = state or {}
+        return cls(dict(state.get("losses", {})), dict(state.get("metrics", {})), int(state.get("count", 0)))
 
 
 class DataWorkerDied(TrainingError):
@@ -137,6 +162,7 @@ class Trainer:
         self.best_metric = -math.inf
         self.nonfinite_steps = 0
         self.train_seconds = 0.0  # wall time in the loop itself, without evaluation and checkpoints
+        self.log_window = LogWindow()
         self.skipped_files: set[str] = set()
         self._stop_signal: int | None = None
         self._evaluating = False
@@ -155,6 +181,8 @@ class Trainer:
             "train_seconds": self.train_seconds,
             # Every process has its own RNG stream: keep them all (a collective call).
             "rng": dist_utils.all_gather_objects(capture_rng_state()),
+            # So is every process's log window (each sums its own batches until the record averages them).
+            "log_window": dist_utils.all_gather_objects(asdict(self.log_window)),
             "meta": self.meta,
             "config": self.config_text,
         }
@@ -215,6 +243,8 @@ class Trainer:
         self.train_seconds = float(state.get("train_seconds", 0.0))
         rng_states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         restore_rng_state(rng_states[min(dist_utils.get_rank(), len(rng_states) - 1)])
+        windows = state.get("log_window") or [None]
+        self.log_window = LogWindow.from_state(windows[min(dist_utils.get_rank(), len(windows) - 1)])
         changes = changed_keys(saved_config, self.config_text)
         if changes and self.is_main:
             logger.warning("resuming with settings that differ from the checkpoint's (the current ones apply): %s",
@@ -240,9 +270,7 @@ class Trainer:
         data = iter(loader)
         bar = progress_bar(solver.max_iter, self.start_iter, self.is_main)
         previous_handlers = self._install_signal_handlers()
-        window: dict[str, float] = {}  # the sums of the losses since the last log, then of the metrics
-        metric_window: dict[str, float] = {}
-        window_count, window_start, last_log = 0, time.perf_counter(), self.start_iter
+        window_start, last_log = time.perf_counter(), self.start_iter
         final_metrics: dict = {}
         completed = False
         worker_death: TrainingError | None = None
@@ -261,11 +289,7 @@ class Trainer:
                     self.good_checkpoints.loss_seen(float(total.detach()))
                     self._step(total)
                     self._follow_metric_warmup(metrics)
-                    for name, value in losses.items():
-                        window[name] = window.get(name, 0.0) + float(value.detach())
-                    for name, value in metrics.items():
-                        metric_window[name] = metric_window.get(name, 0.0) + float(value)
-                    window_count += 1
+                    self.log_window.add(losses, metrics)
                 done = self.iteration + 1
                 lr = self.optimizer.param_groups[0]["lr"]  # this iteration's: the log shows what it trained with
                 self.scheduler.step()
@@ -274,9 +298,9 @@ class Trainer:
                 if stop or done % solver.log_period == 0 or done == solver.max_iter:
                     # A stop by signal logs its partial window too: no record is lost.
                     seconds_per_iter = (time.perf_counter() - window_start) / max(done - last_log, 1)
-                    self._log(done, window, metric_window, window_count, seconds_per_iter, lr, bar)
-                    window, metric_window = {}, {}
-                    window_count, window_start, last_log = 0, time.perf_counter(), done
+                    self._log(done, self.log_window, seconds_per_iter, lr, bar)
+                    self.log_window = LogWindow()
+                    window_start, last_log = time.perf_counter(), done
                 if stop:
                     self._save_and_stop(done)
                 if solver.checkpoint_period and done % solver.checkpoint_period == 0 and done < solver.max_iter:
@@ -429,13 +453,13 @@ class Trainer:
         return (f"the last good checkpoint is {good}{aside}: {advice}, then continue from it with --resume, "
                 f"or allow skipped steps with solver.max_nonfinite")
 
-    def _log(self, iteration: int, window: dict, metric_window: dict, count: int, seconds_per_iter: float,
-             lr: float, bar) -> None:
-        """One record of metrics.jsonl for the iterations up to ``iteration``: their mean losses and metrics,
-        and ``lr``, the learning rate the last of them trained with."""
-        averaged = {k: v / max(count, 1) for k, v in {**window, **metric_window}.items()}
+    def _log(self, iteration: int, window: LogWindow, seconds_per_iter: float, lr: float, bar) -> None:
+        """One record of metrics.jsonl for the iterations of ``window``, up to ``iteration``: their mean losses
+        and metrics, and ``lr``, the learning rate the last of them trained with."""
+        count = window.count
+        averaged = {k: v / max(count, 1) for k, v in {**window.losses, **window.metrics}.items()}
         averaged = dist_utils.reduce_mean(averaged, self.device)
-        loss_total = sum(v for k, v in averaged.items() if k in window)
+        loss_total = sum(v for k, v in averaged.items() if k in window.losses)
         record = {
             **{k: round(v, 5) for k, v in averaged.items()},
             "total_loss": round(loss_total, 5),

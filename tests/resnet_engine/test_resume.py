@@ -1,7 +1,11 @@
 """Resuming with a changed config: one line for a model or optimizer that no longer fits, and the
 current config's optimizer settings for everything else."""
 
+import json
+import os
+
 import pytest
+import torch
 
 from resnet_engine.checkpoint import CheckpointError
 from tests.resnet_engine.toy_training import ToyModel, make_trainer
@@ -63,3 +67,37 @@ def test_resume_applies_the_current_learning_rate_weight_decay_and_momentum(tmp_
            "solver.base_lr: 0.01 -> 0.001" in caplog.text
     trainer.train()
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.001 * 0.1)
+
+
+def batches_by_iteration(start: int):
+    """Each iteration's batch depends on the iteration alone: a resumed run sees the batches an uninterrupted
+    one does."""
+    iteration = start
+    while True:
+        generator = torch.Generator().manual_seed(iteration)
+        yield [{"x": torch.randn(2, generator=generator)} for _ in range(4)]
+        iteration += 1
+
+
+def train_records(out_dir) -> list[dict]:
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["type"] == "train"]
+
+
+def test_the_first_record_after_a_resume_averages_its_whole_log_period(tmp_path):
+    # Records every 4 iterations, checkpoints every 3: the run resumes from iteration 6, in the middle of the
+    # window of iterations 5-8, whose record must still average all four of them.
+    keys = dict(max_iter=8, log_period=4, checkpoint_period=3, make_loader=batches_by_iteration)
+    torch.manual_seed(0)
+    make_trainer(ToyModel(), tmp_path / "whole", **keys).train()
+    interrupted = tmp_path / "resumed"
+    torch.manual_seed(0)
+    make_trainer(ToyModel(), interrupted, **keys).train()
+    for name in ("model_final.pth", "last_checkpoint", "metrics.json"):
+        os.remove(interrupted / name)
+    trainer = make_trainer(ToyModel(), interrupted, **keys)
+    assert trainer.resume() and trainer.start_iter == 6
+    trainer.train()
+    whole, resumed = train_records(tmp_path / "whole"), train_records(interrupted)
+    assert [r["iteration"] for r in resumed] == [4, 8]
+    assert resumed[1]["loss"] == pytest.approx(whole[1]["loss"], rel=1e-5)
