@@ -10,8 +10,9 @@ Each net trains through :func:`classification.training.train_classifier` into ``
 ``ResNet-20``, ...), so a run can be resumed and a finished one is reused. The recipe is the config's, with
 its schedule scaled to ``iters``: the learning-rate steps, the evaluation period and the checkpoint period
 keep their fractions of the config's solver.max_iter (base_cifar.yaml's steps at 32k and 48k of 64k become
-50% and 75% of ``iters``). Nets of 110 layers and more warm up as the paper's ResNet-110 does (lr 0.01
-until the training error is below 80%) unless the config sets a warm-up of its own.
+50% and 75% of ``iters``); a linear warm-up (solver.warmup_iters) keeps its length. Nets of 110 layers and
+more warm up as the paper's ResNet-110 does (lr 0.01 until the training error is below 80%) unless the
+config sets a warm-up of its own.
 
 The training error of a net is the mean top-1 error of its training batches over the last
 :data:`TRAIN_ERROR_WINDOW` iterations: the trainer logs the mean of every :data:`LOG_PERIOD` iterations,
@@ -127,7 +128,9 @@ def schedule_overrides(base, iters: int) -> tuple[list[str], str]:
                  f"solver.log_period={LOG_PERIOD}"]
     overrides += [f"{key}={scaled(value, iters, max_iter) if value else 0}" for key, value in periods.items()]
     percent = ", ".join(f"{100 * step / max_iter:g}%" for step in solver.steps if step < max_iter) or "none"
-    sentence = (f"{iters} iterations of batch {solver.ims_per_batch}, lr {solver.base_lr:g} divided by "
+    warmup = (f" after a linear warm-up over the first {solver.warmup_iters} iterations"
+              if solver.warmup_iters else "")
+    sentence = (f"{iters} iterations of batch {solver.ims_per_batch}, lr {solver.base_lr:g}{warmup}, divided by "
                 f"{1 / solver.gamma:g} at iterations {', '.join(map(str, steps)) or 'none'} (the config's steps "
                 f"at {percent} of its {max_iter} iterations, kept at the same fractions)")
     return overrides, sentence
@@ -135,7 +138,7 @@ def schedule_overrides(base, iters: int) -> tuple[list[str], str]:
 
 def net_overrides(depth: int, residual: bool, base) -> list[str]:
     overrides = [f"model.backbone.depth={depth}", f"model.backbone.plain={not residual}"]
-    if depth >= DEEP_WARMUP_DEPTH and not base.solver.warmup_until.metric:
+    if depth >= DEEP_WARMUP_DEPTH and not (base.solver.warmup_until.metric or base.solver.warmup_iters):
         overrides += DEEP_WARMUP
     return overrides
 

@@ -99,10 +99,12 @@ def test_the_training_error_is_the_mean_of_the_last_50_iterations(experiment):
 def test_the_schedule_is_scaled_and_said(experiment):
     out, result = experiment
     saved = (out / "plain-8" / "config.yaml").read_text()
-    # configs/cifar_degradation.yaml: steps 200 and 300 of 400, evaluation every 50, checkpoints every 100.
+    # configs/cifar_degradation.yaml: steps 300 and 450 of 600, evaluation every 50, checkpoints every 100,
+    # a linear warm-up over 100 iterations (its length is kept).
     assert "- 30\n" in saved and "- 45\n" in saved and "max_iter: 60" in saved
     cfg = load_classification_config(str(out / "plain-8" / "config.yaml"))
-    assert list(cfg.solver.steps) == [30, 45] and cfg.test.eval_period == 8 and cfg.solver.checkpoint_period == 15
+    assert list(cfg.solver.steps) == [30, 45] and cfg.test.eval_period == 5 and cfg.solver.checkpoint_period == 10
+    assert cfg.solver.warmup_iters == 100 and "after a linear warm-up over the first 100 iterations" in result.stdout
     assert cfg.solver.log_period == 10 and cfg.model.backbone.plain and cfg.model.backbone.depth == 8
     assert "divided by 10 at iterations 30, 45" in result.stdout
     assert "50%, 75%" in result.stdout
