@@ -1,0 +1,156 @@
+"""The ImageNet DET metric (ILSVRC detection): AP per class with a size-dependent IoU threshold.
+
+The rules follow the ILSVRC devkit's evaluation/eval_detection.m (ILSVRC2013-2015 devkits; the file
+says it is derived from the PASCAL devkit's VOCevaldet.m, and it computes the AP with VOCap.m):
+
+- A ground-truth box of width w and height h, in the devkit's pixel convention (a box [x1, y1, x2, y2]
+  holds the pixels x1..x2 included, so w = x2 - x1 + 1), is found by a detection whose IoU with it is
+  at least min(0.5, w * h / ((w + 10) * (h + 10))): objects under about 50 pixels a side need less
+  than 0.5 (the devkit's ``pixelTolerance = 10``; its code names the height gt_w and the width gt_h,
+  which the symmetric formula does not notice).
+- In each image, a class's detections are taken by decreasing score (ties in their given order). Each
+  goes to the object, among the objects of its class not yet found, whose IoU with it is the highest
+  of those at or above their own threshold: a true positive, and the object is found. Otherwise it is
+  a false positive. Unlike VOC, a second detection of a found object may still find another object
+  it overlaps enough; a detection that only overlaps found objects is a false positive (a duplicate).
+- Every ground-truth box counts: the DET annotations have no difficult objects, so difficult flags
+  (and COCO crowd regions) are not read here.
+- Precision and recall over the class's detections sorted by decreasing score over all images (ties:
+  by image, then in the order above), and the AP is VOCap.m's area under the precision envelope, the
+  "voc2010" AP of voc_eval.py. The mAP is the mean over the classes that have objects; a class without
+  any has no AP: NaN, named in a warning, left out of the mean.
+
+Not reproduced: the devkit's optional blacklist of validation image/class pairs (its detections
+ignored and its objects not counted); the R-CNN val1/val2 split does not use it either.
+
+Boxes are those of detection/data/imagenet_det.py: COCO [x, y, w, h] with x + w the last column, as
+voc_eval.py reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import numpy as np
+
+from .coco_eval import DetectionsError
+from .voc_eval import ImageTruth, check_result_ids, corners, ground_truth_by_class, overlaps, voc_ap
+
+logger = logging.getLogger(__name__)
+
+METRIC = "imagenet_det"
+DEFAULT_IOU = 0.5  # eval_detection.m's defaultIOUthr
+PIXEL_TOLERANCE = 10  # eval_detection.m's pixelTolerance
+
+
+def det_thresholds(boxes: np.ndarray) -> np.ndarray:
+    """The IoU each ground-truth box (N, 4 corners, pixels included) needs: min(0.5, wh / ((w+10)(h+10)))."""
+    width = boxes[:, 2] - boxes[:, 0] + 1
+    height = boxes[:, 3] - boxes[:, 1] + 1
+    return np.minimum(DEFAULT_IOU, width * height / ((width + PIXEL_TOLERANCE) * (height + PIXEL_TOLERANCE)))
+
+
+def match_detection(gt: ImageTruth, thresholds: np.ndarray, box: np.ndarray) -> bool:
+    """Whether ``box`` finds an object of ``gt`` not found yet (marking it found): the one of highest IoU
+    among those at or above their own threshold."""
+    iou = overlaps(box, gt.boxes)  # the devkit's +1 in widths; -inf where they do not intersect
+    candidates = (iou >= thresholds) & ~gt.taken
+    if not candidates.any():
+        return False
+    gt.taken[int(np.argmax(np.where(candidates, iou, -np.inf)))] = True
+    return True
+
+
+def det_true_positives(truth: dict[int, ImageTruth], image_ids: np.ndarray, scores: np.ndarray,
+                       boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The order of one class's detections for the precision curve (decreasing score, then image id, then
+    given order) and whether each, in that order, is a true positive."""
+    order = np.lexsort((np.arange(len(scores)), image_ids, -scores))
+    thresholds = {image: det_thresholds(gt.boxes) for image, gt in truth.items()}
+    found = np.zeros(len(order), dtype=bool)
+    for rank, index in enumerate(order):
+        gt = truth.get(int(image_ids[index]))
+        if gt is not None and len(gt.boxes):
+            found[rank] = match_detection(gt, thresholds[int(image_ids[index])], boxes[index])
+    return order, found
+
+
+def det_class_ap(truth: dict[int, ImageTruth], detections: list[dict]) -> float:
+    """The DET AP of one class from its ground truth by image and its COCO-format detections; NaN without
+    any object."""
+    positives = sum(len(gt.boxes) for gt in truth.values())
+    if positives == 0:
+        return math.nan
+    if not detections:
+        return 0.0
+    scores = np.array([d["score"] for d in detections], dtype=np.float64)
+    boxes = np.array([corners(d["bbox"]) for d in detections], dtype=np.float64)
+    image_ids = np.array([d["image_id"] for d in detections])
+    _, found = det_true_positives(truth, image_ids, scores, boxes)
+    tp = np.cumsum(found)
+    recall = tp / positives
+    precision = tp / np.arange(1, len(found) + 1)
+    return voc_ap(recall, precision, "voc2010")
+
+
+def evaluate_det(gt_dataset: dict, results: list[dict], image_ids: list[int] | None = None,
+                 source: str = "detections") -> dict:
+    """Score COCO-format ``results`` against the ``gt_dataset`` dict with the ImageNet DET metric.
+
+    Returns {"det": {"mAP": percent}, "per_category": {name: AP percent, NaN when undefined}, "summary":
+    text}; detections of images outside ``image_ids`` (default: all of the ground truth's) are not scored."""
+    known_images = {image["id"] for image in gt_dataset["images"]}
+    scored = set(image_ids) if image_ids is not None else known_images
+    check_result_ids(results, known_images, {c["id"] for c in gt_dataset["categories"]}, source)
+    truth = ground_truth_by_class(gt_dataset, scored)
+    by_class: dict[int, list[dict]] = {category: [] for category in truth}
+    for record in results:
+        if record["image_id"] in scored:
+            by_class[record["category_id"]].append(record)
+    names = {c["id"]: c.get("name", str(c["id"])) for c in gt_dataset["categories"]}
+    per_category = {names[c]: det_class_ap(truth[c], by_class[c]) * 100 for c in sorted(truth)}
+    defined = [ap for ap in per_category.values() if not math.isnan(ap)]
+    if not defined:
+        raise DetectionsError(f"no object in the ground truth of the {len(scored)} scored images: the DET AP is "
+                              "undefined")
+    undefined = [name for name, ap in per_category.items() if math.isnan(ap)]
+    if undefined:
+        warnings.warn(f"{source}: no object of {', '.join(undefined)} in the scored images: their AP is undefined "
+                      "and left out of the mAP", stacklevel=2)
+    mean = float(np.mean(defined))
+    return {"det": {"mAP": mean}, "per_category": per_category, "summary": det_summary(mean, per_category)}
+
+
+def det_summary(mean: float, per_category: dict[str, float]) -> str:
+    width = max(len(name) for name in per_category)
+    lines = [f"ImageNet DET metric, AP at IoU min(0.5, wh/((w+10)(h+10))): mAP {mean:.2f}"]
+    lines += [f"{name:<{width}}  {'n/a' if math.isnan(ap) else f'{ap:.2f}'}" for name, ap in per_category.items()]
+    return "\n".join(lines)
+
+
+def det_metrics_for_json(metrics: dict) -> dict:
+    """The part of the DET metrics written to metrics.json (NaN as null)."""
+    data = {"det": {"mAP": round(metrics["det"]["mAP"], 4)},
+            "per_category": {k: (None if math.isnan(v) else round(v, 4)) for k, v in metrics["per_category"].items()}}
+    data.update({k: metrics[k] for k in ("num_images", "skipped_images") if k in metrics})
+    return data
+
+
+def score_det_test_set(gt_dataset: dict, image_ids: list[int], results: list[dict],
+                       unreadable: list[tuple[int, str]], source: str = "detections") -> dict:
+    """The DET metric over the test images that went through the model. Unreadable images are left out
+    of the score, named in one warning and counted: "num_images" is the number evaluated,
+    "skipped_images" the rest. A set without annotations (DET test) is not scored."""
+    skipped_ids = {image_id for image_id, _ in unreadable}
+    evaluated = [image_id for image_id in image_ids if image_id not in skipped_ids]
+    if unreadable:
+        warnings.warn(f"{len(unreadable)} unreadable test images were skipped and left out of the evaluation: "
+                      + ", ".join(path for _, path in unreadable), stacklevel=2)
+    counts = {"num_images": len(evaluated), "skipped_images": len(unreadable)}
+    if "annotations" not in gt_dataset:
+        logger.warning("the test set has no annotations: %d detections of %d images, nothing scored",
+                       len(results), len(evaluated))
+        return counts
+    return {**evaluate_det(gt_dataset, results, evaluated, source), **counts}
