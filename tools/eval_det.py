@@ -1,10 +1,16 @@
 """Evaluate detections with COCO box AP.
 
     python tools/eval_det.py --cfg CFG --weights W [key=value ...]     # run a model on the test set
+    python tools/eval_det.py --cfg CFG --weights W1 --weights W2 --weights W3   # an ensemble of them
     python tools/eval_det.py --gt ANN.json --det DETS.json --out DIR   # score a results file
 Both print the COCO table and write DIR/metrics.json (percent). A detection of DETS.json names its image
 by image_id, or by file_name (tools/infer.py's predictions.json): the image of ANN.json whose
 file_name is the longest ending of that path, so that datasets/val/0001.png is the image "0001.png".
+
+Several --weights run as one ensemble, as the paper's COCO entry: the union of the networks' proposals,
+each network's head scoring it, scores and boxes averaged, one NMS (detection/ensemble.py). Each network
+is built from the training config its file keeps (else from CFG); CFG gives the test set, the test
+scale and the test keys. A test set without annotations (test-dev) gets the server's results file.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from resnet_engine.cli import OverridesParser, run_cli
 def main() -> int:
     parser = OverridesParser(description="COCO box AP of a model or of a detections file")
     parser.add_argument("--cfg", help="config of the model (model mode)")
-    parser.add_argument("--weights", help="detector weights (model mode)")
+    parser.add_argument("--weights", action="append",
+                        help="detector weights (model mode); repeat it for an ensemble of several detectors")
     parser.add_argument("--gt", help="COCO annotation json (scoring mode)")
     parser.add_argument("--det", help="COCO results json, or infer.py's predictions.json (scoring mode)")
     parser.add_argument("--out", help="output folder (default: the config's output_dir, or .)")
@@ -38,7 +45,7 @@ def main() -> int:
 
     overrides = list(args.overrides) + ([f"test.eval_backend={args.backend}"] if args.backend else [])
     cfg = load_detection_config(args.cfg, overrides)
-    evaluate_weights(cfg, args.weights, args.out, args.plots)
+    evaluate_weights(cfg, args.weights[0] if len(args.weights) == 1 else args.weights, args.out, args.plots)
     return 0
 
 

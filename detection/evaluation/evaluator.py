@@ -20,9 +20,9 @@ from resnet_engine.setup import setup_run
 
 from ..data.coco import CocoDetection, lists_annotations, load_coco, split_unreadable
 from ..data.loader import build_test_dataset
+from ..ensemble import load_detectors
 from ..modeling.build import build_test_model, test_needs_original_images
 from ..modeling.speed import inference_autocast
-from ..weights import load_fast_detector
 from .coco_eval import (
     detections_to_coco,
     evaluate_detections,
@@ -95,20 +95,21 @@ def evaluate_model(model, dataset: CocoDetection, cfg, progress: bool = True) ->
     return dist_utils.broadcast_object(metrics)
 
 
-def evaluate_weights(cfg, weights: str, out_dir: str | None = None, plots_dir: str | None = None) -> dict:
+def evaluate_weights(cfg, weights: str | list[str], out_dir: str | None = None, plots_dir: str | None = None) -> dict:
     """Model mode: run ``weights`` on the config's test set; print and write the COCO metrics and the
-    detections."""
+    detections. Several weight files run as one ensemble (detection/ensemble.py)."""
     device = setup_run(cfg, save=False)
     out_dir = out_dir or cfg.output_dir
     inference_autocast(cfg.test.amp, device)  # an unusable test.amp fails before any work
-    model, category_map = load_fast_detector(cfg, weights, device)
+    model, category_map = load_detectors(cfg, weights, device)
+    source = weights if isinstance(weights, str) else " + ".join(weights)
     dataset = build_test_dataset(cfg, category_map, resize=not test_needs_original_images(cfg))
     results, unreadable, seconds = detect_test_set(model, dataset, cfg)
     if not dist_utils.is_main_process():
         return {}
     if cfg.test.metric in VOC_METRICS:
         write_json(results, os.path.join(out_dir, "detections.json"))
-        metrics = voc_test_metrics(dataset, results, unreadable, cfg.test.metric, out_dir, seconds, source=weights)
+        metrics = voc_test_metrics(dataset, results, unreadable, cfg.test.metric, out_dir, seconds, source=source)
         print(metrics.pop("_summary") or "")
         write_json(metrics, os.path.join(out_dir, "metrics.json"))
         print(f"metrics written to {os.path.join(out_dir, 'metrics.json')}")
@@ -119,7 +120,7 @@ def evaluate_weights(cfg, weights: str, out_dir: str | None = None, plots_dir: s
         return metrics
     write_json(results, os.path.join(out_dir, "detections.json"))
     metrics = score_test_set(dataset.coco.dataset, [r["image_id"] for r in dataset.records], results, unreadable,
-                             cfg.test.eval_backend, source=weights)
+                             cfg.test.eval_backend, source=source)
     report(metrics, out_dir, plots_dir, extra={"seconds_per_image": round(seconds, 4)})
     metrics["seconds_per_image"] = round(seconds, 4)
     return metrics
