@@ -6,6 +6,7 @@
     predictor = Predictor(load_detection_config("configs/shapes.yaml"), "output/shapes/model_final.pth")
     detections = predictor("photo.jpg")     # {"boxes", "scores", "labels", "category_ids", "class_names"}
     batch = predictor([pil_image, bgr_array, chw_tensor], format="BGR")   # one forward, one dict each
+    ensemble = Predictor(cfg, ["net1/model_final.pth", "net2/model_final.pth"])   # several: one ensemble
 
 An image is a file path, a PIL image, a numpy array (H, W, 3) in RGB or BGR (``format=``), (H, W, 4),
 (H, W, 1) or (H, W), or a (C, H, W) tensor as torchvision takes it; uint8 pixels in 0-255 or float
@@ -34,9 +35,9 @@ from .config import load_detection_config
 from .data.coco import CategoryMap
 from .data.image_io import BadImageError, ImageInputError, as_rgb_image, to_chw_tensor
 from .data.transforms import EvalTransform, shortest_edge_scale
+from .ensemble import load_detectors
 from .modeling.build import build_model, build_test_model, test_needs_original_images
 from .modeling.speed import inference_autocast
-from .weights import load_fast_detector
 
 
 class DegenerateImageError(BadImageError):
@@ -59,9 +60,9 @@ def choose_device(device: str | torch.device = "auto") -> torch.device:
 class Predictor:
     """A detector in eval mode with its test-time resize; outputs are in the input image's pixels."""
 
-    def __init__(self, cfg, weights: str | None = None, device: str | torch.device = "auto"):
+    def __init__(self, cfg, weights: str | list[str] | None = None, device: str | torch.device = "auto"):
         """``cfg`` and ``weights``: a detection config and a detector file, on the inference fast path
-        when test.fast is on.
+        when test.fast is on; a list of several files runs them as one ensemble (detection/ensemble.py).
 
         Or ``cfg`` alone is a detector made by detection.builders, with the config and categories its
         builder recorded on it: it is put in eval mode and moved to ``device`` (with "auto", to the GPU
@@ -79,7 +80,7 @@ class Predictor:
         else:
             if weights is None:
                 raise TypeError("Predictor(cfg, weights) needs the detector file of the config")
-            model, self.category_map = load_fast_detector(cfg, weights, choose_device(device))
+            model, self.category_map = load_detectors(cfg, weights, choose_device(device))
         self.device = model.device
         self.model = build_test_model(model, cfg)
         self.amp = cfg.test.amp

@@ -8,6 +8,7 @@ import os
 import sys
 
 import cv2
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from detection.ensemble import DetectorEnsemble, EnsembleError, load_detectors, 
 from detection.modeling.build import build_model
 from detection.modeling.faster_rcnn import FasterRCNN
 from detection.modeling.roi_heads import select_detections
+from detection.predictor import Predictor
 from tests.conftest import ROOT
 from tests.detection.tv_reference import shapes_image
 from tests.helpers import TINY_DETECTOR
@@ -255,3 +257,18 @@ def run_eval_det(monkeypatch, *args) -> int:
     spec.loader.exec_module(module)
     monkeypatch.setattr(sys, "argv", ["eval_det.py", *args])
     return module.main()
+
+
+@torch.inference_mode()
+def test_predictor_with_several_weight_files_runs_their_ensemble(two_networks, tmp_path):
+    cfg, first, second = two_networks
+    paths = [save_detector(m, tmp_path / f"{i}.pth", ["circle", "square", "star"]) for i, m in enumerate((first, second))]
+    predictor = Predictor(cfg, paths, device="cpu")
+    rgb = shapes_image(90, HEIGHT, WIDTH)  # at the test scale: the predictor does not resize it
+    got = predictor(rgb)
+    expected = DetectorEnsemble([first, second])([{"image": torch.from_numpy(rgb).permute(2, 0, 1)}])[0]
+    assert len(got["scores"]) == len(expected["scores"]) > 0
+    np.testing.assert_allclose(got["scores"], expected["scores"].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got["boxes"], expected["boxes"].numpy(), atol=1e-3, rtol=0)
+    assert got["labels"].tolist() == expected["labels"].tolist()
+    assert got["class_names"] == [["circle", "square", "star"][label - 1] for label in got["labels"].tolist()]
