@@ -129,7 +129,8 @@ def test_two_copies_of_one_network_give_its_detections(arch_and_model):
     single = model.rpn(passes[0].padded_size, passes[0].features, passes[0].image_sizes)[0]
     union = ensemble.union_of_proposals(passes)
     assert all(torch.equal(u, torch.cat([p, p])) for u, p in zip(union, single))
-    assert_same_detections(ensemble(batch), model(batch), atol=1e-5)
+    # Exact: (a + a) / 2 is a in floating point, and the heads compute each RoI's row on its own.
+    assert_same_detections(ensemble(batch), model(batch), atol=0.0)
 
 
 @pytest.fixture(scope="module")
