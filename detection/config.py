@@ -142,7 +142,9 @@ class InputConfig:
     augmentations: list[Any] = field(default_factory=list)
 
 
-DATASET_FORMATS = ("coco", "yolo", "voc")
+DATASET_FORMATS = ("coco", "yolo", "voc", "imagenet_det")
+# The format of the files each synthetic set generates.
+SYNTHETIC_FORMATS = {"shapes": "coco", "shapes_voc": "voc", "shapes_det": "imagenet_det"}
 
 
 @dataclass
@@ -150,13 +152,16 @@ class DetectionDatasetConfig(DatasetConfig):
     # "coco": a json (ann_file) and its image folder (img_dir). "yolo": root/images/<split>/ and one
     # root/labels/<split>/NAME.txt per image (detection/data/yolo.py); ann_file and img_dir are then unused.
     # "voc": root is a VOCdevkit folder and split YEAR_SET parts joined by "+", such as
-    # 2007_trainval+2012_trainval (detection/data/voc.py).
+    # 2007_trainval+2012_trainval (detection/data/voc.py). "imagenet_det": root holds Data/, Annotations/ and
+    # ImageSets/ of the ILSVRC DET devkit and split ImageSets/DET list names joined by "+", such as train+val1
+    # (detection/data/imagenet_det.py).
     format: str = choice("coco", DATASET_FORMATS)
     root: str = ""
     split: str = ""
     # The class names of a YOLO set: a data.yaml with names:, or a file of one name a line;
     # "": the first of data.yaml, classes.txt and obj.names in root. Of a VOC set: such a file, or ""
-    # for the 20 VOC classes.
+    # for the 20 VOC classes. Of an ImageNet DET set: the devkit's map_det.txt, or "" for the synsets
+    # of the annotations.
     names: str = ""
 
 
@@ -173,8 +178,9 @@ class DataConfig:
     test: DetectionDatasetConfig = field(default_factory=lambda: DetectionDatasetConfig(
         "datasets/coco/annotations/instances_val2017.json", "datasets/coco/val2017"))
     # "shapes": generate the synthetic dataset into the paths above on first use; "shapes_voc": the same
-    # images as a VOCdevkit folder into data.train.root.
-    synthetic: str = choice("", ("", "shapes", "shapes_voc"))
+    # images as a VOCdevkit folder into data.train.root; "shapes_det": in the ILSVRC DET layout into
+    # data.train.root.
+    synthetic: str = choice("", ("", *SYNTHETIC_FORMATS))
     num_workers: int = non_negative(2)
     aspect_ratio_grouping: bool = True
     on_bad_image: str = choice("skip", ("skip", "fail"))
@@ -194,8 +200,9 @@ class TestConfig:
     eval_backend: str = choice("pycocotools", ("pycocotools", "faster_coco_eval"))
     # "coco": COCO AP (pycocotools). "voc2007": the VOC devkit's AP at IoU 0.5, difficult objects
     # ignored, interpolated at 11 recalls (VOC2007 test); "voc2010": the area under the precision
-    # envelope (VOC2010 and later). detection/evaluation/voc_eval.py.
-    metric: str = choice("coco", ("coco", "voc2007", "voc2010"))
+    # envelope (VOC2010 and later). detection/evaluation/voc_eval.py. "imagenet_det": the ILSVRC DET
+    # devkit's AP at IoU min(0.5, wh / ((w + 10)(h + 10))), detection/evaluation/det_eval.py.
+    metric: str = choice("coco", ("coco", "voc2007", "voc2010", "imagenet_det"))
     # The paper's test-time improvements (Appendix B); see detection/modeling/test_time.py.
     box_refinement: bool = False
     refine_nms_thresh: float = fraction(0.3)
@@ -281,10 +288,10 @@ def check_datasets(cfg) -> None:
     check_dataset_keys(cfg.data.train, "data.train")
     check_dataset_keys(cfg.data.test, "data.test")
     extra_train_sets(cfg)
-    synthetic_format = "voc" if cfg.data.synthetic == "shapes_voc" else "coco"
-    if cfg.data.synthetic and cfg.data.train.format != synthetic_format:
-        target = "a VOCdevkit folder into data.train.root" if synthetic_format == "voc" else \
-            "a COCO json into data.train.ann_file"
+    synthetic_format = SYNTHETIC_FORMATS.get(cfg.data.synthetic)
+    if synthetic_format and cfg.data.train.format != synthetic_format:
+        target = {"coco": "a COCO json into data.train.ann_file", "voc": "a VOCdevkit folder into data.train.root",
+                  "imagenet_det": "an ILSVRC DET folder into data.train.root"}[synthetic_format]
         raise ConfigError(f"data.synthetic={cfg.data.synthetic} generates {target}: set data.synthetic='' to train "
                           f"on your {cfg.data.train.format.upper()} set")
 
@@ -295,6 +302,9 @@ def check_dataset_keys(dataset, key: str) -> None:
     if dataset.format == "voc" and not (dataset.root and dataset.split):
         raise ConfigError(f"{key}.format=voc needs {key}.root, the VOCdevkit folder, and {key}.split, such as "
                           "2007_trainval+2012_trainval")
+    if dataset.format == "imagenet_det" and not (dataset.root and dataset.split):
+        raise ConfigError(f"{key}.format=imagenet_det needs {key}.root, the folder that holds Data/, Annotations/ "
+                          f"and ImageSets/, and {key}.split, such as train+val1")
     if dataset.format != "coco":
         return
     yolo_keys = [name for name in ("root", "split", "names") if dataset[name]]

@@ -16,7 +16,8 @@ from ..config import extra_train_sets
 from .augment import build_augmentations
 from .coco import CategoryMap, CocoDetection, load_coco
 from .datasets import ConcatDetection, align_test_categories, labels_by_name
-from .shapes import ensure_shapes, ensure_shapes_voc
+from .imagenet_det import read_imagenet_det_split
+from .shapes import ensure_shapes, ensure_shapes_det, ensure_shapes_voc
 from .transforms import EvalTransform, TrainTransform
 from .voc import read_voc_split
 from .yolo import read_yolo_split
@@ -31,6 +32,8 @@ def ensure_synthetic(cfg) -> None:
         ensure_shapes(root)
     elif cfg.data.synthetic == "shapes_voc":
         ensure_shapes_voc(cfg.data.train.root)
+    elif cfg.data.synthetic == "shapes_det":
+        ensure_shapes_det(cfg.data.train.root)
 
 
 def category_map_for(cfg, dataset_coco=None) -> CategoryMap | None:
@@ -58,7 +61,11 @@ class AnnotationSource:
 
 
 def read_annotations(dataset_cfg, key_prefix: str, on_bad_image: str, train: bool = True) -> AnnotationSource:
-    """The annotations of one data.train/data.test-like section, COCO json, YOLO labels or VOC."""
+    """The annotations of one data.train/data.test-like section, COCO json, YOLO labels, VOC or ImageNet DET."""
+    if dataset_cfg.format == "imagenet_det":
+        coco = read_imagenet_det_split(dataset_cfg.root, dataset_cfg.split, dataset_cfg.names, train, on_bad_image,
+                                       key_prefix)
+        return AnnotationSource(coco, f"{dataset_cfg.root} ({dataset_cfg.split})", dataset_cfg.root, upright=False)
     if dataset_cfg.format == "voc":
         coco = read_voc_split(dataset_cfg.root, dataset_cfg.split, dataset_cfg.names, train, on_bad_image, key_prefix)
         return AnnotationSource(coco, f"{dataset_cfg.root} ({dataset_cfg.split})", dataset_cfg.root, upright=False)

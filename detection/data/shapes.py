@@ -7,7 +7,8 @@ partly overlapping. The generator is deterministic: the same seed gives the same
     python tools/make_shapes.py            # writes datasets/shapes/
 
 The same images also come as a VOCdevkit folder (ensure_shapes_voc, datasets/shapes_voc/), for the VOC
-reader and metric.
+reader and metric, and in the ILSVRC DET layout (ensure_shapes_det, datasets/shapes_det/), for the
+ImageNet DET reader and metric.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ SPLITS = {"train": 1500, "val": 300}
 # shapes_val, the class names in VOC_ROOT/classes.txt.
 VOC_ROOT = "datasets/shapes_voc"
 VOC_YEAR = "shapes"
+# The DET copy: DET_ROOT/{Data,Annotations}/DET/{train,val}, ImageSets/DET/train_<k>.txt per class and
+# val.txt, val1.txt, val2.txt (the val split halved, as R-CNN halves ImageNet's), the classes as made-up
+# wnids in DET_ROOT/map_det.txt.
+DET_ROOT = "datasets/shapes_det"
+DET_WNIDS = tuple(f"n{index + 1:08d}" for index in range(len(CLASSES)))
 # Objects whose box is narrower or lower than this (pixels) are marked difficult in the VOC copy, as
 # VOC marks objects hard to recognize: training leaves them out and the VOC metric ignores them.
 DIFFICULT_BELOW = 16
@@ -198,3 +204,61 @@ def ensure_shapes_voc(root: str = VOC_ROOT, splits: dict[str, int] | None = None
     if not os.path.isfile(names):
         with open(names, "w", encoding="utf-8") as handle:
             handle.write("\n".join(CLASSES) + "\n")
+
+
+def write_lines(path: str, lines: list[str]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("".join(line + "\n" for line in lines))
+
+
+def write_det_images(root: str, split: str, num_images: int, seed: int, jpeg_quality: int) -> list[tuple[str, set]]:
+    """The images of ``split`` as Data/DET/<split>/<split>_NNNNNN.JPEG with their annotation files (0-based
+    inclusive pixel corners, wnids as names); returns each image's name and the class indices it holds."""
+    images, annotations = (os.path.join(root, sub, "DET", split) for sub in ("Data", "Annotations"))
+    os.makedirs(images, exist_ok=True)
+    os.makedirs(annotations, exist_ok=True)
+    written = []
+    for index, image, objects in split_samples(split, num_images, seed):
+        name = f"{split}_{index:06d}"
+        cv2.imwrite(os.path.join(images, f"{name}.JPEG"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        det_objects = [{"name": DET_WNIDS[obj["category"]], "box": tuple(v - 1 for v in voc_box_of(*obj["bbox"])),
+                        "difficult": False} for obj in objects]
+        write_voc_annotation(os.path.join(annotations, f"{name}.xml"), f"{name}.JPEG", image.shape[1], image.shape[0],
+                             det_objects)
+        written.append((name, {obj["category"] for obj in objects}))
+    return written
+
+
+def generate_det_split(root: str, split: str, num_images: int, seed: int = 0, jpeg_quality: int = 92) -> str:
+    """Write ``split`` in the DET layout. The train split gets a list per class, train_<k>.txt, marking
+    each image 1 (it holds class k) or -1 (a negative image of k), as the devkit's; any other split one
+    list, <split>.txt (``name index``), and the val split also its two halves, val1.txt and val2.txt. The
+    last list is written last, atomically: its presence means the split is complete. Returns its path."""
+    written = write_det_images(root, split, num_images, seed, jpeg_quality)
+    folder = os.path.join(root, "ImageSets", "DET")
+    os.makedirs(folder, exist_ok=True)
+    if split == "train":
+        lists = {f"train_{k + 1}": [f"{name} {1 if k in classes else -1}" for name, classes in written]
+                 for k in range(len(CLASSES))}
+    else:
+        lines = [f"{name} {index + 1}" for index, (name, _) in enumerate(written)]
+        half = (len(lines) + 1) // 2
+        lists = {f"{split}1": lines[:half], f"{split}2": lines[half:]} if split == "val" else {}
+        lists[split] = lines
+    for name, lines in lists.items():
+        path = os.path.join(folder, f"{name}.txt")
+        write_lines(path + ".tmp", lines)
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def ensure_shapes_det(root: str = DET_ROOT, splits: dict[str, int] | None = None, seed: int = 0) -> None:
+    """Generate any split of the DET copy of the shapes dataset that is not on disk yet, and its map_det.txt."""
+    last_list = {"train": f"train_{len(CLASSES)}.txt", "val": "val.txt"}
+    for split, count in (splits or SPLITS).items():
+        if not os.path.isfile(os.path.join(root, "ImageSets", "DET", last_list.get(split, f"{split}.txt"))):
+            generate_det_split(root, split, count, seed)
+    names = os.path.join(root, "map_det.txt")
+    if not os.path.isfile(names):
+        write_lines(names, [f"{wnid} {index + 1} {name}" for index, (wnid, name) in enumerate(zip(DET_WNIDS, CLASSES))])

@@ -141,8 +141,10 @@ def element_number(parent: ET.Element, tag: str, where: str) -> float:
         raise ValueError(f"{where} has <{tag}>{text}</{tag}>, not a number") from None
 
 
-def parse_object(node: ET.Element, index: int, width: int, height: int, class_of: dict[str, str]) -> VocObject:
-    """One <object>, checked: a known class, four coordinates inside the image, xmin <= xmax, ymin <= ymax."""
+def parse_object(node: ET.Element, index: int, width: int, height: int, class_of: dict[str, str],
+                 first_pixel: int = 1) -> VocObject:
+    """One <object>, checked: a known class, four coordinates from ``first_pixel`` (VOC's 1, ImageNet's 0)
+    to the width and height, xmin <= xmax, ymin <= ymax."""
     where = f"object #{index + 1}"
     name = element_text(node, "name", where)
     if name.lower() not in class_of:
@@ -155,16 +157,18 @@ def parse_object(node: ET.Element, index: int, width: int, height: int, class_of
     if xmax < xmin or ymax < ymin:
         raise ValueError(f"{where} ({name}) has xmin {xmin:g} xmax {xmax:g} ymin {ymin:g} ymax {ymax:g}: give "
                          "xmin <= xmax and ymin <= ymax")
-    if xmin < 1 or ymin < 1 or xmax > width or ymax > height:
+    if min(xmin, ymin) < first_pixel or xmax > width or ymax > height:
         raise ValueError(f"{where} ({name}) box {xmin:g},{ymin:g},{xmax:g},{ymax:g} is outside the {width}x{height} "
-                         "image (VOC coordinates run from 1 to the width and height): correct the box or <size>")
+                         f"image (coordinates run from {first_pixel} to the width and height): correct the box or "
+                         "<size>")
     difficult = node.find("difficult")  # absent from some files: not difficult
     is_difficult = difficult is not None and (difficult.text or "0").strip() not in ("0", "")
     return VocObject(class_of[name.lower()], (xmin, ymin, xmax, ymax), is_difficult)
 
 
-def parse_annotation(path: str, class_names: list[str]) -> VocRecord:
-    """The size and objects of one annotation file; VocAnnotationError naming the file and what to fix."""
+def parse_annotation(path: str, class_names: list[str], first_pixel: int = 1) -> VocRecord:
+    """The size and objects of one annotation file; VocAnnotationError naming the file and what to fix.
+    ``first_pixel``: the coordinate of the first pixel column, 1 in VOC files, 0 in ImageNet's."""
     class_of = {name.lower(): name for name in class_names}
     try:
         root = ET.parse(path).getroot()
@@ -174,7 +178,7 @@ def parse_annotation(path: str, class_names: list[str]) -> VocRecord:
         width, height = (int(element_number(size, tag, "<size>")) for tag in ("width", "height"))
         if width <= 0 or height <= 0:
             raise ValueError(f"gives the size {width}x{height}: give the image's width and height in pixels")
-        objects = [parse_object(node, index, width, height, class_of)
+        objects = [parse_object(node, index, width, height, class_of, first_pixel)
                    for index, node in enumerate(root.findall("object"))]
     except ET.ParseError as error:
         raise VocAnnotationError(f"{path}: not valid XML ({error}): restore the file from the dataset") from None
@@ -194,6 +198,7 @@ class SkippedImages:
     """The images of a set left out for a bad annotation or a missing file, with the reason of each."""
 
     problems: list[str] = field(default_factory=list)
+    dataset_kind: str = "VOC"  # what the warning calls the set
 
     def add(self, problem: str, on_bad_image: str) -> None:
         if on_bad_image == "fail":
@@ -204,7 +209,7 @@ class SkippedImages:
         if not self.problems:
             return
         named = "; ".join(self.problems[:NAMED_PROBLEMS]) + ("; ..." if len(self.problems) > NAMED_PROBLEMS else "")
-        warnings.warn(f"VOC {split}: {len(self.problems)} of {total} images skipped: {named}", stacklevel=3)
+        warnings.warn(f"{self.dataset_kind} {split}: {len(self.problems)} of {total} images skipped: {named}", stacklevel=3)
 
 
 def voc_to_coco(root: str, split: str, class_names: list[str], train: bool, on_bad_image: str = "skip",

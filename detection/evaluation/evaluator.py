@@ -32,8 +32,13 @@ from .coco_eval import (
     metrics_for_json,
     score_test_set,
 )
+from .det_eval import METRIC as DET_METRIC
+from .det_eval import det_metrics_for_json, score_det_test_set
 from .plots import plot_precision_recall
 from .voc_eval import VOC_METRICS, score_voc_test_set, voc_metrics_for_json
+
+# The metrics at IoU 0.5 of one number per class: VOC's and ImageNet DET's.
+AP50_METRICS = (*VOC_METRICS, DET_METRIC)
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +82,11 @@ def detect_test_set(model, dataset: CocoDetection, cfg,
 def evaluate_model(model, dataset: CocoDetection, cfg, progress: bool = True) -> dict:
     """COCO metrics of ``model`` on ``dataset``, sharded over processes and identical on all of them."""
     results, unreadable, seconds = detect_test_set(model, dataset, cfg, progress)
-    if cfg.test.metric in VOC_METRICS:
+    if cfg.test.metric in AP50_METRICS:
         metrics = None
         if dist_utils.is_main_process():
-            metrics = voc_test_metrics(dataset, results, unreadable, cfg.test.metric, cfg.output_dir, seconds,
-                                       source="model detections")
+            metrics = ap50_test_metrics(dataset, results, unreadable, cfg.test.metric, cfg.output_dir, seconds,
+                                        source="model detections")
         return dist_utils.broadcast_object(metrics)
     metrics = None
     if dist_utils.is_main_process() and not lists_annotations(dataset.coco):
@@ -107,9 +112,9 @@ def evaluate_weights(cfg, weights: str | list[str], out_dir: str | None = None, 
     results, unreadable, seconds = detect_test_set(model, dataset, cfg)
     if not dist_utils.is_main_process():
         return {}
-    if cfg.test.metric in VOC_METRICS:
+    if cfg.test.metric in AP50_METRICS:
         write_json(results, os.path.join(out_dir, "detections.json"))
-        metrics = voc_test_metrics(dataset, results, unreadable, cfg.test.metric, out_dir, seconds, source=source)
+        metrics = ap50_test_metrics(dataset, results, unreadable, cfg.test.metric, out_dir, seconds, source=source)
         print(metrics.pop("_summary") or "")
         write_json(metrics, os.path.join(out_dir, "metrics.json"))
         print(f"metrics written to {os.path.join(out_dir, 'metrics.json')}")
@@ -162,8 +167,32 @@ def voc_test_metrics(dataset: CocoDetection, results: list[dict], unreadable: li
     return metrics
 
 
+def det_test_metrics(dataset: CocoDetection, results: list[dict], unreadable: list[tuple[int, str]], out_dir: str,
+                     seconds: float, source: str) -> dict:
+    """test.metric=imagenet_det: the DET metrics of a test set's detections for metrics.json, with the
+    summary under "_summary"; the detections written to ``out_dir``/detections.json."""
+    write_json(results, os.path.join(out_dir, "detections.json"))
+    scored = score_det_test_set(dataset.coco.dataset, [r["image_id"] for r in dataset.records], results, unreadable,
+                                source)
+    metrics = det_metrics_for_json(scored) if "det" in scored else scored
+    metrics["seconds_per_image"] = round(seconds, 4)
+    metrics["_summary"] = scored.get("summary", "")
+    return metrics
+
+
+def ap50_test_metrics(dataset: CocoDetection, results: list[dict], unreadable: list[tuple[int, str]], metric: str,
+                      out_dir: str, seconds: float, source: str) -> dict:
+    """The metrics of test.metric=voc2007/voc2010/imagenet_det, for metrics.json."""
+    if metric == DET_METRIC:
+        return det_test_metrics(dataset, results, unreadable, out_dir, seconds, source)
+    return voc_test_metrics(dataset, results, unreadable, metric, out_dir, seconds, source)
+
+
 def primary_metric(cfg) -> str:
-    """The metric that selects model_best.pth: COCO AP, or the VOC mAP under test.metric=voc2007/voc2010."""
+    """The metric that selects model_best.pth: COCO AP, the VOC mAP under test.metric=voc2007/voc2010, the
+    DET mAP under test.metric=imagenet_det."""
+    if cfg.test.metric == DET_METRIC:
+        return "det/mAP"
     return "voc/mAP" if cfg.test.metric in VOC_METRICS else "bbox/AP"
 
 
