@@ -23,9 +23,8 @@ kept as images without objects, so that the detector sees them as background onl
 objects in a COCO set); ``data.filter_empty=true`` leaves them out. Without an annotation file, such an
 image's size is read with the image.
 
-Classes: ``names`` is the devkit's synset list as text, map_det.txt (``wnid index name`` per line, the
-ILSVRC2015 devkit's data/map_det.txt and the Kaggle distribution's LOC_synset_mapping-like file),
-ordered by index; the category names are the wnids. Empty: the wnids seen in the annotations, sorted,
+Classes: ``names`` is the devkit's synset list as text (``wnid index name`` per line, the ILSVRC2015
+devkit's data/map_det.txt), ordered by index; the category names are the wnids. Empty: the wnids seen in the annotations, sorted,
 with a warning (a set may lack some of the 200 classes, which would shift the labels).
 
 Coordinates: ImageNet files hold 0-based pixel indices, xmax and ymax included (the devkit's +1 in
