@@ -96,3 +96,10 @@ def test_unreadable_images_are_left_out_and_counted():
         metrics = score_det_test_set(gt, [1, 2], [detection(1, 0.9, (0, 0, 99, 99))], [(2, "b.JPEG")])
     assert metrics["det"]["mAP"] == pytest.approx(100.0)
     assert (metrics["num_images"], metrics["skipped_images"]) == (1, 1)
+
+
+def test_a_test_set_without_annotations_is_not_scored():
+    gt = dataset([])
+    del gt["annotations"]
+    metrics = score_det_test_set(gt, [1, 2, 3], [detection(1, 0.9, (0, 0, 9, 9))], [])
+    assert metrics == {"num_images": 3, "skipped_images": 0}
