@@ -21,7 +21,7 @@ Negative images: the lines of train_<k>.txt marked -1 name images without an obj
 image that no list marks 1 has no object of any class (the devkit's negative training images). They are
 kept as images without objects, so that the detector sees them as background only (as any image without
 objects in a COCO set); ``data.filter_empty=true`` leaves them out. Without an annotation file, such an
-image's size is read with the image.
+image's size is read from its header.
 
 Classes: ``names`` is the devkit's synset list as text (``wnid index name`` per line, the ILSVRC2015
 devkit's data/map_det.txt), ordered by index; the category names are the wnids. Empty: the wnids seen in the annotations, sorted,
@@ -40,6 +40,7 @@ import re
 import warnings
 import xml.etree.ElementTree as ET
 
+from PIL import Image
 from pycocotools.coco import COCO
 
 from resnet_engine.config import ConfigError
@@ -156,6 +157,17 @@ def class_list(root: str, names_file: str, images: list[tuple[str, str, bool]], 
     return wnids
 
 
+def header_size(image_path: str) -> tuple[int, int]:
+    """(width, height) from the image file's header, for the grouping by aspect ratio; (0, 0) when the
+    header cannot be read, which leaves the size to the reading of the image (and a broken image to its
+    skip-and-count)."""
+    try:
+        with Image.open(image_path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError):
+        return 0, 0
+
+
 def read_record(root: str, folder: str, name: str, positive: bool, unannotated: bool, class_names: list[str],
                 skipped: SkippedImages, on_bad_image: str) -> VocRecord | None:
     """The record of one listed image; None, after counting it, for an image to leave out."""
@@ -166,7 +178,7 @@ def read_record(root: str, folder: str, name: str, positive: bool, unannotated: 
                     on_bad_image)
         return None
     if unannotated or (not positive and not os.path.isfile(xml_path)):
-        return VocRecord(0, 0)  # a test image, or a negative one without a file: the size is read with the image
+        return VocRecord(*header_size(image_path))  # a test image, or a negative one without a file
     if not os.path.isfile(xml_path):
         skipped.add(f"{xml_path}: annotation not found (restore it, or remove the image's line from "
                     "ImageSets/DET)", on_bad_image)

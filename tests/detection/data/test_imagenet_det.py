@@ -70,7 +70,22 @@ def test_lists_joined_negatives_kept_and_boxes_as_written(devkit):
     # 0-based inclusive corners -> [x1, y1, x2 - x1, y2 - y1]; the negative image c has no object.
     assert [(a["image_id"], a["category_id"], a["bbox"]) for a in data["annotations"]] == [
         (1, 1, [0, 2, 39, 27]), (2, 2, [3, 4, 10, 20]), (2, 1, [5, 5, 4, 4]), (4, 3, [1, 1, 19, 19])]
-    assert (data["images"][2]["width"], data["images"][2]["height"]) == (0, 0)  # read with the image
+    assert (data["images"][2]["width"], data["images"][2]["height"]) == (40, 30)  # from the JPEG's header
+
+
+def test_a_negative_image_trains_as_background(devkit):
+    from detection.data.loader import build_train_dataset
+
+    cfg = load_detection_config(os.path.join(ROOT, "configs", "shapes_det.yaml"), [
+        f"data.train.root={devkit}", "data.train.split=train", f"data.train.names={devkit}/map_det.txt",
+        "data.synthetic=''", "input.min_size_train=[30]", "input.max_size_train=40", "input.random_flip=0"])
+    dataset = build_train_dataset(cfg)
+    negative = dataset[2]
+    assert negative["file_name"].endswith("ILSVRC2013_train_extra0/c.JPEG")
+    assert tuple(negative["boxes"].shape) == (0, 4) and (negative["width"], negative["height"]) == (40, 30)
+    assert build_train_dataset(load_detection_config(os.path.join(ROOT, "configs", "shapes_det.yaml"), [
+        f"data.train.root={devkit}", "data.train.split=train", f"data.train.names={devkit}/map_det.txt",
+        "data.synthetic=''", "data.filter_empty=true"])).__len__() == 2
 
 
 def test_without_a_synset_list_the_annotations_give_the_classes_with_a_warning(devkit):
