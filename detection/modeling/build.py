@@ -9,6 +9,7 @@ from backbones.config import build_from_config as build_resnet_from_config
 from .anchors import AnchorGenerator
 from .backbone import ResNetFPN, build_timm_c4, build_timm_features
 from .box_heads import BoxPredictor, FCHead, Res5Head
+from .ensemble import DetectorEnsemble, EnsembleTestTimeDetector
 from .faster_rcnn import FasterRCNN
 from .matching import Matcher
 from .poolers import PyramidPooler, SingleLevelPooler
@@ -103,9 +104,12 @@ def _timm_name(backbone_cfg) -> str:
 
 
 def build_test_model(model: FasterRCNN, cfg):
-    """``model`` itself, or wrapped for the paper's test-time improvements when the config asks for any."""
+    """``model`` itself, or wrapped for the paper's test-time improvements when the config asks for any
+    (a :class:`DetectorEnsemble` by :class:`EnsembleTestTimeDetector`)."""
     options = TestTimeOptions.from_config(cfg.test, cfg.input)
-    return TestTimeDetector(model, options) if options.any_enabled else model
+    if not options.any_enabled:
+        return model
+    return EnsembleTestTimeDetector(model, options) if isinstance(model, DetectorEnsemble) else TestTimeDetector(model, options)
 
 
 def test_needs_original_images(cfg) -> bool:

@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from detection.config import load_detection_config
-from detection.ensemble import DetectorEnsemble, EnsembleError, load_detectors, load_ensemble
-from detection.modeling.build import build_model
+from detection.ensemble import EnsembleError, load_detectors, load_ensemble
+from detection.modeling.build import build_model, build_test_model
+from detection.modeling.ensemble import DetectorEnsemble, EnsembleTestTimeDetector
 from detection.modeling.faster_rcnn import FasterRCNN
 from detection.modeling.roi_heads import select_detections
+from detection.modeling.test_time import TestTimeDetector
 from detection.predictor import Predictor
 from tests.conftest import ROOT
 from tests.detection.tv_reference import shapes_image
@@ -198,12 +200,49 @@ def test_weights_of_other_classes_are_refused_in_one_line(two_networks, tmp_path
     assert "\n" not in message and other in message and one in message and "triangle" in message
 
 
-def test_test_time_improvements_are_refused_rather_than_left_out(two_networks, tmp_path):
+# Multi-scale testing ("paper" mode), box refinement and voting, at scales around the tiny test scale.
+TEST_TIME = ["test.scales=[128,160,200]", "test.rpn_scale=160", "test.box_refinement=true", "test.box_voting=true"]
+
+
+def original_samples(batch_images):
+    """Samples as the test-time detector takes them: the original image, its size."""
+    return [{"image": image, "height": image.shape[-2], "width": image.shape[-1]} for image in batch_images]
+
+
+@torch.inference_mode()
+def test_an_ensemble_of_one_with_the_test_time_improvements_is_the_network(two_networks):
+    cfg, first, _ = two_networks
+    cfg = load_detection_config(os.path.join(ROOT, "configs", "shapes.yaml"), SMALL + C4 + TEST_TIME)
+    batch = original_samples(images())
+    ensemble = build_test_model(DetectorEnsemble([first]), cfg)
+    assert isinstance(ensemble, EnsembleTestTimeDetector)
+    assert_same_detections(ensemble(batch), build_test_model(first, cfg)(batch), atol=0.0)
+
+
+@torch.inference_mode()
+def test_test_time_ensemble_averages_the_multi_scale_heads_on_the_union_of_proposals(two_networks):
+    """Proposals: the union of each network's at the RPN scale; a head's output on given RoIs: the
+    mean of each network's own max-merged multi-scale head, each on its own pyramid."""
     cfg, first, second = two_networks
-    paths = [save_detector(m, tmp_path / f"{i}.pth", ["circle", "square", "star"]) for i, m in enumerate((first, second))]
-    refining = load_detection_config(os.path.join(ROOT, "configs", "shapes.yaml"), SMALL + C4 + ["test.box_refinement=true"])
-    with pytest.raises(EnsembleError, match="single-scale inference"):
-        load_ensemble(refining, paths, torch.device("cpu"))
+    cfg = load_detection_config(os.path.join(ROOT, "configs", "shapes.yaml"), SMALL + C4 + TEST_TIME)
+    ensemble = build_test_model(DetectorEnsemble([first, second]), cfg)
+    alone = [TestTimeDetector(model, ensemble.options) for model in (first, second)]
+    image = images(1)[0]
+    levels = {scale: ensemble.level(image, scale) for scale in (128, 160, 200)}
+    union = ensemble.proposals(levels[160])
+    own_levels = [{scale: detector.level(image, scale) for scale in (128, 160, 200)} for detector in alone]
+    expected_union = torch.cat([detector.proposals(own[160]) for detector, own in zip(alone, own_levels)])
+    assert torch.equal(union, expected_union) and len(union) > 0
+    rois = union[::7]
+    scores, boxes = ensemble.head([levels[s] for s in (128, 160, 200)], rois, (HEIGHT, WIDTH))
+    each = [detector.head([own[s] for s in (128, 160, 200)], rois, (HEIGHT, WIDTH))
+            for detector, own in zip(alone, own_levels)]
+    assert (each[0][0] - each[1][0]).abs().max() > 0.05  # the networks disagree
+    torch.testing.assert_close(scores, (each[0][0] + each[1][0]) / 2, atol=1e-6, rtol=0)
+    torch.testing.assert_close(boxes, (each[0][1] + each[1][1]) / 2, atol=1e-4, rtol=0)
+    # The whole pass runs: refined boxes re-scored by both heads, voting, one NMS.
+    detections = ensemble(original_samples([image]))[0]
+    assert len(detections["boxes"]) > 0 and torch.all(detections["scores"][:-1] >= detections["scores"][1:])
 
 
 @torch.inference_mode()
