@@ -1,7 +1,8 @@
 """The ImageNet DET metric (ILSVRC detection): AP per class with a size-dependent IoU threshold.
 
-The rules follow the ILSVRC devkit's evaluation/eval_detection.m (ILSVRC2013-2015 devkits; the file
-says it is derived from the PASCAL devkit's VOCevaldet.m, and it computes the AP with VOCap.m):
+The rules follow the ILSVRC devkit's evaluation/eval_detection.m (the version read is the ILSVRC2014
+devkit's, whose defaults name the 2014 files; the file says it is derived from the PASCAL devkit's
+VOCevaldet.m, and it computes the AP with VOCap.m):
 
 - A ground-truth box of width w and height h, in the devkit's pixel convention (a box [x1, y1, x2, y2]
   holds the pixels x1..x2 included, so w = x2 - x1 + 1), is found by a detection whose IoU with it is
@@ -20,8 +21,9 @@ says it is derived from the PASCAL devkit's VOCevaldet.m, and it computes the AP
   "voc2010" AP of voc_eval.py. The mAP is the mean over the classes that have objects; a class without
   any has no AP: NaN, named in a warning, left out of the mean.
 
-Not reproduced: the devkit's optional blacklist of validation image/class pairs (its detections
-ignored and its objects not counted); the R-CNN val1/val2 split does not use it either.
+Not reproduced: the devkit's optional blacklist of validation image/class pairs, whose detections it
+ignores and whose objects it does not count. Here every object and detection of the scored images
+counts, so a score on val can differ slightly from the devkit's run with its blacklist.
 
 Boxes are those of detection/data/imagenet_det.py: COCO [x, y, w, h] with x + w the last column, as
 voc_eval.py reads them.
