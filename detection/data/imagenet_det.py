@@ -39,6 +39,7 @@ import os
 import re
 import warnings
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 
 from PIL import Image
 from pycocotools.coco import COCO
@@ -79,33 +80,48 @@ def list_files(root: str, part: str, key: str) -> list[str]:
     return [path]
 
 
-def read_list(path: str, positives: dict[str, bool]) -> None:
-    """Add the images of one list to ``positives`` ({path: whether a list marks it as holding a class}), in
-    order: a train_<k>.txt line's -1 marks a negative image, any other line a positive one."""
-    negative_list = TRAIN_LIST.search(os.path.basename(path)) is not None
+@dataclass
+class ListedImage:
+    """An image of the split's lists: its Data/DET subfolder and path there, whether a list marks it as
+    holding a class (train_<k>.txt's 1; every other list's lines do), and the devkit's image index
+    (the second field of val.txt and test.txt lines, which the evaluation server's results name)."""
+
+    folder: str
+    name: str
+    positive: bool = False
+    index: int | None = None
+
+
+def read_list(path: str, folder: str, listed: dict[str, ListedImage]) -> None:
+    """Add the images of one list to ``listed`` (by path, in order of first appearance): a
+    train_<k>.txt line's -1 marks a negative image, any other line a positive one."""
+    train_list = TRAIN_LIST.search(os.path.basename(path)) is not None
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             fields = line.split()
             if not fields:
                 continue
-            negative = negative_list and len(fields) > 1 and fields[1] == "-1"
-            positives[fields[0]] = positives.get(fields[0], False) or not negative
+            image = listed.setdefault(fields[0], ListedImage(folder, fields[0]))
+            second = fields[1] if len(fields) > 1 else ""
+            image.positive = image.positive or not (train_list and second == "-1")
+            if not train_list and second.isdigit():
+                image.index = int(second)
 
 
-def read_split(root: str, split: str, key: str) -> list[tuple[str, str, bool]]:
-    """(images subfolder, image path in it, whether a list marks it positive) of each image of the split."""
+def read_split(root: str, split: str, key: str) -> list[ListedImage]:
+    """The images of each list of the split, in order."""
     images = []
     for part in str(split).split("+"):
         part = part.strip()
         if not part or "/" in part or part.endswith(".txt"):
             raise ConfigError(f"{key}.split={split!r}: give list names of ImageSets/DET joined by '+', such as "
                               "train+val1 (every train_<k>.txt, then val1.txt)")
-        positives: dict[str, bool] = {}
+        listed: dict[str, ListedImage] = {}
         for path in list_files(root, part, key):
-            read_list(path, positives)
-        if not positives:
+            read_list(path, image_folder(part), listed)
+        if not listed:
             raise ConfigError(f"ImageSets/DET lists of '{part}' in {root} name no image: give one image a line")
-        images += [(image_folder(part), name, positive) for name, positive in positives.items()]
+        images += listed.values()
     return images
 
 
@@ -125,8 +141,11 @@ def read_synset_list(path: str, key: str) -> list[str]:
                                   "lines, such as 'n02672831 1 accordion')")
             entries.append((int(fields[1]), fields[0]))
     wnids = [wnid for _, wnid in sorted(entries)]
-    if len(set(wnids)) != len(wnids) or not wnids:
-        raise ConfigError(f"{path}: give each synset once, one 'wnid index name' a line")
+    # The category ids are the positions + 1: with indices 1..N they are the devkit's DET ids, which the
+    # results file for the evaluation server names.
+    if len(set(wnids)) != len(wnids) or sorted(index for index, _ in entries) != list(range(1, len(entries) + 1)):
+        raise ConfigError(f"{path}: give each synset once, one 'wnid index name' a line, the indices 1 to the "
+                          "number of synsets")
     return wnids
 
 
@@ -134,20 +153,20 @@ def annotation_path(root: str, folder: str, name: str) -> str:
     return os.path.join(root, "Annotations", "DET", folder, f"{name}.xml")
 
 
-def synsets_of_annotations(root: str, images: list[tuple[str, str, bool]]) -> list[str]:
+def synsets_of_annotations(root: str, images: list[ListedImage]) -> list[str]:
     """The wnids named in the split's annotation files, sorted; files that cannot be parsed are left to
     the reading that follows, which names them."""
     wnids = set()
-    for folder, name, _ in images:
+    for image in images:
         try:
-            tree = ET.parse(annotation_path(root, folder, name))
+            tree = ET.parse(annotation_path(root, image.folder, image.name))
         except (OSError, ET.ParseError):
             continue
         wnids.update(node.text.strip() for node in tree.iter("name") if node.text and node.text.strip())
     return sorted(wnids)
 
 
-def class_list(root: str, names_file: str, images: list[tuple[str, str, bool]], key: str) -> list[str]:
+def class_list(root: str, names_file: str, images: list[ListedImage], key: str) -> list[str]:
     if names_file:
         return read_synset_list(names_file, key)
     wnids = synsets_of_annotations(root, images)
@@ -168,16 +187,16 @@ def header_size(image_path: str) -> tuple[int, int]:
         return 0, 0
 
 
-def read_record(root: str, folder: str, name: str, positive: bool, unannotated: bool, class_names: list[str],
-                skipped: SkippedImages, on_bad_image: str) -> VocRecord | None:
+def read_record(root: str, image: ListedImage, unannotated: bool, class_names: list[str], skipped: SkippedImages,
+                on_bad_image: str) -> VocRecord | None:
     """The record of one listed image; None, after counting it, for an image to leave out."""
-    image_path = os.path.join(root, "Data", "DET", folder, f"{name}.JPEG")
-    xml_path = annotation_path(root, folder, name)
+    image_path = os.path.join(root, "Data", "DET", image.folder, f"{image.name}.JPEG")
+    xml_path = annotation_path(root, image.folder, image.name)
     if not os.path.isfile(image_path):
         skipped.add(f"{image_path}: image not found (listed in ImageSets/DET; restore it or remove its line)",
                     on_bad_image)
         return None
-    if unannotated or (not positive and not os.path.isfile(xml_path)):
+    if unannotated or (not image.positive and not os.path.isfile(xml_path)):
         return VocRecord(*header_size(image_path))  # a test image, or a negative one without a file
     if not os.path.isfile(xml_path):
         skipped.add(f"{xml_path}: annotation not found (restore it, or remove the image's line from "
@@ -205,25 +224,28 @@ def object_entries(record: VocRecord, image_id: int, class_names: list[str], fir
 def imagenet_det_to_coco(root: str, split: str, names_file: str, train: bool, on_bad_image: str = "skip",
                          key: str = "data.train") -> dict:
     """An ImageNet DET split as a COCO-format dict: images numbered from 1 in list order, ``file_name``
-    relative to ``root`` (Data/DET/val/ILSVRC2012_val_00000001.JPEG), one category per synset (id = index
-    + 1, name = wnid). A bad annotation or a missing file leaves the image out, named in one warning
-    (``on_bad_image="skip"``), or stops the reading (``"fail"``). A test split (no annotation file in any
-    of its lists) has no 'annotations' list."""
+    relative to ``root`` (Data/DET/val/ILSVRC2012_val_00000001.JPEG), ``det_id`` the path in the list and,
+    for the images of val and test lists, ``det_index`` the devkit's image index; one category per synset
+    (id = index + 1, name = wnid). A bad annotation or a missing file leaves the image out, named in one
+    warning (``on_bad_image="skip"``), or stops the reading (``"fail"``). A test split (no annotation file
+    in any of its lists) has no 'annotations' list."""
     listed = read_split(root, split, key)
-    if train and any(folder == "test" for folder, _, _ in listed):
+    if train and any(image.folder == "test" for image in listed):
         raise ConfigError(f"{key}.split={split!r} names the test list, whose ground truth only the evaluation "
                           "server has: train on train and val1")
     class_names = class_list(root, names_file, listed, key)
-    unannotated = not train and not any(os.path.isfile(annotation_path(root, folder, name))
-                                        for folder, name, _ in listed)
+    unannotated = not train and not any(os.path.isfile(annotation_path(root, image.folder, image.name))
+                                        for image in listed)
     images, annotations, skipped = [], [], SkippedImages(dataset_kind="ImageNet DET")
-    for folder, name, positive in listed:
-        record = read_record(root, folder, name, positive, unannotated, class_names, skipped, on_bad_image)
+    for image in listed:
+        record = read_record(root, image, unannotated, class_names, skipped, on_bad_image)
         if record is None:
             continue
         image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": f"Data/DET/{folder}/{name}.JPEG", "det_id": name,
-                       "width": record.width, "height": record.height})
+        images.append({"id": image_id, "file_name": f"Data/DET/{image.folder}/{image.name}.JPEG",
+                       "det_id": image.name, "width": record.width, "height": record.height})
+        if image.index is not None:
+            images[-1]["det_index"] = image.index
         annotations += object_entries(record, image_id, class_names, len(annotations) + 1)
     skipped.warn(split, len(images) + len(skipped.problems))
     data = {"images": images, "categories": [{"id": i + 1, "name": wnid} for i, wnid in enumerate(class_names)]}

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 
 import numpy as np
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 METRIC = "imagenet_det"
 DEFAULT_IOU = 0.5  # eval_detection.m's defaultIOUthr
 PIXEL_TOLERANCE = 10  # eval_detection.m's pixelTolerance
+RESULTS_FILE = "det_results.txt"
 
 
 def det_thresholds(boxes: np.ndarray) -> np.ndarray:
@@ -136,23 +138,49 @@ def det_metrics_for_json(metrics: dict) -> dict:
     """The part of the DET metrics written to metrics.json (NaN as null)."""
     data = {"det": {"mAP": round(metrics["det"]["mAP"], 4)},
             "per_category": {k: (None if math.isnan(v) else round(v, 4)) for k, v in metrics["per_category"].items()}}
-    data.update({k: metrics[k] for k in ("num_images", "skipped_images") if k in metrics})
+    data.update({k: metrics[k] for k in ("num_images", "skipped_images", "results_file") if k in metrics})
     return data
 
 
+def write_det_results(gt_dataset: dict, results: list[dict], path: str) -> bool:
+    """The detections as eval_detection.m and the evaluation server read them: one line
+    ``<image index> <DET class id> <score> <xmin> <ymin> <xmax> <ymax>`` per detection, the image index
+    of the devkit's val.txt or test.txt, the class id of map_det.txt (the category id), the corners in
+    the annotations' pixels. Needs every image's ``det_index`` (images of val and test lists); returns
+    whether the file was written."""
+    index_of = {image["id"]: image.get("det_index") for image in gt_dataset["images"]}
+    if any(index is None for index in index_of.values()):
+        return False
+    lines = []
+    for record in sorted(results, key=lambda r: (index_of[r["image_id"]], -r["score"])):
+        x1, y1, x2, y2 = corners(record["bbox"])
+        lines.append(f"{index_of[record['image_id']]} {record['category_id']} {record['score']:.6f} "
+                     f"{x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f}\n")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("".join(lines))
+    return True
+
+
 def score_det_test_set(gt_dataset: dict, image_ids: list[int], results: list[dict],
-                       unreadable: list[tuple[int, str]], source: str = "detections") -> dict:
-    """The DET metric over the test images that went through the model. Unreadable images are left out
-    of the score, named in one warning and counted: "num_images" is the number evaluated,
-    "skipped_images" the rest. A set without annotations (DET test) is not scored."""
+                       unreadable: list[tuple[int, str]], out_dir: str, source: str = "detections") -> dict:
+    """The DET metric over the test images that went through the model, and the devkit's results file,
+    ``out_dir``/det_results.txt, when the images have the devkit's indices. Unreadable images are left
+    out of the score, named in one warning and counted: "num_images" is the number evaluated,
+    "skipped_images" the rest. A set without annotations (DET test) is not scored: the file is for the
+    evaluation server."""
+    results_file = os.path.join(out_dir, RESULTS_FILE)
+    written = write_det_results(gt_dataset, results, results_file)
     skipped_ids = {image_id for image_id, _ in unreadable}
     evaluated = [image_id for image_id in image_ids if image_id not in skipped_ids]
     if unreadable:
         warnings.warn(f"{len(unreadable)} unreadable test images were skipped and left out of the evaluation: "
                       + ", ".join(path for _, path in unreadable), stacklevel=2)
     counts = {"num_images": len(evaluated), "skipped_images": len(unreadable)}
+    if written:
+        counts["results_file"] = results_file
     if "annotations" not in gt_dataset:
-        logger.warning("the test set has no annotations: %d detections of %d images, nothing scored",
-                       len(results), len(evaluated))
+        logger.warning("the test set has no annotations, so nothing is scored here: %d detections of %d images%s",
+                       len(results), len(evaluated), f" written to {results_file}, for the evaluation server"
+                       if written else " (its lists give no image index: no results file for the server)")
         return counts
     return {**evaluate_det(gt_dataset, results, evaluated, source), **counts}

@@ -170,10 +170,11 @@ def voc_test_metrics(dataset: CocoDetection, results: list[dict], unreadable: li
 def det_test_metrics(dataset: CocoDetection, results: list[dict], unreadable: list[tuple[int, str]], out_dir: str,
                      seconds: float, source: str) -> dict:
     """test.metric=imagenet_det: the DET metrics of a test set's detections for metrics.json, with the
-    summary under "_summary"; the detections written to ``out_dir``/detections.json."""
+    summary under "_summary"; the detections written to ``out_dir``/detections.json and, as the devkit
+    reads them, to ``out_dir``/det_results.txt."""
     write_json(results, os.path.join(out_dir, "detections.json"))
     scored = score_det_test_set(dataset.coco.dataset, [r["image_id"] for r in dataset.records], results, unreadable,
-                                source)
+                                out_dir, source)
     metrics = det_metrics_for_json(scored) if "det" in scored else scored
     metrics["seconds_per_image"] = round(seconds, 4)
     metrics["_summary"] = scored.get("summary", "")

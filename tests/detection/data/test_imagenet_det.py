@@ -148,7 +148,7 @@ def test_a_test_list_without_annotations_lists_none(devkit):
         imagenet_det_to_coco(str(devkit), "train+test", str(devkit / "map_det.txt"), train=True)
 
 
-def devkit_truth(root, names) -> dict:
+def devkit_truth(root) -> dict:
     """{image name: [(wnid, corners)]} read straight from the XML files of val2."""
     with open(os.path.join(root, "ImageSets", "DET", "val2.txt"), encoding="utf-8") as handle:
         images = [line.split()[0] for line in handle if line.strip()]
@@ -210,17 +210,16 @@ def test_the_embedded_det_set_trains_and_scores_as_the_devkit_does(tmp_path):
     train_detector(load_detection_config(os.path.join(ROOT, "configs", "shapes_det.yaml"), overrides))
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_category"]) == set(DET_WNIDS)
-    gt = read_imagenet_det_split(str(root), "val2", f"{root}/map_det.txt", False, "skip", "data.test").dataset
-    names = {image["id"]: image["det_id"] for image in gt["images"]}
-    wnids = {category["id"]: category["name"] for category in gt["categories"]}
-    records = json.loads((out / "detections.json").read_text())
-    assert records
-    truth = devkit_truth(root, names)
+    # The reference reads what the devkit reads: the XML files, val2.txt, map_det.txt and the results file.
+    names = dict(reversed(line.split()) for line in (root / "ImageSets" / "DET" / "val2.txt").read_text().splitlines())
+    wnids = {line.split()[1]: line.split()[0] for line in (root / "map_det.txt").read_text().splitlines()}
+    lines = [line.split() for line in (out / "det_results.txt").read_text().splitlines()]
+    assert lines and len(lines) == len(json.loads((out / "detections.json").read_text()))
+    truth = devkit_truth(root)
     expected = []
-    for category_id, wnid in wnids.items():
-        mine = [(names[r["image_id"]], r["score"], [r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2],
-                                                   r["bbox"][1] + r["bbox"][3]]) for r in records
-                if r["category_id"] == category_id]
+    for class_id, wnid in wnids.items():
+        mine = [(names[index], float(score), [float(v) for v in box]) for index, label, score, *box in lines
+                if label == class_id]
         if any(n == wnid for objects in truth.values() for n, _ in objects):
             expected.append(100 * eval_detection_ap(truth, mine, wnid))
             assert metrics["per_category"][wnid] == pytest.approx(expected[-1], abs=1e-3), wnid
@@ -250,7 +249,7 @@ def test_the_map_equals_the_devkit_loops_on_jittered_detections(tmp_path):
         record["score"] = float(score) / (len(records) + 1)
     metrics = evaluate_det(gt, records)
     names = {image["id"]: image["det_id"] for image in gt["images"]}
-    truth = devkit_truth(root, names)
+    truth = devkit_truth(root)
     for category in gt["categories"]:
         mine = [(names[r["image_id"]], r["score"], [r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2],
                                                    r["bbox"][1] + r["bbox"][3]]) for r in records

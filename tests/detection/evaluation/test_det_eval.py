@@ -93,13 +93,24 @@ def test_mean_over_classes_leaves_a_class_without_objects_out_with_a_warning():
 def test_unreadable_images_are_left_out_and_counted():
     gt = dataset([(1, 1, (0, 0, 99, 99)), (2, 1, (0, 0, 99, 99))])
     with pytest.warns(UserWarning, match="1 unreadable test images"):
-        metrics = score_det_test_set(gt, [1, 2], [detection(1, 0.9, (0, 0, 99, 99))], [(2, "b.JPEG")])
+        metrics = score_det_test_set(gt, [1, 2], [detection(1, 0.9, (0, 0, 99, 99))], [(2, "b.JPEG")], "unused")
     assert metrics["det"]["mAP"] == pytest.approx(100.0)
     assert (metrics["num_images"], metrics["skipped_images"]) == (1, 1)
 
 
-def test_a_test_set_without_annotations_is_not_scored():
-    gt = dataset([])
+def test_a_test_set_without_annotations_is_not_scored_and_gets_the_devkit_results_file(tmp_path):
+    gt = dataset([], classes=("n00000001", "n00000002"))
     del gt["annotations"]
-    metrics = score_det_test_set(gt, [1, 2, 3], [detection(1, 0.9, (0, 0, 9, 9))], [])
-    assert metrics == {"num_images": 3, "skipped_images": 0}
+    for image, index in zip(gt["images"], (7, 3, 5)):
+        image["det_index"] = index
+    results = [detection(1, 0.25, (0, 0, 9, 9)), detection(2, 0.5, (1.5, 2, 30, 40), category=2),
+               detection(1, 0.75, (4, 5, 6, 7), category=2)]
+    metrics = score_det_test_set(gt, [1, 2, 3], results, [], str(tmp_path))
+    assert metrics == {"num_images": 3, "skipped_images": 0, "results_file": str(tmp_path / "det_results.txt")}
+    # By image index, then decreasing score: <image index> <class id> <score> <xmin> <ymin> <xmax> <ymax>.
+    assert (tmp_path / "det_results.txt").read_text().splitlines() == [
+        "3 2 0.500000 1.50 2.00 30.00 40.00", "7 2 0.750000 4.00 5.00 6.00 7.00", "7 1 0.250000 0.00 0.00 9.00 9.00"]
+    del gt["images"][0]["det_index"]  # images of train lists have no index: no file
+    (tmp_path / "det_results.txt").unlink()
+    assert "results_file" not in score_det_test_set(gt, [1, 2, 3], results, [], str(tmp_path))
+    assert not (tmp_path / "det_results.txt").exists()
