@@ -135,6 +135,11 @@ def test_missing_files_and_keys_are_one_line(devkit):
     (devkit / "bad_map.txt").write_text("n02672831 accordion\n")
     with pytest.raises(ConfigError, match=r"bad_map.txt line 1: 'n02672831 accordion' is not 'wnid index name'"):
         read_imagenet_det_split(str(devkit), "val1", str(devkit / "bad_map.txt"), True, "skip", "data.train")
+    (devkit / "gap_map.txt").write_text("n02672831 1 accordion\nn02691156 3 airplane\n")
+    with pytest.raises(ConfigError, match=r"gap_map.txt: give each synset once, .*the indices 1 to the number"):
+        read_imagenet_det_split(str(devkit), "val1", str(devkit / "gap_map.txt"), True, "skip", "data.train")
+    with pytest.raises(ConfigError, match=r"data.train.split='val1.txt': give list names of ImageSets/DET joined"):
+        read_imagenet_det_split(str(devkit), "val1.txt", "", True, "skip", "data.train")
     with pytest.raises(ConfigError, match=r"data.train.format=imagenet_det needs data.train.root"):
         load_detection_config(os.path.join(ROOT, "configs", "shapes.yaml"), ["data.train.format=imagenet_det"])
 
