@@ -27,9 +27,10 @@ packaging: $(STAMP)
 # Every dependency at its floor, the oldest release pyproject.toml allows (tests/floor_requirements.py
 # lists them), in a virtualenv of its own, and a fast part of the suite run on the tree with it.
 # Downloads about 3 GB (PyTorch 2.4 and its CUDA libraries) on first use. Every floor is on PyPI.
-# Known at the floors: torch.compile of the Winograd operator needs PyTorch 2.5, and torch.export of
-# it more than 2.5 (tests/resnet_ops/test_winograd_ops.py, two tests); ONNX files come from the
-# TorchScript-based fallback before PyTorch has torch.compiler.is_exporting.
+# Known at the floors: torch.compile keeps a training Winograd module in one graph from PyTorch 2.5 (its
+# test is skipped before); before 2.6 (torch.compiler.is_exporting) an exported WinogradConv2d records
+# the resnet_ops operator rather than the plain convolution, and ONNX files come from the
+# TorchScript-based fallback.
 FLOORS_VENV ?= .venv-floors
 FLOORS_TESTS ?= tests/backbones tests/resnet_ops tests/resnet_engine/test_config.py tests/detection/data \
 	tests/detection/evaluation tests/detection/test_export.py tests/detection/test_builders.py \

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.torch_version import TorchVersion
 
 from resnet_ops import native
 from resnet_ops import winograd as wg
@@ -149,6 +150,9 @@ def test_registered_operators_pass_opcheck(name, kernels):
     assert set(results.values()) == {"SUCCESS"}, results
 
 
+@pytest.mark.skipif(TorchVersion(torch.__version__) < (2, 5), reason="PyTorch 2.4's torch.compile breaks the graph "
+                    "where a training WinogradConv2d refreshes its transformed filters (fullgraph=True fails); "
+                    "one graph from 2.5")
 def test_torch_compile_gives_the_eager_numbers(kernels):
     """Inference and a training step of a compiled module with Winograd convolutions: one graph
     with the operators in it (not a fallback to the direct convolutions), the eager results."""
@@ -193,8 +197,12 @@ def test_torch_export_records_the_operator(kernels):
     conv = nn.Conv2d(8, 4, 3, padding=1)
 
     class WinogradOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv  # registered, so that the export lifts its parameters as inputs
+
         def forward(self, x):
-            return wg.winograd_conv2d(x, conv.weight, conv.bias)
+            return wg.winograd_conv2d(x, self.conv.weight, self.conv.bias)
 
     x = torch.randn(1, 8, 12, 10)
     program = torch.export.export(WinogradOnly(), (x,))
@@ -204,7 +212,10 @@ def test_torch_export_records_the_operator(kernels):
         assert relative_error(program.module()(x), F.conv2d(x, conv.weight, conv.bias, padding=1)) < 3e-5
         module_program = torch.export.export(wg.WinogradConv2d(conv, min_pixels=1).eval(), (x,))
     targets = [str(node.target) for node in module_program.graph.nodes if node.op == "call_function"]
-    assert targets == ["aten.conv2d.default"]
+    if hasattr(torch.compiler, "is_exporting"):
+        assert targets == ["aten.conv2d.default"]
+    else:  # before PyTorch 2.6 the module cannot tell an export from eager code: the graph keeps the operator
+        assert targets[-1] == "resnet_ops.winograd_conv3x3.default" and "aten.conv2d.default" not in targets
 
 
 # ---------------------------------------------------------------------------------------------
