@@ -38,8 +38,14 @@ import warnings
 
 import numpy as np
 
-from .coco_eval import DetectionsError
-from .voc_eval import ImageTruth, check_result_ids, corners, ground_truth_by_class, overlaps, voc_ap
+from .voc_eval import (
+    ImageTruth,
+    corners,
+    overlaps,
+    per_class_metrics,
+    per_class_metrics_for_json,
+    voc_ap,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,41 +111,12 @@ def evaluate_det(gt_dataset: dict, results: list[dict], image_ids: list[int] | N
 
     Returns {"det": {"mAP": percent}, "per_category": {name: AP percent, NaN when undefined}, "summary":
     text}; detections of images outside ``image_ids`` (default: all of the ground truth's) are not scored."""
-    known_images = {image["id"] for image in gt_dataset["images"]}
-    scored = set(image_ids) if image_ids is not None else known_images
-    check_result_ids(results, known_images, {c["id"] for c in gt_dataset["categories"]}, source)
-    truth = ground_truth_by_class(gt_dataset, scored)
-    by_class: dict[int, list[dict]] = {category: [] for category in truth}
-    for record in results:
-        if record["image_id"] in scored:
-            by_class[record["category_id"]].append(record)
-    names = {c["id"]: c.get("name", str(c["id"])) for c in gt_dataset["categories"]}
-    per_category = {names[c]: det_class_ap(truth[c], by_class[c]) * 100 for c in sorted(truth)}
-    defined = [ap for ap in per_category.values() if not math.isnan(ap)]
-    if not defined:
-        raise DetectionsError(f"no object in the ground truth of the {len(scored)} scored images: the DET AP is "
-                              "undefined")
-    undefined = [name for name, ap in per_category.items() if math.isnan(ap)]
-    if undefined:
-        warnings.warn(f"{source}: no object of {', '.join(undefined)} in the scored images: their AP is undefined "
-                      "and left out of the mAP", stacklevel=2)
-    mean = float(np.mean(defined))
-    return {"det": {"mAP": mean}, "per_category": per_category, "summary": det_summary(mean, per_category)}
-
-
-def det_summary(mean: float, per_category: dict[str, float]) -> str:
-    width = max(len(name) for name in per_category)
-    lines = [f"ImageNet DET metric, AP at IoU min(0.5, wh/((w+10)(h+10))): mAP {mean:.2f}"]
-    lines += [f"{name:<{width}}  {'n/a' if math.isnan(ap) else f'{ap:.2f}'}" for name, ap in per_category.items()]
-    return "\n".join(lines)
+    return per_class_metrics(gt_dataset, results, image_ids, source, "det",
+                             "ImageNet DET metric, AP at IoU min(0.5, wh/((w+10)(h+10)))", det_class_ap)
 
 
 def det_metrics_for_json(metrics: dict) -> dict:
-    """The part of the DET metrics written to metrics.json (NaN as null)."""
-    data = {"det": {"mAP": round(metrics["det"]["mAP"], 4)},
-            "per_category": {k: (None if math.isnan(v) else round(v, 4)) for k, v in metrics["per_category"].items()}}
-    data.update({k: metrics[k] for k in ("num_images", "skipped_images", "results_file") if k in metrics})
-    return data
+    return per_class_metrics_for_json("det", metrics)
 
 
 def write_det_results(gt_dataset: dict, results: list[dict], path: str) -> bool:

@@ -150,6 +150,16 @@ def evaluate_voc(gt_dataset: dict, results: list[dict], metric: str = "voc2007",
     are not scored."""
     if metric not in VOC_METRICS:
         raise ValueError(f"metric {metric!r} is not one of {VOC_METRICS}")
+    return per_class_metrics(gt_dataset, results, image_ids, source, "voc", f"VOC {metric[3:]} metric, AP at IoU "
+                             f"{IOU_THRESHOLD}", lambda truth, found: class_ap(truth, found, metric),
+                             objects_note=" (difficult ones aside)")
+
+
+def per_class_metrics(gt_dataset: dict, results: list[dict], image_ids: list[int] | None, source: str, section: str,
+                      title: str, score_class, objects_note: str = "") -> dict:
+    """The metrics of an AP-per-class rule (the VOC and the ImageNet DET metrics): ``score_class(truth,
+    detections)`` gives one class's AP as a fraction, NaN when the scored images hold no object of it to
+    find (``objects_note`` says which objects count); section/mAP is the mean over the other classes."""
     known_images = {image["id"] for image in gt_dataset["images"]}
     scored = set(image_ids) if image_ids is not None else known_images
     check_result_ids(results, known_images, {c["id"] for c in gt_dataset["categories"]}, source)
@@ -159,17 +169,17 @@ def evaluate_voc(gt_dataset: dict, results: list[dict], metric: str = "voc2007",
         if record["image_id"] in scored:
             by_class[record["category_id"]].append(record)
     names = {c["id"]: c.get("name", str(c["id"])) for c in gt_dataset["categories"]}
-    per_category = {names[c]: class_ap(truth[c], by_class[c], metric) * 100 for c in sorted(truth)}
+    per_category = {names[c]: score_class(truth[c], by_class[c]) * 100 for c in sorted(truth)}
     defined = [ap for ap in per_category.values() if not math.isnan(ap)]
     if not defined:
-        raise DetectionsError(f"no object in the ground truth of the {len(scored)} scored images that is not "
-                              "difficult: the VOC AP is undefined")
+        raise DetectionsError(f"no object in the ground truth of the {len(scored)} scored images{objects_note}: "
+                              f"the {section.upper()} AP is undefined")
     undefined = [name for name, ap in per_category.items() if math.isnan(ap)]
     if undefined:
-        warnings.warn(f"{source}: no object of {', '.join(undefined)} in the scored images (difficult ones aside): "
-                      "their AP is undefined and left out of the mAP", stacklevel=2)
+        warnings.warn(f"{source}: no object of {', '.join(undefined)} in the scored images{objects_note}: their AP "
+                      "is undefined and left out of the mAP", stacklevel=3)
     mean = float(np.mean(defined))
-    return {"voc": {"mAP": mean}, "per_category": per_category, "summary": voc_summary(metric, mean, per_category)}
+    return {section: {"mAP": mean}, "per_category": per_category, "summary": per_class_summary(title, mean, per_category)}
 
 
 def check_result_ids(results: list[dict], image_ids: set[int], category_ids: set[int], source: str) -> None:
@@ -183,19 +193,23 @@ def check_result_ids(results: list[dict], image_ids: set[int], category_ids: set
         raise DetectionsError(f"{source}: category ids {unknown_categories[:5]} are not in the ground truth")
 
 
-def voc_summary(metric: str, mean: float, per_category: dict[str, float]) -> str:
+def per_class_summary(title: str, mean: float, per_category: dict[str, float]) -> str:
     width = max(len(name) for name in per_category)
-    lines = [f"VOC {metric[3:]} metric, AP at IoU {IOU_THRESHOLD}: mAP {mean:.2f}"]
+    lines = [f"{title}: mAP {mean:.2f}"]
     lines += [f"{name:<{width}}  {'n/a' if math.isnan(ap) else f'{ap:.2f}'}" for name, ap in per_category.items()]
     return "\n".join(lines)
 
 
-def voc_metrics_for_json(metrics: dict) -> dict:
-    """The part of the VOC metrics written to metrics.json (NaN as null)."""
-    data = {"voc": {"mAP": round(metrics["voc"]["mAP"], 4)},
+def per_class_metrics_for_json(section: str, metrics: dict) -> dict:
+    """The part of per-class AP metrics written to metrics.json (NaN as null)."""
+    data = {section: {"mAP": round(metrics[section]["mAP"], 4)},
             "per_category": {k: (None if math.isnan(v) else round(v, 4)) for k, v in metrics["per_category"].items()}}
-    data.update({k: metrics[k] for k in ("num_images", "skipped_images") if k in metrics})
+    data.update({k: metrics[k] for k in ("num_images", "skipped_images", "results_file") if k in metrics})
     return data
+
+
+def voc_metrics_for_json(metrics: dict) -> dict:
+    return per_class_metrics_for_json("voc", metrics)
 
 
 def image_identifier(image: dict) -> tuple[str, str, str]:
