@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from backbones.speed import apply_speed_switches
 from resnet_engine import distributed as dist_utils
 from resnet_engine.config import config_to_text
 from resnet_engine.distributed import check_batch_divides
@@ -14,7 +15,6 @@ from resnet_engine.trainer import Trainer
 from .data.loader import build_test_dataset, build_train_dataset, build_train_loader
 from .evaluation.evaluator import evaluate_model, primary_metric
 from .modeling.build import build_model, test_needs_original_images
-from backbones.speed import apply_speed_switches
 from .weights import load_weights_to_fine_tune
 
 logger = logging.getLogger(__name__)
