@@ -4,6 +4,8 @@ devkit's blacklist.
 Every reader returns boxes exactly as the files hold them: inclusive pixel coordinates
 (xmin, ymin, xmax, ymax), where xmax is the last column the object covers. The metric adds the +1 itself.
 Problems in the files raise ``UserError`` with one line naming the file, the line and the fix.
+The XML folders and the solution CSVs are parsed once and then read from the annotation cache
+(resnet_engine.file_cache) until their files change.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from xml.parsers import expat
 
 from resnet_engine.errors import UserError
+from resnet_engine.file_cache import cached, file_fingerprint, tree_fingerprint
 
 Box = tuple[float, float, float, float]
 # image id (file stem) -> [(wnid, box), ...]; for predictions the list is ranked, best first.
@@ -177,8 +180,40 @@ def _parse_kaggle_row(path: str, line: int, row: list[str], synsets: Synsets | N
 
 
 def read_kaggle_solution(csv_path: str, synsets: Synsets | None = None) -> Annotations:
-    """LOC_{train,val}_solution.csv -> {ImageId: [(wnid, box), ...]}, one entry per GT box."""
-    return read_kaggle_rows(csv_path, synsets, is_ground_truth=True)
+    """LOC_{train,val}_solution.csv -> {ImageId: [(wnid, box), ...]}, one entry per GT box (cached)."""
+    if not os.path.isfile(csv_path):
+        raise UserError(f"file not found: {csv_path}")
+    return cached("kaggle-solution", csv_path,
+                  fingerprint=lambda: file_fingerprint(csv_path, synsets_key(synsets)),
+                  build=lambda: read_kaggle_rows(csv_path, synsets, is_ground_truth=True),
+                  encode=encode_annotations, decode=decode_annotations)
+
+
+# ----------------------------------------------------------------------------------------------- cache form
+
+
+def synsets_key(synsets: Synsets | None) -> str:
+    """The part of a cache key that the synset list decides: a parse checked against one list of WNIDs
+    (and labelled in its order) is not reused with another."""
+    return "" if synsets is None else " ".join(synsets.wnids)
+
+
+def encode_annotations(annotations: Annotations) -> dict[str, list[list]]:
+    return {image_id: [[wnid, *box] for wnid, box in objects] for image_id, objects in annotations.items()}
+
+
+def decode_annotations(payload: dict[str, list[list]]) -> Annotations:
+    """The inverse of :func:`encode_annotations`; a group of the wrong length is a ValueError (a
+    damaged cache), not a shorter box."""
+    annotations: Annotations = {}
+    for image_id, groups in payload.items():
+        objects = []
+        for wnid, *box in groups:
+            if not isinstance(wnid, str) or len(box) != 4:
+                raise ValueError(f"bad object {[wnid, *box]} of image {image_id}")
+            objects.append((wnid, tuple(float(value) for value in box)))
+        annotations[image_id] = objects
+    return annotations
 
 
 # ----------------------------------------------------------------------------------------------- devkit XML
@@ -277,9 +312,18 @@ def read_xml_annotation(path: str, synsets: Synsets | None = None) -> XmlAnnotat
 
 
 def read_xml_dir(directory: str, synsets: Synsets | None = None) -> Annotations:
-    """All ``*.xml`` under ``directory`` (the train tree has a folder per WNID) -> {file stem: objects}."""
+    """All ``*.xml`` under ``directory`` (the train tree has a folder per WNID) -> {file stem: objects},
+    parsed once and then read from the annotation cache until a file is changed, added or removed."""
     if not os.path.isdir(directory):
         raise UserError(f"annotation folder not found: {directory}")
+    return cached("xml-dir", directory,
+                  fingerprint=lambda: tree_fingerprint(directory, ".xml", synsets_key(synsets)),
+                  build=lambda: parse_xml_dir(directory, synsets),
+                  encode=encode_annotations, decode=decode_annotations)
+
+
+def parse_xml_dir(directory: str, synsets: Synsets | None = None) -> Annotations:
+    """:func:`read_xml_dir` without the cache: every file parsed now."""
     result: Annotations = {}
     where: dict[str, str] = {}
     for folder, subfolders, files in os.walk(directory):

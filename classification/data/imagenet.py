@@ -25,8 +25,9 @@ import torch
 
 from detection.data.image_io import BadImageError, read_image, to_chw_tensor
 from resnet_engine.errors import UserError
+from resnet_engine.file_cache import cached, folders_fingerprint
 
-from .ilsvrc import Box, Synsets, read_kaggle_solution
+from .ilsvrc import Box, Synsets, read_kaggle_solution, synsets_key
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +59,38 @@ def list_train_images(root: str, synsets: Synsets, source: str = "folder") -> li
     if not os.path.isdir(train_dir):
         raise UserError(f"training image folder not found: {train_dir} (set data.root to the folder holding "
                         f"ILSVRC/Data/CLS-LOC)")
-    records: list[ImageRecord] = []
-    for label, wnid in enumerate(synsets.wnids):
-        class_dir = os.path.join(train_dir, wnid)
-        if not os.path.isdir(class_dir):
-            continue
-        with os.scandir(class_dir) as entries:
-            names = sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS))
-        records += [ImageRecord(os.path.splitext(n)[0], os.path.join(class_dir, n), label) for n in names]
+    class_dirs = [os.path.join(train_dir, wnid) for wnid in synsets.wnids]
+    names_per_class = cached("train-listing", train_dir,
+                             fingerprint=lambda: folders_fingerprint([train_dir, *class_dirs], synsets_key(synsets)),
+                             build=lambda: list_class_folders(class_dirs),
+                             encode=lambda names: names,
+                             decode=lambda payload: decode_listing(payload, len(class_dirs)))
+    records = [ImageRecord(os.path.splitext(name)[0], os.path.join(class_dir, name), label)
+               for label, (class_dir, names) in enumerate(zip(class_dirs, names_per_class)) for name in names]
     if not records:
         raise UserError(f"{train_dir}: no images in folders named after the WNIDs of {synsets.source}")
     return records
+
+
+def list_class_folders(class_dirs: list[str]) -> list[list[str]]:
+    """The image file names of each class folder, sorted (none for a missing folder)."""
+    listing = []
+    for class_dir in class_dirs:
+        names: list[str] = []
+        if os.path.isdir(class_dir):
+            with os.scandir(class_dir) as entries:
+                names = sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS))
+        listing.append(names)
+    return listing
+
+
+def decode_listing(payload: list, classes: int) -> list[list[str]]:
+    """The cached listing, checked: a damaged cache must not shift or drop a class."""
+    if len(payload) != classes:
+        raise ValueError(f"{len(payload)} class entries for {classes} classes")
+    if not all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in payload):
+        raise ValueError("a class entry is not a list of file names")
+    return payload
 
 
 def _train_images_from_csv(root: str, synsets: Synsets) -> list[ImageRecord]:
