@@ -135,7 +135,7 @@ def read_cache(path: str, key: str, decode: Callable[[Any], Any]) -> Any | None:
             logger.info("%s: the files changed since the cache was written; rebuilding it", path)
             return None
         return decode(document["payload"])
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not built yet, or no cache folder can exist there
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
         warnings.warn(f"{path}: unreadable annotation cache ({type(error).__name__}: {error}); rebuilding it",
