@@ -1,7 +1,8 @@
 """`make bench`: every benchmark, one after the other (about half an hour on 2 CPU cores).
 
     python benchmarks/run_all.py            # all
-    python benchmarks/run_all.py shapes     # by name: data, det, shapes, winograd_ap, degradation, cifar
+    python benchmarks/run_all.py shapes     # by name: data, det, shapes, winograd_ap, degradation, cifar,
+                                            # ilsvrc_cache
 
 Run on their own: bench_train.py (s/iter and memory per solver.amp, for GPUs), bench_tv_scratch.py
 (the shapes recipe against torchvision trained from scratch for the same time, about 25 minutes).
@@ -16,7 +17,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = {"data": "bench_data.py", "det": "bench_det.py", "shapes": "bench_shapes.py",
               "winograd_ap": "bench_winograd_ap.py", "degradation": "bench_degradation.py",
-              "cifar": "bench_cifar.py"}
+              "cifar": "bench_cifar.py", "ilsvrc_cache": "bench_ilsvrc_cache.py"}
 # The training rows of docs/BENCHMARKS.md use our training speed switches (both off by default);
 # the bf16 AP check evaluates the model that bench_shapes.py trains.
 ARGUMENTS = {"det": ["--train-opts", "solver.channels_last=true", "solver.winograd=true"],
