@@ -85,7 +85,7 @@ def main() -> int:
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "ilsvrc_cache.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        os.environ["RESNET_DETECTION_CACHE"] = os.path.join(folder, "cache")  # read at each call
+        os.environ["RESNET_DETECTION_ANNOTATION_CACHE"] = os.path.join(folder, "cache")  # read at each call
         start = time.perf_counter()
         xml_dir, csv_path = write_tree(folder, args.files)
         print(f"{args.files} XML files and CSV rows written in {time.perf_counter() - start:.1f} s", flush=True)

@@ -6,9 +6,11 @@ the result as one JSON file (no pickle: a cache file is only ever data) keyed by
 files it came from, rebuilds it when the fingerprint changes or the file is unreadable, and writes it
 atomically, so that a reader never sees half a file.
 
-The cache lives in ``$RESNET_DETECTION_CACHE`` if set, else ``$XDG_CACHE_HOME/resnet-detection`` (by
-default ``~/.cache/resnet-detection``): outside the dataset, so read-only datasets are cached too.
-``RESNET_DETECTION_CACHE=off`` turns it off; deleting the folder clears it.
+The cache lives in the ``annotations`` folder of the toolkit's cache (``$RESNET_DETECTION_CACHE``, else
+``$XDG_CACHE_HOME/resnet-detection``, by default ``~/.cache/resnet-detection``, where the compiled
+kernels also go), or in ``$RESNET_DETECTION_ANNOTATION_CACHE`` if set: outside the dataset, so that
+read-only datasets are cached too. ``RESNET_DETECTION_ANNOTATION_CACHE=off`` turns it off; deleting
+the folder clears it.
 """
 
 from __future__ import annotations
@@ -26,18 +28,19 @@ from .distributed import on_main_process
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "RESNET_DETECTION_CACHE"
+CACHE_ENV = "RESNET_DETECTION_ANNOTATION_CACHE"
 # Bumped when the layout of a cached payload changes, so that old files are rebuilt, not misread.
 FORMAT_VERSION = 1
 
 
 def cache_folder() -> str | None:
     """The folder of the cache files, or None when the cache is turned off."""
-    chosen = os.environ.get(CACHE_ENV)
-    if chosen is not None:
-        return None if chosen.strip().lower() in ("", "off", "0", "false") else os.path.expanduser(chosen)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "resnet-detection")
+    chosen = os.environ.get(CACHE_ENV, "").strip()
+    if chosen:
+        return None if chosen.lower() in ("off", "0", "false", "no") else os.path.expanduser(chosen)
+    root = os.environ.get("RESNET_DETECTION_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "resnet-detection")
+    return os.path.join(root, "annotations")
 
 
 def cache_path(kind: str, source: str) -> str | None:

@@ -18,7 +18,7 @@ def test_the_generated_xml_tree_and_csv_agree(tmp_path):
 
 def test_a_small_run_reports_each_timing(tmp_path, monkeypatch):
     out = tmp_path / "result.json"
-    monkeypatch.setenv("RESNET_DETECTION_CACHE", str(tmp_path / "cache"))  # restored after the run's own
+    monkeypatch.setenv("RESNET_DETECTION_ANNOTATION_CACHE", str(tmp_path / "cache"))  # restored after the run's own
     monkeypatch.setattr(sys, "argv", ["bench_ilsvrc_cache.py", "--files", "30", "--out", str(out)])
     assert load_benchmark_script("bench_ilsvrc_cache").main() == 0
     result = json.loads(out.read_text())

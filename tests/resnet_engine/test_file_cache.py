@@ -32,7 +32,7 @@ def cache_squares(source: str, log_path: str, key: str = "v1") -> dict:
 
 def rank_worker(rank: int, port: int, folder: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), RESNET_DETECTION_CACHE=os.path.join(folder, "cache"))
+                      MASTER_PORT=str(port), RESNET_DETECTION_ANNOTATION_CACHE=os.path.join(folder, "cache"))
     torch.set_num_threads(1)
     distributed.init_distributed(torch.device("cpu"), timeout_minutes=2)
     value = cache_squares(folder, os.path.join(folder, "builds.txt"))
@@ -60,23 +60,26 @@ def test_a_new_fingerprint_rebuilds_and_the_same_one_reads(tmp_path):
 def test_a_folder_that_cannot_be_written_warns_and_still_gives_the_value(tmp_path, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    monkeypatch.setenv("RESNET_DETECTION_CACHE", str(blocker / "cache"))
+    monkeypatch.setenv("RESNET_DETECTION_ANNOTATION_CACHE", str(blocker / "cache"))
     with pytest.warns(UserWarning) as caught:
         assert cache_squares(str(tmp_path), str(tmp_path / "builds.txt")) == squares(os.devnull)
     assert [str(w.message).split(" (")[0] for w in caught] == [f"cannot write the annotation cache in {blocker}/cache"]
-    assert "set RESNET_DETECTION_CACHE to a writable folder" in str(caught[0].message)
+    assert "set RESNET_DETECTION_ANNOTATION_CACHE to a writable folder" in str(caught[0].message)
 
 
-@pytest.mark.parametrize("setting, expected", [("off", None), ("", None), ("/data/cache", "/data/cache")])
+@pytest.mark.parametrize("setting, expected", [("off", None), ("0", None), ("/data/cache", "/data/cache")])
 def test_the_cache_folder_setting(monkeypatch, setting, expected):
-    monkeypatch.setenv("RESNET_DETECTION_CACHE", setting)
+    monkeypatch.setenv("RESNET_DETECTION_ANNOTATION_CACHE", setting)
     assert cache_folder() == expected
 
 
-def test_the_default_cache_folder_follows_xdg(monkeypatch):
-    monkeypatch.delenv("RESNET_DETECTION_CACHE")
+def test_by_default_the_cache_is_a_folder_of_the_toolkits_cache(monkeypatch):
+    monkeypatch.delenv("RESNET_DETECTION_ANNOTATION_CACHE")
+    monkeypatch.delenv("RESNET_DETECTION_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
-    assert cache_folder() == os.path.join("/somewhere", "resnet-detection")
+    assert cache_folder() == "/somewhere/resnet-detection/annotations"
+    monkeypatch.setenv("RESNET_DETECTION_CACHE", "/shared/cache")
+    assert cache_folder() == "/shared/cache/annotations"
 
 
 def test_the_tree_fingerprint_sees_names_sizes_and_times_of_the_chosen_files_only(tmp_path):

@@ -125,7 +125,7 @@ def test_the_solution_csv_is_cached_and_rebuilt_when_it_changes(tmp_path, parses
 
 
 def test_turned_off_the_cache_writes_nothing(tmp_path, parses, monkeypatch):
-    monkeypatch.setenv("RESNET_DETECTION_CACHE", "off")
+    monkeypatch.setenv("RESNET_DETECTION_ANNOTATION_CACHE", "off")
     write_tree(tmp_path / "val", GT)
     assert read_xml_dir(str(tmp_path / "val")) == GT
     assert read_xml_dir(str(tmp_path / "val")) == GT
