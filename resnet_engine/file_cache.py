@@ -109,7 +109,8 @@ def cached(kind: str, source: str, fingerprint: Callable[[], str], build: Callab
 
     ``encode`` turns the result into JSON-able data, ``decode`` turns that back. In a distributed run
     the main process checks the fingerprint and builds the cache; the others wait for it, then read
-    the file (or parse themselves when it could not be written).
+    the file (or parse themselves when it could not be written). In a group, every process must call
+    it, as with any collective: a call on the main process alone would wait for the others forever.
     """
     path = cache_path(kind, source)
     if path is None:
