@@ -109,7 +109,9 @@ def cached(kind: str, source: str, fingerprint: Callable[[], str], build: Callab
 
     ``encode`` turns the result into JSON-able data, ``decode`` turns that back. In a distributed run
     the main process checks the fingerprint and builds the cache; the others wait for it, then read
-    the file (or parse themselves when it could not be written). In a group, every process must call
+    the file. A process that cannot read it (another machine, whose cache folder is its own) parses
+    and writes the file itself, under the main process's key: the files are the same on every
+    machine, as training on them assumes. In a group, every process must call
     it, as with any collective: a call on the main process alone would wait for the others forever.
     """
     path = cache_path(kind, source)
@@ -127,7 +129,7 @@ def cached(kind: str, source: str, fingerprint: Callable[[], str], build: Callab
     if "value" in built:
         return built["value"]
     found = read_cache(path, key, decode)
-    return found if found is not None else build()
+    return found if found is not None else build_cache(path, key, build, encode)
 
 
 def read_cache(path: str, key: str, decode: Callable[[Any], Any]) -> Any | None:

@@ -31,22 +31,43 @@ def cache_squares(source: str, log_path: str, key: str = "v1") -> dict:
 
 
 def rank_worker(rank: int, port: int, folder: str) -> None:
+    """One rank: the value from a cache folder both ranks share, then twice from a folder of its own
+    (as two machines with local disks); the values and the builds of each step are written down."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), RESNET_DETECTION_ANNOTATION_CACHE=os.path.join(folder, "cache"))
+                      MASTER_PORT=str(port))
     torch.set_num_threads(1)
     distributed.init_distributed(torch.device("cpu"), timeout_minutes=2)
-    value = cache_squares(folder, os.path.join(folder, "builds.txt"))
+    values = {}
+    for step, cache in (("shared", "cache"), ("own_first", f"cache{rank}"), ("own_again", f"cache{rank}")):
+        os.environ["RESNET_DETECTION_ANNOTATION_CACHE"] = os.path.join(folder, cache)
+        values[step] = cache_squares(folder, os.path.join(folder, f"builds_{step}.txt"))
     distributed.leave_process_group()
     with open(os.path.join(folder, f"rank{rank}.json"), "w", encoding="utf-8") as handle:
-        json.dump(value, handle)
+        json.dump(values, handle)
 
 
-def test_two_processes_build_the_cache_once_and_read_the_same_value(tmp_path):
-    mp.spawn(rank_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """(each rank's values, the number of builds of each step)."""
+    folder = tmp_path_factory.mktemp("ranks")
+    mp.spawn(rank_worker, args=(free_port(), str(folder)), nprocs=2, join=True)
+    values = [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(2)]
+    builds = {step: len((folder / f"builds_{step}.txt").read_text().split())
+              if (folder / f"builds_{step}.txt").exists() else 0 for step in values[0]}
+    return values, builds
+
+
+def test_two_processes_build_the_cache_once_and_read_the_same_value(two_ranks):
+    values, builds = two_ranks
     expected = {str(i): [i, i * i] for i in range(5)}
-    for rank in range(2):
-        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected
-    assert len((tmp_path / "builds.txt").read_text().split()) == 1
+    assert [v[step] for v in values for step in v] == [expected] * 6
+    assert builds["shared"] == 1
+
+
+def test_a_process_without_the_main_ones_cache_builds_its_own_once(two_ranks):
+    _, builds = two_ranks
+    assert builds["own_first"] == 2  # the main process and the one whose folder it could not see
+    assert builds["own_again"] == 0
 
 
 def test_a_new_fingerprint_rebuilds_and_the_same_one_reads(tmp_path):
