@@ -9,6 +9,7 @@ kept in ``output_dir/trackers.json``) without the iterations they already have.
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import math
@@ -220,7 +221,7 @@ class TensorBoardWriter:
         self.writer.close()
 
 
-class TrackerWriter:
+class TrackerWriter(abc.ABC):
     """A tracker's run for an output folder: a new one for a run from iteration 0, the same one again
     for a resumed run, which is not sent the iterations the run already has (those before the
     resume, which the resumed run repeats): neither tracker can replace a logged point."""
@@ -239,8 +240,9 @@ class TrackerWriter:
         self.send({f"{kind}/{name}": value for name, value in scalars.items()}, iteration)
         self.runs.update(self.name, last_iteration=iteration)
 
+    @abc.abstractmethod
     def send(self, scalars: dict[str, float], iteration: int) -> None:
-        raise NotImplementedError
+        """Give the tracker's run ``scalars`` (named "kind/name") at step ``iteration``."""
 
 
 class WandbWriter(TrackerWriter):
