@@ -246,17 +246,23 @@ def gather_test_results(results: list[dict], unreadable: list[tuple[int, str]],
     return all_results, all_unreadable
 
 
+def images_to_score(image_ids: list[int], unreadable: list[tuple[int, str]]) -> list[int]:
+    """The test images that went through the model: ``image_ids`` less the unreadable ones, which one
+    warning names (the scoring of every metric leaves them out rather than count their objects missed)."""
+    skipped_ids = {image_id for image_id, _ in unreadable}
+    if unreadable:
+        warnings.warn(f"{len(unreadable)} unreadable test images were skipped and left out of the evaluation: "
+                      + ", ".join(path for _, path in unreadable), stacklevel=3)
+    return [image_id for image_id in image_ids if image_id not in skipped_ids]
+
+
 def score_test_set(gt_dataset: dict, image_ids: list[int], results: list[dict], unreadable: list[tuple[int, str]],
                    backend: str = "pycocotools", source: str = "detections") -> dict:
     """evaluate_detections over the test images that went through the model.
 
     Unreadable images are left out of the COCO evaluation (their ground truth would count as missed),
     named in one warning and counted: "num_images" is the number evaluated, "skipped_images" the rest."""
-    skipped_ids = {image_id for image_id, _ in unreadable}
-    evaluated = [image_id for image_id in image_ids if image_id not in skipped_ids]
-    if unreadable:
-        warnings.warn(f"{len(unreadable)} unreadable test images were skipped and left out of the evaluation: "
-                      + ", ".join(path for _, path in unreadable), stacklevel=2)
+    evaluated = images_to_score(image_ids, unreadable)
     metrics = evaluate_detections(gt_dataset, results, backend, evaluated, source)
     metrics.update(num_images=len(evaluated), skipped_images=len(unreadable))
     return metrics

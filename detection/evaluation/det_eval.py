@@ -34,10 +34,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 
 import numpy as np
 
+from .coco_eval import images_to_score
 from .voc_eval import (
     ImageTruth,
     corners,
@@ -147,11 +147,7 @@ def score_det_test_set(gt_dataset: dict, image_ids: list[int], results: list[dic
     evaluation server."""
     results_file = os.path.join(out_dir, RESULTS_FILE)
     written = write_det_results(gt_dataset, results, results_file)
-    skipped_ids = {image_id for image_id, _ in unreadable}
-    evaluated = [image_id for image_id in image_ids if image_id not in skipped_ids]
-    if unreadable:
-        warnings.warn(f"{len(unreadable)} unreadable test images were skipped and left out of the evaluation: "
-                      + ", ".join(path for _, path in unreadable), stacklevel=2)
+    evaluated = images_to_score(image_ids, unreadable)
     counts = {"num_images": len(evaluated), "skipped_images": len(unreadable)}
     if written:
         counts["results_file"] = results_file

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .coco_eval import DetectionsError
+from .coco_eval import DetectionsError, images_to_score
 
 logger = logging.getLogger(__name__)
 
@@ -257,11 +257,7 @@ def score_voc_test_set(gt_dataset: dict, image_ids: list[int], results: list[dic
     Unreadable images are left out of the score, named in one warning and counted: "num_images" is
     the number evaluated, "skipped_images" the rest."""
     paths = write_voc_results(gt_dataset, results, out_dir)
-    skipped_ids = {image_id for image_id, _ in unreadable}
-    evaluated = [image_id for image_id in image_ids if image_id not in skipped_ids]
-    if unreadable:
-        warnings.warn(f"{len(unreadable)} unreadable test images were skipped and left out of the evaluation: "
-                      + ", ".join(path for _, path in unreadable), stacklevel=2)
+    evaluated = images_to_score(image_ids, unreadable)
     counts = {"num_images": len(evaluated), "skipped_images": len(unreadable)}
     results_dir = os.path.dirname(paths[0]) if paths else out_dir
     if "annotations" not in gt_dataset:
