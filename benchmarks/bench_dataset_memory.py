@@ -1,0 +1,182 @@
+"""The memory of a COCO-train-sized training set in the parent and in forked data-loader workers.
+
+    python benchmarks/bench_dataset_memory.py [--images 118287] [--out benchmarks/results/dataset_memory.json]
+
+Writes into a temporary folder a COCO-format json of ``--images`` images (COCO train2017 has 118,287)
+with 7.3 boxes per image on average (random sizes) over COCO's 80 category ids between 1 and 90;
+every image entry names the same small JPEG, since the records are what is measured. It times reading
+the json with pycocotools alone and building the training set through detection.data.loader.
+build_train_dataset (what tools/train_det.py uses), then reports the parent's memory (RSS, and USS:
+its private pages) and the private memory of 4 forked workers (what DataLoader starts on Linux)
+after they read every record once between them, each its share, through ``dataset.records[index]``
+as CocoDetection.__getitem__ does, without decoding images. Each worker then runs a full garbage
+collection, as a long run's worker eventually does: it writes to the header of every Python object
+it visits, which copies the page that holds it.
+
+A worker's private memory is Private_Clean + Private_Dirty of /proc/PID/smaps_rollup: the pages that
+it no longer shares with the parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+
+import cv2
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from detection.config import load_detection_config  # noqa: E402
+from detection.data.loader import build_train_dataset  # noqa: E402
+
+WORKERS = 4
+BOXES_PER_IMAGE = 7.3
+# COCO's 80 category ids: 1..90 less the 10 that the 2014 release left unused.
+COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+
+
+def write_annotations(folder: str, images: int) -> tuple[str, str]:
+    """(the json, the image folder) of ``images`` image entries that all name one 64x48 JPEG."""
+    rng = np.random.default_rng(0)
+    img_dir = os.path.join(folder, "images")
+    os.makedirs(img_dir)
+    cv2.imwrite(os.path.join(img_dir, "image.jpg"), np.full((48, 64, 3), 90, np.uint8))
+    widths = rng.integers(320, 641, images)
+    heights = rng.integers(240, 481, images)
+    counts = rng.poisson(BOXES_PER_IMAGE, images)
+    owners = np.repeat(np.arange(images), counts)
+    x = rng.uniform(0, widths[owners] - 2)
+    y = rng.uniform(0, heights[owners] - 2)
+    w = rng.uniform(1, widths[owners] - x)
+    h = rng.uniform(1, heights[owners] - y)
+    categories = rng.choice(COCO_CATEGORY_IDS, len(owners))
+    crowd = rng.random(len(owners)) < 0.01
+    data = {
+        "images": [{"id": int(i) + 1, "file_name": "image.jpg", "width": int(widths[i]), "height": int(heights[i])}
+                   for i in range(images)],
+        "annotations": [{"id": k + 1, "image_id": int(owners[k]) + 1, "category_id": int(categories[k]),
+                         "bbox": [round(float(x[k]), 2), round(float(y[k]), 2), round(float(w[k]), 2),
+                                  round(float(h[k]), 2)],
+                         "area": round(float(w[k] * h[k]), 2), "iscrowd": int(crowd[k])}
+                        for k in range(len(owners))],
+        "categories": [{"id": c, "name": f"category {c}", "supercategory": "thing"} for c in COCO_CATEGORY_IDS],
+    }
+    ann_file = os.path.join(folder, "instances_train.json")
+    with open(ann_file, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    return ann_file, img_dir
+
+
+def smaps_rollup(pid: int | str = "self") -> dict[str, int]:
+    """The fields of /proc/PID/smaps_rollup, in bytes."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
+        for line in handle:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return fields
+
+
+def private_bytes(pid: int | str = "self") -> int:
+    fields = smaps_rollup(pid)
+    return fields["Private_Clean"] + fields["Private_Dirty"]
+
+
+def read_records(dataset, indices) -> int:
+    """What __getitem__ reads of each record before it decodes the image; the sum keeps it from being
+    optimized away."""
+    total = 0
+    for index in indices:
+        record = dataset.records[index]
+        total += len(record["boxes"]) + len(record["labels"]) + len(record["crowd_boxes"])
+        total += len(dataset.path_of(record)) + int(record["width"] > 0) + int(record["image_id"] > 0)
+    return total
+
+
+def worker(dataset, rank: int, ready, results) -> None:
+    touched = read_records(dataset, range(rank, len(dataset), WORKERS))
+    gc.collect()
+    ready.wait()  # each measures once all have read their share: the pages they share are then final
+    results.put((rank, touched, private_bytes()))
+
+
+def measure_workers(dataset) -> list[int]:
+    """The private bytes of each of WORKERS forked workers after they read every record between them."""
+    context = multiprocessing.get_context("fork")
+    ready, results = context.Barrier(WORKERS), context.Queue()
+    processes = [context.Process(target=worker, args=(dataset, rank, ready, results)) for rank in range(WORKERS)]
+    for process in processes:
+        process.start()
+    measured = dict((rank, (touched, private)) for rank, touched, private in (results.get() for _ in processes))
+    for process in processes:
+        process.join()
+    if sum(touched for touched, _ in measured.values()) != read_records(dataset, range(len(dataset))):
+        raise SystemExit("error: the workers did not read every record")
+    return [measured[rank][1] for rank in range(WORKERS)]
+
+
+def timed(function, *args):
+    gc.collect()
+    start = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - start
+
+
+def read_with_pycocotools(ann_file: str):
+    from pycocotools.coco import COCO
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(ann_file)
+
+
+def build(ann_file: str, img_dir: str):
+    cfg = load_detection_config(os.path.join(ROOT, "configs", "coco_r50_fpn.yaml"),
+                                ["data.synthetic=''", f"data.train.ann_file={ann_file}", f"data.train.img_dir={img_dir}",
+                                 "data.train_extra=[]"])
+    return build_train_dataset(cfg)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=118_287)
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "dataset_memory.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        ann_file, img_dir = write_annotations(folder, args.images)
+        coco, pycocotools_s = timed(read_with_pycocotools, ann_file)
+        boxes = len(coco.anns)
+        del coco
+        gc.collect()
+        dataset, build_s = timed(build, ann_file, img_dir)
+        gc.collect()
+        parent = smaps_rollup()
+        workers = measure_workers(dataset)
+    mb = 1024 ** 2
+    result = {"images": args.images, "boxes": boxes, "pycocotools_read_s": round(pycocotools_s, 2),
+              "build_train_dataset_s": round(build_s, 2), "parent_rss_mb": round(parent["Rss"] / mb, 1),
+              "parent_uss_mb": round((parent["Private_Clean"] + parent["Private_Dirty"]) / mb, 1),
+              "worker_private_mb": [round(value / mb, 1) for value in workers]}
+    print(f"| images | boxes | COCO(ann_file) s | build_train_dataset s | parent RSS MB | parent USS MB | "
+          f"private MB of each of {WORKERS} workers |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {args.images:,} | {boxes:,} | {result['pycocotools_read_s']:.2f} | {result['build_train_dataset_s']:.2f} "
+          f"| {result['parent_rss_mb']:.0f} | {result['parent_uss_mb']:.0f} | "
+          f"{', '.join(f'{value:.0f}' for value in result['worker_private_mb'])} |")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
