@@ -16,6 +16,7 @@ import torch
 from pycocotools.coco import COCO
 
 from resnet_engine.errors import UserError
+from resnet_engine.flat_records import FlatRecords
 
 from .image_io import BadImageError, read_image, to_chw_tensor
 
@@ -187,6 +188,10 @@ class CocoDetection(torch.utils.data.Dataset):
     category ids to labels of ``category_map`` when they are not its own ids (a further training set
     matched by category name, detection/data/datasets.py). ``upright``: the boxes refer to the image as a
     viewer shows it (YOLO's convention), so the EXIF orientation is applied when reading.
+
+    The records are flat arrays (resnet_engine.flat_records) that forked loader workers share. A training
+    set keeps only them (``coco`` is then None); a test set keeps the COCO index too, which the
+    evaluation scores against.
     """
 
     def __init__(self, ann_file: str, img_dir: str, transform=None, category_map: CategoryMap | None = None,
@@ -205,7 +210,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.category_map = category_map or CategoryMap.from_coco(self.coco)
         self.labels_by_category = labels_by_category
         self.stats = AnnotationStats()
-        self.records = self._build_records(filter_empty)
+        # Flat arrays, not a list of dicts: forked loader workers then share them instead of copying them.
+        self.records = FlatRecords(self._build_records(filter_empty))
         if max_images:
             self.records = self.records[:max_images]
         if not self.records:
@@ -219,6 +225,11 @@ class CocoDetection(torch.utils.data.Dataset):
                 f"{self.stats.describe()}): give the objects in its 'annotations' list")
         if self.stats.any():
             warnings.warn(f"{ann_file}: {self.stats.describe()}", stacklevel=2)
+        if train:
+            # The records hold all that training reads. The index's million small dicts (at COCO size)
+            # would be copied into every loader worker by its garbage collections; the evaluation
+            # scores against a test set's index, which it keeps.
+            self.coco = None
 
     def _build_records(self, filter_empty: bool) -> list[dict]:
         label_of = self.labels_by_category if self.labels_by_category is not None else self.category_map.label_of()
@@ -256,7 +267,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.records)
 
     def aspect_ratios(self) -> np.ndarray:
-        return np.array([r["width"] / max(r["height"], 1.0) for r in self.records])
+        return self.records.column("width") / np.maximum(self.records.column("height"), 1.0)
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, index_seed(item))

@@ -115,8 +115,8 @@ class ConcatDetection(torch.utils.data.Dataset):
 
     def image_ids(self) -> list[int]:
         """The image ids of every item, in item order."""
-        return [record["image_id"] + offset for part, offset in zip(self.parts, self.id_offsets)
-                for record in part.records]
+        return [image_id + offset for part, offset in zip(self.parts, self.id_offsets)
+                for image_id in part.records.column("image_id").tolist()]
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
@@ -131,7 +131,7 @@ def image_id_offsets(parts: list[CocoDetection]) -> list[int]:
     id so far."""
     offsets, next_free = [], None
     for part in parts:
-        ids = [record["image_id"] for record in part.records]
+        ids = part.records.column("image_id").tolist()
         offset = 0 if next_free is None else next_free - min(ids)
         offsets.append(offset)
         next_free = max(ids) + offset + 1
