@@ -197,7 +197,9 @@ class TestConfig:
     ims_per_batch: int = positive(1)
     # Evaluate at most this many images (0: all), for quick checks.
     max_images: int = non_negative(0)
-    eval_backend: str = choice("pycocotools", ("pycocotools", "faster_coco_eval"))
+    # COCO scoring: "auto" is faster_coco_eval when installed (pip install 'resnet-detection[fast-eval]'),
+    # else pycocotools; both give the same 12 numbers. metrics.json names the one that scored.
+    eval_backend: str = choice("auto", ("auto", "pycocotools", "faster_coco_eval"))
     # "coco": COCO AP (pycocotools). "voc2007": the VOC devkit's AP at IoU 0.5, difficult objects
     # ignored, interpolated at 11 recalls (VOC2007 test); "voc2010": the area under the precision
     # envelope (VOC2010 and later). detection/evaluation/voc_eval.py. "imagenet_det": the ILSVRC DET
@@ -238,6 +240,27 @@ class TestConfig:
     amp: str = choice("off", ("off", "bf16", "fp16"))
 
 
+@dataclass
+class AlternatingConfig:
+    """The settings of solver.scheme=alternating (detection/alternating.py); each step runs solver's other keys."""
+
+    # Images a mini-batch in the RPN steps (1 and 3) and in the Fast R-CNN steps (2 and 4); 0: solver.ims_per_batch.
+    rpn_ims_per_batch: int = non_negative(0)
+    fast_rcnn_ims_per_batch: int = non_negative(0)
+    # The schedule of each of the four steps; 0 / null: solver.max_iter / solver.steps.
+    max_iter: int = non_negative(0)
+    steps: list[int] | None = positive(None, hint="such as [240000], or null for solver.steps")
+
+
+@dataclass
+class DetectionSolverConfig(SolverConfig):
+    # "joint": one model, the RPN and Fast R-CNN losses summed on each mini-batch. "alternating": Faster
+    # R-CNN's 4-step training (RPN, Fast R-CNN on its proposals, then each fine-tuned on the shared layers
+    # of the second), each step in its own folder of output_dir (detection/alternating.py).
+    scheme: str = choice("joint", ("joint", "alternating"))
+    alternating: AlternatingConfig = field(default_factory=AlternatingConfig)
+
+
 @renamed_keys({"model.roi_head.bg_iou_lo": "model.roi_head.bg_iou_low"})
 @dataclass
 class DetectionConfig:
@@ -247,7 +270,7 @@ class DetectionConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
+    solver: DetectionSolverConfig = field(default_factory=DetectionSolverConfig)
     test: TestConfig = field(default_factory=TestConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -277,10 +300,27 @@ def check_detection_options(cfg) -> None:
     if len(cfg.input.pixel_mean) != 3 or len(cfg.input.pixel_std) != 3:
         raise ConfigError("input.pixel_mean and input.pixel_std need 3 values each, one per colour channel")
     check_augmentations(cfg.input)
+    check_alternating(cfg.solver)
     for key, channels in (("test", cfg.test.winograd_channels), ("solver", cfg.solver.winograd_channels)):
         if channels is not None and (len(channels) != 2 or channels[0] > channels[1]):
             raise ConfigError(f"{key}.winograd_channels={list(channels)}: give [min, max] channels, such as [64, 256], "
                               f"or null for the defaults")
+
+
+def alternating_schedule(solver) -> tuple[int, list[int]]:
+    """(max_iter, steps) of each step of the alternating training."""
+    steps = solver.alternating.steps
+    return solver.alternating.max_iter or solver.max_iter, list(solver.steps if steps is None else steps)
+
+
+def check_alternating(solver) -> None:
+    if solver.scheme != "alternating":
+        return
+    max_iter, steps = alternating_schedule(solver)
+    late = [step for step in steps if step >= max_iter]
+    if late:
+        raise ConfigError(f"solver.alternating.steps={steps} has {late[0]}, not below the {max_iter} iterations of "
+                          f"each step: set solver.alternating.steps below solver.alternating.max_iter")
 
 
 def check_datasets(cfg) -> None:

@@ -126,7 +126,7 @@ class FasterRCNN(nn.Module):
     def forward(self, batch: list[dict]):
         images, image_sizes = self.preprocess([sample["image"] for sample in batch])
         features = self.backbone(images)
-        targets = [self._target(sample) for sample in batch] if self.training else None
+        targets = [self.training_target(sample) for sample in batch] if self.training else None
         proposals, rpn_losses = self.rpn(images.shape[-2:], features, image_sizes, targets)
         detections, head_losses = self.roi_heads(features, proposals, image_sizes, targets)
         if self.training:
@@ -138,7 +138,8 @@ class FasterRCNN(nn.Module):
         """Normalize each image and pad the batch (bottom/right, with zeros) to a multiple of the stride."""
         return self.preprocessor(images)
 
-    def _target(self, sample: dict) -> dict:
+    def training_target(self, sample: dict) -> dict:
+        """The sample's boxes, labels (and crowd boxes, sampling seed) on the model's device."""
         device = self.device
         target = {"boxes": sample["boxes"].to(device).float(), "labels": sample["labels"].to(device)}
         if "crowd_boxes" in sample:

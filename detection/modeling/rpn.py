@@ -101,17 +101,19 @@ class RegionProposalNetwork(nn.Module):
         self.boundary_thresh = boundary_thresh
 
     def forward(self, padded_size: tuple[int, int], features: dict[str, torch.Tensor],
-                image_sizes: list[tuple[int, int]], targets: list[dict] | None = None):
+                image_sizes: list[tuple[int, int]], targets: list[dict] | None = None,
+                training_counts: bool | None = None):
         """``padded_size``: (height, width) of the padded batch tensor, which sets the anchors' strides;
-        ``image_sizes``: (height, width) of each image inside it, to which its proposals are clipped.
-        Returns (proposals per image, losses: empty unless training with ``targets``)."""
+        ``image_sizes``: (height, width) of each image inside it, to which its proposals are clipped;
+        ``training_counts``: keep the training (True) or test (False) pre/post-NMS counts; None: as the
+        module's mode. Returns (proposals per image, losses: empty unless training with ``targets``)."""
         maps = [features[name] for name in self.in_features]
         logits, deltas = self.head(maps)
         anchors = self.anchor_generator(padded_size, [m.shape[-2:] for m in maps], maps[0].device)
         flat = [flatten_level(lg, dt) for lg, dt in zip(logits, deltas)]
         level_logits = [f[0] for f in flat]
         level_deltas = [f[1] for f in flat]
-        proposals = self.propose(level_logits, level_deltas, anchors, image_sizes)
+        proposals = self.propose(level_logits, level_deltas, anchors, image_sizes, training_counts)
         losses = {}
         if self.training and targets is not None:
             losses = self.losses(torch.cat(level_logits, 1), torch.cat(level_deltas, 1), torch.cat(anchors),
@@ -120,10 +122,12 @@ class RegionProposalNetwork(nn.Module):
 
     @torch.no_grad()
     def propose(self, logits: list[torch.Tensor], deltas: list[torch.Tensor], anchors: list[torch.Tensor],
-                image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
-        """Top-scoring anchors of each level, decoded, clipped, then NMS per level and image."""
-        pre_topk = self.pre_nms_topk[0 if self.training else 1]
-        post_topk = self.post_nms_topk[0 if self.training else 1]
+                image_sizes: list[tuple[int, int]], training_counts: bool | None = None) -> list[torch.Tensor]:
+        """Top-scoring anchors of each level, decoded, clipped, then NMS per level and image; the
+        training or test counts as ``training_counts`` says (None: as the module's mode)."""
+        phase = 0 if (self.training if training_counts is None else training_counts) else 1
+        pre_topk = self.pre_nms_topk[phase]
+        post_topk = self.post_nms_topk[phase]
         num_images = logits[0].shape[0]
         batch_index = torch.arange(num_images, device=logits[0].device)[:, None]
         scores, boxes, levels = [], [], []
