@@ -75,6 +75,25 @@ def all_gather_objects(obj) -> list:
     return gathered
 
 
+def concatenate_on_main(items: list) -> list:
+    """Every process's list, concatenated in rank order on the main process; an empty list on the others.
+
+    The main process receives one process's list at a time and extends its own with it, so it never
+    holds more than the result and one received list (all_gather_objects would put every list on every
+    process, pickled and unpickled at once)."""
+    if not is_distributed():
+        return list(items)
+    if not is_main_process():
+        dist.send_object_list([items], dst=0)
+        return []
+    merged = list(items)
+    for rank in range(1, get_world_size()):
+        holder = [None]
+        dist.recv_object_list(holder, src=rank)
+        merged.extend(holder.pop())
+    return merged
+
+
 def broadcast_object(obj, src: int = 0):
     if not is_distributed():
         return obj

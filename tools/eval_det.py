@@ -26,7 +26,8 @@ def main() -> int:
     parser.add_argument("--gt", help="COCO annotation json (scoring mode)")
     parser.add_argument("--det", help="COCO results json, or infer.py's predictions.json (scoring mode)")
     parser.add_argument("--out", help="output folder (default: the config's output_dir, or .)")
-    parser.add_argument("--backend", default=None, choices=["pycocotools", "faster_coco_eval"])
+    parser.add_argument("--backend", default=None, choices=["auto", "pycocotools", "faster_coco_eval"],
+                        help="COCO scoring library (default: test.eval_backend, auto: faster_coco_eval when installed)")
     parser.add_argument("--plots", metavar="DIR", help="write per-category precision-recall curves here")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
@@ -36,7 +37,7 @@ def main() -> int:
             parser.error("scoring mode needs both --gt and --det")
         from detection.evaluation.evaluator import score_files
 
-        score_files(args.gt, args.det, args.out or ".", args.backend or "pycocotools", args.plots)
+        score_files(args.gt, args.det, args.out or ".", args.backend or "auto", args.plots)
         return 0
     if not (args.cfg and args.weights):
         parser.error("give --cfg and --weights (model mode) or --gt and --det (scoring mode)")

@@ -1,4 +1,5 @@
-"""COCO box AP with pycocotools (or faster-coco-eval, which gives identical numbers faster)."""
+"""COCO box AP with faster-coco-eval when it is installed, else pycocotools: the same numbers
+(tests/detection/evaluation/test_coco_eval.py), faster-coco-eval several times faster."""
 
 from __future__ import annotations
 
@@ -151,7 +152,16 @@ def check_gt_has_objects(gt_dataset: dict, image_ids: list[int]) -> None:
                               "undefined (give the objects in the annotation file's 'annotations' list)")
 
 
-def _coco_api(backend: str):
+def resolve_backend(backend: str) -> str:
+    """The scoring backend that ``backend`` names: "auto" is faster_coco_eval when it is installed (the
+    same numbers, several times faster), else pycocotools."""
+    if backend != "auto":
+        return backend
+    return "faster_coco_eval" if installed("faster_coco_eval") else "pycocotools"
+
+
+def coco_api(backend: str):
+    """The COCO and COCOeval classes of a resolved backend."""
     if backend == "faster_coco_eval":
         if not installed("faster_coco_eval"):
             raise package_needed("faster_coco_eval", "test.eval_backend=faster_coco_eval")
@@ -164,22 +174,26 @@ def _coco_api(backend: str):
     return COCO, COCOeval
 
 
-def evaluate_detections(gt_dataset: dict, results: list[dict], backend: str = "pycocotools",
+def evaluate_detections(gt_dataset: dict, results: list[dict], backend: str = "auto",
                         image_ids: list[int] | None = None, source: str = "detections") -> dict:
     """Score COCO-format ``results`` against the ``gt_dataset`` dict (a COCO json's contents).
 
-    Returns {"bbox": {AP, AP50, ... ARl} in percent, "per_category": {name: AP}, "summary": text}.
+    Returns {"bbox": {AP, AP50, ... ARl} in percent, "per_category": {name: AP}, "summary": text,
+    "backend": the library that scored them}.
     """
-    COCO, COCOeval = _coco_api(backend)
+    chosen, backend = backend, resolve_backend(backend)
+    COCO, COCOeval = coco_api(backend)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = copy.deepcopy(gt_dataset)
         coco_gt.createIndex()
     check_results_match(coco_gt, results, source)
     check_gt_has_objects(gt_dataset, image_ids if image_ids is not None else coco_gt.getImgIds())
+    # Logged once the input is known good, so that an error stays the only line of a failed run.
+    logger.info("COCO scoring backend: %s (test.eval_backend=%s)", backend, chosen)
     if not results:
         logger.warning("%s: no detections at all; every AP is 0", source)
-        return {"bbox": {name: 0.0 for name in STAT_NAMES}, "per_category": {}, "summary": ""}
+        return {"bbox": {name: 0.0 for name in STAT_NAMES}, "per_category": {}, "summary": "", "backend": backend}
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         coco_dt = coco_gt.loadRes(copy.deepcopy(results))
@@ -197,6 +211,7 @@ def evaluate_detections(gt_dataset: dict, results: list[dict], backend: str = "p
         "per_category": per_category_ap(evaluator, coco_gt),
         "summary": "\n".join(line for line in text.getvalue().splitlines() if line.startswith(" Average")),
         "precision": evaluator.eval["precision"],
+        "backend": backend,
     }
 
 
@@ -229,20 +244,26 @@ def metrics_for_json(metrics: dict) -> dict:
     data = {"bbox": {k: round(v, 4) for k, v in metrics["bbox"].items()},
             "per_category": {k: (round(v, 4) if v == v else None)
                              for k, v in metrics.get("per_category", {}).items()}}
-    data.update({k: metrics[k] for k in ("num_images", "skipped_images") if k in metrics})
+    data.update({k: metrics[k] for k in ("num_images", "skipped_images", "backend") if k in metrics})
     return data
 
 
 def gather_test_results(results: list[dict], unreadable: list[tuple[int, str]],
-                        num_images: int) -> tuple[list[dict], list[tuple[int, str]]]:
-    """Every process's detections and unreadable images ((image id, path), sorted), on every process.
+                        image_ids: list[int]) -> tuple[list[dict], list[tuple[int, str]]]:
+    """Every process's detections on the main process (an empty list on the others), in the order of
+    the test set's ``image_ids`` whatever the number of processes; the unreadable images ((image id,
+    path), sorted) on every process.
 
-    When no test image could be read, every process raises the same error."""
-    gathered = dist_utils.all_gather_objects((results, unreadable))
-    all_results = [record for part, _ in gathered for record in part]
-    all_unreadable = sorted({item for _, part in gathered for item in part})
-    if len(all_unreadable) >= num_images:
-        raise BadImageError(f"none of the {num_images} test images can be read, e.g. {all_unreadable[0][1]}")
+    The detections, the bulk, go to the main process alone, one process's share at a time. When no
+    test image could be read, every process raises the same error."""
+    all_unreadable = sorted({item for part in dist_utils.all_gather_objects(unreadable) for item in part})
+    if len(all_unreadable) >= len(image_ids):
+        raise BadImageError(f"none of the {len(image_ids)} test images can be read, e.g. {all_unreadable[0][1]}")
+    all_results = dist_utils.concatenate_on_main(results)
+    # Each process ran every world_size-th image: put the images back in the test set's order. The sort
+    # is stable, so each image keeps its detections in the order its model gave them.
+    position = {image_id: index for index, image_id in enumerate(image_ids)}
+    all_results.sort(key=lambda record: position[record["image_id"]])
     return all_results, all_unreadable
 
 
@@ -257,7 +278,7 @@ def images_to_score(image_ids: list[int], unreadable: list[tuple[int, str]]) -> 
 
 
 def score_test_set(gt_dataset: dict, image_ids: list[int], results: list[dict], unreadable: list[tuple[int, str]],
-                   backend: str = "pycocotools", source: str = "detections") -> dict:
+                   backend: str = "auto", source: str = "detections") -> dict:
     """evaluate_detections over the test images that went through the model.
 
     Unreadable images are left out of the COCO evaluation (their ground truth would count as missed),

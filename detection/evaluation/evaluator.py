@@ -70,12 +70,13 @@ def run_inference(model, loader, category_ids: list[int], progress: bool = True,
 def detect_test_set(model, dataset: CocoDetection, cfg,
                     progress: bool = True) -> tuple[list[dict], list[tuple[int, str]], float]:
     """The detections of every image of ``dataset``, each process running its share with the config's
-    test-time options, then gathered on every process: (COCO results, the unreadable images' (image id,
-    path), this process's seconds per image in the model)."""
+    test-time options: (COCO results, gathered on the main process in the order of the dataset's images
+    and empty on the others; the unreadable images' (image id, path), on every process; this process's
+    seconds per image in the model)."""
     loader = build_test_loader(dataset, cfg.test.ims_per_batch, cfg.data.num_workers)
     results, seconds, unreadable = run_inference(build_test_model(model, cfg), loader,
                                                  dataset.category_map.category_ids, progress, cfg.test.amp)
-    results, unreadable = gather_test_results(results, unreadable, len(dataset))
+    results, unreadable = gather_test_results(results, unreadable, [r["image_id"] for r in dataset.records])
     return results, unreadable, seconds
 
 
@@ -197,7 +198,7 @@ def primary_metric(cfg) -> str:
     return "voc/mAP" if cfg.test.metric in VOC_METRICS else "bbox/AP"
 
 
-def score_files(gt_file: str, det_file: str, out_dir: str, backend: str = "pycocotools",
+def score_files(gt_file: str, det_file: str, out_dir: str, backend: str = "auto",
                 plots_dir: str | None = None) -> dict:
     """Scoring mode: a COCO results file against a COCO annotation file, no model."""
     coco = load_coco(gt_file, key_hint="--gt")

@@ -32,6 +32,7 @@ def rank_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     seen = {"rank": distributed.get_rank(), "world": distributed.get_world_size(),
             "main": distributed.is_main_process(), "in_group": distributed.is_distributed()}
     seen["gathered"] = distributed.all_gather_objects({"rank": rank, "items": list(range(rank + 2))})
+    seen["concatenated"] = distributed.concatenate_on_main([f"rank{rank}"] * (rank + 2))
     seen["union"] = distributed.all_gather_dict({f"image{rank}": rank, f"image{rank + 2}": [rank] * 2})
     seen["from_0"] = distributed.broadcast_object(f"made by rank {rank}")
     seen["from_1"] = distributed.broadcast_object([rank, "x"], src=1)
@@ -83,6 +84,8 @@ def test_gather_broadcast_and_mean(two_ranks):
         assert seen["from_0"] == "made by rank 0"
         assert seen["from_1"] == [1, "x"]
         assert seen["mean"] == {"loss": 1.5, "other": 5.0}
+    # Concatenated in rank order on the main process alone.
+    assert [s["concatenated"] for s in two_ranks] == [["rank0"] * 2 + ["rank1"] * 3, []]
 
 
 def test_main_process_computes_once_and_a_user_error_reaches_every_rank(two_ranks):
@@ -109,6 +112,7 @@ def test_without_a_group_every_helper_is_the_identity():
     payload = {"a": [1, 2]}
     assert distributed.all_gather_objects(payload) == [payload]
     assert distributed.all_gather_dict(payload) == payload
+    assert distributed.concatenate_on_main([1, 2]) == [1, 2]
     assert distributed.broadcast_object(payload) is payload
     assert distributed.reduce_mean({"loss": 2.5}, torch.device("cpu")) == {"loss": 2.5}
     assert distributed.on_main_process(lambda: 7) == 7

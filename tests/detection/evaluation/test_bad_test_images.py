@@ -124,8 +124,9 @@ def test_two_processes_gather_their_unreadable_images(damaged_val, monkeypatch):
                                                dataset.category_map.category_ids, progress=False)
         parts.append((results, unreadable))
     assert [len(unreadable) for _, unreadable in parts] == [1, 2]  # image 3 on rank 0; 2 and 4 on rank 1
-    monkeypatch.setattr(coco_eval.dist_utils, "all_gather_objects", lambda obj: parts)
-    results, unreadable = gather_test_results(*parts[0], num_images=len(dataset))
+    monkeypatch.setattr(coco_eval.dist_utils, "all_gather_objects", lambda obj: [part for _, part in parts])
+    monkeypatch.setattr(coco_eval.dist_utils, "concatenate_on_main", lambda items: parts[0][0] + parts[1][0])
+    results, unreadable = gather_test_results(*parts[0], image_ids=[r["image_id"] for r in dataset.records])
     assert [image_id for image_id, _ in unreadable] == list(BAD_IMAGES)
     with pytest.warns(UserWarning, match="3 unreadable test images"):
         scored = score_test_set(gt, [r["image_id"] for r in dataset.records], results, unreadable)

@@ -4,6 +4,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import subprocess
 import sys
 
@@ -12,8 +13,16 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detection.evaluation.coco_eval import STAT_NAMES, DetectionsError, evaluate_detections, load_results_file
+from detection.config import DetectionConfig
+from detection.evaluation.coco_eval import (
+    STAT_NAMES,
+    DetectionsError,
+    evaluate_detections,
+    load_results_file,
+    metrics_for_json,
+)
 from resnet_engine.errors import UserError
+from tests.helpers import load_benchmark_script
 
 
 def fixture_dataset(seed=0):
@@ -120,6 +129,7 @@ def test_scoring_mode_command_line(tmp_path, repo_root):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(metrics["bbox"]) == set(STAT_NAMES)
     assert metrics["bbox"]["AP"] == pytest.approx(pycocotools_stats(gt, results).stats[0] * 100, abs=1e-3)
+    assert metrics["backend"] == "faster_coco_eval"  # the default, auto, with faster-coco-eval installed
     results.append({"image_id": 999, "category_id": 3, "bbox": [0, 0, 5, 5], "score": 0.5})
     (tmp_path / "det.json").write_text(json.dumps(results))
     failed = subprocess.run([sys.executable, f"{repo_root}/tools/eval_det.py", "--gt", str(tmp_path / "gt.json"),
@@ -164,3 +174,44 @@ def test_scoring_mode_refuses_a_nan_score_in_one_line(tmp_path):
     assert str(caught.value) == (f"{tmp_path / 'det.json'}: detection #12 has score nan: give a finite number "
                                  "(higher is more confident)")
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_the_backends_give_the_same_12_numbers_on_a_coco_like_held_out_set():
+    """300 images over COCO's 80 category ids with empty images and crowd regions, the detections jittered
+    ground truth and random boxes with scores rounded to 5 decimals (ties), as benchmarks/bench_coco_eval.py
+    makes them at COCO val size. The 12 numbers are equal, not close; of the precision table (10 IoUs x 101
+    recalls x 80 classes x 4 areas x 3 detection limits) some entries differ in the last bit (0.9999999999999998
+    against 1.0), hence its tolerance of 1e-15."""
+    bench = load_benchmark_script("bench_coco_eval")
+    gt = bench.coco_val_like(300, seed=5)
+    results = bench.perturbed_detections(gt, per_image=10, seed=6)
+    with_objects = {a["image_id"] for a in gt["annotations"]}
+    assert len(gt["images"]) - len(with_objects) >= 2 and sum(a["iscrowd"] for a in gt["annotations"]) >= 10
+    assert len({a["category_id"] for a in gt["annotations"]}) == 80
+    slow = evaluate_detections(gt, results, "pycocotools")
+    fast = evaluate_detections(gt, results, "faster_coco_eval")
+    assert (slow["backend"], fast["backend"]) == ("pycocotools", "faster_coco_eval")
+    assert 10 < slow["bbox"]["AP"] < 90 and slow["bbox"]["AR1"] < slow["bbox"]["AR10"]
+    assert [fast["bbox"][k] for k in STAT_NAMES] == [slow["bbox"][k] for k in STAT_NAMES]
+    assert np.abs(fast["precision"] - slow["precision"]).max() <= 1e-15
+
+
+def test_auto_backend_is_the_faster_one_when_installed_and_says_so(caplog):
+    gt, results = fixture_dataset()
+    with caplog.at_level(logging.INFO, logger="detection.evaluation.coco_eval"):
+        scored = evaluate_detections(gt, results)  # test.eval_backend's default, auto
+    assert scored["backend"] == "faster_coco_eval"
+    assert "COCO scoring backend: faster_coco_eval (test.eval_backend=auto)" in caplog.messages
+    assert metrics_for_json(scored)["backend"] == "faster_coco_eval"
+    assert DetectionConfig().test.eval_backend == "auto"
+
+
+def test_auto_backend_falls_back_to_pycocotools(monkeypatch, caplog):
+    gt, results = fixture_dataset()
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # an import of it now fails
+    with caplog.at_level(logging.INFO, logger="detection.evaluation.coco_eval"):
+        scored = evaluate_detections(gt, results, "auto")
+    assert scored["backend"] == "pycocotools"
+    assert "COCO scoring backend: pycocotools (test.eval_backend=auto)" in caplog.messages
+    assert [scored["bbox"][k] for k in STAT_NAMES] == [s * 100 for s in pycocotools_stats(gt, results).stats]
+    assert evaluate_detections(gt, [], "auto")["backend"] == "pycocotools"
