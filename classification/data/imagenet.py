@@ -26,6 +26,7 @@ import torch
 from detection.data.image_io import BadImageError, read_image, to_chw_tensor
 from resnet_engine.errors import UserError
 from resnet_engine.file_cache import cached, folders_fingerprint
+from resnet_engine.flat_records import FlatRecords
 
 from .ilsvrc import Box, Synsets, read_kaggle_solution, synsets_key
 
@@ -265,8 +266,9 @@ class ClassificationDataset(torch.utils.data.Dataset):
     gives "views": None, so that it is left out of the score instead of counted twice.
     """
 
-    def __init__(self, records: list[ImageRecord], transform, train: bool, on_bad_image: str = "skip"):
-        self.records = records
+    def __init__(self, records: Sequence[ImageRecord], transform, train: bool, on_bad_image: str = "skip"):
+        # Flat arrays, not 1.28M record objects: forked loader workers share them instead of copying them.
+        self.records = FlatRecords(records)
         self.transform = transform
         self.train = train
         self.on_bad_image = on_bad_image
