@@ -1,6 +1,7 @@
 """The memory of a COCO-train-sized training set in the parent and in forked data-loader workers.
 
-    python benchmarks/bench_dataset_memory.py [--images 118287] [--out benchmarks/results/dataset_memory.json]
+    python benchmarks/bench_dataset_memory.py [--dataset coco] [--images 118287]
+                                              [--out benchmarks/results/dataset_memory.json]
 
 Writes into a temporary folder a COCO-format json of ``--images`` images (COCO train2017 has 118,287)
 with 7.3 boxes per image on average (random sizes) over COCO's 80 category ids between 1 and 90;
@@ -15,6 +16,12 @@ it visits, which copies the page that holds it.
 
 A worker's private memory is Private_Clean + Private_Dirty of /proc/PID/smaps_rollup: the pages that
 it no longer shares with the parent.
+
+``--dataset imagenet`` (default 1,281,167 images of 1,000 classes) and ``--dataset clsloc`` (544,546
+images with 1 to 3 boxes) measure the ImageNet classification and CLS-LOC training sets the same way,
+their records generated in memory (ImageRecord, BoxedRecord: what the file listing and the annotation
+parse give, which bench_ilsvrc_cache.py times) and handed to ClassificationDataset and
+LocalizationDataset; the reference time is then that of making the list of records.
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from classification.data.imagenet import ClassificationDataset, ImageRecord  # noqa: E402
 from detection.config import load_detection_config  # noqa: E402
 from detection.data.loader import build_train_dataset  # noqa: E402
+from localization.data.loc_dataset import BoxedRecord, LocalizationDataset  # noqa: E402
 
 WORKERS = 4
 BOXES_PER_IMAGE = 7.3
@@ -94,13 +103,16 @@ def private_bytes(pid: int | str = "self") -> int:
 
 
 def read_records(dataset, indices) -> int:
-    """What __getitem__ reads of each record before it decodes the image; the sum keeps it from being
-    optimized away."""
+    """What __getitem__ reads of each record before it decodes the image; the sum makes each read count."""
     total = 0
     for index in indices:
         record = dataset.records[index]
-        total += len(record["boxes"]) + len(record["labels"]) + len(record["crowd_boxes"])
-        total += len(dataset.path_of(record)) + int(record["width"] > 0) + int(record["image_id"] > 0)
+        if isinstance(record, dict):  # CocoDetection
+            total += len(record["boxes"]) + len(record["labels"]) + len(record["crowd_boxes"])
+            total += len(dataset.path_of(record)) + int(record["width"] > 0) + int(record["image_id"] > 0)
+        else:  # ImageRecord, BoxedRecord
+            total += len(record.path) + len(record.image_id) + int(record.label >= 0)
+            total += len(getattr(record, "boxes", ()))
     return total
 
 
@@ -139,37 +151,73 @@ def read_with_pycocotools(ann_file: str):
         return COCO(ann_file)
 
 
-def build(ann_file: str, img_dir: str):
+def build_coco(ann_file: str, img_dir: str):
     cfg = load_detection_config(os.path.join(ROOT, "configs", "coco_r50_fpn.yaml"),
                                 ["data.synthetic=''", f"data.train.ann_file={ann_file}", f"data.train.img_dir={img_dir}",
                                  "data.train_extra=[]"])
     return build_train_dataset(cfg)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=118_287)
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "dataset_memory.json"))
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        ann_file, img_dir = write_annotations(folder, args.images)
-        coco, pycocotools_s = timed(read_with_pycocotools, ann_file)
+def image_records(images: int, boxed: bool) -> list:
+    """ILSVRC-like training records: 1,000 WNID folders, ids <wnid>_<n>, and for CLS-LOC 1 to 3 boxes."""
+    rng = np.random.default_rng(0)
+    classes = 1000
+    records = []
+    for index in range(images):
+        label = index * classes // images
+        wnid = f"n{label + 1000000:08d}"
+        image_id = f"{wnid}_{index}"
+        path = f"/data/ILSVRC/Data/CLS-LOC/train/{wnid}/{image_id}.JPEG"
+        if boxed:
+            corners = rng.integers(0, 200, (int(rng.integers(1, 4)), 2)).astype(float)
+            boxes = tuple(tuple(row) for row in np.concatenate([corners, corners + 50], axis=1).tolist())
+            records.append(BoxedRecord(image_id, path, label, boxes))
+        else:
+            records.append(ImageRecord(image_id, path, label))
+    return records
+
+
+def measure_build(kind: str, images: int, folder: str) -> tuple:
+    """(the training set, what the reference time is, it, the time to build the set, the number of boxes)."""
+    if kind == "coco":
+        ann_file, img_dir = write_annotations(folder, images)
+        coco, reference_s = timed(read_with_pycocotools, ann_file)
         boxes = len(coco.anns)
         del coco
-        gc.collect()
-        dataset, build_s = timed(build, ann_file, img_dir)
+        dataset, build_s = timed(build_coco, ann_file, img_dir)
+        return dataset, "COCO(ann_file)", reference_s, build_s, boxes
+    records, reference_s = timed(image_records, images, kind == "clsloc")
+    make = LocalizationDataset if kind == "clsloc" else ClassificationDataset
+    dataset, build_s = timed(make, records, None, True)
+    del records
+    return dataset, "the list of records", reference_s, build_s, sum(len(getattr(r, "boxes", ())) for r in dataset.records)
+
+
+DEFAULT_IMAGES = {"coco": 118_287, "imagenet": 1_281_167, "clsloc": 544_546}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(DEFAULT_IMAGES), default="coco")
+    parser.add_argument("--images", type=int, help="default: the full training set's (coco 118,287)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "dataset_memory.json"))
+    args = parser.parse_args()
+    images = args.images or DEFAULT_IMAGES[args.dataset]
+    with tempfile.TemporaryDirectory() as folder:
+        dataset, reference, reference_s, build_s, boxes = measure_build(args.dataset, images, folder)
         gc.collect()
         parent = smaps_rollup()
         workers = measure_workers(dataset)
     mb = 1024 ** 2
-    result = {"images": args.images, "boxes": boxes, "pycocotools_read_s": round(pycocotools_s, 2),
-              "build_train_dataset_s": round(build_s, 2), "parent_rss_mb": round(parent["Rss"] / mb, 1),
+    result = {"dataset": args.dataset, "images": images, "boxes": boxes, "reference": reference,
+              "reference_s": round(reference_s, 2), "build_train_dataset_s": round(build_s, 2),
+              "parent_rss_mb": round(parent["Rss"] / mb, 1),
               "parent_uss_mb": round((parent["Private_Clean"] + parent["Private_Dirty"]) / mb, 1),
               "worker_private_mb": [round(value / mb, 1) for value in workers]}
-    print(f"| images | boxes | COCO(ann_file) s | build_train_dataset s | parent RSS MB | parent USS MB | "
-          f"private MB of each of {WORKERS} workers |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {args.images:,} | {boxes:,} | {result['pycocotools_read_s']:.2f} | {result['build_train_dataset_s']:.2f} "
+    print(f"| dataset | images | boxes | {reference} s | building the training set s | parent RSS MB | "
+          f"parent USS MB | private MB of each of {WORKERS} workers |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {args.dataset} | {images:,} | {boxes:,} | {reference_s:.2f} | {build_s:.2f} "
           f"| {result['parent_rss_mb']:.0f} | {result['parent_uss_mb']:.0f} | "
           f"{', '.join(f'{value:.0f}' for value in result['worker_private_mb'])} |")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
