@@ -21,6 +21,7 @@ from resnet_engine.optim import build_optimizer, build_scheduler
 from resnet_engine.setup import setup_run
 from resnet_engine.trainer import Trainer
 
+from .alternating import check_step_batches, train_alternating
 from .data.coco import CategoryMap
 from .data.loader import build_test_dataset, build_train_dataset, build_train_loader
 from .evaluation.evaluator import evaluate_model, primary_metric
@@ -34,8 +35,6 @@ logger = logging.getLogger(__name__)
 def train_detector(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     """Train ``cfg``'s detector by its solver.scheme, evaluating on its test set; returns the final metrics."""
     if cfg.solver.scheme == "alternating":
-        from .alternating import check_step_batches, train_alternating
-
         check_step_batches(cfg.solver)
         return train_alternating(TrainingRun.start(cfg, resume, overwrite), resume, overwrite)
     check_batch_divides(cfg.solver.ims_per_batch)
