@@ -6,9 +6,18 @@ there stops with one line naming what differs (and the config keys that changed)
 comes from the current config: the learning rate, weight decay and momentum are the config's, and
 the schedule continues from the checkpoint's iteration with the config's base LR, steps and warm-up,
 so that "lower solver.base_lr and resume" does what it says.
+
+The number of processes may change between the runs (``torchrun --nproc_per_node`` or ``--nnodes``):
+solver.ims_per_batch is the global batch and the sampler's batches are a function of the global step,
+so the batches, the schedule and the weights continue as in an uninterrupted run.
+
+torchrun ``--max-restarts`` starts the workers again after one of them died; a restarted training run
+continues from the last checkpoint of its output_dir without ``--resume`` (:func:`elastic_restart_count`).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -16,6 +25,19 @@ from .checkpoint import CheckpointError
 from .config import config_differences
 
 RESUME_FIX = "resume with the run's own config (its config.yaml), or start the new setting in another output_dir"
+
+
+def elastic_restart_count() -> int:
+    """How many times torchrun has restarted this run's workers (0: the first attempt, or no torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def world_size_change_note(saved_world: int, world: int, ims_per_batch: int, iteration: int) -> str:
+    """The log line of a resume by another number of processes: what changed and what was kept."""
+    return (f"the checkpoint was written by {saved_world} process(es), this run has {world}: kept the global "
+            f"batch (solver.ims_per_batch={ims_per_batch}, now {ims_per_batch // max(world, 1)} per process), "
+            f"the schedule at iteration {iteration} and the data order (the batches are a function of the "
+            f"global step); per-process BatchNorm statistics now come from the new per-process batches")
 
 
 def changed_keys(saved_config: str, current_config: str, section: str | None = None) -> list[str]:

@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 from .errors import UserError
 
@@ -75,11 +76,12 @@ class RunDirectory:
             raise RunDirectoryError(f"cannot create output_dir {self.output_dir} ({error.strerror}): "
                                     f"choose another output_dir") from None
 
-    def lock(self) -> None:
-        """Take the folder's lock, or stop with one line naming the process that holds it."""
+    def lock(self, wait_seconds: float = 0) -> None:
+        """Take the folder's lock, or stop with one line naming the process that holds it (after trying
+        for ``wait_seconds``: a process that is ending may hold it for a moment)."""
         handle = open(self.lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run's life
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_within(handle, wait_seconds)
         except OSError as error:
             if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 # A file system without locks (some network mounts): run on, unguarded, and say so.
@@ -132,6 +134,19 @@ class RunDirectory:
                        self.output_dir)
 
 
+def _flock_within(handle, wait_seconds: float) -> None:
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as error:
+            busy = error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.2)
+
+
 def _holder_record() -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(),
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -155,15 +170,16 @@ def _read_holder(handle) -> str:
 _claims: dict[str, RunDirectory] = {}
 
 
-def claim_run_directory(output_dir: str) -> RunDirectory:
-    """Create ``output_dir``, lock it and clean it; the same claim again when this process holds it."""
+def claim_run_directory(output_dir: str, wait_seconds: float = 0) -> RunDirectory:
+    """Create ``output_dir``, lock it (waiting up to ``wait_seconds`` for another holder to end) and clean
+    it; the same claim again when this process holds it."""
     key = os.path.realpath(output_dir)
     claim = _claims.get(key)
     if claim is not None and claim.held:
         return claim
     claim = RunDirectory(output_dir)
     claim.create()
-    claim.lock()
+    claim.lock(wait_seconds)
     claim.remove_stale_temporary_files()
     _claims[key] = claim
     return claim

@@ -11,9 +11,14 @@ import torch
 
 from . import distributed as dist_utils
 from .config import config_to_text, save_config
+from .resume import elastic_restart_count
 from .run_dir import claim_run_directory
 
 logger = logging.getLogger(__name__)
+
+# How long restarted workers wait for the dead attempt's processes (data-loading workers that inherited
+# the lock) to let go of output_dir's lock.
+RESTART_LOCK_WAIT_SECONDS = 60
 
 
 def seed_everything(seed: int) -> None:
@@ -29,10 +34,13 @@ def setup_run(cfg, save: bool = True, resume: bool = False, overwrite: bool = Fa
     device = dist_utils.select_device(cfg.device)
     dist_utils.init_distributed(device)
     seed_everything(cfg.seed)
+    # Workers restarted by torchrun continue the run (Trainer.train): the earlier attempt's checkpoints
+    # are theirs, and the lock may still be held for a moment by the processes of the dead attempt.
+    restarted = elastic_restart_count() > 0
     if save:
-        dist_utils.on_main_process(lambda: _claim(cfg.output_dir, resume, overwrite))
+        dist_utils.on_main_process(lambda: _claim(cfg.output_dir, resume or restarted, overwrite, restarted))
         if dist_utils.is_main_process():
-            if not resume:  # a resumed run's config.yaml is replaced once its checkpoint fits (Trainer.resume)
+            if not (resume or restarted):  # a resumed run's config.yaml is replaced once its checkpoint fits (Trainer.resume)
                 save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
             logger.info("config:\n%s", config_to_text(cfg))
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and dist_utils.get_world_size() > 1:
@@ -41,8 +49,8 @@ def setup_run(cfg, save: bool = True, resume: bool = False, overwrite: bool = Fa
     return device
 
 
-def _claim(output_dir: str, resume: bool, overwrite: bool) -> None:
-    claim = claim_run_directory(output_dir)
+def _claim(output_dir: str, resume: bool, overwrite: bool, restarted: bool) -> None:
+    claim = claim_run_directory(output_dir, wait_seconds=RESTART_LOCK_WAIT_SECONDS if restarted else 0)
     if not resume:
         claim.refuse_earlier_run(overwrite)
 

@@ -48,8 +48,10 @@ from .resume import (
     changed_keys,
     check_model_fits,
     check_optimizer_fits,
+    elastic_restart_count,
     load_optimizer_state,
     load_scheduler_state,
+    world_size_change_note,
 )
 from .run_dir import claim_run_directory, release_run_directory
 from .schema import LoggingConfig, check_solver_options
@@ -92,6 +94,18 @@ class LogWindow:
         """A checkpoint's window; none (a checkpoint written before windows were kept): an empty one."""
         state = state or {}
         return cls(dict(state.get("losses", {})), dict(state.get("metrics", {})), int(state.get("count", 0)))
+
+    @classmethod
+    def mean_of(cls, states: list[dict | None]) -> LogWindow:
+        """The windows of another number of processes as one: their mean sums (the record averages the
+        processes' means, so each new process starting from this mean gives the same record)."""
+        windows = [cls.from_state(state) for state in states]
+
+        def mean(part: str) -> dict[str, float]:
+            names = set().union(*(getattr(w, part) for w in windows))
+            return {n: sum(getattr(w, part).get(n, 0.0) for w in windows) / len(windows) for n in sorted(names)}
+
+        return cls(mean("losses"), mean("metrics"), max(w.count for w in windows))
 
 
 class DataWorkerDied(TrainingError):
@@ -167,6 +181,7 @@ class Trainer:
         self._stop_signal: int | None = None
         self._evaluating = False
         self._saved_at: int | None = None  # the iteration of the newest checkpoint of this run
+        self._resume_tried = False
         self.ddp_model = model
 
     # -- state -----------------------------------------------------------------------------------
@@ -177,6 +192,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "iteration": self.iteration,
+            "world_size": dist_utils.get_world_size(),
             "best_metric": self.best_metric,
             "train_seconds": self.train_seconds,
             # Every process has its own RNG stream: keep them all (a collective call).
@@ -202,6 +218,7 @@ class Trainer:
     def resume(self) -> bool:
         """Continue from the newest readable checkpoint of output_dir, falling back through every
         full trainer state (periodic, final, best); False when there is none."""
+        self._resume_tried = True
         # The main process reads (other machines may not see its disk) and shares the state, or
         # the error, so that every process stops alike.
         found = dist_utils.on_main_process(self.checkpointer.load_latest)
@@ -242,9 +259,16 @@ class Trainer:
         self.best_metric = float(state.get("best_metric", -math.inf))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         rng_states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        # A process added since the checkpoint continues the random stream of the last saved one.
         restore_rng_state(rng_states[min(dist_utils.get_rank(), len(rng_states) - 1)])
         windows = state.get("log_window") or [None]
-        self.log_window = LogWindow.from_state(windows[min(dist_utils.get_rank(), len(windows) - 1)])
+        saved_world, world = int(state.get("world_size", len(rng_states))), dist_utils.get_world_size()
+        if saved_world == world:
+            self.log_window = LogWindow.from_state(windows[min(dist_utils.get_rank(), len(windows) - 1)])
+        else:
+            self.log_window = LogWindow.mean_of(windows)
+            if self.is_main:
+                logger.info(world_size_change_note(saved_world, world, self.solver.ims_per_batch, self.start_iter))
         changes = changed_keys(saved_config, self.config_text)
         if changes and self.is_main:
             logger.warning("resuming with settings that differ from the checkpoint's (the current ones apply): %s",
@@ -253,10 +277,22 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict:
         try:
+            self._continue_after_elastic_restart()
             return self._train()
         finally:
             if self.is_main:
                 release_run_directory(self.output_dir)
+
+    def _continue_after_elastic_restart(self) -> None:
+        """Workers that torchrun started again after one of them died continue from the last checkpoint
+        (without it they would start from scratch, and be refused by the earlier attempt's checkpoints)."""
+        restarts = elastic_restart_count()
+        if restarts == 0 or self._resume_tried:
+            return
+        if self.is_main:
+            logger.info("torchrun restarted the workers (restart %d): continuing from the last checkpoint in %s",
+                        restarts, self.output_dir)
+        self.resume()
 
     def _train(self) -> dict:
         solver = self.solver
