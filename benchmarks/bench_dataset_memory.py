@@ -151,11 +151,10 @@ def read_with_pycocotools(ann_file: str):
         return COCO(ann_file)
 
 
-def build_coco(ann_file: str, img_dir: str):
-    cfg = load_detection_config(os.path.join(ROOT, "configs", "coco_r50_fpn.yaml"),
-                                ["data.synthetic=''", f"data.train.ann_file={ann_file}", f"data.train.img_dir={img_dir}",
-                                 "data.train_extra=[]"])
-    return build_train_dataset(cfg)
+def coco_config(ann_file: str, img_dir: str):
+    return load_detection_config(os.path.join(ROOT, "configs", "coco_r50_fpn.yaml"),
+                                 ["data.synthetic=''", f"data.train.ann_file={ann_file}", f"data.train.img_dir={img_dir}",
+                                  "data.train_extra=[]"])
 
 
 def image_records(images: int, boxed: bool) -> list:
@@ -184,7 +183,7 @@ def measure_build(kind: str, images: int, folder: str) -> tuple:
         coco, reference_s = timed(read_with_pycocotools, ann_file)
         boxes = len(coco.anns)
         del coco
-        dataset, build_s = timed(build_coco, ann_file, img_dir)
+        dataset, build_s = timed(build_train_dataset, coco_config(ann_file, img_dir))
         return dataset, "COCO(ann_file)", reference_s, build_s, boxes
     records, reference_s = timed(image_records, images, kind == "clsloc")
     make = LocalizationDataset if kind == "clsloc" else ClassificationDataset

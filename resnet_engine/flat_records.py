@@ -92,6 +92,15 @@ def rows_parts(values: list[tuple]) -> list[np.ndarray]:
     return [np.array(value, dtype=np.float64).reshape(len(value), width) for value in values]
 
 
+def check_ragged(name: str, length: int, data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if (len(offsets) != length + 1 or offsets[0] != 0 or offsets[-1] != len(data)
+            or np.any(np.diff(offsets) < 0) or data.dtype == object):
+        raise ValueError(f"record field '{name}': {len(offsets)} offsets from {offsets[:1]} to {offsets[-1:]} do not "
+                         f"split {len(data)} rows among {length} records")
+    return np.ascontiguousarray(data), offsets
+
+
 class FlatRecords(Sequence):
     """A read-only sequence of records (dicts, or dataclasses of one type) kept in flat numpy arrays.
 
@@ -101,17 +110,35 @@ class FlatRecords(Sequence):
 
     def __init__(self, records: Sequence):
         records = list(records)
-        first = fields_of(records[0]) if records else {}
-        self.record_type = type(records[0]) if records else dict
-        self.fields = [Field(name, kind_of(value)) for name, value in first.items()]
-        self.length = len(records)
+        record_type = type(records[0]) if records else dict
+        names = list(fields_of(records[0])) if records else []
+        if record_type is dict:
+            columns = {name: [record[name] for record in records] for name in names}
+        else:
+            columns = {name: [getattr(record, name) for record in records] for name in names}
+        self._fill(record_type, len(records), columns)
+
+    @classmethod
+    def from_columns(cls, length: int, columns: dict, record_type: type = dict) -> FlatRecords:
+        """Records given field by field: a list of one value per record, or for an array field already
+        concatenated, (the arrays one after the other, offsets: record i's is rows offsets[i]:offsets[i + 1])."""
+        flat = cls.__new__(cls)
+        flat._fill(record_type, length, columns)
+        return flat
+
+    def _fill(self, record_type: type, length: int, columns: dict) -> None:
+        self.record_type, self.length = record_type, length
+        self.fields: list[Field] = []
         self.columns: dict[str, np.ndarray] = {}
         self.offsets: dict[str, np.ndarray] = {}
-        for field in self.fields:
-            if self.record_type is dict:
-                self._pack(field, [record[field.name] for record in records])
+        for name, values in columns.items():
+            if isinstance(values, tuple):
+                field = Field(name, ARRAY)
+                self.columns[name], self.offsets[name] = check_ragged(name, length, *values)
             else:
-                self._pack(field, [getattr(record, field.name) for record in records])
+                field = Field(name, kind_of(values[0]) if length else SCALAR)
+                self._pack(field, values)
+            self.fields.append(field)
         for array in (*self.columns.values(), *self.offsets.values()):
             array.flags.writeable = False
 

@@ -154,25 +154,52 @@ class AnnotationStats:
                 "not in 'images' ignored")
 
 
-def sanitize_boxes(anns: list[dict], width: float, height: float, stats: AnnotationStats):
-    """COCO [x, y, w, h] -> clipped xyxy; boxes with no area or non-finite values are dropped."""
-    kept = []
-    for ann in anns:
-        x, y, w, h = (float(v) for v in ann["bbox"]) if len(ann["bbox"]) == 4 else (np.nan,) * 4
-        box = np.array([x, y, x + w, y + h], dtype=np.float64)
-        if not np.all(np.isfinite(box)) or w <= 0 or h <= 0:
-            stats.dropped += 1
-            continue
+@dataclass
+class AnnotationArrays:
+    """The annotations of a COCO index, image after image in image id order, each image's in the order of
+    the json: the position of the image (in that order) of each, its [x, y, w, h], label (-1: a category
+    without one) and crowd flag."""
+
+    owner: np.ndarray
+    xywh: np.ndarray
+    label: np.ndarray
+    crowd: np.ndarray
+
+    @classmethod
+    def of(cls, coco: COCO, image_ids: list, label_of: dict) -> AnnotationArrays:
+        owner, xywh, label, crowd = [], [], [], []
+        for position, image_id in enumerate(image_ids):
+            for ann in coco.imgToAnns.get(image_id, []):
+                owner.append(position)
+                xywh.append(ann["bbox"])
+                label.append(label_of.get(ann["category_id"], -1))
+                crowd.append(bool(ann.get("iscrowd", 0)))
+        return cls(np.array(owner, dtype=np.int64), np.array(xywh, dtype=np.float64).reshape(-1, 4),
+                   np.array(label, dtype=np.int64), np.array(crowd, dtype=bool))
+
+
+def sanitize_boxes(xywh: np.ndarray, widths: np.ndarray, heights: np.ndarray,
+                   stats: AnnotationStats) -> tuple[np.ndarray, np.ndarray]:
+    """COCO [x, y, w, h] -> (xyxy clipped to each box's image size (inf: unknown), which are kept):
+    boxes with no area or non-finite values are dropped and counted, the clipped ones counted."""
+    x, y, w, h = xywh.T
+    box = np.stack([x, y, x + w, y + h], axis=1)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(box).all(axis=1) & (w > 0) & (h > 0)
         clipped = box.copy()
-        clipped[[0, 2]] = clipped[[0, 2]].clip(0, width)
-        clipped[[1, 3]] = clipped[[1, 3]].clip(0, height)
-        if clipped[2] - clipped[0] < 1e-3 or clipped[3] - clipped[1] < 1e-3:
-            stats.dropped += 1
-            continue
-        if not np.array_equal(clipped, box):
-            stats.clipped += 1
-        kept.append((ann, clipped.astype(np.float32)))
-    return kept
+        clipped[:, 0::2] = np.clip(box[:, 0::2], 0, widths[:, None])
+        clipped[:, 1::2] = np.clip(box[:, 1::2], 0, heights[:, None])
+        kept = valid & (clipped[:, 2] - clipped[:, 0] >= 1e-3) & (clipped[:, 3] - clipped[:, 1] >= 1e-3)
+    stats.dropped += int(np.count_nonzero(~kept))
+    stats.clipped += int(np.count_nonzero(kept & (clipped != box).any(axis=1)))
+    return clipped.astype(np.float32), kept
+
+
+def per_image(rows: np.ndarray, owner: np.ndarray, images: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, offsets: image i's are rows offsets[i]:offsets[i + 1]) of rows that ``owner`` sorts by image."""
+    offsets = np.zeros(images + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner, minlength=images), out=offsets[1:])
+    return rows, offsets
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -211,7 +238,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.labels_by_category = labels_by_category
         self.stats = AnnotationStats()
         # Flat arrays, not a list of dicts: forked loader workers then share them instead of copying them.
-        self.records = FlatRecords(self._build_records(filter_empty))
+        self.records = self._build_records(filter_empty)
         if max_images:
             self.records = self.records[:max_images]
         if not self.records:
@@ -231,37 +258,40 @@ class CocoDetection(torch.utils.data.Dataset):
             # scores against a test set's index, which it keeps.
             self.coco = None
 
-    def _build_records(self, filter_empty: bool) -> list[dict]:
+    def _build_records(self, filter_empty: bool) -> FlatRecords:
+        """The records of the images in id order, built for all annotations at once (a Python loop per
+        box takes minutes at COCO's size)."""
         label_of = self.labels_by_category if self.labels_by_category is not None else self.category_map.label_of()
         self.stats.unknown_image = sum(len(anns) for image_id, anns in self.coco.imgToAnns.items()
                                        if image_id not in self.coco.imgs)
-        records = []
-        for image_id in sorted(self.coco.imgs):
-            info = self.coco.imgs[image_id]
-            width, height = float(info.get("width", 0)), float(info.get("height", 0))
-            anns = self.coco.imgToAnns.get(image_id, [])
-            boxes, labels, crowd = [], [], []
-            for ann, box in sanitize_boxes(anns, width or np.inf, height or np.inf, self.stats):
-                if ann["category_id"] not in label_of:
-                    self.stats.unknown_category += 1
-                    continue
-                if ann.get("iscrowd", 0):
-                    crowd.append(box)
-                else:
-                    boxes.append(box)
-                    labels.append(label_of[ann["category_id"]])
-            if filter_empty and self.train and not boxes:
-                continue
-            records.append({
-                "image_id": image_id,
-                "file_name": info["file_name"],
-                "width": width,
-                "height": height,
-                "boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4),
-                "labels": np.array(labels, dtype=np.int64),
-                "crowd_boxes": np.array(crowd, dtype=np.float32).reshape(-1, 4),
-            })
-        return records
+        image_ids = sorted(self.coco.imgs)
+        infos = [self.coco.imgs[image_id] for image_id in image_ids]
+        widths = np.array([float(info.get("width", 0)) for info in infos])
+        heights = np.array([float(info.get("height", 0)) for info in infos])
+        anns = AnnotationArrays.of(self.coco, image_ids, label_of)
+        # A size of 0 is unknown: the boxes are then not clipped on that side.
+        boxes, kept = sanitize_boxes(anns.xywh, np.where(widths != 0, widths, np.inf)[anns.owner],
+                                     np.where(heights != 0, heights, np.inf)[anns.owner], self.stats)
+        self.stats.unknown_category += int(np.count_nonzero(kept & (anns.label < 0)))
+        kept &= anns.label >= 0
+        is_object, is_crowd = kept & ~anns.crowd, kept & anns.crowd
+        images = np.ones(len(image_ids), dtype=bool)
+        if filter_empty and self.train:
+            images = np.bincount(anns.owner[is_object], minlength=len(image_ids)) > 0
+        is_object &= images[anns.owner]
+        is_crowd &= images[anns.owner]
+        position = np.cumsum(images) - 1  # of each image among those kept
+        object_owner, crowd_owner = position[anns.owner[is_object]], position[anns.owner[is_crowd]]
+        count = int(np.count_nonzero(images))
+        return FlatRecords.from_columns(count, {
+            "image_id": [image_id for image_id, keep in zip(image_ids, images) if keep],
+            "file_name": [info["file_name"] for info, keep in zip(infos, images) if keep],
+            "width": widths[images].tolist(),
+            "height": heights[images].tolist(),
+            "boxes": per_image(boxes[is_object], object_owner, count),
+            "labels": per_image(anns.label[is_object], object_owner, count),
+            "crowd_boxes": per_image(boxes[is_crowd], crowd_owner, count),
+        })
 
     def __len__(self) -> int:
         return len(self.records)

@@ -4,6 +4,7 @@ the same json, and the same training samples as the list of record dicts they ar
 import contextlib
 import io
 import json
+import math
 
 import cv2
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from detection.data.coco import CocoDetection
+from detection.data.coco import CocoDetection, coco_from_dict
 from detection.data.datasets import ConcatDetection
 from detection.data.transforms import TrainTransform
 from resnet_engine.flat_records import FlatRecords
@@ -103,3 +104,76 @@ def test_training_samples_are_those_of_the_list_of_record_dicts(coco_json):
     concat = ConcatDetection([flat, flat])
     # The second part's ids start after the first's largest (12): 3 + 10 = 13.
     assert concat.image_ids() == [3, 5, 7, 12, 13, 15, 17, 22]
+
+
+def per_annotation_records(coco: COCO, label_of: dict, filter_empty: bool) -> tuple[list[dict], dict]:
+    """(records, counts) by a plain loop over each image's annotations in json order, in Python floats."""
+    counts = {"dropped": 0, "clipped": 0, "unknown_category": 0}
+    records = []
+    for image_id in sorted(coco.imgs):
+        info = coco.imgs[image_id]
+        width, height = float(info.get("width", 0)), float(info.get("height", 0))
+        limits = (width or math.inf, height or math.inf) * 2
+        boxes, labels, crowd = [], [], []
+        for ann in coco.imgToAnns.get(image_id, []):
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            box = [x, y, x + w, y + h]
+            clipped = [min(max(value, 0.0), limit) for value, limit in zip(box, limits)]
+            if (not all(math.isfinite(v) for v in box) or w <= 0 or h <= 0
+                    or clipped[2] - clipped[0] < 1e-3 or clipped[3] - clipped[1] < 1e-3):
+                counts["dropped"] += 1
+                continue
+            counts["clipped"] += clipped != box
+            if ann["category_id"] not in label_of:
+                counts["unknown_category"] += 1
+            elif ann.get("iscrowd", 0):
+                crowd.append(clipped)
+            else:
+                boxes.append(clipped)
+                labels.append(label_of[ann["category_id"]])
+        if filter_empty and not boxes:
+            continue
+        records.append({"image_id": image_id, "file_name": info["file_name"], "width": width, "height": height,
+                        "boxes": np.array(boxes, np.float32).reshape(-1, 4), "labels": np.array(labels, np.int64),
+                        "crowd_boxes": np.array(crowd, np.float32).reshape(-1, 4)})
+    return records, counts
+
+
+def messy_coco(rng: np.random.Generator) -> dict:
+    """Images of unknown size (0), boxes past the image, outside it, of no or negative size, NaN, of an
+    unknown category, crowd ones, annotations of an image id not in 'images', images without boxes."""
+    images = [{"id": int(i), "file_name": f"{i}.jpg", "width": int(rng.choice([0, 40, 64])),
+               "height": int(rng.choice([0, 30, 48]))} for i in rng.permutation(np.arange(1, 41))]
+    annotations = []
+    for k in range(300):
+        x, y = rng.uniform(-20, 70, 2)
+        w, h = rng.choice([rng.uniform(0.0005, 40), 0.0, -3.0, float("nan")], 2, p=[0.85, 0.05, 0.05, 0.05])
+        annotations.append({"id": k + 1, "image_id": int(rng.integers(1, 46 if k % 50 else 41)),
+                            "category_id": int(rng.choice([1, 18, 90, 77])), "bbox": [x, y, w, h],
+                            "iscrowd": int(rng.random() < 0.15)})
+    annotations = [a for a in annotations if a["image_id"] % 7]  # images 7, 14, ... have no box
+    return {"images": images, "annotations": annotations, "categories": CATEGORIES}
+
+
+@pytest.mark.parametrize("filter_empty", [False, True])
+@pytest.mark.filterwarnings("ignore:.*boxes dropped")
+def test_the_records_are_those_of_a_loop_over_each_annotation(tmp_path, filter_empty):
+    data = messy_coco(np.random.default_rng(3))
+    coco = coco_from_dict(data, "messy.json")
+    dataset = CocoDetection("messy.json", str(tmp_path), coco=coco, train=True, filter_empty=filter_empty)
+    label_of = dataset.category_map.label_of()
+    assert 77 not in label_of
+    expected, counts = per_annotation_records(coco_from_dict(data, "messy.json"), label_of, filter_empty)
+    assert all(counts.values()) and (len(expected) < 35 if filter_empty else len(expected) == 40)
+    assert (dataset.stats.dropped, dataset.stats.clipped, dataset.stats.unknown_category) == tuple(counts.values())
+    assert dataset.stats.unknown_image == sum(a["image_id"] > 40 for a in data["annotations"]) > 0
+    assert len(dataset.records) == len(expected)
+    for got, want in zip(dataset.records, expected, strict=True):
+        assert list(got) == list(want)
+        for key, value in want.items():
+            assert type(got[key]) is type(value), key
+            if isinstance(value, np.ndarray):
+                assert got[key].dtype == value.dtype, key
+                np.testing.assert_array_equal(got[key], value, err_msg=key)
+            else:
+                assert got[key] == value, key
