@@ -19,6 +19,7 @@ from detection.modeling.build import build_model
 from detection.training import train_detector
 from resnet_engine.config import ConfigError
 from resnet_engine.optim import build_optimizer
+from resnet_engine.run_dir import RunDirectoryError
 from tests.conftest import ROOT
 from tests.helpers import TINY_DETECTOR, data_overrides, subprocess_env
 
@@ -152,6 +153,7 @@ def test_the_result_assembles_the_steps(alternating_run):
     assert_equal_states(part(result, "rpn"), part(step3, "rpn"))
     assert_equal_states(part(result, "roi_heads"), part(step4, "roi_heads"))
     assert_equal_states(part(step3, "roi_heads"), part(step2, "roi_heads"))
+    assert_equal_states(part(step3, "backbone"), part(step2, "backbone"))
     assert changed_parts(step1, step3) >= {"rpn"}  # step 3 fine-tuned step 1's RPN
     saved = torch.load(out / "model_final.pth", weights_only=True)
     assert saved["iteration"] == 4 and saved["meta"]["task"] == "detection"
@@ -185,6 +187,18 @@ def test_resume_in_step_3_skips_steps_1_and_2(alternating_run, fixed_shapes, tmp
     for name, text in untouched.items():
         assert (resumed / name / "metrics.jsonl").read_text() == text
     assert_equal_states(final_state(resumed), final_state(straight))
+
+
+def test_a_fresh_run_stops_at_an_earlier_runs_step_folder(alternating_run, fixed_shapes, tmp_path):
+    straight, _ = alternating_run
+    shutil.copytree(straight / "step2_fast_rcnn", tmp_path / "step2_fast_rcnn")
+    cfg = tiny_config(fixed_shapes, *ALTERNATING, f"output_dir={tmp_path}")
+    with pytest.raises(RunDirectoryError, match=re.escape(f"output_dir {tmp_path / 'step2_fast_rcnn'} holds the "
+                                                          "checkpoints of an earlier run")):
+        train_detector(cfg)
+    assert not (tmp_path / "step1_rpn" / "model_final.pth").exists()  # stopped before any training
+    train_detector(cfg, overwrite=True)
+    assert_equal_states(final_state(tmp_path), final_state(straight))
 
 
 @pytest.mark.parametrize(("override", "message"), [
