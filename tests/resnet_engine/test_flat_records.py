@@ -104,3 +104,15 @@ def test_the_container_holds_no_python_object_per_record():
 def test_arrays_of_another_trailing_shape_are_refused():
     with pytest.raises(ValueError, match="boxes"):
         FlatRecords([{"boxes": np.zeros((1, 4), np.float32)}, {"boxes": np.zeros((1, 5), np.float32)}])
+
+
+def test_records_given_column_by_column_equal_those_packed_one_by_one():
+    records = coco_like(30, np.random.default_rng(4))
+    boxes = [record["boxes"] for record in records]
+    offsets = np.cumsum([0] + [len(b) for b in boxes])
+    columns = {name: [record[name] for record in records] for name in records[0]}
+    columns["boxes"] = (np.concatenate(boxes), offsets)
+    for got, want in zip(FlatRecords.from_columns(30, columns), records, strict=True):
+        assert_same(got, want)
+    with pytest.raises(ValueError, match="'boxes'"):
+        FlatRecords.from_columns(30, {**columns, "boxes": (np.concatenate(boxes), offsets[:-1])})
