@@ -23,11 +23,12 @@ MAX_ITER = 6
 
 def tiny_run_args(cifar_root, output_dir, *overrides: str) -> list[str]:
     """tools/train_cls.py's arguments: depth 8 with GroupNorm, global batch 2, 6 iterations, a checkpoint
-    every 2, the lr divided by 10 after 4, no evaluation before the end."""
+    every 2 and a log record every 3 (so that a resumed window spans the checkpoint), the lr divided by
+    10 after 4, no evaluation before the end."""
     return ["--cfg", os.path.join(ROOT, "configs", "base_cifar.yaml"), f"data.root={cifar_root}",
             f"output_dir={output_dir}", "model.backbone.depth=8", "model.backbone.norm=gn",
-            "solver.ims_per_batch=2", "solver.base_lr=0.05", f"solver.max_iter={MAX_ITER}", "solver.steps=[4]",
-            "solver.log_period=1", "solver.checkpoint_period=2", "test.eval_period=0", "test.ims_per_batch=25",
+            "solver.ims_per_batch=2", "solver.base_lr=0.02", f"solver.max_iter={MAX_ITER}", "solver.steps=[4]",
+            "solver.log_period=3", "solver.checkpoint_period=2", "test.eval_period=0", "test.ims_per_batch=25",
             "data.num_workers=0", "device=cpu", "seed=5", *overrides]
 
 
