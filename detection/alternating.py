@@ -121,27 +121,27 @@ def training_proposals(proposer: FasterRCNN, images: torch.Tensor, image_sizes: 
     if features is None:
         features = proposer.backbone(images)
     proposals, _ = proposer.rpn(images.shape[-2:], features, image_sizes, training_counts=True)
-    return [boxes.detach() for boxes in proposals]
+    return proposals
 
 
 # -- the schedule --------------------------------------------------------------------------------
-def step_solver(solver, ims_per_batch: int):
-    """``solver`` with one step's batch and schedule."""
+def step_batch_key(solver, kind: str) -> str:
+    """The key that sets the batch of the "rpn" or "fast_rcnn" steps."""
+    key = f"{kind}_ims_per_batch"
+    return f"solver.alternating.{key}" if solver.alternating[key] else "solver.ims_per_batch"
+
+
+def step_solver(solver, kind: str):
+    """``solver`` with the batch and schedule of the "rpn" or "fast_rcnn" steps."""
     max_iter, steps = alternating_schedule(solver)
-    return OmegaConf.merge(solver, {"ims_per_batch": ims_per_batch or solver.ims_per_batch,
-                                    "max_iter": max_iter, "steps": steps})
-
-
-def step_batches(solver) -> dict[str, int]:
-    alternating = solver.alternating
-    return {"solver.alternating.rpn_ims_per_batch": alternating.rpn_ims_per_batch or solver.ims_per_batch,
-            "solver.alternating.fast_rcnn_ims_per_batch": alternating.fast_rcnn_ims_per_batch or solver.ims_per_batch}
+    ims_per_batch = solver.alternating[f"{kind}_ims_per_batch"] or solver.ims_per_batch
+    return OmegaConf.merge(solver, {"ims_per_batch": ims_per_batch, "max_iter": max_iter, "steps": steps})
 
 
 def check_step_batches(solver) -> None:
     """Each step's batch splits evenly over the processes (before any work)."""
-    for key, ims_per_batch in step_batches(solver).items():
-        check_batch_divides(ims_per_batch, key)
+    for kind in ("rpn", "fast_rcnn"):
+        check_batch_divides(step_solver(solver, kind).ims_per_batch, step_batch_key(solver, kind))
 
 
 # -- the four steps ------------------------------------------------------------------------------
@@ -154,13 +154,12 @@ def train_alternating(run, resume: bool, overwrite: bool) -> dict:
         if not resume:
             dist_utils.on_main_process(lambda: refuse_earlier_steps(folders, overwrite))
         logger.info("alternating training: %s", ", ".join(folders))
-        rpn_solver = step_solver(cfg.solver, cfg.solver.alternating.rpn_ims_per_batch)
-        fast_rcnn_solver = step_solver(cfg.solver, cfg.solver.alternating.fast_rcnn_ims_per_batch)
-        first_rpn = run_step(run, RPNStep(run.new_detector(), (SHARED, RPN)), rpn_solver, folders[0], resume)
-        detector = run_step(run, FastRCNNStep(run.new_detector(), (SHARED, ROI_HEADS), proposer=first_rpn),
+        rpn_solver, fast_rcnn_solver = step_solver(cfg.solver, "rpn"), step_solver(cfg.solver, "fast_rcnn")
+        step1 = run_step(run, RPNStep(run.new_detector(), (SHARED, RPN)), rpn_solver, folders[0], resume)
+        detector = run_step(run, FastRCNNStep(run.new_detector(), (SHARED, ROI_HEADS), proposer=step1),
                             fast_rcnn_solver, folders[1], resume)
-        detector.rpn.load_state_dict(first_rpn.rpn.state_dict())
-        del first_rpn
+        detector.rpn.load_state_dict(step1.rpn.state_dict())  # step 3 fine-tunes step 1's RPN layers
+        del step1  # its memory, before the next steps
         run_step(run, RPNStep(detector, (RPN,)), rpn_solver, folders[2], resume)
         metrics = run_step(run, FastRCNNStep(detector, (ROI_HEADS,), proposer=detector), fast_rcnn_solver,
                            folders[3], resume, final=True)

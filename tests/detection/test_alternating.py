@@ -11,13 +11,22 @@ import sys
 import pytest
 import torch
 
-from detection.alternating import ROI_HEADS, RPN, SHARED, FastRCNNStep, RPNStep, step_solver
+from detection.alternating import (
+    ROI_HEADS,
+    RPN,
+    SHARED,
+    FastRCNNStep,
+    RPNStep,
+    check_step_batches,
+    step_solver,
+)
 from detection.config import load_detection_config
 from detection.data.loader import build_train_dataset, build_train_loader
 from detection.data.shapes import CLASSES
 from detection.modeling.build import build_model
 from detection.training import train_detector
 from resnet_engine.config import ConfigError
+from resnet_engine.errors import UserError
 from resnet_engine.optim import build_optimizer
 from resnet_engine.run_dir import RunDirectoryError
 from tests.conftest import ROOT
@@ -162,11 +171,10 @@ def test_the_result_assembles_the_steps(alternating_run):
 def test_each_step_gets_its_batch_and_schedule(fixed_shapes):
     solver = tiny_config(fixed_shapes, *ALTERNATING, "solver.alternating.max_iter=6",
                          "solver.alternating.steps=[5]").solver
-    rpn, fast_rcnn = step_solver(solver, solver.alternating.rpn_ims_per_batch), step_solver(
-        solver, solver.alternating.fast_rcnn_ims_per_batch)
+    rpn, fast_rcnn = step_solver(solver, "rpn"), step_solver(solver, "fast_rcnn")
     assert (rpn.ims_per_batch, fast_rcnn.ims_per_batch, rpn.max_iter, list(rpn.steps)) == (2, 4, 6, [5])
     # Without the keys: the solver's own batch and schedule.
-    default = step_solver(tiny_config(fixed_shapes, "solver.scheme=alternating").solver, 0)
+    default = step_solver(tiny_config(fixed_shapes, "solver.scheme=alternating").solver, "rpn")
     assert (default.ims_per_batch, default.max_iter, list(default.steps)) == (2, 4, [3])
 
 
@@ -187,6 +195,17 @@ def test_resume_in_step_3_skips_steps_1_and_2(alternating_run, fixed_shapes, tmp
     for name, text in untouched.items():
         assert (resumed / name / "metrics.jsonl").read_text() == text
     assert_equal_states(final_state(resumed), final_state(straight))
+
+
+def test_each_steps_batch_must_split_over_the_processes(fixed_shapes, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    solver = tiny_config(fixed_shapes, *ALTERNATING, "solver.alternating.fast_rcnn_ims_per_batch=3").solver
+    with pytest.raises(UserError, match=re.escape("solver.alternating.fast_rcnn_ims_per_batch=3 is not divisible "
+                                                  "by the 2 processes: use a multiple of 2")):
+        check_step_batches(solver)
+    solver = tiny_config(fixed_shapes, "solver.scheme=alternating", "solver.ims_per_batch=1").solver
+    with pytest.raises(UserError, match=re.escape("solver.ims_per_batch=1 is smaller than the 2 processes")):
+        check_step_batches(solver)
 
 
 def test_a_fresh_run_stops_at_an_earlier_runs_step_folder(alternating_run, fixed_shapes, tmp_path):
