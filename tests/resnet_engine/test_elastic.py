@@ -1,6 +1,7 @@
 """torchrun --max-restarts: a worker killed (SIGKILL) at iteration 3 of a two-process run, and the
 restarted workers continue from the checkpoint of iteration 2 (not from scratch, and not refused by the
-dead attempt's checkpoints or lock), ending as an uninterrupted run."""
+dead attempt's checkpoints or lock), ending as an uninterrupted run. In one process, with torchrun's
+TORCHELASTIC_RESTART_COUNT set by hand: the same decisions, on the engine's toy training."""
 
 import threading
 import time
@@ -8,7 +9,10 @@ import time
 import pytest
 import torch
 
-from resnet_engine.run_dir import RunDirectory, RunDirectoryError
+from resnet_engine.run_dir import RunDirectory, RunDirectoryError, release_run_directory
+from resnet_engine.setup import setup_run
+from tests.resnet_engine.test_run_dir import run_config
+from tests.resnet_engine.toy_training import ToyModel, make_trainer
 
 from .multiprocess_training import (
     cifar_root,  # noqa: F401 - a fixture
@@ -63,3 +67,45 @@ def test_a_claim_waits_for_a_holder_that_ends(tmp_path):
     waiting.lock(wait_seconds=10)
     assert waiting.held and 0.4 <= time.monotonic() - start < 5
     waiting.release()
+
+
+def crash_at(iteration: int):
+    def on_forward(calls: int) -> None:
+        if calls == iteration:
+            raise RuntimeError("the worker crashed")
+    return on_forward
+
+
+def test_a_restarted_run_continues_from_its_last_checkpoint_without_resume(tmp_path, monkeypatch, caplog):
+    with pytest.raises(RuntimeError, match="the worker crashed"):
+        make_trainer(ToyModel(on_forward=crash_at(3)), tmp_path, max_iter=6, checkpoint_period=2).train()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    setup_run(run_config(tmp_path))  # not refused by the first attempt's checkpoints
+    model = ToyModel()
+    trainer = make_trainer(model, tmp_path, max_iter=6, checkpoint_period=2)
+    with caplog.at_level("INFO"):
+        trainer.train()
+    assert (f"torchrun restarted the workers (restart 1): continuing from the last checkpoint in {tmp_path}"
+            in caplog.text)
+    assert trainer.start_iter == 2 and model.calls == 4  # iterations 2-5, not 0-5
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 6
+
+
+def test_a_restart_before_the_first_checkpoint_starts_from_scratch(tmp_path, monkeypatch, caplog):
+    with pytest.raises(RuntimeError, match="the worker crashed"):
+        make_trainer(ToyModel(on_forward=crash_at(1)), tmp_path, max_iter=6, checkpoint_period=2).train()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    setup_run(run_config(tmp_path))
+    model = ToyModel()
+    with caplog.at_level("INFO"):
+        make_trainer(model, tmp_path, max_iter=6, checkpoint_period=2).train()
+    assert f"no checkpoint in {tmp_path}: starting from scratch" in caplog.text
+    assert model.calls == 6
+
+
+def test_without_a_restart_a_fresh_run_is_still_refused(tmp_path, monkeypatch):
+    make_trainer(ToyModel(), tmp_path, max_iter=2).train()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    with pytest.raises(RunDirectoryError, match="holds the checkpoints of an earlier run"):
+        setup_run(run_config(tmp_path))
+    release_run_directory(str(tmp_path))
