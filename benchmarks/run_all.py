@@ -2,7 +2,7 @@
 
     python benchmarks/run_all.py            # all
     python benchmarks/run_all.py shapes     # by name: data, det, shapes, winograd_ap, degradation, cifar,
-                                            # ilsvrc_cache, dataset_memory, coco_eval
+                                            # ilsvrc_cache, dataset_memory, coco_eval, step_ops
 
 Run on their own: bench_train.py (s/iter and memory per solver.amp, for GPUs), bench_tv_scratch.py
 (the shapes recipe against torchvision trained from scratch for the same time, about 25 minutes).
@@ -18,7 +18,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = {"data": "bench_data.py", "det": "bench_det.py", "shapes": "bench_shapes.py",
               "winograd_ap": "bench_winograd_ap.py", "degradation": "bench_degradation.py",
               "cifar": "bench_cifar.py", "ilsvrc_cache": "bench_ilsvrc_cache.py",
-              "dataset_memory": "bench_dataset_memory.py", "coco_eval": "bench_coco_eval.py"}
+              "dataset_memory": "bench_dataset_memory.py", "coco_eval": "bench_coco_eval.py",
+              "step_ops": "bench_step_ops.py"}
 # The training rows of docs/BENCHMARKS.md use our training speed switches (both off by default);
 # the bf16 AP check evaluates the model that bench_shapes.py trains.
 ARGUMENTS = {"det": ["--train-opts", "solver.channels_last=true", "solver.winograd=true"],

@@ -1,0 +1,267 @@
+"""Operator calls and host syncs of one training step: our R50-FPN detector against torchvision's.
+
+    python benchmarks/bench_step_ops.py                       # batch 2, 8, 16 on the CPU
+    python benchmarks/bench_step_ops.py --batches 2 --size 64 --time-size 32
+    python benchmarks/bench_step_ops.py --device cuda         # adds training images/s on a GPU
+
+Both detectors are ResNet-50 FPN Faster R-CNNs with random weights and the same number of classes:
+ours from configs/coco_r50_fpn.yaml, torchvision's ``fasterrcnn_resnet50_fpn(weights=None,
+weights_backbone=None)`` with min_size = max_size = the image size, so that its transform never
+resizes. Each gets the same random images (fixed seed) with a few random boxes each, in training
+mode; one step is a forward and a backward of the summed losses.
+
+Counted per step, with torch.profiler:
+
+* operator calls: the *top-level* aten operators, i.e. the events whose name starts with "aten::"
+  and none of whose enclosing events (the profiler's parent chain) is an aten operator. An
+  ``aten::linear`` counts once, not with the ``aten::addmm`` it calls; a backward node's operators
+  count, since their parent is the autograd node, not an aten operator. The same rule for both models;
+* sync-forcing calls: aten::item, aten::_local_scalar_dense, aten::nonzero and aten::is_nonzero at
+  any depth (a boolean-mask index calls nonzero inside aten::index), split into those inside the
+  model's forward and backward and those elsewhere in the step. A device-to-host sync happens once
+  per _local_scalar_dense and once per nonzero (item and is_nonzero call _local_scalar_dense).
+  The ones left in our forward are listed in detection/modeling/rpn.py's docstring.
+
+Also the CPU step time at a tiny image size, where the arithmetic is small and the per-operator
+overhead dominates: the median of a few steps after a warm-up. With ``--device cuda`` (skipped
+when no GPU is present), training images/s of both at the largest batch. Results go to
+benchmarks/results/step_ops.json (step_ops_cuda.json for the GPU rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+NUM_CLASSES = 80
+SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero")
+# Each of these is one device-to-host synchronization (item and is_nonzero go through the first).
+SYNC_POINTS = ("aten::_local_scalar_dense", "aten::nonzero")
+FORWARD, BACKWARD = "step_ops.forward", "step_ops.backward"
+
+
+# -- the two detectors and their inputs ------------------------------------------------------------
+def our_detector(depth: int, device: torch.device):
+    from detection.config import load_detection_config
+    from detection.modeling.build import build_model
+
+    cfg = load_detection_config(os.path.join(ROOT, "configs", "coco_r50_fpn.yaml"),
+                                ["model.backbone.weights=null", f"model.backbone.depth={depth}"])
+    torch.manual_seed(0)
+    return build_model(cfg, NUM_CLASSES, backbone_weights=False).to(device).train()
+
+
+def torchvision_detector(depth: int, size: int, device: torch.device):
+    """fasterrcnn_resnet50_fpn without weights (hence trainable BatchNorm in every stage), or the same
+    construction on another ResNet depth."""
+    from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    torch.manual_seed(0)
+    if depth == 50:
+        model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1,
+                                        min_size=size, max_size=size)
+    else:
+        backbone = resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None, trainable_layers=5,
+                                       norm_layer=torch.nn.BatchNorm2d)
+        model = FasterRCNN(backbone, num_classes=NUM_CLASSES + 1, min_size=size, max_size=size)
+    return model.to(device).train()
+
+
+def random_batch(batch: int, size: int, seed: int = 0, boxes_per_image: int = 3) -> list[dict]:
+    """``batch`` images of size x size (0-255 floats) with a few random boxes of at least 8 pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for index in range(batch):
+        image = torch.rand(3, size, size, generator=generator) * 255
+        corner = torch.rand(boxes_per_image, 2, generator=generator) * (size - 16)
+        extent = 8 + torch.rand(boxes_per_image, 2, generator=generator) * (size / 2)
+        boxes = torch.cat([corner, (corner + extent).clamp(max=size)], dim=1)
+        labels = torch.randint(1, NUM_CLASSES + 1, (boxes_per_image,), generator=generator)
+        samples.append({"image": image, "boxes": boxes, "labels": labels, "seed": seed * 1000 + index})
+    return samples
+
+
+def our_step(model, samples: list[dict], device: torch.device):
+    """A callable running one forward and backward of our detector on ``samples``."""
+    batch = [{**s, "image": s["image"].to(device)} for s in samples]
+
+    def step():
+        with torch.profiler.record_function(FORWARD):
+            loss = sum(model(batch).values())
+        with torch.profiler.record_function(BACKWARD):
+            loss.backward()
+    return step
+
+
+def torchvision_step(model, samples: list[dict], device: torch.device):
+    """The same for torchvision's detector (0-1 images, its target format)."""
+    images = [(s["image"] / 255).to(device) for s in samples]
+    targets = [{"boxes": s["boxes"].to(device), "labels": s["labels"].to(device)} for s in samples]
+
+    def step():
+        with torch.profiler.record_function(FORWARD):
+            loss = sum(model(images, targets).values())
+        with torch.profiler.record_function(BACKWARD):
+            loss.backward()
+    return step
+
+
+# -- counting --------------------------------------------------------------------------------------
+def has_aten_ancestor(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def within(event, name: str) -> bool:
+    """Whether ``event`` ran inside the record_function range ``name``."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name == name:
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def count_events(events) -> dict:
+    """Top-level aten calls, and the sync-forcing calls by name, inside forward/backward or not."""
+    top_level = 0
+    syncs = {"model": collections.Counter(), "elsewhere": collections.Counter()}
+    for event in events:
+        if not event.name.startswith("aten::"):
+            continue
+        if not has_aten_ancestor(event):
+            top_level += 1
+        if event.name in SYNC_OPS:
+            inside = within(event, FORWARD) or within(event, BACKWARD)
+            syncs["model" if inside else "elsewhere"][event.name] += 1
+    return {"aten_calls": top_level,
+            "sync_calls": {where: dict(sorted(counter.items())) for where, counter in syncs.items()},
+            "sync_points_in_model": sum(syncs["model"][name] for name in SYNC_POINTS)}
+
+
+def profile(function) -> dict:
+    """:func:`count_events` of one call of ``function``."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        function()
+    return count_events(prof.events())
+
+
+def step_seconds(step, model, device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of ``repeats`` steps after ``warmup`` ones (gradients cleared in between)."""
+    times = []
+    for index in range(warmup + repeats):
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# -- the rows --------------------------------------------------------------------------------------
+def builders(depth: int, size: int, device: torch.device) -> dict:
+    return {"ours": (lambda: our_detector(depth, device), our_step),
+            "torchvision": (lambda: torchvision_detector(depth, size, device), torchvision_step)}
+
+
+def count_rows(batches: list[int], size: int, device: torch.device, depth: int = 50) -> list[dict]:
+    rows = []
+    for name, (build, make_step) in builders(depth, size, device).items():
+        model = build()
+        make_step(model, random_batch(2, size), device)()  # the first call's one-off work is not counted
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            rows.append({"model": name, "batch": batch, "size": size,
+                         **profile(make_step(model, random_batch(batch, size), device))})
+    return rows
+
+
+def timing_rows(batches: list[int], size: int, device: torch.device, warmup: int, repeats: int,
+                depth: int = 50) -> list[dict]:
+    rows = []
+    for name, (build, make_step) in builders(depth, size, device).items():
+        model = build()
+        for batch in batches:
+            step = make_step(model, random_batch(batch, size), device)
+            seconds = step_seconds(step, model, device, warmup, repeats)
+            rows.append({"model": name, "batch": batch, "size": size, "step_s": round(seconds, 4),
+                         "images_per_s": round(batch / seconds, 2)})
+    return rows
+
+
+def count_table(rows: list[dict]) -> str:
+    by_key = {(r["model"], r["batch"]): r for r in rows}
+    lines = ["| batch | ours: aten calls | torchvision: aten calls | ours / torchvision "
+             "| ours: syncs in forward+backward | torchvision: syncs in forward+backward |",
+             "|---|---|---|---|---|---|"]
+    for batch in sorted({r["batch"] for r in rows}):
+        ours, theirs = by_key[("ours", batch)], by_key[("torchvision", batch)]
+        lines.append(f"| {batch} | {ours['aten_calls']} | {theirs['aten_calls']} | "
+                     f"{ours['aten_calls'] / theirs['aten_calls']:.2f} | {ours['sync_points_in_model']} | "
+                     f"{theirs['sync_points_in_model']} |")
+    return "\n".join(lines)
+
+
+def timing_table(rows: list[dict], device: str) -> str:
+    by_key = {(r["model"], r["batch"]): r for r in rows}
+    lines = [f"| batch | size | ours: s/step ({device}) | torchvision: s/step | ours: img/s | torchvision: img/s |",
+             "|---|---|---|---|---|---|"]
+    for batch in sorted({r["batch"] for r in rows}):
+        ours, theirs = by_key[("ours", batch)], by_key[("torchvision", batch)]
+        lines.append(f"| {batch} | {ours['size']} | {ours['step_s']} | {theirs['step_s']} | "
+                     f"{ours['images_per_s']} | {theirs['images_per_s']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[2, 8, 16])
+    parser.add_argument("--size", type=int, default=128, help="image side for the operator counts")
+    parser.add_argument("--time-size", type=int, default=64, help="image side for the step times")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--depth", type=int, choices=[18, 34, 50, 101], default=50, help="ResNet depth of both")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--gpu-size", type=int, default=512, help="image side for the GPU images/s")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: the GPU rows are skipped")
+        return 0
+    device = torch.device(args.device)
+    counts = count_rows(args.batches, args.size, device, args.depth)
+    print(count_table(counts), flush=True)
+    ours_syncs = [r["sync_calls"]["model"] for r in counts if r["model"] == "ours"]
+    print(f"sync-forcing calls inside our forward and backward, per batch: {ours_syncs}", flush=True)
+    size = args.gpu_size if args.device == "cuda" else args.time_size
+    batches = [max(args.batches)] if args.device == "cuda" else args.batches
+    timings = timing_rows(batches, size, device, args.warmup, args.repeats, args.depth)
+    print(timing_table(timings, args.device), flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    name = "step_ops.json" if args.device == "cpu" else "step_ops_cuda.json"
+    with open(os.path.join(args.out, name), "w", encoding="utf-8") as handle:
+        json.dump({"counts": counts, "timings": timings, "device": args.device, "depth": args.depth}, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
