@@ -155,11 +155,13 @@ def train_alternating(run, resume: bool, overwrite: bool) -> dict:
             dist_utils.on_main_process(lambda: refuse_earlier_steps(folders, overwrite))
         logger.info("alternating training: %s", ", ".join(folders))
         rpn_solver, fast_rcnn_solver = step_solver(cfg.solver, "rpn"), step_solver(cfg.solver, "fast_rcnn")
-        step1 = run_step(run, RPNStep(run.new_detector(), (SHARED, RPN)), rpn_solver, folders[0], resume)
-        detector = run_step(run, FastRCNNStep(run.new_detector(), (SHARED, ROI_HEADS), proposer=step1),
-                            fast_rcnn_solver, folders[1], resume)
-        detector.rpn.load_state_dict(step1.rpn.state_dict())  # step 3 fine-tunes step 1's RPN layers
-        del step1  # its memory, before the next steps
+        first_rpn = RPNStep(run.new_detector(), (SHARED, RPN))
+        run_step(run, first_rpn, rpn_solver, folders[0], resume)
+        first_fast_rcnn = FastRCNNStep(run.new_detector(), (SHARED, ROI_HEADS), proposer=first_rpn.detector)
+        run_step(run, first_fast_rcnn, fast_rcnn_solver, folders[1], resume)
+        detector = first_fast_rcnn.detector
+        detector.rpn.load_state_dict(first_rpn.detector.rpn.state_dict())  # step 3 fine-tunes step 1's RPN layers
+        del first_rpn, first_fast_rcnn  # step 1's detector: its memory, before the next steps
         run_step(run, RPNStep(detector, (RPN,)), rpn_solver, folders[2], resume)
         metrics = run_step(run, FastRCNNStep(detector, (ROI_HEADS,), proposer=detector), fast_rcnn_solver,
                            folders[3], resume, final=True)
@@ -173,14 +175,16 @@ def train_alternating(run, resume: bool, overwrite: bool) -> dict:
 
 def run_step(run, step: StepModel, solver, folder: str, resume: bool, final: bool = False):
     """Train ``step`` in ``folder`` (continuing it with ``resume``), or, on resume, load the step's
-    model_final.pth when the step had finished. Returns the trained detector; the final step returns
-    its metrics (it always runs: a resumed finished run evaluates again, as a joint one does)."""
+    model_final.pth when the step had finished; then its detector's parameters are released. The final
+    step always runs (a resumed finished run evaluates again, as a joint one does) and returns the
+    metrics of its evaluation; the others return {}."""
     if resume and not final:
         state = dist_utils.on_main_process(lambda: finished_state(folder))
         if state is not None:
             step.load_state_dict(state)
+            step.release()
             logger.info("%s is finished: its model_final.pth is loaded", folder)
-            return step.release()
+            return {}
     logger.info("%s: training %s, %d images a batch, %d iterations", folder, type(step).__name__,
                 solver.ims_per_batch, solver.max_iter)
     evaluate = (lambda model: run.evaluate(model.detector)) if final else None
@@ -188,8 +192,8 @@ def run_step(run, step: StepModel, solver, folder: str, resume: bool, final: boo
     if resume:
         trainer.resume()
     metrics = trainer.train()
-    detector = step.release()
-    return metrics if final else detector
+    step.release()
+    return metrics
 
 
 def finished_state(folder: str) -> dict | None:
