@@ -34,6 +34,7 @@ from torch import nn
 from resnet_engine import distributed as dist_utils
 from resnet_engine.checkpoint import FINAL_NAME, load_checkpoint
 from resnet_engine.distributed import check_batch_divides
+from resnet_engine.resume import elastic_restart_count
 from resnet_engine.run_dir import claim_run_directory, release_run_directory
 
 from .config import alternating_schedule
@@ -150,6 +151,8 @@ def train_alternating(run, resume: bool, overwrite: bool) -> dict:
     Returns the final metrics."""
     cfg = run.cfg
     folders = [os.path.join(cfg.output_dir, name) for name in STEP_FOLDERS]
+    # Workers that torchrun restarted continue the run as --resume does (setup_run, Trainer).
+    resume = resume or elastic_restart_count() > 0
     try:
         if not resume:
             dist_utils.on_main_process(lambda: refuse_earlier_steps(folders, overwrite))

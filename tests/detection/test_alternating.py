@@ -178,7 +178,8 @@ def test_each_step_gets_its_batch_and_schedule(fixed_shapes):
     assert (default.ims_per_batch, default.max_iter, list(default.steps)) == (2, 4, [3])
 
 
-def test_resume_in_step_3_skips_steps_1_and_2(alternating_run, fixed_shapes, tmp_path, caplog):
+@pytest.mark.parametrize("how", ["--resume", "torchrun restart"])
+def test_resume_in_step_3_skips_steps_1_and_2(alternating_run, fixed_shapes, tmp_path, caplog, monkeypatch, how):
     straight, _ = alternating_run
     resumed = tmp_path / "resumed"
     for name in ("step1_rpn", "step2_fast_rcnn"):
@@ -189,8 +190,10 @@ def test_resume_in_step_3_skips_steps_1_and_2(alternating_run, fixed_shapes, tmp
     untouched = {name: (resumed / name / "metrics.jsonl").read_text()
                  for name in ("step1_rpn", "step2_fast_rcnn")}
     cfg = tiny_config(fixed_shapes, *ALTERNATING, f"output_dir={resumed}")
+    if how == "torchrun restart":
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     with caplog.at_level("INFO"):
-        train_detector(cfg, resume=True)
+        train_detector(cfg, resume=how == "--resume")
     assert f"resumed from {resumed / 'step3_rpn' / 'model_0000002.pth'} at iteration 2" in caplog.text
     for name, text in untouched.items():
         assert (resumed / name / "metrics.jsonl").read_text() == text
