@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "RESNET_DETECTION_ANNOTATION_CACHE"
 # Bumped when the layout of a cached payload changes, so that old files are rebuilt, not misread.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ILSVRC annotations as flat columns
 
 
 def cache_folder() -> str | None:
@@ -138,7 +138,7 @@ def read_cache(path: str, key: str, decode: Callable[[Any], Any]) -> Any | None:
         with open(path, encoding="utf-8") as handle:
             document = json.load(handle)
         if document.get("fingerprint") != key or document.get("version") != FORMAT_VERSION:
-            logger.info("%s: the files changed since the cache was written; rebuilding it", path)
+            logger.info("%s: the files (or the cache format) changed since the cache was written; rebuilding it", path)
             return None
         return decode(document["payload"])
     except (FileNotFoundError, NotADirectoryError):  # not built yet, or no cache folder can exist there

@@ -9,7 +9,7 @@ import pytest
 
 from classification.data import ilsvrc
 from classification.data.ilsvrc import Synsets, read_kaggle_solution, read_xml_dir
-from resnet_engine.file_cache import cache_path
+from resnet_engine.file_cache import FORMAT_VERSION, cache_path
 
 from .test_formats import xml_text
 
@@ -51,7 +51,9 @@ def test_a_cached_read_gives_the_boxes_as_written(tmp_path, parses):
     assert first == GT and second == GT
     assert parses["xml"] == 1
     stored = json.loads(open(cache_path("xml-dir", str(tmp_path / "val")), encoding="utf-8").read())
-    assert stored["payload"]["ILSVRC2012_val_00000002"][1] == ["n02", 100.0, 100.0, 139.5, 139.0]
+    payload = stored["payload"]  # flat columns: the second object of the second image is the third object
+    assert payload["ids"][1] == "ILSVRC2012_val_00000002" and payload["counts"][:2] == [1, 2]
+    assert payload["wnids"][2] == "n02" and payload["boxes"][8:12] == [100.0, 100.0, 139.5, 139.0]
 
 
 def test_a_changed_added_or_removed_file_rebuilds_the_cache(tmp_path, parses):
@@ -82,8 +84,15 @@ def test_an_edit_that_keeps_the_size_is_seen_through_the_modification_time(tmp_p
     assert parses["xml"] == 2
 
 
-@pytest.mark.parametrize("damage", ["{\"version\": 1, \"fingerp", "[1, 2]",
-                                    '{"version": 1, "fingerprint": "%s", "payload": {"a": [["n01", 1, 2]]}}'])
+DAMAGED_PAYLOADS = [  # with the right fingerprint: columns that do not fit together
+    '{"ids": ["a"], "counts": [1], "wnids": ["n01"], "boxes": [1, 2]}',
+    '{"ids": ["a", "b"], "counts": [1], "wnids": ["n01"], "boxes": [1, 2, 3, 4]}',
+    '{"ids": ["a"], "counts": [1], "wnids": [7], "boxes": [1, 2, 3, 4]}',
+    '{"ids": ["a"], "counts": [1], "wnids": ["n01"]}']
+
+
+@pytest.mark.parametrize("damage", [f'{{"version": {FORMAT_VERSION}, "fingerp', "[1, 2]"] + [
+    f'{{"version": {FORMAT_VERSION}, "fingerprint": "%s", "payload": {payload}}}' for payload in DAMAGED_PAYLOADS])
 def test_a_damaged_cache_is_rebuilt_with_one_warning(tmp_path, parses, damage):
     folder = tmp_path / "val"
     write_tree(folder, GT)
