@@ -1,22 +1,68 @@
-"""Label assignment for anchors and RoIs, with crowd regions, and balanced sampling."""
+"""Label assignment for anchors and RoIs, with crowd regions, and balanced sampling.
+
+Both work on a whole batch at once: each image's GT boxes padded to the batch's largest count, with a
+validity mask, so that a training step runs the same few operators whatever the number of images,
+and without a device-to-host synchronization (no boolean-mask indexing, no shapes that depend on
+the data). The one-image forms (:meth:`Matcher.__call__`, :func:`sample_balanced`) run the batched
+code on a batch of one.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from torchvision.ops import box_iou
 
 IGNORE = -1
 BACKGROUND = 0
 FOREGROUND = 1
+# The IoU given to padded GT slots and to left-out candidates: below every real IoU (>= 0), so that
+# they neither win a maximum nor claim a candidate.
+NO_OVERLAP = -1.0
+
+
+def pad_boxes(boxes: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image (G_i, 4) boxes -> (N, W, 4) zero-padded, and the (N, W) mask of the real ones; W = max G_i,
+    at least 1, so that a gather from it is valid even when no image has a box."""
+    width = max([1, *(b.shape[0] for b in boxes)])
+    padded = torch.zeros(len(boxes), width, 4, device=device)
+    valid = torch.zeros(len(boxes), width, dtype=torch.bool, device=device)
+    for row, image_boxes in enumerate(boxes):
+        padded[row, : image_boxes.shape[0]] = image_boxes
+        valid[row, : image_boxes.shape[0]] = True
+    return padded, valid
+
+
+def pad_values(values: Sequence[torch.Tensor], width: int, device: torch.device) -> torch.Tensor:
+    """Per-image (G_i,) integers -> (N, ``width``), zero-padded."""
+    padded = torch.zeros(len(values), width, dtype=torch.int64, device=device)
+    for row, image_values in enumerate(values):
+        padded[row, : image_values.shape[0]] = image_values
+    return padded
+
+
+def batched_box_iou(boxes: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """(N, G, 4) and (N, A, 4) or (A, 4) xyxy boxes -> (N, G, A) IoU, with the arithmetic of
+    torchvision.ops.box_iou (the same floats), which takes one image at a time."""
+    candidates = candidates.expand(boxes.shape[0], -1, -1)
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    candidate_area = (candidates[..., 2] - candidates[..., 0]) * (candidates[..., 3] - candidates[..., 1])
+    top_left = torch.max(boxes[:, :, None, :2], candidates[:, None, :, :2])
+    bottom_right = torch.min(boxes[:, :, None, 2:], candidates[:, None, :, 2:])
+    extent = (bottom_right - top_left).clamp(min=0)
+    inter = extent[..., 0] * extent[..., 1]
+    union = area[:, :, None] + candidate_area[:, None, :] - inter
+    return inter / union
 
 
 def intersection_over_first_area(boxes: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """(N, M) fraction of each box's area that lies inside each region."""
-    top_left = torch.max(boxes[:, None, :2], regions[None, :, :2])
-    bottom_right = torch.min(boxes[:, None, 2:], regions[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
-    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6)
-    return inter / area[:, None]
+    """(..., N, M) fraction of each box's area that lies inside each region; ``boxes`` (..., N, 4) and
+    ``regions`` (..., M, 4), with leading batch dimensions that broadcast."""
+    top_left = torch.max(boxes[..., :, None, :2], regions[..., None, :, :2])
+    bottom_right = torch.min(boxes[..., :, None, 2:], regions[..., None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
+    area = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).clamp(min=1e-6)
+    return inter / area[..., None]
 
 
 class Matcher:
@@ -40,58 +86,109 @@ class Matcher:
         self.crowd_ioa = crowd_ioa
 
     def __call__(self, candidates: torch.Tensor, gt_boxes: torch.Tensor, crowd_boxes: torch.Tensor | None = None):
-        """Return (matched GT index per candidate, label per candidate: 1 fg, 0 bg, -1 ignore)."""
-        num = candidates.shape[0]
-        device = candidates.device
-        matched = torch.zeros(num, dtype=torch.int64, device=device)
-        if gt_boxes.numel() == 0:
-            labels = torch.zeros(num, dtype=torch.int64, device=device)
+        """One image: (matched GT index per candidate, label per candidate: 1 fg, 0 bg, -1 ignore)."""
+        gt_valid = torch.ones(1, gt_boxes.shape[0], dtype=torch.bool, device=candidates.device)
+        crowd = None if crowd_boxes is None else (crowd_boxes[None], torch.ones_like(crowd_boxes[None, :, 0], dtype=torch.bool))
+        matched, labels = self.match_batch(candidates[None], gt_boxes[None], gt_valid, crowd)
+        return matched[0], labels[0]
+
+    def match_batch(self, candidates: torch.Tensor, gt_boxes: torch.Tensor, gt_valid: torch.Tensor,
+                    crowd: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    candidate_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch: ``candidates`` (N, A, 4), or (A, 4) shared by all images; ``gt_boxes`` (N, G, 4) padded,
+        ``gt_valid`` (N, G); ``crowd``: padded (N, C, 4) crowd boxes and their mask; ``candidate_valid``
+        (N, A): candidates left out of the matching (labelled IGNORE, matched 0, and never claimed by
+        a GT box). Returns (matched (N, A), labels (N, A))."""
+        num_images = gt_boxes.shape[0]
+        num_candidates = candidates.shape[-2]
+        iou = batched_box_iou(gt_boxes, candidates)
+        usable = gt_valid[:, :, None] if candidate_valid is None else gt_valid[:, :, None] & candidate_valid[:, None, :]
+        iou = torch.where(usable, iou, iou.new_full((), NO_OVERLAP))
+        if gt_boxes.shape[1]:
+            best_iou, matched = iou.max(dim=1)
         else:
-            iou = box_iou(gt_boxes, candidates)  # (G, N)
-            best_iou, matched = iou.max(dim=0)
-            labels = torch.full((num,), IGNORE, dtype=torch.int64, device=device)
-            labels[(best_iou < self.bg_iou_thresh) & (best_iou >= self.bg_iou_low)] = BACKGROUND
-            labels[best_iou >= self.fg_iou_thresh] = FOREGROUND
-            if self.allow_low_quality:
-                best_per_gt = iou.max(dim=1, keepdim=True).values
-                # Ties included; a GT box that overlaps nothing claims nothing.
-                claimed = ((iou == best_per_gt) & (best_per_gt > 0)).any(dim=0)
-                labels[claimed] = FOREGROUND
-        if crowd_boxes is not None and crowd_boxes.numel() > 0:
-            in_crowd = intersection_over_first_area(candidates, crowd_boxes).max(dim=1).values > self.crowd_ioa
-            labels[in_crowd & (labels == BACKGROUND)] = IGNORE
+            best_iou = iou.new_full((num_images, num_candidates), NO_OVERLAP)
+            matched = torch.zeros(num_images, num_candidates, dtype=torch.int64, device=iou.device)
+        labels = torch.full_like(matched, IGNORE)
+        labels = torch.where((best_iou < self.bg_iou_thresh) & (best_iou >= self.bg_iou_low), BACKGROUND, labels)
+        labels = torch.where(best_iou >= self.fg_iou_thresh, FOREGROUND, labels)
+        if self.allow_low_quality and gt_boxes.shape[1]:
+            best_per_gt = iou.max(dim=2, keepdim=True).values
+            # Ties included; a GT box that overlaps nothing claims nothing.
+            claimed = ((iou == best_per_gt) & (best_per_gt > 0)).any(dim=1)
+            labels = torch.where(claimed, FOREGROUND, labels)
+        # An image without GT boxes: every candidate is background.
+        labels = torch.where(gt_valid.any(dim=1, keepdim=True), labels, BACKGROUND)
+        matched = torch.where(gt_valid.any(dim=1, keepdim=True), matched, 0)
+        if crowd is not None and crowd[0].shape[1]:
+            crowd_boxes, crowd_valid = crowd
+            ioa = intersection_over_first_area(candidates, crowd_boxes)
+            in_crowd = (torch.where(crowd_valid[:, None, :], ioa, 0.0) > self.crowd_ioa).any(dim=2)
+            labels = torch.where(in_crowd & (labels == BACKGROUND), IGNORE, labels)
+        if candidate_valid is not None:
+            labels = torch.where(candidate_valid, labels, IGNORE)
+            matched = torch.where(candidate_valid, matched, 0)
         return matched, labels
+
+
+def random_priorities(num_images: int, count: int, generators: Sequence[torch.Generator | None],
+                      device: torch.device) -> torch.Tensor:
+    """(N, count) uniform [0, 1) draws, each image's row from its own generator's stream.
+
+    The per-image CPU generator keeps sampling reproducible and independent of the number of
+    processes. On a GPU, drawing ~100k numbers on the CPU and copying them costs host time in every
+    step; there the CPU generator only seeds a device generator, which draws them on the GPU.
+    """
+    rows = []
+    for image in range(num_images):
+        generator = generators[image] if generators else None
+        if generator is None:
+            rows.append(torch.rand(count, device=device))
+        elif device.type == "cpu":
+            rows.append(torch.rand(count, generator=generator))
+        else:
+            on_device = torch.Generator(device=device)
+            on_device.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            rows.append(torch.rand(count, generator=on_device, device=device))
+    return torch.stack(rows)
+
+
+def sample_balanced_batch(labels: torch.Tensor, batch_size_per_image: int, positive_fraction: float,
+                          priorities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each image (row of (N, A) ``labels``), at most ``batch_size_per_image * positive_fraction``
+    of its positives and negatives for the rest, each a uniformly random subset: those with the
+    highest of the (N, A) ``priorities`` (independent uniform draws).
+
+    Returns (N, S) ``index`` into A, the mask ``valid`` of the slots holding a sample, and ``positive``
+    (valid and foreground), S = min(batch_size_per_image, A). Each row's samples come first,
+    positives before negatives, each by decreasing priority; an image with fewer candidates than
+    S leaves its last slots invalid (their index is some candidate's: safe to gather, not a sample).
+    """
+    num_candidates = labels.shape[1]
+    size = min(batch_size_per_image, num_candidates)
+    max_positive = min(int(batch_size_per_image * positive_fraction), num_candidates)
+    unavailable = priorities.new_full((), -1.0)  # below every priority
+    pos_priority, pos_index = torch.where(labels == FOREGROUND, priorities, unavailable).topk(max_positive, dim=1)
+    pos_valid = pos_priority >= 0
+    neg_priority, neg_index = torch.where(labels == BACKGROUND, priorities, unavailable).topk(size, dim=1)
+    rank = torch.arange(size, device=labels.device)
+    wanted_negatives = batch_size_per_image - pos_valid.sum(dim=1, keepdim=True)
+    neg_valid = (neg_priority >= 0) & (rank < wanted_negatives)
+    # The valid slots first (a stable sort keeps positives, then negatives, each in priority order).
+    index = torch.cat([pos_index, neg_index], dim=1)
+    valid = torch.cat([pos_valid, neg_valid], dim=1)
+    positive = torch.cat([pos_valid, torch.zeros_like(neg_valid)], dim=1)
+    order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices[:, :size]
+    return index.gather(1, order), valid.gather(1, order), positive.gather(1, order)
 
 
 def sample_balanced(labels: torch.Tensor, batch_size_per_image: int, positive_fraction: float,
                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick at most ``batch_size_per_image * positive_fraction`` of one image's positives at random, and
-    negatives for the rest.
-
-    Returns the indices of the sampled positives and negatives.
-    """
-    positive = torch.nonzero(labels == FOREGROUND).flatten()
-    negative = torch.nonzero(labels == BACKGROUND).flatten()
-    num_pos = min(positive.numel(), int(batch_size_per_image * positive_fraction))
-    num_neg = min(negative.numel(), batch_size_per_image - num_pos)
-    pos_order = random_order(positive.numel(), generator, labels.device)[:num_pos]
-    neg_order = random_order(negative.numel(), generator, labels.device)[:num_neg]
-    return positive[pos_order], negative[neg_order]
-
-
-def random_order(count: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """A random permutation of ``range(count)`` on ``device``, drawn from ``generator``'s stream.
-
-    The per-image CPU generator keeps sampling reproducible and independent of the number of
-    processes. On a GPU, though, a CPU permutation of the ~100k negative anchors costs about 0.5 ms
-    of host time per call, a third of a training step's; there the CPU generator only seeds a
-    device generator, which draws the permutation on the GPU.
-    """
-    if device.type == "cpu":
-        return torch.randperm(count, generator=generator)
-    if generator is None:
-        return torch.randperm(count, device=device)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    on_device = torch.Generator(device=device)
-    on_device.manual_seed(seed)
-    return torch.randperm(count, generator=on_device, device=device)
+    """One image's :func:`sample_balanced_batch`, drawn from ``generator``'s stream: the indices of the
+    sampled positives and negatives."""
+    if labels.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=labels.device)
+        return empty, empty
+    priorities = random_priorities(1, labels.numel(), [generator], labels.device)
+    index, valid, positive = sample_balanced_batch(labels[None], batch_size_per_image, positive_fraction, priorities)
+    return index[positive], index[valid & ~positive]

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.ops import remove_small_boxes
 
 from .box_coder import BoxCoder
-from .matching import Matcher, sample_balanced
+from .matching import Matcher, pad_boxes, pad_values, random_priorities, sample_balanced_batch
 from .traceable import batched_nms, clip_boxes, exporting, size_tensor
 
 
@@ -84,42 +84,60 @@ class RoIHeads(nn.Module):
     def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
                 image_sizes: list[tuple[int, int]], targets: list[dict] | None = None):
         if self.training:
-            proposals, labels, regression_targets = self.sample_proposals(proposals, targets)
+            proposals, labels, regression_targets, valid = self.sample_proposals(proposals, targets)
             logits, deltas = self.predictor(self.region_features(features, proposals, image_sizes))
-            return [], self.losses(logits, deltas, labels, regression_targets)
+            return [], self.losses(logits, deltas, labels, regression_targets, valid)
         scores, boxes = self.predict(features, proposals, image_sizes)
         return [self.select_detections(s, b) for s, b in zip(scores, boxes)], {}
 
     # -- training --------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_proposals(self, proposals: list[torch.Tensor], targets: list[dict]):
-        """Add the GT boxes to the proposals, label them, and sample a fixed foreground fraction."""
-        sampled_boxes, sampled_labels, sampled_targets = [], [], []
-        for boxes, target in zip(proposals, targets):
-            gt_boxes, gt_labels = target["boxes"], target["labels"]
-            boxes = torch.cat([boxes, gt_boxes.to(boxes.dtype)])
-            matched, match_labels = self.matcher(boxes, gt_boxes, target.get("crowd_boxes"))
-            positive, negative = sample_balanced(match_labels, self.batch_size_per_image, self.positive_fraction,
-                                                 target.get("generator"))
-            keep = torch.cat([positive, negative])
-            labels = torch.zeros(keep.numel(), dtype=torch.int64, device=boxes.device)
-            regression = torch.zeros(keep.numel(), 4, dtype=boxes.dtype, device=boxes.device)
-            if positive.numel():
-                gt_index = matched[positive]
-                labels[: positive.numel()] = gt_labels[gt_index]
-                regression[: positive.numel()] = self.box_coder.encode(boxes[positive], gt_boxes[gt_index])
-            sampled_boxes.append(boxes[keep])
-            sampled_labels.append(labels)
-            sampled_targets.append(regression)
-        return sampled_boxes, torch.cat(sampled_labels), torch.cat(sampled_targets)
+        """Add the GT boxes to each image's proposals, label them, and sample a fixed foreground fraction,
+        for the whole batch at once.
+
+        Returns (per image, its S sampled boxes; labels (N*S,) in 0..K; regression targets (N*S, 4); the
+        (N*S,) mask of the slots that hold a sample). Every image has the same S slots, so that no shape
+        depends on the data; an image with fewer than ``batch_size_per_image`` labelled candidates fills
+        its last slots with some candidate's box, which ``valid`` leaves out of the losses.
+        """
+        device = proposals[0].device
+        gt_boxes, gt_valid = pad_boxes([t["boxes"] for t in targets], device)
+        gt_labels = pad_values([t["labels"] for t in targets], gt_boxes.shape[1], device)
+        candidates, candidate_valid = pad_boxes(
+            [torch.cat([boxes, target["boxes"].to(boxes.dtype)]) for boxes, target in zip(proposals, targets)], device)
+        crowd = None
+        if any("crowd_boxes" in t for t in targets):
+            crowd = pad_boxes([t.get("crowd_boxes", gt_boxes.new_zeros(0, 4)) for t in targets], device)
+        matched, match_labels = self.matcher.match_batch(candidates, gt_boxes, gt_valid, crowd, candidate_valid)
+        priorities = random_priorities(len(targets), candidates.shape[1], [t.get("generator") for t in targets],
+                                       device)
+        index, valid, positive = sample_balanced_batch(match_labels, self.batch_size_per_image,
+                                                       self.positive_fraction, priorities)
+        boxes = candidates.gather(1, index[..., None].expand(-1, -1, 4))
+        gt_index = matched.gather(1, index)
+        labels = torch.where(positive, gt_labels.gather(1, gt_index), 0)
+        matched_boxes = gt_boxes.gather(1, gt_index[..., None].expand(-1, -1, 4))
+        regression = self.box_coder.encode(boxes.reshape(-1, 4), matched_boxes.reshape(-1, 4))
+        # Zero for the slots that are not positives (their encoding may not even be finite): a NaN
+        # there would reach the gradients through the masked loss.
+        regression = torch.where(positive.reshape(-1, 1), regression, 0.0)
+        return list(boxes.unbind(0)), labels.reshape(-1), regression, valid.reshape(-1)
 
     def losses(self, logits: torch.Tensor, deltas: torch.Tensor, labels: torch.Tensor,
-               regression_targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss_cls = F.cross_entropy(logits.float(), labels)
-        positive = torch.nonzero(labels > 0).flatten()
+               regression_targets: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Cross-entropy over the sampled RoIs and box regression over the positives (the deltas of
+        each one's class), both divided by the number of sampled RoIs; ``valid`` (R,) marks the rows
+        that hold a sample (None: all)."""
+        if valid is None:
+            valid = torch.ones_like(labels, dtype=torch.bool)
+        num_sampled = valid.sum().clamp(min=1)
+        loss_cls = F.cross_entropy(logits.float(), labels, reduction="none")
+        loss_cls = torch.where(valid, loss_cls, 0.0).sum() / num_sampled
         deltas = deltas.float().view(deltas.shape[0], -1, 4)
-        loss_box = F.smooth_l1_loss(deltas[positive, labels[positive]], regression_targets[positive],
-                                    beta=self.smooth_l1_beta, reduction="sum") / max(labels.numel(), 1)
+        class_deltas = deltas.gather(1, labels.view(-1, 1, 1).expand(-1, 1, 4)).squeeze(1)
+        loss_box = F.smooth_l1_loss(class_deltas, regression_targets, beta=self.smooth_l1_beta, reduction="none")
+        loss_box = torch.where((valid & (labels > 0))[:, None], loss_box, 0.0).sum() / num_sampled
         return {"loss_cls": loss_cls, "loss_box": loss_box}
 
     # -- inference -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from torchvision.ops import remove_small_boxes
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
-from .matching import FOREGROUND, IGNORE, Matcher, sample_balanced
+from .matching import Matcher, pad_boxes, random_priorities, sample_balanced_batch
 from .traceable import batched_nms, clip_boxes, top_count
 
 
@@ -47,12 +47,12 @@ def flatten_level(logits: torch.Tensor, deltas: torch.Tensor) -> tuple[torch.Ten
     return logits, deltas
 
 
-def crossing_border(boxes: torch.Tensor, image_size: tuple[int, int], tolerance: float) -> torch.Tensor:
-    """Whether each (x1, y1, x2, y2) box reaches more than ``tolerance`` pixels outside an image of
-    (height, width) ``image_size``."""
+def crossing_border(boxes: torch.Tensor, image_size: tuple, tolerance: float) -> torch.Tensor:
+    """Whether each (..., 4) (x1, y1, x2, y2) box reaches more than ``tolerance`` pixels outside an
+    image of (height, width) ``image_size`` (numbers, or tensors that broadcast with ``boxes[..., 0]``)."""
     height, width = image_size
-    return ((boxes[:, 0] < -tolerance) | (boxes[:, 1] < -tolerance)
-            | (boxes[:, 2] > width + tolerance) | (boxes[:, 3] > height + tolerance))
+    return ((boxes[..., 0] < -tolerance) | (boxes[..., 1] < -tolerance)
+            | (boxes[..., 2] > width + tolerance) | (boxes[..., 3] > height + tolerance))
 
 
 class RegionProposalNetwork(nn.Module):
@@ -152,40 +152,50 @@ class RegionProposalNetwork(nn.Module):
             proposals.append(image_boxes[keep])
         return proposals
 
-    def anchor_labels(self, anchors: torch.Tensor, target: dict,
-                      image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(index of each anchor's GT box, its label FOREGROUND / BACKGROUND / IGNORE) for one image of
-        (height, width) ``image_size``. With ``boundary_thresh`` >= 0, anchors crossing the border are ignored
-        and left out of the matching, as Faster R-CNN drops them first: a GT box whose best anchor crosses
-        the border then claims its best anchor inside the image."""
-        if self.boundary_thresh < 0:
-            return self.matcher(anchors, target["boxes"], target.get("crowd_boxes"))
-        inside = ~crossing_border(anchors, image_size, self.boundary_thresh)
-        matched = torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device)
-        labels = torch.full((len(anchors),), IGNORE, dtype=torch.int64, device=anchors.device)
-        matched[inside], labels[inside] = self.matcher(anchors[inside], target["boxes"], target.get("crowd_boxes"))
-        return matched, labels
+    def anchor_labels(self, anchors: torch.Tensor, targets: list[dict],
+                      image_sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(each anchor's GT index (N, A), its label FOREGROUND / BACKGROUND / IGNORE (N, A), the padded
+        GT boxes (N, G, 4)) for a batch of images of (height, width) ``image_sizes``. With
+        ``boundary_thresh`` >= 0, anchors crossing an image's border are ignored and left out of its
+        matching, as Faster R-CNN drops them first: a GT box whose best anchor crosses the border then
+        claims its best anchor inside the image."""
+        device = anchors.device
+        gt_boxes, gt_valid = pad_boxes([t["boxes"] for t in targets], device)
+        crowd = None
+        if any("crowd_boxes" in t for t in targets):
+            crowd = pad_boxes([t.get("crowd_boxes", anchors.new_zeros(0, 4)) for t in targets], device)
+        inside = None
+        if self.boundary_thresh >= 0:
+            inside = ~crossing_border(anchors[None], image_extents(image_sizes, device), self.boundary_thresh)
+        matched, labels = self.matcher.match_batch(anchors, gt_boxes, gt_valid, crowd, inside)
+        return matched, labels, gt_boxes
 
     def losses(self, logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor,
                image_sizes: list[tuple[int, int]], targets: list[dict]) -> dict[str, torch.Tensor]:
-        sampled_logits, sampled_labels, pos_deltas, pos_targets = [], [], [], []
-        num_sampled = 0
-        for image, (target, size) in enumerate(zip(targets, image_sizes)):
-            matched, labels = self.anchor_labels(anchors, target, size)
-            positive, negative = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction,
-                                                 target.get("generator"))
-            sampled = torch.cat([positive, negative])
-            num_sampled += sampled.numel()
-            sampled_logits.append(logits[image, sampled])
-            sampled_labels.append((labels[sampled] == FOREGROUND).to(logits.dtype))
-            if positive.numel():
-                pos_deltas.append(deltas[image, positive])
-                pos_targets.append(self.box_coder.encode(anchors[positive], target["boxes"][matched[positive]]))
-        objectness = F.binary_cross_entropy_with_logits(torch.cat(sampled_logits), torch.cat(sampled_labels),
-                                                        reduction="sum") / max(num_sampled, 1)
-        if pos_deltas:
-            box = F.smooth_l1_loss(torch.cat(pos_deltas), torch.cat(pos_targets), beta=self.smooth_l1_beta,
-                                   reduction="sum") / max(num_sampled, 1)
-        else:
-            box = deltas.sum() * 0.0
+        """Objectness over each image's sampled anchors and box regression over its sampled positives,
+        both summed over the batch and divided by the number of sampled anchors."""
+        matched, labels, gt_boxes = self.anchor_labels(anchors, targets, image_sizes)
+        priorities = random_priorities(len(targets), anchors.shape[0], [t.get("generator") for t in targets],
+                                       anchors.device)
+        index, valid, positive = sample_balanced_batch(labels, self.batch_size_per_image, self.positive_fraction,
+                                                       priorities)
+        num_sampled = valid.sum().clamp(min=1)
+        sampled_logits = logits.gather(1, index)
+        objectness = F.binary_cross_entropy_with_logits(sampled_logits, positive.to(logits.dtype), reduction="none")
+        objectness = torch.where(valid, objectness, 0.0).sum() / num_sampled
+        sampled_anchors = anchors[index]  # (N, S, 4)
+        sampled_gt = gt_boxes.gather(1, matched.gather(1, index)[..., None].expand(-1, -1, 4))
+        # Slots that are not positives regress their anchor onto itself (a zero target), masked out below.
+        sampled_gt = torch.where(positive[..., None], sampled_gt, sampled_anchors)
+        box_targets = self.box_coder.encode(sampled_anchors.reshape(-1, 4), sampled_gt.reshape(-1, 4))
+        sampled_deltas = deltas.gather(1, index[..., None].expand(-1, -1, 4))
+        box = F.smooth_l1_loss(sampled_deltas, box_targets.view_as(sampled_deltas), beta=self.smooth_l1_beta,
+                               reduction="none")
+        box = torch.where(positive[..., None], box, 0.0).sum() / num_sampled
         return {"loss_rpn_cls": objectness * self.loss_weight, "loss_rpn_box": box * self.loss_weight}
+
+
+def image_extents(image_sizes: list[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's (height (N, 1), width (N, 1)), to compare with (N, A) anchor coordinates."""
+    sizes = torch.tensor(image_sizes, dtype=torch.float32).to(device)
+    return sizes[:, 0:1], sizes[:, 1:2]

@@ -17,6 +17,7 @@ from detection.modeling.box_heads import BoxPredictor, FCHead
 from detection.modeling.matching import Matcher
 from detection.modeling.poolers import PyramidPooler
 from detection.modeling.roi_heads import RoIHeads, select_detections
+from tests.detection.modeling.sampling_reference import PrioritySampler, seeded_targets
 
 CHANNELS, RESOLUTION, FC_DIM, NUM_CLASSES = 4, 5, 16, 3
 PADDED = (64, 96)
@@ -109,15 +110,18 @@ def test_losses_and_gradients_equal_torchvision_when_every_proposal_is_sampled()
                                rtol=1e-4, atol=1e-7)
 
 
-def test_sampled_losses_equal_torchvision_with_the_same_random_stream():
+def test_sampled_losses_equal_torchvision_on_the_same_samples():
+    """16 RoIs per image, a quarter positive at most: torchvision's losses on the RoIs that a per-image
+    reference of our sampling rule picks from the same seeds equal ours."""
     heads, reference = make_pair(batch_size=16, fraction=0.25)
     heads.train()
     reference.train()
     features, boxes = feature_maps(), proposals(counts=(60, 40))
-    torch.manual_seed(5)
-    _, losses = heads(features, boxes, IMAGE_SIZES, targets())
-    torch.manual_seed(5)
+    _, losses = heads(features, boxes, IMAGE_SIZES, seeded_targets(targets(), [3, 4]))
+    reference.fg_bg_sampler = PrioritySampler([3, 4], 16, 0.25)
     _, reference_losses = reference(features, boxes, IMAGE_SIZES, targets())
+    assert all(len(p) + len(n) == 16 and len(p) <= 4 for p, n in reference.fg_bg_sampler.drawn)
+    assert sum(len(p) for p, _ in reference.fg_bg_sampler.drawn) > 0
     torch.testing.assert_close(losses["loss_cls"], reference_losses["loss_classifier"], rtol=1e-6, atol=0)
     torch.testing.assert_close(losses["loss_box"], reference_losses["loss_box_reg"], rtol=1e-6, atol=0)
 
@@ -151,9 +155,12 @@ def test_sampling_adds_the_ground_truth_and_encodes_targets():
     near = torch.tensor([[0.0, 0.0, 10.0, 6.0]])  # IoU 60 / 100
     far = torch.tensor([[30.0, 30.0, 40.0, 40.0]])
     target = {"boxes": gt, "labels": torch.tensor([2])}
-    sampled, labels, regression = heads.sample_proposals([torch.cat([near, far])], [target])
+    sampled, labels, regression, valid = heads.sample_proposals([torch.cat([near, far])], [target])
+    # A budget of four but three candidates: three slots, each a sample.
+    assert valid.tolist() == [True, True, True]
+    sampled = sampled[0]
     assert labels.tolist() == [2, 2, 0]
-    by_box = {tuple(b.tolist()): i for i, b in enumerate(sampled[0])}
+    by_box = {tuple(b.tolist()): i for i, b in enumerate(sampled)}
     assert set(by_box) == {(0.0, 0.0, 10.0, 6.0), (30.0, 30.0, 40.0, 40.0), (0.0, 0.0, 10.0, 10.0)}
     near_row = regression[by_box[(0.0, 0.0, 10.0, 6.0)]]
     # centre y moves from 3 to 5 on a 6-pixel-high box; the height grows by 10/6
@@ -161,8 +168,8 @@ def test_sampling_adds_the_ground_truth_and_encodes_targets():
     torch.testing.assert_close(near_row, expected)
     assert not regression[by_box[(0.0, 0.0, 10.0, 10.0)]].any()
     # Three positives but room for 4 * 0.5 = 2: two kept, and the background fills the rest.
-    _, labels, _ = heads.sample_proposals([torch.cat([near, near, far])], [target])
-    assert sorted(labels.tolist()) == [0, 2, 2]
+    _, labels, _, valid = heads.sample_proposals([torch.cat([near, near, far])], [target])
+    assert sorted(labels[valid].tolist()) == [0, 2, 2]
 
 
 def test_bg_iou_low_ignores_proposals_that_miss_every_object():
@@ -171,9 +178,10 @@ def test_bg_iou_low_ignores_proposals_that_miss_every_object():
     heads.matcher = Matcher(0.5, 0.5, False, 0.1)
     gt = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([1])}
     candidates = torch.tensor([[0.0, 0.0, 10.0, 3.0], [0.0, 0.0, 10.0, 0.5], [50.0, 50.0, 60.0, 60.0]])
-    sampled, labels, _ = heads.sample_proposals([candidates], [gt])
+    sampled, labels, _, valid = heads.sample_proposals([candidates], [gt])
     # IoU 0.3: background; IoU 0.05 and 0: ignored; the GT box itself: foreground.
-    assert sorted(labels.tolist()) == [0, 1] and len(sampled[0]) == 2
+    assert sorted(labels[valid].tolist()) == [0, 1] and int(valid.sum()) == 2
+    assert sampled[0][valid].tolist() == [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 3.0]]
 
 
 def test_global_context_appends_the_whole_image_feature_to_every_region():

@@ -17,6 +17,7 @@ from torchvision.ops import box_iou
 from detection.modeling.anchors import AnchorGenerator
 from detection.modeling.matching import Matcher
 from detection.modeling.rpn import RegionProposalNetwork, RPNHead, crossing_border, flatten_level
+from tests.detection.modeling.sampling_reference import PrioritySampler, seeded_targets
 
 SIZES = [[16, 32], [32, 64]]  # per level (strides 8 and 16)
 RATIOS = [0.5, 1.0, 2.0]
@@ -121,21 +122,23 @@ def test_losses_and_gradients_equal_torchvision_when_every_anchor_is_sampled():
                                atol=1e-7)
 
 
-def test_sampled_losses_equal_torchvision_with_the_same_random_stream():
-    """256 anchors per image, half positive at most: both draw the same permutations from the global
-    generator (positives then negatives, image by image)."""
+def test_sampled_losses_equal_torchvision_on_the_same_samples():
+    """32 anchors per image, a quarter positive at most: torchvision's losses on the anchors that a
+    per-image reference of our sampling rule picks (the highest priorities drawn from each image's
+    seed) equal ours; another seed draws other anchors."""
     rpn, reference = make_pair(batch_size=32, fraction=0.25)
     rpn.train()
     reference.train()
     features = feature_maps(seed=3)
-    torch.manual_seed(11)
-    _, losses = rpn(PADDED, features, IMAGE_SIZES, targets())
-    torch.manual_seed(11)
+    _, losses = rpn(PADDED, features, IMAGE_SIZES, seeded_targets(targets(), [7, 8]))
+    reference.fg_bg_sampler = PrioritySampler([7, 8], 32, 0.25)
     _, reference_losses = reference(ImageList(torch.zeros(2, 3, *PADDED), IMAGE_SIZES), features, targets())
+    positives = [len(p) for p, _ in reference.fg_bg_sampler.drawn]
+    assert 0 < min(positives) and max(positives) <= 8
+    assert all(len(p) + len(n) == 32 for p, n in reference.fg_bg_sampler.drawn)
     torch.testing.assert_close(losses["loss_rpn_cls"], reference_losses["loss_objectness"], rtol=1e-6, atol=0)
     torch.testing.assert_close(losses["loss_rpn_box"], reference_losses["loss_rpn_box_reg"], rtol=1e-6, atol=0)
-    torch.manual_seed(12)  # another draw, other anchors: the sampling really is random
-    _, other = rpn(PADDED, features, IMAGE_SIZES, targets())
+    _, other = rpn(PADDED, features, IMAGE_SIZES, seeded_targets(targets(), [9, 10]))
     assert abs(float(other["loss_rpn_cls"].detach() - losses["loss_rpn_cls"].detach())) > 1e-4
 
 
@@ -273,7 +276,8 @@ BORDER_GT = torch.tensor([[10.0, 10.0, 50.0, 50.0], [60.0, 20.0, 100.0, 60.0]])
 ])
 def test_anchors_crossing_the_border_are_ignored_and_left_out_of_the_matching(thresh, expected):
     rpn, _ = make_pair(boundary_thresh=thresh)
-    matched, labels = rpn.anchor_labels(BORDER_ANCHORS, {"boxes": BORDER_GT}, (80, 100))
+    matched, labels, _ = rpn.anchor_labels(BORDER_ANCHORS, [{"boxes": BORDER_GT}], [(80, 100)])
+    matched, labels = matched[0], labels[0]
     assert labels.tolist() == expected
     positives = labels == 1
     assert matched[positives].tolist() == [0, 1]  # A to GT 0; B or E to GT 1
