@@ -85,6 +85,14 @@ class RCNNLocalizer(ClassifierInput, nn.Module):
                 context_pad: int = 0, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """Class c = classes[i] gets the best of its proposals ``proposals[i]`` (n, 4), re-scored and regressed:
         continuous boxes (C, 4) in the image and their class probabilities (C,). ``image``: uint8 (3, H, W)."""
+        return best_of_proposals(*self.class_predictions(image, proposals, classes, warp_size, context_pad, chunk))
+
+    @torch.no_grad()
+    def class_predictions(self, image: torch.Tensor, proposals: torch.Tensor, classes: Sequence[int],
+                          warp_size: int, context_pad: int = 0, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every proposal re-scored and regressed for its own class: row i holds class classes[i]'s proposals
+        ``proposals[i]`` (n, 4); -> their probabilities of that class (C, n) and their boxes decoded with that
+        class's deltas (C, n, 4), continuous, in the image."""
         count, per_class = proposals.shape[:2]
         pixels = image.to(self.device)[None].float()
         flat = proposals.reshape(-1, 4).to(self.device)
@@ -96,8 +104,26 @@ class RCNNLocalizer(ClassifierInput, nn.Module):
             deltas.append(chunk_deltas.float())
         probabilities = torch.cat(probabilities).view(count, per_class, -1)
         deltas = torch.cat(deltas).view(count, per_class, self.num_classes, 4)
-        return best_box_per_class(probabilities, deltas, flat.view(count, per_class, 4),
-                                  torch.as_tensor(list(classes), device=self.device), self.coder)
+        return class_scores_and_boxes(probabilities, deltas, flat.view(count, per_class, 4),
+                                      torch.as_tensor(list(classes), device=self.device), self.coder)
+
+
+def class_scores_and_boxes(probabilities: torch.Tensor, deltas: torch.Tensor, proposals: torch.Tensor,
+                           classes: torch.Tensor, coder: BoxCoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row i holds class classes[i]'s n proposals (C, n, 4), their softmax (C, n, K+1) and deltas
+    (C, n, K, 4) -> each proposal's probability of its row's class (column classes[i] + 1), (C, n), and its
+    box decoded with that class's deltas, (C, n, 4)."""
+    rows = torch.arange(classes.numel(), device=classes.device)
+    scores = probabilities[rows, :, classes + 1]  # (C, n)
+    class_deltas = deltas[rows, :, classes]  # (C, n, 4)
+    boxes = coder.decode(class_deltas.reshape(-1, 4), proposals.reshape(-1, 4))
+    return scores, boxes.view_as(proposals)
+
+
+def best_of_proposals(scores: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row (class), the box of its highest score: boxes (C, n, 4), scores (C, n) -> (C, 4), (C,)."""
+    best_scores, best = scores.max(dim=1)
+    return boxes[torch.arange(scores.shape[0], device=scores.device), best], best_scores
 
 
 def best_box_per_class(probabilities: torch.Tensor, deltas: torch.Tensor, proposals: torch.Tensor,
@@ -105,11 +131,7 @@ def best_box_per_class(probabilities: torch.Tensor, deltas: torch.Tensor, propos
     """The per-class selection rule. Row i holds class classes[i]'s n proposals (C, n, 4), their softmax
     (C, n, K+1) and deltas (C, n, K, 4); the class's box is its proposal with the highest probability of that
     class (column classes[i] + 1), decoded with that class's deltas. -> boxes (C, 4), scores (C,)."""
-    rows = torch.arange(classes.numel(), device=classes.device)
-    class_scores = probabilities[rows, :, classes + 1]  # (C, n)
-    scores, best = class_scores.max(dim=1)
-    chosen_deltas = deltas[rows, best, classes]  # (C, 4)
-    return coder.decode(chosen_deltas, proposals[rows, best]), scores
+    return best_of_proposals(*class_scores_and_boxes(probabilities, deltas, proposals, classes, coder))
 
 
 def build_rcnn(cfg, num_classes: int, load_backbone_weights: bool = True) -> RCNNLocalizer:

@@ -103,7 +103,33 @@ def merge_views(per_view: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[
     return boxes[best_view, classes], best_scores
 
 
-class RPNLocalizer(ClassifierInput, nn.Module):
+class OneBoxPerClass:
+    """The testing side of a per-class RPN, on whatever provides ``normalize``, ``head`` and ``coder`` with
+    :class:`RPNLocalizer`'s meaning: one network, or several averaged (localization/ensemble.py)."""
+
+    @torch.no_grad()
+    def class_boxes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (B, 3, H, W) views -> per class the best anchor's box (B, K, 4) in view pixels (x2
+        exclusive) and its logit (B, K)."""
+        logits, deltas, anchors = self.head(self.normalize(images))
+        results = [best_box_per_class(logits[i].float(), deltas[i].float(), anchors, self.coder)
+                   for i in range(images.shape[0])]
+        return torch.stack([b for b, _ in results]), torch.stack([s for _, s in results])
+
+    @torch.no_grad()
+    def localize(self, views: Sequence[torch.Tensor], geometries: Sequence[ViewGeometry],
+                 image_size: tuple[int, int], flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """All views (uint8 (3, h, w)) of one image -> (K, 4) inclusive boxes in the original image and (K,)
+        sigmoid scores, by the one-box-per-class rule over every view (and its mirror image when ``flip``)."""
+        per_view = []
+        for pixels, geometry in with_mirror_images(views, geometries, flip):
+            boxes, scores = self.class_boxes(pixels[None])
+            per_view.append((to_original_image(boxes[0], geometry, pixels.shape[-1], image_size), scores[0]))
+        boxes, scores = merge_views(per_view)
+        return boxes.cpu(), scores.sigmoid().cpu()
+
+
+class RPNLocalizer(ClassifierInput, OneBoxPerClass, nn.Module):
     """Input in training: samples {"image": uint8 (3, c, c) RGB, "label": int, "boxes": (n, 4) float crop
     pixels with x2 exclusive, "cut_boxes": (m, 4)}; output {"loss_cls", "loss_box"}.
     At test time see :meth:`class_boxes`. ``rules``: the ``rpn`` section of the config (label assignment,
@@ -190,28 +216,6 @@ class RPNLocalizer(ClassifierInput, nn.Module):
             box_loss = F.smooth_l1_loss(deltas[positive, gt_class].float(), box_targets,
                                         beta=rules.smooth_l1_beta, reduction="sum")
         return cls_loss, box_loss, int(chosen.numel())
-
-    # -- testing -----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def class_boxes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (B, 3, H, W) views -> per class the best anchor's box (B, K, 4) in view pixels (x2
-        exclusive) and its logit (B, K)."""
-        logits, deltas, anchors = self.head(self.normalize(images))
-        results = [best_box_per_class(logits[i].float(), deltas[i].float(), anchors, self.coder)
-                   for i in range(images.shape[0])]
-        return torch.stack([b for b, _ in results]), torch.stack([s for _, s in results])
-
-    @torch.no_grad()
-    def localize(self, views: Sequence[torch.Tensor], geometries: Sequence[ViewGeometry],
-                 image_size: tuple[int, int], flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """All views (uint8 (3, h, w)) of one image -> (K, 4) inclusive boxes in the original image and (K,)
-        sigmoid scores, by the one-box-per-class rule over every view (and its mirror image when ``flip``)."""
-        per_view = []
-        for pixels, geometry in with_mirror_images(views, geometries, flip):
-            boxes, scores = self.class_boxes(pixels[None])
-            per_view.append((to_original_image(boxes[0], geometry, pixels.shape[-1], image_size), scores[0]))
-        boxes, scores = merge_views(per_view)
-        return boxes.cpu(), scores.sigmoid().cpu()
 
 
 def build_localizer(cfg, num_classes: int, load_backbone_weights: bool = True) -> RPNLocalizer:

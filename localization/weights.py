@@ -80,9 +80,10 @@ def load_fitting_state(model, state: dict, weights: str) -> None:
                         f"config it was trained with (model.backbone.*, model.feature, model.head_channels, anchors)")
 
 
-def load_proposal_rpn(cfg, synsets: Synsets) -> tuple[RPNLocalizer, object]:
-    """The per-class RPN of ``rcnn.rpn_weights``, rebuilt from the config saved in its checkpoint."""
-    path = cfg.rcnn.rpn_weights
+def load_proposal_rpn(cfg, synsets: Synsets, path: str | None = None) -> tuple[RPNLocalizer, object]:
+    """The per-class RPN of ``path`` (default: ``rcnn.rpn_weights``), rebuilt from the config saved in its
+    checkpoint."""
+    path = path or cfg.rcnn.rpn_weights
     if not os.path.isfile(path):
         raise UserError(f"RPN weights not found: {path} (set rcnn.rpn_weights to a per-class RPN checkpoint; "
                         f"train one with python tools/train_loc.py --cfg configs/shapes_loc.yaml)")

@@ -17,6 +17,7 @@ configs/shapes_loc_rcnn.yaml, the R-CNN stage re-scoring the proposals of rcnn.r
 
     python tools/eval_loc.py                                     # the latest run of configs/shapes_loc.yaml
     python tools/eval_loc.py --cfg CFG --weights W [--classifier-weights C] [--test-mode 1crop|dense] [k=v ...]
+    python tools/eval_loc.py --cfg CFG --weights W1 --weights W2 --classifier-weights C1 --classifier-weights C2
 
 Prints the paper's table row (LOC error on GT class, top-5 LOC error on the predicted classes), writes the
 scored submission DIR/loc_<mode>_submission.csv (Kaggle CSV), the GT class's boxes DIR/loc_<mode>_gt_class.csv
@@ -24,6 +25,11 @@ scored submission DIR/loc_<mode>_submission.csv (Kaggle CSV), the GT class's box
 --out, else the config's output_dir. Without a classifier the RPN's own per-class scores rank the classes.
 With task=rcnn the rows are "RPN" (the proposals' RPN alone, its one-box-per-class rule) and "RPN+RCNN", on
 the same images and classes; the files are DIR/loc_rcnn_<mode>_submission.csv and _gt_class.csv.
+
+Several --weights run as one ensemble (the paper's Tables 13-14 "ensemble" rows; localization/ensemble.py):
+per-class RPNs average their probabilities and boxes anchor by anchor; R-CNNs score the proposals of the
+ensemble of their own RPNs (each one's rcnn.rpn_weights) and average. Several --classifier-weights rank the
+classes by their averaged softmax probabilities.
 
 Either mode: --plots PLOTS draws the first images with their GT boxes (green) and ranked guesses (blue
 right, red wrong) into PLOTS; scoring mode also needs --images (the folder of the val images).
@@ -48,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--blacklist", help="images left out of the LOC error (devkit blacklist file)")
     model = parser.add_argument_group("model mode (a trained localizer on the config's val set)")
     model.add_argument("--cfg", help=f"localization config (default: {DEFAULT_CFG})")
-    model.add_argument("--weights", help="localizer checkpoint (default: the latest one in the config's output_dir)")
-    model.add_argument("--classifier-weights", help="classifier checkpoint of tools/train_cls.py whose top-5 "
-                                                    "classes get the RPN's boxes (default: classifier.weights)")
+    model.add_argument("--weights", action="append",
+                       help="localizer checkpoint (default: the latest one in the config's output_dir); repeat it "
+                            "for an ensemble of several localizers")
+    model.add_argument("--classifier-weights", action="append",
+                       help="classifier checkpoint of tools/train_cls.py whose top-5 classes get the RPN's boxes "
+                            "(default: classifier.weights); repeat it for an ensemble of several classifiers")
     model.add_argument("--test-mode", choices=("1crop", "dense"), help="localizer views (default: test.mode)")
     model.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (model mode)")
     parser.add_argument("--out", help="folder for metrics.json (scoring mode default: .; model mode: output_dir)")

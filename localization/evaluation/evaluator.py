@@ -5,6 +5,7 @@ val set."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from classification.data.ilsvrc import load_ground_truth, read_blacklist, read_synsets
 from classification.data.loaders import prepare_data
@@ -14,7 +15,8 @@ from resnet_engine.logger import write_json
 from resnet_engine.setup import setup_run
 
 from ..data.predictions import read_predictions
-from ..weights import latest_weights, load_localizer, load_proposal_rpn, load_rcnn
+from ..ensemble import load_rcnn_ensemble, load_rpn_ensemble
+from ..weights import latest_weights
 from .ilsvrc_metric import MAX_GUESSES, format_table, localization_errors
 from .rcnn_evaluation import score_rcnn
 from .rpn_evaluation import score_localizer
@@ -37,27 +39,36 @@ def score_files(gt: str, pred: str, synsets: str | None, out_dir: str, blacklist
     return metrics
 
 
-def evaluate_localizer_weights(cfg, weights: str | None, classifier: str | None, out_dir: str | None) -> dict:
-    """Model mode: score ``weights`` (default: the run's latest checkpoint) on the val set; write
-    out_dir/loc_<mode>_submission.csv (the scored Kaggle CSV), out_dir/loc_<mode>_gt_class.csv (the GT
-    class's boxes) and out_dir/metrics.json (percent)."""
+def evaluate_localizer_weights(cfg, weights: str | Sequence[str] | None, classifier: str | Sequence[str] | None,
+                               out_dir: str | None) -> dict:
+    """Model mode: score ``weights`` (default: the run's latest checkpoint; several files: their ensemble,
+    localization/ensemble.py) on the val set, the classes ranked by ``classifier`` (several: their averaged
+    probabilities); write out_dir/loc_<mode>_submission.csv (the scored Kaggle CSV),
+    out_dir/loc_<mode>_gt_class.csv (the GT class's boxes) and out_dir/metrics.json (percent)."""
     device = setup_run(cfg, save=False)
     synsets = prepare_data(cfg)
-    weights = weights or latest_weights(cfg.output_dir)
-    classifier = cfg.classifier.weights if classifier is None else classifier
-    if classifier and not os.path.isfile(classifier):
-        raise UserError(f"classifier weights not found: {classifier} (train one with tools/train_cls.py, or "
-                        f"leave classifier.weights empty to rank classes by the RPN's scores)")
+    weight_files = as_list(weights) or [latest_weights(cfg.output_dir)]
+    classifiers = as_list(cfg.classifier.weights if classifier is None else classifier)
+    for path in classifiers:
+        if not os.path.isfile(path):
+            raise UserError(f"classifier weights not found: {path} (train one with tools/train_cls.py, or "
+                            f"leave classifier.weights empty to rank classes by the RPN's scores)")
     out_dir = out_dir or cfg.output_dir
     if cfg.task == "rcnn":
-        rpn, rpn_cfg = load_proposal_rpn(cfg, synsets)
-        model = load_rcnn(cfg, weights, synsets).to(device)
-        metrics = score_rcnn(model, rpn.to(device), rpn_cfg, cfg, synsets, classifier or "", out_dir)
-        metrics["rpn_weights"] = cfg.rcnn.rpn_weights
+        model, rpn, rpn_cfg, rpn_files = load_rcnn_ensemble(cfg, weight_files, synsets)
+        metrics = score_rcnn(model.to(device), rpn.to(device), rpn_cfg, cfg, synsets, classifiers, out_dir)
+        metrics["rpn_weights"] = rpn_files[0] if len(rpn_files) == 1 else rpn_files
     else:
-        model = load_localizer(cfg, weights, synsets).to(device)
-        metrics = score_localizer(model, cfg, synsets, classifier or "", out_dir)
-    metrics["weights"] = weights
+        model = load_rpn_ensemble(cfg, weight_files, synsets).to(device)
+        metrics = score_localizer(model, cfg, synsets, classifiers, out_dir)
+    metrics["weights"] = weight_files[0] if len(weight_files) == 1 else weight_files
     if dist_utils.is_main_process():
         write_json(metrics, os.path.join(out_dir, "metrics.json"))
     return metrics
+
+
+def as_list(files: str | Sequence[str] | None) -> list[str]:
+    """One file name, several, or none (None or "") as a list."""
+    if not files:
+        return []
+    return [files] if isinstance(files, str) else list(files)

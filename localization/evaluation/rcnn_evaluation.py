@@ -4,6 +4,8 @@ own boxes alongside on the same images and class ranking."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -70,8 +72,8 @@ def localize_dataset_rcnn(rcnn: RCNNLocalizer, rpn: RPNLocalizer, dataset: Image
     return dist_utils.all_gather_dict(rpn_guesses), dist_utils.all_gather_dict(rcnn_guesses)
 
 
-def score_rcnn(rcnn: RCNNLocalizer, rpn: RPNLocalizer, rpn_cfg, cfg, synsets: Synsets, classifier: str = "",
-               out_dir: str | None = None, progress: bool = True) -> dict:
+def score_rcnn(rcnn: RCNNLocalizer, rpn: RPNLocalizer, rpn_cfg, cfg, synsets: Synsets,
+               classifier: str | Sequence[str] = "", out_dir: str | None = None, progress: bool = True) -> dict:
     """RPN+RCNN errors in percent (submission.METRIC_KEYS, how they were made, the written files) and, under
     "rpn", the same errors of the RPN's own boxes on the same images and ranking."""
     dataset = build_rcnn_test_set(cfg, proposal_views(cfg, rpn_cfg), synsets)

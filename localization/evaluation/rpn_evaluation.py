@@ -9,6 +9,8 @@ rank the classes. Scoring: evaluation/submission.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from tqdm import tqdm
 
@@ -61,7 +63,7 @@ def localize_dataset(model: RPNLocalizer, dataset: LocalizationDataset, cfg, gt_
     return dist_utils.all_gather_dict(results)
 
 
-def score_localizer(model: RPNLocalizer, cfg, synsets: Synsets, classifier: str = "",
+def score_localizer(model: RPNLocalizer, cfg, synsets: Synsets, classifier: str | Sequence[str] = "",
                     out_dir: str | None = None, progress: bool = True) -> dict:
     """Errors in percent (submission.METRIC_KEYS) plus how they were made. With ``out_dir``, writes the
     scored files there: loc_<mode>_submission.csv and loc_<mode>_gt_class.csv (submission_files)."""
