@@ -154,7 +154,7 @@ def load_rpn_ensemble(cfg, weights: Sequence[str], synsets: Synsets) -> RPNLocal
     for path, layout in zip(weights[1:], layouts[1:]):
         if layout != layouts[0]:
             raise EnsembleError(
-                f"{path} has anchors {describe_layout(layout)}, {weights[0]} has {describe_layout(layouts[0])}: "
+                f"{path} has anchors {describe_layout(layout)}, {weights[0]} has anchors {describe_layout(layouts[0])}: "
                 f"the per-class RPNs of an ensemble must share model.anchor_sizes, model.aspect_ratios and the "
                 f"stride of model.feature")
     return RPNEnsemble(networks)
