@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 IGNORE = -1
 BACKGROUND = 0
@@ -24,21 +25,26 @@ NO_OVERLAP = -1.0
 def pad_boxes(boxes: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (G_i, 4) boxes -> (N, W, 4) zero-padded, and the (N, W) mask of the real ones; W = max G_i,
     at least 1, so that a gather from it is valid even when no image has a box."""
-    width = max([1, *(b.shape[0] for b in boxes)])
-    padded = torch.zeros(len(boxes), width, 4, device=device)
-    valid = torch.zeros(len(boxes), width, dtype=torch.bool, device=device)
-    for row, image_boxes in enumerate(boxes):
-        padded[row, : image_boxes.shape[0]] = image_boxes
-        valid[row, : image_boxes.shape[0]] = True
-    return padded, valid
+    padded = pad_rows([b.to(device=device, dtype=torch.float32) for b in boxes])
+    if padded.shape[1] == 0:
+        padded = padded.new_zeros(len(boxes), 1, 4)
+    return padded, row_mask([b.shape[0] for b in boxes], padded.shape[1], device)
 
 
 def pad_values(values: Sequence[torch.Tensor], width: int, device: torch.device) -> torch.Tensor:
     """Per-image (G_i,) integers -> (N, ``width``), zero-padded."""
-    padded = torch.zeros(len(values), width, dtype=torch.int64, device=device)
-    for row, image_values in enumerate(values):
-        padded[row, : image_values.shape[0]] = image_values
-    return padded
+    padded = pad_rows([v.to(device=device, dtype=torch.int64) for v in values])
+    return F.pad(padded, (0, width - padded.shape[1]))
+
+
+def pad_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Tensors of (G_i, ...) -> (N, max G_i, ...), zero-padded: one operator whatever N."""
+    return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True)
+
+
+def row_mask(lengths: Sequence[int], width: int, device: torch.device) -> torch.Tensor:
+    """(N, width) mask, True in the first lengths[i] slots of row i (lengths are known on the host)."""
+    return torch.arange(width, device=device) < torch.tensor(lengths).to(device)[:, None]
 
 
 def batched_box_iou(boxes: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,18 @@
-"""Region Proposal Network (Faster R-CNN, section 3.1)."""
+"""Region Proposal Network (Faster R-CNN, section 3.1).
+
+In training, anchor labelling, sampling, target encoding and the losses run on the whole batch at
+once (detection/modeling/matching.py) and force no device-to-host synchronization. Those left in a
+training step's forward, counted by benchmarks/bench_step_ops.py, are the ones whose result is a
+count that only the device knows:
+
+* in :meth:`RegionProposalNetwork.propose`, per image: the boxes that remove_small_boxes keeps (one
+  ``nonzero``) and those that NMS keeps (torchvision's batched_nms: on CPUs above 1000 boxes one
+  ``nonzero`` per feature level and one for the result; on GPUs the NMS kernel's output size);
+* in the RoI pooler (resnet_ops/roi_align.py), per step whatever the batch: the RoIs of each pyramid
+  level (one ``nonzero`` each) and those of none.
+
+The RoI head's sampling and both losses add none, and the backward none.
+"""
 
 from __future__ import annotations
 
