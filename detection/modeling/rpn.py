@@ -5,9 +5,9 @@ once (detection/modeling/matching.py) and force no device-to-host synchronizatio
 training step's forward, counted by benchmarks/bench_step_ops.py, are the ones whose result is a
 count that only the device knows:
 
-* in :meth:`RegionProposalNetwork.propose`, per image: the boxes that remove_small_boxes keeps (one
-  ``nonzero``) and those that NMS keeps (torchvision's batched_nms: on CPUs above 1000 boxes one
-  ``nonzero`` per feature level and one for the result; on GPUs the NMS kernel's output size);
+* in :meth:`RegionProposalNetwork.select_batch_proposals`, per step whatever the batch: the boxes
+  that NMS keeps (the kernel's output size) and each image's count of them (one ``tolist``); neither
+  is an aten ``nonzero`` or ``item``, so the benchmark's count leaves them out;
 * in the RoI pooler (resnet_ops/roi_align.py), per step whatever the batch: the RoIs of each pyramid
   level (one ``nonzero`` each) and those of none.
 
@@ -21,12 +21,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import remove_small_boxes
+from torchvision.ops import nms, remove_small_boxes
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
 from .matching import Matcher, pad_boxes, random_priorities, sample_balanced_batch
-from .traceable import batched_nms, clip_boxes, top_count
+from .traceable import batched_nms, clip_boxes, exporting, top_count
 
 
 class RPNHead(nn.Module):
@@ -156,6 +156,8 @@ class RegionProposalNetwork(nn.Module):
         scores = torch.cat(scores, 1).sigmoid()
         boxes = torch.cat(boxes, 1)
         levels = torch.cat(levels)
+        if phase == 0 and self.training and not (torch.jit.is_tracing() or exporting()):
+            return self.select_batch_proposals(boxes, scores, levels, image_sizes, post_topk)
         proposals = []
         for image_boxes, image_scores, size in zip(boxes, scores, image_sizes):
             image_boxes = clip_boxes(image_boxes, size)
@@ -165,6 +167,44 @@ class RegionProposalNetwork(nn.Module):
             keep = batched_nms(image_boxes, image_scores, image_levels, self.nms_thresh)[:post_topk]
             proposals.append(image_boxes[keep])
         return proposals
+
+    def select_batch_proposals(self, boxes: torch.Tensor, scores: torch.Tensor, levels: torch.Tensor,
+                               image_sizes: list[tuple[int, int]], post_topk: int) -> list[torch.Tensor]:
+        """The per-image steps of :meth:`propose` (clip, drop small boxes, NMS per level, keep the best
+        ``post_topk``) for the whole training batch at once: one NMS over every image and level, each
+        (image, level) group shifted apart, so that a step pays one NMS call and one host sync (the
+        kept count), not one per image and level.
+
+        The same boxes as image by image: small boxes are scored below every sigmoid instead of being
+        removed (NMS visits them last, so they suppress nothing that is kept) and dropped after; the
+        shift and the NMS run in float64, where adding the integer shifts to float32 coordinates is
+        exact (in float32 the shifts of 16 images would round coordinates to 1/500 pixel). Inference
+        and the traced and exported graphs keep the per-image form, torchvision's own."""
+        num_images, per_image = scores.shape
+        height = max(size[0] for size in image_sizes) + 1
+        width = max(size[1] for size in image_sizes) + 1
+        limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype).to(boxes.device)
+        boxes = torch.min(boxes.clamp(min=0), limits[:, None, :])  # clip_boxes_to_image's bounds
+        min_size = max(self.min_size, 1e-3)  # degenerate boxes (clipped to nothing) always go
+        large = ((boxes[..., 2] - boxes[..., 0]) >= min_size) & ((boxes[..., 3] - boxes[..., 1]) >= min_size)
+        # Images apart along x, levels along y: no box of one group overlaps one of another.
+        image_index = torch.arange(num_images, device=boxes.device)[:, None].expand(-1, per_image)
+        shift = torch.stack([image_index * width, levels.expand(num_images, -1) * height], dim=-1).repeat(1, 1, 2)
+        shifted = (boxes.double() + shift).view(-1, 4)
+        keep = nms(shifted, torch.where(large, scores, -1.0).view(-1).double(), self.nms_thresh)
+        kept_image = torch.div(keep, per_image, rounding_mode="floor")
+        kept_large = large.view(-1)[keep]
+        # Each image's kept boxes together, the large ones first, each in NMS's (score) order.
+        order = torch.sort(kept_image * 2 + (~kept_large).long(), stable=True).indices
+        keep, kept_image = keep[order], kept_image[order]
+        # Counted by index_add_: bincount would read its largest value back from a GPU.
+        all_counts = torch.zeros(num_images, dtype=torch.int64, device=keep.device).index_add_(
+            0, kept_image, torch.ones_like(kept_image))
+        large_counts = torch.zeros_like(all_counts).index_add_(0, kept_image, kept_large[order].long())
+        starts = all_counts.cumsum(0) - all_counts
+        counts = torch.stack([starts, large_counts.clamp(max=post_topk)]).tolist()  # the one host sync
+        kept_boxes = boxes.view(-1, 4)[keep]
+        return [kept_boxes[start:start + count] for start, count in zip(*counts)]
 
     def anchor_labels(self, anchors: torch.Tensor, targets: list[dict],
                       image_sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ from detection.modeling.matching import (
     intersection_over_first_area,
     sample_balanced_batch,
 )
-from detection.modeling.rpn import crossing_border
+from detection.modeling.rpn import RegionProposalNetwork, crossing_border
 
 NUM_CLASSES = len(CLASSES)
 
@@ -127,9 +127,19 @@ def reference_roi_losses(self, logits, deltas, labels, regression_targets, valid
     return {"loss_cls": loss_cls, "loss_box": loss_box}
 
 
+def per_image_proposals(rpn, logits, deltas, anchors, image_sizes, training_counts=None):
+    """The RPN's proposals by its per-image form (its inference one) with the training counts."""
+    rpn.train(False)
+    try:
+        return RegionProposalNetwork.propose(rpn, logits, deltas, anchors, image_sizes, training_counts=True)
+    finally:
+        rpn.train(True)
+
+
 def per_image_copy(model):
     """``model`` with the reference's per-image training code in place of the batched one."""
     reference = copy.deepcopy(model)
+    reference.rpn.propose = types.MethodType(per_image_proposals, reference.rpn)
     reference.rpn.losses = types.MethodType(reference_rpn_losses, reference.rpn)
     reference.roi_heads.sample_proposals = types.MethodType(reference_sample_proposals, reference.roi_heads)
     reference.roi_heads.losses = types.MethodType(reference_roi_losses, reference.roi_heads)
@@ -251,3 +261,31 @@ def test_sampling_counts_per_image_and_its_uniform_distribution():
         picks.index_add_(0, index[0][positive[0]], torch.ones(8))
     # Each of the 20 positives is picked with probability 8/20: 160 times in 400 draws (sd ~10).
     assert (picks[:20] - 160).abs().max() < 45 and picks[20:].sum() == 0
+
+
+@pytest.mark.parametrize("min_size", [0.0, 12.0])
+def test_batched_proposals_equal_the_per_image_ones(min_size):
+    """Three images of different sizes, 2 levels of 700 candidates (NMS over more than 1000 boxes per
+    image: torchvision's level-by-level form on CPUs), boxes crossing the borders, small ones."""
+    model = detector(**{"model.rpn.min_size": min_size, "model.rpn.post_nms_topk_train": 300})
+    rpn = model.rpn
+    generator = torch.Generator().manual_seed(4)
+    image_sizes = [(200, 300), (150, 120), (180, 260)]
+    anchors, logits, deltas = [], [], []
+    for _ in range(2):
+        corners = torch.rand(700, 2, generator=generator) * 320 - 20
+        anchors.append(torch.cat([corners, corners + 2 + torch.rand(700, 2, generator=generator) * 80], dim=1))
+        logits.append(torch.randn(3, 700, generator=generator))
+        deltas.append(torch.randn(3, 700, 4, generator=generator) * 0.2)
+    # In the first image, a box 11.5 px wide over one 12.5 px wide (IoU 0.92), scored above it: with
+    # min_size 12 it must not suppress the larger one.
+    anchors[0][:2] = torch.tensor([[10.0, 10.0, 21.5, 50.0], [10.0, 10.0, 22.5, 50.0]])
+    logits[0][0, :2] = torch.tensor([10.0, 9.0])
+    deltas[0][0, :2] = 0.0
+    proposals = rpn.propose(logits, deltas, anchors, image_sizes)
+    assert (proposals[0] == anchors[0][1]).all(dim=1).any() == (min_size > 0)
+    expected = per_image_proposals(rpn, logits, deltas, anchors, image_sizes)
+    assert [len(p) for p in proposals] == [len(p) for p in expected]
+    assert min(len(p) for p in expected) > 50 and max(len(p) for p in expected) == 300
+    for got, want in zip(proposals, expected):
+        assert torch.equal(got, want)
