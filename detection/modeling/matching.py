@@ -23,17 +23,17 @@ NO_OVERLAP = -1.0
 
 
 def pad_boxes(boxes: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image (G_i, 4) boxes -> (N, W, 4) zero-padded, and the (N, W) mask of the real ones; W = max G_i,
-    at least 1, so that a gather from it is valid even when no image has a box."""
-    padded = pad_rows([b.to(device=device, dtype=torch.float32) for b in boxes])
+    """Per-image (G_i, 4) float boxes on ``device`` -> (N, W, 4) zero-padded, and the (N, W) mask of the real
+    ones; W = max G_i, at least 1, so that a gather from it is valid even when no image has a box."""
+    padded = pad_rows(boxes)
     if padded.shape[1] == 0:
         padded = padded.new_zeros(len(boxes), 1, 4)
     return padded, row_mask([b.shape[0] for b in boxes], padded.shape[1], device)
 
 
-def pad_values(values: Sequence[torch.Tensor], width: int, device: torch.device) -> torch.Tensor:
-    """Per-image (G_i,) integers -> (N, ``width``), zero-padded."""
-    padded = pad_rows([v.to(device=device, dtype=torch.int64) for v in values])
+def pad_values(values: Sequence[torch.Tensor], width: int) -> torch.Tensor:
+    """Per-image (G_i,) integers on one device -> (N, ``width``), zero-padded."""
+    padded = pad_rows(values)
     return F.pad(padded, (0, width - padded.shape[1]))
 
 

@@ -103,7 +103,7 @@ class RoIHeads(nn.Module):
         """
         device = proposals[0].device
         gt_boxes, gt_valid = pad_boxes([t["boxes"] for t in targets], device)
-        gt_labels = pad_values([t["labels"] for t in targets], gt_boxes.shape[1], device)
+        gt_labels = pad_values([t["labels"] for t in targets], gt_boxes.shape[1])
         candidates, candidate_valid = pad_boxes(
             [torch.cat([boxes, target["boxes"].to(boxes.dtype)]) for boxes, target in zip(proposals, targets)], device)
         crowd = None
