@@ -17,6 +17,9 @@ import torch.nn.functional as F
 IGNORE = -1
 BACKGROUND = 0
 FOREGROUND = 1
+# The most IoU values the matcher holds at once (256 MB of float32); a batch above it is matched a few
+# images at a time.
+MAX_IOU_ELEMENTS = 2**26
 # The IoU given to padded GT slots and to left-out candidates: below every real IoU (>= 0), so that
 # they neither win a maximum nor claim a candidate.
 NO_OVERLAP = -1.0
@@ -104,7 +107,26 @@ class Matcher:
         """A batch: ``candidates`` (N, A, 4), or (A, 4) shared by all images; ``gt_boxes`` (N, G, 4) padded,
         ``gt_valid`` (N, G); ``crowd``: padded (N, C, 4) crowd boxes and their mask; ``candidate_valid``
         (N, A): candidates left out of the matching (labelled IGNORE, matched 0, and never claimed by
-        a GT box). Returns (matched (N, A), labels (N, A))."""
+        a GT box). Returns (matched (N, A), labels (N, A)).
+
+        Images go through in groups whose (images, G, A) IoU tensor stays under ``MAX_IOU_ELEMENTS``
+        (at COCO's sizes, a batch of 16 with 90 boxes would otherwise hold several GB at once)."""
+        per_group = max(1, MAX_IOU_ELEMENTS // max(1, gt_boxes.shape[1] * candidates.shape[-2]))
+        if gt_boxes.shape[0] <= per_group:
+            return self.match_group(candidates, gt_boxes, gt_valid, crowd, candidate_valid)
+        results = []
+        for start in range(0, gt_boxes.shape[0], per_group):
+            rows = slice(start, start + per_group)
+            results.append(self.match_group(
+                candidates if candidates.dim() == 2 else candidates[rows], gt_boxes[rows], gt_valid[rows],
+                None if crowd is None else (crowd[0][rows], crowd[1][rows]),
+                None if candidate_valid is None else candidate_valid[rows]))
+        return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+
+    def match_group(self, candidates: torch.Tensor, gt_boxes: torch.Tensor, gt_valid: torch.Tensor,
+                    crowd: tuple[torch.Tensor, torch.Tensor] | None,
+                    candidate_valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`match_batch` of images matched together."""
         num_images = gt_boxes.shape[0]
         num_candidates = candidates.shape[-2]
         iou = batched_box_iou(gt_boxes, candidates)

@@ -19,6 +19,7 @@ from torchvision.ops import box_iou
 
 from detection.config import load_detection_config
 from detection.data.shapes import CLASSES, render_image
+from detection.modeling import matching
 from detection.modeling.build import build_model
 from detection.modeling.matching import (
     BACKGROUND,
@@ -212,7 +213,10 @@ def test_batched_iou_is_torchvisions_to_the_bit():
         assert torch.equal(iou[image], box_iou(gt[image], candidates))
 
 
-def test_batched_matching_equals_the_per_image_matcher_with_padding_and_left_out_candidates():
+@pytest.mark.parametrize("max_iou_elements", [2**26, 3 * 60])  # all images together, or one at a time
+def test_batched_matching_equals_the_per_image_matcher_with_padding_and_left_out_candidates(max_iou_elements,
+                                                                                             monkeypatch):
+    monkeypatch.setattr(matching, "MAX_IOU_ELEMENTS", max_iou_elements)
     generator = torch.Generator().manual_seed(1)
     corners = torch.rand(60, 2, generator=generator) * 60
     candidates = torch.cat([corners, corners + 4 + torch.rand(60, 2, generator=generator) * 30], dim=1)
