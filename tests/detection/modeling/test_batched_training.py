@@ -293,3 +293,19 @@ def test_batched_proposals_equal_the_per_image_ones(min_size):
     assert min(len(p) for p in expected) > 50 and max(len(p) for p in expected) == 300
     for got, want in zip(proposals, expected):
         assert torch.equal(got, want)
+
+
+def test_tied_scores_give_an_image_the_same_proposals_whatever_the_rest_of_the_batch():
+    """All logits equal: every score ties, and which overlapping box survives NMS is decided by the
+    position of each box in its image alone, not by the other images of the batch."""
+    rpn = detector(**{"model.rpn.post_nms_topk_train": 1000}).rpn
+    generator = torch.Generator().manual_seed(6)
+    corners = torch.rand(400, 2, generator=generator) * 100
+    anchors = [torch.cat([corners, corners + 20 + torch.rand(400, 2, generator=generator) * 10], dim=1)]
+    deltas = [torch.randn(3, 400, 4, generator=generator) * 0.05]
+    logits = [torch.zeros(3, 400)]
+    sizes = [(150, 150)] * 3
+    together = rpn.propose(logits, deltas, anchors, sizes)
+    alone = rpn.propose([logits[0][1:2]], [deltas[0][1:2]], anchors, sizes[1:2])
+    assert torch.equal(together[1], alone[0])
+    assert 5 < len(alone[0]) < 400  # NMS removed overlapping boxes among the ties
