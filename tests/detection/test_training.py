@@ -76,9 +76,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(fixed_shapes
     # NCHW: oneDNN picks other channels_last kernels for a batch of 1 than of 2, and AdamW turns
     # their rounding differences on near-zero gradients into lr-sized steps (~1e-3 apart).
     worker = os.path.join(ROOT, "tests", "detection", "ddp_worker.py")
+    # seed=4: with the helpers' seed 3, one sampled RoI of the last step sits within float rounding of an
+    # IoU threshold, so one process and two (whose gradients differ in the last bits) label it differently
+    # and the weights end 6e-5 apart (loss_cls of that step alone differs); seeds 4 and 5 end 3e-8 apart.
     overrides = TINY_DETECTOR + data_overrides(fixed_shapes) + [
         "test.max_images=2", "model.backbone.norm=gn", "data.aspect_ratio_grouping=true",
-        "solver.channels_last=false"]
+        "solver.channels_last=false", "seed=4"]
     two = torchrun(2, worker, SHAPES_CFG, *overrides, f"output_dir={tmp_path / 'two'}")
     assert two.returncode == 0, two.stderr[-4000:]
     one = subprocess.run([sys.executable, worker, SHAPES_CFG, *overrides, f"output_dir={tmp_path / 'one'}"],

@@ -92,7 +92,18 @@ def test_training_and_eval_det_on_a_split_without_annotations(image_info_split, 
     assert {r["image_id"] for r in trained} == {1, 2, 3}
     metrics = evaluate_weights(cfg, os.path.join(cfg.output_dir, "model_final.pth"), str(tmp_path / "eval"))
     again = tmp_path / "eval" / "detections_test-dev2015_eval_results.json"
-    assert metrics["results_file"] == str(again) and json.loads(again.read_text()) == trained
+    assert metrics["results_file"] == str(again)
+    assert_same_records(json.loads(again.read_text()), trained)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_images"] == 3
     assert not (tmp_path / "eval" / "detections.json").exists()
     assert "has no annotations, so nothing is scored here" in capsys.readouterr().out
+
+
+def assert_same_records(found: list[dict], expected: list[dict]) -> None:
+    """The same detections in the same order; box coordinates (written with 3 decimals) may differ by one
+    unit of the last decimal, where the model's output in two runs differs in its last bits across a
+    rounding boundary."""
+    assert len(found) == len(expected)
+    for record, reference in zip(found, expected):
+        assert {k: v for k, v in record.items() if k != "bbox"} == {k: v for k, v in reference.items() if k != "bbox"}
+        assert record["bbox"] == pytest.approx(reference["bbox"], abs=1.01e-3)
