@@ -1,6 +1,6 @@
 """The main job on the embedded default: train on the synthetic shapes dataset, evaluate, draw.
 
-    python tools/demo.py                        # what `make demo` runs (about 10 minutes on 2 CPU cores)
+    python tools/demo.py                        # what `make demo` runs (11 to 19 minutes on 2 CPU cores)
     python tools/demo.py solver.max_iter=100    # any config override
 
 Generates datasets/shapes/ on first use, trains configs/shapes.yaml into output/shapes/, prints the
