@@ -12,12 +12,29 @@ the same fields, values and types.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 SCALAR, TEXT, ARRAY, ROWS = "scalar", "text", "array", "rows"
+
+
+@contextlib.contextmanager
+def garbage_collection_paused():
+    """Pause Python's cyclic garbage collector while a parse or a build creates millions of objects that
+    all stay alive (a COCO json, an annotation listing). Each collection would walk every container made
+    so far and find nothing to free: parsing COCO train2017-sized json took 3.2-3.7 s with it and 1.2-1.3 s
+    without. The collector's previous state is restored, also when the block raises."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -73,8 +73,8 @@ def read_annotations(dataset_cfg, key_prefix: str, on_bad_image: str, train: boo
         coco, images_dir, labels_dir = read_yolo_split(dataset_cfg.root, dataset_cfg.split, dataset_cfg.names,
                                                        on_bad_image, key_prefix)
         return AnnotationSource(coco, labels_dir, images_dir, upright=True)
-    return AnnotationSource(load_coco(dataset_cfg.ann_file, f"{key_prefix}.ann_file"), dataset_cfg.ann_file,
-                            dataset_cfg.img_dir, upright=False)
+    coco = load_coco(dataset_cfg.ann_file, f"{key_prefix}.ann_file", index_annotations=not train)
+    return AnnotationSource(coco, dataset_cfg.ann_file, dataset_cfg.img_dir, upright=False)
 
 
 def dataset_of(source: AnnotationSource, cfg, key_prefix: str, transform, category_map: CategoryMap, train: bool,

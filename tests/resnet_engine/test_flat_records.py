@@ -116,3 +116,20 @@ def test_records_given_column_by_column_equal_those_packed_one_by_one():
         assert_same(got, want)
     with pytest.raises(ValueError, match="'boxes'"):
         FlatRecords.from_columns(30, {**columns, "boxes": (np.concatenate(boxes), offsets[:-1])})
+
+
+def test_garbage_collection_is_paused_inside_and_restored_after_even_on_error():
+    from resnet_engine.flat_records import garbage_collection_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), garbage_collection_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("a parse that fails")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with garbage_collection_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own pause is not ended by ours
+    finally:
+        gc.enable()

@@ -156,10 +156,12 @@ def messy_coco(rng: np.random.Generator) -> dict:
 
 
 @pytest.mark.parametrize("filter_empty", [False, True])
+@pytest.mark.parametrize("index_annotations", [True, False])  # False: how a training set is read
 @pytest.mark.filterwarnings("ignore:.*boxes dropped")
-def test_the_records_are_those_of_a_loop_over_each_annotation(tmp_path, filter_empty):
+def test_the_records_are_those_of_a_loop_over_each_annotation(tmp_path, filter_empty, index_annotations):
     data = messy_coco(np.random.default_rng(3))
-    coco = coco_from_dict(data, "messy.json")
+    coco = coco_from_dict(data, "messy.json", index_annotations)
+    assert bool(coco.anns) == index_annotations and len(coco.imgs) == 40
     dataset = CocoDetection("messy.json", str(tmp_path), coco=coco, train=True, filter_empty=filter_empty)
     label_of = dataset.category_map.label_of()
     assert 77 not in label_of
