@@ -145,8 +145,12 @@ def bilinear_taps(rois: torch.Tensor, height: int, width: int, output_size: int,
                             output_size)
 
 
-def _taps(rois, x1, y1, bin_w, bin_h, grid_h: int, grid_w: int, height: int, width: int, output_size: int):
-    """Taps and weights of RoIs that share one sample grid (grid_h x grid_w samples per bin)."""
+def _taps(rois, x1, y1, bin_w, bin_h, grid_h: int, grid_w: int, height, width, output_size: int, table_start=0):
+    """Taps and weights of RoIs that share one sample grid (grid_h x grid_w samples per bin).
+
+    ``height`` and ``width``: the map's, ints, or per RoI, (n, 1, 1) int64 tensors, when the RoIs sample
+    maps of several sizes stored one after the other in one table, each map's rows from its
+    ``table_start`` on (an int, or per RoI an (n,) tensor)."""
     bins = torch.arange(output_size, dtype=rois.dtype, device=rois.device)
     # Sample positions, (n, P, grid), in torchvision's order of operations.
     ys = _positions(y1, bin_h, bins, grid_h)
@@ -156,10 +160,12 @@ def _taps(rois, x1, y1, bin_w, bin_h, grid_h: int, grid_w: int, height: int, wid
     # Rows and columns of the four taps of each sample: (n, P, grid, 2).
     rows, row_w = torch.stack([y_lo, y_hi], -1), torch.stack([wy_lo, wy_hi], -1)
     cols, col_w = torch.stack([x_lo, x_hi], -1), torch.stack([wx_lo, wx_hi], -1)
+    row_length = width.view(-1, 1, 1, 1, 1, 1, 1) if isinstance(width, torch.Tensor) else width
     # Outer product over (bin row, bin col, sample row, sample col, tap row, tap col).
-    taps = rows[:, :, None, :, None, :, None] * width + cols[:, None, :, None, :, None, :]
+    taps = rows[:, :, None, :, None, :, None] * row_length + cols[:, None, :, None, :, None, :]
     weights = row_w[:, :, None, :, None, :, None] * col_w[:, None, :, None, :, None, :] / (grid_h * grid_w)
-    image_offset = rois[:, 0].long() * (height * width)
+    plane = height * width  # the pixels of one image's map
+    image_offset = rois[:, 0].long() * (plane.view(-1) if isinstance(plane, torch.Tensor) else plane) + table_start
     taps = taps + image_offset.view(-1, 1, 1, 1, 1, 1, 1)
     count, per_bin = rois.shape[0] * output_size * output_size, grid_h * grid_w * 4
     return taps.reshape(count, per_bin), weights.reshape(count, per_bin)
@@ -171,13 +177,14 @@ def _positions(start: torch.Tensor, bin_size: torch.Tensor, bins: torch.Tensor, 
             + samples[None, None, :] * bin_size[:, None, None] / grid)
 
 
-def _axis_taps(coords: torch.Tensor, size: int):
-    """Low/high pixel indices and their weights along one axis, with torchvision's border rules."""
+def _axis_taps(coords: torch.Tensor, size):
+    """Low/high pixel indices and their weights along one axis, with torchvision's border rules.
+    ``size``: an int, or one per RoI as an (n, 1, 1) int64 tensor."""
     inside = ((coords >= -1.0) & (coords <= size)).to(coords.dtype)
     coords = coords.clamp(min=0.0)
     low = coords.floor().long()
     at_edge = low >= size - 1
-    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    low = torch.where(at_edge, size - 1, low)
     high = torch.where(at_edge, low, low + 1)
     coords = torch.where(at_edge, low.to(coords.dtype), coords)
     frac = coords - low.to(coords.dtype)
@@ -196,6 +203,43 @@ def fpn_levels(boxes: torch.Tensor, strides: list[int]) -> torch.Tensor:
     levels = torch.floor(4 + torch.log2(sizes / 224) + 1e-6).clamp(level_min, level_max) - level_min
     # NaN has no integer value (the conversion is undefined): mark those boxes explicitly.
     return torch.where(torch.isnan(levels), torch.full_like(levels, -1.0), levels).long()
+
+
+@torch.jit.unused
+def one_table_roi_align(features: list[torch.Tensor], rois: torch.Tensor, levels: torch.Tensor, strides: list[int],
+                        output_size: int, sampling_ratio: int) -> torch.Tensor:
+    """multiscale_roi_align's gather in one embedding_bag call over one table of every level's pixels,
+    each RoI tapping its own level's rows. Splitting the RoIs by level takes a ``nonzero`` per level,
+    each a device-to-host sync (how many RoIs a level has is data), and a call per level; here no
+    shape depends on the data, so a training step stays free of syncs and capturable. Each RoI's taps
+    and weights are those of the per-level call, so the values are the same. The cost: one copy of the
+    pyramid into the table (a view per level otherwise, for channels_last maps). A fixed sampling ratio
+    only: adaptive ones group RoIs by their sample grid, another data-dependent split."""
+    channels = features[0].shape[1]
+    # (sum of B*H*W over the levels, C): a map's pixels from its level's start row on.
+    table = torch.cat([feature.permute(0, 2, 3, 1).reshape(-1, channels) for feature in features])
+    sizes = [feature.shape[0] * feature.shape[2] * feature.shape[3] for feature in features]
+    device = rois.device
+    starts = torch.tensor([sum(sizes[:level]) for level in range(len(sizes))], device=device)
+    heights = torch.tensor([feature.shape[2] for feature in features], device=device)
+    widths = torch.tensor([feature.shape[3] for feature in features], device=device)
+    rois = rois.detach().to(torch.float64 if table.dtype == torch.float64 else torch.float32)
+    scales = torch.tensor([1.0 / stride for stride in strides], dtype=rois.dtype, device=device)
+    # A RoI of no level (no size, NaN) samples level 0 at a zero box with zero weights: zeros, as
+    # the per-level path writes for it, and no NaN taps.
+    has_level = levels >= 0
+    level = levels.clamp(min=0)
+    rois = torch.where(has_level[:, None], rois, torch.zeros_like(rois))
+    scale = scales[level]
+    x1, y1 = rois[:, 1] * scale, rois[:, 2] * scale
+    # The legacy (not pixel-aligned) op of FPN poolers: no half-pixel offset, every RoI at least a pixel.
+    bin_w = (rois[:, 3] * scale - x1).clamp(min=1.0) / output_size
+    bin_h = (rois[:, 4] * scale - y1).clamp(min=1.0) / output_size
+    taps, weights = _taps(rois, x1, y1, bin_w, bin_h, sampling_ratio, sampling_ratio, heights[level].view(-1, 1, 1),
+                          widths[level].view(-1, 1, 1), output_size, starts[level])
+    weights = weights * has_level.repeat_interleave(output_size * output_size)[:, None].to(weights.dtype)
+    pooled = F.embedding_bag(taps, table, per_sample_weights=weights.to(table.dtype), mode="sum")
+    return pooled.view(-1, output_size, output_size, channels).permute(0, 3, 1, 2)
 
 
 def power_of_two(stride: int) -> float:
@@ -218,6 +262,8 @@ def multiscale_roi_align(features: list[torch.Tensor], boxes: torch.Tensor | lis
     levels = fpn_levels(rois[:, 1:], strides)
     first = features[0]
     gather = not torch.jit.is_scripting() and use_gather(first, impl)
+    if gather and sampling_ratio > 0:
+        return one_table_roi_align(features, rois, levels, strides, output_size, sampling_ratio)
     # Filled as (N, P, P, C) by the gather and returned as a channels_last view of (N, C, P, P).
     shape = [rois.shape[0], output_size, output_size, first.shape[1]] if gather else \
         [rois.shape[0], first.shape[1], output_size, output_size]

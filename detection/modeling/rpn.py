@@ -8,8 +8,11 @@ count that only the device knows:
 * in :meth:`RegionProposalNetwork.select_batch_proposals`, per step whatever the batch: the boxes
   that NMS keeps (the kernel's output size) and each image's count of them (one ``tolist``); neither
   is an aten ``nonzero`` or ``item``, so the benchmark's count leaves them out;
-* in the RoI pooler (resnet_ops/roi_align.py), per step whatever the batch: the RoIs of each pyramid
-  level (one ``nonzero`` each) and those of none.
+* in the FPN RoI pooler, only where torchvision's RoIAlign runs (``roi_heads.roi_align_impl``: "auto"
+  picks it on GPUs) or the sampling ratio is adaptive (0): the RoIs of each pyramid level (one
+  ``nonzero`` each) and those of none. The gather ("auto" on CPUs, "gather" anywhere) with a fixed
+  sampling ratio pools every level in one call without them (resnet_ops/roi_align.py,
+  one_table_roi_align).
 
 The RoI head's sampling and both losses add none, and the backward none.
 """

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import roi_align as tv_roi_align
 
-from resnet_ops.roi_align import multiscale_roi_align, roi_align
+from resnet_ops.roi_align import fpn_levels, multiscale_roi_align, roi_align
 
 
 def random_boxes(generator, count, height, width, stride):
@@ -71,6 +71,51 @@ def test_pyramid_matches_torchvision_multiscale_roi_align():
     for impl in ("gather", "torchvision"):
         ours = multiscale_roi_align(list(features.values()), boxes, strides, 7, 2, impl=impl)
         torch.testing.assert_close(ours, reference, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_pyramid_in_one_call_equals_a_call_per_level(channels_last):
+    """The one-table pyramid gather (every fixed sampling ratio) against roi_align on each RoI's level:
+    the same values bit for bit, the gradients to float rounding (the scatter-adds sum in another
+    order); RoIs of no level (empty, inverted, NaN) give zeros."""
+    generator = torch.Generator().manual_seed(5)
+    strides = [4, 8, 16, 32]
+    maps = [torch.randn(2, 6, 448 // s, 576 // s, generator=generator) for s in strides]
+    if channels_last:
+        maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]
+    boxes = [random_boxes(generator, 70, 112, 144, 4) for _ in range(2)]
+    boxes[0][:4] = torch.tensor([0.0, 0.0, 570.0, 440.0])  # the coarsest level
+    boxes[1][:3] = torch.tensor([[5.0, 5.0, 1.0, 9.0], [float("nan"), 1.0, 4.0, 4.0], [2.0, 2.0, 2.0, 2.0]])
+    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)])
+    levels = fpn_levels(rois[:, 1:], strides)
+    assert set(levels.tolist()) == {-1, 0, 1, 2, 3}
+    grad = torch.randn(len(rois), 6, 7, 7, generator=generator)
+
+    ours_in = [m.clone().requires_grad_() for m in maps]
+    ours = multiscale_roi_align(ours_in, boxes, strides, 7, 2, impl="gather")
+    ours.backward(grad)
+    ref_in = [m.clone().requires_grad_() for m in maps]
+    ref = torch.zeros(len(rois), 6, 7, 7)
+    for level, stride in enumerate(strides):
+        index = torch.nonzero(levels == level).squeeze(1)
+        ref[index] = roi_align(ref_in[level], rois[index], 7, 1 / stride, 2, aligned=False, impl="gather")
+    ref.backward(grad)
+
+    assert torch.equal(ours, ref) and ours[levels < 0].abs().sum() == 0
+    for got, want in zip(ours_in, ref_in):
+        assert want.grad.abs().sum() > 0
+        torch.testing.assert_close(got.grad, want.grad, rtol=0, atol=1e-6)
+
+
+def test_pyramid_gather_forces_no_device_to_host_sync():
+    """No aten::nonzero or item in the one-table call (each is a sync on a GPU), unlike a call per level."""
+    maps = [torch.randn(1, 4, 64 // s, 64 // s) for s in (4, 8, 16, 32)]
+    boxes = [torch.tensor([[0.0, 0.0, 10.0, 12.0], [3.0, 4.0, 60.0, 50.0], [1.0, 1.0, 30.0, 20.0]])]
+    with torch.profiler.profile() as profile:
+        multiscale_roi_align(maps, boxes, [4, 8, 16, 32], 7, 2, impl="gather")
+    names = {event.name for event in profile.events()}
+    assert "aten::embedding_bag" in names
+    assert not names & {"aten::nonzero", "aten::item", "aten::_local_scalar_dense"}
 
 
 def test_hand_computed_values_on_a_linear_ramp():
