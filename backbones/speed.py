@@ -6,7 +6,8 @@ backbones (classifiers, detectors, localizers) before it is handed to the traine
   format, which oneDNN (CPU) and cuDNN run faster;
 * winograd: the stride-1 3x3 convolutions within ``solver.winograd_channels`` as Winograd F(4x4, 3x3)
   convolutions on CPUs, forward and backward (resnet_ops/winograd.py);
-* compile_backbone: ``torch.compile`` of the model's ``backbone`` (the whole model when it has none).
+* compile_backbone: ``torch.compile`` of the model's ``backbone`` (the whole model when it has none),
+  in ``solver.compile_mode`` ("reduce-overhead": CUDA graphs on GPUs).
 
 All three change results by floating-point rounding only.
 """
@@ -30,7 +31,7 @@ def apply_speed_switches(model: nn.Module, solver) -> nn.Module:
         use_channels_last(model)
     if solver.compile_backbone:
         backbone = getattr(model, "backbone", model)
-        backbone.compile()  # nn.Module.compile keeps parameter names, unlike torch.compile(module)
+        backbone.compile(mode=solver.compile_mode)  # nn.Module.compile keeps parameter names, unlike torch.compile(module)
     return model
 
 

@@ -63,6 +63,10 @@ class SolverConfig:
     # same gradients). All are off by default; every trainer applies them (backbones/speed.py).
     channels_last: bool = False
     compile_backbone: bool = False
+    # torch.compile's mode for solver.compile_backbone. "reduce-overhead" records the compiled backbone
+    # as CUDA graphs on GPUs (one recording per input shape: fixed training sizes keep them few);
+    # not yet timed on a GPU here.
+    compile_mode: str = choice("default", ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     winograd: bool = False
     # Which convolutions solver.winograd converts: [min, max] input and output channels, and the
     # smallest map (pixels) that runs as Winograd; null: 128 to 256 channels, 400 pixels.

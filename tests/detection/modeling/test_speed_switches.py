@@ -25,8 +25,8 @@ def converted(model) -> list[int]:
 
 
 def solver(**keys):
-    values = {"winograd": True, "channels_last": False, "compile_backbone": False, "winograd_channels": None,
-              "winograd_min_pixels": None}
+    values = {"winograd": True, "channels_last": False, "compile_backbone": False, "compile_mode": "default",
+              "winograd_channels": None, "winograd_min_pixels": None}
     return SimpleNamespace(**{**values, **keys})
 
 
@@ -67,6 +67,21 @@ def test_channels_last_switch():
                                                                                         channels_last=True))
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert not model[0].weight.is_contiguous()
+
+
+def test_compile_switch_compiles_the_backbone_in_place_in_the_configured_mode(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda function, **kwargs: calls.append(kwargs) or function)
+    model = nn.Sequential()
+    model.backbone, model.head = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1)
+    names = [name for name, _ in model.named_parameters()]
+    apply_speed_switches(model, solver(winograd=False, compile_backbone=True, compile_mode="reduce-overhead"))
+    assert calls == [{"mode": "reduce-overhead"}]  # the backbone only: the heads stay eager
+    assert [name for name, _ in model.named_parameters()] == names  # checkpoints keep their keys
+    cfg = load_detection_config(None, ["solver.compile_backbone=true", "solver.compile_mode=reduce-overhead"])
+    assert cfg.solver.compile_mode == "reduce-overhead"
+    with pytest.raises(ConfigError, match="solver.compile_mode"):
+        load_detection_config(None, ["solver.compile_mode=fast"])
 
 
 @pytest.mark.parametrize("key", ["test", "solver"])
