@@ -117,7 +117,8 @@ def train_rcnn(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     model = apply_speed_switches(build_rcnn(cfg, num_classes).to(device), cfg.solver)
     train_set = RoITrainDataset(records, proposals, model.rules, model.coder, section.warp_size,
                                 section.context_pad, cfg.input.random_flip, cfg.data.on_bad_image)
-    logger.info("%d training images with proposals, %d RoIs per image, %d classes", len(proposals),
+    del proposals, records  # the dataset holds both as flat arrays, which forked workers share
+    logger.info("%d training images with proposals, %d RoIs per image, %d classes", train_set.images_with_proposals,
                 section.rois_per_image, num_classes)
     meta = {"task": "localization", "stage": "rcnn", "num_classes": num_classes, "wnids": list(synsets.wnids),
             "class_names": list(synsets.names), "depth": cfg.model.backbone.depth, "rpn_weights": section.rpn_weights}

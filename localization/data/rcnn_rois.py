@@ -19,11 +19,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 from torchvision.ops import box_iou, roi_align
 
 from detection.data.image_io import to_chw_tensor
 from resnet_engine.errors import UserError
+from resnet_engine.flat_records import FlatRecords
 
 from ..config import LocalizerRCNNConfig
 from .loc_dataset import BoxedRecord, LocalizationDataset, inclusive_to_continuous
@@ -114,14 +116,29 @@ def roi_training_sample(pixels: torch.Tensor, proposals: torch.Tensor, gt_boxes:
             "box_targets": targets}
 
 
+def proposals_in_record_order(records: Sequence[BoxedRecord], proposals: dict[str, torch.Tensor]) -> FlatRecords:
+    """Record i's proposals as ``{"found": whether the RPN gave any, "boxes": float32 (n, 4)}``, all in flat
+    arrays: a dict of a tensor per image (544k on CLS-LOC) would be copied into every forked loader worker
+    by its garbage collections, as a list of records would (resnet_engine/flat_records.py)."""
+    found = [record.image_id in proposals for record in records]
+    parts = [proposals[record.image_id].detach().cpu().float().numpy().reshape(-1, 4) if present
+             else np.zeros((0, 4), np.float32) for record, present in zip(records, found)]
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum([len(part) for part in parts], out=offsets[1:])
+    rows = np.concatenate(parts) if parts else np.zeros((0, 4), np.float32)
+    return FlatRecords.from_columns(len(records), {"found": found, "boxes": (rows, offsets)})
+
+
 class RoITrainDataset(LocalizationDataset):
     """The boxed training images with their GT class's RPN proposals; ``dataset[(index, seed)]`` gives
-    {"crops": float (m, 3, S, S) in 0-255, "classes": (m,), "box_targets": (m, 4), "image_id", "skipped"}."""
+    {"crops": float (m, 3, S, S) in 0-255, "classes": (m,), "box_targets": (m, 4), "image_id", "skipped"}.
+    An image without proposals is skipped as an unreadable one is."""
 
     def __init__(self, records: list[BoxedRecord], proposals: dict[str, torch.Tensor], rules: LocalizerRCNNConfig,
                  coder: BoxEncoder, warp_size: int, context_pad: int, flip_prob: float, on_bad_image: str = "skip"):
         super().__init__(records, transform=None, train=True, on_bad_image=on_bad_image)
-        self.proposals = proposals
+        self.proposals = proposals_in_record_order(records, proposals)
+        self.images_with_proposals = int(self.proposals.column("found").sum())
         self.rules = rules
         self.coder = coder
         self.warp_size = warp_size
@@ -132,15 +149,17 @@ class RoITrainDataset(LocalizationDataset):
         index, seed = item if isinstance(item, tuple) else (item, item)
         skipped = []
         for attempt in range(len(self.records)):
-            record = self.records[(index + attempt) % len(self.records)]
+            position = (index + attempt) % len(self.records)
+            record = self.records[position]
             image = self._read(record)
-            if image is None or record.image_id not in self.proposals:
+            proposals = self.proposals[position]
+            if image is None or not proposals["found"]:
                 skipped.append(record.path)
                 continue
             generator = torch.Generator().manual_seed(int(seed))
             flip = bool(torch.rand((), generator=generator) < self.flip_prob)
             gt_boxes = inclusive_to_continuous(torch.tensor(record.boxes, dtype=torch.float32).view(-1, 4))
-            sample = roi_training_sample(to_chw_tensor(image).float(), self.proposals[record.image_id], gt_boxes,
+            sample = roi_training_sample(to_chw_tensor(image).float(), torch.from_numpy(proposals["boxes"]), gt_boxes,
                                          record.label, self.rules, self.coder, self.warp_size, self.context_pad,
                                          flip, generator)
             return {**sample, "image_id": record.image_id, "skipped": skipped}

@@ -5,17 +5,20 @@ import json
 import math
 import os
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from detection.modeling.box_coder import BoxCoder
 from localization.config import LocalizerRCNNConfig, load_localization_config
-from localization.data.loc_dataset import ViewGeometry
+from localization.data.loc_dataset import BoxedRecord, ViewGeometry
 from localization.data.rcnn_rois import (
     BACKGROUND,
     FOREGROUND,
     IGNORED,
+    RoITrainDataset,
     label_proposals,
     roi_training_sample,
     sample_rois,
@@ -24,6 +27,7 @@ from localization.data.rcnn_rois import (
 from localization.rcnn import best_box_per_class
 from localization.rcnn_proposals import class_proposals
 from resnet_engine.errors import UserError
+from resnet_engine.flat_records import FlatRecords
 from tests.conftest import ROOT
 from tests.localization.test_rpn_localizer import (  # noqa: F401
     FIXED_RANKING,
@@ -109,6 +113,37 @@ def test_training_sample_targets_the_gt_class_and_mirrors_with_the_image():
     gt_index = [i for i, t in enumerate(flipped["box_targets"]) if flipped["classes"][i] > 0 and not t.any()][0]
     # The mirrored GT box [30 - 12, 30 - 4) x [2, 10) of the mirrored image is the original box, mirrored.
     torch.testing.assert_close(flipped["crops"][gt_index], pixels[:, 2:10, 4:12].flip(-1))
+
+
+def test_roi_dataset_samples_the_proposals_of_each_image_and_skips_those_without(tmp_path):
+    """The proposals, kept as flat arrays in the records' order, give each image the sample of its own
+    tensor; an image the RPN gave nothing is skipped like an unreadable one."""
+    generator = torch.Generator().manual_seed(0)
+    records, proposals = [], {}
+    for index in range(4):
+        path = str(tmp_path / f"im{index}.png")
+        cv2.imwrite(path, np.full((24, 32, 3), 40 * index, np.uint8))
+        records.append(BoxedRecord(f"im{index}", path, index % 2, ((2.0, 3.0, 15.0, 17.0),)))
+        if index != 2:
+            proposals[f"im{index}"] = torch.rand(5, 2, generator=generator).repeat(1, 2) * 12 + torch.tensor(
+                [0.0, 0.0, 8.0, 6.0])
+    rules = LocalizerRCNNConfig(rois_per_image=3, fg_fraction=0.5, add_gt_boxes=True)
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    dataset = RoITrainDataset(records, proposals, rules, coder, 8, 0, 0.0)
+    assert isinstance(dataset.proposals, FlatRecords) and dataset.images_with_proposals == 3
+    for index in (0, 1, 3):
+        sample = dataset[(index, 7)]
+        pixels = torch.full((3, 24, 32), 40.0 * index)
+        gt = torch.tensor([[2.0, 3.0, 16.0, 18.0]])  # inclusive -> continuous
+        generator = torch.Generator().manual_seed(7)
+        torch.rand((), generator=generator)  # the flip draw
+        want = roi_training_sample(pixels, proposals[f"im{index}"], gt, index % 2, rules, coder, 8, 0, False,
+                                   generator)
+        assert sample["image_id"] == f"im{index}" and sample["skipped"] == []
+        for key in ("crops", "classes", "box_targets"):
+            torch.testing.assert_close(sample[key], want[key], rtol=0, atol=0)
+    skipping = dataset[(2, 7)]
+    assert skipping["image_id"] == "im3" and skipping["skipped"] == [records[2].path]
 
 
 # --------------------------------------------------------------------------------------------- testing
