@@ -20,6 +20,8 @@ from torchvision.ops import box_iou
 from detection.config import load_detection_config
 from detection.data.shapes import CLASSES, render_image
 from detection.modeling import matching
+from detection.modeling import roi_heads as roi_heads_module
+from detection.modeling import rpn as rpn_module
 from detection.modeling.build import build_model
 from detection.modeling.matching import (
     BACKGROUND,
@@ -309,3 +311,26 @@ def test_tied_scores_give_an_image_the_same_proposals_whatever_the_rest_of_the_b
     alone = rpn.propose([logits[0][1:2]], [deltas[0][1:2]], anchors, sizes[1:2])
     assert torch.equal(together[1], alone[0])
     assert 5 < len(alone[0]) < 400  # NMS removed overlapping boxes among the ties
+
+
+def test_label_assignment_sampling_and_losses_trace_as_whole_graphs(monkeypatch):
+    """No host sync and no shape read from the data in the RPN's and the RoI head's label assignment,
+    sampling and losses: torch.compile with fullgraph=True traces each as one graph (a ``.item()``, a
+    ``nonzero`` or a boolean-mask index would break it), as CUDA-graph capture needs, and the traced
+    code gives the same losses. Left out: the per-image generators' draws (here plain torch.rand
+    draws from the seeded global stream, on both sides), which run eagerly between the graphs."""
+    def unseeded_priorities(num_images, count, generators, device):
+        return torch.rand(num_images, count, device=device)
+
+    monkeypatch.setattr(rpn_module, "random_priorities", unseeded_priorities)
+    monkeypatch.setattr(roi_heads_module, "random_priorities", unseeded_priorities)
+    model = detector()
+    torch.manual_seed(0)
+    expected, _ = losses_and_gradients(model, shapes_batch())
+    for module, name in ((model.rpn, "losses"), (model.roi_heads, "sample_proposals"), (model.roi_heads, "losses")):
+        setattr(module, name, torch.compile(getattr(module, name), fullgraph=True, backend="eager"))
+    torch.manual_seed(0)
+    losses, _ = losses_and_gradients(model, shapes_batch())
+    assert all(float(value) > 0 for value in expected.values())
+    for name, value in expected.items():
+        torch.testing.assert_close(losses[name], value, rtol=1e-6, atol=0, msg=name)
