@@ -28,7 +28,8 @@ from tests.helpers import subprocess_env
 
 ITERS = 60
 CONFIG = "configs/cifar_degradation.yaml"
-TINY_RECIPE = ["solver.ims_per_batch=8", "test.ims_per_batch=20", "data.num_workers=0"]
+# The config holds the last 7,500 training images out as val; the tiny set has 80 in all.
+TINY_RECIPE = ["solver.ims_per_batch=8", "test.ims_per_batch=20", "data.num_workers=0", "data.val_images=20"]
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess:
@@ -99,11 +100,11 @@ def test_the_training_error_is_the_mean_of_the_last_50_iterations(experiment):
 def test_the_schedule_is_scaled_and_said(experiment):
     out, result = experiment
     saved = (out / "plain-8" / "config.yaml").read_text()
-    # configs/cifar_degradation.yaml: steps 300 and 450 of 600, evaluation every 50, checkpoints every 100,
+    # configs/cifar_degradation.yaml: steps 600 and 900 of 1200, evaluation every 240, checkpoints every 200,
     # a linear warm-up over 100 iterations (its length is kept).
     assert "- 30\n" in saved and "- 45\n" in saved and "max_iter: 60" in saved
     cfg = load_classification_config(str(out / "plain-8" / "config.yaml"))
-    assert list(cfg.solver.steps) == [30, 45] and cfg.test.eval_period == 5 and cfg.solver.checkpoint_period == 10
+    assert list(cfg.solver.steps) == [30, 45] and cfg.test.eval_period == 12 and cfg.solver.checkpoint_period == 10
     assert cfg.solver.warmup_iters == 100 and "after a linear warm-up over the first 100 iterations" in result.stdout
     assert cfg.solver.log_period == 10 and cfg.model.backbone.plain and cfg.model.backbone.depth == 8
     assert "divided by 10 at iterations 30, 45" in result.stdout
@@ -135,7 +136,7 @@ def test_resume_reuses_finished_nets_and_continues_the_others(tiny_cifar, tmp_pa
     out = str(tmp_path / "out")
     overrides = [f"data.root={tiny_cifar}", *TINY_RECIPE]
     first = json.loads(open(run_degradation(CONFIG, overrides, [8], 50, out).json_path).read())
-    # ResNet-8 stopped after its last periodic checkpoint (every 12 iterations: 100 of 400 scaled to 50).
+    # ResNet-8 stopped after its last periodic checkpoint (every 8 iterations: 200 of 1200 scaled to 50).
     for name in ("model_final.pth", "metrics.json", "last_checkpoint"):
         os.remove(os.path.join(out, "ResNet-8", name))
     finished = os.path.getmtime(os.path.join(out, "plain-8", "model_final.pth"))
