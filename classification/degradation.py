@@ -205,10 +205,14 @@ def run_degradation(cfg_path: str, overrides, depths, iters: int | None, out: st
     overrides = list(overrides)
     check_overrides(overrides)
     depths = check_depths(depths)
-    base = load_classification_config(cfg_path, overrides)
-    if base.data.dataset not in CIFAR_CLASSES:
-        raise DegradationError(f"data.dataset={base.data.dataset} ({cfg_path} and the overrides): the degradation "
+    # An override of the dataset is checked before the config loads, whose CIFAR-only keys (the default's
+    # data.train_split) it would otherwise report instead.
+    datasets = [text.split("=", 1)[1].strip() for text in overrides if text.split("=", 1)[0].strip() == "data.dataset"]
+    dataset = datasets[-1] if datasets else load_classification_config(cfg_path, overrides).data.dataset
+    if dataset not in CIFAR_CLASSES:
+        raise DegradationError(f"data.dataset={dataset} ({cfg_path} and the overrides): the degradation "
                                f"experiment trains CIFAR nets: give a CIFAR config, such as configs/cifar_degradation.yaml")
+    base = load_classification_config(cfg_path, overrides)
     iters = check_iters(base.solver.max_iter if iters is None else iters)
     schedule, sentence = schedule_overrides(base, iters)
     logger.info("degradation experiment, depths %s: %s", ", ".join(map(str, depths)), sentence)
