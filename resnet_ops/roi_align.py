@@ -118,12 +118,14 @@ def empty_bags(count: int, table: torch.Tensor) -> torch.Tensor:
     return F.embedding_bag(no_taps, table, offsets, per_sample_weights=table.new_zeros(0), mode="sum")
 
 
-def bilinear_taps(rois: torch.Tensor, height: int, width: int, output_size: int, spatial_scale: float,
-                  sampling_ratio: int, aligned: bool):
+def bilinear_taps(rois: torch.Tensor, height, width, output_size: int, spatial_scale, sampling_ratio: int,
+                  aligned: bool, table_start=0):
     """Yield (RoI indices or None for all, taps (n*P*P, T) into the (B*H*W) table, weights (n*P*P, T)).
 
     With an adaptive sampling ratio (<= 0) RoIs are grouped by their sample grid, so that each
-    group has one bag size; RoIs with no samples (empty boxes) are in no group.
+    group has one bag size; RoIs with no samples (empty boxes) are in no group. With a fixed one,
+    ``height``, ``width`` ((n, 1, 1) int64), ``spatial_scale`` and ``table_start`` ((n,)) may be given
+    per RoI instead: RoIs that sample maps of several sizes stored one after the other in one table.
     """
     offset = 0.5 if aligned else 0.0
     x1, y1 = rois[:, 1] * spatial_scale - offset, rois[:, 2] * spatial_scale - offset
@@ -133,7 +135,8 @@ def bilinear_taps(rois: torch.Tensor, height: int, width: int, output_size: int,
         roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
     bin_w, bin_h = roi_w / output_size, roi_h / output_size
     if sampling_ratio > 0:
-        yield None, *_taps(rois, x1, y1, bin_w, bin_h, sampling_ratio, sampling_ratio, height, width, output_size)
+        yield None, *_taps(rois, x1, y1, bin_w, bin_h, sampling_ratio, sampling_ratio, height, width, output_size,
+                           table_start)
         return
     grid_h = torch.ceil(roi_h / output_size).long()
     grid_w = torch.ceil(roi_w / output_size).long()
@@ -146,11 +149,8 @@ def bilinear_taps(rois: torch.Tensor, height: int, width: int, output_size: int,
 
 
 def _taps(rois, x1, y1, bin_w, bin_h, grid_h: int, grid_w: int, height, width, output_size: int, table_start=0):
-    """Taps and weights of RoIs that share one sample grid (grid_h x grid_w samples per bin).
-
-    ``height`` and ``width``: the map's, ints, or per RoI, (n, 1, 1) int64 tensors, when the RoIs sample
-    maps of several sizes stored one after the other in one table, each map's rows from its
-    ``table_start`` on (an int, or per RoI an (n,) tensor)."""
+    """Taps and weights of RoIs that share one sample grid (grid_h x grid_w samples per bin); the map's
+    ``height``, ``width`` and first row in the table ``table_start`` as bilinear_taps takes them."""
     bins = torch.arange(output_size, dtype=rois.dtype, device=rois.device)
     # Sample positions, (n, P, grid), in torchvision's order of operations.
     ys = _positions(y1, bin_h, bins, grid_h)
@@ -230,13 +230,9 @@ def one_table_roi_align(features: list[torch.Tensor], rois: torch.Tensor, levels
     has_level = levels >= 0
     level = levels.clamp(min=0)
     rois = torch.where(has_level[:, None], rois, torch.zeros_like(rois))
-    scale = scales[level]
-    x1, y1 = rois[:, 1] * scale, rois[:, 2] * scale
-    # The legacy (not pixel-aligned) op of FPN poolers: no half-pixel offset, every RoI at least a pixel.
-    bin_w = (rois[:, 3] * scale - x1).clamp(min=1.0) / output_size
-    bin_h = (rois[:, 4] * scale - y1).clamp(min=1.0) / output_size
-    taps, weights = _taps(rois, x1, y1, bin_w, bin_h, sampling_ratio, sampling_ratio, heights[level].view(-1, 1, 1),
-                          widths[level].view(-1, 1, 1), output_size, starts[level])
+    # The legacy (not pixel-aligned) sampling of FPN poolers, each RoI with its level's map.
+    _, taps, weights = next(bilinear_taps(rois, heights[level].view(-1, 1, 1), widths[level].view(-1, 1, 1),
+                                          output_size, scales[level], sampling_ratio, False, starts[level]))
     weights = weights * has_level.repeat_interleave(output_size * output_size)[:, None].to(weights.dtype)
     pooled = F.embedding_bag(taps, table, per_sample_weights=weights.to(table.dtype), mode="sum")
     return pooled.view(-1, output_size, output_size, channels).permute(0, 3, 1, 2)

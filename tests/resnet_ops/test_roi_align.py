@@ -107,6 +107,14 @@ def test_pyramid_in_one_call_equals_a_call_per_level(channels_last):
         torch.testing.assert_close(got.grad, want.grad, rtol=0, atol=1e-6)
 
 
+def test_pyramid_in_one_call_with_no_rois():
+    maps = [torch.randn(2, 4, 64 // s, 64 // s, requires_grad=True) for s in (4, 8, 16, 32)]
+    out = multiscale_roi_align(maps, [torch.zeros(0, 4)] * 2, [4, 8, 16, 32], 7, 2, impl="gather")
+    assert out.shape == (0, 4, 7, 7)
+    out.sum().backward()
+    assert all(m.grad is not None and m.grad.abs().sum() == 0 for m in maps)
+
+
 def test_pyramid_gather_forces_no_device_to_host_sync():
     """No aten::nonzero or item in the one-table call (each is a sync on a GPU), unlike a call per level."""
     maps = [torch.randn(1, 4, 64 // s, 64 // s) for s in (4, 8, 16, 32)]
