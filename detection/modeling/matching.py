@@ -10,6 +10,7 @@ code on a batch of one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,28 @@ MAX_IOU_ELEMENTS = 2**26
 # The IoU given to padded GT slots and to left-out candidates: below every real IoU (>= 0), so that
 # they neither win a maximum nor claim a candidate.
 NO_OVERLAP = -1.0
+
+
+@dataclass
+class PaddedBoxes:
+    """The boxes of a batch's images as one (N, P, 4) tensor, zero-padded, with the (N, P) mask of the
+    real ones. The RPN gives its training proposals in this form, P fixed by the config (the post-NMS
+    count), so that no shape after it depends on the data. Not a tuple: code that iterates over a
+    list of per-image boxes fails on it instead of reading the two tensors as two images."""
+
+    boxes: torch.Tensor
+    valid: torch.Tensor
+
+    def per_image(self) -> list[torch.Tensor]:
+        """Each image's real boxes (a boolean-mask index per image: a host sync each, not for a step)."""
+        return [boxes[valid] for boxes, valid in zip(self.boxes, self.valid)]
+
+
+def as_padded(boxes: PaddedBoxes | Sequence[torch.Tensor]) -> PaddedBoxes:
+    """``boxes`` as :class:`PaddedBoxes`: per-image (G_i, 4) tensors padded to the largest G_i."""
+    if isinstance(boxes, PaddedBoxes):
+        return boxes
+    return PaddedBoxes(*pad_boxes(boxes, boxes[0].device))
 
 
 def pad_boxes(boxes: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,15 @@ from torch import nn
 from torchvision.ops import remove_small_boxes
 
 from .box_coder import BoxCoder
-from .matching import Matcher, pad_boxes, pad_values, random_priorities, sample_balanced_batch
+from .matching import (
+    Matcher,
+    PaddedBoxes,
+    as_padded,
+    pad_boxes,
+    pad_values,
+    random_priorities,
+    sample_balanced_batch,
+)
 from .traceable import batched_nms, clip_boxes, exporting, size_tensor
 
 
@@ -81,8 +89,10 @@ class RoIHeads(nn.Module):
         counts = torch.stack([torch.as_tensor(b.shape[0], device=regions.device) for b in boxes])
         return torch.cat([regions, context.repeat_interleave(counts, dim=0)], dim=1)
 
-    def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
+    def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor] | PaddedBoxes,
                 image_sizes: list[tuple[int, int]], targets: list[dict] | None = None):
+        """Training (with ``targets``): (no detections, the losses). Inference: (each image's detections,
+        no losses). ``proposals``: each image's boxes, or in training the RPN's :class:`PaddedBoxes`."""
         if self.training:
             proposals, labels, regression_targets, valid = self.sample_proposals(proposals, targets)
             logits, deltas = self.predictor(self.region_features(features, proposals, image_sizes))
@@ -92,20 +102,23 @@ class RoIHeads(nn.Module):
 
     # -- training --------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_proposals(self, proposals: list[torch.Tensor], targets: list[dict]):
+    def sample_proposals(self, proposals: list[torch.Tensor] | PaddedBoxes, targets: list[dict]):
         """Add the GT boxes to each image's proposals, label them, and sample a fixed foreground fraction,
-        for the whole batch at once.
+        for the whole batch at once. ``proposals``: each image's boxes, or the RPN's padded ones; each
+        image's candidates are its P proposal slots, then its G GT slots (P and G the batch's widths),
+        and the slot decides which of the image's priority draws a candidate gets.
 
         Returns (per image, its S sampled boxes; labels (N*S,) in 0..K; regression targets (N*S, 4); the
         (N*S,) mask of the slots that hold a sample). Every image has the same S slots, so that no shape
         depends on the data; an image with fewer than ``batch_size_per_image`` labelled candidates fills
         its last slots with some candidate's box, which ``valid`` leaves out of the losses.
         """
-        device = proposals[0].device
-        gt_boxes, gt_valid = pad_boxes([t["boxes"] for t in targets], device)
+        proposals = as_padded(proposals)
+        device = proposals.boxes.device
+        gt_boxes, gt_valid = pad_boxes([t["boxes"].to(proposals.boxes.dtype) for t in targets], device)
         gt_labels = pad_values([t["labels"] for t in targets], gt_boxes.shape[1])
-        candidates, candidate_valid = pad_boxes(
-            [torch.cat([boxes, target["boxes"].to(boxes.dtype)]) for boxes, target in zip(proposals, targets)], device)
+        candidates = torch.cat([proposals.boxes, gt_boxes], dim=1)
+        candidate_valid = torch.cat([proposals.valid, gt_valid], dim=1)
         crowd = None
         if any("crowd_boxes" in t for t in targets):
             crowd = pad_boxes([t.get("crowd_boxes", gt_boxes.new_zeros(0, 4)) for t in targets], device)

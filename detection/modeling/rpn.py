@@ -5,9 +5,11 @@ once (detection/modeling/matching.py) and force no device-to-host synchronizatio
 training step's forward, counted by benchmarks/bench_step_ops.py, are the ones whose result is a
 count that only the device knows:
 
-* in :meth:`RegionProposalNetwork.select_batch_proposals`, per step whatever the batch: the boxes
-  that NMS keeps (the kernel's output size) and each image's count of them (one ``tolist``); neither
-  is an aten ``nonzero`` or ``item``, so the benchmark's count leaves them out;
+* in :meth:`RegionProposalNetwork.select_batch_proposals`, once per step whatever the batch: the
+  boxes that NMS keeps (the kernel's output size; not an aten ``nonzero`` or ``item``, so the
+  benchmark's count leaves it out). The proposals leave it padded to the configured post-NMS count
+  with a mask (:class:`~detection.modeling.matching.PaddedBoxes`), so that the RoI head's shapes are
+  the config's, not the data's;
 * in the FPN RoI pooler, only where torchvision's RoIAlign runs (``roi_heads.roi_align_impl``: "auto"
   picks it on GPUs) or the sampling ratio is adaptive (0): the RoIs of each pyramid level (one
   ``nonzero`` each) and those of none. The gather ("auto" on CPUs, "gather" anywhere) with a fixed
@@ -28,7 +30,7 @@ from torchvision.ops import nms, remove_small_boxes
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
-from .matching import Matcher, pad_boxes, random_priorities, sample_balanced_batch
+from .matching import Matcher, PaddedBoxes, pad_boxes, random_priorities, sample_balanced_batch
 from .traceable import batched_nms, clip_boxes, exporting, top_count
 
 
@@ -123,7 +125,8 @@ class RegionProposalNetwork(nn.Module):
         """``padded_size``: (height, width) of the padded batch tensor, which sets the anchors' strides;
         ``image_sizes``: (height, width) of each image inside it, to which its proposals are clipped;
         ``training_counts``: keep the training (True) or test (False) pre/post-NMS counts; None: as the
-        module's mode. Returns (proposals per image, losses: empty unless training with ``targets``)."""
+        module's mode. Returns (proposals: a list of each image's boxes, or in a training step
+        :class:`PaddedBoxes`; losses: empty unless training with ``targets``)."""
         maps = [features[name] for name in self.in_features]
         logits, deltas = self.head(maps)
         anchors = self.anchor_generator(padded_size, [m.shape[-2:] for m in maps], maps[0].device)
@@ -139,9 +142,12 @@ class RegionProposalNetwork(nn.Module):
 
     @torch.no_grad()
     def propose(self, logits: list[torch.Tensor], deltas: list[torch.Tensor], anchors: list[torch.Tensor],
-                image_sizes: list[tuple[int, int]], training_counts: bool | None = None) -> list[torch.Tensor]:
+                image_sizes: list[tuple[int, int]],
+                training_counts: bool | None = None) -> list[torch.Tensor] | PaddedBoxes:
         """Top-scoring anchors of each level, decoded, clipped, then NMS per level and image; the
-        training or test counts as ``training_counts`` says (None: as the module's mode)."""
+        training or test counts as ``training_counts`` says (None: as the module's mode). A list of
+        each image's boxes; in a training step (training counts in training mode, not traced) the
+        same boxes as :class:`PaddedBoxes` (:meth:`select_batch_proposals`)."""
         phase = 0 if (self.training if training_counts is None else training_counts) else 1
         pre_topk = self.pre_nms_topk[phase]
         post_topk = self.post_nms_topk[phase]
@@ -172,11 +178,13 @@ class RegionProposalNetwork(nn.Module):
         return proposals
 
     def select_batch_proposals(self, boxes: torch.Tensor, scores: torch.Tensor, levels: torch.Tensor,
-                               image_sizes: list[tuple[int, int]], post_topk: int) -> list[torch.Tensor]:
+                               image_sizes: list[tuple[int, int]], post_topk: int) -> PaddedBoxes:
         """The per-image steps of :meth:`propose` (clip, drop small boxes, NMS per level, keep the best
         ``post_topk``) for the whole training batch at once: one NMS over every image and level, each
-        (image, level) group shifted apart, so that a step pays one NMS call and one host sync (the
-        kept count), not one per image and level.
+        (image, level) group shifted apart, so that a step pays one NMS call, not one per image and
+        level, and no other host sync. The result is padded to ``post_topk`` boxes per image (fewer
+        only if the levels hold fewer candidates), with a mask of the real ones: a shape that the
+        config sets, so that nothing after the RPN depends on the data for its shapes.
 
         The same boxes as image by image: small boxes are scored below every sigmoid instead of being
         removed (NMS visits them last, so they suppress nothing that is kept) and dropped after; the
@@ -195,19 +203,18 @@ class RegionProposalNetwork(nn.Module):
         shift = torch.stack([image_index * width, levels.expand(num_images, -1) * height], dim=-1).repeat(1, 1, 2)
         shifted = (boxes.double() + shift).view(-1, 4)
         keep = nms(shifted, torch.where(large, scores, -1.0).view(-1).double(), self.nms_thresh)
-        kept_image = torch.div(keep, per_image, rounding_mode="floor")
-        kept_large = large.view(-1)[keep]
-        # Each image's kept boxes together, the large ones first, each in NMS's (score) order.
-        order = torch.sort(kept_image * 2 + (~kept_large).long(), stable=True).indices
-        keep, kept_image = keep[order], kept_image[order]
-        # Counted by index_add_: bincount would read its largest value back from a GPU.
-        all_counts = torch.zeros(num_images, dtype=torch.int64, device=keep.device).index_add_(
-            0, kept_image, torch.ones_like(kept_image))
-        large_counts = torch.zeros_like(all_counts).index_add_(0, kept_image, kept_large[order].long())
-        starts = all_counts.cumsum(0) - all_counts
-        counts = torch.stack([starts, large_counts.clamp(max=post_topk)]).tolist()  # the one host sync
-        kept_boxes = boxes.view(-1, 4)[keep]
-        return [kept_boxes[start:start + count] for start, count in zip(*counts)]
+        # Each box's place in NMS's (score) order; those NMS dropped, and small ones, rank last. The
+        # kept count is the kernel's output size, which the host knows: reading it costs no sync.
+        last = keep.numel()
+        rank = torch.full((num_images * per_image,), last, dtype=torch.int64, device=keep.device)
+        rank = rank.index_put_((keep,), torch.arange(last, device=keep.device))
+        rank = torch.where(large.view(-1), rank, last).view(num_images, per_image)
+        # Ranks are distinct, so the lowest post_topk of each image are its first kept boxes in NMS's
+        # order, as image by image, whatever the ties among the scores.
+        top_rank, index = rank.topk(min(post_topk, per_image), dim=1, largest=False)
+        valid = top_rank < last
+        kept_boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))
+        return PaddedBoxes(torch.where(valid[..., None], kept_boxes, 0.0), valid)
 
     def anchor_labels(self, anchors: torch.Tensor, targets: list[dict],
                       image_sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -100,12 +100,17 @@ def reference_rpn_losses(self, logits, deltas, anchors, image_sizes, targets):
 
 @torch.no_grad()
 def reference_sample_proposals(self, proposals, targets):
-    width = max(len(p) + len(t["boxes"]) for p, t in zip(proposals, targets))  # the padded batch's row
+    """Each image's candidates are its proposals, then its GT boxes; the proposal in slot j gets the
+    image's j-th priority draw, GT box k the (P + k)-th, P the padded proposal width (the RPN's
+    post-NMS count) and G the batch's largest GT count (at least 1)."""
+    proposals, width = proposals
+    gt_width = max(1, max(len(t["boxes"]) for t in targets))
     sampled_boxes, sampled_labels, sampled_targets = [], [], []
     for boxes, target in zip(proposals, targets):
         gt_boxes, gt_labels = target["boxes"], target["labels"]
+        draws = torch.rand(width + gt_width, generator=target["generator"])
+        priorities = torch.cat([draws[: len(boxes)], draws[width: width + len(gt_boxes)]])
         boxes = torch.cat([boxes, gt_boxes])
-        priorities = torch.rand(width, generator=target["generator"])
         matched, match_labels = reference_match(self.matcher, boxes, gt_boxes, target.get("crowd_boxes"))
         positive, negative = reference_sample(match_labels, self.batch_size_per_image, self.positive_fraction,
                                               priorities)
@@ -139,10 +144,18 @@ def per_image_proposals(rpn, logits, deltas, anchors, image_sizes, training_coun
         rpn.train(True)
 
 
+def per_image_proposals_and_width(rpn, logits, deltas, anchors, image_sizes, training_counts=None):
+    """:func:`per_image_proposals` and the width they are padded to in a training step: the post-NMS
+    count, or all candidates of an image where the levels hold fewer."""
+    candidates = sum(min(rpn.pre_nms_topk[0], level.shape[1]) for level in logits)
+    width = min(rpn.post_nms_topk[0], candidates)
+    return per_image_proposals(rpn, logits, deltas, anchors, image_sizes), width
+
+
 def per_image_copy(model):
     """``model`` with the reference's per-image training code in place of the batched one."""
     reference = copy.deepcopy(model)
-    reference.rpn.propose = types.MethodType(per_image_proposals, reference.rpn)
+    reference.rpn.propose = types.MethodType(per_image_proposals_and_width, reference.rpn)
     reference.rpn.losses = types.MethodType(reference_rpn_losses, reference.rpn)
     reference.roi_heads.sample_proposals = types.MethodType(reference_sample_proposals, reference.roi_heads)
     reference.roi_heads.losses = types.MethodType(reference_roi_losses, reference.roi_heads)
@@ -288,7 +301,11 @@ def test_batched_proposals_equal_the_per_image_ones(min_size):
     anchors[0][:2] = torch.tensor([[10.0, 10.0, 21.5, 50.0], [10.0, 10.0, 22.5, 50.0]])
     logits[0][0, :2] = torch.tensor([10.0, 9.0])
     deltas[0][0, :2] = 0.0
-    proposals = rpn.propose(logits, deltas, anchors, image_sizes)
+    padded = rpn.propose(logits, deltas, anchors, image_sizes)
+    assert padded.boxes.shape == (3, 300, 4) and padded.valid.shape == (3, 300)
+    assert (padded.boxes[~padded.valid] == 0).all()
+    proposals = padded.per_image()
+    assert all(valid[: len(p)].all() for valid, p in zip(padded.valid, proposals))  # the real ones first
     assert (proposals[0] == anchors[0][1]).all(dim=1).any() == (min_size > 0)
     expected = per_image_proposals(rpn, logits, deltas, anchors, image_sizes)
     assert [len(p) for p in proposals] == [len(p) for p in expected]
@@ -307,18 +324,19 @@ def test_tied_scores_give_an_image_the_same_proposals_whatever_the_rest_of_the_b
     deltas = [torch.randn(3, 400, 4, generator=generator) * 0.05]
     logits = [torch.zeros(3, 400)]
     sizes = [(150, 150)] * 3
-    together = rpn.propose(logits, deltas, anchors, sizes)
-    alone = rpn.propose([logits[0][1:2]], [deltas[0][1:2]], anchors, sizes[1:2])
+    together = rpn.propose(logits, deltas, anchors, sizes).per_image()
+    alone = rpn.propose([logits[0][1:2]], [deltas[0][1:2]], anchors, sizes[1:2]).per_image()
     assert torch.equal(together[1], alone[0])
     assert 5 < len(alone[0]) < 400  # NMS removed overlapping boxes among the ties
 
 
-def test_label_assignment_sampling_and_losses_trace_as_whole_graphs(monkeypatch):
-    """No host sync and no shape read from the data in the RPN's and the RoI head's label assignment,
-    sampling and losses: torch.compile with fullgraph=True traces each as one graph (a ``.item()``, a
-    ``nonzero`` or a boolean-mask index would break it), as CUDA-graph capture needs, and the traced
-    code gives the same losses. Left out: the per-image generators' draws (here plain torch.rand
-    draws from the seeded global stream, on both sides), which run eagerly between the graphs."""
+def test_rpn_losses_and_the_whole_roi_head_trace_as_whole_graphs(monkeypatch):
+    """No host sync and no shape read from the data in the RPN's label assignment, sampling and
+    losses, nor anywhere in the RoI head's training forward on the RPN's padded proposals (sampling,
+    the FPN pooler's one-table gather, the box head, the losses): torch.compile with fullgraph=True
+    traces each as one graph (a ``.item()``, a ``nonzero`` or a boolean-mask index would break it),
+    as CUDA-graph capture needs, and the traced code gives the same losses. Left out: the per-image
+    generators' draws (here plain torch.rand draws from the seeded global stream, on both sides)."""
     def unseeded_priorities(num_images, count, generators, device):
         return torch.rand(num_images, count, device=device)
 
@@ -327,7 +345,7 @@ def test_label_assignment_sampling_and_losses_trace_as_whole_graphs(monkeypatch)
     model = detector()
     torch.manual_seed(0)
     expected, _ = losses_and_gradients(model, shapes_batch())
-    for module, name in ((model.rpn, "losses"), (model.roi_heads, "sample_proposals"), (model.roi_heads, "losses")):
+    for module, name in ((model.rpn, "losses"), (model.roi_heads, "forward")):
         setattr(module, name, torch.compile(getattr(module, name), fullgraph=True, backend="eager"))
     torch.manual_seed(0)
     losses, _ = losses_and_gradients(model, shapes_batch())
