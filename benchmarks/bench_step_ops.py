@@ -20,7 +20,7 @@ Counted per step, with torch.profiler:
   any depth (a boolean-mask index calls nonzero inside aten::index), split into those inside the
   model's forward and backward and those elsewhere in the step. A device-to-host sync happens once
   per _local_scalar_dense and once per nonzero (item and is_nonzero call _local_scalar_dense).
-  Syncs that are no aten operator (a ``tolist``, the output size of torchvision's NMS on a GPU) are
+  Syncs that are no aten operator (the output size of torchvision's NMS on a GPU) are
   not counted: detection/modeling/rpn.py's docstring lists every sync left in our training step.
 
 Also the CPU step time at a tiny image size, where the arithmetic is small and the per-operator
@@ -253,7 +253,7 @@ def main() -> int:
     print(count_table(counts), flush=True)
     ours_syncs = [r["sync_calls"]["model"] for r in counts if r["model"] == "ours"]
     print(f"sync-forcing calls inside our forward and backward, per batch: {ours_syncs}", flush=True)
-    print("not counted above (no aten operator): one NMS output size and one tolist per step, in the RPN", flush=True)
+    print("not counted above (no aten operator): the output size of the RPN's one NMS call per step", flush=True)
     size = args.gpu_size if args.device == "cuda" else args.time_size
     batches = [max(args.batches)] if args.device == "cuda" else args.batches
     timings = timing_rows(batches, size, device, args.warmup, args.repeats, args.depth)

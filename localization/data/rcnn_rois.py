@@ -139,6 +139,10 @@ class RoITrainDataset(LocalizationDataset):
         super().__init__(records, transform=None, train=True, on_bad_image=on_bad_image)
         self.proposals = proposals_in_record_order(records, proposals)
         self.images_with_proposals = int(self.proposals.column("found").sum())
+        if records and not self.images_with_proposals:
+            raise UserError(f"the RPN (rcnn.rpn_weights) gave no proposals for any of the {len(records)} training "
+                            f"images, e.g. {records[0].path}: check that it was trained on this data (its "
+                            "classes, data.root)")
         self.rules = rules
         self.coder = coder
         self.warp_size = warp_size
@@ -163,4 +167,5 @@ class RoITrainDataset(LocalizationDataset):
                                          record.label, self.rules, self.coder, self.warp_size, self.context_pad,
                                          flip, generator)
             return {**sample, "image_id": record.image_id, "skipped": skipped}
-        raise UserError(f"none of the {len(self.records)} training images can be read, e.g. {self.records[0].path}")
+        raise UserError(f"none of the {len(self.records)} training images can be read and has RPN proposals "
+                        f"({self.images_with_proposals} have proposals), e.g. {self.records[0].path}")

@@ -144,6 +144,8 @@ def test_roi_dataset_samples_the_proposals_of_each_image_and_skips_those_without
             torch.testing.assert_close(sample[key], want[key], rtol=0, atol=0)
     skipping = dataset[(2, 7)]
     assert skipping["image_id"] == "im3" and skipping["skipped"] == [records[2].path]
+    with pytest.raises(UserError, match=r"gave no proposals for any of the 4 training images, e\.g\. .*im0\.png"):
+        RoITrainDataset(records, {}, rules, coder, 8, 0, 0.0)
 
 
 # --------------------------------------------------------------------------------------------- testing
