@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test packaging floors sanitize bench lint install clean
+.PHONY: demo test packaging floors sanitize bench bench-gpu lint install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ sanitize: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# On a machine with a CUDA GPU: the CUDA tests and the GPU training-step figures (benchmarks/gpu_checks.sh).
+bench-gpu: $(STAMP)
+	PYTHON=$(PY) bash benchmarks/gpu_checks.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -3,6 +3,8 @@
     python benchmarks/bench_step_ops.py                       # batch 2, 8, 16 on the CPU
     python benchmarks/bench_step_ops.py --batches 2 --size 64 --time-size 32
     python benchmarks/bench_step_ops.py --device cuda         # adds training images/s on a GPU
+    python benchmarks/bench_step_ops.py --device cuda --batches 16 --amp bf16 --tag cudagraphs \
+        --ours-opts solver.compile_backbone=true solver.compile_mode=reduce-overhead
 
 Both detectors are ResNet-50 FPN Faster R-CNNs with random weights and the same number of classes:
 ours from configs/coco_r50_fpn.yaml, torchvision's ``fasterrcnn_resnet50_fpn(weights=None,
@@ -52,14 +54,18 @@ FORWARD, BACKWARD = "step_ops.forward", "step_ops.backward"
 
 
 # -- the two detectors and their inputs ------------------------------------------------------------
-def our_detector(depth: int, device: torch.device):
+def our_detector(depth: int, device: torch.device, overrides: tuple[str, ...] = ()):
+    """configs/coco_r50_fpn.yaml with ``overrides`` (key=value), its solver's speed switches applied
+    as training applies them (none by default; e.g. solver.compile_backbone=true)."""
+    from backbones.speed import apply_speed_switches
     from detection.config import load_detection_config
     from detection.modeling.build import build_model
 
     cfg = load_detection_config(os.path.join(ROOT, "configs", "coco_r50_fpn.yaml"),
-                                ["model.backbone.weights=null", f"model.backbone.depth={depth}"])
+                                ["model.backbone.weights=null", f"model.backbone.depth={depth}", *overrides])
     torch.manual_seed(0)
-    return build_model(cfg, NUM_CLASSES, backbone_weights=False).to(device).train()
+    model = build_model(cfg, NUM_CLASSES, backbone_weights=False).to(device).train()
+    return apply_speed_switches(model, cfg.solver)
 
 
 def torchvision_detector(depth: int, size: int, device: torch.device):
@@ -93,25 +99,30 @@ def random_batch(batch: int, size: int, seed: int = 0, boxes_per_image: int = 3)
     return samples
 
 
-def our_step(model, samples: list[dict], device: torch.device):
+def autocast(device: torch.device, amp: str):
+    """bf16 autocast for ``amp`` "bf16" (the forward only, as in training), else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
+def our_step(model, samples: list[dict], device: torch.device, amp: str = "off"):
     """A callable running one forward and backward of our detector on ``samples``."""
     batch = [{**s, "image": s["image"].to(device)} for s in samples]
 
     def step():
-        with torch.profiler.record_function(FORWARD):
+        with torch.profiler.record_function(FORWARD), autocast(device, amp):
             loss = sum(model(batch).values())
         with torch.profiler.record_function(BACKWARD):
             loss.backward()
     return step
 
 
-def torchvision_step(model, samples: list[dict], device: torch.device):
+def torchvision_step(model, samples: list[dict], device: torch.device, amp: str = "off"):
     """The same for torchvision's detector (0-1 images, its target format)."""
     images = [(s["image"] / 255).to(device) for s in samples]
     targets = [{"boxes": s["boxes"].to(device), "labels": s["labels"].to(device)} for s in samples]
 
     def step():
-        with torch.profiler.record_function(FORWARD):
+        with torch.profiler.record_function(FORWARD), autocast(device, amp):
             loss = sum(model(images, targets).values())
         with torch.profiler.record_function(BACKWARD):
             loss.backward()
@@ -179,30 +190,32 @@ def step_seconds(step, model, device: torch.device, warmup: int, repeats: int) -
 
 
 # -- the rows --------------------------------------------------------------------------------------
-def builders(depth: int, size: int, device: torch.device) -> dict:
-    return {"ours": (lambda: our_detector(depth, device), our_step),
+def builders(depth: int, size: int, device: torch.device, overrides: tuple[str, ...] = ()) -> dict:
+    """Each detector's (build, make_step); ``overrides`` apply to ours."""
+    return {"ours": (lambda: our_detector(depth, device, overrides), our_step),
             "torchvision": (lambda: torchvision_detector(depth, size, device), torchvision_step)}
 
 
-def count_rows(batches: list[int], size: int, device: torch.device, depth: int = 50) -> list[dict]:
+def count_rows(batches: list[int], size: int, device: torch.device, depth: int = 50, amp: str = "off",
+               overrides: tuple[str, ...] = ()) -> list[dict]:
     rows = []
-    for name, (build, make_step) in builders(depth, size, device).items():
+    for name, (build, make_step) in builders(depth, size, device, overrides).items():
         model = build()
-        make_step(model, random_batch(2, size), device)()  # the first call's one-off work is not counted
+        make_step(model, random_batch(2, size), device, amp)()  # the first call's one-off work is not counted
         for batch in batches:
             model.zero_grad(set_to_none=True)
             rows.append({"model": name, "batch": batch, "size": size,
-                         **profile(make_step(model, random_batch(batch, size), device))})
+                         **profile(make_step(model, random_batch(batch, size), device, amp))})
     return rows
 
 
 def timing_rows(batches: list[int], size: int, device: torch.device, warmup: int, repeats: int,
-                depth: int = 50) -> list[dict]:
+                depth: int = 50, amp: str = "off", overrides: tuple[str, ...] = ()) -> list[dict]:
     rows = []
-    for name, (build, make_step) in builders(depth, size, device).items():
+    for name, (build, make_step) in builders(depth, size, device, overrides).items():
         model = build()
         for batch in batches:
-            step = make_step(model, random_batch(batch, size), device)
+            step = make_step(model, random_batch(batch, size), device, amp)
             seconds = step_seconds(step, model, device, warmup, repeats)
             rows.append({"model": name, "batch": batch, "size": size, "step_s": round(seconds, 4),
                          "images_per_s": round(batch / seconds, 2)})
@@ -224,12 +237,13 @@ def count_table(rows: list[dict]) -> str:
 
 def timing_table(rows: list[dict], device: str) -> str:
     by_key = {(r["model"], r["batch"]): r for r in rows}
-    lines = [f"| batch | size | ours: s/step ({device}) | torchvision: s/step | ours: img/s | torchvision: img/s |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| batch | size | ours: s/step ({device}) | torchvision: s/step | ours: img/s | torchvision: img/s "
+             "| ours / torchvision speed |", "|---|---|---|---|---|---|---|"]
     for batch in sorted({r["batch"] for r in rows}):
         ours, theirs = by_key[("ours", batch)], by_key[("torchvision", batch)]
         lines.append(f"| {batch} | {ours['size']} | {ours['step_s']} | {theirs['step_s']} | "
-                     f"{ours['images_per_s']} | {theirs['images_per_s']} |")
+                     f"{ours['images_per_s']} | {theirs['images_per_s']} | "
+                     f"{theirs['step_s'] / ours['step_s']:.2f}x |")
     return "\n".join(lines)
 
 
@@ -238,8 +252,14 @@ def main() -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[2, 8, 16])
     parser.add_argument("--size", type=int, default=128, help="image side for the operator counts")
     parser.add_argument("--time-size", type=int, default=64, help="image side for the step times")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, help="timed steps (default: 3 on the CPU, 10 on CUDA)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default: 1 on the CPU, 5 on CUDA, "
+                        "enough for torch.compile and CUDA-graph recording)")
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast, both detectors")
+    parser.add_argument("--ours-opts", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for ours, e.g. solver.compile_backbone=true "
+                        "solver.compile_mode=reduce-overhead, or model.roi_head.roi_align_impl=gather")
+    parser.add_argument("--tag", default="", help="added to the results file's name")
     parser.add_argument("--depth", type=int, choices=[18, 34, 50, 101], default=50, help="ResNet depth of both")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--gpu-size", type=int, default=512, help="image side for the GPU images/s")
@@ -249,19 +269,28 @@ def main() -> int:
         print("no CUDA device: the GPU rows are skipped")
         return 0
     device = torch.device(args.device)
-    counts = count_rows(args.batches, args.size, device, args.depth)
+    cuda = args.device == "cuda"
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    repeats = args.repeats if args.repeats is not None else (10 if cuda else 3)
+    overrides = tuple(args.ours_opts)
+    counts = count_rows(args.batches, args.size, device, args.depth, args.amp, overrides)
     print(count_table(counts), flush=True)
     ours_syncs = [r["sync_calls"]["model"] for r in counts if r["model"] == "ours"]
     print(f"sync-forcing calls inside our forward and backward, per batch: {ours_syncs}", flush=True)
     print("not counted above (no aten operator): the output size of the RPN's one NMS call per step", flush=True)
     size = args.gpu_size if args.device == "cuda" else args.time_size
     batches = [max(args.batches)] if args.device == "cuda" else args.batches
-    timings = timing_rows(batches, size, device, args.warmup, args.repeats, args.depth)
+    timings = timing_rows(batches, size, device, warmup, repeats, args.depth, args.amp, overrides)
     print(timing_table(timings, args.device), flush=True)
     os.makedirs(args.out, exist_ok=True)
-    name = "step_ops.json" if args.device == "cpu" else "step_ops_cuda.json"
+    name = "_".join(["step_ops"] + (["cuda"] if cuda else []) + ([args.amp] if args.amp != "off" else [])
+                    + ([args.tag] if args.tag else [])) + ".json"
+    machine = torch.cuda.get_device_name(device) if cuda else f"{os.cpu_count()} CPUs"
     with open(os.path.join(args.out, name), "w", encoding="utf-8") as handle:
-        json.dump({"counts": counts, "timings": timings, "device": args.device, "depth": args.depth}, handle, indent=2)
+        json.dump({"counts": counts, "timings": timings, "device": args.device, "machine": machine,
+                   "depth": args.depth, "amp": args.amp, "ours_overrides": list(overrides),
+                   "warmup": warmup, "repeats": repeats, "torch": torch.__version__}, handle, indent=2)
+    print(f"results: {os.path.join(args.out, name)}", flush=True)
     return 0
 
 

@@ -5,7 +5,9 @@
                                             # ilsvrc_cache, dataset_memory, coco_eval, step_ops
 
 Run on their own: bench_train.py (s/iter and memory per solver.amp, for GPUs), bench_tv_scratch.py
-(the shapes recipe against torchvision trained from scratch for the same time, about 25 minutes).
+(the shapes recipe against torchvision trained from scratch for the same time, about 25 minutes),
+and on a GPU gpu_checks.sh (`make bench-gpu`: the CUDA tests and the training steps against
+torchvision in fp32, bf16, with the gather RoIAlign and with CUDA graphs).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ count that only the device knows:
   benchmark's count leaves it out). The proposals leave it padded to the configured post-NMS count
   with a mask (:class:`~detection.modeling.matching.PaddedBoxes`), so that the RoI head's shapes are
   the config's, not the data's;
-* in the FPN RoI pooler, only where torchvision's RoIAlign runs (``roi_heads.roi_align_impl``: "auto"
+* in the FPN RoI pooler, only where torchvision's RoIAlign runs (``model.roi_head.roi_align_impl``: "auto"
   picks it on GPUs) or the sampling ratio is adaptive (0): the RoIs of each pyramid level (one
   ``nonzero`` each) and those of none. The gather ("auto" on CPUs, "gather" anywhere) with a fixed
   sampling ratio pools every level in one call without them (resnet_ops/roi_align.py,
