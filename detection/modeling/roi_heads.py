@@ -19,7 +19,7 @@ from .matching import (
     random_priorities,
     sample_balanced_batch,
 )
-from .traceable import batched_nms, clip_boxes, exporting, size_tensor
+from .traceable import batched_nms, clip_boxes, size_tensor
 
 
 def whole_image_boxes(image_sizes: Sequence[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
@@ -81,13 +81,11 @@ class RoIHeads(nn.Module):
         if not self.global_context:
             return regions
         context = self.box_head(self.pooler(features, whole_image_boxes(image_sizes, regions.device), image_sizes))
-        if exporting():
-            # Each image's context row expanded to its symbolic box count: repeat_interleave's output
-            # would have a count of its own, which torch.export cannot equate with the regions'.
-            per_box = torch.cat([row.expand(b.shape[0], -1) for row, b in zip(context.split(1), boxes)])
-            return torch.cat([regions, per_box], dim=1)
-        counts = torch.stack([torch.as_tensor(b.shape[0], device=regions.device) for b in boxes])
-        return torch.cat([regions, context.repeat_interleave(counts, dim=0)], dim=1)
+        # Each image's context row expanded to its box count. Not repeat_interleave with a tensor of
+        # counts: it reads their sum back from the device (a host sync in every step), and under
+        # torch.export its output would have a count of its own, which it cannot equate with the regions'.
+        per_box = torch.cat([row.expand(b.shape[0], -1) for row, b in zip(context.split(1), boxes)])
+        return torch.cat([regions, per_box], dim=1)
 
     def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor] | PaddedBoxes,
                 image_sizes: list[tuple[int, int]], targets: list[dict] | None = None):

@@ -330,6 +330,20 @@ def test_tied_scores_give_an_image_the_same_proposals_whatever_the_rest_of_the_b
     assert 5 < len(alone[0]) < 400  # NMS removed overlapping boxes among the ties
 
 
+@pytest.mark.parametrize("overrides", [{}, {"model.roi_head.global_context": True}])
+def test_a_training_step_runs_no_operator_that_reads_the_device(overrides):
+    """No ``item`` (``_local_scalar_dense``) or ``nonzero`` in a training step's forward and backward,
+    with and without the global context: on a GPU each would stall the host until the device caught
+    up. (The RPN's one NMS, whose output size is data, is no such operator: rpn.py lists it.)"""
+    model = detector(**overrides)
+    losses_and_gradients(model, shapes_batch())  # one-off work first
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        losses_and_gradients(model, shapes_batch())
+    names = [event.name for event in profile.events()]
+    assert "aten::convolution_backward" in names and "aten::nonzero" not in names
+    assert "aten::_local_scalar_dense" not in names and "aten::item" not in names
+
+
 def test_rpn_losses_and_the_whole_roi_head_trace_as_whole_graphs(monkeypatch):
     """No host sync and no shape read from the data in the RPN's label assignment, sampling and
     losses, nor anywhere in the RoI head's training forward on the RPN's padded proposals (sampling,
