@@ -213,7 +213,8 @@ def sample_balanced_batch(labels: torch.Tensor, batch_size_per_image: int, posit
     Returns (N, S) ``index`` into A, the mask ``valid`` of the slots holding a sample, and ``positive``
     (valid and foreground), S = min(batch_size_per_image, A). Each row's samples come first,
     positives before negatives, each by decreasing priority; an image with fewer candidates than
-    S leaves its last slots invalid (their index is some candidate's: safe to gather, not a sample).
+    S leaves its last slots invalid, their indices those of its samples again, in turn (an image
+    without any sample: some candidate's), safe to gather and masked out of the losses.
     """
     num_candidates = labels.shape[1]
     size = min(batch_size_per_image, num_candidates)
@@ -230,7 +231,11 @@ def sample_balanced_batch(labels: torch.Tensor, batch_size_per_image: int, posit
     valid = torch.cat([pos_valid, neg_valid], dim=1)
     positive = torch.cat([pos_valid, torch.zeros_like(neg_valid)], dim=1)
     order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices[:, :size]
-    return index.gather(1, order), valid.gather(1, order), positive.gather(1, order)
+    index, valid, positive = index.gather(1, order), valid.gather(1, order), positive.gather(1, order)
+    # The empty slots repeat the row's samples in turn: what a head computes there (a BatchNorm's batch
+    # statistics too) then comes from real samples, not from padding or left-out candidates.
+    count = valid.sum(dim=1, keepdim=True).clamp(min=1)
+    return index.gather(1, torch.arange(size, device=labels.device) % count), valid, positive
 
 
 def sample_balanced(labels: torch.Tensor, batch_size_per_image: int, positive_fraction: float,

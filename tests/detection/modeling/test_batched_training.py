@@ -270,6 +270,8 @@ def test_sampling_counts_per_image_and_its_uniform_distribution():
         index, valid, positive = sample_balanced_batch(labels, 16, 0.5, priorities)
         counts = [(int(positive[r].sum()), int((valid[r] & ~positive[r]).sum())) for r in range(3)]
         assert counts == [(8, 8), (3, 13), (0, 5)]
+        # The third image's 11 empty slots repeat its 5 samples in turn (not padding or ignored anchors).
+        assert index[2].tolist() == (index[2][:5].tolist() * 4)[:16] and not valid[2][5:].any()
         assert (labels.gather(1, index)[positive] == FOREGROUND).all()
         assert (labels.gather(1, index)[valid & ~positive] == BACKGROUND).all()
         for row in range(3):
