@@ -109,7 +109,8 @@ class RoIHeads(nn.Module):
         Returns (per image, its S sampled boxes; labels (N*S,) in 0..K; regression targets (N*S, 4); the
         (N*S,) mask of the slots that hold a sample). Every image has the same S slots, so that no shape
         depends on the data; an image with fewer than ``batch_size_per_image`` labelled candidates fills
-        its last slots with some candidate's box, which ``valid`` leaves out of the losses.
+        its last slots with its own samples again (sample_balanced_batch), which ``valid`` leaves out of
+        the losses.
         """
         proposals = as_padded(proposals)
         device = proposals.boxes.device

@@ -9,6 +9,7 @@ crowd regions, and the border rule.
 """
 
 import copy
+import math
 import types
 
 import numpy as np
@@ -314,6 +315,30 @@ def test_batched_proposals_equal_the_per_image_ones(min_size):
     assert min(len(p) for p in expected) > 50 and max(len(p) for p in expected) == 300
     for got, want in zip(proposals, expected):
         assert torch.equal(got, want)
+
+
+def test_an_image_left_without_proposals_samples_its_gt_boxes_alone():
+    """The first image's deltas shrink every box below min_size: its row of the padded proposals is all
+    padding (zeros, masked), and the RoI head samples from its GT box alone; the second image, without
+    GT boxes, samples negatives only. The regression targets stay finite."""
+    model = detector(**{"model.rpn.min_size": 30.0, "model.rpn.post_nms_topk_train": 50})
+    generator = torch.Generator().manual_seed(8)
+    corners = torch.rand(200, 2, generator=generator) * 100
+    anchors = [torch.cat([corners, corners + 40], dim=1)]
+    logits = [torch.randn(2, 200, generator=generator)]
+    deltas = torch.zeros(2, 200, 4)
+    deltas[0, :, 2:] = math.log(0.2)  # 40 px -> 8 px wide and high
+    padded = model.rpn.propose(logits, [deltas], anchors, [(150, 150), (150, 150)])
+    assert padded.boxes.shape == (2, 50, 4)
+    assert not padded.valid[0].any() and (padded.boxes[0] == 0).all() and padded.valid[1].any()
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([2])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    boxes, labels, regression, valid = model.roi_heads.sample_proposals(padded, targets)
+    valid, labels = valid.view(2, -1), labels.view(2, -1)
+    assert int(valid[0].sum()) == 1 and labels[0][valid[0]].tolist() == [2]
+    assert torch.equal(boxes[0][0], targets[0]["boxes"][0])
+    assert valid[1].any() and (labels[1][valid[1]] == 0).all()
+    assert torch.isfinite(regression).all()
 
 
 def test_tied_scores_give_an_image_the_same_proposals_whatever_the_rest_of_the_batch():
