@@ -36,6 +36,7 @@ from classification.data.cifar_dataset import (
     pixel_mean,
     save_pixel_mean,
     select_split,
+    warn_if_not_the_papers_split,
 )
 from classification.data.synthetic_cifar import (
     CLASS_ANGLES,
@@ -384,6 +385,26 @@ def test_overlapping_splits_are_announced(tmp_path):
     write_cifar10(tmp_path, per_file=10)
     with pytest.warns(UserWarning, match="the test split 'val' shares images with the training split 'trainval'"):
         build_cifar_sets(str(tmp_path), train_split="trainval", test_split="val")
+
+
+def test_a_split_other_than_the_papers_is_announced_on_the_official_sizes(tmp_path, monkeypatch, recwarn):
+    with pytest.warns(UserWarning) as caught:
+        warn_if_not_the_papers_split(50000, 7500)
+    assert str(caught[0].message) == ("data.val_images=7500 holds out 7,500 of the 50,000 training images, training "
+                                      "on 42,500: the paper's split holds out 5,000 (data.val_images=0)")
+    warn_if_not_the_papers_split(50000, None)  # a tenth: the paper's 5,000
+    warn_if_not_the_papers_split(50000, 5000)
+    warn_if_not_the_papers_split(10000, 7500)  # the embedded set's 10,000 images: its own split
+    assert not recwarn.list
+    # The datasets say it too, for the "train" split only (trainval holds nothing out).
+    write_cifar10(tmp_path, per_file=10)
+    monkeypatch.setattr(cifar_dataset, "PAPER_TRAINING_IMAGES", 50)
+    monkeypatch.setattr(cifar_dataset, "PAPER_VAL_IMAGES", 5)
+    with pytest.warns(UserWarning, match="holds out 20 of the 50 training images, training on 30"):
+        build_cifar_sets(str(tmp_path), train_split="train", test_split="test", val_images=20)
+    build_cifar_sets(str(tmp_path), train_split="trainval", test_split="test", val_images=20)
+    build_cifar_sets(str(tmp_path), train_split="train", test_split="test")
+    assert not recwarn.list
 
 
 def test_augmentation_against_torchvision_and_by_hand():
