@@ -411,17 +411,23 @@ class CocoDetection(torch.utils.data.Dataset):
     def _make_sample(self, record: dict, image: np.ndarray, seed: int) -> dict:
         height, width = image.shape[:2]
         boxes, labels, crowd = record["boxes"], record["labels"], record["crowd_boxes"]
-        if record["width"] and (record["width"], record["height"]) != (width, height):
-            # The file's size differs from the json's (resized on disk): scale the boxes with the image.
+        resized_on_disk = bool(record["width"]) and (record["width"], record["height"]) != (width, height)
+        if resized_on_disk:
             sx, sy = width / record["width"], height / record["height"]
             if abs(sx / sy - 1) > 0.01:
+                change = ("the boxes are stretched to the file's shape" if self.train else
+                          "the detections are stretched back to the json's shape")
                 warnings.warn(f"{self.path_of(record)}: the json gives {record['width']:g}x{record['height']:g} pixels "
-                              f"but the file holds {width}x{height}; the boxes are stretched to the file's shape "
+                              f"but the file holds {width}x{height}; {change} "
                               f"(fix the width and height in {self.ann_file})", stacklevel=3)
             scale = np.array([sx, sy, sx, sy], dtype=np.float32)
             boxes, crowd = boxes * scale, crowd * scale
         sample = {"image_id": record["image_id"], "file_name": record["file_name"], "height": height, "width": width,
                   "seed": seed}
+        if resized_on_disk and not self.train:
+            # The ground truth is in the json's pixels: "height" and "width" are the size the model
+            # scales its detections to, so they are the json's, not the file's.
+            sample["height"], sample["width"] = int(round(record["height"])), int(round(record["width"]))
         if self.train:
             all_boxes = np.concatenate([boxes, crowd]).clip(0, [width, height, width, height])
             image, new_boxes, kept = self.transform(image, all_boxes, seed)

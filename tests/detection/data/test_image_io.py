@@ -114,3 +114,30 @@ def test_a_size_that_changes_the_shape_of_the_boxes_is_reported(tmp_path):
     dataset = single_image_dataset(tmp_path, 60, 60, STORED_BOX, TrainTransform([40], 1000, 0.0), train=True)
     with pytest.warns(UserWarning, match=r"photo.jpg: the json gives 60x60 pixels but the file holds 60x40"):
         dataset[(0, 0)]
+
+
+def test_detections_on_a_file_resized_on_disk_come_back_in_the_jsons_pixels(tmp_path, recwarn):
+    """The json gives 120x80 and its box in those pixels; the file on disk was halved to 60x40. A test
+    sample reports the json's size, so the model scales its detections to the ground truth's pixels."""
+    from detection.data.transforms import EvalTransform
+    from detection.modeling.faster_rcnn import FasterRCNN
+    write_rotated_jpeg(tmp_path / "photo.jpg", orientation=1)
+    json_box = tuple(2 * v for v in STORED_BOX)
+    sample = single_image_dataset(tmp_path, 120, 80, json_box, EvalTransform(80, 1000))[0]
+    assert (sample["height"], sample["width"]) == (80, 120)  # not the file's 40x60
+    network_size = tuple(sample["image"].shape[-2:])
+    assert network_size == (80, 120)  # the 40x60 file resized to the 80-pixel test scale
+    bright = [v * 2 for v in STORED_BOX]  # where the square is in the network input
+    assert mean_inside(sample["image"], bright) > 200
+    detections = {"boxes": torch.tensor([bright], dtype=torch.float32)}
+    back = FasterRCNN.to_original_size(detections, sample, network_size)
+    assert back["boxes"].tolist() == [list(map(float, json_box))]
+    assert not [w for w in recwarn if "stretched" in str(w.message)]
+
+
+def test_a_test_image_whose_file_has_another_shape_is_reported(tmp_path):
+    write_rotated_jpeg(tmp_path / "photo.jpg", orientation=1)
+    dataset = single_image_dataset(tmp_path, 60, 60, STORED_BOX)
+    with pytest.warns(UserWarning, match=r"photo.jpg: .*file holds 60x40; the detections are stretched back"):
+        sample = dataset[0]
+    assert (sample["height"], sample["width"]) == (60, 60)
