@@ -82,6 +82,16 @@ def coco_from_dict(data: dict, source: str, index_annotations: bool = True) -> C
     return coco
 
 
+def warn_of_box_areas(source: str, annotations: list[dict]) -> None:
+    """COCO's APs, APm and APl split the objects by their "area", which COCO gives as the mask's: a test
+    json without it is scored with the box's area (coco_eval.scorable_copy), which this says."""
+    missing = sum(1 for ann in annotations if "area" not in ann)
+    if missing:
+        warnings.warn(f"{source}: {missing} of {len(annotations)} annotations have no 'area': the COCO "
+                      "metrics' small/medium/large split (APs, APm, APl) uses their box area (width x height; "
+                      "COCO's own files give the mask's area, which is smaller)", stacklevel=3)
+
+
 # Per list of a COCO json: what one entry is called, the keys it needs, and the hint when it lacks one.
 REQUIRED_KEYS = {
     "images": ("image", ("id", "file_name"), "each image needs its id and file_name, its path in the image folder"),
@@ -111,6 +121,10 @@ def entry_problem(kind: str, entry) -> str | None:
     missing = [key for key in keys if key not in entry]
     if missing:
         return f"lacks {', '.join(missing)} ({hint})"
+    id_keys = ("image_id", "category_id") if kind == "annotations" else ("id",)
+    for key in id_keys:
+        if type(entry[key]) is not int:  # the COCO results format and both scoring libraries take integers
+            return f"has {key} {entry[key]!r}: ids are integers in COCO files (number the entries 1, 2, ...)"
     if kind == "annotations" and not is_box(entry["bbox"]):
         return f"has bbox {entry['bbox']!r}: give 4 numbers [x, y, width, height]"
     if kind == "images" and not all(is_number(entry.get(key, 0)) for key in ("width", "height")):
@@ -132,6 +146,19 @@ def check_entries(ann_file: str, data: dict) -> None:
             if problem:
                 entry_id = entry.get("id") if isinstance(entry, dict) else None
                 raise AnnotationError(f"{ann_file}: {REQUIRED_KEYS[kind][0]} #{index} (id {entry_id}) {problem}")
+    for kind in ("images", "categories"):
+        check_unique_ids(ann_file, kind, data.get(kind, []))
+
+
+def check_unique_ids(ann_file: str, kind: str, entries: list[dict]) -> None:
+    """Two images or two categories of one id: their annotations could not be told apart."""
+    seen = {}
+    for index, entry in enumerate(entries):
+        first = seen.setdefault(entry["id"], index)
+        if first != index:
+            what = REQUIRED_KEYS[kind][0]
+            raise AnnotationError(f"{ann_file}: {what} #{index} has id {entry['id']}, as {what} #{first} has: "
+                                  f"give each {what} an id of its own")
 
 
 # The quick tests of check_entries: an entry that passes one is one that entry_problem passes too, so only
@@ -143,7 +170,9 @@ def is_int_or_float(value) -> bool:
 
 def plain_annotation(entry) -> bool:
     """A dict with id, image_id, category_id and a bbox of 4 ints or floats."""
-    if type(entry) is not dict or "id" not in entry or "image_id" not in entry or "category_id" not in entry:
+    if type(entry) is not dict or type(entry.get("image_id")) is not int or type(entry.get("category_id")) is not int:
+        return False
+    if "id" not in entry:
         return False
     bbox = entry.get("bbox")
     return (type(bbox) is list and len(bbox) == 4 and is_int_or_float(bbox[0]) and is_int_or_float(bbox[1])
@@ -151,8 +180,8 @@ def plain_annotation(entry) -> bool:
 
 
 def plain_image(entry) -> bool:
-    """A dict with id and file_name, and a width and height that are ints or floats when given."""
-    return (type(entry) is dict and "id" in entry and "file_name" in entry
+    """A dict with an int id and file_name, and a width and height that are ints or floats when given."""
+    return (type(entry) is dict and type(entry.get("id")) is int and "file_name" in entry
             and is_int_or_float(entry.get("width", 0)) and is_int_or_float(entry.get("height", 0)))
 
 
@@ -307,6 +336,8 @@ class CocoDetection(torch.utils.data.Dataset):
                 f"{self.stats.describe()}): give the objects in its 'annotations' list")
         if self.stats.any():
             warnings.warn(f"{ann_file}: {self.stats.describe()}", stacklevel=2)
+        if not train:
+            warn_of_box_areas(ann_file, self.coco.dataset.get("annotations", []))
         if train:
             # The records hold all that training reads. The index's million small dicts (at COCO size)
             # would be copied into every loader worker by its garbage collections; the evaluation

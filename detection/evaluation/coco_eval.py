@@ -152,6 +152,27 @@ def check_gt_has_objects(gt_dataset: dict, image_ids: list[int]) -> None:
                               "undefined (give the objects in the annotation file's 'annotations' list)")
 
 
+def scorable_copy(gt_dataset: dict) -> dict:
+    """A copy of a COCO json's contents that both backends score right.
+
+    * Annotation ids are renumbered 1..N: both libraries look annotations up by id, so two that share an
+      id are scored as one box twice, and their matching takes id 0 for "unmatched", so a true positive
+      on the annotation of id 0 counts as a false one. Custom files have both (ids counted per image,
+      from 0); the scoring never reports an id.
+    * A missing "iscrowd" is 0 (pycocotools raises KeyError otherwise).
+    * A missing "area" is the box's width x height (pycocotools raises KeyError; faster-coco-eval takes 0,
+      which puts every object among the small ones). COCO's own area is the mask's: data/coco.py warns
+      when a test json lacks it.
+    """
+    data = copy.deepcopy(gt_dataset)
+    for new_id, ann in enumerate(data.get("annotations", []), start=1):
+        ann["id"] = new_id
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+    return data
+
+
 def resolve_backend(backend: str) -> str:
     """The scoring backend that ``backend`` names: "auto" is faster_coco_eval when it is installed (the
     same numbers, several times faster), else pycocotools."""
@@ -185,7 +206,7 @@ def evaluate_detections(gt_dataset: dict, results: list[dict], backend: str = "a
     COCO, COCOeval = coco_api(backend)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt_dataset)
+        coco_gt.dataset = scorable_copy(gt_dataset)
         coco_gt.createIndex()
     check_results_match(coco_gt, results, source)
     check_gt_has_objects(gt_dataset, image_ids if image_ids is not None else coco_gt.getImgIds())

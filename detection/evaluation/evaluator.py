@@ -18,7 +18,7 @@ from resnet_engine.loaders import build_test_loader
 from resnet_engine.logger import write_json
 from resnet_engine.setup import setup_run
 
-from ..data.coco import CocoDetection, lists_annotations, load_coco, split_unreadable
+from ..data.coco import CocoDetection, lists_annotations, load_coco, split_unreadable, warn_of_box_areas
 from ..data.loader import build_test_dataset
 from ..ensemble import load_detectors
 from ..modeling.build import build_test_model, test_needs_original_images
@@ -202,6 +202,7 @@ def score_files(gt_file: str, det_file: str, out_dir: str, backend: str = "auto"
                 plots_dir: str | None = None) -> dict:
     """Scoring mode: a COCO results file against a COCO annotation file, no model."""
     coco = load_coco(gt_file, key_hint="--gt")
+    warn_of_box_areas(gt_file, coco.dataset.get("annotations", []))
     results = load_results_file(det_file, coco.dataset["images"])
     metrics = evaluate_detections(coco.dataset, results, backend, source=det_file)
     report(metrics, out_dir, plots_dir)

@@ -111,6 +111,16 @@ def test_annotations_without_objects_are_an_error_and_orphans_are_counted(tmp_pa
      "annotation #0 (id 1) has bbox None: give 4 numbers [x, y, width, height]"),
     (lambda d: d["annotations"].append(5), "annotation #2 (id None) is not an object (each annotation needs id, "
                                            "image_id, category_id and bbox [x, y, width, height])"),
+    (lambda d: d["images"][1].update(id="b"),
+     "image #1 (id b) has id 'b': ids are integers in COCO files (number the entries 1, 2, ...)"),
+    (lambda d: d["annotations"][0].update(image_id="1"),
+     "annotation #0 (id 1) has image_id '1': ids are integers in COCO files (number the entries 1, 2, ...)"),
+    (lambda d: d["categories"][0].update(id=90.0),
+     "category #0 (id 90.0) has id 90.0: ids are integers in COCO files (number the entries 1, 2, ...)"),
+    (lambda d: d["images"][1].update(id=1),
+     "image #1 has id 1, as image #0 has: give each image an id of its own"),
+    (lambda d: d["categories"][2].update(id=90),
+     "category #2 has id 90, as category #0 has: give each category an id of its own"),
 ])
 def test_malformed_entries_name_the_file_entry_and_fix(tmp_path, edit, message):
     ann_file, img_dir = write_dataset(tmp_path, [("a.jpg", 40, 60), ("b.jpg", 40, 60)], [
@@ -222,3 +232,15 @@ def test_samples_carry_boxes_in_network_coordinates(tmp_path):
     assert sample["labels"].tolist() == [2]
     assert torch.allclose(sample["crowd_boxes"], torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
     assert (sample["height"], sample["width"]) == (40, 80)
+
+
+def test_a_test_json_without_areas_says_the_size_split_uses_box_areas(tmp_path):
+    annotations = [ann(1, 1, 1, [1, 1, 10, 10]), ann(2, 1, 18, [5, 5, 10, 10])]
+    del annotations[1]["area"]
+    ann_file, img_dir = write_dataset(tmp_path, [("a.jpg", 40, 60)], annotations, CATEGORIES)
+    with pytest.warns(UserWarning, match=r"ann.json: 1 of 2 annotations have no 'area': .*\(APs, APm, APl\) uses "
+                                         r"their box area"):
+        CocoDetection(ann_file, img_dir, train=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # training never splits by area
+        CocoDetection(ann_file, img_dir, train=True)

@@ -218,3 +218,35 @@ def test_auto_backend_falls_back_to_pycocotools(monkeypatch, caplog):
     assert "COCO scoring backend: pycocotools (test.eval_backend=auto)" in caplog.messages
     assert [scored["bbox"][k] for k in STAT_NAMES] == [s * 100 for s in pycocotools_stats(gt, results).stats]
     assert evaluate_detections(gt, [], "auto")["backend"] == "pycocotools"
+
+
+def two_boxes_one_image(ann_ids=(1, 2), drop=()):
+    """Two objects on one image: a medium one (40x40) and a large one (120x120)."""
+    annotations = [{"id": ann_ids[0], "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600,
+                    "iscrowd": 0},
+                   {"id": ann_ids[1], "image_id": 1, "category_id": 1, "bbox": [100, 100, 120, 120], "area": 14400,
+                    "iscrowd": 0}]
+    for annotation in annotations:
+        for key in drop:
+            annotation.pop(key)
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 300, "height": 300}], "annotations": annotations,
+          "categories": [{"id": 1, "name": "x"}]}
+    exact = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "score": 0.9},
+             {"image_id": 1, "category_id": 1, "bbox": [100, 100, 120, 120], "score": 0.8}]
+    return gt, exact
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+@pytest.mark.parametrize("ann_ids, drop", [((0, 1), ()), ((5, 5), ()), ((1, 2), ("area",)), ((1, 2), ("iscrowd",))],
+                         ids=["annotation-id-0", "shared-annotation-id", "no-area", "no-iscrowd"])
+def test_custom_ground_truth_is_scored_as_coco_scores_its_own(backend, ann_ids, drop):
+    """Both detections are exact, so every defined AP is 100 and the two objects are one medium (40x40)
+    and one large. Left to the libraries, an annotation of id 0 or two of one id score AP 25 in both, no
+    area raises KeyError (pycocotools) or puts both among the small ones (faster-coco-eval), no iscrowd
+    raises KeyError (pycocotools)."""
+    if backend == "faster_coco_eval" and not installed("faster_coco_eval"):
+        pytest.skip("faster-coco-eval is not installed")
+    gt, exact = two_boxes_one_image(ann_ids, drop)
+    bbox = evaluate_detections(gt, exact, backend)["bbox"]
+    assert [bbox[name] for name in ("AP", "APs", "APm", "APl")] == pytest.approx([100, -100, 100, 100])
+    assert [ann["id"] for ann in gt["annotations"]] == list(ann_ids)  # the caller's dict is left as it was
