@@ -53,9 +53,18 @@ def find_names_file(root: str, names: str, key_prefix: str) -> str:
 
 def read_names(path: str) -> list[str]:
     """Class names in index order: a YAML file's ``names`` (a list, or {index: name} as ultralytics writes
-    it), or one name a line."""
-    if path.endswith((".yaml", ".yml")):
-        return names_of_yaml(path)
+    it), or one name a line. A name given twice is an error: annotations and metric tables name classes."""
+    names = names_of_yaml(path) if path.endswith((".yaml", ".yml")) else names_of_lines(path)
+    first_index = {}
+    for index, name in enumerate(names):
+        first = first_index.setdefault(name, index)
+        if first != index:
+            raise ConfigError(f"{path}: class {index} is named '{name}', as class {first} is: give each class a name "
+                              "of its own")
+    return names
+
+
+def names_of_lines(path: str) -> list[str]:
     with open(path, encoding="utf-8") as handle:
         lines = [line.strip() for line in handle.read().splitlines()]
     while lines and not lines[-1]:

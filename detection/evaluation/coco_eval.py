@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import io
@@ -236,15 +237,24 @@ def evaluate_detections(gt_dataset: dict, results: list[dict], backend: str = "a
     }
 
 
+def category_names(categories: list[dict]) -> dict[int, str]:
+    """{category id: the name its metrics are reported under}: its name, or its id when it has none. Names
+    that several categories share get their ids added (person (id 1), person (id 7)), so that no row of a
+    per-class table overwrites another."""
+    names = {c["id"]: str(c.get("name", c["id"])) for c in categories}
+    counts = collections.Counter(names.values())
+    return {cat_id: (f"{name} (id {cat_id})" if counts[name] > 1 else name) for cat_id, name in names.items()}
+
+
 def per_category_ap(evaluator, coco_gt) -> dict[str, float]:
     """AP@[.5:.95] per category (all areas, 100 detections), in percent; NaN when a class has no GT."""
     precision = evaluator.eval["precision"]  # (iou, recall, category, area, max_dets)
+    names = category_names(list(coco_gt.cats.values()))
     table = {}
     for index, cat_id in enumerate(evaluator.params.catIds):
         values = precision[:, :, index, 0, -1]
         values = values[values > -1]
-        name = coco_gt.cats[cat_id].get("name", str(cat_id))
-        table[name] = float(np.mean(values) * 100) if values.size else float("nan")
+        table[names[cat_id]] = float(np.mean(values) * 100) if values.size else float("nan")
     return table
 
 

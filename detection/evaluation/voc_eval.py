@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .coco_eval import DetectionsError, images_to_score
+from .coco_eval import DetectionsError, category_names, images_to_score
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def per_class_metrics(gt_dataset: dict, results: list[dict], image_ids: list[int
     for record in results:
         if record["image_id"] in scored:
             by_class[record["category_id"]].append(record)
-    names = {c["id"]: c.get("name", str(c["id"])) for c in gt_dataset["categories"]}
+    names = category_names(gt_dataset["categories"])
     per_category = {names[c]: score_class(truth[c], by_class[c]) * 100 for c in sorted(truth)}
     defined = [ap for ap in per_category.values() if not math.isnan(ap)]
     if not defined:
@@ -226,7 +226,7 @@ def write_voc_results(gt_dataset: dict, results: list[dict], out_dir: str, compe
     (our 0-based boxes plus 1, as py-faster-rcnn writes them). comp4: trained on data beyond VOC's.
     Every class gets a file, empty when it has no detection. Returns the paths written."""
     identity = {image["id"]: image_identifier(image) for image in gt_dataset["images"]}
-    names = {c["id"]: c.get("name", str(c["id"])) for c in gt_dataset["categories"]}
+    names = category_names(gt_dataset["categories"])
     lines: dict[tuple[str, str, str], list[str]] = {}
     for year, image_set, _ in set(identity.values()):
         for name in names.values():

@@ -100,6 +100,10 @@ def test_names_files_as_ultralytics_and_darknet_write_them(tmp_path):
     (tmp_path / "blank.txt").write_text("cat\n\ndog\n")
     with pytest.raises(ConfigError, match=r"blank.txt: line 2 is empty"):
         read_names(str(tmp_path / "blank.txt"))
+    (tmp_path / "twice.txt").write_text("cat\nbird\ncat\n")
+    with pytest.raises(ConfigError, match=r"twice.txt: class 2 is named 'cat', as class 0 is: give each class a name "
+                                          r"of its own"):
+        read_names(str(tmp_path / "twice.txt"))
 
 
 def yolo_cfg(yolo, *extra):

@@ -250,3 +250,11 @@ def test_custom_ground_truth_is_scored_as_coco_scores_its_own(backend, ann_ids, 
     bbox = evaluate_detections(gt, exact, backend)["bbox"]
     assert [bbox[name] for name in ("AP", "APs", "APm", "APl")] == pytest.approx([100, -100, 100, 100])
     assert [ann["id"] for ann in gt["annotations"]] == list(ann_ids)  # the caller's dict is left as it was
+
+
+def test_categories_that_share_a_name_keep_a_row_each():
+    gt, exact = two_boxes_one_image()
+    gt["categories"].append({"id": 2, "name": "x"})
+    gt["annotations"][1]["category_id"] = 2
+    per_category = evaluate_detections(gt, exact[:1], "pycocotools")["per_category"]
+    assert per_category == {"x (id 1)": pytest.approx(100.0), "x (id 2)": pytest.approx(0.0)}

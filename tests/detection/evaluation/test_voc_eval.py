@@ -78,6 +78,17 @@ def test_a_class_without_objects_has_no_ap_and_is_left_out_of_the_mean():
     assert metrics["voc"]["mAP"] == pytest.approx(75.0)
 
 
+def test_categories_that_share_a_name_keep_a_row_each():
+    """Two categories named cat: one of AP 75 (the hand-computed case above), one of AP 100. Keyed by name,
+    the second row overwrote the first and the mAP was that of both (87.5) above one row of 100."""
+    gt = gt_dataset()
+    gt["categories"][1]["name"] = "cat"
+    gt["annotations"].append({"id": 4, "image_id": 2, "category_id": 2, "bbox": [0, 0, 20, 20], "difficult": 0})
+    metrics = evaluate_voc(gt, DETECTIONS + [detection(2, [0, 0, 20, 20], 0.95, category_id=2)], "voc2010")
+    assert metrics["per_category"] == pytest.approx({"cat (id 1)": 75.0, "cat (id 2)": 100.0})
+    assert metrics["voc"]["mAP"] == pytest.approx(87.5)
+
+
 @pytest.mark.filterwarnings("ignore:.*AP is undefined")
 def test_only_scored_images_count():
     # Without image 3, B's detection and B itself are out: recall .. 1 of 1 object.
