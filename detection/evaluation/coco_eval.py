@@ -146,7 +146,7 @@ def check_results_match(coco_gt, results: list[dict], source: str = "detections"
 
 
 def check_gt_has_objects(gt_dataset: dict, image_ids: list[int]) -> None:
-    """pycocotools reports AP -1 (printed here as -100) when no scored image has an object."""
+    """Both libraries report AP -1 (undefined) when no scored image has an object: an error here."""
     scored = set(image_ids)
     if not any(not ann.get("iscrowd", 0) and ann["image_id"] in scored for ann in gt_dataset.get("annotations", [])):
         raise DetectionsError(f"no object box in the ground truth of the {len(scored)} scored images: AP is "
@@ -227,11 +227,14 @@ def evaluate_detections(gt_dataset: dict, results: list[dict], backend: str = "a
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    stats = [float(s) * 100 for s in evaluator.stats[: len(STAT_NAMES)]]
+    # Both libraries give -1 for a metric without objects to find (APs when no object is small): NaN here,
+    # "n/a" in the printed table and null in metrics.json, never a number that could be read as a score.
+    stats = [float(s) * 100 if s > -1 else float("nan") for s in evaluator.stats[: len(STAT_NAMES)]]
     return {
         "bbox": dict(zip(STAT_NAMES, stats)),
         "per_category": per_category_ap(evaluator, coco_gt),
-        "summary": "\n".join(line for line in text.getvalue().splitlines() if line.startswith(" Average")),
+        "summary": "\n".join(line.replace("= -1.000", "=    n/a") for line in text.getvalue().splitlines()
+                             if line.startswith(" Average")),
         "precision": evaluator.eval["precision"],
         "backend": backend,
     }
@@ -261,18 +264,22 @@ def per_category_ap(evaluator, coco_gt) -> dict[str, float]:
 def format_results(metrics: dict) -> str:
     """The 12 numbers and the per-category table as text."""
     bbox = metrics["bbox"]
-    lines = ["bbox: " + "  ".join(f"{k} {bbox[k]:.2f}" for k in STAT_NAMES)]
+    lines = ["bbox: " + "  ".join(f"{k} {percent_or_na(bbox[k])}" for k in STAT_NAMES)]
     if metrics.get("per_category"):
         width = max(len(n) for n in metrics["per_category"])
         lines.append(f"{'category':<{width}}  AP")
         for name, ap in metrics["per_category"].items():
-            lines.append(f"{name:<{width}}  {ap:.2f}")
+            lines.append(f"{name:<{width}}  {percent_or_na(ap)}")
     return "\n".join(lines)
 
 
+def percent_or_na(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
 def metrics_for_json(metrics: dict) -> dict:
-    """The part of the metrics written to metrics.json."""
-    data = {"bbox": {k: round(v, 4) for k, v in metrics["bbox"].items()},
+    """The part of the metrics written to metrics.json (an undefined metric as null)."""
+    data = {"bbox": {k: (round(v, 4) if v == v else None) for k, v in metrics["bbox"].items()},
             "per_category": {k: (round(v, 4) if v == v else None)
                              for k, v in metrics.get("per_category", {}).items()}}
     data.update({k: metrics[k] for k in ("num_images", "skipped_images", "backend") if k in metrics})

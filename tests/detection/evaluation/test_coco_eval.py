@@ -5,6 +5,7 @@ import copy
 import io
 import json
 import logging
+import math
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from detection.evaluation.coco_eval import (
     STAT_NAMES,
     DetectionsError,
     evaluate_detections,
+    format_results,
     load_results_file,
     metrics_for_json,
 )
@@ -51,6 +53,11 @@ def fixture_dataset(seed=0):
     return {"images": images, "annotations": annotations, "categories": categories}, results
 
 
+def percent(stats) -> list[float]:
+    """pycocotools' stats in percent, its -1 (no object to find) as NaN, as the toolkit reports them."""
+    return [float(s) * 100 if s > -1 else math.nan for s in stats]
+
+
 def pycocotools_stats(gt, results, category_ids=None):
     """pycocotools' evaluator, over every category or only ``category_ids``."""
     with contextlib.redirect_stdout(io.StringIO()):
@@ -70,7 +77,7 @@ def test_scores_equal_pycocotools():
     gt, results = fixture_dataset()
     reference = pycocotools_stats(gt, results)
     ours = evaluate_detections(gt, results)
-    assert [ours["bbox"][k] for k in STAT_NAMES] == pytest.approx([s * 100 for s in reference.stats], abs=1e-9)
+    assert [ours["bbox"][k] for k in STAT_NAMES] == pytest.approx(percent(reference.stats), abs=1e-9, nan_ok=True)
     assert np.isnan(ours["per_category"]["d"])  # no GT: undefined
     assert ours["per_category"]["c"] == 0.0  # GT but no detection
     # Each class's AP is pycocotools' AP of an evaluation of that class alone.
@@ -83,7 +90,8 @@ def test_faster_backend_gives_identical_numbers():
     gt, results = fixture_dataset(seed=1)
     slow = evaluate_detections(gt, results, "pycocotools")
     fast = evaluate_detections(gt, results, "faster_coco_eval")
-    assert [fast["bbox"][k] for k in STAT_NAMES] == pytest.approx([slow["bbox"][k] for k in STAT_NAMES], abs=1e-9)
+    assert [fast["bbox"][k] for k in STAT_NAMES] == pytest.approx([slow["bbox"][k] for k in STAT_NAMES], abs=1e-9,
+                                                                       nan_ok=True)
     assert np.allclose(fast["precision"], slow["precision"], atol=1e-12)
 
 
@@ -194,7 +202,7 @@ def test_the_backends_give_the_same_12_numbers_on_a_coco_like_held_out_set():
     fast = evaluate_detections(gt, results, "faster_coco_eval")
     assert (slow["backend"], fast["backend"]) == ("pycocotools", "faster_coco_eval")
     assert 10 < slow["bbox"]["AP"] < 90 and slow["bbox"]["AR1"] < slow["bbox"]["AR10"]
-    assert [fast["bbox"][k] for k in STAT_NAMES] == [slow["bbox"][k] for k in STAT_NAMES]
+    np.testing.assert_array_equal([fast["bbox"][k] for k in STAT_NAMES], [slow["bbox"][k] for k in STAT_NAMES])
     assert np.abs(fast["precision"] - slow["precision"]).max() <= 1e-15
 
 
@@ -216,7 +224,7 @@ def test_auto_backend_falls_back_to_pycocotools(monkeypatch, caplog):
         scored = evaluate_detections(gt, results, "auto")
     assert scored["backend"] == "pycocotools"
     assert "COCO scoring backend: pycocotools (test.eval_backend=auto)" in caplog.messages
-    assert [scored["bbox"][k] for k in STAT_NAMES] == [s * 100 for s in pycocotools_stats(gt, results).stats]
+    np.testing.assert_array_equal([scored["bbox"][k] for k in STAT_NAMES], percent(pycocotools_stats(gt, results).stats))
     assert evaluate_detections(gt, [], "auto")["backend"] == "pycocotools"
 
 
@@ -241,14 +249,14 @@ def two_boxes_one_image(ann_ids=(1, 2), drop=()):
                          ids=["annotation-id-0", "shared-annotation-id", "no-area", "no-iscrowd"])
 def test_custom_ground_truth_is_scored_as_coco_scores_its_own(backend, ann_ids, drop):
     """Both detections are exact, so every defined AP is 100 and the two objects are one medium (40x40)
-    and one large. Left to the libraries, an annotation of id 0 or two of one id score AP 25 in both, no
+    and one large (APs undefined). Left to the libraries, an annotation of id 0 or two of one id score AP 25 in both, no
     area raises KeyError (pycocotools) or puts both among the small ones (faster-coco-eval), no iscrowd
     raises KeyError (pycocotools)."""
     if backend == "faster_coco_eval" and not installed("faster_coco_eval"):
         pytest.skip("faster-coco-eval is not installed")
     gt, exact = two_boxes_one_image(ann_ids, drop)
     bbox = evaluate_detections(gt, exact, backend)["bbox"]
-    assert [bbox[name] for name in ("AP", "APs", "APm", "APl")] == pytest.approx([100, -100, 100, 100])
+    assert [bbox[name] for name in ("AP", "APs", "APm", "APl")] == pytest.approx([100, math.nan, 100, 100], nan_ok=True)
     assert [ann["id"] for ann in gt["annotations"]] == list(ann_ids)  # the caller's dict is left as it was
 
 
@@ -258,3 +266,13 @@ def test_categories_that_share_a_name_keep_a_row_each():
     gt["annotations"][1]["category_id"] = 2
     per_category = evaluate_detections(gt, exact[:1], "pycocotools")["per_category"]
     assert per_category == {"x (id 1)": pytest.approx(100.0), "x (id 2)": pytest.approx(0.0)}
+
+
+def test_undefined_metrics_are_na_in_the_table_and_null_in_metrics_json():
+    gt, exact = two_boxes_one_image()  # no small object: APs and ARs are undefined
+    metrics = evaluate_detections(gt, exact, "pycocotools")
+    assert "APs n/a" in format_results(metrics) and "ARs n/a" in format_results(metrics)
+    assert "APm 100.00" in format_results(metrics)
+    assert metrics_for_json(metrics)["bbox"]["APs"] is None and metrics_for_json(metrics)["bbox"]["APm"] == 100.0
+    small_line = [line for line in metrics["summary"].splitlines() if "area= small" in line][0]
+    assert small_line.endswith("=    n/a") and "-1.000" not in metrics["summary"]
