@@ -168,8 +168,11 @@ def strip_prefixes(state: dict[str, torch.Tensor], model_keys: set[str]) -> dict
     return state
 
 
-def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, list[str]]:
-    """Copy ``state`` into ``model``, failing readably when the file does not fit the architecture."""
+def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+                     strict: bool = False) -> dict[str, list[str]]:
+    """Copy ``state`` into ``model``, failing readably when the file does not fit the architecture.
+    Entries the model lacks are warned of (a backbone takes the ResNet part of a larger file), or, with
+    ``strict`` (a whole classifier scored as one network), an error."""
     own = model.state_dict()
     state = strip_prefixes(dict(state), set(own))
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
@@ -205,6 +208,12 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         arch = getattr(model, "depth", None)
         arch_text = f" resnet{arch}" if arch else " the model"
         raise WeightsError(f"{source} does not fit{arch_text}: " + "; ".join(details) + more)
+    if unexpected and strict:
+        arch = getattr(model, "depth", None)
+        raise WeightsError(f"{source} holds {len(unexpected)} tensors that{f' resnet{arch}' if arch else ' the model'} "
+                           f"of this config lacks, e.g. {', '.join(unexpected[:3])}: they are the weights of another "
+                           "network (projection shortcuts, option B or C, where this one has option A?); give the "
+                           "config of the network they were trained as")
     if unexpected:
         warnings.warn(
             f"{source}: {len(unexpected)} entries not used by the model, e.g. {', '.join(unexpected[:3])}",

@@ -19,7 +19,7 @@ from resnet_engine.setup import setup_run
 from .classifier import CifarClassifier, Classifier, build_classifier, errors_from_ranks, true_label_ranks
 from .config import is_cifar
 from .data.loaders import build_classification_data
-from .weights import load_classifier_weights, read_checkpoint_meta
+from .weights import check_checkpoint_fits, load_classifier_weights, read_checkpoint_meta
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def evaluate_weights(cfg, weights: str, split: str | None = None) -> dict:
                             f"trained with")
         mean = mean.numpy()
     data = build_classification_data(cfg, None, mean=mean, split=split)
+    check_checkpoint_fits(weights, cfg, data.meta)
     model = build_classifier(cfg, data.num_classes, load_backbone_weights=False)
     load_classifier_weights(model, weights)
     metrics = evaluate_classifier(model.to(device), data.test_loaders, cfg)

@@ -35,13 +35,65 @@ def load_classifier_weights(model: Classifier | CifarClassifier, spec: str) -> N
 
 
 def apply_classifier_state(model: Classifier | CifarClassifier, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load a classifier's tensors; an fc for another number of classes is an error."""
+    """Load a classifier's tensors, all of them: an fc for another number of classes is an error, and so is
+    a tensor the network lacks (projection shortcuts loaded into an option-A net would leave the
+    identity shortcuts of another network scored under this one's name)."""
     head = next((v for k, v in state.items() if k.endswith("fc.weight")), None)
     if head is None or head.shape[0] != model.num_classes:
         found = "no fc" if head is None else f"an fc for {head.shape[0]} classes"
         raise UserError(f"{source} holds {found}, the test set has {model.num_classes} classes: give the weights "
                         f"of a classifier trained on these classes")
-    apply_state_dict(model.backbone, state, source=source)
+    apply_state_dict(model.backbone, state, source=source, strict=True)
+
+
+# The settings of model.backbone that make two networks differ (not only their training).
+ARCHITECTURE_KEYS = ("depth", "plain", "preact", "shortcut", "base_width", "stride_in_1x1")
+
+
+def check_checkpoint_fits(path: str, cfg, data_meta: dict) -> None:
+    """A checkpoint of tools/train_cls.py is tested as the network and on the classes it was trained as:
+    the config's model.backbone must build its network (a plain net and a ResNet share every tensor name,
+    so loading alone cannot tell them apart), and the data must list its classes in its order (the fc's
+    rows are in that order). Other weight files (state dicts, torchvision:/timm: names) carry neither."""
+    if not (os.path.isfile(path) and path.lower().endswith((".pth", ".pt"))):
+        return
+    try:
+        state = load_checkpoint(path)
+    except UserError as error:
+        if "no 'model' entry" in str(error):  # a bare state dict
+            return
+        raise
+    meta = state.get("meta") or {}
+    if meta.get("task") != "classification" or not state.get("config"):
+        return
+    saved = config_from_text(ClassificationConfig, state["config"])
+    fill_in_dataset_defaults(saved)
+    differing = [f"model.backbone.{key}={getattr(saved.model.backbone, key)} there, "
+                 f"{getattr(cfg.model.backbone, key)} here" for key in ARCHITECTURE_KEYS
+                 if getattr(saved.model.backbone, key) != getattr(cfg.model.backbone, key)]
+    if differing:
+        raise UserError(f"{path} was trained as another network ({'; '.join(differing)}): test it with the config "
+                        f"it was trained with (the config.yaml of its output folder)")
+    for key, what in (("dataset", "dataset"), ("wnids", "classes"), ("class_names", "classes")):
+        if key in meta and key in data_meta and list_or_value(meta[key]) != list_or_value(data_meta[key]):
+            difference = describe_difference(meta[key], data_meta[key])
+            raise UserError(f"{path} was trained on other {what} than this data lists ({difference}): its fc's rows "
+                            f"would be scored as other classes; test it with the data (data.dataset, data.root) it "
+                            f"was trained on")
+
+
+def list_or_value(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def describe_difference(trained, here) -> str:
+    """Where two class lists (or dataset names) first differ, in a few words."""
+    if not isinstance(trained, (list, tuple)) or not isinstance(here, (list, tuple)):
+        return f"{trained} there, {here} here"
+    if len(trained) != len(here):
+        return f"{len(trained)} classes there, {len(here)} here"
+    index = next(i for i, (a, b) in enumerate(zip(trained, here)) if a != b)
+    return f"class {index} is {trained[index]} there, {here[index]} here"
 
 
 def read_checkpoint_meta(path: str) -> dict:

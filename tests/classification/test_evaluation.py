@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from backbones.errors import WeightsError
 from classification.classifier import build_classifier
 from classification.evaluation import evaluate_weights
 from classification.training import train_classifier
@@ -76,3 +77,41 @@ def test_weights_without_the_runs_pixel_mean_are_refused(trained, tmp_path):
         evaluate_weights(cfg, str(bare))
     assert str(error.value) == (f"{bare} holds no pixel mean: give a checkpoint of a CIFAR run of tools/train_cls.py "
                                 f"(its model_final.pth), which keeps the mean its images were trained with")
+
+
+def test_a_checkpoint_is_tested_only_as_the_network_it_was_trained_as(trained, tmp_path):
+    """A plain net and a ResNet share every tensor name: loading alone would score one as the other."""
+    cfg, run = trained
+    plain = tiny_config(cfg.data.root, tmp_path, "model.backbone.plain=true")
+    with pytest.raises(UserError) as error:
+        evaluate_weights(plain, run.weights)
+    assert str(error.value) == (f"{run.weights} was trained as another network (model.backbone.plain=False there, "
+                                f"True here): test it with the config it was trained with (the config.yaml of its "
+                                f"output folder)")
+
+
+def test_a_checkpoint_is_tested_only_on_its_classes_in_their_order(trained, tmp_path):
+    cfg, run = trained
+    checkpoint = torch.load(run.weights, map_location="cpu", weights_only=True)
+    names = checkpoint["meta"]["class_names"]
+    assert len(names) == 10
+    checkpoint["meta"]["class_names"] = [names[1], names[0], *names[2:]]  # trained with two classes swapped
+    swapped = tmp_path / "swapped.pth"
+    torch.save(checkpoint, swapped)
+    with pytest.raises(UserError, match=rf"swapped.pth was trained on other classes than this data lists \(class 0 "
+                                        rf"is {names[1]} there, {names[0]} here\): its fc's rows would be scored"):
+        evaluate_weights(cfg, str(swapped))
+
+
+def test_projection_weights_are_refused_by_an_identity_shortcut_net(trained):
+    """Option-B weights (projections where the dimensions grow) in an option-A net: before, the projections
+    were dropped with a warning and the net scored as option A."""
+    from classification.weights import apply_classifier_state
+    cfg, _ = trained
+    assert cfg.model.backbone.shortcut == "A"
+    option_b = tiny_config(cfg.data.root, cfg.output_dir, "model.backbone.shortcut=B")
+    state = build_classifier(option_b, 10, load_backbone_weights=False).state_dict()
+    assert any("downsample" in key for key in state)
+    with pytest.raises(WeightsError, match=r"source.pth holds \d+ tensors that resnet8 of this config lacks, e\.g\. "
+                                        r".*downsample.*option B or C, where this one has option A\?"):
+        apply_classifier_state(build_classifier(cfg, 10, load_backbone_weights=False), state, "source.pth")
