@@ -21,6 +21,7 @@ backbone weights file for the detectors (``model.backbone.weights=output/cls/mod
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -168,9 +169,13 @@ def training_outputs(logits: torch.Tensor, labels: torch.Tensor) -> LossesAndMet
 
 
 def average_softmax(view_logits: torch.Tensor) -> torch.Tensor:
-    """(B, V, K) logits of V views -> (B, K) log of the mean softmax (log_softmax when V is 1)."""
-    probabilities = view_logits.float().softmax(dim=-1).mean(dim=1)
-    return probabilities.clamp_min(torch.finfo(torch.float32).tiny).log()
+    """(B, V, K) logits of V views -> (B, K) log of the mean softmax (log_softmax when V is 1).
+
+    Computed in log space (log-sum-exp of the views' log-softmax, less log V): probabilities formed
+    first underflow to 0 for classes far below the best one, and the top-5 of a confident network
+    was then decided among ties."""
+    log_probabilities = view_logits.float().log_softmax(dim=-1)
+    return torch.logsumexp(log_probabilities, dim=1) - math.log(view_logits.shape[1])
 
 
 def build_classifier(cfg, num_classes: int, load_backbone_weights: bool = True) -> Classifier | CifarClassifier:
@@ -199,10 +204,12 @@ def network_name(cfg) -> str:
 
 
 def true_label_ranks(logits: torch.Tensor, labels: torch.Tensor, max_k: int = 5) -> torch.Tensor:
-    """The position (0-based) of each true label among the top max_k scores; max_k when it is not there."""
+    """The position (0-based) of each true label among the top max_k scores; max_k when it is not there,
+    or when the image's scores are not all finite (a NaN would rank as the best score: diverged weights
+    would get errors near chance instead of 100%)."""
     max_k = min(max_k, logits.shape[1])
     top = logits.topk(max_k, dim=1).indices
-    hits = top == labels.view(-1, 1).to(top.device)
+    hits = (top == labels.view(-1, 1).to(top.device)) & torch.isfinite(logits).all(dim=1, keepdim=True)
     first = hits.float().argmax(dim=1)
     return torch.where(hits.any(dim=1), first, torch.full_like(first, max_k))
 

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -43,22 +44,34 @@ def score_batch(model: Classifier | CifarClassifier, batch, cfg) -> tuple[torch.
     return scores, labels, len(batch) - len(samples)
 
 
+@dataclass
+class Ranks:
+    """One process's share of a test set: the rank of the true label among the top 5 of each readable
+    image (5: not among them), the images that could not be read, those whose scores were not all
+    finite (counted wrong), and the seconds per image."""
+
+    ranks: list[int] = field(default_factory=list)
+    unreadable: int = 0
+    not_finite: int = 0
+    seconds_per_image: float = 0.0
+
+
 @torch.inference_mode()
-def classify_dataset(model, loader: Iterable, score: Callable, description: str,
-                     progress: bool = True) -> tuple[list[int], int, float]:
-    """(rank of the true label among the top 5 for each readable image, unreadable images, seconds/image)."""
+def classify_dataset(model, loader: Iterable, score: Callable, description: str, progress: bool = True) -> Ranks:
     model.eval()
-    ranks: list[int] = []
-    unreadable, seconds = 0, 0.0
+    result, seconds = Ranks(), 0.0
     bar = tqdm(loader, desc=description, disable=not (progress and dist_utils.is_main_process()), leave=False)
     for batch in bar:
         start = time.perf_counter()
         scores, labels, skipped = score(batch)
         seconds += time.perf_counter() - start
-        unreadable += skipped
+        result.unreadable += skipped
         if scores is not None:
-            ranks += true_label_ranks(scores.cpu(), labels, 5).tolist()
-    return ranks, unreadable, seconds / max(len(ranks), 1)
+            scores = scores.cpu()
+            result.ranks += true_label_ranks(scores, labels, 5).tolist()
+            result.not_finite += int((~torch.isfinite(scores).all(dim=1)).sum())
+    result.seconds_per_image = seconds / max(len(result.ranks), 1)
+    return result
 
 
 def evaluate_classifier(model, test_loaders: dict[str, Callable[[], Iterable]], cfg, progress: bool = True) -> dict:
@@ -67,27 +80,30 @@ def evaluate_classifier(model, test_loaders: dict[str, Callable[[], Iterable]], 
     metrics = {}
     for section, make_loader in test_loaders.items():
         description = f"test {section} ({'32x32' if is_cifar(cfg) else cfg.test.mode})"
-        ranks, unreadable, seconds = classify_dataset(model, make_loader(), lambda b: score_batch(model, b, cfg),
-                                                      description, progress)
-        metrics[section] = gather_errors(ranks, unreadable, seconds, section)
+        ranks = classify_dataset(model, make_loader(), lambda b: score_batch(model, b, cfg), description, progress)
+        metrics[section] = gather_errors(ranks, section)
     if dist_utils.is_main_process():
         logger.info("%s", format_metrics(metrics, cfg.test.mode))
     return dist_utils.broadcast_object(metrics)
 
 
-def gather_errors(ranks: list[int], unreadable: int, seconds: float, section: str) -> dict | None:
+def gather_errors(ranks: Ranks, section: str) -> dict | None:
     """The errors of every process's ranks together (a collective call; None on the other processes)."""
-    gathered = dist_utils.all_gather_objects((ranks, unreadable))
+    gathered = dist_utils.all_gather_objects(ranks)
     if not dist_utils.is_main_process():
         return None
-    all_ranks = [r for part, _ in gathered for r in part]
-    skipped = sum(count for _, count in gathered)
+    all_ranks = [r for part in gathered for r in part.ranks]
+    name = "val" if section == "cls" else section
+    skipped = sum(part.unreadable for part in gathered)
     if skipped:
-        logger.warning("%d %s images could not be read and are not counted", skipped,
-                       "val" if section == "cls" else section)
+        logger.warning("%d %s images could not be read and are not counted", skipped, name)
+    not_finite = sum(part.not_finite for part in gathered)
+    if not_finite:
+        logger.warning("%d of the %d %s images got NaN or infinite scores and are counted as errors: the weights "
+                       "have diverged or are damaged (a NaN training loss?)", not_finite, len(all_ranks), name)
     errors = errors_from_ranks(all_ranks, (1, 5))
     return {**{k: round(v, 4) for k, v in errors.items()}, "top1_acc": round(100 - errors["top1_err"], 4),
-            "num_images": len(all_ranks), "seconds_per_image": round(seconds, 5)}
+            "num_images": len(all_ranks), "seconds_per_image": round(ranks.seconds_per_image, 5)}
 
 
 def format_metrics(metrics: dict, mode: str) -> str:

@@ -32,14 +32,14 @@ def class_ranking(classifiers: str | Sequence[str], cfg, synsets: Synsets, devic
     if len(files) == 1:
         rankings, name = classifier_rankings(files[0], cfg, synsets, device, progress)
         return rankings, name, f"classifier {files[0]}"
-    probabilities, names = {}, []
+    log_probabilities, names = {}, []
     for spec in files:
         scores, name = classifier_scores(spec, cfg, synsets, device, progress)
         names.append(name)
         for image_id, values in scores.items():
-            probabilities.setdefault(image_id, []).append(softmax(values))
+            log_probabilities.setdefault(image_id, []).append(log_softmax(values))
     # An image one classifier could not read gets no ranking: the metric counts it wrong, as for one.
-    rankings = {image_id: top_classes(np.mean(values, axis=0)) for image_id, values in probabilities.items()
+    rankings = {image_id: top_classes(log_mean_exp(values)) for image_id, values in log_probabilities.items()
                 if len(values) == len(files)}
     return rankings, f"ensemble of {len(files)} ({', '.join(names)})", f"ensemble of classifiers {', '.join(files)}"
 
@@ -51,9 +51,15 @@ def classifier_rankings(spec: str, cfg, synsets: Synsets, device: torch.device,
     return {image_id: top_classes(values) for image_id, values in scores.items()}, name
 
 
-def softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = np.exp(scores.astype(np.float64) - scores.max())
-    return shifted / shifted.sum()
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    scores = scores.astype(np.float64)
+    return scores - np.logaddexp.reduce(scores)
+
+
+def log_mean_exp(log_probabilities: list[np.ndarray]) -> np.ndarray:
+    """The log of the classifiers' mean probabilities, in log space: probabilities formed first underflow
+    to 0 far below the best class, and the top-5 would be decided among ties."""
+    return np.logaddexp.reduce(np.stack(log_probabilities), axis=0) - np.log(len(log_probabilities))
 
 
 @torch.inference_mode()

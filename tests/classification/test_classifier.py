@@ -1,6 +1,7 @@
 """The ImageNet classifier: test-time views, fully convolutional testing, top-k errors, augmentation, the CLI."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,7 +12,13 @@ import torch
 from torchvision.transforms.functional import normalize
 
 from backbones import ResNet
-from classification.classifier import Classifier, ClassifierInput, average_softmax, topk_errors
+from classification.classifier import (
+    Classifier,
+    ClassifierInput,
+    average_softmax,
+    topk_errors,
+    true_label_ranks,
+)
 from classification.data.imagenet import (
     ClassificationDataset,
     EvalTransform,
@@ -90,6 +97,19 @@ def test_average_softmax_of_ten_crops(small_classifier):
         per_crop = small_classifier.logits(small_classifier.normalize(crops.flatten(0, 1))).view(2, 10, -1)
     torch.testing.assert_close(scores, average_softmax(per_crop))
     assert scores.shape == (2, 5)
+
+
+def test_average_softmax_ranks_classes_far_below_the_best_one():
+    """A confident network: the best class 200 above the others, which stand 10 apart. Their probabilities
+    formed first underflow to 0 in float32 and the top-5 was decided among ties (ranked by index: 0, 1, 2,
+    3, 4 here); in log space it is the logits' order (0, 5, 4, 3, 2), and the exact log of the mean."""
+    logits = torch.tensor([[200.0, -40.0, -30.0, -20.0, -10.0, 0.0]]).repeat(1, 2, 1)  # two identical views
+    logits[0, 1, 0] = 190.0
+    scores = average_softmax(logits)
+    assert scores.topk(5, dim=1).indices.tolist() == [[0, 5, 4, 3, 2]]
+    exact = torch.logsumexp(logits.double().log_softmax(dim=-1), dim=1) - math.log(2)
+    torch.testing.assert_close(scores.double(), exact, atol=1e-4, rtol=1e-6)
+    assert true_label_ranks(scores, torch.tensor([2])).tolist() == [4]  # among the top 5: no tie decided it
 
 
 def test_training_forward_returns_the_cross_entropy_and_the_batch_error(small_classifier):

@@ -115,3 +115,17 @@ def test_projection_weights_are_refused_by_an_identity_shortcut_net(trained):
     with pytest.raises(WeightsError, match=r"source.pth holds \d+ tensors that resnet8 of this config lacks, e\.g\. "
                                         r".*downsample.*option B or C, where this one has option A\?"):
         apply_classifier_state(build_classifier(cfg, 10, load_backbone_weights=False), state, "source.pth")
+
+
+def test_diverged_weights_score_every_image_wrong_and_say_so(trained, tmp_path, caplog):
+    """A NaN in the fc makes every score NaN; topk ranks NaN first, so the errors came out near chance."""
+    cfg, run = trained
+    checkpoint = torch.load(run.weights, map_location="cpu", weights_only=True)
+    fc = next(key for key in checkpoint["model"] if key.endswith("fc.weight"))
+    checkpoint["model"][fc][0, 0] = float("nan")
+    broken = tmp_path / "diverged.pth"
+    torch.save(checkpoint, broken)
+    with caplog.at_level("WARNING", logger="classification.evaluation"):
+        metrics = evaluate_weights(cfg, str(broken))
+    assert (metrics["test"]["top1_err"], metrics["test"]["top5_err"]) == (100.0, 100.0)
+    assert "50 of the 50 test images got NaN or infinite scores and are counted as errors" in caplog.text
