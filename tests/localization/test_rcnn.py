@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from classification.config import load_classification_config
 from detection.modeling.box_coder import BoxCoder
 from localization.config import LocalizerRCNNConfig, load_localization_config
 from localization.data.loc_dataset import BoxedRecord, ViewGeometry
@@ -191,6 +192,12 @@ def test_shipped_rcnn_configs_load():
     ilsvrc = load_localization_config(ilsvrc_yaml, ["task=rcnn", "output_dir=output/ilsvrc_loc_rcnn_r101"])
     assert ilsvrc.rcnn.proposals_per_class == 200 and ilsvrc.rcnn.warp_size == 224
     assert ilsvrc.solver.ims_per_batch * ilsvrc.rcnn.rois_per_image == 256
+    # The paper's classification augmentation, as the classifiers' configs: scales, crops, flips, PCA
+    # lighting, and no colour jitter.
+    classifier = load_classification_config(os.path.join(ROOT, "configs", "ilsvrc_cls_r101.yaml"), [])
+    for localizer in (ilsvrc, load_localization_config(ilsvrc_yaml, [])):
+        assert localizer.input.color_jitter == classifier.input.color_jitter == 0.0
+        assert localizer.input.lighting_std == classifier.input.lighting_std == 0.1
     # The RPN's own run folder would have its model_final.pth replaced by the R-CNN's.
     with pytest.raises(Exception, match="give the R-CNN a folder of its own"):
         load_localization_config(ilsvrc_yaml, ["task=rcnn"])
