@@ -372,24 +372,35 @@ def load_ground_truth(path: str, synsets: Synsets | None = None) -> Annotations:
     return read_kaggle_solution(path, synsets)
 
 
+VAL_IMAGE_NAME = "ILSVRC2012_val_{:08d}"
+VAL_IMAGES = 50_000
+
+
 def read_blacklist(path: str, image_ids: list[str]) -> set[str]:
-    """The devkit blacklist: one image per line, as a 1-based index into the sorted image names (the
-    devkit's ILSVRC2015_clsloc_validation_blacklist.txt) or as the image name itself."""
-    ordered = sorted(image_ids)
-    known = set(ordered)
+    """The devkit blacklist, of the ground-truth images ``image_ids``: one image per line, as its number
+    among the 50,000 val images (the devkit's ILSVRC2015_clsloc_validation_blacklist.txt: line n names
+    ILSVRC2012_val_<n as 8 digits>) or as the image name itself. Listed images that are not scored here
+    (a subset of the val images) leave nothing out."""
+    known = set(image_ids)
+    val_names = any(image_id.startswith("ILSVRC2012_val_") for image_id in known)
     blacklist = set()
     for number, line in numbered_lines(path):
         entry = line.strip()
         if not entry:
             continue
         if entry.isdigit():
-            if not 1 <= int(entry) <= len(ordered):
-                raise UserError(f"{path} line {number}: image index {entry} is outside 1..{len(ordered)} "
-                                "(indices count the ground-truth images in sorted name order)")
-            blacklist.add(ordered[int(entry) - 1])
+            if not val_names:
+                raise UserError(f"{path} line {number}: numbers name the val images ILSVRC2012_val_<8 digits>, "
+                                "and none of the ground truth's images is named so: list the images by name")
+            if not 1 <= int(entry) <= VAL_IMAGES:
+                raise UserError(f"{path} line {number}: image number {entry} is outside 1..{VAL_IMAGES} (numbers "
+                                "name the val images ILSVRC2012_val_00000001 to ILSVRC2012_val_00050000)")
+            name = VAL_IMAGE_NAME.format(int(entry))
+            if name in known:
+                blacklist.add(name)
         elif entry in known:
             blacklist.add(entry)
         else:
-            raise UserError(f"{path} line {number}: '{entry}' is neither an image index nor a ground-truth "
+            raise UserError(f"{path} line {number}: '{entry}' is neither an image number nor a ground-truth "
                             "image name")
     return blacklist

@@ -99,11 +99,14 @@ def test_four_format_combinations_give_the_same_metrics(fixture_files, gt_name, 
     assert "# guesses" in table and "        2              50.00                25.00" in table
 
 
-def test_kaggle_files_need_no_synsets_and_blacklist_indices_count_sorted_images(fixture_files):
+def test_kaggle_files_need_no_synsets_and_blacklist_numbers_name_val_images(fixture_files):
     metrics = score_files(str(fixture_files / "gt.csv"), str(fixture_files / "pred.csv"), None,
                           str(fixture_files / "out"))
     assert metrics == EXPECTED
-    (fixture_files / "blacklist.txt").write_text("4\n")  # the 4th image in sorted order: IDS[3]
+    # Number 4 is ILSVRC2012_val_00000004 (IDS[3]); 17 is a val image these four are not, which leaves
+    # nothing out (counted as a position among the given images, a number beyond them would have named
+    # another image or failed).
+    (fixture_files / "blacklist.txt").write_text("4\n17\n")
     metrics = score_files(str(fixture_files / "gt.csv"), str(fixture_files / "pred.csv"), None,
                           str(fixture_files / "out"), blacklist=str(fixture_files / "blacklist.txt"))
     assert metrics["top1_loc_err"] == pytest.approx(200 / 3)
@@ -227,3 +230,18 @@ def test_missing_ground_truth_is_a_user_error(tmp_path):
                              str(tmp_path))
     assert "ground truth not found" in message and "nope.csv" in message
     assert not os.path.exists(tmp_path / "metrics.json")
+
+
+def test_blacklist_numbers_name_the_val_images_whatever_the_subset_scored(tmp_path):
+    """Of the devkit's numbering, on the val images 3, 7 and 9: number 7 is ILSVRC2012_val_00000007, not
+    the second of the three."""
+    from classification.data.ilsvrc import read_blacklist
+    subset = [f"ILSVRC2012_val_{i:08d}" for i in (9, 3, 7)]
+    (tmp_path / "blacklist.txt").write_text("2\n7\n50000\n")
+    assert read_blacklist(str(tmp_path / "blacklist.txt"), subset) == {"ILSVRC2012_val_00000007"}
+    (tmp_path / "beyond.txt").write_text("50001\n")
+    with pytest.raises(UserError, match=r"beyond.txt line 1: image number 50001 is outside 1..50000"):
+        read_blacklist(str(tmp_path / "beyond.txt"), subset)
+    with pytest.raises(UserError, match=r"blacklist.txt line 1: numbers name the val images ILSVRC2012_val_<8 "
+                                        r"digits>, and none of the ground truth's images is named so"):
+        read_blacklist(str(tmp_path / "blacklist.txt"), ["photo_a", "photo_b"])
