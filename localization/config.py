@@ -85,6 +85,11 @@ class LocalizerTestConfig:
     eval_period: int = non_negative(0)
     # Evaluate at most this many val images (0: all), for quick checks.
     max_images: int = non_negative(0)
+    # The devkit's validation blacklist (ILSVRC2015_clsloc_validation_blacklist.txt; a number a line, or image
+    # names): its images are left out of the LOC errors (not of the CLS ones), as the devkit's eval_clsloc
+    # does. Empty: every val image is scored, the rule of the Kaggle LOC_val_solution.csv. The paper does not
+    # say which rule its val figures follow; the printed table says which one was used.
+    blacklist: str = ""
 
 
 @dataclass

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     scoring = parser.add_argument_group("scoring mode (a predictions file, no model)")
     scoring.add_argument("--gt", help="LOC_val_solution.csv, or a folder of devkit XML annotations")
     scoring.add_argument("--pred", help="predictions: Kaggle CSV or devkit text")
-    scoring.add_argument("--synsets", help="LOC_synset_mapping.txt or map_clsloc.txt (devkit text needs it)")
+    scoring.add_argument("--synsets", help="the devkit's map_clsloc.txt, whose numbers devkit text's labels are "
+                                           "(LOC_synset_mapping.txt numbers the classes by line: another order)")
     scoring.add_argument("--blacklist", help="images left out of the LOC error (devkit blacklist file)")
     model = parser.add_argument_group("model mode (a trained localizer on the config's val set)")
     model.add_argument("--cfg", help=f"localization config (default: {DEFAULT_CFG})")

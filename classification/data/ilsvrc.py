@@ -35,6 +35,8 @@ class Synsets:
     wnids: tuple[str, ...]
     names: tuple[str, ...]
     source: str = ""
+    # Whether the list numbered its classes itself (the devkit's map_clsloc.txt) rather than by line order.
+    numbered: bool = field(default=False, compare=False)
     _label_of: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,7 +75,7 @@ def read_synsets(path: str) -> Synsets:
             entries.append((position, parts[0], rest))
     _check_synsets(path, rows, entries)
     entries.sort()
-    return Synsets(tuple(e[1] for e in entries), tuple(e[2] for e in entries), source=path)
+    return Synsets(tuple(e[1] for e in entries), tuple(e[2] for e in entries), source=path, numbered=devkit)
 
 
 def _check_synsets(path: str, rows: list, entries: list[tuple[int, str, str]]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
 from collections.abc import Sequence
 
 from classification.data.ilsvrc import (
@@ -83,7 +84,12 @@ def read_predictions(path: str, synsets: Synsets | None, image_ids: Sequence[str
         return read_kaggle_predictions(path, synsets)
     if synsets is None:
         raise UserError(f"{path} is in the devkit format (integer labels): give the synset list with "
-                        "--synsets (LOC_synset_mapping.txt or map_clsloc.txt) to translate its labels")
+                        "--synsets (the devkit's map_clsloc.txt) to translate its labels")
+    if not synsets.numbered:
+        warnings.warn(f"{path}: its devkit labels are read as line numbers of {synsets.source}, which does not "
+                      "number its classes (LOC_synset_mapping.txt lists them by WNID); the devkit's labels are "
+                      "those of its map_clsloc.txt, another order: give --synsets map_clsloc.txt unless the "
+                      "labels were written in this list's order", stacklevel=2)
     return read_devkit_predictions(path, synsets, image_ids)
 
 

@@ -77,14 +77,14 @@ def score_rcnn(rcnn: RCNNLocalizer, rpn: RPNLocalizer, rpn_cfg, cfg, synsets: Sy
     """RPN+RCNN errors in percent (submission.METRIC_KEYS, how they were made, the written files) and, under
     "rpn", the same errors of the RPN's own boxes on the same images and ranking."""
     dataset = build_rcnn_test_set(cfg, proposal_views(cfg, rpn_cfg), synsets)
-    gt, gt_classes = val_ground_truth(cfg, synsets, [r.image_id for r in dataset.records])
+    truth = val_ground_truth(cfg, synsets, [r.image_id for r in dataset.records])
     rankings, classifier_name, class_source = class_ranking(classifier, cfg, synsets, rcnn.device, progress)
-    rpn_guesses, rcnn_guesses = localize_dataset_rcnn(rcnn, rpn, dataset, cfg, gt_classes, rankings, progress)
+    rpn_guesses, rcnn_guesses = localize_dataset_rcnn(rcnn, rpn, dataset, cfg, truth.classes, rankings, progress)
     files = submission_files(out_dir, f"loc_rcnn_{cfg.test.mode}")
     shared = dict(test_mode=cfg.test.mode, classifier=classifier_name, class_ranking=class_source,
-                  num_images=len(gt))
-    metrics = {**guesses_metrics(rcnn_guesses, gt, gt_classes, synsets, files), **files}
+                  num_images=len(truth.objects))
+    metrics = {**guesses_metrics(rcnn_guesses, truth, synsets, files), **files}
     metrics.update(method="RPN+RCNN", network=network_name(cfg.model.backbone), **shared)
-    metrics["rpn"] = {**guesses_metrics(rpn_guesses, gt, gt_classes, synsets, {}), "method": "RPN",
+    metrics["rpn"] = {**guesses_metrics(rpn_guesses, truth, synsets, {}), "method": "RPN",
                       "network": network_name(rpn_cfg.model.backbone), **shared}
     return metrics

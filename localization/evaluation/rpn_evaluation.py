@@ -68,11 +68,11 @@ def score_localizer(model: RPNLocalizer, cfg, synsets: Synsets, classifier: str 
     """Errors in percent (submission.METRIC_KEYS) plus how they were made. With ``out_dir``, writes the
     scored files there: loc_<mode>_submission.csv and loc_<mode>_gt_class.csv (submission_files)."""
     dataset = build_loc_test_set(cfg, synsets)
-    gt, gt_classes = val_ground_truth(cfg, synsets, [r.image_id for r in dataset.records])
+    truth = val_ground_truth(cfg, synsets, [r.image_id for r in dataset.records])
     rankings, classifier_name, class_source = class_ranking(classifier, cfg, synsets, model.device, progress)
-    guesses = localize_dataset(model, dataset, cfg, gt_classes, rankings, progress)
+    guesses = localize_dataset(model, dataset, cfg, truth.classes, rankings, progress)
     files = submission_files(out_dir, f"loc_{cfg.test.mode}")
-    metrics = guesses_metrics(guesses, gt, gt_classes, synsets, files)
+    metrics = guesses_metrics(guesses, truth, synsets, files)
     metrics.update(method="RPN", network=network_name(cfg.model.backbone), test_mode=cfg.test.mode,
-                   classifier=classifier_name, class_ranking=class_source, num_images=len(gt), **files)
+                   classifier=classifier_name, class_ranking=class_source, num_images=len(truth.objects), **files)
     return metrics

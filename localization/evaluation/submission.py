@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from classification.data.ilsvrc import Annotations, Synsets, read_kaggle_solution
+from classification.data.ilsvrc import Annotations, Synsets, read_blacklist, read_kaggle_solution
 from resnet_engine import distributed as dist_utils
+from resnet_engine.errors import UserError
 
 from ..data.predictions import write_kaggle_csv
 from .ilsvrc_metric import gt_known_loc_error, localization_errors
@@ -49,14 +50,26 @@ def build_submission(guesses: dict[str, ImageGuesses], synsets: Synsets) -> Anno
             for image_id in sorted(guesses)}
 
 
-def val_ground_truth(cfg, synsets: Synsets, image_ids) -> tuple[Annotations, dict[str, list[int]]]:
-    """The GT objects of the val images ``image_ids``, and each image's GT class indices (distinct, in
-    order)."""
+@dataclass
+class ValTruth:
+    """The GT objects of the scored val images, each image's GT class indices (distinct, in order), and
+    the images that test.blacklist leaves out of the LOC errors."""
+
+    objects: Annotations
+    classes: dict[str, list[int]]
+    blacklist: set[str]
+
+
+def val_ground_truth(cfg, synsets: Synsets, image_ids) -> ValTruth:
     everything = read_kaggle_solution(os.path.join(cfg.data.root, "LOC_val_solution.csv"), synsets)
     gt = {image_id: everything[image_id] for image_id in image_ids}
     gt_classes = {image_id: [synsets.label(wnid) - 1 for wnid in dict.fromkeys(w for w, _ in objects)]
                   for image_id, objects in gt.items()}
-    return gt, gt_classes
+    if cfg.test.blacklist and not os.path.isfile(cfg.test.blacklist):
+        raise UserError(f"blacklist not found: {cfg.test.blacklist} (set test.blacklist to the devkit's "
+                        "ILSVRC2015_clsloc_validation_blacklist.txt, or to '' to score every val image)")
+    blacklist = read_blacklist(cfg.test.blacklist, list(gt)) if cfg.test.blacklist else set()
+    return ValTruth(gt, gt_classes, blacklist)
 
 
 def submission_files(out_dir: str | None, prefix: str) -> dict[str, str]:
@@ -68,20 +81,22 @@ def submission_files(out_dir: str | None, prefix: str) -> dict[str, str]:
             "gt_class_boxes": os.path.join(out_dir, f"{prefix}_gt_class.csv")}
 
 
-def guesses_metrics(guesses: dict[str, ImageGuesses], gt: Annotations, gt_classes: dict[str, list[int]],
-                    synsets: Synsets, files: dict[str, str]) -> dict:
-    """Errors in percent (METRIC_KEYS) of one set of guesses; the submission and the GT-class boxes are
-    written to ``files`` when given (main process)."""
+def guesses_metrics(guesses: dict[str, ImageGuesses], truth: ValTruth, synsets: Synsets,
+                    files: dict[str, str]) -> dict:
+    """Errors in percent (METRIC_KEYS) of one set of guesses, and the number of images blacklisted for the
+    LOC errors; the submission and the GT-class boxes are written to ``files`` when given (main process)."""
     predictions = build_submission(guesses, synsets)
-    errors = localization_errors(gt, predictions)
-    gt_boxes = {image_id: {synsets.wnids[c]: guesses[image_id].boxes[c] for c in gt_classes[image_id]}
+    gt = truth.objects
+    errors = localization_errors(gt, predictions, blacklist=truth.blacklist)
+    gt_boxes = {image_id: {synsets.wnids[c]: guesses[image_id].boxes[c] for c in truth.classes[image_id]}
                 for image_id in sorted(guesses)}
     if files and dist_utils.is_main_process():
         write_kaggle_csv(predictions, files["submission"])
         write_kaggle_csv({image_id: list(by_class.items()) for image_id, by_class in gt_boxes.items()},
                          files["gt_class_boxes"])
     metrics = {key: round(value, 4) for key, value in errors.as_dict().items() if key in METRIC_KEYS}
-    metrics["gt_known_loc_err"] = round(gt_known_loc_error(gt, gt_boxes), 4)
+    metrics["gt_known_loc_err"] = round(gt_known_loc_error(gt, gt_boxes, truth.blacklist), 4)
+    metrics["num_blacklisted"] = errors.num_blacklisted
     return metrics
 
 
@@ -98,8 +113,11 @@ def format_rows(metrics: dict) -> str:
            metrics["classifier"], f"{metrics['top5_loc_err']:.2f}")
     widths = [max(len(a), len(b)) for a, b in zip(header, row)]
     lines = ["  ".join(text.ljust(w) for text, w in zip(cells, widths)).rstrip() for cells in (header, row)]
+    blacklisted = metrics.get("num_blacklisted", 0)
+    loc_images = (f"LOC errors without the {blacklisted} blacklisted (test.blacklist)" if blacklisted else
+                  "no blacklist: every image in the LOC errors")
     lines.append(f"top-1 LOC error {metrics['top1_loc_err']:.2f}%, top-1 / top-5 CLS error "
                  f"{metrics['top1_cls_err']:.2f}% / {metrics['top5_cls_err']:.2f}% ({metrics['num_images']} "
-                 f"images; errors in percent)")
+                 f"images, {loc_images}; errors in percent)")
     lines.append(f"classes ranked by {metrics['class_ranking']}")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import warnings
 
 import pytest
 
@@ -117,6 +118,24 @@ def test_kaggle_files_need_no_synsets_and_blacklist_numbers_name_val_images(fixt
 def test_devkit_predictions_need_the_synset_list(fixture_files):
     with pytest.raises(UserError, match="pred.txt is in the devkit format.*--synsets"):
         score_files(str(fixture_files / "gt.csv"), str(fixture_files / "pred.txt"), None, str(fixture_files))
+
+
+def test_devkit_labels_read_by_line_order_are_warned_of(fixture_files, tmp_path):
+    """LOC_synset_mapping.txt lists the classes by WNID (n01 n02 n03); the devkit's labels number them as
+    map_clsloc.txt does (1 is n03): read by line the same file scores other classes, which a warning says."""
+    by_wnid = tmp_path / "LOC_synset_mapping.txt"
+    by_wnid.write_text("n01 dog\nn02 fish\nn03 cat\n")
+    with pytest.warns(UserWarning, match=r"pred.txt: its devkit labels are read as line numbers of .*"
+                                         r"LOC_synset_mapping.txt, .*give --synsets map_clsloc.txt"):
+        by_line = score_files(str(fixture_files / "gt.csv"), str(fixture_files / "pred.txt"), str(by_wnid),
+                              str(tmp_path / "out"))
+    assert by_line["top5_loc_err"] != EXPECTED["top5_loc_err"]  # the same file, other classes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*have no prediction")
+        right = score_files(str(fixture_files / "gt.csv"), str(fixture_files / "pred.txt"),
+                            str(fixture_files / "map_clsloc.txt"), str(tmp_path / "out"))
+    assert right == EXPECTED
 
 
 def test_synset_lists(tmp_path):
