@@ -14,7 +14,12 @@ import torch
 
 from detection.config import load_detection_config
 from detection.data.shapes import generate_split
-from detection.evaluation.coco_eval import DetectionsError, evaluate_detections, load_results_file, metrics_for_json
+from detection.evaluation.coco_eval import (
+    DetectionsError,
+    evaluate_detections,
+    load_results_file,
+    metrics_for_json,
+)
 from detection.evaluation.evaluator import score_files
 from detection.modeling.build import build_model
 from detection.predict_files import infer_files
