@@ -171,7 +171,8 @@ def class_list(root: str, names_file: str, images: list[ListedImage], key: str) 
         return read_synset_list(names_file, key)
     wnids = synsets_of_annotations(root, images)
     warnings.warn(f"{key}.names is empty: the {len(wnids)} synsets of the annotations, sorted, are the classes; "
-                  f"give {key}.names=map_det.txt so that the labels do not depend on which classes a set holds",
+                  f"give {key}.names=map_det.txt so that the labels do not depend on which classes a set holds "
+                  "(and det_results.txt, the file for the evaluation server, can name map_det.txt's class ids)",
                   stacklevel=3)
     return wnids
 
@@ -226,7 +227,8 @@ def imagenet_det_to_coco(root: str, split: str, names_file: str, train: bool, on
     """An ImageNet DET split as a COCO-format dict: images numbered from 1 in list order, ``file_name``
     relative to ``root`` (Data/DET/val/ILSVRC2012_val_00000001.JPEG), ``det_id`` the path in the list and,
     for the images of val and test lists, ``det_index`` the devkit's image index; one category per synset
-    (id = index + 1, name = wnid). A bad annotation or a missing file leaves the image out, named in one
+    (id = index + 1, name = wnid; ``det_id`` the same id when ``names_file`` gives the devkit's numbering).
+    A bad annotation or a missing file leaves the image out, named in one
     warning (``on_bad_image="skip"``), or stops the reading (``"fail"``). A test split (no annotation file
     in any of its lists) has no 'annotations' list."""
     listed = read_split(root, split, key)
@@ -249,6 +251,9 @@ def imagenet_det_to_coco(root: str, split: str, names_file: str, train: bool, on
         annotations += object_entries(record, image_id, class_names, len(annotations) + 1)
     skipped.warn(split, len(images) + len(skipped.problems))
     data = {"images": images, "categories": [{"id": i + 1, "name": wnid} for i, wnid in enumerate(class_names)]}
+    if names_file:  # the category ids are map_det.txt's: the results file for the server may name them
+        for category in data["categories"]:
+            category["det_id"] = category["id"]
     if not unannotated:
         data["annotations"] = annotations
     return data

@@ -119,23 +119,35 @@ def det_metrics_for_json(metrics: dict) -> dict:
     return per_class_metrics_for_json("det", metrics)
 
 
-def write_det_results(gt_dataset: dict, results: list[dict], path: str) -> bool:
+def results_file_problem(gt_dataset: dict) -> str | None:
+    """Why the devkit's results file cannot be written for this set (None when it can)."""
+    if any(image.get("det_index") is None for image in gt_dataset["images"]):
+        return "its lists give no image index"
+    if any(category.get("det_id") is None for category in gt_dataset["categories"]):
+        return ("its classes are the annotations' synsets sorted, not numbered as map_det.txt numbers them "
+                "(set data.test.names=map_det.txt)")
+    return None
+
+
+def write_det_results(gt_dataset: dict, results: list[dict], path: str) -> str | None:
     """The detections as eval_detection.m and the evaluation server read them: one line
     ``<image index> <DET class id> <score> <xmin> <ymin> <xmax> <ymax>`` per detection, the image index
-    of the devkit's val.txt or test.txt, the class id of map_det.txt (the category id), the corners in
-    the annotations' pixels. Needs every image's ``det_index`` (images of val and test lists); returns
-    whether the file was written."""
-    index_of = {image["id"]: image.get("det_index") for image in gt_dataset["images"]}
-    if any(index is None for index in index_of.values()):
-        return False
+    of the devkit's val.txt or test.txt, the class id of map_det.txt, the corners in the annotations'
+    pixels. Needs every image's ``det_index`` (images of val and test lists) and every category's
+    ``det_id`` (classes read from map_det.txt); returns why the file was not written, None when it was."""
+    problem = results_file_problem(gt_dataset)
+    if problem:
+        return problem
+    index_of = {image["id"]: image["det_index"] for image in gt_dataset["images"]}
+    det_id_of = {category["id"]: category["det_id"] for category in gt_dataset["categories"]}
     lines = []
     for record in sorted(results, key=lambda r: (index_of[r["image_id"]], -r["score"])):
         x1, y1, x2, y2 = corners(record["bbox"])
-        lines.append(f"{index_of[record['image_id']]} {record['category_id']} {record['score']:.6f} "
+        lines.append(f"{index_of[record['image_id']]} {det_id_of[record['category_id']]} {record['score']:.6f} "
                      f"{x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f}\n")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("".join(lines))
-    return True
+    return None
 
 
 def score_det_test_set(gt_dataset: dict, image_ids: list[int], results: list[dict],
@@ -146,14 +158,16 @@ def score_det_test_set(gt_dataset: dict, image_ids: list[int], results: list[dic
     "skipped_images" the rest. A set without annotations (DET test) is not scored: the file is for the
     evaluation server."""
     results_file = os.path.join(out_dir, RESULTS_FILE)
-    written = write_det_results(gt_dataset, results, results_file)
+    not_written = write_det_results(gt_dataset, results, results_file)
     evaluated = images_to_score(image_ids, unreadable)
     counts = {"num_images": len(evaluated), "skipped_images": len(unreadable)}
-    if written:
+    if not_written is None:
         counts["results_file"] = results_file
     if "annotations" not in gt_dataset:
         logger.warning("the test set has no annotations, so nothing is scored here: %d detections of %d images%s",
                        len(results), len(evaluated), f" written to {results_file}, for the evaluation server"
-                       if written else " (its lists give no image index: no results file for the server)")
+                       if not_written is None else f" (no results file for the server: {not_written})")
         return counts
+    if not_written and "image index" not in not_written:
+        logger.warning("no %s: %s", RESULTS_FILE, not_written)
     return {**evaluate_det(gt_dataset, results, evaluated, source), **counts}

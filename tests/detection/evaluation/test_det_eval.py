@@ -1,6 +1,7 @@
 """The ImageNet DET metric on hand-computed cases: the size-dependent threshold, duplicates, an image
 without objects, the AP by hand, and where it parts from the VOC metric on the same detections."""
 
+import logging
 import math
 
 import numpy as np
@@ -98,13 +99,20 @@ def test_unreadable_images_are_left_out_and_counted():
     assert (metrics["num_images"], metrics["skipped_images"]) == (1, 1)
 
 
-def test_a_test_set_without_annotations_is_not_scored_and_gets_the_devkit_results_file(tmp_path):
+def test_a_test_set_without_annotations_is_not_scored_and_gets_the_devkit_results_file(tmp_path, caplog):
     gt = dataset([], classes=("n00000001", "n00000002"))
     del gt["annotations"]
     for image, index in zip(gt["images"], (7, 3, 5)):
         image["det_index"] = index
     results = [detection(1, 0.25, (0, 0, 9, 9)), detection(2, 0.5, (1.5, 2, 30, 40), category=2),
                detection(1, 0.75, (4, 5, 6, 7), category=2)]
+    # Classes read from the annotations, sorted, are not map_det.txt's numbering: no file for the server.
+    with caplog.at_level(logging.WARNING, logger="detection.evaluation.det_eval"):
+        assert "results_file" not in score_det_test_set(gt, [1, 2, 3], results, [], str(tmp_path))
+    assert "no results file for the server: its classes are the annotations' synsets sorted" in caplog.text
+    assert not (tmp_path / "det_results.txt").exists()
+    for category in gt["categories"]:
+        category["det_id"] = category["id"]  # read from map_det.txt
     metrics = score_det_test_set(gt, [1, 2, 3], results, [], str(tmp_path))
     assert metrics == {"num_images": 3, "skipped_images": 0, "results_file": str(tmp_path / "det_results.txt")}
     # By image index, then decreasing score: <image index> <class id> <score> <xmin> <ymin> <xmax> <ymax>.
