@@ -182,9 +182,27 @@ def _suggest(key: str, valid: Sequence[str]) -> str:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """PyYAML with YAML 1.2 booleans (true/false only). Under YAML 1.1 rules ``solver.amp=off`` or
-    ``amp: off`` would arrive as False instead of the choice "off"; boolean keys still accept
-    yes/no/on/off, which the schema converts."""
+    """PyYAML with YAML 1.2 booleans (true/false only) and no key given twice in one mapping. Under
+    YAML 1.1 rules ``solver.amp=off`` or ``amp: off`` would arrive as False instead of the choice "off";
+    boolean keys still accept yes/no/on/off, which the schema converts. PyYAML keeps the last of two
+    equal keys without a word: a setting edited in one place and left in another would be ignored."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base" overrides on purpose
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if not isinstance(key, (str, int, float, bool)):
+                    continue
+                if key in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"'{key}' is given twice in one section (lines {first_line[key]} and {line}): "
+                        f"keep one", key_node.start_mark)
+                first_line[key] = line
+        return super().construct_mapping(node, deep)
 
 
 _YamlLoader.yaml_implicit_resolvers = {

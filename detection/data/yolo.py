@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 from pycocotools.coco import COCO
 
-from resnet_engine.config import ConfigError
+from resnet_engine.config import ConfigError, load_yaml_text
 
 from .coco import AnnotationError, coco_from_dict
 from .image_io import IMAGE_SUFFIXES, BadImageError, read_image
@@ -81,7 +81,7 @@ def names_of_lines(path: str) -> list[str]:
 def names_of_yaml(path: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            data = load_yaml_text(handle)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML ({getattr(error, 'problem', None) or error})") from None
     names = data.get("names") if isinstance(data, dict) else None

@@ -69,6 +69,23 @@ def test_missing_files_and_invalid_yaml(tmp_path):
         load_detection_config(path)
 
 
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys: max_iter 20 would be run while the file also says 10."""
+    path = write(tmp_path / "twice.yaml", "solver:\n  max_iter: 10\n  base_lr: 0.1\n  max_iter: 20\n")
+    with pytest.raises(ConfigError) as error:
+        load_detection_config(path)
+    assert str(error.value) == (f"{path} line 4: invalid YAML ('max_iter' is given twice in one section (lines 2 "
+                                f"and 4): keep one)")
+    inline = write(tmp_path / "inline.yaml", "solver: {max_iter: 10, max_iter: 20}\n")
+    with pytest.raises(ConfigError, match="'max_iter' is given twice in one section"):
+        load_detection_config(inline)
+    # The same key in two sections, and a YAML merge that overrides on purpose, are fine.
+    merged = write(tmp_path / "merged.yaml", "solver: &s {max_iter: 10}\ntest:\n  max_images: 10\n")
+    assert load_detection_config(merged).solver.max_iter == 10
+    from resnet_engine.config import load_yaml_text
+    assert load_yaml_text("a: &b {x: 1}\nc:\n  <<: *b\n  x: 2\n") == {"a": {"x": 1}, "c": {"x": 2}}
+
+
 def test_empty_section_means_no_change(tmp_path):
     path = write(tmp_path / "empty.yaml", "model:\nsolver:\n  max_iter: 7\n")
     cfg = load_detection_config(path)

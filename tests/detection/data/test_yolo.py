@@ -100,6 +100,10 @@ def test_names_files_as_ultralytics_and_darknet_write_them(tmp_path):
     (tmp_path / "blank.txt").write_text("cat\n\ndog\n")
     with pytest.raises(ConfigError, match=r"blank.txt: line 2 is empty"):
         read_names(str(tmp_path / "blank.txt"))
+    (tmp_path / "keys.yaml").write_text("names:\n  0: cat\n  1: bird\n  0: dog\n")
+    with pytest.raises(ConfigError, match=r"keys.yaml: invalid YAML \('0' is given twice in one section \(lines 2 "
+                                          r"and 4\): keep one\)"):
+        read_names(str(tmp_path / "keys.yaml"))
     (tmp_path / "twice.txt").write_text("cat\nbird\ncat\n")
     with pytest.raises(ConfigError, match=r"twice.txt: class 2 is named 'cat', as class 0 is: give each class a name "
                                           r"of its own"):
