@@ -126,6 +126,9 @@ def evaluate_weights(cfg, weights: str, split: str | None = None) -> dict:
     device = setup_run(cfg, save=False)
     mean = None
     if is_cifar(cfg):
+        if not os.path.isfile(weights):
+            raise UserError(f"weights not found: {weights} (give the model_final.pth of a CIFAR run of "
+                            f"tools/train_cls.py)")
         mean = read_checkpoint_meta(weights).get("pixel_mean")
         if mean is None:
             raise UserError(f"{weights} holds no pixel mean: give a checkpoint of a CIFAR run of "

@@ -35,6 +35,11 @@ def main() -> int:
     if args.gt or args.det:
         if not (args.gt and args.det):
             parser.error("scoring mode needs both --gt and --det")
+        if args.cfg or args.weights or args.overrides:
+            given = [name for name, value in (("--cfg", args.cfg), ("--weights", args.weights),
+                                              ("key=value", args.overrides)) if value]
+            parser.error(f"scoring mode (--gt and --det) scores a results file and runs no model: drop "
+                         f"{', '.join(given)}, or drop --gt and --det to run the model")
         from detection.evaluation.evaluator import score_files
 
         score_files(args.gt, args.det, args.out or ".", args.backend or "auto", args.plots)

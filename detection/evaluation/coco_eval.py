@@ -129,6 +129,9 @@ def detection_record_problem(record) -> str | None:
     bbox = record["bbox"]
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(v) for v in bbox)):
         return f"has bbox {bbox!r}: give 4 finite numbers [x, y, width, height]"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return (f"has bbox {bbox!r}, of negative width or height: give [x, y, width, height] (corners "
+                "[x1, y1, x2, y2] are another format)")
     if not is_finite_number(record["score"]):
         return f"has score {record['score']!r}: give a finite number (higher is more confident)"
     return None

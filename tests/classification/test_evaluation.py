@@ -77,6 +77,10 @@ def test_weights_without_the_runs_pixel_mean_are_refused(trained, tmp_path):
         evaluate_weights(cfg, str(bare))
     assert str(error.value) == (f"{bare} holds no pixel mean: give a checkpoint of a CIFAR run of tools/train_cls.py "
                                 f"(its model_final.pth), which keeps the mean its images were trained with")
+    with pytest.raises(UserError) as error:
+        evaluate_weights(cfg, str(tmp_path / "typo.pth"))
+    assert str(error.value) == (f"weights not found: {tmp_path / 'typo.pth'} (give the model_final.pth of a CIFAR "
+                                f"run of tools/train_cls.py)")
 
 
 def test_a_checkpoint_is_tested_only_as_the_network_it_was_trained_as(trained, tmp_path):

@@ -147,6 +147,14 @@ def test_scoring_mode_command_line(tmp_path, repo_root):
     assert failed.returncode == 2
     assert failed.stderr.strip().startswith("error:") and "999" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
+    # A model's settings have nothing to change in scoring mode: given, they would be ignored without a word.
+    ignored = subprocess.run([sys.executable, f"{repo_root}/tools/eval_det.py", "--gt", str(tmp_path / "gt.json"),
+                              "--det", str(tmp_path / "det.json"), "--weights", "model.pth", "test.max_images=5"],
+                             capture_output=True, text=True)
+    assert ignored.returncode == 2
+    assert ignored.stderr.strip().splitlines()[-1].endswith(
+        "scoring mode (--gt and --det) scores a results file and runs no model: drop --weights, key=value, or "
+        "drop --gt and --det to run the model")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -157,6 +165,8 @@ def test_scoring_mode_command_line(tmp_path, repo_root):
     ({"bbox": [1.0, float("nan"), 3.0, 4.0]}, r"detection #5 has bbox \[1.0, nan, 3.0, 4.0\]: give 4 finite numbers"),
     ({"bbox": [1, 2, 3]}, r"detection #5 has bbox \[1, 2, 3\]: give 4 finite numbers \[x, y, width, height\]"),
     ({"bbox": ["1", 2, 3, 4]}, r"detection #5 has bbox \['1', 2, 3, 4\]"),
+    ({"bbox": [10, 10, 5, -2]}, r"detection #5 has bbox \[10, 10, 5, -2\], of negative width or height: give \[x, "
+                                r"y, width, height\] \(corners \[x1, y1, x2, y2\] are another format\)"),
 ])
 def test_detections_file_with_a_bad_value_names_the_detection(tmp_path, change, message):
     """pycocotools ranks NaN scores and matches NaN boxes without a word, and the AP is wrong."""
