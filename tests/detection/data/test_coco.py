@@ -12,6 +12,7 @@ from PIL import Image
 from detection.data.coco import AnnotationError, CocoDetection
 from detection.data.image_io import BadImageError, read_image
 from detection.data.transforms import EvalTransform, TrainTransform
+from resnet_engine.errors import UserError
 from resnet_engine.sampler import GroupedBatchSampler
 
 
@@ -244,3 +245,18 @@ def test_a_test_json_without_areas_says_the_size_split_uses_box_areas(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # training never splits by area
         CocoDetection(ann_file, img_dir, train=True)
+
+
+def test_a_folder_that_holds_none_of_the_images_is_one_error(tmp_path):
+    ann_file, img_dir = write_dataset(tmp_path, [(f"{i}.jpg", 20, 30) for i in range(50)],
+                                      [ann(1, 1, 1, [1, 1, 10, 10])], CATEGORIES)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(UserError) as error:
+        CocoDetection(ann_file, str(tmp_path / "elsewhere"), key_prefix="data.test", train=False)
+    assert str(error.value) == (f"none of 20 images of {ann_file} spread over the set is in {tmp_path / 'elsewhere'} "
+                                f"(e.g. {tmp_path / 'elsewhere' / '0.jpg'}): set data.test.img_dir to the folder "
+                                f"their file_name is relative to")
+    for index in range(50):  # one image of the twenty sampled (every other one) left: the folder is right
+        if index != 10:
+            (tmp_path / "img" / f"{index}.jpg").unlink()
+    assert len(CocoDetection(ann_file, img_dir, train=False)) == 50
