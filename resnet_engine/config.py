@@ -239,6 +239,8 @@ def find_config(path: str) -> str:
     ``configs/coco_r101.yaml`` from any working directory); else one line naming the closest one."""
     if os.path.isfile(path):
         return path
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a folder: give a config file (a .yaml) as --cfg")
     name = os.path.basename(path)
     shipped = shipped_configs()
     if os.path.dirname(path) in ("", "configs") and name in shipped:
@@ -249,17 +251,24 @@ def find_config(path: str) -> str:
 
 
 def read_yaml(path: str) -> dict:
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a folder: give a config file (a .yaml) as --cfg")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as handle:
             data = load_yaml_text(handle)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}): "
+                          f"save the config as UTF-8") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{where}: invalid YAML ({_yaml_problem(error)})") from None
     if data is None:
-        return {}
+        # An empty file is a mistake (a wrong file, an unsaved editor): the defaults would run unannounced.
+        raise ConfigError(f"{path} holds no settings: give the keys to set in it, or leave out --cfg to run the "
+                          f"defaults")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
     return data
@@ -274,7 +283,15 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
-    return getattr(error, "problem", None) or str(error).splitlines()[0]
+    """PyYAML's problem, with where its context (a bracket left open) began, and the fix of a tab."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    problem_mark = getattr(error, "problem_mark", None)
+    if context and context_mark is not None and (problem_mark is None or context_mark.line != problem_mark.line):
+        problem += f"; {context} that starts on line {context_mark.line + 1}"
+    if "'\\t'" in problem:
+        problem += ": indent with spaces, not tabs"
+    return problem
 
 
 def _nest(key: str, value: Any) -> dict:
@@ -401,8 +418,12 @@ class ConfigLoader:
         layers = []
         for base in bases:
             base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+            if not os.path.isfile(base_path) and os.path.dirname(base) in ("", "configs") and \
+                    os.path.basename(base) in shipped_configs():
+                base_path = os.path.join(shipped_config_dir(), os.path.basename(base))  # a shipped one, by name
             if not os.path.isfile(base_path):
-                raise ConfigError(f"{path}: _base_ file not found: {base_path}")
+                raise ConfigError(f"{path}: _base_ file not found: {base_path} (a path relative to {path}'s "
+                                  f"folder, or the name of a shipped config)")
             layers.extend(self._file_layers(base_path, chain + (real,)))
         layers.append((path, data))
         return layers

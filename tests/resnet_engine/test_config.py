@@ -69,6 +69,33 @@ def test_missing_files_and_invalid_yaml(tmp_path):
         load_detection_config(path)
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"solver:\n  max_iter: 10\xff\n", "{path}: not UTF-8 text (byte 0xff at offset 22): save the config as UTF-8"),
+    (b"solver:\n\tmax_iter: 10\n", "{path} line 2: invalid YAML (found character '\\t' that cannot start any token: "
+                                  "indent with spaces, not tabs)"),
+    (b"solver:\n  base_lr: [0.1\nmodel:\n  x: 1\n", "{path} line 3: invalid YAML (expected ',' or ']', but got ':'; "
+                                                  "while parsing a flow sequence that starts on line 2)"),
+    (b"", "{path} holds no settings: give the keys to set in it, or leave out --cfg to run the defaults"),
+    (b"# only a comment\n", "{path} holds no settings: give the keys to set in it, or leave out --cfg to run the "
+                            "defaults"),
+], ids=["not-utf8", "tab", "open-bracket", "empty", "comment-only"])
+def test_unreadable_config_files_are_one_line_with_the_fix(tmp_path, content, message):
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as error:
+        load_detection_config(str(path))
+    assert str(error.value) == message.format(path=path)
+
+
+def test_a_folder_as_the_config_and_a_shipped_base_by_name(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        load_detection_config(str(tmp_path))
+    assert str(error.value) == f"{tmp_path} is a folder: give a config file (a .yaml) as --cfg"
+    path = write(tmp_path / "mine.yaml", "_base_: shapes.yaml\nsolver:\n  max_iter: 3\n")
+    mine, shipped = load_detection_config(path), load_detection_config("shapes.yaml")
+    assert mine.solver.max_iter == 3 and mine.data.synthetic == shipped.data.synthetic == "shapes"
+
+
 def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
     """PyYAML keeps the last of two equal keys: max_iter 20 would be run while the file also says 10."""
     path = write(tmp_path / "twice.yaml", "solver:\n  max_iter: 10\n  base_lr: 0.1\n  max_iter: 20\n")
