@@ -135,6 +135,10 @@ def infer_files(cfg, weights: str, inputs: list[str], out_dir: str, vis_thresh: 
             kind = "files" if any(is_video(path) for path in paths) else "images"
             warnings.warn(f"{len(skipped)} of {len(paths)} {kind} were skipped (unreadable, or too thin to "
                           f"detect in), e.g. {skipped[0]}", stacklevel=2)
+    if len(skipped) == len(paths):
+        # An empty predictions.json and exit code 0 would read as "nothing detected".
+        raise BadImageError(f"none of the {len(paths)} input files could be read (e.g. {skipped[0]}): nothing was "
+                            f"detected")
     logger.info("%d detections on %d files written to %s%s", len(predictions), len(paths) - len(skipped), out_file,
                 f"; annotated copies in {vis_dir}" if vis_dir else "")
     return predictions

@@ -17,7 +17,48 @@ from .errors import UserError, is_user_error
 from .extras import missing_package_error
 
 
-class OverridesParser(argparse.ArgumentParser):
+class ToolParser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line, ``error: ...`` as every other error of the tools,
+    with where the options are listed, rather than the usage block first."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (python {self.prog} --help lists the options)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = _whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number: give 1 or more")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: give 0 or more")
+    return value
+
+
+def unit_fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1 (a score threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0..1: scores are probabilities")
+    return value
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+
+
+class OverridesParser(ToolParser):
     """An argument parser whose ``key=value`` overrides may stand before, between or after the options.
 
     Plain argparse fills a ``nargs="*"`` positional from the first run of positionals only, so

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from .cli import check_output_folder
 from .errors import UserError
 from .logger import flatten_metrics
 
@@ -23,14 +24,20 @@ def read_metrics(path: str) -> tuple[list[dict], list[dict]]:
         path = os.path.join(path, "metrics.jsonl")
     if not os.path.isfile(path):
         raise UserError(f"no metrics log at {path}: give a run's output_dir or its metrics.jsonl")
-    train, evals = [], []
-    with open(path, encoding="utf-8") as handle:
+    train, evals, foreign = [], [], 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash
+            if not isinstance(record, dict) or not isinstance(record.get("iteration"), int):
+                foreign += 1  # not a record of a run's log: metrics.json, or another program's lines
+                continue
             (evals if record.get("type") == "eval" else train).append(record)
+    if foreign and not train and not evals:
+        raise UserError(f"{path} is not a run's metrics log (none of its lines is a record with an iteration): "
+                        "give a run's output_dir or its metrics.jsonl")
     return train, evals
 
 
@@ -44,7 +51,8 @@ def plot_run(path: str, out_dir: str | None = None) -> list[str]:
     train, evals = read_metrics(path)
     if not train and not evals:
         raise UserError(f"{path} holds no metrics yet")
-    out_dir = out_dir or (path if os.path.isdir(path) else os.path.dirname(path))
+    out_dir = out_dir or (path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+    check_output_folder(out_dir, "--out")
     os.makedirs(out_dir, exist_ok=True)
     written = []
 

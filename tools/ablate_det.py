@@ -13,7 +13,7 @@ COCO evaluation server instead of a score.
 
 from __future__ import annotations
 
-from resnet_engine.cli import config_parser, run_cli
+from resnet_engine.cli import config_parser, positive_int, run_cli
 
 DEFAULT_CFG = "configs/shapes.yaml"  # the shipped file unless the working folder has its own
 
@@ -22,7 +22,7 @@ def main() -> int:
     parser = config_parser(__doc__.splitlines()[0], default_cfg=DEFAULT_CFG)
     parser.add_argument("--weights", required=True, help="weights of the model trained without global context")
     parser.add_argument("--context-weights", help="weights of the same model trained with global context")
-    parser.add_argument("--scales", type=int, nargs="+", help="multi-scale pyramid (default: test.scales, "
+    parser.add_argument("--scales", type=positive_int, nargs="+", help="multi-scale pyramid (default: test.scales, "
                         "or the paper's 200..1000 relative to its 600)")
     parser.add_argument("--out", default="output/ablation", help="folder for ablation.md / ablation.json")
     parser.add_argument("--plot", action="store_true", help="also write ablation.png, a bar chart of the rows")

@@ -6,13 +6,11 @@
 
 from __future__ import annotations
 
-import argparse
-
-from resnet_engine.cli import run_cli
+from resnet_engine.cli import ToolParser, run_cli
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="convert detector weights into this toolkit's format")
+    parser = ToolParser(description="convert detector weights into this toolkit's format")
     parser.add_argument("--from", dest="source", required=True, choices=["torchvision"],
                         help="library the weights come from")
     parser.add_argument("--in", dest="input", required=True, help="input state dict (.pth or .safetensors)")

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 
-from resnet_engine.cli import config_parser, run_cli
+from resnet_engine.cli import config_parser, positive_int, run_cli
 
 DEFAULT_CFG = "configs/shapes.yaml"  # the shipped file unless the working folder has its own
 
 
 def main() -> int:
     parser = config_parser(__doc__.splitlines()[0], default_cfg=DEFAULT_CFG)
-    parser.add_argument("--num-images", type=int, default=12, help="validation images to annotate")
+    parser.add_argument("--num-images", type=positive_int, default=12, help="validation images to annotate")
     args = parser.parse_args()
 
     from detection.config import load_detection_config

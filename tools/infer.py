@@ -19,6 +19,7 @@ from resnet_engine.cli import (
     looks_like_override,
     run_cli,
     sigterm_as_interrupt,
+    unit_fraction,
 )
 
 DEFAULT_CFG = "configs/shapes.yaml"  # the shipped file unless the working folder has its own
@@ -29,7 +30,7 @@ def main() -> int:
     parser.add_argument("--weights", required=True, help="detector weights (model_final.pth, a checkpoint, converted)")
     parser.add_argument("--inputs", nargs="+", required=True, help="image or video files, or folders of them")
     parser.add_argument("--out", default="output/infer", help="folder for predictions.json and annotated images")
-    parser.add_argument("--vis-thresh", type=float, default=0.5, help="lowest score drawn on the images")
+    parser.add_argument("--vis-thresh", type=unit_fraction, default=0.5, help="lowest score drawn on the images")
     parser.add_argument("--no-vis", action="store_true", help="only write predictions.json")
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -5,20 +5,19 @@
 
 from __future__ import annotations
 
-import argparse
-
-from resnet_engine.cli import run_cli
+from resnet_engine.cli import ToolParser, check_output_folder, non_negative_int, positive_int, run_cli
 
 
 def main() -> int:
     from detection.data.shapes import DEFAULT_ROOT, SPLITS, generate_split
 
-    parser = argparse.ArgumentParser(description="generate the synthetic shapes detection dataset")
+    parser = ToolParser(description="generate the synthetic shapes detection dataset")
     parser.add_argument("--root", default=DEFAULT_ROOT)
-    parser.add_argument("--train", type=int, default=SPLITS["train"], help="number of training images")
-    parser.add_argument("--val", type=int, default=SPLITS["val"], help="number of validation images")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train", type=positive_int, default=SPLITS["train"], help="number of training images")
+    parser.add_argument("--val", type=positive_int, default=SPLITS["val"], help="number of validation images")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args()
+    check_output_folder(args.root, "--root")
     for split, count in (("train", args.train), ("val", args.val)):
         path = generate_split(args.root, split, count, args.seed)
         print(f"{split}: {count} images, annotations in {path}")

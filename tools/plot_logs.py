@@ -6,13 +6,11 @@
 
 from __future__ import annotations
 
-import argparse
-
-from resnet_engine.cli import run_cli
+from resnet_engine.cli import ToolParser, run_cli
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ToolParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run's output_dir (or its metrics.jsonl)")
     parser.add_argument("--out", help="folder for the PNG files (default: the run's folder)")
     args = parser.parse_args()

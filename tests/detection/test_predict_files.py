@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from detection.config import load_detection_config
+from detection.data.image_io import BadImageError
 from detection.data.shapes import generate_split
 from detection.evaluation.coco_eval import (
     DetectionsError,
@@ -125,6 +126,12 @@ def test_unreadable_video_is_skipped_with_one_warning(detector, tmp_path):
         f"decode: convert it to MP4 or extract its frames as images)",
         f"1 of 2 files were skipped (unreadable, or too thin to detect in), e.g. {broken}"]
     assert {p["file_name"] for p in predictions} == {image}
+    # Nothing read at all is an error, not an empty predictions.json that reads as "nothing detected".
+    with pytest.raises(BadImageError, match=r"none of the 1 input files could be read \(e.g. .*broken.mp4\)"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            infer_files(cfg, weights, [str(broken)], str(tmp_path / "out2"), vis_thresh=None, device="cpu",
+                        progress=False)
 
 
 class NoEncoder:

@@ -9,3 +9,24 @@ def test_a_trainer_takes_resume_overwrite_and_overrides_anywhere():
     assert (args.cfg, args.resume, args.overwrite, args.overrides) == ("configs/x.yaml", True, False, ["a.b=1", "c=[2]"])
     args = parser.parse_args(["--cfg", "y.yaml", "--overwrite"])
     assert (args.cfg, args.resume, args.overwrite, args.overrides) == ("y.yaml", False, True, [])
+
+
+def test_tool_mistakes_are_one_line_and_numbers_are_checked(capsys):
+    import pytest
+
+    from resnet_engine.cli import ToolParser, non_negative_int, positive_int, unit_fraction
+    parser = ToolParser(prog="tool.py")
+    parser.add_argument("--count", type=positive_int, default=1)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--thresh", type=unit_fraction, default=0.5)
+    assert vars(parser.parse_args(["--count", "3", "--seed", "0", "--thresh", "1"])) == {
+        "count": 3, "seed": 0, "thresh": 1.0}
+    for argv, message in ((["--count", "0"], "argument --count: 0 is not a positive number: give 1 or more"),
+                          (["--count", "2.5"], "argument --count: '2.5' is not a whole number"),
+                          (["--seed", "-1"], "argument --seed: -1 is negative: give 0 or more"),
+                          (["--thresh", "1.5"], "argument --thresh: 1.5 is outside 0..1: scores are probabilities"),
+                          (["--nope"], "unrecognized arguments: --nope")):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(argv)
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err == f"error: {message} (python tool.py --help lists the options)\n"

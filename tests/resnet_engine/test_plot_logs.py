@@ -30,3 +30,19 @@ def test_a_detector_log_gives_its_box_ap_only(tmp_path):
     ])
     curves = evaluation_curves(*read_metrics(str(tmp_path)))
     assert curves == {"bbox/AP": [(5, 12.5)], "bbox/AP50": [(5, 30.0)]}
+
+
+def test_a_file_that_is_not_a_runs_log_is_one_error_and_out_must_be_a_folder(tmp_path, monkeypatch):
+    import pytest
+
+    from resnet_engine.errors import UserError
+    (tmp_path / "metrics.json").write_text('{"bbox": {"AP": 31.2}}\n')  # a run's final metrics, not its log
+    with pytest.raises(UserError, match=r"metrics.json is not a run's metrics log \(none of its lines is a record "
+                                        r"with an iteration\)"):
+        plot_run(str(tmp_path / "metrics.json"))
+    write_log(tmp_path / "metrics.jsonl", [{"iteration": 1, "total_loss": 2.0}, {"iteration": 2, "total_loss": 1.5}])
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(UserError, match=r"--out .*taken is a file, not a folder"):
+        plot_run(str(tmp_path / "metrics.jsonl"), str(tmp_path / "taken"))
+    monkeypatch.chdir(tmp_path)  # a log in the working folder: the plots go next to it
+    assert plot_run("metrics.jsonl") == [str(tmp_path / "loss.png")]  # no lr logged: no lr.png
