@@ -103,6 +103,8 @@ def _timm_file(name: str) -> str:
 
 def read_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Read a flat name -> tensor dict from any supported file."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path}" + (" (it is a folder)" if os.path.isdir(path) else ""))
     lower = path.lower()
     if lower.endswith(".safetensors"):
         from safetensors.torch import load_file

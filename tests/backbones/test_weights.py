@@ -12,7 +12,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from backbones import WeightsError, build_resnet, resnet18
-from backbones.weights import caffe2_name_to_torch
+from backbones.weights import caffe2_name_to_torch, read_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,9 @@ def test_missing_file_and_non_tensor_file(tmp_path):
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot read .*broken.pth"):
         resnet18(weights=str(tmp_path / "broken.pth"))
+    # Read directly (tools/convert_weights.py): a missing file is not called damaged.
+    with pytest.raises(WeightsError, match=r"^weights file not found: .*nothere.pth$"):
+        read_state_dict(str(tmp_path / "nothere.pth"))
 
 
 class Evil:
