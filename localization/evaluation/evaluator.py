@@ -5,6 +5,7 @@ val set."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 from classification.data.ilsvrc import load_ground_truth, read_blacklist, read_synsets
@@ -29,6 +30,7 @@ def score_files(gt: str, pred: str, synsets: str | None, out_dir: str, blacklist
     synset_list = read_synsets(synsets) if synsets else None
     ground_truth = load_ground_truth(gt, synset_list)
     predictions = read_predictions(pred, synset_list, list(ground_truth))
+    check_predictions_fit(pred, predictions, ground_truth)
     ignored = read_blacklist(blacklist, list(ground_truth)) if blacklist else None
     errors = localization_errors(ground_truth, predictions, max_guesses, ignored)
     print(format_table(errors))
@@ -37,6 +39,20 @@ def score_files(gt: str, pred: str, synsets: str | None, out_dir: str, blacklist
     write_json(metrics, path)
     print(f"metrics written to {path}")
     return metrics
+
+
+def check_predictions_fit(path: str, predictions: dict, ground_truth: dict) -> None:
+    """Predictions of none of the ground truth's images are another split's: an error, not a 100% error.
+    Inverted boxes are never right under the devkit's rule (no overlap): warned of, as a sign of another
+    box format."""
+    if predictions and not any(image_id in ground_truth for image_id in predictions):
+        raise UserError(f"{path}: none of its {len(predictions)} images is in the ground truth (e.g. "
+                        f"{next(iter(predictions))}, where the ground truth has {next(iter(ground_truth))}): are "
+                        f"these predictions for another split?")
+    inverted = sum(1 for guesses in predictions.values() for _, (x1, y1, x2, y2) in guesses if x2 < x1 or y2 < y1)
+    if inverted:
+        warnings.warn(f"{path}: {inverted} guessed boxes have xmax < xmin or ymax < ymin and can never be right "
+                      "(the devkit's rule): boxes are 'xmin ymin xmax ymax', not 'x y width height'", stacklevel=2)
 
 
 def evaluate_localizer_weights(cfg, weights: str | Sequence[str] | None, classifier: str | Sequence[str] | None,

@@ -264,3 +264,17 @@ def test_blacklist_numbers_name_the_val_images_whatever_the_subset_scored(tmp_pa
     with pytest.raises(UserError, match=r"blacklist.txt line 1: numbers name the val images ILSVRC2012_val_<8 "
                                         r"digits>, and none of the ground truth's images is named so"):
         read_blacklist(str(tmp_path / "blacklist.txt"), ["photo_a", "photo_b"])
+
+
+def test_predictions_of_another_split_and_inverted_boxes(fixture_files, tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text("ImageId,PredictionString\nILSVRC2012_test_00000001,n01 0 0 9 9\n")
+    with pytest.raises(UserError, match=r"other.csv: none of its 1 images is in the ground truth \(e.g. "
+                                        r"ILSVRC2012_test_00000001, where the ground truth has ILSVRC2012_val_"):
+        score_files(str(fixture_files / "gt.csv"), str(other), None, str(tmp_path / "out"))
+    widths = tmp_path / "widths.csv"  # x y width height given where corners are expected
+    widths.write_text("ImageId,PredictionString\n" + "".join(f"{image_id},n01 40 40 10 10\n" for image_id in IDS))
+    with pytest.warns(UserWarning, match=r"widths.csv: 4 guessed boxes have xmax < xmin or ymax < ymin and can never "
+                                         r"be right"):
+        metrics = score_files(str(fixture_files / "gt.csv"), str(widths), None, str(tmp_path / "out"))
+    assert metrics["top5_loc_err"] == 100.0
