@@ -70,7 +70,23 @@ def list_train_images(root: str, synsets: Synsets, source: str = "folder") -> li
                for label, (class_dir, names) in enumerate(zip(class_dirs, names_per_class)) for name in names]
     if not records:
         raise UserError(f"{train_dir}: no images in folders named after the WNIDs of {synsets.source}")
+    warn_of_unused_folders(train_dir, synsets, names_per_class)
     return records
+
+
+def warn_of_unused_folders(train_dir: str, synsets: Synsets, names_per_class: list[list[str]]) -> None:
+    """Class folders that the synset list lacks are not trained on, and classes without images are never
+    a training label: both are said, since either changes the task without an error."""
+    source = synsets.source or "the synset list"
+    with os.scandir(train_dir) as entries:
+        unlisted = sorted(e.name for e in entries if e.is_dir() and e.name not in synsets)
+    if unlisted:
+        warnings.warn(f"{train_dir}: {len(unlisted)} class folders are not in {source} and are not trained "
+                      f"on (e.g. {', '.join(unlisted[:3])}): add them to the list to train on them", stacklevel=3)
+    empty = [wnid for wnid, names in zip(synsets.wnids, names_per_class) if not names]
+    if empty:
+        warnings.warn(f"{train_dir}: {len(empty)} of the {len(synsets)} classes of {source} have no training "
+                      f"images (e.g. {', '.join(empty[:3])}): the network never sees them", stacklevel=3)
 
 
 def list_class_folders(class_dirs: list[str]) -> list[list[str]]:

@@ -75,3 +75,15 @@ def test_a_cache_with_a_class_missing_is_rebuilt(tmp_path, listings):
     with pytest.warns(UserWarning, match="2 class entries for 3 classes"):
         assert list_train_images(str(tmp_path), SYNSETS) == expected_records(tmp_path, FILES)
     assert listings[0] == 2
+
+
+def test_folders_the_list_lacks_and_classes_without_images_are_said(tmp_path):
+    make_tree(tmp_path, ["n01/n01_1.JPEG", "n02/n02_1.JPEG", "n09/n09_1.JPEG", "n08/n08_1.JPEG"])  # no n03
+    with pytest.warns(UserWarning) as caught:
+        records = list_train_images(str(tmp_path), Synsets(SYNSETS.wnids, SYNSETS.names, source="synsets.txt"))
+    assert sorted(os.path.basename(r.path) for r in records) == ["n01_1.JPEG", "n02_1.JPEG"]
+    train = tmp_path / DATA_DIR / "train"
+    assert [str(w.message) for w in caught] == [
+        f"{train}: 2 class folders are not in synsets.txt and are not trained on (e.g. n08, n09): add them to the list to "
+        f"train on them",
+        f"{train}: 1 of the 3 classes of synsets.txt have no training images (e.g. n03): the network never sees them"]
