@@ -80,16 +80,31 @@ def looks_like_override(text: str) -> bool:
 def config_parser(description: str, default_cfg: str | None = None) -> argparse.ArgumentParser:
     """``--cfg FILE`` plus ``key=value`` overrides, anywhere on the command line."""
     parser = OverridesParser(description=description)
+    add_config_arguments(parser, default_cfg)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default_cfg: str | None) -> None:
     help_text = "YAML config file" + (f" (default: {default_cfg})" if default_cfg else "")
     parser.add_argument("--cfg", default=default_cfg, help=help_text)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, values parsed as YAML, e.g. solver.max_iter=1000")
-    return parser
+
+
+class TrainingParser(OverridesParser):
+    """--resume and --overwrite ask for opposite things: given together, one would be ignored."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        if parsed.resume and parsed.overwrite:
+            self.error("--resume continues the run in output_dir and --overwrite deletes it: give one of them")
+        return parsed
 
 
 def training_parser(description: str, default_cfg: str) -> argparse.ArgumentParser:
     """config_parser plus the options every trainer has: ``--resume`` and ``--overwrite``."""
-    parser = config_parser(description, default_cfg)
+    parser = TrainingParser(description=description)
+    add_config_arguments(parser, default_cfg)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in an output_dir that holds an earlier run's checkpoints (deletes them)")

@@ -11,6 +11,17 @@ def test_a_trainer_takes_resume_overwrite_and_overrides_anywhere():
     assert (args.cfg, args.resume, args.overwrite, args.overrides) == ("y.yaml", False, True, [])
 
 
+def test_resume_and_overwrite_together_are_refused(capsys):
+    import pytest
+    parser = training_parser("train", "configs/x.yaml")
+    parser.prog = "train_det.py"
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--resume", "--overwrite"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("error: --resume continues the run in output_dir and --overwrite deletes it: "
+                                       "give one of them (python train_det.py --help lists the options)\n")
+
+
 def test_tool_mistakes_are_one_line_and_numbers_are_checked(capsys):
     import pytest
 
