@@ -127,7 +127,8 @@ def entry_problem(kind: str, entry) -> str | None:
             return f"has {key} {entry[key]!r}: ids are integers in COCO files (number the entries 1, 2, ...)"
     if kind == "annotations" and not is_box(entry["bbox"]):
         return f"has bbox {entry['bbox']!r}: give 4 numbers [x, y, width, height]"
-    if kind == "images" and not all(is_number(entry.get(key, 0)) for key in ("width", "height")):
+    if kind == "images" and not all(is_number(entry.get(key, 0)) and entry.get(key, 0) >= 0
+                                    for key in ("width", "height")):
         return f"has width {entry.get('width')!r} and height {entry.get('height')!r}: give them in pixels"
     return None
 
@@ -182,7 +183,8 @@ def plain_annotation(entry) -> bool:
 def plain_image(entry) -> bool:
     """A dict with an int id and file_name, and a width and height that are ints or floats when given."""
     return (type(entry) is dict and type(entry.get("id")) is int and "file_name" in entry
-            and is_int_or_float(entry.get("width", 0)) and is_int_or_float(entry.get("height", 0)))
+            and is_int_or_float(entry.get("width", 0)) and is_int_or_float(entry.get("height", 0))
+            and entry.get("width", 0) >= 0 and entry.get("height", 0) >= 0)
 
 
 PLAIN_ENTRY = {"annotations": plain_annotation, "images": plain_image}
@@ -224,12 +226,14 @@ class AnnotationStats:
     clipped: int = 0
     unknown_category: int = 0
     unknown_image: int = 0  # annotations whose image_id is not in the json's images
+    dropped_example: object = None  # the id of one dropped annotation, to look it up by
 
     def any(self) -> bool:
         return bool(self.dropped or self.clipped or self.unknown_category or self.unknown_image)
 
     def describe(self) -> str:
-        return (f"{self.dropped} boxes dropped (no area or not finite), {self.clipped} clipped to the image, "
+        example = f", e.g. annotation id {self.dropped_example}" if self.dropped_example is not None else ""
+        return (f"{self.dropped} boxes dropped (no area or not finite{example}), {self.clipped} clipped to the image, "
                 f"{self.unknown_category} with unknown category ids ignored, {self.unknown_image} of image ids "
                 "not in 'images' ignored")
 
@@ -244,6 +248,7 @@ class AnnotationArrays:
     xywh: np.ndarray
     label: np.ndarray
     crowd: np.ndarray
+    json_index: np.ndarray  # the position of each in the json's 'annotations' list
 
     @classmethod
     def of(cls, coco: COCO, image_ids: list, label_of: dict) -> AnnotationArrays:
@@ -257,7 +262,7 @@ class AnnotationArrays:
         xywh = np.array([anns[k]["bbox"] for k in order.tolist()], dtype=np.float64).reshape(-1, 4)
         label = np.array([label_of.get(anns[k]["category_id"], -1) for k in order.tolist()], dtype=np.int64)
         crowd = np.array([bool(anns[k].get("iscrowd", 0)) for k in order.tolist()], dtype=bool)
-        return cls(owner[order], xywh, label, crowd)
+        return cls(owner[order], xywh, label, crowd, order)
 
 
 def sanitize_boxes(xywh: np.ndarray, widths: np.ndarray, heights: np.ndarray,
@@ -368,6 +373,9 @@ class CocoDetection(torch.utils.data.Dataset):
         # A size of 0 is unknown: the boxes are then not clipped on that side.
         boxes, kept = sanitize_boxes(anns.xywh, np.where(widths != 0, widths, np.inf)[anns.owner],
                                      np.where(heights != 0, heights, np.inf)[anns.owner], self.stats)
+        dropped = np.flatnonzero(~kept)
+        if dropped.size:
+            self.stats.dropped_example = self.coco.dataset["annotations"][int(anns.json_index[dropped[0]])].get("id")
         self.stats.unknown_category += int(np.count_nonzero(kept & (anns.label < 0)))
         kept &= anns.label >= 0
         is_object, is_crowd = kept & ~anns.crowd, kept & anns.crowd

@@ -57,7 +57,7 @@ def test_bad_annotations_are_clipped_or_dropped_and_counted(tmp_path):
         ann(6, 1, 1, [80, 80, 5, 5]),          # entirely outside: dropped
         ann(7, 1, 18, [0, 0, 30, 30], crowd=1),
     ], CATEGORIES)
-    with pytest.warns(UserWarning, match="4 boxes dropped.*1 clipped"):
+    with pytest.warns(UserWarning, match=r"4 boxes dropped \(no area or not finite, e.g. annotation id 2\), 1 clipped"):
         dataset = CocoDetection(ann_file, img_dir, train=False)
     record = dataset.records[0]
     assert record["boxes"].tolist() == [[1, 1, 11, 11], [50, 30, 60, 40]]
@@ -102,6 +102,8 @@ def test_annotations_without_objects_are_an_error_and_orphans_are_counted(tmp_pa
      "image #1 (id 2) lacks file_name (each image needs its id and file_name, its path in the image folder)"),
     (lambda d: d["images"][0].update(width="sixty"),
      "image #0 (id 1) has width 'sixty' and height 40: give them in pixels"),
+    (lambda d: d["images"][0].update(width=-60),
+     "image #0 (id 1) has width -60 and height 40: give them in pixels"),
     (lambda d: d["categories"][2].pop("id"),
      "category #2 (id None) lacks id (each category needs its id, the category_id of its annotations)"),
     (lambda d: d["annotations"][1].update(bbox=["1", 2, 3, 4]),
