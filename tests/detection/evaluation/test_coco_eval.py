@@ -152,9 +152,9 @@ def test_scoring_mode_command_line(tmp_path, repo_root):
                               "--det", str(tmp_path / "det.json"), "--weights", "model.pth", "test.max_images=5"],
                              capture_output=True, text=True)
     assert ignored.returncode == 2
-    assert ignored.stderr.strip().splitlines()[-1].endswith(
-        "scoring mode (--gt and --det) scores a results file and runs no model: drop --weights, key=value, or "
-        "drop --gt and --det to run the model")
+    assert ignored.stderr.strip() == (
+        "error: scoring mode (--gt and --det) scores a results file and runs no model: drop --weights, key=value, "
+        "or drop --gt and --det to run the model (python eval_det.py --help lists the options)")
 
 
 @pytest.mark.parametrize("change, message", [
