@@ -221,6 +221,16 @@ class TensorBoardWriter:
         self.writer.close()
 
 
+def logged_iterations(saved) -> dict[str, int]:
+    """{record kind: the last iteration a tracker's run was sent} from trackers.json (one number for all
+    kinds in files written before the kinds were kept apart)."""
+    if isinstance(saved, dict):
+        return {str(kind): int(value) for kind, value in saved.items()}
+    if isinstance(saved, int):
+        return {"train": saved, "eval": saved}
+    return {}
+
+
 class TrackerWriter(abc.ABC):
     """A tracker's run for an output folder: a new one for a run from iteration 0, the same one again
     for a resumed run, which is not sent the iterations the run already has (those before the
@@ -232,13 +242,16 @@ class TrackerWriter(abc.ABC):
         saved = runs.get(self.name)
         self.runs = runs
         self.run_id: str | None = saved.get("run_id")
-        self.logged_through: int = saved.get("last_iteration", -1) if self.run_id else -1
+        self.logged_through: dict[str, int] = logged_iterations(saved.get("last_iteration")) if self.run_id else {}
 
     def write_scalars(self, kind: str, scalars: dict[str, float], iteration: int) -> None:
-        if iteration <= self.logged_through or not scalars:
+        # Per kind: a final evaluation run again after --resume is at the iteration of a train record
+        # already sent, and is sent all the same.
+        if iteration <= self.logged_through.get(kind, -1) or not scalars:
             return
         self.send({f"{kind}/{name}": value for name, value in scalars.items()}, iteration)
-        self.runs.update(self.name, last_iteration=iteration)
+        self.logged_through[kind] = iteration
+        self.runs.update(self.name, last_iteration=dict(self.logged_through))
 
     @abc.abstractmethod
     def send(self, scalars: dict[str, float], iteration: int) -> None:
@@ -262,7 +275,7 @@ class WandbWriter(TrackerWriter):
                               mode=options.mode or None, dir=os.environ.get("WANDB_DIR", output_dir),
                               id=self.run_id, resume=None if fresh else "allow", config=config if fresh else None)
         self.run_id = self.run.id
-        runs.update(self.name, run_id=self.run_id, last_iteration=self.logged_through)
+        runs.update(self.name, run_id=self.run_id, last_iteration=dict(self.logged_through))
 
     def send(self, scalars: dict[str, float], iteration: int) -> None:
         self.run.log(scalars, step=iteration)
@@ -296,9 +309,9 @@ class MlflowWriter(TrackerWriter):
         if self.run_id is not None and self.continue_run(self.run_id):
             self.client.update_run(self.run_id, status="RUNNING")
         else:
-            self.run_id, self.logged_through = self.new_run(options, output_dir), -1
+            self.run_id, self.logged_through = self.new_run(options, output_dir), {}
             self.log_params(config)
-        runs.update(self.name, run_id=self.run_id, last_iteration=self.logged_through)
+        runs.update(self.name, run_id=self.run_id, last_iteration=dict(self.logged_through))
 
     def continue_run(self, run_id: str) -> bool:
         from mlflow.exceptions import MlflowException

@@ -124,6 +124,23 @@ def test_a_resumed_run_continues_its_mlflow_run_without_the_iterations_it_has(tm
     assert history(client, new_id, "train/total_loss") == [(2, 9.0)]
 
 
+def test_a_final_evaluation_run_again_after_resume_reaches_the_tracker(tmp_path, mlflow_logging):
+    """The final evaluation was stopped by a signal after the last train record was sent; --resume runs it
+    again at that iteration. With one "sent through" number for all kinds, its record was dropped."""
+    first = MetricsLogger(str(tmp_path), options=mlflow_logging)
+    first.start_fresh()
+    first.log(4, {"total_loss": 2.0})
+    first.log(6, {"total_loss": 1.0})  # the last train record; then the final evaluation is interrupted
+    first.close(finished=False)
+    resumed = MetricsLogger(str(tmp_path), options=mlflow_logging)
+    resumed.resume_after(6)
+    resumed.log(6, {"bbox": {"AP": 31.0}}, kind="eval")
+    resumed.close()
+    client, run_id = mlflow_client(mlflow_logging), saved_run_id(tmp_path, "mlflow")
+    assert history(client, run_id, "eval/bbox/AP") == [(6, 31.0)]
+    assert history(client, run_id, "train/total_loss") == [(4, 2.0), (6, 1.0)]
+
+
 def test_a_tracker_that_fails_during_a_run_is_dropped_with_a_warning(tmp_path, mlflow_logging, caplog):
     from mlflow.exceptions import MlflowException
 
