@@ -244,6 +244,9 @@ class GoodCheckpoints:
         if path in self.pending or path in self.diverged:  # rewritten under the same name
             self.pending = [p for p in self.pending if p != path]
             self.diverged = [p for p in self.diverged if p != path]
+        if path == self.last_good:
+            # model_best.pth rewritten with newer weights: no longer the state whose loss was seen.
+            self.last_good = None
         (self.pending if weights_are_finite(model_state) else self.diverged).append(path)
 
     def loss_seen(self, value: float) -> None:

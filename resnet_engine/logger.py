@@ -79,13 +79,34 @@ class MetricsLogger:
         self.keep_earlier_log()
         self.open_writers(resumed_at=None)
 
-    def resume_after(self, iteration: int) -> None:
+    def resume_after(self, iteration: int, drop_evaluation: bool = False) -> None:
         """A run resumed from the checkpoint of ``iteration``: drop the newer records (the run repeats
-        them) and continue the tracker runs of this folder."""
+        them), and with ``drop_evaluation`` the evaluation record of ``iteration`` too (the run makes it
+        again), and continue the tracker runs of this folder."""
         if not self.enabled:
             return
-        self.drop_records_after(iteration)
+        self.drop_records_after(iteration, drop_evaluation)
         self.open_writers(resumed_at=iteration)
+
+    def has_record(self, iteration: int, kind: str) -> bool:
+        """Whether metrics.jsonl holds a record of ``kind`` ("train", "eval") at ``iteration``."""
+        return any(record.get("iteration") == iteration and record.get("type") == kind
+                   for record in self.records())
+
+    def records(self) -> list[dict]:
+        """The readable records of metrics.jsonl (a line cut short by a crash is left out)."""
+        if not os.path.isfile(self.path):
+            return []
+        records = []
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict):
+                    records.append(record)
+        return records
 
     def keep_earlier_log(self) -> None:
         if not os.path.isfile(self.path) or os.path.getsize(self.path) == 0:
@@ -98,7 +119,7 @@ class MetricsLogger:
         logger.info("a new run in %s: the earlier metrics.jsonl is kept as %s", os.path.dirname(self.path),
                     os.path.basename(kept))
 
-    def drop_records_after(self, iteration: int) -> None:
+    def drop_records_after(self, iteration: int, drop_evaluation: bool = False) -> None:
         if not os.path.isfile(self.path):
             return
         with open(self.path, encoding="utf-8") as handle:
@@ -106,10 +127,14 @@ class MetricsLogger:
         kept = []
         for line in lines:
             try:
-                if json.loads(line).get("iteration", 0) <= iteration:
-                    kept.append(line)
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if not isinstance(record, dict):
+                continue
+            at = record.get("iteration", 0)
+            if at < iteration or (at == iteration and not (drop_evaluation and record.get("type") == "eval")):
+                kept.append(line)
         with open(self.path, "w", encoding="utf-8") as handle:
             handle.writelines(kept)
 

@@ -233,8 +233,15 @@ class Trainer:
                           stacklevel=2)
         self._load(state, path)
         self.good_checkpoints.pending.append(path)  # good once its weights give a finite loss again
+        if self.start_iter > self.solver.max_iter:
+            # Training would not run, and model_final.pth would be labelled max_iter with the weights,
+            # schedule and data position of the later iteration: a further resume would shift all three.
+            raise UserError(f"{path} is at iteration {self.start_iter}, past solver.max_iter={self.solver.max_iter}: "
+                            f"raise solver.max_iter to continue the run, or start afresh (--overwrite)")
         self._write_config()  # only now: a config that does not fit leaves the run's own config.yaml
-        self.metrics_logger.resume_after(self.start_iter)
+        # A run resumed at max_iter evaluates again (its final evaluation may have been stopped): its
+        # earlier record of that evaluation, if any, is replaced rather than repeated.
+        self.metrics_logger.resume_after(self.start_iter, drop_evaluation=self.start_iter == self.solver.max_iter)
         logger.info("resumed from %s at iteration %d", path, self.start_iter)
         return True
 
@@ -306,12 +313,17 @@ class Trainer:
         data = iter(loader)
         bar = progress_bar(solver.max_iter, self.start_iter, self.is_main)
         previous_handlers = self._install_signal_handlers()
-        window_start, last_log = time.perf_counter(), self.start_iter
+        # Seconds per iteration from the training time alone: the evaluations and checkpoint writes
+        # between two records are not training (train_time leaves them out too).
+        window_seconds, last_log = self.train_seconds, self.start_iter
         final_metrics: dict = {}
         completed = False
         worker_death: TrainingError | None = None
         previous_sigchld = None
         try:
+            if self._evaluation_missed():
+                self.iteration = self.start_iter
+                self._evaluate(self.start_iter)
             for iteration in range(self.start_iter, solver.max_iter):
                 self.iteration = iteration
                 tick = time.perf_counter()
@@ -333,10 +345,10 @@ class Trainer:
                 bar.update(1)
                 if stop or done % solver.log_period == 0 or done == solver.max_iter:
                     # A stop by signal logs its partial window too: no record is lost.
-                    seconds_per_iter = (time.perf_counter() - window_start) / max(done - last_log, 1)
+                    seconds_per_iter = (self.train_seconds - window_seconds) / max(done - last_log, 1)
                     self._log(done, self.log_window, seconds_per_iter, lr, bar)
                     self.log_window = LogWindow()
-                    window_start, last_log = time.perf_counter(), done
+                    window_seconds, last_log = self.train_seconds, done
                 if stop:
                     self._save_and_stop(done)
                 if solver.checkpoint_period and done % solver.checkpoint_period == 0 and done < solver.max_iter:
@@ -376,6 +388,17 @@ class Trainer:
         self._report_skipped()
         return final_metrics
     # -- pieces of the loop ----------------------------------------------------------------------
+    def _evaluation_missed(self) -> bool:
+        """Whether the run was stopped (by a signal, before or during it) at a periodic evaluation that
+        metrics.jsonl has no record of: the resumed run makes it first, so that no evaluation, and no
+        candidate for model_best.pth, is lost. Decided on the main process, which writes the log."""
+        start = self.start_iter
+        if not (self.evaluate_fn and self.eval_period and 0 < start < self.solver.max_iter
+                and start % self.eval_period == 0):
+            return False
+        missed = not self.metrics_logger.has_record(start, "eval") if self.is_main else None
+        return bool(dist_utils.broadcast_object(missed))
+
     def _wrap_distributed(self) -> None:
         if dist_utils.is_distributed():
             uses_syncbn = any(isinstance(m, nn.SyncBatchNorm) for m in self.model.modules())
@@ -403,7 +426,7 @@ class Trainer:
         return batch
 
     def _worker_died(self, detail: str) -> DataWorkerDied:
-        return DataWorkerDied(f"a data-loading worker died at iteration {self.iteration} ({detail}); "
+        return DataWorkerDied(f"a data-loading worker died at iteration {self.iteration + 1} ({detail}); "
                              f"run with data.num_workers=0 to see the error in the main process")
 
     def _forward(self, batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -415,7 +438,7 @@ class Trainer:
                 outputs = self.ddp_model(batch)
         except torch.cuda.OutOfMemoryError:
             raise TrainingError(
-                f"out of GPU memory at iteration {self.iteration}: lower solver.ims_per_batch "
+                f"out of GPU memory at iteration {self.iteration + 1}: lower solver.ims_per_batch "
                 f"(now {self.solver.ims_per_batch}) or input.max_size_train, or set solver.amp=bf16"
             ) from None
         losses, metrics = outputs if isinstance(outputs, LossesAndMetrics) else (outputs, {})
@@ -453,7 +476,7 @@ class Trainer:
         if warmup.observe(self.iteration, value) and self.is_main:
             logger.info("%s averaged %.4g over iterations %d-%d, below %g: the warm-up ends, the schedule's "
                         "learning rate applies from iteration %d", warmup.metric, warmup.mean(),
-                        self.iteration + 1 - warmup.window, self.iteration, warmup.below, warmup.ended_at)
+                        self.iteration + 2 - warmup.window, self.iteration + 1, warmup.below, warmup.ended_at + 1)
 
     def _warn_if_still_warming_up(self) -> None:
         warmup = getattr(self.scheduler, "metric_warmup", None)
@@ -466,9 +489,10 @@ class Trainer:
         self.nonfinite_steps += 1
         terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
         if self.nonfinite_steps > self.solver.max_nonfinite:
-            raise TrainingError(f"non-finite loss at iteration {self.iteration} ({terms}); "
-                                f"{self._keep_good_checkpoint()}")
-        logger.warning("non-finite loss at iteration %d (%s): step skipped (%d of %d allowed)", self.iteration,
+            # The main process keeps the checkpoints and knows which is good: every process says what it says.
+            advice = dist_utils.broadcast_object(self._keep_good_checkpoint() if self.is_main else None)
+            raise TrainingError(f"non-finite loss at iteration {self.iteration + 1} ({terms}); {advice}")
+        logger.warning("non-finite loss at iteration %d (%s): step skipped (%d of %d allowed)", self.iteration + 1,
                        terms, self.nonfinite_steps, self.solver.max_nonfinite)
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -484,8 +508,7 @@ class Trainer:
         if good is None:
             return (f"no checkpoint of this run is good to continue from{aside}: {advice} and start afresh "
                     f"(--overwrite), or allow skipped steps with solver.max_nonfinite")
-        if self.is_main:
-            self.checkpointer.point_to(good)
+        self.checkpointer.point_to(good)
         return (f"the last good checkpoint is {good}{aside}: {advice}, then continue from it with --resume, "
                 f"or allow skipped steps with solver.max_nonfinite")
 
@@ -496,9 +519,11 @@ class Trainer:
         averaged = {k: v / max(count, 1) for k, v in {**window.losses, **window.metrics}.items()}
         averaged = dist_utils.reduce_mean(averaged, self.device)
         loss_total = sum(v for k, v in averaged.items() if k in window.losses)
+        # A window whose every step was skipped as non-finite has no loss to report (not a loss of 0).
+        loss_record = {"total_loss": round(loss_total, 5)} if window.losses else {}
         record = {
             **{k: round(v, 5) for k, v in averaged.items()},
-            "total_loss": round(loss_total, 5),
+            **loss_record,
             "lr": lr,
             "time_per_iter": round(seconds_per_iter, 4),
             "train_time": round(self.train_seconds, 1),

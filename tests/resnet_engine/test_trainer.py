@@ -9,11 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from resnet_engine.checkpoint import load_checkpoint
+from resnet_engine.errors import UserError
 from resnet_engine.run_dir import RunDirectory
 from resnet_engine.schema import MetricWarmupConfig
 from resnet_engine.trainer import LossesAndMetrics, StoppedBySignal, TrainingError
@@ -61,7 +63,7 @@ def test_nonfinite_loss_stops_with_the_iteration_and_terms(tmp_path):
     with pytest.raises(TrainingError) as error:
         trainer.train()
     assert str(error.value) == (
-        f"non-finite loss at iteration 3 (loss=nan); the last good checkpoint is {tmp_path / 'model_0000002.pth'}: "
+        f"non-finite loss at iteration 4 (loss=nan); the last good checkpoint is {tmp_path / 'model_0000002.pth'}: "
         "lower solver.base_lr or raise solver.warmup_iters, then continue from it with --resume, or allow "
         "skipped steps with solver.max_nonfinite")
 
@@ -111,7 +113,7 @@ def test_out_of_memory_names_the_batch_key(tmp_path):
 
     with pytest.raises(TrainingError) as error:
         make_trainer(ToyModel(out_of_memory), tmp_path).train()
-    assert str(error.value) == ("out of GPU memory at iteration 1: lower solver.ims_per_batch (now 4) or "
+    assert str(error.value) == ("out of GPU memory at iteration 2: lower solver.ims_per_batch (now 4) or "
                                 "input.max_size_train, or set solver.amp=bf16")
 
 
@@ -229,16 +231,23 @@ class ReportsAScore(ToyModel):
         return LossesAndMetrics(losses, {"score": torch.tensor(float(self.scores[self.calls - 1]))})
 
 
-def logged_records(folder):
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+def logged_records(folder, kind="train"):
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [record for record in records if record["type"] == kind]
 
 
-def test_the_metric_warmup_switches_after_the_first_window_below_and_the_log_shows_each_iterations_lr(tmp_path):
+def test_the_metric_warmup_switches_after_the_first_window_below_and_the_log_shows_each_iterations_lr(tmp_path,
+                                                                                                      caplog):
     """Windows of 2 over the scores 9, 9, 6, 3, ...: means 9, 7.5, 4.5: the third is below 5, so iterations
     0-3 train at 0.5 x 0.1 and the rest at 0.5. Each record holds its iteration's score and learning rate."""
     scores = [9, 9, 6, 3, 9, 9, 9, 9]
     until = MetricWarmupConfig(metric="score", below=5, lr_factor=0.1, window=2)
-    make_trainer(ReportsAScore(scores), tmp_path, max_iter=8, log_period=1, base_lr=0.5, warmup_until=until).train()
+    with caplog.at_level("INFO", logger="resnet_engine.trainer"):
+        make_trainer(ReportsAScore(scores), tmp_path, max_iter=8, log_period=1, base_lr=0.5,
+                     warmup_until=until).train()
+    # Numbered as the records are: the scores of records 3 and 4, and record 5 the first at the full rate.
+    assert ("score averaged 4.5 over iterations 3-4, below 5: the warm-up ends, the schedule's learning rate "
+            "applies from iteration 5") in caplog.messages
     records = logged_records(tmp_path)
     assert [r["iteration"] for r in records] == list(range(1, 9))
     assert [r["score"] for r in records] == scores
@@ -267,3 +276,122 @@ def test_a_run_that_never_leaves_the_warmup_warns(tmp_path):
     assert [str(w.message) for w in caught] == [
         "the whole run trained in the warm-up at 0.1 x the learning rate: score averaged 7 over the last 3 "
         "iterations, never below solver.warmup_until.below=5"]
+
+
+# --------------------------------------------------------------------------------------------- resumes and records
+
+
+def evaluation_iterations(out) -> list[int]:
+    return [r["iteration"] for r in logged_records(out, kind="eval")]
+
+
+def test_an_evaluation_stopped_by_a_signal_is_made_first_on_resume(tmp_path):
+    """Stopped during the evaluation at iteration 4: the resumed run evaluates iteration 4 before training on
+    (before, the record of 4 was missing for good, and its weights never a candidate for model_best.pth)."""
+    calls = []
+
+    def stopped_at_second(model):
+        calls.append(len(calls))
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        return {"m": {"score": 1.0}}
+
+    trainer = make_trainer(ToyModel(), tmp_path, evaluate=stopped_at_second, max_iter=8)
+    trainer.eval_period = 2
+    with pytest.raises(StoppedBySignal):
+        trainer.train()
+    resumed = make_trainer(ToyModel(), tmp_path, evaluate=lambda model: {"m": {"score": 5.0}}, max_iter=8)
+    resumed.eval_period = 2
+    assert resumed.resume() and resumed.start_iter == 4
+    resumed.train()
+    assert evaluation_iterations(tmp_path) == [2, 4, 6, 8]
+    # A run resumed at an evaluated iteration does not evaluate it twice.
+    again = make_trainer(ToyModel(), tmp_path, evaluate=lambda model: {"m": {"score": 5.0}}, max_iter=10,
+                         checkpoint_period=2)
+    again.eval_period = 2
+    assert again.resume() and again.start_iter == 8
+    again.train()
+    assert evaluation_iterations(tmp_path) == [2, 4, 6, 8, 10]
+
+
+def test_a_finished_run_resumed_evaluates_once_more_and_keeps_one_record(tmp_path):
+    scores = iter([1.0, 2.0])
+    for resume in (False, True):
+        trainer = make_trainer(ToyModel(), tmp_path, evaluate=lambda model: {"m": {"score": next(scores)}})
+        trainer.eval_period = 100
+        assert trainer.resume() == resume
+        trainer.train()
+    assert [(r["iteration"], r["m"]["score"]) for r in logged_records(tmp_path, kind="eval")] == [(6, 2.0)]
+
+
+def test_a_checkpoint_past_max_iter_is_refused(tmp_path):
+    """Resumed with a max_iter below the checkpoint's iteration, the run would write model_final.pth
+    labelled iteration 4 with the weights, schedule and data position of iteration 6."""
+    make_trainer(ToyModel(), tmp_path, max_iter=8, checkpoint_period=6).train()
+    (tmp_path / "last_checkpoint").write_text("model_0000006.pth")
+    trainer = make_trainer(ToyModel(), tmp_path, max_iter=4)
+    with pytest.raises(UserError) as error:
+        trainer.resume()
+    assert str(error.value) == (f"{tmp_path / 'model_0000006.pth'} is at iteration 6, past solver.max_iter=4: "
+                                f"raise solver.max_iter to continue the run, or start afresh (--overwrite)")
+
+
+def test_time_per_iteration_leaves_out_evaluations(tmp_path):
+    """A 1 s evaluation after iteration 4 of steps that take milliseconds: it counted in the next record's
+    time_per_iter (0.5 s an iteration at log_period 2)."""
+    def slow(model):
+        time.sleep(1.0)
+        return {"m": {"score": 1.0}}
+
+    trainer = make_trainer(ToyModel(), tmp_path, evaluate=slow, max_iter=8, log_period=2)
+    trainer.eval_period = 4
+    trainer.train()
+    times = {r["iteration"]: r["time_per_iter"] for r in logged_records(tmp_path)}
+    assert sorted(times) == [2, 4, 6, 8] and max(times.values()) < 0.2
+
+
+def test_a_window_of_skipped_steps_reports_no_loss(tmp_path):
+    """Both steps of the window 3-4 non-finite and skipped: the record had total_loss 0, a perfect loss."""
+    make_trainer(ToyModel(), tmp_path, max_nonfinite=5, make_loader=lambda start: toy_batches(start, nan_at=(2, 3))
+                 ).train()
+    records = {r["iteration"]: r for r in logged_records(tmp_path)}
+    assert "total_loss" not in records[4] and "loss" not in records[4]
+    assert records[2]["total_loss"] > 0 and records[6]["total_loss"] > 0
+
+
+def test_a_best_checkpoint_rewritten_after_it_was_found_good_is_good_no_more(tmp_path):
+    """model_best.pth was the last good checkpoint, then rewritten with the weights of iteration 4, which give
+    a non-finite loss: naming it as the one to resume from would repeat the failure."""
+    scores = iter(range(1, 100))
+    trainer = make_trainer(ToyModel(), tmp_path, evaluate=lambda model: {"m": {"score": float(next(scores))}},
+                           max_iter=8, make_loader=lambda start: toy_batches(start, nan_at=(4,)))
+    trainer.eval_period = 2
+    with pytest.raises(TrainingError) as error:
+        trainer.train()
+    assert "no checkpoint of this run is good to continue from" in str(error.value)
+    assert "model_best.pth.diverged" in str(error.value)
+
+
+def nonfinite_rank(rank: int, out_dir: str, store: str) -> None:
+    """One of two gloo processes training until a non-finite loss at iteration 6; writes what it was told."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    trainer = make_trainer(ToyModel(), out_dir, max_iter=8, checkpoint_period=2, ims_per_batch=8,
+                           make_loader=lambda start: toy_batches(start, nan_at=(5,)))
+    try:
+        trainer.train()
+    except TrainingError as error:
+        (Path(out_dir) / f"rank{rank}.txt").write_text(str(error))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def test_every_process_gives_the_main_processs_advice_on_a_nonfinite_loss(tmp_path):
+    """The other processes keep no checkpoints: they said "no checkpoint is good ... start afresh
+    (--overwrite)", which would delete the good checkpoint the main process named."""
+    torch.multiprocessing.spawn(nonfinite_rank, args=(str(tmp_path), str(tmp_path / "store")), nprocs=2)
+    messages = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)]
+    assert messages[0] == messages[1]
+    assert messages[0].startswith(f"non-finite loss at iteration 6 (loss=nan); the last good checkpoint is "
+                                  f"{tmp_path / 'model_0000004.pth'}")
