@@ -14,6 +14,7 @@ All three change results by floating-point rounding only.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -26,7 +27,11 @@ def apply_speed_switches(model: nn.Module, solver) -> nn.Module:
     """solver.channels_last, solver.winograd and solver.compile_backbone, applied in place before training."""
     if solver.winograd:
         limits = winograd_limits(solver.winograd_channels, solver.winograd_min_pixels, MIN_CHANNELS)
-        use_winograd(model, bf16=False, **limits)  # training keeps autocast's convolutions (winograd_bf16 is for inference)
+        # Training keeps autocast's convolutions (winograd_bf16 is for inference).
+        if use_winograd(model, bf16=False, **limits) == 0:
+            warnings.warn(f"solver.winograd=true converted no convolution: none has between "
+                          f"{limits['min_channels']} and {limits['max_channels']} channels (set solver.winograd_channels "
+                          f"to the network's widths, e.g. [16, 64] for the CIFAR nets)", stacklevel=2)
     if solver.channels_last:
         use_channels_last(model)
     if solver.compile_backbone:

@@ -156,7 +156,7 @@ INPUT_RENAMED_KEYS = {"input.flip": "input.random_flip"}
 @dataclass
 class ClassificationConfig:
     output_dir: str = "output/cls"
-    seed: int = 42
+    seed: int = bounded(42, 0, 2**63 - 1)
     device: str = choice("auto", ("auto", "cpu", "cuda"))
     model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
     input: ClassificationInputConfig = field(default_factory=ClassificationInputConfig)

@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 from backbones.config import BackboneConfig
 from resnet_engine.config import (
     ConfigError,
+    bounded,
     choice,
     fraction,
     load_config,
@@ -26,6 +27,8 @@ from resnet_engine.schema import (
     DatasetConfig,
     LoggingConfig,
     SolverConfig,
+    check_solver_options,
+    check_winograd_channels,
 )
 
 from .data.augment import check_augmentations
@@ -265,7 +268,7 @@ class DetectionSolverConfig(SolverConfig):
 @dataclass
 class DetectionConfig:
     output_dir: str = "output/det"
-    seed: int = 42
+    seed: int = bounded(42, 0, 2**63 - 1)
     device: str = choice("auto", ("auto", "cpu", "cuda"))
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
@@ -301,10 +304,8 @@ def check_detection_options(cfg) -> None:
         raise ConfigError("input.pixel_mean and input.pixel_std need 3 values each, one per colour channel")
     check_augmentations(cfg.input)
     check_alternating(cfg.solver)
-    for key, channels in (("test", cfg.test.winograd_channels), ("solver", cfg.solver.winograd_channels)):
-        if channels is not None and (len(channels) != 2 or channels[0] > channels[1]):
-            raise ConfigError(f"{key}.winograd_channels={list(channels)}: give [min, max] channels, such as [64, 256], "
-                              f"or null for the defaults")
+    check_solver_options(cfg.solver)
+    check_winograd_channels("test", cfg.test.winograd_channels)
 
 
 def alternating_schedule(solver) -> tuple[int, list[int]]:

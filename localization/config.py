@@ -141,7 +141,7 @@ class LocalizationConfig:
     # "rpn": the per-class RPN localizer; "rcnn": the R-CNN stage re-scoring its proposals (section rcnn).
     task: str = choice("rpn", ("rpn", "rcnn"))
     output_dir: str = "output/loc"
-    seed: int = 42
+    seed: int = bounded(42, 0, 2**63 - 1)
     device: str = choice("auto", ("auto", "cpu", "cuda"))
     model: LocalizerModelConfig = field(default_factory=LocalizerModelConfig)
     rpn: LocalizerTrainConfig = field(default_factory=LocalizerTrainConfig)

@@ -54,7 +54,10 @@ def restore_rng_state(state: dict) -> None:
                          np_state["has_gauss"], np_state["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # The devices this process sees now may be fewer than when it was saved (a resume on a node
+        # of fewer GPUs): those it still has continue their streams.
+        for device, device_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, device)
 
 
 def _as_tuple(value):

@@ -93,17 +93,22 @@ class Bounds:
         if self.low == 0 and self.low_open and self.high is None:
             text = f"positive {kind}"
         elif self.low is not None and self.high is not None:
-            text = (f"{kind} in {'(' if self.low_open else '['}{self.low:g}, "
-                    f"{self.high:g}{')' if self.high_open else ']'}")
+            text = (f"{kind} in {'(' if self.low_open else '['}{bound_text(self.low)}, "
+                    f"{bound_text(self.high)}{')' if self.high_open else ']'}")
         elif self.low is not None:
-            text = f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+            text = f"{kind} {'>' if self.low_open else '>='} {bound_text(self.low)}"
         elif self.high is not None:
-            text = f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
+            text = f"{kind} {'<' if self.high_open else '<='} {bound_text(self.high)}"
         else:
             text = f"finite {kind}"
         if plural:
             return text
         return ("an " if text[0] in "aeiou" else "a ") + text
+
+
+def bound_text(value: float) -> str:
+    """A bound as a message gives it: an integer in full (a seed's 9223372036854775807), else %g."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 FINITE = Bounds()

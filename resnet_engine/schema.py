@@ -86,6 +86,13 @@ def check_solver_options(solver) -> None:
     if warmup.below is not None and not warmup.metric:
         raise ConfigError(f"solver.warmup_until.below={warmup.below:g} needs solver.warmup_until.metric, the "
                           f"training metric it is compared with (e.g. solver.warmup_until.metric=train_error)")
+    check_winograd_channels("solver", solver.winograd_channels)
+
+
+def check_winograd_channels(section: str, channels) -> None:
+    if channels is not None and (len(channels) != 2 or channels[0] > channels[1]):
+        raise ConfigError(f"{section}.winograd_channels={list(channels)}: give [min, max] channels, such as [64, 256], "
+                          f"or null for the defaults")
 
 
 @dataclass

@@ -364,8 +364,9 @@ class Trainer:
             self._write_final_metrics(final_metrics)
             completed = True
         except RuntimeError as error:
-            # PyTorch reports a dead worker from its SIGCHLD handler, wherever the main process is.
-            if "DataLoader worker" not in str(error):
+            # PyTorch reports a dead worker from its SIGCHLD handler, wherever the main process is, and a
+            # worker that gave no batch within the loader's timeout (a hung decoder, stalled storage).
+            if "DataLoader worker" not in str(error) and "DataLoader timed out" not in str(error):
                 raise
             previous_sigchld = mute_worker_signal()
             worker_death = self._worker_died(str(error).splitlines()[0])
@@ -426,7 +427,8 @@ class Trainer:
         return batch
 
     def _worker_died(self, detail: str) -> DataWorkerDied:
-        return DataWorkerDied(f"a data-loading worker died at iteration {self.iteration + 1} ({detail}); "
+        what = "gave no batch in time" if "timed out" in detail else "died"
+        return DataWorkerDied(f"a data-loading worker {what} at iteration {self.iteration + 1} ({detail}); "
                              f"run with data.num_workers=0 to see the error in the main process")
 
     def _forward(self, batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:

@@ -147,3 +147,18 @@ def test_tolerated_nan_steps_leave_the_checkpoint_before_them_good(tmp_path):
                            make_loader=lambda start: toy_batches(start, nan_at=(3,)))
     trainer.train()
     assert trainer.good_checkpoints.last_good == str(tmp_path / "model_0000003.pth")
+
+
+def test_random_streams_of_fewer_gpus_than_were_saved_are_restored(monkeypatch):
+    """A checkpoint of a node with 4 GPUs resumed where 2 are visible: set_rng_state_all indexed the
+    missing devices (IndexError); the devices still there continue their streams."""
+    from resnet_engine.checkpoint import capture_rng_state, restore_rng_state
+    state = capture_rng_state()
+    state["cuda"] = [torch.full((8,), device, dtype=torch.uint8) for device in range(4)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda value, device: restored.append((device, int(value[0]))))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda values: pytest.fail("indexes every saved device"))
+    restore_rng_state(state)
+    assert restored == [(0, 0), (1, 1)]

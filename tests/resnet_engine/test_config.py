@@ -351,3 +351,26 @@ def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     assert str(error.value) == "config file not found: coco_r10.yaml (did you mean coco_r101.yaml?)"
     with pytest.raises(ConfigError, match=r"config file not found: elsewhere/coco_r101.yaml \(did you mean"):
         find_config("elsewhere/coco_r101.yaml")
+
+
+def test_seeds_and_winograd_windows_out_of_range_are_config_errors():
+    """A negative seed passed the config and failed at the first batch (numpy), one of 2**64 in
+    torch.manual_seed; a one-value or reversed channel window failed late or converted nothing."""
+    from classification.config import load_classification_config
+    for load in (load_detection_config, load_classification_config):
+        with pytest.raises(ConfigError, match=r"^seed=-1 must be an integer in \[0, 9223372036854775807\]$"):
+            load(None, ["seed=-1"])
+        for window in ("[128]", "[256, 128]"):
+            with pytest.raises(ConfigError, match=r"^solver.winograd_channels=\[.*\]: give \[min, max\] channels"):
+                load(None, [f"solver.winograd_channels={window}"])
+    assert load_classification_config(None, ["seed=0"]).seed == 0
+
+
+def test_winograd_that_converts_nothing_says_so():
+    from backbones import create
+    from backbones.speed import apply_speed_switches
+    from resnet_engine.schema import SolverConfig
+    cifar = create("resnet20_cifar")  # 16 to 64 channels, below the default window of 128 to 256
+    with pytest.warns(UserWarning, match=r"solver.winograd=true converted no convolution: none has between 128 and "
+                                         r"256 channels"):
+        apply_speed_switches(cifar, SolverConfig(winograd=True))

@@ -17,7 +17,7 @@ from resnet_engine.schema import MetricWarmupConfig, check_solver_options
 
 def solver(**changes):
     values = {"optimizer": "sgd", "base_lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4, "steps": [3000, 4000],
-              "gamma": 0.1, "warmup_iters": 1000, "warmup_factor": 0.001, "warmup_until": MetricWarmupConfig()}
+              "gamma": 0.1, "warmup_iters": 1000, "warmup_factor": 0.001, "warmup_until": MetricWarmupConfig(), "winograd_channels": None}
     return SimpleNamespace(**{**values, **changes})
 
 

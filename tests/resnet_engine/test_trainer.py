@@ -106,6 +106,25 @@ def test_a_dead_data_worker_is_a_clear_error(tmp_path, attempt):
     time.sleep(0.5)  # a late SIGCHLD from the dead worker must not raise anything now
 
 
+class HangsInWorker(torch.utils.data.Dataset):
+    def __len__(self):
+        return 100
+
+    def __getitem__(self, index):
+        time.sleep(3)  # a hung decoder, stalled storage
+        return {"x": torch.ones(2)}
+
+
+def test_a_worker_past_the_loader_timeout_is_a_clear_error(tmp_path):
+    def make_loader(start):
+        return torch.utils.data.DataLoader(HangsInWorker(), batch_size=1, num_workers=1, collate_fn=list, timeout=1)
+
+    with pytest.raises(TrainingError) as error:
+        make_trainer(ToyModel(), tmp_path, make_loader=make_loader).train()
+    assert str(error.value) == ("a data-loading worker gave no batch in time at iteration 1 (DataLoader timed out "
+                                "after 1 seconds); run with data.num_workers=0 to see the error in the main process")
+
+
 def test_out_of_memory_names_the_batch_key(tmp_path):
     def out_of_memory(call):
         if call == 1:
