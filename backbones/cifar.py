@@ -106,6 +106,8 @@ class CifarResNet(StagedResNet):
         self.out_features = check_out_features(out_features, num_classes)
         self.depth, self.block, self.shortcut = depth, kind, shortcut
         self.plain, self.preact, self.norm = plain, preact, norm
+        self.base_width = base_width
+        self.stride_in_1x1 = stride_in_1x1 if kind == "bottleneck" else None
         unit = BLOCKS[(kind, preact)]
 
         # The stem's BN-ReLU also serves as the first pre-activation (Identity Mappings, appendix).

@@ -364,6 +364,9 @@ class ResNet(StagedResNet):
         kind, units = ARCHITECTURES[depth]
         self.depth = depth
         self.preact = preact
+        # What tells two networks of the same tensors apart, for the weights loaders to check.
+        self.plain, self.shortcut, self.base_width = plain, shortcut, base_width
+        self.stride_in_1x1 = stride_in_1x1 if kind == "bottleneck" else None
         self.norm = norm
         self.out_features = out_features
         block = BLOCKS[(kind, preact)]

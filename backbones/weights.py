@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Mapping
 
 import torch
+import yaml
 from torch import nn
 
 from .errors import WeightsError
@@ -33,9 +34,51 @@ STRIPPED_PREFIXES = ("module.", "backbone.body.", "backbone.")
 
 def load_weights(model: nn.Module, spec: str, trust_pickle: bool = False) -> dict[str, list[str]]:
     """Load ``spec`` into ``model`` and return the keys that were not used, by reason."""
+    check_stride_convention(model, str(spec))
     path = resolve_weights(spec, getattr(model, "depth", None))
-    state = read_state_dict(path, trust_pickle=trust_pickle)
+    state, saved_backbone = read_weights_file(path, trust_pickle=trust_pickle)
+    check_saved_architecture(model, saved_backbone, path)
     return apply_state_dict(model, state, source=path)
+
+
+def check_stride_convention(model: nn.Module, spec: str) -> None:
+    """Bottleneck weights of a known source computed with their stride in a known place: loaded into the
+    other placement they fit every tensor and compute something else."""
+    in_1x1 = getattr(model, "stride_in_1x1", None)
+    if in_1x1 is None:  # basic units, or a model that does not say
+        return
+    if in_1x1 and spec.startswith(("torchvision:", "timm:")):
+        raise WeightsError(f"{spec}: torchvision's and timm's ResNets stride in the 3x3 convolution of a bottleneck, "
+                           f"and this one in the first 1x1: set stride_in_1x1=false (model.backbone.stride_in_1x1) "
+                           f"for these weights")
+    if not in_1x1 and spec.lower().endswith(".pkl"):
+        warnings.warn(f"{spec}: the MSRA ResNets of Detectron's .pkl files stride in the first 1x1 convolution of a "
+                      f"bottleneck, and this one in the 3x3: set stride_in_1x1=true (model.backbone.stride_in_1x1) "
+                      f"unless the file was converted from a torchvision model", stacklevel=3)
+
+
+# The settings of a saved model.backbone that tell networks of the same tensors apart.
+ARCHITECTURE_KEYS = ("plain", "preact", "shortcut", "base_width", "stride_in_1x1")
+
+
+def check_saved_architecture(model: nn.Module, saved_backbone: dict | None, path: str) -> None:
+    """A checkpoint of this toolkit's trainers keeps the config of the network it trained: a plain net and
+    a ResNet of option A, or two stride placements, share every tensor, so the loading alone cannot tell
+    them apart; the config can."""
+    if not saved_backbone:
+        return
+    differing = []
+    for key in ARCHITECTURE_KEYS:
+        saved, built = saved_backbone.get(key), getattr(model, key, None)
+        if saved in (None, "", 0) or built is None:
+            continue  # not recorded, or left to the family's default when saved
+        if key == "stride_in_1x1" and getattr(model, "stride_in_1x1", None) is None:
+            continue
+        if saved != built:
+            differing.append(f"{key}={saved} there, {built} here")
+    if differing:
+        raise WeightsError(f"{path} was trained as another network ({'; '.join(differing)}): build the network its "
+                           f"config (model.backbone) describes")
 
 
 def resolve_weights(spec: str, depth: int | None) -> str:
@@ -56,7 +99,11 @@ def _torchvision_file(tag: str, depth: int | None) -> str:
     if depth is None:
         raise WeightsError("torchvision weights names need a ResNet depth")
     try:
-        weights = torchvision.models.get_model_weights(f"resnet{depth}")[tag]
+        published = torchvision.models.get_model_weights(f"resnet{depth}")
+    except ValueError:  # a depth torchvision builds no model of (ResNet-200)
+        raise WeightsError(f"torchvision publishes no resnet{depth} weights: give a weights file") from None
+    try:
+        weights = published[tag]
     except KeyError:
         names = ", ".join(w.name for w in torchvision.models.get_model_weights(f"resnet{depth}"))
         raise WeightsError(f"torchvision has no weights '{tag}' for resnet{depth}: choose {names}") from None
@@ -103,6 +150,12 @@ def _timm_file(name: str) -> str:
 
 def read_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Read a flat name -> tensor dict from any supported file."""
+    return read_weights_file(path, trust_pickle)[0]
+
+
+def read_weights_file(path: str, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(the flat name -> tensor dict of any supported file, the model.backbone section of the config a
+    checkpoint of this toolkit's trainers keeps, or None)."""
     if not os.path.isfile(path):
         raise WeightsError(f"weights file not found: {path}" + (" (it is a folder)" if os.path.isdir(path) else ""))
     lower = path.lower()
@@ -110,11 +163,11 @@ def read_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Te
         from safetensors.torch import load_file
 
         try:
-            return load_file(path)
+            return load_file(path), None
         except Exception as error:  # noqa: BLE001
             raise WeightsError(f"cannot read {path}: {error}") from None
     if lower.endswith(".pkl"):
-        return read_detectron_pickle(path, trust_pickle)
+        return read_detectron_pickle(path, trust_pickle), None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -129,7 +182,21 @@ def read_state_dict(path: str, trust_pickle: bool = False) -> dict[str, torch.Te
                            f"({str(error).splitlines()[0][:200]})") from None
     except Exception:  # noqa: BLE001 - truncated or not a checkpoint at all
         raise WeightsError(f"cannot read {path}: the file is truncated or damaged") from None
-    return unwrap_state_dict(obj, path)
+    return unwrap_state_dict(obj, path), saved_backbone_config(obj)
+
+
+def saved_backbone_config(obj) -> dict | None:
+    """The model.backbone section of the YAML config text a trainer's checkpoint keeps under "config"."""
+    text = obj.get("config") if isinstance(obj, Mapping) else None
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    backbone = tree.get("model", {}).get("backbone") if isinstance(tree, dict) and isinstance(tree.get("model"), dict) \
+        else None
+    return backbone if isinstance(backbone, dict) else None
 
 
 def refusal_reason(error: pickle.UnpicklingError) -> str | None:

@@ -207,10 +207,10 @@ def true_label_ranks(logits: torch.Tensor, labels: torch.Tensor, max_k: int = 5)
     """The position (0-based) of each true label among the top max_k scores; max_k when it is not there,
     or when the image's scores are not all finite (a NaN would rank as the best score: diverged weights
     would get errors near chance instead of 100%)."""
-    max_k = min(max_k, logits.shape[1])
-    top = logits.topk(max_k, dim=1).indices
+    top = logits.topk(min(max_k, logits.shape[1]), dim=1).indices
     hits = (top == labels.view(-1, 1).to(top.device)) & torch.isfinite(logits).all(dim=1, keepdim=True)
     first = hits.float().argmax(dim=1)
+    # "Not found" is max_k even with fewer classes: a top-5 error then counts only those images.
     return torch.where(hits.any(dim=1), first, torch.full_like(first, max_k))
 
 

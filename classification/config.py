@@ -50,8 +50,9 @@ CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 # unset: one place, so that a CIFAR config cannot silently train the 4x wider ImageNet-width net. The CIFAR
 # nets of bottleneck units (the pre-activation ResNet-164 and 1001, whose first unit widens 16 to 64
 # channels) take projections where dimensions change, as backbones.CifarResNet does by default.
-PAPER_NETWORK = {"imagenet": {"shortcut": "B", "base_width": 64}, "cifar": {"shortcut": "A", "base_width": 16},
-                 "cifar_bottleneck": {"shortcut": "B", "base_width": 16}}
+PAPER_NETWORK = {"imagenet": {"shortcut": "B", "base_width": 64, "stride_in_1x1": False},
+                 "cifar": {"shortcut": "A", "base_width": 16, "stride_in_1x1": True},
+                 "cifar_bottleneck": {"shortcut": "B", "base_width": 16, "stride_in_1x1": True}}
 
 
 @dataclass
@@ -72,6 +73,11 @@ class ClassifierBackboneConfig(BackboneConfig):
     # values are what output_dir/config.yaml records.
     shortcut: str = choice("", ("",) + SHORTCUTS)
     base_width: int = non_negative(0)
+    # Where a bottleneck unit strides. Null: filled in as the family's reference does: in the first 1x1 on
+    # CIFAR (the pre-activation ResNet-164 and 1001 of "Identity Mappings" and its reference code, as
+    # backbones.create builds them), in the 3x3 on ImageNet (torchvision's weights; the paper's MSRA
+    # models stride in the 1x1, see configs/base_ilsvrc_cls.yaml). Basic units have no 1x1 to stride in.
+    stride_in_1x1: bool | None = None
 
 
 @dataclass
@@ -193,12 +199,14 @@ def fill_in_dataset_defaults(cfg) -> None:
         backbone.shortcut = paper["shortcut"]
     if not backbone.base_width:
         backbone.base_width = paper["base_width"]
+    if backbone.stride_in_1x1 is None:
+        backbone.stride_in_1x1 = paper["stride_in_1x1"]
     if not cfg.data.root and not is_cifar(cfg):
         cfg.data.root = IlsvrcDataConfig.root
 
 
 def paper_network(cfg) -> dict:
-    """The paper's {"shortcut", "base_width"} for the network of a classification config."""
+    """The paper's {"shortcut", "base_width", "stride_in_1x1"} for the network of a classification config."""
     if not is_cifar(cfg):
         return PAPER_NETWORK["imagenet"]
     try:

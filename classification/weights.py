@@ -5,17 +5,20 @@ with (classes, CIFAR's pixel mean)."""
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from backbones.weights import ARCHITECTURE_KEYS as BACKBONE_ARCHITECTURE_KEYS
 from backbones.weights import apply_state_dict, read_state_dict, resolve_weights
 from resnet_engine.checkpoint import load_checkpoint
 from resnet_engine.config import config_from_text
 from resnet_engine.errors import UserError
 
 from .classifier import CifarClassifier, Classifier, build_classifier
-from .config import ClassificationConfig, fill_in_dataset_defaults
+from .config import ClassificationConfig, fill_in_dataset_defaults, is_cifar
 
 
 def read_classifier_state(spec: str, depth: int) -> dict[str, torch.Tensor]:
@@ -47,7 +50,7 @@ def apply_classifier_state(model: Classifier | CifarClassifier, state: dict[str,
 
 
 # The settings of model.backbone that make two networks differ (not only their training).
-ARCHITECTURE_KEYS = ("depth", "plain", "preact", "shortcut", "base_width", "stride_in_1x1")
+ARCHITECTURE_KEYS = ("depth", *BACKBONE_ARCHITECTURE_KEYS)
 
 
 def check_checkpoint_fits(path: str, cfg, data_meta: dict) -> None:
@@ -56,21 +59,28 @@ def check_checkpoint_fits(path: str, cfg, data_meta: dict) -> None:
     so loading alone cannot tell them apart), and the data must list its classes in its order (the fc's
     rows are in that order). Other weight files (state dicts, torchvision:/timm: names) carry neither."""
     if not (os.path.isfile(path) and path.lower().endswith((".pth", ".pt"))):
+        warn_if_not_the_published_class_order(path, data_meta)
         return
     try:
         state = load_checkpoint(path)
     except UserError as error:
         if "no 'model' entry" in str(error):  # a bare state dict
+            warn_if_not_the_published_class_order(path, data_meta)
             return
         raise
     meta = state.get("meta") or {}
     if meta.get("task") != "classification" or not state.get("config"):
+        warn_if_not_the_published_class_order(path, data_meta)
         return
     saved = config_from_text(ClassificationConfig, state["config"])
     fill_in_dataset_defaults(saved)
     differing = [f"model.backbone.{key}={getattr(saved.model.backbone, key)} there, "
                  f"{getattr(cfg.model.backbone, key)} here" for key in ARCHITECTURE_KEYS
                  if getattr(saved.model.backbone, key) != getattr(cfg.model.backbone, key)]
+    if not is_cifar(saved):  # the ImageNet classifier's input arithmetic is part of the network
+        differing += [f"input.{key}={getattr(saved.input, key)} there, {getattr(cfg.input, key)} here"
+                      for key in ("format", "pixel_mean", "pixel_std")
+                      if list_or_value(getattr(saved.input, key)) != list_or_value(getattr(cfg.input, key))]
     if differing:
         raise UserError(f"{path} was trained as another network ({'; '.join(differing)}): test it with the config "
                         f"it was trained with (the config.yaml of its output folder)")
@@ -82,8 +92,21 @@ def check_checkpoint_fits(path: str, cfg, data_meta: dict) -> None:
                             f"was trained on")
 
 
+def warn_if_not_the_published_class_order(weights: str, data_meta: dict) -> None:
+    """Weights that carry no class list (a state dict, torchvision:/timm: names) have their fc rows in the
+    order of torchvision's and timm's ImageNet weights, the WNIDs sorted: a synset list in another order
+    (the devkit's map_clsloc.txt numbering) would score every row as another class."""
+    wnids = list(data_meta.get("wnids") or [])
+    if wnids and wnids != sorted(wnids):
+        warnings.warn(f"{weights} carries no class list, and the synset list orders its classes otherwise than "
+                      f"by sorted WNID, the order of torchvision's and timm's ImageNet classifiers (e.g. class 0 is "
+                      f"{wnids[0]} here): unless the weights were trained on this order, give LOC_synset_mapping.txt "
+                      f"(sorted WNIDs) as the list", stacklevel=3)
+
+
 def list_or_value(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
+    """A list of a sequence (a config's ListConfig, a tuple), for comparing; other values as they are."""
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
 
 
 def describe_difference(trained, here) -> str:

@@ -175,3 +175,40 @@ def test_detectron_pickle_needs_trust_and_loads(tmp_path):
     expected = x * source.layer1[0].bn1.weight.reshape(1, -1, 1, 1) + source.layer1[0].bn1.bias.reshape(1, -1, 1, 1)
     assert torch.allclose(bn(x), expected, atol=1e-6)
     assert np.allclose(model.layer3[5].conv3.weight.detach().numpy(), source.layer3[5].conv3.weight.detach().numpy())
+    # MSRA's bottlenecks stride in the 1x1: loaded into the 3x3 placement they fit and compute another net.
+    with pytest.warns(UserWarning, match=r"R-50.pkl: the MSRA ResNets of Detectron's .pkl files stride in the first "
+                                         r"1x1 .*set stride_in_1x1=true"):
+        build_resnet(50, weights=str(path), trust_pickle=True)
+
+
+def test_torchvision_and_timm_names_refuse_the_1x1_stride_placement():
+    for spec in ("torchvision:IMAGENET1K_V1", "timm:resnet50.a1_in1k"):
+        with pytest.raises(WeightsError, match=rf"^{spec}: torchvision's and timm's ResNets stride in the 3x3 "):
+            build_resnet(50, weights=spec, stride_in_1x1=True)
+
+
+@pytest.mark.parametrize("saved, build, differing", [
+    ({"plain": True}, {}, "plain=True there, False here"),
+    ({"stride_in_1x1": True}, {}, "stride_in_1x1=True there, False here"),
+    ({"preact": True, "shortcut": "A"}, {}, "preact=True there, False here; shortcut=A there, B here"),
+])
+def test_a_trainers_checkpoint_loads_only_into_the_network_its_config_names(tmp_path, saved, build, differing):
+    """A plain net and a ResNet of option A, or two stride placements, share every tensor: a trainer's
+    checkpoint keeps its config, which tells them apart."""
+    import yaml
+    model = build_resnet(50, **build)
+    backbone = {"depth": 50, "plain": False, "preact": False, "shortcut": "B", "base_width": 64,
+                "stride_in_1x1": False, **saved}
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": model.state_dict(), "config": yaml.safe_dump({"model": {"backbone": backbone}})}, path)
+    with pytest.raises(WeightsError) as error:
+        build_resnet(50, weights=str(path), **build)
+    assert str(error.value) == (f"{path} was trained as another network ({differing}): build the network its config "
+                                f"(model.backbone) describes")
+    if "preact" not in saved:
+        build_resnet(50, weights=str(path), **saved)  # the network it names loads
+
+
+def test_torchvision_weights_of_a_depth_it_does_not_publish_are_one_line():
+    with pytest.raises(WeightsError, match=r"^torchvision publishes no resnet200 weights: give a weights file$"):
+        build_resnet(200, weights="torchvision:IMAGENET1K_V1")

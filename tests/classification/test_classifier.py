@@ -28,6 +28,7 @@ from classification.data.imagenet import (
     ten_crops,
 )
 from classification.data.synthetic_ilsvrc import ensure_synthetic_loc
+from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.helpers import randomize_bn_statistics, subprocess_env
 
@@ -250,6 +251,35 @@ def test_short_training_run_writes_config_weights_and_errors(trained_run):
     assert 0 <= metrics["top5_err"] <= metrics["top1_err"] <= 100
     assert metrics["num_images"] == 6
     assert "top-1 error" in result.stdout and "top-5 error" in result.stdout
+
+
+def test_a_checkpoint_is_tested_with_the_input_arithmetic_it_was_trained_with(trained_run):
+    """The input's channel order, mean and std are part of the ImageNet classifier: tested with others, a
+    checkpoint scored other errors without a word."""
+    from classification.config import load_classification_config
+    from classification.weights import check_checkpoint_fits
+    out, _ = trained_run
+    weights = str(out / "model_final.pth")
+    check_checkpoint_fits(weights, load_classification_config(str(out / "config.yaml"), []), {})
+    for change, differing in (("input.format=BGR", "input.format=RGB there, BGR here"),
+                              ("input.pixel_std=[1,1,1]", "input.pixel_std=[58.395, 57.12, 57.375] there, [1.0, 1.0, "
+                                                          "1.0] here")):
+        with pytest.raises(UserError) as error:
+            check_checkpoint_fits(weights, load_classification_config(str(out / "config.yaml"), [change]), {})
+        assert str(error.value) == (f"{weights} was trained as another network ({differing}): test it with the "
+                                    f"config it was trained with (the config.yaml of its output folder)")
+
+
+def test_weights_without_classes_on_a_list_not_in_sorted_wnid_order_are_warned_of():
+    from classification.weights import check_checkpoint_fits
+    with pytest.warns(UserWarning, match=r"torchvision:IMAGENET1K_V1 carries no class list, and the synset list "
+                                         r"orders its classes otherwise than by sorted WNID.*class 0 is n02119789"):
+        check_checkpoint_fits("torchvision:IMAGENET1K_V1", None, {"wnids": ["n02119789", "n01440764"]})
+
+
+def test_a_top5_error_counts_non_finite_scores_with_fewer_than_five_classes():
+    logits = torch.tensor([[float("nan")] * 3, [0.0, 1.0, 2.0]])
+    assert topk_errors(logits, torch.tensor([0, 0])) == {"top1_err": 100.0, "top5_err": 50.0}
 
 
 def test_eval_only_reruns_the_saved_config_densely(trained_run):
