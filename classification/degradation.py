@@ -68,6 +68,9 @@ class DegradationRun:
     iters: int
     train_error: float
     test_error: float
+    # Whether the paper's Table 6 reports this net: a CIFAR-10 ResNet of option A and width 16, not
+    # pre-activated (its figure beside another dataset or variant would read as a like-for-like one).
+    in_table_6: bool = False
 
 
 @dataclass
@@ -123,13 +126,19 @@ def schedule_overrides(base, iters: int) -> tuple[list[str], str]:
     """The overrides that scale ``base``'s schedule to ``iters`` iterations, and a sentence saying how."""
     solver, max_iter = base.solver, base.solver.max_iter
     steps = [scaled(step, iters, max_iter) for step in solver.steps if step < max_iter]
+    # The linear warm-up keeps its length (what it guards against is the first iterations' instability):
+    # a run so short that it would cover a step never trains at the lr the table names.
+    warmup_iters = solver.warmup_iters
+    if steps and warmup_iters >= steps[0]:
+        raise DegradationError(f"--iters {iters}: the linear warm-up over the first {warmup_iters} iterations would "
+                               f"cover the first lr step, scaled to iteration {steps[0]}: give more iterations, or a "
+                               f"shorter warm-up (solver.warmup_iters)")
     periods = {"test.eval_period": base.test.eval_period, "solver.checkpoint_period": solver.checkpoint_period}
     overrides = [f"solver.max_iter={iters}", f"solver.steps=[{', '.join(map(str, steps))}]",
                  f"solver.log_period={LOG_PERIOD}"]
     overrides += [f"{key}={scaled(value, iters, max_iter) if value else 0}" for key, value in periods.items()]
     percent = ", ".join(f"{100 * step / max_iter:g}%" for step in solver.steps if step < max_iter) or "none"
-    warmup = (f" after a linear warm-up over the first {solver.warmup_iters} iterations"
-              if solver.warmup_iters else "")
+    warmup = f" after a linear warm-up over the first {warmup_iters} iterations" if warmup_iters else ""
     sentence = (f"{iters} iterations of batch {solver.ims_per_batch}, lr {solver.base_lr:g}{warmup}, divided by "
                 f"{1 / solver.gamma:g} at iterations {', '.join(map(str, steps)) or 'none'} (the config's steps "
                 f"at {percent} of its {max_iter} iterations, kept at the same fractions)")
@@ -192,8 +201,10 @@ def train_one(cfg, resume: bool, overwrite: bool) -> DegradationRun:
     else:
         train_classifier(cfg, resume=resume, overwrite=overwrite)
     backbone, iters = cfg.model.backbone, cfg.solver.max_iter
+    in_table_6 = (cfg.data.dataset == "cifar10" and not backbone.plain and not backbone.preact
+                  and backbone.shortcut == "A" and backbone.base_width == 16)
     return DegradationRun(name, backbone.depth, not backbone.plain, count_parameters(cfg), iters,
-                          round(last_window_error(cfg.output_dir, iters), 4), final_test_error(cfg))
+                          round(last_window_error(cfg.output_dir, iters), 4), final_test_error(cfg), in_table_6)
 
 
 def run_degradation(cfg_path: str, overrides, depths, iters: int | None, out: str, resume: bool = False,
@@ -263,7 +274,7 @@ def degradation_table(runs: list[DegradationRun], schedule: str, dataset: str) -
              "| network | layers | parameters | training error (%) | test error (%) | paper's test error (%) |",
              "|---|---|---|---|---|---|"]
     for run in runs:
-        paper = PAPER_RESNET_TEST_ERROR.get(run.depth) if run.residual else None
+        paper = PAPER_RESNET_TEST_ERROR.get(run.depth) if run.in_table_6 else None
         paper_text = f"{paper:.2f}" if paper is not None else "-"
         lines.append(f"| {run.net} | {run.depth} | {run.params / 1e6:.2f}M ({run.params:,}) | {run.train_error:.2f} "
                      f"| {run.test_error:.2f} | {paper_text} |")

@@ -29,7 +29,8 @@ from tests.helpers import subprocess_env
 ITERS = 60
 CONFIG = "configs/cifar_degradation.yaml"
 # The config holds the last 7,500 training images out as val; the tiny set has 80 in all.
-TINY_RECIPE = ["solver.ims_per_batch=8", "test.ims_per_batch=20", "data.num_workers=0", "data.val_images=20"]
+TINY_RECIPE = ["solver.ims_per_batch=8", "test.ims_per_batch=20", "data.num_workers=0", "data.val_images=20",
+               "solver.warmup_iters=10"]
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess:
@@ -79,7 +80,8 @@ def test_the_json_lists_each_net_with_its_parameters_and_errors(experiment):
     assert [(r["net"], r["depth"], r["residual"]) for r in runs] == [
         ("plain-8", 8, False), ("ResNet-8", 8, True), ("plain-14", 14, False), ("ResNet-14", 14, True)]
     for run in runs:
-        assert set(run) == {"net", "depth", "residual", "params", "iters", "train_error", "test_error"}
+        assert set(run) == {"net", "depth", "residual", "params", "iters", "train_error", "test_error", "in_table_6"}
+        assert run["in_table_6"] == run["residual"]  # CIFAR-10 nets of option A, width 16
         assert run["params"] == cifar_basic_net_parameters(run["depth"])
         assert run["iters"] == ITERS
         assert 0 <= run["train_error"] <= 100 and 0 <= run["test_error"] <= 100
@@ -101,11 +103,11 @@ def test_the_schedule_is_scaled_and_said(experiment):
     out, result = experiment
     saved = (out / "plain-8" / "config.yaml").read_text()
     # configs/cifar_degradation.yaml: steps 600 and 900 of 1200, evaluation every 240, checkpoints every 200,
-    # a linear warm-up over 100 iterations (its length is kept).
+    # a linear warm-up of its own length (10 iterations here; the config's 100 would cover the steps).
     assert "- 30\n" in saved and "- 45\n" in saved and "max_iter: 60" in saved
     cfg = load_classification_config(str(out / "plain-8" / "config.yaml"))
     assert list(cfg.solver.steps) == [30, 45] and cfg.test.eval_period == 12 and cfg.solver.checkpoint_period == 10
-    assert cfg.solver.warmup_iters == 100 and "after a linear warm-up over the first 100 iterations" in result.stdout
+    assert cfg.solver.warmup_iters == 10 and "after a linear warm-up over the first 10 iterations" in result.stdout
     assert cfg.solver.log_period == 10 and cfg.model.backbone.plain and cfg.model.backbone.depth == 8
     assert "divided by 10 at iterations 30, 45" in result.stdout
     assert "50%, 75%" in result.stdout
@@ -191,6 +193,11 @@ def test_the_paper_schedule_scales_to_its_fractions():
     # eval and checkpoints every 4000 of 64000 iterations: every 400 of 6400.
     assert "test.eval_period=400" in overrides and "solver.checkpoint_period=400" in overrides
     assert "at iterations 3200, 4800" in sentence and "50%, 75% of its 64000" in sentence
+    # The degradation config's warm-up keeps its 100 iterations: a run of 60 would end in it, its steps (at 30
+    # and 45) never taken from the lr the table names.
+    with pytest.raises(DegradationError, match=r"--iters 60: the linear warm-up over the first 100 iterations would "
+                                               r"cover the first lr step, scaled to iteration 30: give more "):
+        schedule_overrides(load_classification_config(os.path.join(ROOT, CONFIG)), 60)
 
 
 def test_the_window_weights_partial_records(tmp_path):
@@ -203,3 +210,11 @@ def test_the_window_weights_partial_records(tmp_path):
     assert last_window_error(str(tmp_path), 60) == pytest.approx(expected)
     with pytest.raises(DegradationError, match="last 50 iterations up to 70"):
         last_window_error(str(tmp_path), 70)
+
+
+def test_the_papers_figure_stands_only_beside_the_net_it_reports():
+    from classification.degradation import DegradationRun, degradation_table
+    runs = [DegradationRun("ResNet-110", 110, True, 1_727_962, 60, 1.0, 7.0, in_table_6=True),
+            DegradationRun("pre-act ResNet-110", 110, True, 1_727_962, 60, 1.0, 30.5, in_table_6=False)]
+    rows = [line for line in degradation_table(runs, "60 iterations", "CIFAR-100").splitlines() if line.startswith("| ")]
+    assert rows[1].endswith("| 6.43 |") and rows[2].endswith("| - |")
