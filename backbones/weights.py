@@ -21,7 +21,6 @@ import warnings
 from collections.abc import Mapping
 
 import torch
-import yaml
 from torch import nn
 
 from .errors import WeightsError
@@ -189,6 +188,10 @@ def saved_backbone_config(obj) -> dict | None:
     """The model.backbone section of the YAML config text a trainer's checkpoint keeps under "config"."""
     text = obj.get("config") if isinstance(obj, Mapping) else None
     if not isinstance(text, str) or not text:
+        return None
+    try:  # the backbones need torch and torchvision only: without PyYAML there is no config to read
+        import yaml
+    except ImportError:
         return None
     try:
         tree = yaml.safe_load(text)
