@@ -53,6 +53,7 @@ LAZY_IMPORTS = {
     "torch.utils.tensorboard": "TensorBoard logging loads tensorboard, which is slow to import",
     "wandb": "an optional tracker (logging.wandb), slow to import",
     "mlflow": "an optional tracker (logging.mlflow), slow to import",
+    "yaml": "the backbones need torch and torchvision alone: a checkpoint's saved config is read when PyYAML is there",
 }
 
 
