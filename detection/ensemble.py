@@ -13,11 +13,7 @@ from resnet_engine.errors import UserError
 
 from .data.coco import CategoryMap
 from .modeling.ensemble import DetectorEnsemble
-from .weights import load_fast_detector, short_list
-
-# The keys of a network's own training config that shape its model and its input: each network of an
-# ensemble is built with them (the test scale, the data and the ``test`` keys stay the ensemble's).
-NETWORK_INPUT_KEYS = ("pixel_mean", "pixel_std", "format", "size_divisibility")
+from .weights import NETWORK_INPUT_KEYS, load_fast_detector, saved_config_text, short_list
 
 
 class EnsembleError(UserError):
@@ -65,16 +61,6 @@ def network_config(cfg, path: str):
     except OmegaConfBaseException as error:
         raise EnsembleError(f"{path}: the training config it keeps does not fit this version's model keys "
                             f"({str(error).splitlines()[0]}): evaluate it with a single --weights and its own --cfg") from None
-
-
-def saved_config_text(path: str) -> str:
-    """The training config a checkpoint keeps ("" for files without one, such as converted weights).
-    The file is memory-mapped, so that reading the config does not read the weights."""
-    try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception:  # noqa: BLE001 - unreadable here: loading the weights next names the problem
-        return ""
-    return state.get("config", "") if isinstance(state, dict) else ""
 
 
 def check_same_classes(expected: CategoryMap, expected_source: str, other: CategoryMap, source: str) -> None:

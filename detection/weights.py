@@ -4,8 +4,11 @@ message when weights do not fit the config's model."""
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from backbones.weights import read_state_dict
 from resnet_engine.checkpoint import CheckpointError, load_checkpoint
@@ -24,6 +27,9 @@ CLASS_KEYS = tuple(f"{layer}.{param}" for layer in CLASS_LAYERS for param in ("w
 # Classes that PASCAL VOC and COCO name differently ({VOC name: COCO name}): keeping classes by name
 # matches either spelling with the other, so that a COCO detector fine-tuned on VOC keeps its rows
 # of the 20 classes the two sets share.
+# The input keys of a network's training config: its normalization and padding are part of the network
+# (they are not in its state dict), and it is always run with the ones it was trained with.
+NETWORK_INPUT_KEYS = ("pixel_mean", "pixel_std", "format", "size_divisibility")
 CLASS_NAME_ALIASES = {"aeroplane": "airplane", "diningtable": "dining table", "motorbike": "motorcycle",
                       "pottedplant": "potted plant", "sofa": "couch", "tvmonitor": "tv"}
 
@@ -39,8 +45,48 @@ def read_detector_weights(path: str) -> tuple[dict, dict]:
     return read_state_dict(path), {}
 
 
+def saved_config_text(path: str) -> str:
+    """The training config a checkpoint keeps ("" for files without one, such as converted weights).
+    The file is memory-mapped, so that reading the config does not read the weights."""
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # noqa: BLE001 - unreadable here: loading the weights next names the problem
+        return ""
+    return state.get("config", "") if isinstance(state, dict) else ""
+
+
+def with_own_input(cfg, path: str):
+    """``cfg`` with the input normalization and padding that ``path``'s training config recorded, when they
+    differ (with a warning naming them): a detector trained on BGR input with Caffe's means, run on the
+    config's RGB input, would detect other boxes without a word."""
+    text = saved_config_text(path)
+    if not text:
+        return cfg
+    try:
+        saved = OmegaConf.create(text).get("input") or {}
+    except OmegaConfBaseException:
+        return cfg
+    own = {key: plain_value(saved[key]) for key in NETWORK_INPUT_KEYS if key in saved}
+    given = {key: plain_value(getattr(cfg.input, key)) for key in own}
+    differing = {key: value for key, value in own.items() if value != given[key]}
+    if not differing:
+        return cfg
+    warnings.warn(f"{path} was trained with " + ", ".join(f"input.{key}={value}" for key, value in differing.items())
+                  + ": the detector runs with them (the config's: "
+                  + ", ".join(f"input.{key}={given[key]}" for key in differing) + ")", stacklevel=3)
+    return OmegaConf.merge(cfg, {"input": differing})
+
+
+def plain_value(value):
+    """A config value as plain Python (lists of floats compare with lists of ints as numbers)."""
+    value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return list(value) if isinstance(value, tuple) else value
+
+
 def load_detector(cfg, weights: str, device: torch.device):
-    """Build the detector of ``cfg`` and load ``weights``; returns (model, category map)."""
+    """Build the detector of ``cfg`` (with the input normalization ``weights`` was trained with) and load
+    ``weights``; returns (model, category map)."""
+    cfg = with_own_input(cfg, weights)
     state, meta = read_detector_weights(weights)
     num_classes = meta.get("num_classes") or cfg.model.num_classes
     if not num_classes:

@@ -54,3 +54,23 @@ def test_another_box_head_width_is_not_called_global_context(tmp_path):
     weights = saved_detector(tmp_path, [])  # fc_dim 64
     message = fit_error(weights, ["model.roi_head.fc_dim=96"])
     assert "global" not in message and "roi_heads.box_head.fc6.weight" in message
+
+
+def test_a_detector_runs_with_the_input_normalization_it_was_trained_with(tmp_path):
+    """Normalization and channel order are not in a state dict: run with the config's RGB and ImageNet means,
+    a detector trained on BGR with Caffe's means detected other boxes, while the same file in an ensemble
+    used its own. The checkpoint's config says which; the detector takes them and the warning names them."""
+    from omegaconf import OmegaConf
+    bgr = ["input.format=BGR", "input.pixel_mean=[102.98,115.95,122.77]", "input.pixel_std=[1,1,1]"]
+    trained_cfg = load_detection_config(SHAPES, TINY_DETECTOR + bgr)
+    path = tmp_path / "bgr.pth"
+    torch.save({"model": build_model(trained_cfg, 3, backbone_weights=False).state_dict(),
+                "meta": {"num_classes": 3}, "config": OmegaConf.to_yaml(trained_cfg)}, path)
+    default_cfg = load_detection_config(SHAPES, TINY_DETECTOR)
+    with pytest.warns(UserWarning, match=r"bgr.pth was trained with input.pixel_mean=\[102.98, 115.95, 122.77\], "
+                                         r"input.pixel_std=\[1.0, 1.0, 1.0\], input.format=BGR: the detector runs "
+                                         r"with them \(the config's: input.pixel_mean=\[123.675"):
+        model, _ = load_detector(default_cfg, str(path), torch.device("cpu"))
+    reference = build_model(trained_cfg, 3, backbone_weights=False)
+    assert model.preprocessor.input_format == "BGR"
+    assert torch.equal(model.pixel_mean, reference.pixel_mean) and torch.equal(model.pixel_std, reference.pixel_std)
