@@ -157,12 +157,22 @@ class TestTimeDetector(nn.Module):
                             int(sample.get("width", sample["image"].shape[-1]))) for sample in batch]
 
     def detect(self, image: torch.Tensor, height: int, width: int) -> dict:
+        """The detections of ``image`` (its own pixels) with the boxes in a ``height`` x ``width`` frame:
+        the same as the image's, or that of the annotations when the file was resized on disk."""
+        image_height, image_width = image.shape[-2:]
+        detections = self.detect_in_own_pixels(image, image_height, image_width)
+        if (image_height, image_width) != (height, width):
+            scale = detections["boxes"].new_tensor([width / image_width, height / image_height] * 2)
+            detections["boxes"] = detections["boxes"] * scale
+        return detections
+
+    def detect_in_own_pixels(self, image: torch.Tensor, height: int, width: int) -> dict:
         options = self.options
-        if image.shape[-2:] != (height, width):
-            raise ValueError("TestTimeDetector needs the original image (the dataset must not resize it)")
         passes = [False, True] if options.flip else [False]
         scores, boxes = [], []
-        if options.multiscale_mode == "paper" or len(options.pyramid) == 1:
+        # Union mode with test.scales detects at each of them, RPN included, even when there is one (the
+        # paper's pass would take its proposals at input.min_size_test); without scales: one pass.
+        if options.multiscale_mode == "paper" or not options.scales:
             for flipped in passes:
                 s, b = self.paper_pass(image, height, width, flipped)
                 scores.append(s)

@@ -89,6 +89,32 @@ def test_everything_off_equals_single_scale_inference():
     assert torch.allclose(wrapped["scores"], baseline["scores"], atol=1e-5)
 
 
+def test_an_image_resized_on_disk_gets_boxes_in_the_annotations_frame():
+    """The json annotates 256 x 320 pixels and the file holds 128 x 160: the test-time passes run on the
+    file's pixels and the boxes come back in the json's (it raised, naming a resize the dataset never made)."""
+    _, model = small_model()
+    options = make_options(base_scale=128, max_size=256, score_thresh=0.0, flip=True)
+    sample = image_sample()
+    own = TestTimeDetector(model, options)([sample])[0]
+    annotated = TestTimeDetector(model, options)([{**sample, "height": 256, "width": 320}])[0]
+    assert len(own["boxes"]) > 10
+    torch.testing.assert_close(annotated["boxes"], own["boxes"] * 2)
+    assert torch.equal(annotated["labels"], own["labels"]) and torch.equal(annotated["scores"], own["scores"])
+
+
+def test_union_mode_with_one_scale_is_a_plain_detection_at_that_scale():
+    """A scale sweep in union mode: the one-scale entry took its proposals at input.min_size_test (128 here)
+    and scored them at its own scale (160), unlike a detection at 160."""
+    _, model = small_model()
+    sample = image_sample()
+    union = TestTimeDetector(model, make_options(base_scale=128, max_size=512, score_thresh=0.0, scales=(160,),
+                                                 multiscale_mode="union"))([sample])[0]
+    at_160 = TestTimeDetector(model, make_options(base_scale=160, max_size=512, score_thresh=0.0))([sample])[0]
+    assert len(at_160["boxes"]) > 10
+    torch.testing.assert_close(union["boxes"], at_160["boxes"])
+    assert torch.equal(union["labels"], at_160["labels"])
+
+
 def test_refinement_repools_the_top_class_box_and_keeps_the_union():
     _, model = small_model()
     tester = TestTimeDetector(model, make_options(base_scale=128, max_size=256, box_refinement=True))
