@@ -57,10 +57,14 @@ def relative_names(paths: list[str]) -> dict[str, str]:
     return {path: os.path.relpath(os.path.abspath(path), root) for path in paths}
 
 
-def predictions_for_file(path: str, detections: dict, frame: int | None = None) -> list[dict]:
+def predictions_for_file(path: str, detections: dict, frame: int | None = None,
+                         size: tuple[int, int] | None = None) -> list[dict]:
     """COCO-style records (bbox as x, y, w, h) keyed by the file (and a video's frame, from 0) instead
-    of an image id; tools/eval_det.py --det matches the file names to a COCO json's images."""
+    of an image id; tools/eval_det.py --det matches the file names to a COCO json's images. ``size``,
+    (width, height) of the pixels the boxes are in, lets the scoring check them against the json's."""
     where = {"file_name": path} if frame is None else {"file_name": path, "frame": frame}
+    if size is not None:
+        where.update(width=int(size[0]), height=int(size[1]))
     records = []
     for (x1, y1, x2, y2), score, category, name in zip(detections["boxes"], detections["scores"],
                                                         detections["category_ids"], detections["class_names"]):
@@ -100,11 +104,14 @@ class PredictionsWriter:
 
 
 def infer_files(cfg, weights: str, inputs: list[str], out_dir: str, vis_thresh: float | None = 0.5,
-                device: str = "auto", max_images: int | None = None, progress: bool = True) -> list[dict]:
+                device: str = "auto", max_images: int | None = None, progress: bool = True,
+                upright: bool = True) -> list[dict]:
     """Run the detector on every image and every frame of every video; returns the predictions, written
     to OUT/predictions.json as they are made, with annotated copies under OUT/vis/ unless
-    ``vis_thresh`` is None. Unreadable files and images too thin to detect in are skipped and counted."""
-    paths = list_inputs(inputs)[:max_images]
+    ``vis_thresh`` is None. Unreadable files and images too thin to detect in are skipped and counted.
+    ``upright``: photos as a viewer shows them (EXIF orientation applied); False: their stored pixels,
+    the frame COCO annotations (and tools/eval_det.py) use. ``max_images`` 0 or None: all."""
+    paths = list_inputs(inputs)[:max_images or None]
     names = relative_names(paths)
     predictor = Predictor(cfg, weights, device)
     os.makedirs(out_dir, exist_ok=True)
@@ -120,7 +127,7 @@ def infer_files(cfg, weights: str, inputs: list[str], out_dir: str, vis_thresh: 
                     if is_video(path):
                         records = infer_video(predictor, path, vis_path, vis_thresh, writer, progress)
                     else:
-                        records = infer_image(predictor, path, vis_path, vis_thresh, writer)
+                        records = infer_image(predictor, path, vis_path, vis_thresh, writer, upright)
                 except BadImageError as error:
                     warnings.warn(f"skipping: {error}", stacklevel=2)
                     skipped.append(path)
@@ -145,9 +152,9 @@ def infer_files(cfg, weights: str, inputs: list[str], out_dir: str, vis_thresh: 
 
 
 def infer_image(predictor: Predictor, path: str, vis_path: str | None, vis_thresh: float | None,
-                writer: PredictionsWriter) -> list[dict]:
-    image, detections = predictor.predict_file(path)
-    records = predictions_for_file(path, detections)
+                writer: PredictionsWriter, upright: bool = True) -> list[dict]:
+    image, detections = predictor.predict_file(path, upright)
+    records = predictions_for_file(path, detections, size=(image.shape[1], image.shape[0]))
     writer.write(records)
     if vis_path:
         os.makedirs(os.path.dirname(vis_path), exist_ok=True)

@@ -33,7 +33,7 @@ from resnet_engine.errors import UserError
 from .builders import built_detector_settings
 from .config import load_detection_config
 from .data.coco import CategoryMap
-from .data.image_io import BadImageError, ImageInputError, as_rgb_image, to_chw_tensor
+from .data.image_io import BadImageError, ImageInputError, as_rgb_image, read_image, to_chw_tensor
 from .data.transforms import EvalTransform, shortest_edge_scale
 from .ensemble import load_detectors
 from .modeling.build import build_model, build_test_model, test_needs_original_images
@@ -131,9 +131,9 @@ class Predictor:
                 raise type(error)(f"image #{index} of the list: {error}") from None
         return self.detect(samples)
 
-    def predict_file(self, path: str) -> tuple[np.ndarray, dict]:
-        """The image of ``path`` as drawn (RGB, upright) and its detections."""
-        image = as_rgb_image(path)
+    def predict_file(self, path: str, upright: bool = True) -> tuple[np.ndarray, dict]:
+        """The image of ``path`` as drawn (RGB; upright, or its stored pixels) and its detections."""
+        image = as_rgb_image(path) if upright else read_image(path)
         return image, self.detect([self.sample(image, path)])[0]
 
     def sample(self, image: np.ndarray, name: str | None = None) -> dict:

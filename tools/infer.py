@@ -34,6 +34,9 @@ def main() -> int:
     parser.add_argument("--no-vis", action="store_true", help="only write predictions.json")
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--stored-pixels", action="store_true",
+                        help="detect in photos' stored pixels, not turned upright by their EXIF orientation: the "
+                             "frame of COCO annotations, for scoring predictions.json with tools/eval_det.py --det")
     args = parser.parse_args()
     # --inputs takes every word after it: overrides written after the inputs are overrides all the same.
     args.overrides += [item for item in args.inputs if looks_like_override(item)]
@@ -48,7 +51,7 @@ def main() -> int:
     cfg = load_detection_config(args.cfg, args.overrides)
     with sigterm_as_interrupt():
         infer_files(cfg, args.weights, args.inputs, args.out, vis_thresh=None if args.no_vis else args.vis_thresh,
-                    device=args.device, progress=not args.no_progress)
+                    device=args.device, progress=not args.no_progress, upright=not args.stored_pixels)
     return 0
 
 

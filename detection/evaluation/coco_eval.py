@@ -75,6 +75,7 @@ def attach_image_ids(results: list[dict], gt_images: list[dict], source: str) ->
     ids_by_name = {}
     for image in gt_images:
         ids_by_name.setdefault(normalized_path(str(image["file_name"])), []).append(image["id"])
+    size_of = {image["id"]: (image.get("width"), image.get("height")) for image in gt_images}
     matched = {}
     for index, record in enumerate(results):
         if "image_id" in record:
@@ -85,7 +86,21 @@ def attach_image_ids(results: list[dict], gt_images: list[dict], source: str) ->
         path = record["file_name"]
         if path not in matched:
             matched[path] = image_id_of_file(path, ids_by_name, f"{source}: detection #{index}")
+            check_same_frame(record, size_of[matched[path]], f"{source}: detection #{index}")
         record["image_id"] = matched[path]
+
+
+def check_same_frame(record: dict, gt_size: tuple, where: str) -> None:
+    """Detections made on other pixels than the ground truth annotates would be scored in another frame."""
+    made_on = (record.get("width"), record.get("height"))
+    if None in made_on or None in gt_size or not all(gt_size) or tuple(made_on) == tuple(gt_size):
+        return
+    turned = tuple(made_on) == tuple(gt_size)[::-1]
+    reason = (" (turned by its EXIF orientation: tools/infer.py reads photos upright, and COCO annotates the "
+              "stored pixels; run it with --stored-pixels)" if turned else "")
+    raise DetectionsError(f"{where} is for {record['file_name']}, detected in {made_on[0]}x{made_on[1]} pixels, and "
+                          f"the ground truth annotates {gt_size[0]}x{gt_size[1]}{reason}: its boxes would be scored "
+                          f"in another frame")
 
 
 def normalized_path(path: str) -> str:

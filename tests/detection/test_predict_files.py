@@ -236,3 +236,26 @@ def test_file_names_that_do_not_match_are_one_line(tmp_path, names, record, mess
                                                      "score": 0.5}]))
     with pytest.raises(DetectionsError, match=f"^{tmp_path / 'det.json'}: {message}"):
         load_results_file(str(tmp_path / "det.json"), data["images"])
+
+
+def test_predictions_of_a_photo_turned_upright_are_refused_against_its_stored_pixels(detector, tmp_path):
+    """A JPEG stored as 40 x 60 (height x width) with EXIF orientation 6; its json annotates the stored pixels,
+    as COCO does. infer.py reads photos upright (60 x 40): scored by file name, its boxes were matched in the
+    other frame (AP 0, no warning). --stored-pixels detects in the json's frame."""
+    from PIL import Image
+    cfg, weights = detector
+    pixels = np.random.default_rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", exif=exif.tobytes())
+    gt_images = [{"id": 7, "file_name": "photo.jpg", "width": 60, "height": 40}]
+    upright = infer_files(cfg, weights, [str(tmp_path / "photo.jpg")], str(tmp_path / "up"), vis_thresh=None,
+                          device="cpu", progress=False)
+    assert {(r["width"], r["height"]) for r in upright} == {(40, 60)}
+    with pytest.raises(DetectionsError, match=r"detected in 40x60 pixels, and the ground truth annotates 60x40 "
+                                              r"\(turned by its EXIF orientation: .*run it with --stored-pixels\)"):
+        load_results_file(str(tmp_path / "up" / "predictions.json"), gt_images)
+    stored = infer_files(cfg, weights, [str(tmp_path / "photo.jpg")], str(tmp_path / "stored"), vis_thresh=None,
+                         device="cpu", progress=False, upright=False)
+    assert {(r["width"], r["height"]) for r in stored} == {(60, 40)}
+    assert {r["image_id"] for r in load_results_file(str(tmp_path / "stored" / "predictions.json"), gt_images)} == {7}

@@ -92,11 +92,11 @@ def test_predictions_made_before_a_stop_are_on_disk(detector, tmp_path, monkeypa
     calls = []
     original = Predictor.predict_file
 
-    def stop_at_third(self, path):
+    def stop_at_third(self, path, upright=True):
         calls.append(path)
         if len(calls) == 3:
             raise KeyboardInterrupt("SIGTERM")
-        return original(self, path)
+        return original(self, path, upright)
 
     monkeypatch.setattr(Predictor, "predict_file", stop_at_third)
     with pytest.raises(KeyboardInterrupt):
