@@ -101,7 +101,7 @@ def as_rgb_image(image, format: str = "RGB") -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return read_image(os.fspath(image), apply_exif_orientation=True)
     if isinstance(image, Image.Image):
-        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        return pil_pixels(image)
     if isinstance(image, torch.Tensor):
         pixels = image.detach().cpu()
         if pixels.dtype == torch.bfloat16:  # which numpy lacks
@@ -117,6 +117,20 @@ def as_rgb_image(image, format: str = "RGB") -> np.ndarray:
                                   f"({ACCEPTED_IMAGES})")
         return channels_to_rgb(pixel_values(image, "array"), format)
     raise ImageInputError(f"{type(image).__name__} is not an image ({ACCEPTED_IMAGES})")
+
+
+def pil_pixels(image: Image.Image) -> np.ndarray:
+    """A PIL image's RGB pixels. PIL's own conversion to RGB clips 16-bit images at 255 (nearly all white)
+    and truncates float ones (nearly all black): those are scaled as a 16-bit file's are and as float
+    arrays are (values in [0, 1])."""
+    if image.mode.startswith("I;16"):
+        return cv2.cvtColor((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8), cv2.COLOR_GRAY2RGB)
+    if image.mode == "F":
+        return channels_to_rgb(pixel_values(np.asarray(image), "PIL image of mode F"), "RGB")
+    if image.mode in ("I", "I;32"):
+        raise ImageInputError(f"PIL image of mode {image.mode} (32-bit integers): give an 8- or 16-bit image, or "
+                              f"an array of uint8 (0-255) or float (0-1) pixels")
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def pixel_values(pixels, kind: str) -> np.ndarray:

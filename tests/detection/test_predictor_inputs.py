@@ -139,6 +139,22 @@ def test_a_list_is_one_forward_pass_with_one_result_per_image(predictor, rgb, re
     assert predictor([]) == []
 
 
+def test_16_bit_and_float_pil_images_are_scaled_as_files_and_arrays(predictor, rgb, tmp_path):
+    """PIL's conversion to RGB clipped a 16-bit image at 255 (nearly all white) and truncated a float one
+    (all black): they are the same image as the 16-bit file and the float array."""
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    expected = predictor(gray)
+    sixteen = gray.astype(np.uint16) << 8 | 0x5A  # the low byte is what the 8-bit scaling drops
+    Image.fromarray(sixteen).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode.startswith("I;16")
+    assert_same(predictor(Image.open(tmp_path / "gray16.png")), expected)
+    assert_same(predictor(str(tmp_path / "gray16.png")), expected)
+    floats = gray.astype(np.float32) / 255
+    assert_same(predictor(Image.fromarray(floats)), predictor(floats), atol=1e-4)
+    with pytest.raises(UserError, match=r"PIL image of mode I \(32-bit integers\)"):
+        predictor(Image.fromarray(gray.astype(np.int32)))
+
+
 def test_boxes_are_in_the_input_pixels(predictor, rgb):
     """A 100x140 image is resized to 160x224 for the network; its boxes come back scaled by 100/160, as
     a resize by hand and a run of the model show."""
