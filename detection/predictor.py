@@ -89,7 +89,9 @@ class Predictor:
                           else EvalTransform(cfg.input.min_size_test, cfg.input.max_size_test))
         # The smallest scale the image is resized to, and its cap on the longer side (as test-time
         # multi-scale caps each scale: max_size_test * scale / min_size_test).
-        self.smallest_scale = min([*(cfg.test.scales or [cfg.input.min_size_test]), cfg.test.rpn_scale or math.inf])
+        # The paper's multi-scale takes its proposals at test.rpn_scale, or at input.min_size_test without one.
+        rpn_scale = (cfg.test.rpn_scale or cfg.input.min_size_test) if cfg.test.multiscale_mode == "paper" else math.inf
+        self.smallest_scale = min([*(cfg.test.scales or [cfg.input.min_size_test]), rpn_scale])
         self.smallest_scale_max_size = cfg.input.max_size_test * self.smallest_scale / cfg.input.min_size_test
 
     @classmethod

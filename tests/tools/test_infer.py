@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from detection.config import load_detection_config
 from detection.modeling.build import build_model
@@ -83,6 +84,16 @@ def test_thin_limit_is_where_the_resized_side_rounds_to_zero(detector):
     detections = predictor(np.zeros((11, 5000, 3), np.uint8))
     assert detections["boxes"].shape[1] == 4
     assert np.all(detections["boxes"][:, [1, 3]] <= 11) and np.all(detections["boxes"][:, [0, 2]] <= 5000)
+
+
+def test_the_thin_limit_of_the_papers_multiscale_counts_its_rpn_scale(detector):
+    """test.scales=[320, 400] in paper mode also resizes to input.min_size_test (160) for the proposals: an
+    image fine at 320 but too thin at 160 ended in an OpenCV assertion (and the whole infer.py run)."""
+    cfg, weights = detector
+    predictor = Predictor(OmegaConf.merge(cfg, {"test": {"scales": [320, 400], "multiscale_mode": "paper"}}), weights)
+    # At 160 the cap is 240: a 10-pixel side of a 5000-pixel image becomes 0.48 pixel (0.96 at 320).
+    with pytest.raises(DegenerateImageError, match="5000x10 pixels is too thin"):
+        predictor(np.zeros((10, 5000, 3), np.uint8))
 
 
 def test_predictions_made_before_a_stop_are_on_disk(detector, tmp_path, monkeypatch):
