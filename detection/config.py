@@ -303,9 +303,23 @@ def check_detection_options(cfg) -> None:
     if len(cfg.input.pixel_mean) != 3 or len(cfg.input.pixel_std) != 3:
         raise ConfigError("input.pixel_mean and input.pixel_std need 3 values each, one per colour channel")
     check_augmentations(cfg.input)
+    check_anchor_levels(cfg.model)
     check_alternating(cfg.solver)
     check_solver_options(cfg.solver)
     check_winograd_channels("test", cfg.test.winograd_channels)
+
+
+def check_anchor_levels(model_cfg) -> None:
+    """One list of anchor sizes per feature map the RPN sees: the C4 trunk's one map, or the FPN's maps
+    of fpn.in_features and P6. Otherwise the first forward would fail, after the data has been read."""
+    levels = 1 if model_cfg.arch == "c4" else len(model_cfg.fpn.in_features) + 1
+    given = len(model_cfg.anchors.sizes)
+    if given == levels:
+        return
+    examples = {1: "[[64, 128, 256, 512]]", 5: "[[32], [64], [128], [256], [512]]"}
+    raise ConfigError(f"model.anchors.sizes gives {given} list{'s' if given != 1 else ''}, one per feature level, "
+                      f"and model.arch={model_cfg.arch} has {levels} level{'s' if levels != 1 else ''}: give "
+                      f"{examples.get(levels, f'{levels} lists')}")
 
 
 def alternating_schedule(solver) -> tuple[int, list[int]]:

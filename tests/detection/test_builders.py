@@ -321,3 +321,4 @@ def test_predictor_needs_a_built_detector_or_a_weights_file(repo_root):
 def test_docstring_examples_run():
     results = doctest.testmod(detection.builders, optionflags=doctest.ELLIPSIS)
     assert results.attempted >= 10 and results.failed == 0
+

@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 from tests.helpers import TINY_DETECTOR
 
 SHAPES = os.path.join(ROOT, "configs", "shapes.yaml")
-C4 = ["model.arch=c4", "model.roi_head.pooler_resolution=14"]
+C4 = ["model.arch=c4", "model.anchors.sizes=[[32,64,128]]", "model.roi_head.pooler_resolution=14"]
 
 
 def saved_detector(tmp_path, overrides) -> str:

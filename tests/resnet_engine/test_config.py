@@ -374,3 +374,16 @@ def test_winograd_that_converts_nothing_says_so():
     with pytest.warns(UserWarning, match=r"solver.winograd=true converted no convolution: none has between 128 and "
                                          r"256 channels"):
         apply_speed_switches(cifar, SolverConfig(winograd=True))
+
+
+@pytest.mark.parametrize("config, overrides, message", [
+    ("shapes.yaml", ["model.arch=c4"], "model.anchors.sizes gives 5 lists, one per feature level, and model.arch=c4 "
+                                       "has 1 level: give [[64, 128, 256, 512]]"),
+    ("coco_r101.yaml", ["model.arch=fpn"], "model.anchors.sizes gives 1 list, one per feature level, and "
+                                           "model.arch=fpn has 5 levels: give [[32], [64], [128], [256], [512]]"),
+])
+def test_anchor_levels_that_do_not_fit_the_architecture_are_a_config_error(config, overrides, message):
+    """They failed at the first forward, after the data had been read, with a ValueError."""
+    with pytest.raises(ConfigError) as error:
+        load_detection_config(config, overrides)
+    assert str(error.value) == message
