@@ -120,7 +120,8 @@ def test_empty_section_means_no_change(tmp_path):
 
 
 def test_saved_config_reproduces_the_run(tmp_path):
-    cfg = load_detection_config(None, ["solver.steps=[5,9]", "model.arch=fpn", "model.backbone.weights=/w.pth"])
+    cfg = load_detection_config(None, ["solver.steps=[5,9]", "model.arch=fpn", "model.backbone.weights=/w.pth",
+                                       "model.anchors.sizes=[[32],[64],[128],[256],[512]]"])
     save_config(cfg, str(tmp_path / "config.yaml"))
     again = load_detection_config(str(tmp_path / "config.yaml"))
     assert again == cfg
