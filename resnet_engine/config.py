@@ -166,6 +166,20 @@ def _numbers_in(hint: Any) -> set[type]:
     return set().union(*(_numbers_in(arg) for arg in typing.get_args(hint))) if typing.get_args(hint) else set()
 
 
+def _list_depth(hint: Any) -> int:
+    """How deeply lists nest in a type: 0 for ``int``, 1 for ``list[int] | None``, 2 for ``list[list[float]]``."""
+    if typing.get_origin(hint) is list:
+        return 1 + max((_list_depth(arg) for arg in typing.get_args(hint)), default=0)
+    return max((_list_depth(arg) for arg in typing.get_args(hint)), default=0)
+
+
+def _nests_deeper(value: Any, depth: int) -> bool:
+    """Whether a value holds lists nested deeper than ``depth`` levels."""
+    if not isinstance(value, list):
+        return False
+    return depth <= 0 or any(_nests_deeper(item, depth - 1) for item in value)
+
+
 def flatten_tree(tree: Any, separator: str = ".", prefix: str = "") -> Iterable[tuple[str, Any]]:
     """(the keys down to a leaf joined by ``separator``, the leaf) for every leaf of nested dicts; an
     empty dict below the top is a leaf."""
@@ -471,6 +485,12 @@ class ConfigLoader:
             if bounds is None or value is None:
                 continue
             value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            depth = _list_depth(self.types[key])
+            if _nests_deeper(value, depth):
+                source = self.sources.get(key, "the defaults")
+                where = "" if source.startswith("override ") else f" in {source}"
+                shape = "a number" if depth == 0 else "a list of numbers" if depth == 1 else "a list of lists of numbers"
+                raise ConfigError(f"{key}={_show(value)}{where} must be {shape}, not lists nested deeper")
             if not _within(value, bounds):
                 source = self.sources.get(key, "the defaults")
                 where = "" if source.startswith("override ") else f" in {source}"  # an override shows key=value

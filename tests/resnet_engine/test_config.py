@@ -388,3 +388,12 @@ def test_anchor_levels_that_do_not_fit_the_architecture_are_a_config_error(confi
     with pytest.raises(ConfigError) as error:
         load_detection_config(config, overrides)
     assert str(error.value) == message
+
+
+def test_a_list_nested_deeper_than_its_key_takes_is_one_line():
+    """solver.steps=[1,[2]] passed the checks of each number and failed when the schedule was built."""
+    with pytest.raises(ConfigError) as error:
+        load_detection_config(None, ["solver.steps=[1,[2]]"])
+    assert str(error.value) == "solver.steps=[1, [2]] must be a list of numbers, not lists nested deeper"
+    assert list(load_detection_config(None, ["model.anchors.sizes=[[32,64,128,256]]"]).model.anchors.sizes[0]) == [
+        32, 64, 128, 256]
