@@ -69,9 +69,9 @@ def check_saved_architecture(model: nn.Module, saved_backbone: dict | None, path
     differing = []
     for key in ARCHITECTURE_KEYS:
         saved, built = saved_backbone.get(key), getattr(model, key, None)
-        if saved in (None, "", 0) or built is None:
-            continue  # not recorded, or left to the family's default when saved
-        if key == "stride_in_1x1" and getattr(model, "stride_in_1x1", None) is None:
+        # Not recorded, left to the family's default when saved (""; a width of 0), or meaningless for this
+        # network (the stride placement of basic units). False is a setting, not an absence.
+        if saved is None or saved == "" or (key == "base_width" and saved == 0) or built is None:
             continue
         if saved != built:
             differing.append(f"{key}={saved} there, {built} here")

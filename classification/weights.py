@@ -62,7 +62,7 @@ def check_checkpoint_fits(path: str, cfg, data_meta: dict) -> None:
         warn_if_not_the_published_class_order(path, data_meta)
         return
     try:
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, mmap=True)  # its config and meta: the weights are read once, later
     except UserError as error:
         if "no 'model' entry" in str(error):  # a bare state dict
             warn_if_not_the_published_class_order(path, data_meta)
@@ -124,7 +124,7 @@ def read_checkpoint_meta(path: str) -> dict:
     if not (os.path.isfile(path) and path.lower().endswith((".pth", ".pt"))):
         return {}
     try:
-        return load_checkpoint(path).get("meta") or {}
+        return load_checkpoint(path, mmap=True).get("meta") or {}
     except UserError as error:
         if "no 'model' entry" in str(error):  # a bare state dict
             return {}

@@ -116,12 +116,18 @@ def describe_load_failure(path: str, error: BaseException) -> str:
     return f"checkpoint {path} is damaged or truncated ({type(error).__name__})"
 
 
-def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint without running code from it; unreadable files raise CheckpointError."""
+def load_checkpoint(path: str, mmap: bool = False) -> dict:
+    """Read a checkpoint without running code from it; unreadable files raise CheckpointError. ``mmap``:
+    the tensors are mapped, not read (for its config and meta; a file of the old format is read whole)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated zip, bad pickle, refused object, ...
         raise CheckpointError(describe_load_failure(path, error)) from None
     if not isinstance(state, dict) or "model" not in state:

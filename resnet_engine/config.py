@@ -270,8 +270,6 @@ def find_config(path: str) -> str:
 
 
 def read_yaml(path: str) -> dict:
-    if os.path.isdir(path):
-        raise ConfigError(f"{path} is a folder: give a config file (a .yaml) as --cfg")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:

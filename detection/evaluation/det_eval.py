@@ -119,10 +119,15 @@ def det_metrics_for_json(metrics: dict) -> dict:
     return per_class_metrics_for_json("det", metrics)
 
 
+# Why a set gets no results file when it is not one of the devkit's val or test lists (a train list
+# tested on): the server scores those lists only, so this one is not worth a warning.
+NO_IMAGE_INDEX = "its lists give no image index"
+
+
 def results_file_problem(gt_dataset: dict) -> str | None:
     """Why the devkit's results file cannot be written for this set (None when it can)."""
     if any(image.get("det_index") is None for image in gt_dataset["images"]):
-        return "its lists give no image index"
+        return NO_IMAGE_INDEX
     if any(category.get("det_id") is None for category in gt_dataset["categories"]):
         return ("its classes are the annotations' synsets sorted, not numbered as map_det.txt numbers them "
                 "(set data.test.names=map_det.txt)")
@@ -168,6 +173,6 @@ def score_det_test_set(gt_dataset: dict, image_ids: list[int], results: list[dic
                        len(results), len(evaluated), f" written to {results_file}, for the evaluation server"
                        if not_written is None else f" (no results file for the server: {not_written})")
         return counts
-    if not_written and "image index" not in not_written:
+    if not_written not in (None, NO_IMAGE_INDEX):
         logger.warning("no %s: %s", RESULTS_FILE, not_written)
     return {**evaluate_det(gt_dataset, results, evaluated, source), **counts}

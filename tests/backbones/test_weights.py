@@ -189,6 +189,8 @@ def test_torchvision_and_timm_names_refuse_the_1x1_stride_placement():
 
 @pytest.mark.parametrize("saved, build, differing", [
     ({"plain": True}, {}, "plain=True there, False here"),
+    ({}, {"plain": True}, "plain=False there, True here"),  # False is recorded as much as True
+    ({}, {"stride_in_1x1": True}, "stride_in_1x1=False there, True here"),
     ({"stride_in_1x1": True}, {}, "stride_in_1x1=True there, False here"),
     ({"preact": True, "shortcut": "A"}, {}, "preact=True there, False here; shortcut=A there, B here"),
 ])
@@ -205,7 +207,7 @@ def test_a_trainers_checkpoint_loads_only_into_the_network_its_config_names(tmp_
         build_resnet(50, weights=str(path), **build)
     assert str(error.value) == (f"{path} was trained as another network ({differing}): build the network its config "
                                 f"(model.backbone) describes")
-    if "preact" not in saved:
+    if saved and "preact" not in saved:
         build_resnet(50, weights=str(path), **saved)  # the network it names loads
 
 
