@@ -128,8 +128,9 @@ class ClassificationInputConfig:
     crop: int = positive(224)
     # The probability of a horizontal flip in training.
     random_flip: float = fraction(0.5)
-    # Brightness, contrast and saturation factors are drawn from [1 - s, 1 + s]; 0 turns them off.
-    color_jitter: float = bounded(0.4, 0, 1, high_open=True)
+    # Brightness, contrast and saturation factors are drawn from [1 - s, 1 + s]; 0 (the paper's: its colour
+    # augmentation is the PCA lighting below) turns them off.
+    color_jitter: float = bounded(0.0, 0, 1, high_open=True)
     # AlexNet's PCA lighting noise: the standard deviation of its coefficients (0 turns it off).
     lighting_std: float = non_negative(0.1)
     # Pixel statistics on 0-255 values, in the order of `format`.

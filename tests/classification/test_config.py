@@ -66,6 +66,17 @@ def test_unset_shortcut_and_width_take_the_papers_values():
     assert network_name(chosen) == "ResNet-56 (width 32)"
 
 
+def test_imagenet_defaults_add_no_colour_jitter_and_the_shapes_configs_say_theirs_is_not_the_papers():
+    """The paper's colour augmentation is AlexNet's PCA lighting only: a config that leaves
+    input.color_jitter unset trains without brightness/contrast/saturation jitter."""
+    assert load_classification_config(None, []).input.color_jitter == 0.0
+    assert shipped("ilsvrc_cls_r50.yaml").input.color_jitter == 0.0
+    shapes = shipped("cls_shapes.yaml")
+    assert shapes.input.color_jitter == 0.4
+    text = open(os.path.join(ROOT, "configs", "cls_shapes.yaml"), encoding="utf-8").read()
+    assert "Not in the paper" in text.split("color_jitter")[0].rsplit("crop:", 1)[1]
+
+
 def basic_cifar_parameters(depth: int, classes: int) -> int:
     """Parameters of a 6n+2 CIFAR net with option-A shortcuts (which have none), counted by hand: a 3x3 conv
     from c to c' channels has 9 c c' weights and no bias, a BN 2 c' parameters, the fc 64 k + k."""
