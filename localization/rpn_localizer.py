@@ -201,7 +201,10 @@ class RPNLocalizer(ClassifierInput, OneBoxPerClass, nn.Module):
         cut = torch.as_tensor(sample.get("cut_boxes", ()), dtype=torch.float32, device=anchors.device)
         matched, labels = label_anchors(anchors, gt_boxes, cut.reshape(-1, 4), self.matcher)
         rules = self.rules
-        positive, negative = sample_balanced(labels, rules.anchors_per_image, rules.positive_fraction)
+        # The sample's own stream, as the detector's: without it every process, seeded alike, would
+        # pick the same anchor positions for its images, and the choice would depend on their number.
+        generator = torch.Generator().manual_seed(int(sample["seed"])) if "seed" in sample else None
+        positive, negative = sample_balanced(labels, rules.anchors_per_image, rules.positive_fraction, generator)
         chosen = torch.cat([positive, negative])
         gt_class = int(sample["label"])
         targets = class_targets(labels[chosen], gt_class, self.num_classes)

@@ -197,7 +197,8 @@ class LocEvalTransform:
 
 class LocalizationDataset(ClassificationDataset):
     """Boxed records; ``dataset[(index, seed)]``. Training samples add "boxes" and "cut_boxes" (float
-    tensors, crop pixels, x2 exclusive) to the classification sample; test samples are {"views": [uint8
+    tensors, crop pixels, x2 exclusive) and the "seed" of the model's anchor sampling to the
+    classification sample; test samples are {"views": [uint8
     (3, h, w)] or None when unreadable, "geometries", "size": (height, width), "label", "image_id"}."""
 
     carries_image = False  # test samples hold the original image too (ImageAndViews)
@@ -209,7 +210,8 @@ class LocalizationDataset(ClassificationDataset):
         record, image, skipped = self._first_readable(index)
         pixels, boxes, cut = self.transform(image, np.asarray(record.boxes, np.float32), seed)
         return {"image": to_chw_tensor(pixels), "label": record.label, "boxes": torch.from_numpy(boxes),
-                "cut_boxes": torch.from_numpy(cut), "image_id": record.image_id, "skipped": skipped}
+                "cut_boxes": torch.from_numpy(cut), "image_id": record.image_id, "skipped": skipped,
+                "seed": seed}
 
     def _test_sample(self, record) -> dict:
         image = self._read(record)

@@ -103,6 +103,24 @@ def test_model_samples_eight_anchors_per_image():
     assert count == 8
 
 
+def test_anchor_sampling_follows_the_samples_seed_not_the_process_random_state():
+    """Processes seeded alike must not pick the same anchors for their different images: each training
+    sample carries the seed of its own sampling stream (from the batch sampler), as the detector's."""
+    model = tiny_model().train()
+    sample = {"image": torch.zeros(3, 48, 48, dtype=torch.uint8), "label": 1,
+              "boxes": torch.tensor([[10.0, 12.0, 30.0, 32.0]]), "cut_boxes": torch.zeros(0, 4)}
+    _, _, anchors = model.head(model.normalize(sample["image"][None]))
+    logits = torch.randn(anchors.shape[0], 3, generator=torch.Generator().manual_seed(1))
+    deltas = torch.zeros(anchors.shape[0], 3, 4)
+
+    def cls_loss(seed: int, process_seed: int) -> float:
+        torch.manual_seed(process_seed)
+        return float(model.image_losses(logits, deltas, anchors, {**sample, "seed": seed})[0])
+
+    assert cls_loss(7, process_seed=0) == cls_loss(7, process_seed=1)
+    assert len({cls_loss(seed, process_seed=0) for seed in (7, 8, 9)}) == 3
+
+
 def test_gradient_reaches_only_the_gt_class_box_outputs():
     model = tiny_model(num_classes=3, cls_loss_classes="gt").train()
     batch = [{"image": torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8), "label": 1,

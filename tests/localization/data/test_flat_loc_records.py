@@ -46,5 +46,6 @@ def test_boxed_records_are_flat_and_give_the_samples_of_the_record_list(tmp_path
         for seed in (0, 7, 99):
             got, want = flat[(index, seed)], as_list[(index, seed)]
             assert sorted(got) == sorted(want)
+            assert got["seed"] == seed  # the model's anchor sampling stream
             for key, value in want.items():
                 assert torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value, key
