@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from resnet_engine.config import ConfigError
 
-from .transforms import box_params
+from .transforms import box_params, seed_pipeline
 
 # Sizes are pixels of the image after the resize of input.min_size_train / max_size_train.
 PRESETS: dict[str, list[dict[str, Any]]] = {
@@ -177,7 +177,7 @@ def trial_run(transform: A.BasicTransform, image: np.ndarray, boxes: np.ndarray,
         # An image-only transform leaves the boxes to no transform, which albumentations points out.
         warnings.filterwarnings("ignore", "Got processor for bboxes, but no transform to process it")
         pipeline = A.Compose([transform], bbox_params=box_params())
-    pipeline.set_random_seed(0)
+    seed_pipeline(pipeline, 0)
     try:
         out = pipeline(image=image, bboxes=boxes, box_ids=np.arange(len(boxes)))
     except Exception as error:  # albumentations raises ValueError, KeyError, RuntimeError and its own types

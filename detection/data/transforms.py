@@ -8,6 +8,7 @@ test-time augmentations (detection/modeling/test_time.py) and the exported detec
 
 from __future__ import annotations
 
+import random
 import warnings
 from collections.abc import Sequence
 
@@ -117,6 +118,14 @@ def paper_transforms(min_sizes: Sequence[int], max_size: int, flip_prob: float) 
     return [ResizeShortestEdge(min_sizes, max_size), A.HorizontalFlip(p=flip_prob)]
 
 
+def seed_pipeline(pipeline: A.Compose, seed: int) -> None:
+    """One random stream for the whole pipeline, drawn by each transform in turn. Compose's
+    set_random_seed would give every transform a stream of its own from the same seed: their first
+    draws would be equal, and the resize would decide the flip (768 and 800 never flipped among six
+    sizes), the flip the crop, the jitter, the scale."""
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
 class TrainTransform:
     """Random shortest-edge resize and horizontal flip of an RGB image and its xyxy boxes, then
     ``augmentations`` (albumentations transforms: detection/data/augment.py builds those of a config).
@@ -152,7 +161,7 @@ class TrainTransform:
 
     @staticmethod
     def _run(pipeline: A.Compose, image: np.ndarray, boxes: np.ndarray, seed: int) -> dict:
-        pipeline.set_random_seed(seed)
+        seed_pipeline(pipeline, seed)
         return pipeline(image=image, bboxes=boxes.reshape(-1, 4), box_ids=np.arange(len(boxes)))
 
 

@@ -3,6 +3,7 @@ resize and flip, the per-sample seed decides every draw, boxes follow the pixels
 load with one line naming them."""
 
 import os
+import random
 import re
 import warnings
 
@@ -63,7 +64,7 @@ def test_the_default_pipeline_is_the_papers_resize_and_flip():
     image = np.random.default_rng(0).integers(0, 256, (256, 320, 3), dtype=np.uint8)
     sizes, flips = set(), set()
     for seed in range(12):
-        reference.set_random_seed(seed)
+        reference.set_random_state(np.random.default_rng(seed), random.Random(seed))
         expected = reference(image=image, bboxes=BOXES, box_ids=np.arange(3))
         got_image, got_boxes, kept = run(ours, image, seed)
         np.testing.assert_array_equal(got_image, expected["image"])
@@ -84,6 +85,29 @@ def test_the_longer_side_cap_binds_as_a_longest_side_resize():
     assert got_image.shape == (160, 200, 3)
     np.testing.assert_array_equal(got_image, expected["image"])
     np.testing.assert_allclose(got_boxes, BOXES * 200 / 320, atol=1e-4)
+
+
+def test_the_scale_the_flip_and_the_augmentations_are_drawn_independently():
+    """Each random choice of the pipeline is a draw of its own: every training size is flipped about
+    half the time, and a crop is as likely on a flipped image as on another."""
+    sizes = [96, 112, 128, 144, 160, 176]
+    cfg = load_detection_config(None, [f"input.min_size_train={sizes}", "input.max_size_train=10000",
+                                       "input.augment_presets=[random_crop]"])
+    transform, image = train_transform(cfg), coloured_boxes_image()
+    flips = {size: [] for size in sizes}
+    crops = {True: [], False: []}
+    for seed in range(480):
+        out, _, _ = run(transform, image, seed)
+        red, green = box_of_colour(out, COLOURS[0]), box_of_colour(out, COLOURS[1])
+        flipped = bool(red[0] > green[0])  # the red box is left of the green one in the original
+        uncropped = {(size, round(size * 320 / 256)) for size in sizes}
+        cropped = out.shape[:2] not in uncropped
+        if not cropped:
+            flips[out.shape[0]].append(flipped)
+        crops[flipped].append(cropped)
+    for size, flipped in flips.items():
+        assert len(flipped) >= 20 and 0.25 < np.mean(flipped) < 0.75, (size, len(flipped), np.mean(flipped))
+    assert 0.3 < np.mean(crops[True]) < 0.7 and 0.3 < np.mean(crops[False]) < 0.7, crops
 
 
 def test_same_seed_same_augmentation_other_seed_another():
