@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 from pycocotools.coco import COCO
@@ -42,10 +44,25 @@ def category_map_for(cfg, dataset_coco=None) -> CategoryMap | None:
             raise UserError("model.labels_are_category_ids=true needs model.num_classes (the largest category id)")
         names = None
         if dataset_coco is not None:
+            check_ids_within_classes(dataset_coco.dataset["categories"], cfg.model.num_classes)
             by_id = {c["id"]: c.get("name", str(c["id"])) for c in dataset_coco.dataset["categories"]}
             names = [by_id.get(i, str(i)) for i in range(1, cfg.model.num_classes + 1)]
         return CategoryMap.identity(cfg.model.num_classes, names)
     return None
+
+
+def check_ids_within_classes(categories: list[dict], num_classes: int) -> None:
+    """With labels_are_category_ids a category id is the model's label: an id outside 1..num_classes
+    would have every box of its class dropped as unknown."""
+    outside = [c for c in categories if not 1 <= c["id"] <= num_classes]
+    if not outside:
+        return
+    names = ", ".join(f"'{c.get('name', c['id'])}' (id {c['id']})" for c in outside[:3])
+    fix = ("renumber the categories from 1 (label 0 is the background), or set model.labels_are_category_ids=false"
+           if any(c["id"] < 1 for c in outside) else
+           f"set model.num_classes={max(c['id'] for c in categories)} (the largest category id)")
+    raise ConfigError(f"model.labels_are_category_ids=true makes each category id a label in 1..model.num_classes="
+                      f"{num_classes}, and the training categories {names} lie outside it: {fix}")
 
 
 @dataclass
@@ -107,6 +124,8 @@ def build_train_dataset(cfg) -> CocoDetection | ConcatDetection:
         parts.append(dataset_of(source, cfg, key, transform, category_map, train=True, labels_by_category=labels))
     check_class_count(cfg, category_map)
     if len(parts) == 1:
+        if not cfg.model.labels_are_category_ids:  # there, every id up to num_classes is a class anyway
+            warn_of_classes_without_boxes(first.coco, first.name)
         return parts[0]
     logger.info("training on %d sets: %s", len(parts),
                 ", ".join(f"{part.ann_file} ({len(part)} images)" for part in parts))
@@ -114,11 +133,30 @@ def build_train_dataset(cfg) -> CocoDetection | ConcatDetection:
 
 
 def check_class_count(cfg, category_map: CategoryMap) -> None:
-    """A model of fewer classes than the training labels would fail at the first loss."""
-    if not cfg.model.labels_are_category_ids and 0 < cfg.model.num_classes < category_map.num_classes:
-        raise ConfigError(f"model.num_classes={cfg.model.num_classes} is below the {category_map.num_classes} classes "
-                          f"of the training data ({', '.join(category_map.names)}): set model.num_classes=0 to take "
-                          "their number")
+    """A model of fewer classes than the training labels would fail at the first loss; one of more
+    would have outputs that are never trained (and no category id to score their detections by)."""
+    given, found = cfg.model.num_classes, category_map.num_classes
+    if cfg.model.labels_are_category_ids or given in (0, found):
+        return
+    if given < found:
+        raise ConfigError(f"model.num_classes={given} is below the {found} classes of the training data "
+                          f"({', '.join(category_map.names)}): set model.num_classes=0 to take their number")
+    raise ConfigError(f"model.num_classes={given} is above the {found} classes of the training data (the background "
+                      f"is not counted here, unlike torchvision's num_classes): set model.num_classes=0 to take "
+                      f"their number")
+
+
+def warn_of_classes_without_boxes(coco: COCO, name: str) -> None:
+    """A category that no training box belongs to becomes a class that is never trained (an exporter's
+    'superclass' entry, a class left out of a subset)."""
+    counts = Counter(ann.get("category_id") for ann in coco.dataset.get("annotations", []))
+    empty = [c for c in coco.dataset["categories"] if counts[c["id"]] == 0]
+    if empty:
+        names = ", ".join(f"'{c.get('name', c['id'])}' (id {c['id']})" for c in empty[:5])
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        warnings.warn(f"{name}: {len(empty)} categor{'y has' if len(empty) == 1 else 'ies have'} no box: {names}"
+                      f"{more}; each is a class of the model that training never sees: remove it from the "
+                      f"categories if it is not meant to be detected", stacklevel=2)
 
 
 def build_test_dataset(cfg, category_map: CategoryMap, resize: bool) -> CocoDetection:

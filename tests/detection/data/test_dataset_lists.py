@@ -127,6 +127,29 @@ def test_labels_fixed_to_category_ids_refuse_a_new_name(two_sets):
     assert [r["labels"].tolist() for r in dataset.parts[1].records] == [[2, 5, 5], [5], []]  # the ids of a
 
 
+def test_labels_fixed_to_category_ids_need_every_id_within_the_class_count(two_sets, tmp_path):
+    """dog has id 5: with 3 classes its boxes would all be dropped as of an unknown category."""
+    a, _ = two_sets
+    with pytest.raises(ConfigError, match=r"a label in 1..model.num_classes=3, and the training categories 'dog' "
+                                          r"\(id 5\) lie outside it: set model.num_classes=5 \(the largest"):
+        build_train_dataset(config(a, [], "model.labels_are_category_ids=true", "model.num_classes=3"))
+    zero = write_set(tmp_path / "zero", [{"id": 0, "name": "pets"}, {"id": 1, "name": "cat"}],
+                        [(1, "a1.png", 60, 40)], [(1, 1, [1, 1, 10, 10])])
+    with pytest.raises(ConfigError, match=r"'pets' \(id 0\) lie outside it: renumber the categories from 1"):
+        build_train_dataset(config(zero, [], "model.labels_are_category_ids=true", "model.num_classes=1"))
+
+
+def test_a_category_without_any_training_box_is_warned_of(tmp_path):
+    """An exporter's 'superclass' entry becomes a class of the model that is never trained."""
+    ann_file, img_dir = write_set(tmp_path, [{"id": 0, "name": "pets"}, {"id": 1, "name": "cat"},
+                                             {"id": 2, "name": "dog"}],
+                                  [(1, "a1.png", 60, 40)], [(1, 1, [1, 1, 10, 10]), (1, 2, [20, 5, 10, 10])])
+    with pytest.warns(UserWarning, match=r"instances.json: 1 category has no box: 'pets' \(id 0\); each is a class "
+                                         r"of the model that training never sees"):
+        dataset = build_train_dataset(config((ann_file, img_dir), []))
+    assert dataset.category_map.names == ["pets", "cat", "dog"]
+
+
 @pytest.mark.parametrize("extra, message", [
     ([{"ann_fle": "b.json", "img_dir": "b"}], r"unknown key 'ann_fle' in data.train_extra\[0\] \(did you mean "
                                               r"ann_file\?\)"),
@@ -188,12 +211,17 @@ def test_training_on_a_list_matches_training_on_the_same_images_in_one_json(fixe
         assert torch.equal(runs[0]["model"][key], value), key
 
 
-def test_a_model_of_fewer_classes_than_the_sets_is_refused_before_training(two_sets):
+def test_a_model_of_another_class_count_than_the_sets_is_refused_before_training(two_sets):
+    """Fewer classes would fail at the first loss; more would be outputs never trained, whose detections
+    have no category id to be scored by."""
     a, b = two_sets
     with pytest.raises(ConfigError, match=r"model.num_classes=2 is below the 3 classes of the training data \(cat, "
                                           r"dog, bird\): set model.num_classes=0 to take their number"):
         build_train_dataset(config(a, [entry(b, rename={"kitty": "cat"})], "model.num_classes=2"))
-    assert build_train_dataset(config(a, [entry(b, rename={"kitty": "cat"})], "model.num_classes=4")).category_map.names \
+    with pytest.raises(ConfigError, match=r"model.num_classes=4 is above the 3 classes of the training data \(the "
+                                          r"background is not counted here"):
+        build_train_dataset(config(a, [entry(b, rename={"kitty": "cat"})], "model.num_classes=4"))
+    assert build_train_dataset(config(a, [entry(b, rename={"kitty": "cat"})], "model.num_classes=3")).category_map.names \
         == ["cat", "dog", "bird"]
 
 
