@@ -38,6 +38,10 @@ def load_coco(ann_file: str, key_hint: str = "data.train.ann_file", index_annota
             data = read_json(ann_file)
         except json.JSONDecodeError as error:
             raise AnnotationError(f"{ann_file}: invalid JSON at line {error.lineno} column {error.colno}") from None
+        except UnicodeDecodeError as error:
+            kind = " (a gzip archive: decompress it first)" if error.object[:2] == b"\x1f\x8b" else ""
+            raise AnnotationError(f"{ann_file}: not a UTF-8 JSON file{kind}; byte {error.start} cannot be "
+                                  f"decoded: give the COCO json as UTF-8 text") from None
         for key in ("images", "categories"):
             if not isinstance(data, dict) or key not in data:
                 raise AnnotationError(f"{ann_file}: not a COCO detection file (no '{key}' list)")
@@ -127,6 +131,9 @@ def entry_problem(kind: str, entry) -> str | None:
             return f"has {key} {entry[key]!r}: ids are integers in COCO files (number the entries 1, 2, ...)"
     if kind == "annotations" and not is_box(entry["bbox"]):
         return f"has bbox {entry['bbox']!r}: give 4 numbers [x, y, width, height]"
+    if kind == "annotations" and entry.get("iscrowd", 0) not in (0, 1):  # True and False are 1 and 0 too
+        # A string "0" would read as true and make the object a crowd region, never a positive.
+        return f"has iscrowd {entry['iscrowd']!r}: give 0 (an object) or 1 (a crowd region)"
     if kind == "images" and not all(is_number(entry.get(key, 0)) and entry.get(key, 0) >= 0
                                     for key in ("width", "height")):
         return f"has width {entry.get('width')!r} and height {entry.get('height')!r}: give them in pixels"
@@ -170,10 +177,10 @@ def is_int_or_float(value) -> bool:
 
 
 def plain_annotation(entry) -> bool:
-    """A dict with id, image_id, category_id and a bbox of 4 ints or floats."""
+    """A dict with id, image_id, category_id, a bbox of 4 ints or floats and an iscrowd of 0 or 1 if any."""
     if type(entry) is not dict or type(entry.get("image_id")) is not int or type(entry.get("category_id")) is not int:
         return False
-    if "id" not in entry:
+    if "id" not in entry or entry.get("iscrowd", 0) not in (0, 1):
         return False
     bbox = entry.get("bbox")
     return (type(bbox) is list and len(bbox) == 4 and is_int_or_float(bbox[0]) and is_int_or_float(bbox[1])
@@ -458,6 +465,21 @@ class CocoDetection(torch.utils.data.Dataset):
         upright = read_image(path, apply_exif_orientation=True)
         return upright if (upright.shape[1], upright.shape[0]) == json_size else image
 
+    def _within_file(self, record: dict, boxes: np.ndarray, labels: np.ndarray, crowd: np.ndarray, width: int,
+                     height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The boxes clipped to the file's pixels, without those left with no area: a json without image
+        sizes cannot have had its boxes checked when it was read."""
+        limits = np.array([width, height, width, height], dtype=np.float32)
+        boxes, crowd = boxes.clip(0, limits), crowd.clip(0, limits)
+        keep_box = (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
+        keep_crowd = (crowd[:, 2] - crowd[:, 0] > 0) & (crowd[:, 3] - crowd[:, 1] > 0)
+        outside = int((~keep_box).sum() + (~keep_crowd).sum())
+        if outside:
+            warnings.warn(f"{self.path_of(record)}: {outside} box(es) of {self.ann_file} lie outside the "
+                          f"{width}x{height} image and are left out (give each image's width and height in the "
+                          f"json, or check the boxes' image)", stacklevel=3)
+        return boxes[keep_box], labels[keep_box], crowd[keep_crowd]
+
     def _make_sample(self, record: dict, image: np.ndarray, seed: int) -> dict:
         height, width = image.shape[:2]
         boxes, labels, crowd = record["boxes"], record["labels"], record["crowd_boxes"]
@@ -479,7 +501,8 @@ class CocoDetection(torch.utils.data.Dataset):
             # scales its detections to, so they are the json's, not the file's.
             sample["height"], sample["width"] = int(round(record["height"])), int(round(record["width"]))
         if self.train:
-            all_boxes = np.concatenate([boxes, crowd]).clip(0, [width, height, width, height])
+            boxes, labels, crowd = self._within_file(record, boxes, labels, crowd, width, height)
+            all_boxes = np.concatenate([boxes, crowd])
             image, new_boxes, kept = self.transform(image, all_boxes, seed)
             num = len(boxes)
             is_object = kept < num

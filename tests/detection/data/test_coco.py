@@ -1,5 +1,6 @@
 """COCO loading: category mapping, annotation cleaning, unreadable images, decoding, augmentation."""
 
+import gzip
 import json
 import warnings
 
@@ -77,6 +78,13 @@ def test_missing_and_malformed_files_name_the_file_and_key(tmp_path):
                                                       "annotations": [{"id": 4, "image_id": 1, "category_id": 1}]}))
     with pytest.raises(AnnotationError, match="annotation #0 .* lacks bbox"):
         CocoDetection(str(tmp_path / "nobbox.json"), str(tmp_path))
+    (tmp_path / "ann.json.gz").write_bytes(gzip.compress(b'{"images": []}'))
+    with pytest.raises(AnnotationError, match=r"ann.json.gz: not a UTF-8 JSON file \(a gzip archive: decompress it "
+                                              r"first\); byte 1 cannot be decoded"):
+        CocoDetection(str(tmp_path / "ann.json.gz"), str(tmp_path))
+    (tmp_path / "latin1.json").write_bytes('{"images": [], "categories": [{"id": 1, "name": "café"}]}'.encode("latin-1"))
+    with pytest.raises(AnnotationError, match=r"latin1.json: not a UTF-8 JSON file; byte 52 cannot be decoded"):
+        CocoDetection(str(tmp_path / "latin1.json"), str(tmp_path))
 
 
 def test_annotations_without_objects_are_an_error_and_orphans_are_counted(tmp_path):
@@ -120,6 +128,8 @@ def test_annotations_without_objects_are_an_error_and_orphans_are_counted(tmp_pa
      "annotation #0 (id 1) has image_id '1': ids are integers in COCO files (number the entries 1, 2, ...)"),
     (lambda d: d["categories"][0].update(id=90.0),
      "category #0 (id 90.0) has id 90.0: ids are integers in COCO files (number the entries 1, 2, ...)"),
+    (lambda d: d["annotations"][1].update(iscrowd="0"),
+     "annotation #1 (id 2) has iscrowd '0': give 0 (an object) or 1 (a crowd region)"),
     (lambda d: d["images"][1].update(id=1),
      "image #1 has id 1, as image #0 has: give each image an id of its own"),
     (lambda d: d["categories"][2].update(id=90),
@@ -235,6 +245,24 @@ def test_samples_carry_boxes_in_network_coordinates(tmp_path):
     assert sample["labels"].tolist() == [2]
     assert torch.allclose(sample["crowd_boxes"], torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
     assert (sample["height"], sample["width"]) == (40, 80)
+
+
+def test_a_json_without_image_sizes_has_boxes_outside_the_file_left_out_with_a_warning(tmp_path):
+    """Without width and height the boxes cannot be checked when the json is read: one beyond the file's
+    edge is clipped to nothing when the image is, and is left out with its label, naming the file."""
+    ann_file, img_dir = write_dataset(tmp_path, [("a.jpg", 40, 80)], [
+        ann(1, 1, 18, [10, 10, 20, 10]), ann(2, 1, 1, [80, 5, 10, 10]), ann(3, 1, 90, [30, 40, 5, 5], crowd=1)],
+        CATEGORIES)
+    data = json.loads(open(ann_file).read())
+    for image in data["images"]:
+        del image["width"], image["height"]
+    open(ann_file, "w").write(json.dumps(data))
+    dataset = CocoDetection(ann_file, img_dir, TrainTransform([40], 1000, flip_prob=0.0))
+    with pytest.warns(UserWarning, match=r"a.jpg: 2 box\(es\) of .*ann.json lie outside the 80x40 image and are "
+                                         r"left out \(give each image's width and height in the json"):
+        sample = dataset[(0, 0)]
+    assert sample["boxes"].tolist() == [[10.0, 10.0, 30.0, 20.0]] and sample["labels"].tolist() == [2]
+    assert sample["crowd_boxes"].shape == (0, 4)
 
 
 def test_a_test_json_without_areas_says_the_size_split_uses_box_areas(tmp_path):
