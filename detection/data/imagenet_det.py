@@ -14,8 +14,8 @@ archive)::
 A split is list names joined by ``+``: ``train`` (every train_<k>.txt), ``train_<k>``, ``val``, ``val1``,
 ``val2``, ``test``, or any other ImageSets/DET/<name>.txt. Lists whose name starts with ``train`` hold
 images of Data/DET/train, ``test`` of Data/DET/test, the others of Data/DET/val. The paper's Table 12
-trains on ``train+val1`` and tests on ``val2``. An image listed twice (in several train_<k>.txt) is read
-once.
+trains on ``train+val1`` and tests on ``val2``. An image listed twice (in several train_<k>.txt, or in
+two lists of a split) is read once.
 
 Negative images: the lines of train_<k>.txt marked -1 name images without an object of class k, and an
 image that no list marks 1 has no object of any class (the devkit's negative training images). They are
@@ -92,37 +92,39 @@ class ListedImage:
     index: int | None = None
 
 
-def read_list(path: str, folder: str, listed: dict[str, ListedImage]) -> None:
-    """Add the images of one list to ``listed`` (by path, in order of first appearance): a
-    train_<k>.txt line's -1 marks a negative image, any other line a positive one."""
+def read_list(path: str, folder: str, listed: dict[tuple[str, str], ListedImage]) -> int:
+    """Add the images of one list to ``listed`` (by folder and path, in order of first appearance): a
+    train_<k>.txt line's -1 marks a negative image, any other line a positive one. Returns the number
+    of images the list names."""
     train_list = TRAIN_LIST.search(os.path.basename(path)) is not None
+    count = 0
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             fields = line.split()
             if not fields:
                 continue
-            image = listed.setdefault(fields[0], ListedImage(folder, fields[0]))
+            count += 1
+            image = listed.setdefault((folder, fields[0]), ListedImage(folder, fields[0]))
             second = fields[1] if len(fields) > 1 else ""
             image.positive = image.positive or not (train_list and second == "-1")
             if not train_list and second.isdigit():
                 image.index = int(second)
+    return count
 
 
 def read_split(root: str, split: str, key: str) -> list[ListedImage]:
-    """The images of each list of the split, in order."""
-    images = []
+    """The images of the split's lists, in order of first appearance; an image in several of them
+    (train_1+train_2 share most of theirs) once."""
+    listed: dict[tuple[str, str], ListedImage] = {}
     for part in str(split).split("+"):
         part = part.strip()
         if not part or "/" in part or part.endswith(".txt"):
             raise ConfigError(f"{key}.split={split!r}: give list names of ImageSets/DET joined by '+', such as "
                               "train+val1 (every train_<k>.txt, then val1.txt)")
-        listed: dict[str, ListedImage] = {}
-        for path in list_files(root, part, key):
-            read_list(path, image_folder(part), listed)
-        if not listed:
+        named = sum(read_list(path, image_folder(part), listed) for path in list_files(root, part, key))
+        if not named:
             raise ConfigError(f"ImageSets/DET lists of '{part}' in {root} name no image: give one image a line")
-        images += listed.values()
-    return images
+    return list(listed.values())
 
 
 def read_synset_list(path: str, key: str) -> list[str]:

@@ -73,6 +73,16 @@ def test_lists_joined_negatives_kept_and_boxes_as_written(devkit):
     assert (data["images"][2]["width"], data["images"][2]["height"]) == (40, 30)  # from the JPEG's header
 
 
+def test_an_image_in_two_lists_of_a_split_is_read_once(devkit):
+    """train_1+train_2 share b and c: each is one image, as with the part train."""
+    names = [image["file_name"] for image in
+             imagenet_det_to_coco(str(devkit), "train_1+train_2+val1+val1", str(devkit / "map_det.txt"),
+                                  train=True)["images"]]
+    assert names == ["Data/DET/train/ILSVRC2013_train/n02672831/a.JPEG",
+                     "Data/DET/train/ILSVRC2013_train/n02691156/b.JPEG",
+                     "Data/DET/train/ILSVRC2013_train_extra0/c.JPEG", "Data/DET/val/ILSVRC2012_val_00000001.JPEG"]
+
+
 def test_a_negative_image_trains_as_background(devkit):
     from detection.data.loader import build_train_dataset
 
