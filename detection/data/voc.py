@@ -18,7 +18,8 @@ the box is [xmin - 1, ymin - 1, xmax - 1, ymax - 1] in 0-based indices, written 
 reads both ground truth and detections in that convention, with the devkit's +1 in widths.
 
 Difficult objects: a training set leaves them out, as py-faster-rcnn does by default (its
-``use_diff=False``); a test set keeps them, marked ``difficult: 1`` (and ``iscrowd: 1``, so that the COCO
+``use_diff=False``), and with them the images that have no other object (py-faster-rcnn's filter_roidb
+drops those: trained, their difficult objects would be background); a test set keeps them, marked ``difficult: 1`` (and ``iscrowd: 1``, so that the COCO
 metric also ignores detections on them), for the VOC metric to ignore.
 
 The XML files are parsed with the standard library's ElementTree, which expands no external entities;
@@ -27,6 +28,7 @@ the files are the user's own annotations, read from the local disk.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -38,6 +40,8 @@ from resnet_engine.config import ConfigError
 
 from .coco import AnnotationError, coco_from_dict
 from .yolo import read_names
+
+logger = logging.getLogger(__name__)
 
 # The 20 classes in the devkit's order (VOCinit.m), the order of the class indices of VOC detectors.
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -223,7 +227,7 @@ def voc_to_coco(root: str, split: str, class_names: list[str], train: bool, on_b
     file, or whose ground truth the server keeps (VOC2012 test), gives its images without objects, and a
     test split made only of such subsets has no 'annotations' list, as COCO's test-dev image lists.
     """
-    images, annotations, skipped, annotated = [], [], SkippedImages(), False
+    images, annotations, skipped, annotated, all_difficult = [], [], SkippedImages(), False, 0
     for subset in parse_split(split, f"{key}.split"):
         if train and subset.ground_truth_withheld:
             raise ConfigError(f"{key}.split names {subset}, whose ground truth only the VOC evaluation server has: "
@@ -238,11 +242,18 @@ def voc_to_coco(root: str, split: str, class_names: list[str], train: bool, on_b
             if record is None:
                 continue
             image_id = len(images) + 1
+            entries = annotation_entries(record, image_id, class_names, train, len(annotations) + 1)
+            if train and record.objects and not entries:
+                all_difficult += 1  # its difficult objects would be trained as background
+                continue
             images.append({"id": image_id, "file_name": f"{subset.folder}/JPEGImages/{voc_id}.jpg", "voc_id": voc_id,
                            "voc_year": subset.year, "voc_set": subset.image_set,
                            "width": record.width, "height": record.height})
-            annotations += annotation_entries(record, image_id, class_names, train, len(annotations) + 1)
+            annotations += entries
     skipped.warn(split, len(images) + len(skipped.problems))
+    if all_difficult:
+        logger.info("VOC %s: %d image(s) whose objects are all difficult are left out of training (as py-faster-rcnn "
+                    "leaves them out)", split, all_difficult)
     categories = [{"id": index + 1, "name": name} for index, name in enumerate(class_names)]
     data = {"images": images, "categories": categories}
     if annotated:  # without an 'annotations' list, the evaluation writes the detections instead of scoring them

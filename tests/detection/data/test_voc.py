@@ -2,6 +2,7 @@
 and the VOC/COCO class-name aliases of fine-tuning."""
 
 import json
+import logging
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -59,6 +60,19 @@ def test_coordinates_difficult_flags_and_concatenated_years(devkit):
     test = voc_to_coco(str(devkit), "2007_trainval", list(VOC_CLASSES), train=False)
     chair = [a for a in test["annotations"] if a["category_id"] == VOC_CLASSES.index("chair") + 1]
     assert [(a["bbox"], a["difficult"], a["iscrowd"]) for a in chair] == [([4, 5, 4, 4], 1, 1)]
+
+
+def test_an_image_whose_objects_are_all_difficult_is_left_out_of_training(devkit, caplog):
+    """As py-faster-rcnn: trained, its difficult person would be background. An image without any object
+    (000007) stays, as a background image; a test set keeps every image."""
+    write_image(devkit, "2007", "000009", [("person", 1, 2, 2, 20, 20)])
+    with caplog.at_level(logging.INFO, logger="detection.data.voc"):
+        train = voc_to_coco(str(devkit), "2007_trainval", list(VOC_CLASSES), train=True)
+    assert [image["voc_id"] for image in train["images"]] == ["000005", "000007"]
+    assert caplog.messages == ["VOC 2007_trainval: 1 image(s) whose objects are all difficult are left out of training "
+                               "(as py-faster-rcnn leaves them out)"]
+    test = voc_to_coco(str(devkit), "2007_trainval", list(VOC_CLASSES), train=False)
+    assert [image["voc_id"] for image in test["images"]] == ["000005", "000007", "000009"]
 
 
 def bad_annotation_message(root, objects, size=(40, 30)):
