@@ -80,9 +80,7 @@ def build_classification_data(cfg, images_per_process: int | None, mean: np.ndar
 def prepare_data(cfg) -> Synsets:
     """Generate the synthetic set when asked (main process first), then read the class list."""
     if cfg.data.synthetic == "shapes_loc":
-        if dist_utils.is_main_process():
-            ensure_synthetic_loc(cfg.data.root)
-        dist_utils.barrier()
+        dist_utils.on_main_process(lambda: ensure_synthetic_loc(cfg.data.root))
     path = os.path.join(cfg.data.root, "LOC_synset_mapping.txt")
     if not os.path.isfile(path):
         raise UserError(f"class list not found: {path} (set data.root to the folder holding "

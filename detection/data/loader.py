@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from pycocotools.coco import COCO
 
+from resnet_engine import distributed as dist_utils
 from resnet_engine import loaders
 from resnet_engine.config import ConfigError
 from resnet_engine.errors import UserError
@@ -28,7 +29,12 @@ logger = logging.getLogger(__name__)
 
 
 def ensure_synthetic(cfg) -> None:
-    """Generate the synthetic dataset named by data.synthetic if its files are missing."""
+    """Generate the synthetic dataset named by data.synthetic if its files are missing: on the main
+    process, the others waiting (every process writing the same files would collide)."""
+    dist_utils.on_main_process(lambda: generate_synthetic(cfg))
+
+
+def generate_synthetic(cfg) -> None:
     if cfg.data.synthetic == "shapes":
         root = os.path.dirname(os.path.dirname(cfg.data.train.ann_file))
         ensure_shapes(root)
