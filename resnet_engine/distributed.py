@@ -102,6 +102,15 @@ def broadcast_object(obj, src: int = 0):
     return holder[0]
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every process ``src``'s buffers (BatchNorm's running statistics): with statistics kept per
+    process, the others would evaluate a model that differs from the one ``src`` saves."""
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=src)
+
+
 def on_main_process(compute):
     """``compute()`` on the main process, its result on every process; a user error it raises is
     raised on every process, so that none waits forever for the others."""

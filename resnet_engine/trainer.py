@@ -541,6 +541,8 @@ class Trainer:
     def _evaluate(self, iteration: int, final: bool = False) -> dict:
         if self.evaluate_fn is None:
             return {}
+        # Every process scores its share of the images with the BatchNorm statistics of the saved model.
+        dist_utils.broadcast_buffers(self.model)
         self.model.eval()
         self._evaluating = True
         try:

@@ -121,32 +121,56 @@ def labelled_train_images(root: str, synsets: Synsets) -> list[tuple[ImageRecord
     """(record, the image's GT objects) of every image of LOC_train_solution.csv, in id order. The label is
     the WNID that starts the image id (its folder, whose class every box of an ILSVRC training image has),
     else the WNID of its first box; the file is ILSVRC/Data/CLS-LOC/train/<that WNID>/<id>.JPEG."""
-    objects = read_kaggle_solution(os.path.join(root, "LOC_train_solution.csv"), synsets)
+    csv_path = os.path.join(root, "LOC_train_solution.csv")
+    objects = read_kaggle_solution(csv_path, synsets)
     train_dir = os.path.join(root, DATA_DIR, "train")
     labelled = []
     for image_id in sorted(objects):
         prefix = image_id.split("_")[0]
+        if prefix not in synsets and not objects[image_id]:
+            raise UserError(f"{csv_path}: image {image_id} has no box and its id does not start with a WNID, so it "
+                            f"has no label: give it a box, or name it <wnid>_<number> as ILSVRC does")
         wnid = prefix if prefix in synsets else objects[image_id][0][0]
         record = ImageRecord(image_id, os.path.join(train_dir, wnid, image_id + ".JPEG"), synsets.label(wnid) - 1)
         labelled.append((record, objects[image_id]))
+    check_images_exist([record for record, _ in labelled], csv_path, f"{train_dir}/<wnid>/<image id>.JPEG")
     return labelled
 
 
+def check_images_exist(records: Sequence[ImageRecord], listed_in: str, layout: str, samples: int = 20) -> None:
+    """One line for a wrong image folder or layout, found from a few records spread over the list: else
+    every image would be skipped with a warning of its own (1.28M on ImageNet) before the run fails."""
+    step = max(len(records) // samples, 1)
+    sampled = list(records[::step][:samples])
+    if sampled and not any(os.path.isfile(record.path) for record in sampled):
+        raise UserError(f"none of {len(sampled)} images of {listed_in} tried is where the toolkit reads it, e.g. "
+                        f"{sampled[0].path}: set data.root to the folder whose images are laid out as {layout}")
+
+
 def list_val_images(root: str, synsets: Synsets, max_images: int = 0) -> list[ImageRecord]:
-    """Val images in name order, labelled with the WNID of their first ground-truth box."""
+    """Val images in name order, labelled with the WNID of their first ground-truth box; in
+    ILSVRC/Data/CLS-LOC/val/ itself or in a folder per class (the WNID of that box)."""
     csv_path = os.path.join(root, "LOC_val_solution.csv")
     objects = read_kaggle_solution(csv_path, synsets)
     val_dir = os.path.join(root, DATA_DIR, "val")
-    records = []
+    labelled = []
     for image_id in sorted(objects):
         if not objects[image_id]:
             raise UserError(f"{csv_path}: image {image_id} has no box, so no label; give every image a box")
-        wnid = objects[image_id][0][0]
-        records.append(ImageRecord(image_id, os.path.join(val_dir, image_id + ".JPEG"), synsets.label(wnid) - 1))
+        labelled.append((image_id, objects[image_id][0][0]))
     if max_images:
-        records = records[:max_images]
-    if not records:
+        labelled = labelled[:max_images]
+    if not labelled:
         raise UserError(f"{csv_path}: no val images listed")
+    # Many copies sort the val images into class folders (val/<wnid>/<id>.JPEG, as torchvision's
+    # ImageFolder wants them): read that layout too.
+    image_id, wnid = labelled[0]
+    by_class = (not os.path.isfile(os.path.join(val_dir, image_id + ".JPEG"))
+                and os.path.isfile(os.path.join(val_dir, wnid, image_id + ".JPEG")))
+    records = [ImageRecord(image_id, os.path.join(val_dir, wnid, image_id + ".JPEG") if by_class else
+                           os.path.join(val_dir, image_id + ".JPEG"), synsets.label(wnid) - 1)
+               for image_id, wnid in labelled]
+    check_images_exist(records, csv_path, f"{val_dir}/<image id>.JPEG (or {val_dir}/<wnid>/<image id>.JPEG)")
     return records
 
 

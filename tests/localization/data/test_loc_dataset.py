@@ -12,7 +12,7 @@ import torch
 from backbones.config import BackboneConfig
 from classification.config import backbone_without_weights
 from classification.data.ilsvrc import Synsets
-from classification.data.imagenet import DATA_DIR, ImageRecord, labelled_train_images
+from classification.data.imagenet import DATA_DIR, ImageRecord, labelled_train_images, list_val_images
 from localization.data.loc_dataset import (
     BoxedRecord,
     ImageAndViews,
@@ -21,6 +21,7 @@ from localization.data.loc_dataset import (
     list_boxed_train_images,
     with_mirror_images,
 )
+from resnet_engine.errors import UserError
 
 SYNSETS = Synsets(("n01", "n02"), ("first", "second"))
 
@@ -30,7 +31,11 @@ def write_train_csv(root) -> str:
     (root / "LOC_train_solution.csv").write_text("ImageId,PredictionString\n"
                                                  "x_2,n02 0 0 4 4\n"
                                                  "n01_1,n01 1 2 10 12 n02 3 3 5 5\n")
-    return os.path.join(str(root), DATA_DIR, "train")
+    train_dir = os.path.join(str(root), DATA_DIR, "train")
+    for wnid, image_id in (("n02", "x_2"), ("n01", "n01_1")):
+        os.makedirs(os.path.join(train_dir, wnid), exist_ok=True)
+        cv2.imwrite(os.path.join(train_dir, wnid, f"{image_id}.JPEG"), np.zeros((20, 24, 3), np.uint8))
+    return train_dir
 
 
 def test_the_training_list_labels_each_image_by_its_folder_else_its_first_box(tmp_path):
@@ -48,6 +53,40 @@ def test_the_boxed_training_list_keeps_the_boxes_of_the_images_class(tmp_path):
     assert list_boxed_train_images(str(tmp_path), SYNSETS) == [
         BoxedRecord("n01_1", os.path.join(train_dir, "n01", "n01_1.JPEG"), 0, ((1, 2, 10, 12),)),
         BoxedRecord("x_2", os.path.join(train_dir, "n02", "x_2.JPEG"), 1, ((0, 0, 4, 4),))]
+
+
+def test_a_wrong_image_folder_and_an_unlabelled_row_are_one_line(tmp_path):
+    """Every image would otherwise be skipped with a warning of its own before the run fails."""
+    write_train_csv(tmp_path)
+    os.rename(tmp_path / DATA_DIR / "train", tmp_path / DATA_DIR / "training")
+    with pytest.raises(UserError, match=r"none of 2 images of .*LOC_train_solution.csv tried is where the toolkit "
+                                        r"reads it, e.g. .*train/n01/n01_1.JPEG: set data.root to the folder whose "
+                                        r"images are laid out as .*train/<wnid>/<image id>.JPEG"):
+        list_boxed_train_images(str(tmp_path), SYNSETS)
+    (tmp_path / "LOC_train_solution.csv").write_text("ImageId,PredictionString\nimg_7,\n")
+    with pytest.raises(UserError, match=r"LOC_train_solution.csv: image img_7 has no box and its id does not start "
+                                        r"with a WNID, so it has no label"):
+        labelled_train_images(str(tmp_path), SYNSETS)
+
+
+def test_val_images_are_read_flat_or_in_class_folders(tmp_path):
+    (tmp_path / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n"
+                                                   "ILSVRC2012_val_00000001,n02 1 1 5 5\n"
+                                                   "ILSVRC2012_val_00000002,n01 2 2 6 6 n02 1 1 3 3\n")
+    val_dir = tmp_path / DATA_DIR / "val"
+    with pytest.raises(UserError, match=r"none of 2 images of .*LOC_val_solution.csv tried .* laid out as "
+                                        r".*val/<image id>.JPEG \(or .*val/<wnid>/<image id>.JPEG\)"):
+        list_val_images(str(tmp_path), SYNSETS)
+    for wnid, number in (("n02", 1), ("n01", 2)):
+        os.makedirs(val_dir / wnid, exist_ok=True)
+        cv2.imwrite(str(val_dir / wnid / f"ILSVRC2012_val_0000000{number}.JPEG"), np.zeros((8, 8, 3), np.uint8))
+    assert list_val_images(str(tmp_path), SYNSETS) == [
+        ImageRecord("ILSVRC2012_val_00000001", str(val_dir / "n02" / "ILSVRC2012_val_00000001.JPEG"), 1),
+        ImageRecord("ILSVRC2012_val_00000002", str(val_dir / "n01" / "ILSVRC2012_val_00000002.JPEG"), 0)]
+    for wnid, number in (("n02", 1), ("n01", 2)):
+        os.rename(val_dir / wnid / f"ILSVRC2012_val_0000000{number}.JPEG", val_dir / f"ILSVRC2012_val_0000000{number}.JPEG")
+    assert [record.path for record in list_val_images(str(tmp_path), SYNSETS)] == [
+        str(val_dir / "ILSVRC2012_val_00000001.JPEG"), str(val_dir / "ILSVRC2012_val_00000002.JPEG")]
 
 
 def test_each_view_is_followed_by_its_mirror_image():
