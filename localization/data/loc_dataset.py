@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 from classification.data.ilsvrc import Synsets
 from classification.data.imagenet import (
@@ -53,7 +55,36 @@ def list_boxed_train_images(root: str, synsets: Synsets) -> list[BoxedRecord]:
             records.append(BoxedRecord(image.image_id, image.path, image.label, boxes))
     if not records:
         raise UserError(f"{csv_path}: no training image with a box of its own class")
+    check_boxes_fit_images(records, csv_path)
     return records
+
+
+def boxes_outside(boxes, width: int, height: int) -> bool:
+    """Whether an inclusive-pixel box reaches past the image (a pixel of slack for rounded corners)."""
+    corners = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return bool(((corners[:, 2] > width) | (corners[:, 3] > height)).any())
+
+
+def check_boxes_fit_images(records: Sequence[BoxedRecord], csv_path: str, samples: int = 20) -> None:
+    """One line when the boxes are in other pixels than the images, found from a few records spread over
+    the list (their headers only): a resized copy of ImageNet with the original CSV would train on
+    clipped or empty targets without a word."""
+    step = max(len(records) // samples, 1)
+    checked, outside = 0, []
+    for record in records[::step][:samples]:
+        try:
+            with Image.open(record.path) as image:
+                width, height = image.size
+        except (OSError, ValueError):
+            continue  # unreadable: the training skips it with its own warning
+        checked += 1
+        if boxes_outside(record.boxes, width, height):
+            outside.append((record, width, height))
+    if outside and 2 * len(outside) > checked:
+        record, width, height = outside[0]
+        raise UserError(f"{csv_path}: the boxes of {len(outside)} of {checked} images tried lie outside their image, "
+                        f"e.g. {record.path} ({width}x{height}) has {list(record.boxes[0])}: the CSV gives the "
+                        f"original images' pixels; use the original images (not a resized copy), or rescale the CSV")
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -195,6 +226,13 @@ class LocEvalTransform:
         return views
 
 
+def warn_if_boxes_outside(record: BoxedRecord, image: np.ndarray) -> None:
+    height, width = image.shape[:2]
+    if boxes_outside(record.boxes, width, height):
+        warnings.warn(f"{record.path}: a box of LOC_train_solution.csv reaches past the {width}x{height} image; "
+                      f"it is clipped to the image", stacklevel=3)
+
+
 class LocalizationDataset(ClassificationDataset):
     """Boxed records; ``dataset[(index, seed)]``. Training samples add "boxes" and "cut_boxes" (float
     tensors, crop pixels, x2 exclusive) and the "seed" of the model's anchor sampling to the
@@ -208,6 +246,7 @@ class LocalizationDataset(ClassificationDataset):
         if not self.train:
             return self._test_sample(self.records[index])
         record, image, skipped = self._first_readable(index)
+        warn_if_boxes_outside(record, image)
         pixels, boxes, cut = self.transform(image, np.asarray(record.boxes, np.float32), seed)
         return {"image": to_chw_tensor(pixels), "label": record.label, "boxes": torch.from_numpy(boxes),
                 "cut_boxes": torch.from_numpy(cut), "image_id": record.image_id, "skipped": skipped,

@@ -28,7 +28,7 @@ from resnet_engine.errors import UserError
 from resnet_engine.flat_records import FlatRecords
 
 from ..config import LocalizerRCNNConfig
-from .loc_dataset import BoxedRecord, LocalizationDataset, inclusive_to_continuous
+from .loc_dataset import BoxedRecord, LocalizationDataset, inclusive_to_continuous, warn_if_boxes_outside
 
 FOREGROUND, BACKGROUND, IGNORED = 1, 0, -1
 
@@ -160,6 +160,7 @@ class RoITrainDataset(LocalizationDataset):
             if image is None or not proposals["found"]:
                 skipped.append(record.path)
                 continue
+            warn_if_boxes_outside(record, image)
             generator = torch.Generator().manual_seed(int(seed))
             flip = bool(torch.rand((), generator=generator) < self.flip_prob)
             gt_boxes = inclusive_to_continuous(torch.tensor(record.boxes, dtype=torch.float32).view(-1, 4))

@@ -3,6 +3,7 @@ LOC_train_solution.csv, test views with their mirror images, test samples that c
 backbone section a checkpoint's network is built from."""
 
 import os
+import warnings
 
 import cv2
 import numpy as np
@@ -16,7 +17,9 @@ from classification.data.imagenet import DATA_DIR, ImageRecord, labelled_train_i
 from localization.data.loc_dataset import (
     BoxedRecord,
     ImageAndViews,
+    LocalizationDataset,
     LocEvalTransform,
+    LocTrainTransform,
     ViewGeometry,
     list_boxed_train_images,
     with_mirror_images,
@@ -67,6 +70,29 @@ def test_a_wrong_image_folder_and_an_unlabelled_row_are_one_line(tmp_path):
     with pytest.raises(UserError, match=r"LOC_train_solution.csv: image img_7 has no box and its id does not start "
                                         r"with a WNID, so it has no label"):
         labelled_train_images(str(tmp_path), SYNSETS)
+
+
+def test_boxes_in_other_pixels_than_the_images_are_one_line_and_a_single_one_a_warning(tmp_path):
+    """A resized copy of ImageNet with the original CSV: every box lies past its (20x24) image."""
+    train_dir = write_train_csv(tmp_path)
+    (tmp_path / "LOC_train_solution.csv").write_text("ImageId,PredictionString\n"
+                                                     "x_2,n02 0 0 40 40\n"
+                                                     "n01_1,n01 10 12 46 30\n")
+    with pytest.raises(UserError, match=r"LOC_train_solution.csv: the boxes of 2 of 2 images tried lie outside their "
+                                        r"image, e.g. .*n01_1.JPEG \(24x20\) has \[10.0, 12.0, 46.0, 30.0\]: the "
+                                        r"CSV gives the original images' pixels; use the original images"):
+        list_boxed_train_images(str(tmp_path), SYNSETS)
+    (tmp_path / "LOC_train_solution.csv").write_text("ImageId,PredictionString\n"
+                                                     "x_2,n02 0 0 40 40\n"
+                                                     "n01_1,n01 10 12 23 19\n")
+    records = list_boxed_train_images(str(tmp_path), SYNSETS)
+    dataset = LocalizationDataset(records, LocTrainTransform([20, 20], 20), train=True)
+    with pytest.warns(UserWarning, match=r"x_2.JPEG: a box of LOC_train_solution.csv reaches past the 24x20 image"):
+        dataset[(1, 0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset[(0, 0)]
+    assert os.path.dirname(records[0].path) == os.path.join(train_dir, "n01")
 
 
 def test_val_images_are_read_flat_or_in_class_folders(tmp_path):
