@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
 from tqdm import tqdm
 
 from resnet_engine import distributed as dist_utils
+from resnet_engine.config import ConfigError
 from resnet_engine.loaders import build_test_loader
 
 from .data.loc_dataset import (
@@ -70,7 +72,12 @@ def class_proposals(rpn: RPNLocalizer, views: Sequence[torch.Tensor], geometries
 
 def proposal_views(cfg, rpn_cfg) -> LocEvalTransform:
     """The RPN's test views as this config's test section says, with the RPN's own crop size."""
-    return LocEvalTransform(cfg.test.mode, cfg.test.resize, rpn_cfg.input.crop, list(cfg.test.dense_scales))
+    crop = rpn_cfg.input.crop
+    if cfg.test.mode == "1crop" and cfg.test.resize < crop:
+        raise ConfigError(f"test.resize={cfg.test.resize} is smaller than the crop of the RPN of rcnn.rpn_weights "
+                          f"({crop}, its input.crop): the 1-crop view must fit in the resized image; set "
+                          f"test.resize={crop} or more")
+    return LocEvalTransform(cfg.test.mode, cfg.test.resize, crop, list(cfg.test.dense_scales))
 
 
 @torch.inference_mode()
@@ -96,20 +103,39 @@ def training_proposals(rpn: RPNLocalizer, views: LocEvalTransform, records: list
 
 def cached_training_proposals(cfg, rpn: RPNLocalizer, rpn_cfg, records) -> dict:
     """The GT class's proposals of every training image, kept in output_dir so that a resumed run (or a
-    second one with the same RPN and proposal settings) does not run the RPN over the training set again."""
+    second one with the same RPN, data and proposal settings) does not run the RPN over the training set
+    again. Every process reads its own copy; unless all of them can, all compute the proposals again (a
+    collective pass: with an output_dir local to each node, the other nodes have no copy)."""
     path = os.path.join(cfg.output_dir, "rcnn_train_proposals.pth")
+    csv_path = os.path.join(cfg.data.root, "LOC_train_solution.csv")
     key = {"rpn_weights": os.path.abspath(cfg.rcnn.rpn_weights),
            "rpn_mtime": os.path.getmtime(cfg.rcnn.rpn_weights), "top_n": cfg.rcnn.proposals_per_class,
            "mode": cfg.test.mode, "resize": cfg.test.resize, "scales": list(cfg.test.dense_scales),
-           "flip": bool(cfg.test.dense_flip), "images": len(records)}
-    if os.path.isfile(path):
-        cached = torch.load(path, map_location="cpu", weights_only=False)
-        if cached.get("key") == key:
-            logger.info("training proposals read from %s", path)
-            return cached["proposals"]
+           "flip": bool(cfg.test.dense_flip), "images": len(records), "data_root": os.path.abspath(cfg.data.root),
+           "train_csv": [os.path.getsize(csv_path), os.path.getmtime(csv_path)] if os.path.isfile(csv_path) else None}
+    cached = read_cached_proposals(path, key)
+    if all(dist_utils.all_gather_objects(cached is not None)):
+        logger.info("training proposals read from %s", path)
+        return cached
     proposals = training_proposals(rpn, proposal_views(cfg, rpn_cfg), records, cfg)
     if dist_utils.is_main_process():
         os.makedirs(cfg.output_dir, exist_ok=True)
         torch.save({"key": key, "proposals": proposals}, path + ".tmp")
         os.replace(path + ".tmp", path)
     return proposals
+
+
+def read_cached_proposals(path: str, key: dict) -> dict | None:
+    """The proposals saved at ``path`` for ``key``; None when there are none, they were made for other
+    settings, or the file is damaged (it is then computed and written again)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: pickle, zip and torch raise their own types
+        warnings.warn(f"{path} cannot be read ({type(error).__name__}); the training proposals are computed again "
+                      f"and the file rewritten", stacklevel=3)
+        return None
+    if not isinstance(cached, dict) or cached.get("key") != key or not isinstance(cached.get("proposals"), dict):
+        return None
+    return cached["proposals"]

@@ -206,6 +206,8 @@ class LocEvalTransform:
     def __init__(self, mode: str, resize: int, crop_size: int, dense_scales: Sequence[int] = ()):
         if mode not in ("1crop", "dense"):
             raise ValueError(f"unknown localization test mode {mode!r}: choose 1crop or dense")
+        if mode == "1crop" and resize < crop_size:
+            raise ValueError(f"a {crop_size}-pixel centre crop does not fit in an image resized to {resize}")
         self.mode = mode
         self.resize = resize
         self.crop_size = crop_size
