@@ -13,6 +13,7 @@ import logging
 
 from backbones.speed import apply_speed_switches
 from classification.data.ilsvrc import Synsets
+from classification.data.imagenet import list_val_images
 from classification.data.loaders import prepare_data, resolve_num_classes
 from resnet_engine import distributed as dist_utils
 from resnet_engine.config import config_to_text
@@ -43,6 +44,12 @@ def build_loc_train_set(cfg, synsets: Synsets) -> LocalizationDataset:
     return LocalizationDataset(records, transform, train=True, on_bad_image=cfg.data.on_bad_image)
 
 
+def check_val_data(cfg, synsets: Synsets) -> None:
+    """Read the val list now: a missing or malformed LOC_val_solution.csv, or images not where they are
+    read, would otherwise end the run at its first evaluation, hours in."""
+    list_val_images(cfg.data.root, synsets, cfg.test.max_images)
+
+
 def evaluate_during_training(model: RPNLocalizer, cfg, synsets: Synsets) -> dict:
     metrics = score_localizer(model, cfg, synsets, classifier="")
     if dist_utils.is_main_process():
@@ -61,6 +68,7 @@ def train_localizer(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     device = setup_run(cfg, resume=resume, overwrite=overwrite)
     synsets = prepare_data(cfg)
     num_classes = resolve_num_classes(cfg, synsets)
+    check_val_data(cfg, synsets)
     train_set = build_loc_train_set(cfg, synsets)
     logger.info("%d training images with boxes, %d classes", len(train_set), num_classes)
 
@@ -109,6 +117,7 @@ def train_rcnn(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     device = setup_run(cfg, resume=resume, overwrite=overwrite)
     synsets = prepare_data(cfg)
     num_classes = resolve_num_classes(cfg, synsets)
+    check_val_data(cfg, synsets)
     rpn, rpn_cfg = load_proposal_rpn(cfg, synsets)
     rpn = rpn.to(device).eval()
     records = list_boxed_train_images(cfg.data.root, synsets)

@@ -3,6 +3,7 @@ image, which outputs learn, and the train -> eval_loc command lines end to end."
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -30,6 +31,8 @@ from localization.rpn_localizer import (
     label_anchors,
     merge_views,
 )
+from localization.training import train_localizer
+from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.helpers import subprocess_env
 
@@ -309,6 +312,18 @@ def test_bad_input_gives_one_error_line(tiny_root, tmp_path):
     assert missing.stderr.strip().splitlines() == [
         f"error: no localizer checkpoint in {tmp_path}: train one with python tools/train_loc.py (same --cfg), "
         "or give --weights"]
+
+
+
+def test_a_missing_val_list_stops_training_before_it_starts(tiny_root, tmp_path):
+    """Found at the first evaluation, it would come after the whole training."""
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    os.remove(root / "LOC_val_solution.csv")
+    with pytest.raises(UserError, match=r"LOC_val_solution.csv"):
+        train_localizer(tiny_config(str(root), str(tmp_path / "run"), "device=cpu"))
+    assert not os.path.exists(tmp_path / "run" / "model_final.pth")
+    assert not [name for name in os.listdir(tmp_path / "run") if name.startswith("model_")]
 
 
 @pytest.mark.parametrize("name, sampled", [("shapes_loc.yaml", 64), ("ilsvrc_loc_r101.yaml", 8)])
