@@ -55,6 +55,8 @@ class LocalizerModelConfig:
 class LocalizerTrainConfig:
     """How anchors are labelled and sampled for each training crop."""
 
+    # At most anchors_per_image * positive_fraction positives, the rest negatives (an image with fewer
+    # positive anchors gives more negatives than positives; the paper states 1:1).
     anchors_per_image: int = bounded(8, 2)
     positive_fraction: float = bounded(0.5, 0, 1, low_open=True)
     # IoU >= fg_iou_thresh (or the best anchor of a GT box): positive; < bg_iou_thresh: negative; else ignored.
@@ -115,6 +117,7 @@ class LocalizerRCNNConfig:
     # Each proposal is cropped from the original image and warped to warp_size x warp_size.
     warp_size: int = positive(224)
     # Context added around each proposal, in warped pixels on each side (the original R-CNN used 16 of 227).
+    # Where it reaches past the image the warp is black (zero pixels); R-CNN fills it with the mean.
     context_pad: int = non_negative(0)
     # RoI-centric mini-batches: solver.ims_per_batch images give rois_per_image RoIs each (1: every RoI of
     # a batch comes from a different image).
@@ -176,6 +179,10 @@ def check_localization_options(cfg) -> None:
     if cfg.test.mode == "1crop" and cfg.test.resize < crop:
         raise ConfigError(f"test.resize={cfg.test.resize} is smaller than input.crop={crop}: the centre crop "
                           f"must fit in the resized image")
+    if int(cfg.rpn.anchors_per_image * cfg.rpn.positive_fraction) < 1:
+        raise ConfigError(f"rpn.anchors_per_image={cfg.rpn.anchors_per_image} x rpn.positive_fraction="
+                          f"{cfg.rpn.positive_fraction} allows no positive anchor: nothing would learn to find "
+                          f"an object; raise either")
     if cfg.rpn.bg_iou_thresh > cfg.rpn.fg_iou_thresh:
         raise ConfigError(f"rpn.bg_iou_thresh={cfg.rpn.bg_iou_thresh} is above rpn.fg_iou_thresh="
                           f"{cfg.rpn.fg_iou_thresh}: anchors below bg_iou_thresh are background, above "

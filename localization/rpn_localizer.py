@@ -16,7 +16,12 @@ Training, per image of a batch of crops (input.crop, 224 on ImageNet):
    ignored rather than taken as background;
 2. anchors with IoU >= fg_iou_thresh (0.7) with a GT box are positive, and so is the best anchor of each GT
    box (ties included); IoU < bg_iou_thresh (0.3) is negative; the rest is ignored (detection's Matcher);
-3. ``rpn.anchors_per_image`` (8) anchors are sampled, at most ``positive_fraction`` (half) positive;
+   Anchors that cross the crop's border are kept (Faster R-CNN ignores them in training): the 256-px
+   anchors are larger than a 224 crop, and ignoring them would leave that size without any;
+3. ``rpn.anchors_per_image`` (8) anchors are sampled, at most ``positive_fraction`` (half) positive, the
+   rest negative (as the detectors' RPN fills an image): a crop with fewer positive anchors than half, the
+   usual case with the one object of an ImageNet crop, gives more negatives than positives, where the
+   paper states 1:1 without saying how such an image is filled;
 4. cls loss: binary cross-entropy on the sampled anchors. An anchor is positive only for the image's class:
    its target is 1 for that class and 0 for every other. With ``rpn.cls_loss_classes=all`` every class's
    sigmoid of a sampled anchor is trained (so the per-class scores can also rank classes); with ``gt`` only

@@ -10,6 +10,7 @@ indices (the files' convention) and leave as continuous crop coordinates with x2
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ from classification.data.imagenet import (
 from detection.data.image_io import to_chw_tensor
 from resnet_engine.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class BoxedRecord:
@@ -48,13 +51,17 @@ def list_boxed_train_images(root: str, synsets: Synsets) -> list[BoxedRecord]:
         raise UserError(f"training boxes not found: {csv_path} (set data.root to the folder holding "
                         f"LOC_train_solution.csv, or data.synthetic=shapes_loc)")
     records = []
-    for image, objects in labelled_train_images(root, synsets):
+    labelled = labelled_train_images(root, synsets)
+    for image, objects in labelled:
         wnid = synsets.wnids[image.label]
         boxes = tuple(tuple(box) for box_wnid, box in objects if box_wnid == wnid)
         if boxes:
             records.append(BoxedRecord(image.image_id, image.path, image.label, boxes))
     if not records:
         raise UserError(f"{csv_path}: no training image with a box of its own class")
+    if len(records) < len(labelled):
+        logger.info("%s: %d of %d images have no box of their own class and are not trained on", csv_path,
+                    len(labelled) - len(records), len(labelled))
     check_boxes_fit_images(records, csv_path)
     return records
 

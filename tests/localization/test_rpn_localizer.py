@@ -32,6 +32,7 @@ from localization.rpn_localizer import (
     merge_views,
 )
 from localization.training import train_localizer
+from resnet_engine.config import ConfigError
 from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.helpers import subprocess_env
@@ -324,6 +325,13 @@ def test_a_missing_val_list_stops_training_before_it_starts(tiny_root, tmp_path)
         train_localizer(tiny_config(str(root), str(tmp_path / "run"), "device=cpu"))
     assert not os.path.exists(tmp_path / "run" / "model_final.pth")
     assert not [name for name in os.listdir(tmp_path / "run") if name.startswith("model_")]
+
+
+def test_a_sampling_that_allows_no_positive_anchor_is_refused():
+    with pytest.raises(ConfigError, match=r"rpn.anchors_per_image=8 x rpn.positive_fraction=0.1 allows no positive "
+                                          r"anchor"):
+        load_localization_config(os.path.join(ROOT, "configs", "shapes_loc.yaml"),
+                                 ["rpn.anchors_per_image=8", "rpn.positive_fraction=0.1"])
 
 
 @pytest.mark.parametrize("name, sampled", [("shapes_loc.yaml", 64), ("ilsvrc_loc_r101.yaml", 8)])

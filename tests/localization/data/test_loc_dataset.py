@@ -2,6 +2,7 @@
 LOC_train_solution.csv, test views with their mirror images, test samples that carry the image, and the
 backbone section a checkpoint's network is built from."""
 
+import logging
 import os
 import warnings
 
@@ -56,6 +57,16 @@ def test_the_boxed_training_list_keeps_the_boxes_of_the_images_class(tmp_path):
     assert list_boxed_train_images(str(tmp_path), SYNSETS) == [
         BoxedRecord("n01_1", os.path.join(train_dir, "n01", "n01_1.JPEG"), 0, ((1, 2, 10, 12),)),
         BoxedRecord("x_2", os.path.join(train_dir, "n02", "x_2.JPEG"), 1, ((0, 0, 4, 4),))]
+
+
+def test_images_without_a_box_of_their_class_are_counted(tmp_path, caplog):
+    write_train_csv(tmp_path)
+    with open(tmp_path / "LOC_train_solution.csv", "a", encoding="utf-8") as handle:
+        handle.write("n01_3,n02 1 1 4 4\n")  # its folder's class n01 has no box
+    with caplog.at_level(logging.INFO, logger="localization.data.loc_dataset"):
+        assert len(list_boxed_train_images(str(tmp_path), SYNSETS)) == 2
+    assert caplog.messages[-1].endswith("LOC_train_solution.csv: 1 of 3 images have no box of their own class and "
+                                        "are not trained on")
 
 
 def test_a_wrong_image_folder_and_an_unlabelled_row_are_one_line(tmp_path):
