@@ -46,6 +46,13 @@ class TrainedRun:
     weights: str
 
 
+# What a resumed run may not change: the images it trains on, and those held out from them.
+SPLIT_CHANGE = ("the training and held-out images would change mid-run: images already trained on would be "
+                "scored as held out (and CIFAR's per-pixel mean would change)")
+FIXED_ON_RESUME = {"data.dataset": "the run would continue on another dataset", "data.train_split": SPLIT_CHANGE,
+                   "data.val_images": SPLIT_CHANGE}
+
+
 def train_classifier(cfg, resume: bool = False, overwrite: bool = False) -> TrainedRun:
     """Train ``cfg``'s classifier, testing it on the config's test sets; ``resume`` continues the run in
     output_dir, ``overwrite`` replaces an earlier run there."""
@@ -63,7 +70,7 @@ def train_classifier(cfg, resume: bool = False, overwrite: bool = False) -> Trai
         model, optimizer, scheduler, cfg.solver, cfg.output_dir, make_loader=data.train_loader, device=device,
         evaluate=lambda m: evaluate_classifier(m, data.test_loaders, cfg), eval_period=cfg.test.eval_period,
         primary_metric=data.primary_metric, meta=data.meta, config_text=config_to_text(cfg),
-        logging_cfg=cfg.logging,
+        logging_cfg=cfg.logging, fixed_on_resume=FIXED_ON_RESUME,
     )
     if resume:
         trainer.resume()

@@ -84,12 +84,33 @@ def check_checkpoint_fits(path: str, cfg, data_meta: dict) -> None:
     if differing:
         raise UserError(f"{path} was trained as another network ({'; '.join(differing)}): test it with the config "
                         f"it was trained with (the config.yaml of its output folder)")
+    if is_cifar(saved) and is_cifar(cfg):
+        check_val_held_out(path, saved.data, cfg.data)
     for key, what in (("dataset", "dataset"), ("wnids", "classes"), ("class_names", "classes")):
         if key in meta and key in data_meta and list_or_value(meta[key]) != list_or_value(data_meta[key]):
             difference = describe_difference(meta[key], data_meta[key])
             raise UserError(f"{path} was trained on other {what} than this data lists ({difference}): its fc's rows "
                             f"would be scored as other classes; test it with the data (data.dataset, data.root) it "
                             f"was trained on")
+
+
+def check_val_held_out(path: str, trained, tested) -> None:
+    """The CIFAR "val" section is the last data.val_images training images (0: a tenth): scored on
+    weights that trained on some of them, it would read as a held-out error and not be one."""
+    if tested.train_split != "train":
+        return  # only the test set is scored
+    if trained.train_split == "trainval":
+        overlap = "all training images (data.train_split=trainval), the 'val' ones included"
+    elif trained.val_images == tested.val_images or 0 < tested.val_images < trained.val_images:
+        return  # the same held-out images, or some of them
+    elif trained.val_images and tested.val_images:
+        overlap = f"the training images but its last {trained.val_images} (data.val_images={trained.val_images})"
+    else:  # one of them is the default tenth: whether the sets overlap depends on the files
+        overlap = (f"the training images but its last data.val_images={trained.val_images} (0: a tenth), other "
+                   f"held-out images than data.val_images={tested.val_images}")
+    raise UserError(f"{path} was trained on {overlap}: its 'val' error would count images it trained on; test it "
+                    f"with data.train_split={trained.train_split} data.val_images={trained.val_images}, as it was "
+                    f"trained")
 
 
 def warn_if_not_the_published_class_order(weights: str, data_meta: dict) -> None:

@@ -50,6 +50,15 @@ def _examples(changes: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
+def check_fixed_keys_kept(changes: list[str], fixed: dict[str, str], path: str) -> None:
+    """Refuse a resume that changes a key of ``fixed`` ({key: why it must stay}); ``changes`` are
+    changed_keys' "key: old -> new" lines."""
+    for change in changes:
+        key = change.split(":", 1)[0]
+        if key in fixed:
+            raise CheckpointError(f"cannot resume from {path} with {change}: {fixed[key]}; {RESUME_FIX}")
+
+
 def check_model_fits(model: torch.nn.Module, saved: dict, path: str, changes: list[str]) -> None:
     current = model.state_dict()
     missing = [k for k in current if k not in saved]

@@ -46,6 +46,7 @@ from .errors import UserError
 from .logger import MetricsLogger, progress_bar
 from .resume import (
     changed_keys,
+    check_fixed_keys_kept,
     check_model_fits,
     check_optimizer_fits,
     elastic_restart_count,
@@ -146,8 +147,11 @@ class Trainer:
                  make_loader: Callable[[int], object], device: torch.device,
                  evaluate: Callable[[nn.Module], dict] | None = None, eval_period: int = 0,
                  primary_metric: str | None = None, meta: dict | None = None, config_text: str = "",
-                 logging_cfg: LoggingConfig | None = None):
+                 logging_cfg: LoggingConfig | None = None, fixed_on_resume: dict[str, str] | None = None):
+        """``fixed_on_resume``: config keys that a resumed run may not change, each with the reason (the
+        other changes are applied with a warning)."""
         self.model = model
+        self.fixed_on_resume = fixed_on_resume or {}
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.solver = solver
@@ -277,6 +281,7 @@ class Trainer:
             if self.is_main:
                 logger.info(world_size_change_note(saved_world, world, self.solver.ims_per_batch, self.start_iter))
         changes = changed_keys(saved_config, self.config_text)
+        check_fixed_keys_kept(changes, self.fixed_on_resume, path)
         if changes and self.is_main:
             logger.warning("resuming with settings that differ from the checkpoint's (the current ones apply): %s",
                            ", ".join(changes))

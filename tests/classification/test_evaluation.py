@@ -4,6 +4,7 @@ and the training images' mean, without the toolkit's data code."""
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from backbones.errors import WeightsError
 from classification.classifier import build_classifier
 from classification.evaluation import evaluate_weights
 from classification.training import train_classifier
+from classification.weights import check_val_held_out
 from resnet_engine.errors import UserError
 
 from .tiny_cifar import BINARY, read_binary_file, tiny_config, write_brightness_cifar
@@ -67,6 +69,32 @@ def test_a_named_split_is_tested_alone(trained):
         metrics = evaluate_weights(cfg, run.weights, split="val")
     assert list(metrics) == ["val"] and metrics["val"]["num_images"] == 20
     assert os.path.isfile(os.path.join(cfg.output_dir, "eval_val.json"))
+
+
+def test_a_val_section_of_images_the_weights_trained_on_is_refused(trained, tmp_path):
+    """Trained on trainval (every training image), the weights have no held-out "val" images: tested with
+    data.train_split=train, the last tenth would be scored as held out."""
+    cfg, run = trained
+    held_out = tiny_config(cfg.data.root, tmp_path, "data.train_split=train")
+    with pytest.raises(UserError, match=r"model_final.pth was trained on all training images \(data.train_split="
+                                        r"trainval\), the 'val' ones included: its 'val' error would count images it "
+                                        r"trained on; test it with data.train_split=trainval data.val_images=0"):
+        evaluate_weights(held_out, run.weights)
+
+
+@pytest.mark.parametrize("trained_on, tested_on, refused", [
+    (("train", 500), ("train", 500), False), (("train", 500), ("train", 200), False),
+    (("train", 500), ("train", 800), True), (("train", 0), ("train", 800), True), (("train", 500), ("train", 0), True),
+    (("trainval", 0), ("train", 0), True), (("trainval", 0), ("trainval", 0), False),
+    (("train", 500), ("trainval", 0), False),
+])
+def test_the_val_images_must_be_among_those_held_out_in_training(trained_on, tested_on, refused):
+    data = [SimpleNamespace(train_split=split, val_images=count) for split, count in (trained_on, tested_on)]
+    if refused:
+        with pytest.raises(UserError, match="its 'val' error would count images it trained on"):
+            check_val_held_out("w.pth", *data)
+    else:
+        check_val_held_out("w.pth", *data)
 
 
 def test_weights_without_the_runs_pixel_mean_are_refused(trained, tmp_path):

@@ -11,7 +11,7 @@ import torch
 
 from classification import training
 from classification.training import train_classifier
-from resnet_engine.checkpoint import load_checkpoint
+from resnet_engine.checkpoint import CheckpointError, load_checkpoint
 from resnet_engine.trainer import StoppedBySignal
 
 from .tiny_cifar import tiny_config, write_brightness_cifar
@@ -96,6 +96,18 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one_across_the_warmup_switch(cif
     for name, tensor in first["model"].items():
         torch.testing.assert_close(second["model"][name], tensor, msg=name)
     assert resumed.metrics["test"]["top1_err"] == whole.metrics["test"]["top1_err"]
+
+
+def test_a_resume_that_changes_the_held_out_images_is_refused(cifar_root, tmp_path):
+    """Images already trained on would be scored as held out from then on."""
+    first = tiny_config(cifar_root, tmp_path / "run", "data.train_split=train", "data.val_images=10",
+                        "solver.max_iter=2", "solver.checkpoint_period=0")
+    train_classifier(first)
+    changed = tiny_config(cifar_root, tmp_path / "run", "data.train_split=train", "data.val_images=30",
+                          "solver.max_iter=2", "solver.checkpoint_period=0")
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*model_\w+.pth with data.val_images: 10 -> 30: "
+                                              r"the training and held-out images would change mid-run"):
+        train_classifier(changed, resume=True)
 
 
 def test_the_solver_speed_switches_apply_to_the_classifier_and_change_only_rounding(cifar_root, tmp_path):
