@@ -346,15 +346,21 @@ def write_python_batch(path: str, images: np.ndarray, labels: Sequence[int],
 
 
 def _read_name_lines(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [line.strip() for line in handle if line.strip()]
+    except UnicodeDecodeError:
+        raise CifarError(f"{path} is not UTF-8 text: the file is damaged ({REDOWNLOAD})") from None
 
 
 def _python_meta_names(path: str, key: str) -> list[str]:
     names = _entry(path, _text_keys(path, load_cifar_pickle(path)), key, "CIFAR")
     if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
         raise CifarError(f"{path}: '{key}' must be a list of names, not {_describe(names)}")
-    return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    try:
+        return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError:
+        raise CifarError(f"{path}: a name of '{key}' is not UTF-8 text: the file is damaged ({REDOWNLOAD})") from None
 
 
 def read_class_names(source: CifarSource, coarse: bool = False) -> list[str]:

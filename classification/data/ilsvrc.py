@@ -91,11 +91,20 @@ def _check_synsets(path: str, rows: list, entries: list[tuple[int, str, str]]) -
 
 
 def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of a text file; a missing file is a UserError."""
+    """(1-based line number, text) of a text file; a missing file, or one that is not UTF-8 text, is a
+    UserError."""
     if not os.path.isfile(path):
         raise UserError(f"file not found: {path}")
     with open(path, encoding="utf-8-sig") as handle:
-        yield from enumerate(handle, start=1)
+        try:
+            yield from enumerate(handle, start=1)
+        except UnicodeDecodeError as error:
+            raise not_utf8(path, error) from None
+
+
+def not_utf8(path: str, error: UnicodeDecodeError) -> UserError:
+    return UserError(f"{path}: not UTF-8 text (a byte {error.object[error.start:error.start + 1]!r} cannot be "
+                     f"decoded): save it as UTF-8, or download it again")
 
 
 def parse_number(path: str, line: int, token: str, what: str) -> float:
@@ -140,6 +149,13 @@ def read_kaggle_rows(path: str, synsets: Synsets | None = None,
     """Rows "ImageId,wnid xmin ymin xmax ymax [wnid xmin ...]" in file order of the groups."""
     if not os.path.isfile(path):
         raise UserError(f"file not found: {path}")
+    try:
+        return _read_kaggle_file(path, synsets, is_ground_truth)
+    except UnicodeDecodeError as error:
+        raise not_utf8(path, error) from None
+
+
+def _read_kaggle_file(path: str, synsets: Synsets | None, is_ground_truth: bool) -> Annotations:
     result: Annotations = {}
     first_line: dict[str, int] = {}
     with open(path, encoding="utf-8-sig", newline="") as handle:

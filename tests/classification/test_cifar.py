@@ -326,6 +326,11 @@ def test_class_name_files(tmp_path):
         read_class_names(find_cifar(folder))
     assert str(error.value) == (f"{meta} names 2 classes and CIFAR-10 has 10: the file is damaged or of another "
                                 f"dataset ({REDOWNLOAD})")
+    with open(meta, "wb") as handle:
+        handle.write(b"cat\n\xff\xfe\n")
+    with pytest.raises(CifarError) as error:
+        read_class_names(find_cifar(folder))
+    assert str(error.value) == f"{meta} is not UTF-8 text: the file is damaged ({REDOWNLOAD})"
     os.remove(meta)
     with pytest.warns(UserWarning, match="batches.meta.txt not found: the classes are named by their numbers"):
         assert read_class_names(find_cifar(folder)) == [str(i) for i in range(10)]

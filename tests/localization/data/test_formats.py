@@ -152,6 +152,15 @@ def test_synset_lists(tmp_path):
     devkit.write_text("n02119789 1 kit_fox\nn02119789 2 kit_fox\n")
     with pytest.raises(UserError, match=r"map_clsloc.txt line 2: WNID n02119789 already on line 1"):
         read_synsets(str(devkit))
+    kaggle.write_bytes("n01440764 tench\nn01443537 caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"LOC_synset_mapping.txt: not UTF-8 text \(a byte b'\\xe9' cannot be "
+                                        r"decoded\): save it as UTF-8, or download it again"):
+        read_synsets(str(kaggle))
+    solution = tmp_path / "LOC_val_solution.csv"
+    solution.write_bytes("ImageId,PredictionString\nILSVRC2012_val_00000001,n01440764 1 2 3 4 caf\xe9\n"
+                         .encode("latin-1"))
+    with pytest.raises(UserError, match=r"LOC_val_solution.csv: not UTF-8 text"):
+        read_kaggle_solution(str(solution))
 
 
 def test_xml_annotation_fields(fixture_files):
