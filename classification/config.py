@@ -265,6 +265,10 @@ def check_cifar_options(cfg) -> None:
         cifar_architecture(depth)
     except BackboneError as error:
         raise ConfigError(f"model.backbone.depth={depth} (data.dataset={dataset}): {error}") from None
+    if cfg.data.train_split == "trainval" and cfg.data.val_images:
+        raise ConfigError(f"data.val_images={cfg.data.val_images} holds images out of data.train_split=train only: "
+                          f"data.train_split=trainval trains on every training image; set data.train_split=train "
+                          f"(or leave data.val_images at 0)")
     classes = CIFAR_CLASSES[dataset]
     if cfg.model.num_classes not in (0, classes):
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} but {dataset} has {classes} classes: set "

@@ -64,6 +64,9 @@ def train_classifier(cfg, resume: bool = False, overwrite: bool = False) -> Trai
         parameters = sum(p.numel() for p in model.parameters())
         logger.info("%s, %d parameters (%.2fM); %s", network_name(cfg), parameters, parameters / 1e6,
                     data.describe())
+    if dist_utils.is_main_process() and data.primary_metric.startswith("test/") and cfg.test.eval_period:
+        logger.info("model_best.pth is chosen on the test set (data.train_split=%s holds no images out): its error "
+                    "is not a test error; report model_final.pth's (metrics.json)", cfg.data.train_split)
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_scheduler(optimizer, cfg.solver)
     trainer = Trainer(

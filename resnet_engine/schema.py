@@ -86,7 +86,22 @@ def check_solver_options(solver) -> None:
     if warmup.below is not None and not warmup.metric:
         raise ConfigError(f"solver.warmup_until.below={warmup.below:g} needs solver.warmup_until.metric, the "
                           f"training metric it is compared with (e.g. solver.warmup_until.metric=train_error)")
+    if warmup.metric == "train_error" and warmup.below is not None and 0 < warmup.below <= 1:
+        raise ConfigError(f"solver.warmup_until.below={warmup.below:g}: train_error is in percent (0 to 100), so the "
+                          f"warm-up would never end; give e.g. solver.warmup_until.below={warmup.below * 100:g}")
     check_winograd_channels("solver", solver.winograd_channels)
+
+
+def steps_beyond_the_run(solver) -> str | None:
+    """What to say when solver.steps lie at or past solver.max_iter (a run shortened without its steps:
+    the learning rate would never be divided), else None."""
+    late = [step for step in solver.steps if step >= solver.max_iter]
+    if not late:
+        return None
+    return (f"solver.steps={list(solver.steps)}: {', '.join(map(str, late))} lie{'s' if len(late) == 1 else ''} at "
+            f"or past solver.max_iter={solver.max_iter}, so the learning rate is "
+            f"{'never divided' if len(late) == len(solver.steps) else 'not divided there'}; scale the steps with "
+            f"max_iter if the run was shortened")
 
 
 def check_winograd_channels(section: str, channels) -> None:

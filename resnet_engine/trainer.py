@@ -55,7 +55,7 @@ from .resume import (
     world_size_change_note,
 )
 from .run_dir import claim_run_directory, release_run_directory
-from .schema import LoggingConfig, check_solver_options
+from .schema import LoggingConfig, check_solver_options, steps_beyond_the_run
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,9 @@ class Trainer:
         self.metrics_logger = MetricsLogger(output_dir, enabled=self.is_main, options=logging_cfg,
                                             config_text=config_text)
         check_solver_options(solver)
+        late_steps = steps_beyond_the_run(solver)
+        if late_steps and self.is_main:
+            logger.warning(late_steps)
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[solver.amp]
         if solver.amp == "fp16" and device.type != "cuda":
             raise UserError("solver.amp=fp16 needs a CUDA device: use solver.amp=bf16 on the CPU, or off")

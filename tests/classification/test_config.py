@@ -158,6 +158,8 @@ def test_a_shipped_config_is_found_by_its_name_from_any_folder(tmp_path, monkeyp
     ("model.backbone.depth=21", "model.backbone.depth=21 (data.dataset=cifar10): no CIFAR ResNet of depth 21"),
     ("model.num_classes=100", "model.num_classes=100 but cifar10 has 10 classes: set model.num_classes=0"),
     ("input.crop=24", "input.crop=24 applies to ImageNet only and data.dataset=cifar10: remove it"),
+    ("data.val_images=5000", "data.val_images=5000 holds images out of data.train_split=train only: "
+                             "data.train_split=trainval trains on every training image"),
 ])
 def test_a_cifar_config_error_is_one_line_naming_the_key(override, message):
     with pytest.raises(ConfigError) as error:

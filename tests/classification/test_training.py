@@ -3,6 +3,7 @@ set: the loss falls, the log and the checkpoints are written, and a run stopped 
 ends with the weights and learning rates of an uninterrupted one, also across the metric warm-up's switch."""
 
 import json
+import logging
 import os
 import signal
 
@@ -96,6 +97,16 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one_across_the_warmup_switch(cif
     for name, tensor in first["model"].items():
         torch.testing.assert_close(second["model"][name], tensor, msg=name)
     assert resumed.metrics["test"]["top1_err"] == whole.metrics["test"]["top1_err"]
+
+
+def test_a_model_best_chosen_on_the_test_set_is_said_to_be(cifar_root, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="classification.training"):
+        train_classifier(tiny_config(cifar_root, tmp_path / "trainval", "solver.max_iter=2", "test.eval_period=1"))
+        train_classifier(tiny_config(cifar_root, tmp_path / "train", "solver.max_iter=2", "test.eval_period=1",
+                                     "data.train_split=train", "data.val_images=10"))
+    said = [m for m in caplog.messages if m.startswith("model_best.pth is chosen on the test set")]
+    assert said == ["model_best.pth is chosen on the test set (data.train_split=trainval holds no images out): its "
+                    "error is not a test error; report model_final.pth's (metrics.json)"]
 
 
 def test_a_resume_that_changes_the_held_out_images_is_refused(cifar_root, tmp_path):

@@ -12,7 +12,7 @@ from torch import nn
 from resnet_engine.config import ConfigError
 from resnet_engine.optim import MetricWarmup, build_optimizer, build_scheduler, lr_factor
 from resnet_engine.resume import load_scheduler_state
-from resnet_engine.schema import MetricWarmupConfig, check_solver_options
+from resnet_engine.schema import MetricWarmupConfig, check_solver_options, steps_beyond_the_run
 
 
 def solver(**changes):
@@ -259,3 +259,22 @@ def test_a_metric_warmup_needs_both_its_metric_and_its_threshold(until, message)
     assert str(error.value) == message
     check_solver_options(solver(warmup_until=MetricWarmupConfig(metric="train_error", below=80)))
     check_solver_options(solver())  # none at all
+
+
+
+def test_a_train_error_threshold_given_as_a_fraction_is_refused():
+    """train_error is in percent: below=0.8 would never be reached, the whole run at lr_factor."""
+    with pytest.raises(ConfigError) as error:
+        check_solver_options(solver(warmup_until=MetricWarmupConfig(metric="train_error", below=0.8)))
+    assert str(error.value) == ("solver.warmup_until.below=0.8: train_error is in percent (0 to 100), so the warm-up "
+                                "would never end; give e.g. solver.warmup_until.below=80")
+
+
+def test_steps_at_or_past_the_end_of_the_run_are_said():
+    assert steps_beyond_the_run(solver(max_iter=64000, steps=[32000, 48000])) is None
+    assert steps_beyond_the_run(solver(max_iter=30000, steps=[32000, 48000])) == (
+        "solver.steps=[32000, 48000]: 32000, 48000 lie at or past solver.max_iter=30000, so the learning rate is never "
+        "divided; scale the steps with max_iter if the run was shortened")
+    assert steps_beyond_the_run(solver(max_iter=40000, steps=[32000, 48000])) == (
+        "solver.steps=[32000, 48000]: 48000 lies at or past solver.max_iter=40000, so the learning rate is not "
+        "divided there; scale the steps with max_iter if the run was shortened")
