@@ -15,8 +15,11 @@ import numpy as np
 import torch
 
 
-def _sample_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0] % (2**31))
+def _sample_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
+    """The augmentation seed of an image's ``repeat``-th extra appearance in an epoch (the images that top
+    up its last batch appear twice): a view of its own, not a copy of the first."""
+    entropy = [seed, epoch, index] if repeat == 0 else [seed, epoch, index, repeat]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] % (2**31))
 
 
 class GroupedBatchSampler(torch.utils.data.Sampler):
@@ -78,10 +81,16 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
                 step += per_epoch
                 epoch += 1
                 continue
+            seen = np.zeros(self.num_images, dtype=np.int64)  # appearances so far this epoch
             for global_batch in batches:
+                repeats = []
+                for index in global_batch:
+                    repeats.append(int(seen[index]))
+                    seen[index] += 1
                 if step >= self.start_step:
-                    batch = global_batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-                    yield [(index, _sample_seed(self.seed, epoch, index)) for index in batch]
+                    share = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+                    yield [(index, _sample_seed(self.seed, epoch, index, repeat))
+                           for index, repeat in zip(global_batch[share], repeats[share])]
                 step += 1
             epoch += 1
 
