@@ -124,6 +124,12 @@ def find_cifar(root: str, num_classes: int | None = None) -> CifarSource:
                  if os.path.isdir(os.path.join(root, layout.folder))]
     if not found:
         expected = ", ".join(layout.folder for layout in wanted)
+        other = [layout for layout in LAYOUTS if layout not in wanted and (
+            _looks_like(root, layout) or os.path.isdir(os.path.join(root, layout.folder)))]
+        if other:
+            dataset = other[0].name
+            raise CifarError(f"{root} holds {dataset} ({other[0].folder}), not {expected}: set data.dataset="
+                             f"{dataset.lower().replace('-', '')} (and a {dataset.lower().replace('-', '')}_* config)")
         raise CifarError(f"{root} holds no CIFAR folder ({expected}): set data.root to the folder where the "
                          f"official archive was extracted")
     datasets = sorted({source.layout.name for source in found})

@@ -316,6 +316,13 @@ def test_folders_without_cifar(tmp_path):
                                 f"{tmp_path}/cifar-10-batches-bin or the other folder")
     assert find_cifar(str(tmp_path), num_classes=100).layout is BIN100
 
+    only100 = tmp_path / "only100"
+    (only100 / "cifar-100-python").mkdir(parents=True)
+    with pytest.raises(CifarError) as error:
+        find_cifar(str(only100), num_classes=10)
+    assert str(error.value) == (f"{only100} holds CIFAR-100 (cifar-100-python), not cifar-10-batches-bin, "
+                                f"cifar-10-batches-py: set data.dataset=cifar100 (and a cifar100_* config)")
+
 
 def test_class_name_files(tmp_path):
     folder, _, _ = write_cifar10(tmp_path)
