@@ -1,6 +1,6 @@
 """The ResNet family of "Deep Residual Learning for Image Recognition", importable by any project.
 
-    from backbones import resnet101
+    from backbones import create, resnet101
     model = resnet101(weights="resnet101.pth", out_features=["res4", "res5"])
     features = model(images)          # {"res4": ..., "res5": ...}
 

@@ -1,9 +1,12 @@
-"""Faster R-CNN on ResNet backbones: the paper's C4 design and FPN, COCO data and evaluation.
+"""Faster R-CNN on ResNet backbones: the paper's C4 design and FPN; COCO, PASCAL VOC and ImageNet DET
+data, each with its official metric.
 
-Where things live: ``modeling/`` (backbone, RPN, RoI heads, test-time improvements), ``data/``
-(COCO reader, transforms, the synthetic shapes set), ``evaluation/`` (COCO AP), ``training.py``,
-``weights.py`` (trained detectors), ``predictor.py`` (single images), ``builders.py`` (detectors
-without a config file: ``from detection import faster_rcnn_r50_fpn``).
+Where things live: ``modeling/`` (backbone, RPN, RoI heads, test-time improvements, ensembles),
+``data/`` (COCO, YOLO, VOC and ImageNet DET readers, transforms and augmentations, the synthetic shapes
+sets), ``evaluation/`` (COCO AP, the VOC and ImageNet DET metrics), ``training.py``, ``weights.py``
+(trained detectors), ``ensemble.py`` (several trained detectors as one), ``predictor.py`` (images one
+at a time or in batches), ``builders.py`` (detectors without a config file:
+``from detection import faster_rcnn_r50_fpn``).
 """
 
 from __future__ import annotations
