@@ -121,7 +121,7 @@ class LocTrainTransform:
     """Scale jitter, random square crop, flip, colour and lighting noise, with the boxes carried along."""
 
     def __init__(self, short_side_range: Sequence[int], crop_size: int, flip_prob: float = 0.5,
-                 color_jitter: float = 0.4, lighting_std: float = 0.1, min_visible: float = 0.5):
+                 color_jitter: float = 0.0, lighting_std: float = 0.1, min_visible: float = 0.5):
         self.short_low, self.short_high = (int(v) for v in short_side_range)
         self.crop_size = crop_size
         self.flip_prob = flip_prob
