@@ -214,3 +214,25 @@ def test_a_trainers_checkpoint_loads_only_into_the_network_its_config_names(tmp_
 def test_torchvision_weights_of_a_depth_it_does_not_publish_are_one_line():
     with pytest.raises(WeightsError, match=r"^torchvision publishes no resnet200 weights: give a weights file$"):
         build_resnet(200, weights="torchvision:IMAGENET1K_V1")
+
+
+# Detectron's (Caffe2) blob names of a ResNet and their torchvision names, written from Detectron's
+# naming, not by the mapping under test.
+DETECTRON_NAMES = {
+    "conv1_w": "conv1.weight",
+    "res_conv1_bn_s": "bn1.weight", "res_conv1_bn_b": "bn1.bias",
+    "res2_0_branch2a_w": "layer1.0.conv1.weight",
+    "res2_0_branch2a_bn_s": "layer1.0.bn1.weight", "res2_0_branch2a_bn_b": "layer1.0.bn1.bias",
+    "res2_0_branch2b_w": "layer1.0.conv2.weight",
+    "res2_2_branch2c_w": "layer1.2.conv3.weight",
+    "res3_0_branch1_w": "layer2.0.downsample.0.weight",
+    "res3_0_branch1_bn_s": "layer2.0.downsample.1.weight", "res3_0_branch1_bn_b": "layer2.0.downsample.1.bias",
+    "res5_2_branch2c_bn_s": "layer4.2.bn3.weight",
+    "fc1000_w": "fc.weight", "fc1000_b": "fc.bias",
+}
+
+
+@pytest.mark.parametrize("blob, expected", sorted(DETECTRON_NAMES.items()))
+def test_detectron_blob_names_map_to_torchvision_names(blob, expected):
+    assert caffe2_name_to_torch(blob) == expected
+

@@ -122,3 +122,14 @@ def test_a_test_set_without_annotations_is_not_scored_and_gets_the_devkit_result
     (tmp_path / "det_results.txt").unlink()
     assert "results_file" not in score_det_test_set(gt, [1, 2, 3], results, [], str(tmp_path))
     assert not (tmp_path / "det_results.txt").exists()
+
+
+def test_a_detection_takes_the_unfound_object_it_overlaps_most():
+    """eval_detection.m takes the unfound object of the highest IoU above its threshold (ov >= thr(k) &&
+    ov > ovmax), leaving the other for a later detection. A = 0..99, B = 20..119 (x): D1 overlaps B at
+    9500/10500 and A at 8500/11500 (both >= 0.5) and takes B; D2 overlaps A at 7000/13000 and finds it.
+    Taking A first would leave D2 a false positive (AP 50)."""
+    gt = dataset([(1, 1, (0, 0, 99, 99)), (1, 1, (20, 0, 119, 99))])
+    results = [detection(1, 0.9, (15, 0, 114, 99)), detection(1, 0.8, (-30, 0, 69, 99))]
+    assert det_ap(gt, results) == pytest.approx(100.0)
+

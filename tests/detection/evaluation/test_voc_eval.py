@@ -127,3 +127,25 @@ def test_submission_files_without_annotations(tmp_path, capsys):
         "2008_000001 0.750000 1.0 1.0 6.0 6.0", "2008_000001 0.250000 10.0 20.0 40.5 60.0"]
     assert (folder / "comp4_det_test_bicycle.txt").read_text() == ""
     assert "nothing is scored here" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:.*AP is undefined")
+def test_crowd_regions_of_a_coco_json_are_difficult_boxes():
+    """A COCO json has no "difficult" key: its crowd regions are the VOC metric's difficult boxes."""
+    gt = gt_dataset()
+    for ann in gt["annotations"]:
+        ann["iscrowd"] = ann.pop("difficult")
+    # The hand-computed case above: the detection of the crowd region is neither TP nor FP.
+    assert evaluate_voc(gt, DETECTIONS, "voc2010")["per_category"]["cat"] == pytest.approx(75.0)
+
+
+@pytest.mark.filterwarnings("ignore:.*AP is undefined")
+def test_unreadable_images_are_left_out_of_the_voc_score(tmp_path):
+    """As in the COCO and DET scores: image 3 (object B) left out, 1 object found first: AP 100 (counting its
+    object as missed would give 50)."""
+    readable = [d for d in DETECTIONS if d["image_id"] != 3]
+    with pytest.warns(UserWarning, match="1 unreadable test images"):
+        metrics = score_voc_test_set(gt_dataset(), [1, 2, 3], readable, [(3, "c.jpg")], "voc2010", str(tmp_path))
+    assert metrics["per_category"]["cat"] == pytest.approx(100.0)
+    assert (metrics["num_images"], metrics["skipped_images"]) == (2, 1)
+
