@@ -194,7 +194,8 @@ def _quiet_export():
     torchvision's symbolic registrations, symbols they cannot attribute to a line of code): the
     file is checked afterwards, and a failure raises (export_onnx names its reason)."""
     quiet = logging.CRITICAL  # torch logs the guard that fails as an error too; the failure raises
-    with warnings.catch_warnings(), _logger_level("torch", quiet), _logger_level("onnxscript", quiet):
+    with (warnings.catch_warnings(), _logger_level("torch", quiet), _logger_level("onnxscript", quiet),
+          _logger_level("onnx_ir", quiet)):
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         yield
