@@ -32,14 +32,16 @@ def is_video(path: str) -> bool:
     return path.lower().endswith(VIDEO_SUFFIXES)
 
 
-def list_inputs(inputs: list[str]) -> list[str]:
+def list_inputs(inputs: list[str], written: str | None = None) -> list[str]:
     """Files named directly, plus the images and videos inside named folders and their subfolders
-    (sorted; other files there are left alone); a file named twice is listed once."""
+    (sorted; other files there are left alone); a file named twice is listed once. A folder's files
+    under ``written`` are left out: the annotated copies of an earlier run are not inputs."""
     paths = []
     for item in inputs:
         if os.path.isdir(item):
-            paths.extend(sorted(os.path.join(folder, name) for folder, _, names in os.walk(item) for name in names
-                                if name.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES)))
+            found = sorted(os.path.join(folder, name) for folder, _, names in os.walk(item) for name in names
+                           if name.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES))
+            paths.extend(path for path in found if not (written and is_within(path, written)))
         elif os.path.isfile(item):
             paths.append(item)
         else:
@@ -48,6 +50,11 @@ def list_inputs(inputs: list[str]) -> list[str]:
         raise UserError(f"no images or videos ({', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}) in {', '.join(inputs)}")
     unique = {os.path.realpath(path): path for path in reversed(paths)}
     return [path for path in paths if unique[os.path.realpath(path)] is path]
+
+
+def is_within(path: str, folder: str) -> bool:
+    folder = os.path.realpath(folder)
+    return os.path.commonpath([os.path.realpath(path), folder]) == folder
 
 
 def relative_names(paths: list[str]) -> dict[str, str]:
@@ -111,7 +118,7 @@ def infer_files(cfg, weights: str, inputs: list[str], out_dir: str, vis_thresh: 
     ``vis_thresh`` is None. Unreadable files and images too thin to detect in are skipped and counted.
     ``upright``: photos as a viewer shows them (EXIF orientation applied); False: their stored pixels,
     the frame COCO annotations (and tools/eval_det.py) use. ``max_images`` 0 or None: all."""
-    paths = list_inputs(inputs)[:max_images or None]
+    paths = list_inputs(inputs, os.path.join(out_dir, "vis"))[:max_images or None]
     names = relative_names(paths)
     predictor = Predictor(cfg, weights, device)
     os.makedirs(out_dir, exist_ok=True)

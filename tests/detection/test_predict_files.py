@@ -86,6 +86,18 @@ def test_folders_are_searched_recursively_and_other_files_left_alone(detector, t
     assert drawn == ["a.png", "sub/b.jpg", "sub/deeper/c.png"]
 
 
+def test_an_output_folder_inside_the_inputs_is_not_read_as_input(detector, tmp_path):
+    """A second run with --out inside the photo folder would detect in its own annotated copies."""
+    cfg, weights = detector
+    images = tmp_path / "images"
+    found = [write_image(images / "a.png"), write_image(images / "b.png", seed=1)]
+    for _ in range(2):
+        predictions = infer_files(cfg, weights, [str(images)], str(images / "out"), vis_thresh=0, device="cpu",
+                                  progress=False)
+        assert sorted({p["file_name"] for p in predictions}) == sorted(found)
+    assert sorted(os.listdir(images / "out" / "vis")) == ["a.png", "b.png"]
+
+
 def test_video_frames_are_detected_and_drawn_with_progress(detector, tmp_path, capsys):
     cfg, weights = detector
     video = write_video(tmp_path / "in" / "clip.mp4")
