@@ -60,8 +60,9 @@ def choose_device(device: str | torch.device = "auto") -> torch.device:
 class Predictor:
     """A detector in eval mode with its test-time resize; outputs are in the input image's pixels."""
 
-    def __init__(self, cfg, weights: str | list[str] | None = None, device: str | torch.device = "auto"):
-        """``cfg`` and ``weights``: a detection config and a detector file, on the inference fast path
+    def __init__(self, cfg, weights: str | os.PathLike | list[str] | None = None, device: str | torch.device = "auto"):
+        """``cfg`` and ``weights``: a detection config (or its file, or a shipped config's name) and a
+        detector file, on the inference fast path
         when test.fast is on; a list of several files runs them as one ensemble (detection/ensemble.py).
 
         Or ``cfg`` alone is a detector made by detection.builders, with the config and categories its
@@ -80,6 +81,11 @@ class Predictor:
         else:
             if weights is None:
                 raise TypeError("Predictor(cfg, weights) needs the detector file of the config")
+            if isinstance(cfg, (str, os.PathLike)):  # a config file, or the name of a shipped one
+                cfg = load_detection_config(os.fspath(cfg))
+            # Paths (pathlib) as well as strings, one file or several.
+            weights = ([os.fspath(w) for w in weights] if isinstance(weights, (list, tuple))
+                       else os.fspath(weights))
             model, self.category_map = load_detectors(cfg, weights, choose_device(device))
         self.device = model.device
         self.model = build_test_model(model, cfg)

@@ -12,6 +12,7 @@ from PIL import Image
 from detection.config import load_detection_config
 from detection.modeling.build import build_model
 from detection.predictor import Predictor, choose_device
+from resnet_engine.config import config_to_text
 from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.detection.tv_reference import shapes_image
@@ -23,9 +24,9 @@ HEIGHT, WIDTH = 160, 224
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
+def saved(tmp_path_factory):
     """A random tiny detector whose BatchNorm statistics were measured on a few shapes images (so that
-    its detections depend on the image), saved to a file and loaded as users load one."""
+    its detections depend on the image), saved to a file: (its config, the file)."""
     cfg = load_detection_config(os.path.join(ROOT, "configs", "shapes.yaml"), CONFIG)
     torch.manual_seed(0)
     model = build_model(cfg, 3, backbone_weights=False)
@@ -40,6 +41,13 @@ def predictor(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "model_final.pth"
     torch.save({"model": model.state_dict(), "meta": {"num_classes": 3, "category_ids": [4, 8, 15],
                                                       "class_names": ["circle", "square", "star"]}}, path)
+    return cfg, path
+
+
+@pytest.fixture(scope="module")
+def predictor(saved):
+    """The saved detector loaded as users load one."""
+    cfg, path = saved
     return Predictor(cfg, str(path), device="cpu")
 
 
@@ -81,6 +89,14 @@ def test_files_pil_images_and_uint8_tensors_give_the_arrays_detections(predictor
     assert_same(predictor(path), reference)  # a pathlib.Path
     assert_same(predictor(Image.fromarray(rgb)), reference)
     assert_same(predictor(torch.from_numpy(rgb).permute(2, 0, 1)), reference)
+
+
+def test_a_config_file_and_a_pathlib_weights_file_load_the_same_detector(saved, rgb, reference, tmp_path):
+    cfg, path = saved
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(config_to_text(cfg))
+    assert_same(Predictor(str(config_file), path, device="cpu")(rgb), reference)
+    assert_same(Predictor(cfg, [path], device="cpu")(rgb), reference)  # an "ensemble" of one file
 
 
 def test_bgr_arrays_with_format_bgr(predictor, rgb, reference):
