@@ -3,11 +3,13 @@ current config's optimizer settings for everything else."""
 
 import json
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
-from resnet_engine.checkpoint import CheckpointError
+from resnet_engine.checkpoint import CheckpointError, load_checkpoint
 from tests.resnet_engine.toy_training import ToyModel, make_trainer
 
 CONFIG = "model:\n  inputs: 2\nsolver:\n  optimizer: sgd\n  base_lr: 0.01\n"
@@ -101,3 +103,30 @@ def test_the_first_record_after_a_resume_averages_its_whole_log_period(tmp_path)
     whole, resumed = train_records(tmp_path / "whole"), train_records(interrupted)
     assert [r["iteration"] for r in resumed] == [4, 8]
     assert resumed[1]["loss"] == pytest.approx(whole[1]["loss"], rel=1e-5)
+
+
+class NoisyModel(ToyModel):
+    """Draws from the process's random states in every step (torch, numpy and Python's), as dropout or
+    a user's augmentation inside the model would."""
+
+    def forward(self, batch):
+        losses = super().forward(batch)
+        noise = torch.rand(()) + float(np.random.default_rng(np.random.randint(2**31)).random()) + random.random()
+        return {"loss": losses["loss"] * (1 + 0.1 * noise)}
+
+
+def test_a_model_that_draws_random_numbers_resumes_as_if_never_stopped(tmp_path):
+    """The checkpoint keeps the process's random states and the resumed run restores them."""
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    make_trainer(NoisyModel(), tmp_path / "whole", batches_by_iteration, checkpoint_period=3).train()
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    make_trainer(NoisyModel(), tmp_path / "stopped", batches_by_iteration, checkpoint_period=3, max_iter=3).train()
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)  # another process, other states
+    resumed = make_trainer(NoisyModel(), tmp_path / "stopped", batches_by_iteration, checkpoint_period=3)
+    assert resumed.resume() and resumed.start_iter == 3
+    resumed.train()
+    whole = load_checkpoint(str(tmp_path / "whole" / "model_final.pth"))["model"]
+    again = load_checkpoint(str(tmp_path / "stopped" / "model_final.pth"))["model"]
+    for name, tensor in whole.items():
+        torch.testing.assert_close(again[name], tensor, rtol=0, atol=0, msg=name)
