@@ -38,7 +38,7 @@ from resnet_engine.extras import install_hint, installed
 from .data.transforms import resize_shortest_edge
 from .modeling.faster_rcnn import FasterRCNN
 from .modeling.traceable import graph_nms
-from .weights import load_detector
+from .weights import load_detector, warn_if_other_test_scale
 
 FORMATS = ("onnx", "torchscript")
 # The opset of PyTorch's ONNX function library, which the torch.export-based exporter translates with.
@@ -248,6 +248,7 @@ def export_detector(cfg, weights: str, fmt: str, out: str | None = None, backbon
         check_exportable(cfg)  # before the model is built and loaded
     if not os.path.isfile(weights):
         raise ExportError(f"weights file not found: {weights}")
+    warn_if_other_test_scale(cfg, weights)  # the file resizes to the config's test scale for good
     model, _ = load_detector(cfg, weights, torch.device("cpu"))
     module, output_names = build_export_module(model, cfg, backbone_only)
     image = example_image(cfg, getattr(torch, input_dtype))

@@ -77,6 +77,22 @@ def with_own_input(cfg, path: str):
     return OmegaConf.merge(cfg, {"input": differing})
 
 
+def warn_if_other_test_scale(cfg, path: str) -> None:
+    """The test scale is the config's choice, but a config other than the checkpoint's own (the
+    default one, say) would run the detector at a scale it was never tested at without a word."""
+    text = saved_config_text(path)
+    try:
+        saved = OmegaConf.create(text).get("input") or {} if text else {}
+    except OmegaConfBaseException:
+        return
+    keys = [key for key in ("min_size_test", "max_size_test")
+            if key in saved and plain_value(saved[key]) != plain_value(getattr(cfg.input, key))]
+    if keys:
+        warnings.warn(f"{path} was tested at " + ", ".join(f"input.{key}={plain_value(saved[key])}" for key in keys)
+                      + "; it runs at the config's " + ", ".join(f"input.{key}={getattr(cfg.input, key)}" for key in keys)
+                      + " (give the config.yaml of its run with --cfg, or override the keys)", stacklevel=3)
+
+
 def plain_value(value):
     """A config value as plain Python (lists of floats compare with lists of ints as numbers)."""
     value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value

@@ -1,13 +1,14 @@
 """Weights that do not fit the config: the message names the difference that explains it."""
 
 import os
+import warnings
 
 import pytest
 import torch
 
 from detection.config import load_detection_config
 from detection.modeling.build import build_model
-from detection.weights import load_detector
+from detection.weights import load_detector, warn_if_other_test_scale
 from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.helpers import TINY_DETECTOR
@@ -74,3 +75,17 @@ def test_a_detector_runs_with_the_input_normalization_it_was_trained_with(tmp_pa
     reference = build_model(trained_cfg, 3, backbone_weights=False)
     assert model.preprocessor.input_format == "BGR"
     assert torch.equal(model.pixel_mean, reference.pixel_mean) and torch.equal(model.pixel_std, reference.pixel_std)
+
+
+def test_another_test_scale_than_the_checkpoints_is_warned_of(tmp_path):
+    """An export with the default config runs a detector trained and tested at 480 at 240 for good."""
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": {}, "config": "input:\n  min_size_test: 480\n  max_size_test: 800\n"}, path)
+    with pytest.warns(UserWarning, match=r"model_final.pth was tested at input.min_size_test=480; it runs at the "
+                                         r"config's input.min_size_test=240 \(give the config.yaml of its run"):
+        warn_if_other_test_scale(load_detection_config(None, ["input.min_size_test=240", "input.max_size_test=800"]),
+                                 str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_other_test_scale(load_detection_config(None, ["input.min_size_test=480", "input.max_size_test=800"]),
+                                 str(path))
