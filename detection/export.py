@@ -246,6 +246,8 @@ def export_detector(cfg, weights: str, fmt: str, out: str | None = None, backbon
         raise ExportError(f"input dtype {input_dtype!r}: choose one of {', '.join(INPUT_DTYPES)}")
     if not backbone_only:
         check_exportable(cfg)  # before the model is built and loaded
+    if os.path.isdir(weights):
+        raise ExportError(f"{weights} is a folder: give the detector file in it (model_final.pth)")
     if not os.path.isfile(weights):
         raise ExportError(f"weights file not found: {weights}")
     warn_if_other_test_scale(cfg, weights)  # the file resizes to the config's test scale for good

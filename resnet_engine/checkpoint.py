@@ -105,9 +105,25 @@ def pickled_globals(path: str) -> list[str]:
     return [name.replace("__builtin__.", "builtins.", 1) for name in found]
 
 
+def exported_model_kind(path: str) -> str | None:
+    """"ONNX" or "TorchScript" for a file that tools/export.py writes, else None."""
+    if path.lower().endswith(".onnx"):
+        return "ONNX"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return "TorchScript" if any(name.endswith("constants.pkl") or "/code/" in name for name in names) else None
+
+
 def describe_load_failure(path: str, error: BaseException) -> str:
     """One line for a file that ``torch.load(weights_only=True)`` could not read: refused as unsafe
     (it refers to code), or damaged."""
+    exported = exported_model_kind(path)
+    if exported:
+        return (f"{path} is an exported {exported} model, not weights: give the checkpoint it was exported from "
+                f"(model_final.pth)")
     foreign = [name for name in pickled_globals(path) if not name.startswith(TENSOR_PICKLE_MODULES)]
     if foreign:
         return (f"{path} was refused as unsafe: it holds pickled objects other than tensors (e.g. {foreign[0]}), "
@@ -119,6 +135,8 @@ def describe_load_failure(path: str, error: BaseException) -> str:
 def load_checkpoint(path: str, mmap: bool = False) -> dict:
     """Read a checkpoint without running code from it; unreadable files raise CheckpointError. ``mmap``:
     the tensors are mapped, not read (for its config and meta; a file of the old format is read whole)."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder: give the checkpoint file in it (model_final.pth)")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

@@ -162,3 +162,18 @@ def test_random_streams_of_fewer_gpus_than_were_saved_are_restored(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda values: pytest.fail("indexes every saved device"))
     restore_rng_state(state)
     assert restored == [(0, 0), (1, 1)]
+
+
+def test_a_folder_and_exported_models_given_as_checkpoints_are_named_as_such(tmp_path):
+    """Not "not found", "damaged" or "unsafe": what the file is, and what to give instead."""
+    with pytest.raises(CheckpointError, match=r"is a folder: give the checkpoint file in it \(model_final.pth\)"):
+        load_checkpoint(str(tmp_path))
+    scripted = tmp_path / "model.torchscript.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 1)), str(scripted))
+    with pytest.raises(CheckpointError, match=r"model.torchscript.pt is an exported TorchScript model, not weights: "
+                                              r"give the checkpoint it was exported from"):
+        load_checkpoint(str(scripted))
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"\x08\x07\x12\x07pytorch")
+    with pytest.raises(CheckpointError, match=r"model.onnx is an exported ONNX model, not weights"):
+        load_checkpoint(str(onnx_file))
