@@ -55,17 +55,20 @@ def saved_config_text(path: str) -> str:
     return state.get("config", "") if isinstance(state, dict) else ""
 
 
+def saved_input_section(path: str):
+    """The ``input`` section of the training config ``path`` keeps ({} without one, or unreadable)."""
+    text = saved_config_text(path)
+    try:
+        return (OmegaConf.create(text).get("input") or {}) if text else {}
+    except OmegaConfBaseException:
+        return {}
+
+
 def with_own_input(cfg, path: str):
     """``cfg`` with the input normalization and padding that ``path``'s training config recorded, when they
     differ (with a warning naming them): a detector trained on BGR input with Caffe's means, run on the
     config's RGB input, would detect other boxes without a word."""
-    text = saved_config_text(path)
-    if not text:
-        return cfg
-    try:
-        saved = OmegaConf.create(text).get("input") or {}
-    except OmegaConfBaseException:
-        return cfg
+    saved = saved_input_section(path)
     own = {key: plain_value(saved[key]) for key in NETWORK_INPUT_KEYS if key in saved}
     given = {key: plain_value(getattr(cfg.input, key)) for key in own}
     differing = {key: value for key, value in own.items() if value != given[key]}
@@ -80,11 +83,7 @@ def with_own_input(cfg, path: str):
 def warn_if_other_test_scale(cfg, path: str) -> None:
     """The test scale is the config's choice, but a config other than the checkpoint's own (the
     default one, say) would run the detector at a scale it was never tested at without a word."""
-    text = saved_config_text(path)
-    try:
-        saved = OmegaConf.create(text).get("input") or {} if text else {}
-    except OmegaConfBaseException:
-        return
+    saved = saved_input_section(path)
     keys = [key for key in ("min_size_test", "max_size_test")
             if key in saved and plain_value(saved[key]) != plain_value(getattr(cfg.input, key))]
     if keys:
