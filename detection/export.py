@@ -13,6 +13,11 @@ The exported detector is a single function of one image:
 The exported backbone takes the same input without the resize and returns the feature maps of the
 normalized, padded image: "p2".."p6" for FPN models, "res4" for C4 models.
 
+Both carry the mapping of ``labels`` to the dataset's category ids and class names, and the test
+settings fixed in the graph (:func:`export_metadata`): ONNX files as metadata properties (onnxruntime's
+``session.get_modelmeta().custom_metadata_map``), TorchScript files as an extra file, ``metadata.json``.
+:func:`read_export_metadata` reads either.
+
 Both record the detector's own code: :func:`detection.data.transforms.resize_shortest_edge` (the
 loader's test-time resize) and ``FasterRCNN.forward``. ONNX files come from the torch.export-based
 exporter, with the image's height and width as symbolic sizes; where it fails (an older PyTorch,
@@ -25,9 +30,11 @@ follows the input image's size instead of freezing the example's.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import warnings
+import zipfile
 
 import torch
 from torch import nn
@@ -35,6 +42,7 @@ from torch import nn
 from resnet_engine.errors import UserError
 from resnet_engine.extras import install_hint, installed
 
+from .data.coco import CategoryMap
 from .data.transforms import resize_shortest_edge
 from .modeling.faster_rcnn import FasterRCNN
 from .modeling.traceable import graph_nms
@@ -46,6 +54,8 @@ ONNX_OPSET = 18
 # RoIAlign with aligned=True (the C4 pooler) maps to ONNX RoiAlign's half_pixel mode, new in opset 16.
 TORCHSCRIPT_ONNX_OPSET = 17
 DETECTOR_OUTPUTS = ("boxes", "scores", "labels")
+# The name of the metadata file inside a TorchScript archive (torch.jit.save's extra files).
+TORCHSCRIPT_METADATA = "metadata.json"
 INPUT_DTYPES = ("uint8", "float32")
 # Test-time features of detection/modeling/test_time.py: they loop in Python over scales, passes
 # and refinement rounds, outside anything a graph can hold. (key, description, value to set)
@@ -181,11 +191,65 @@ def short_reason(error: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def export_torchscript(module: nn.Module, image: torch.Tensor, path: str) -> None:
-    """A traced module; sizes are traced as tensors, so it runs on any image size and on uint8 or float."""
+def export_torchscript(module: nn.Module, image: torch.Tensor, path: str, metadata: dict[str, str] | None = None) -> None:
+    """A traced module; sizes are traced as tensors, so it runs on any image size and on uint8 or float.
+    ``metadata`` goes into the archive as the extra file ``metadata.json``."""
     with _quiet_trace(), torch.no_grad():
         traced = torch.jit.trace(module, (image,), check_trace=False)
-    traced.save(path)
+    extra_files = {TORCHSCRIPT_METADATA: json.dumps(metadata or {})}
+    torch.jit.save(traced, path, _extra_files=extra_files)
+
+
+# -- what a file carries besides its graph ----------------------------------------------------------
+def export_metadata(cfg, category_map: CategoryMap, backbone_only: bool, input_dtype: str) -> dict[str, str]:
+    """What a deployed file needs to be read without the toolkit: which category id and class name each
+    output label stands for (labels 1..K index these lists from 1), the input it takes, and the test
+    settings fixed in its graph. Every value is a string (ONNX metadata holds strings); lists are JSON."""
+    metadata = {
+        "producer": "resnet-detection",
+        "model": "backbone" if backbone_only else "detector",
+        "input": f"image: (3, H, W) RGB, values 0-255, {input_dtype}",
+        "category_ids": json.dumps([int(c) for c in category_map.category_ids]),
+        "class_names": json.dumps([str(n) for n in category_map.names]),
+    }
+    if not backbone_only:
+        metadata.update({
+            "labels": "labels 1..K: the K-th entry of category_ids and class_names",
+            "min_size_test": str(cfg.input.min_size_test),
+            "max_size_test": str(cfg.input.max_size_test),
+            "score_thresh": str(cfg.test.score_thresh),
+            "nms_thresh": str(cfg.test.nms_thresh),
+            "detections_per_img": str(cfg.test.detections_per_img),
+        })
+    return metadata
+
+
+def write_onnx_metadata(path: str, metadata: dict[str, str]) -> None:
+    """Adds ``metadata`` to an ONNX file's metadata properties (the model is rewritten in place)."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    kept = [prop for prop in model.metadata_props if prop.key not in metadata]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, path)
+
+
+def read_export_metadata(path: str) -> dict:
+    """The metadata of an exported file (ONNX or TorchScript), with category_ids and class_names as lists;
+    an empty dict for a file exported without it."""
+    if not zipfile.is_zipfile(path):  # TorchScript archives are zip files, ONNX files protobuf
+        import onnx
+
+        raw = {prop.key: prop.value for prop in onnx.load(path, load_external_data=False).metadata_props}
+    else:
+        extra_files = {TORCHSCRIPT_METADATA: ""}
+        with _quiet_trace():
+            torch.jit.load(path, map_location="cpu", _extra_files=extra_files)
+        raw = json.loads(extra_files[TORCHSCRIPT_METADATA] or "{}")
+    return {key: json.loads(value) if key in ("category_ids", "class_names") else value for key, value in raw.items()}
 
 
 @contextlib.contextmanager
@@ -251,15 +315,17 @@ def export_detector(cfg, weights: str, fmt: str, out: str | None = None, backbon
     if not os.path.isfile(weights):
         raise ExportError(f"weights file not found: {weights}")
     warn_if_other_test_scale(cfg, weights)  # the file resizes to the config's test scale for good
-    model, _ = load_detector(cfg, weights, torch.device("cpu"))
+    model, category_map = load_detector(cfg, weights, torch.device("cpu"))
     module, output_names = build_export_module(model, cfg, backbone_only)
     image = example_image(cfg, getattr(torch, input_dtype))
     path = out or default_output_path(weights, fmt, backbone_only)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    metadata = export_metadata(cfg, category_map, backbone_only, input_dtype if fmt == "onnx" else "uint8 or float32")
     if fmt == "onnx":
         export_onnx(module, image, path, output_names)
+        write_onnx_metadata(path, metadata)
     else:
-        export_torchscript(module, image, path)
+        export_torchscript(module, image, path, metadata)
     if check and fmt == "onnx" and not installed("onnxruntime"):
         warnings.warn(f"onnxruntime is not installed: the ONNX file was not checked ({install_hint('onnxruntime')})",
                       stacklevel=2)

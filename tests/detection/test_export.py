@@ -2,6 +2,7 @@
 from the TorchScript-based one it falls back to) through onnxruntime, TorchScript through
 torch.jit.load, for the FPN and the C4 design, at the export size and at another image size."""
 
+import json
 import os
 import re
 import subprocess
@@ -18,7 +19,14 @@ from torch import nn
 import detection.export
 from detection.config import load_detection_config
 from detection.data.transforms import shortest_edge_scale
-from detection.export import ExportError, check_exportable, export_detector, run_exported, short_reason
+from detection.export import (
+    ExportError,
+    check_exportable,
+    export_detector,
+    read_export_metadata,
+    run_exported,
+    short_reason,
+)
 from detection.modeling.build import build_model
 from tests.conftest import ROOT
 from tests.detection.tv_reference import shapes_image
@@ -32,6 +40,9 @@ CONFIGS = {
                                             "model.rpn.pre_nms_topk_test=1000", "model.rpn.post_nms_topk_test=100"]),
 }
 NUM_CLASSES = 5
+# A custom dataset's category ids (not 1..K) and names, as a trained detector's file records them.
+CATEGORY_IDS = [3, 7, 11, 20, 90]
+CLASS_NAMES = ["circle", "square", "triangle", "ring", "star"]
 # 320 x 448 is already at the test scale (shorter side 320); 400 x 300 is resized to 427 x 320 inside
 # the exported model and pads to another size (448 x 320) than the export example at every level.
 EXPORT_SIZE = (320, 448)
@@ -87,7 +98,8 @@ def detectors(tmp_path_factory):
             cfg = load_detection_config(os.path.join(ROOT, path), overrides)
             model = calibrated_detector(cfg)
             weights = tmp_path_factory.mktemp(arch) / "model_final.pth"
-            torch.save({"model": model.state_dict(), "meta": {"num_classes": NUM_CLASSES}}, weights)
+            meta = {"num_classes": NUM_CLASSES, "category_ids": CATEGORY_IDS, "class_names": CLASS_NAMES}
+            torch.save({"model": model.state_dict(), "meta": meta}, weights)
             images = [image_tensor(7, *EXPORT_SIZE), image_tensor(9, *OTHER_SIZE)]
             built[arch] = SimpleNamespace(arch=arch, cfg=cfg, model=model, weights=str(weights), images=images,
                                           references=[reference_detections(model, image) for image in images])
@@ -120,8 +132,23 @@ def export_without_fallback(*args, **kwargs):
     return result
 
 
+def check_metadata(metadata: dict, cfg, input_dtype: str) -> None:
+    """The file names the category id and class name of each label, its input and its fixed test settings."""
+    assert metadata["category_ids"] == CATEGORY_IDS and metadata["class_names"] == CLASS_NAMES
+    assert metadata["model"] == "detector"
+    assert metadata["input"] == f"image: (3, H, W) RGB, values 0-255, {input_dtype}"
+    assert (metadata["min_size_test"], metadata["max_size_test"]) == ("320", "640")
+    assert float(metadata["score_thresh"]) == cfg.test.score_thresh
+    assert int(metadata["detections_per_img"]) == cfg.test.detections_per_img
+
+
 def check_onnx_file(detector, path: str, dtype: str) -> None:
     """The torch.export-based exporter's file, with symbolic height and width, at two image sizes."""
+    check_metadata(read_export_metadata(path), detector.cfg, dtype)
+    import onnxruntime  # what a deployment reads: the same properties, as strings
+
+    custom = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    assert json.loads(custom["category_ids"]) == CATEGORY_IDS and json.loads(custom["class_names"]) == CLASS_NAMES
     model = onnx.load(path)
     if TORCH_EXPORT:
         assert model.opset_import[0].version == detection.export.ONNX_OPSET  # not the fallback's opset 17
@@ -155,6 +182,7 @@ def test_fallback_to_the_torchscript_based_exporter_says_why_and_is_checked(dete
     assert ("the torch.export-based ONNX exporter failed (RuntimeError: no exporter today); the file comes from "
             "the TorchScript-based exporter instead") in messages
     assert onnx.load(path).opset_import[0].version == detection.export.TORCHSCRIPT_ONNX_OPSET
+    check_metadata(read_export_metadata(path), detector.cfg, "uint8")
     assert report["matched"] == report["expected"] == report["actual"] > 10
     assert report["box_diff"] <= 1e-3 and report["score_diff"] <= 1e-4
     for image, reference in zip(detector.images, detector.references):
@@ -183,6 +211,7 @@ def test_short_reason_is_the_root_error_and_the_line_it_names():
 
 def test_torchscript_round_trip_matches_pytorch(detector, tmp_path):
     path, report = export_detector(detector.cfg, detector.weights, "torchscript", str(tmp_path / "model.pt"))
+    check_metadata(read_export_metadata(path), detector.cfg, "uint8 or float32")
     # The export's own check: PyTorch and the loaded file on a noise image of a third size.
     assert report["matched"] == report["expected"] == report["actual"] > 10
     assert report["box_diff"] <= 1e-3 and report["score_diff"] <= 1e-4
@@ -201,6 +230,9 @@ def test_global_context_exports(tmp_path):
     torch.save({"model": model.state_dict(), "meta": {"num_classes": NUM_CLASSES}}, weights)
     path, report = export_without_fallback(cfg, str(weights), "onnx", str(tmp_path / "model.onnx"))
     assert report["matched"] == report["expected"] == report["actual"] > 10
+    # A file that records no category ids: labels stand for themselves, named by number.
+    metadata = read_export_metadata(path)
+    assert metadata["category_ids"] == [1, 2, 3, 4, 5] and metadata["class_names"] == ["1", "2", "3", "4", "5"]
     for seed, size in [(7, EXPORT_SIZE), (9, OTHER_SIZE)]:
         image = image_tensor(seed, *size)
         compare(reference_detections(model, image), run_exported(path, "onnx", image))
@@ -211,6 +243,9 @@ def test_backbone_only_gives_the_feature_maps(detector, tmp_path):
                                       backbone_only=True, check=False)
     names = ["p2", "p3", "p4", "p5", "p6"] if detector.arch == "fpn" else ["res4"]
     assert [output.name for output in onnx.load(path).graph.output] == names
+    metadata = read_export_metadata(path)
+    assert metadata["model"] == "backbone" and metadata["category_ids"] == CATEGORY_IDS
+    assert "score_thresh" not in metadata  # no detection settings in a feature extractor
     for image in detector.images:  # no resize: the features of the image as given
         with torch.no_grad():
             expected = detector.model.backbone(detector.model.preprocess([image])[0])
