@@ -36,6 +36,12 @@ logger = logging.getLogger(__name__)
 IMAGE_SHAPE = (3, 32, 32)
 PIXELS = 3 * 32 * 32
 REDOWNLOAD = "download and extract the archive again"
+# Every official layout holds 50,000 training and 10,000 test images: a file cut at a record boundary
+# reads as a smaller, valid set, and only the count tells.
+OFFICIAL_COUNTS = {"train": 50_000, "test": 10_000}
+# The settings file of a set the toolkit generated (classification/data/synthetic_cifar.py): such a set
+# has its own sizes.
+SYNTHETIC_MARKER = "synthetic.json"
 
 
 class CifarError(UserError):
@@ -162,10 +168,24 @@ def read_split(source: CifarSource, part: str) -> CifarArrays:
                              f"is truncated ({REDOWNLOAD})")
         batches.append(batch)
     if len(batches) == 1:
-        return batches[0]
-    coarse = (np.concatenate([b.coarse_labels for b in batches]) if layout.has_coarse_labels else None)
-    return CifarArrays(np.concatenate([b.images for b in batches]), np.concatenate([b.labels for b in batches]),
-                       coarse)
+        arrays = batches[0]
+    else:
+        coarse = (np.concatenate([b.coarse_labels for b in batches]) if layout.has_coarse_labels else None)
+        arrays = CifarArrays(np.concatenate([b.images for b in batches]), np.concatenate([b.labels for b in batches]),
+                             coarse)
+    warn_if_not_official_size(source, part, len(arrays))
+    return arrays
+
+
+def warn_if_not_official_size(source: CifarSource, part: str, count: int) -> None:
+    """A warning when a split of an official folder holds another number of images than the archive's."""
+    official = OFFICIAL_COUNTS[part]
+    if count == official or os.path.isfile(source.path(SYNTHETIC_MARKER)):
+        return
+    files = " and ".join(source.layout.train_files if part == "train" else source.layout.test_files)
+    warnings.warn(f"{source.folder}: the {part} files ({files}) hold {count} images, the official "
+                  f"{source.layout.name} {official}: a file is cut short or not the official one, and "
+                  f"errors are not comparable with the paper's ({REDOWNLOAD})", stacklevel=2)
 
 
 def _check_labels(path: str, labels: np.ndarray, num_classes: int, dataset: str, what: str = "label") -> None:

@@ -29,13 +29,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .cifar import LAYOUTS, CifarError, write_binary_batch, write_class_names
+from .cifar import LAYOUTS, SYNTHETIC_MARKER, CifarError, write_binary_batch, write_class_names
 
 CLASS_ANGLES = tuple(range(0, 100, 10))  # the stripes' angle to the horizontal per class, in degrees
 CLASSES = tuple(f"stripes_{angle:02d}" for angle in CLASS_ANGLES)
 DEFAULT_ROOT = "datasets/cifar_synthetic"
 BINARY_LAYOUT = LAYOUTS[0]  # cifar-10-batches-bin
-MARKER = "synthetic.json"
+MARKER = SYNTHETIC_MARKER
 SIDE = 32
 SUPERSAMPLE = 4  # patch outlines are drawn at 4x and averaged down: anti-aliased edges
 

@@ -410,12 +410,36 @@ def test_a_split_other_than_the_papers_is_announced_on_the_official_sizes(tmp_pa
     assert not recwarn.list
     # The datasets say it too, for the "train" split only (trainval holds nothing out).
     write_cifar10(tmp_path, per_file=10)
+    monkeypatch.setitem(cifar.OFFICIAL_COUNTS, "train", 50)  # this folder's sizes are the official ones
+    monkeypatch.setitem(cifar.OFFICIAL_COUNTS, "test", 3)
     monkeypatch.setattr(cifar_dataset, "PAPER_TRAINING_IMAGES", 50)
     monkeypatch.setattr(cifar_dataset, "PAPER_VAL_IMAGES", 5)
     with pytest.warns(UserWarning, match="holds out 20 of the 50 training images, training on 30"):
         build_cifar_sets(str(tmp_path), train_split="train", test_split="test", val_images=20)
     build_cifar_sets(str(tmp_path), train_split="trainval", test_split="test", val_images=20)
     build_cifar_sets(str(tmp_path), train_split="train", test_split="test")
+    assert not recwarn.list
+
+
+def test_a_split_of_another_size_than_the_archives_is_warned_of(tmp_path, monkeypatch, recwarn):
+    """A file cut at a record boundary reads as a valid, smaller set: the count against the official
+    archive's is what tells (the five CIFAR-10 training files are also compared with each other)."""
+    folder, _, _ = write_cifar10(tmp_path, per_file=10, test=3)
+    source = find_cifar(str(tmp_path))
+    monkeypatch.setitem(cifar.OFFICIAL_COUNTS, "train", 50)
+    monkeypatch.setitem(cifar.OFFICIAL_COUNTS, "test", 4)
+    read_split(source, "train")
+    assert not recwarn.list
+    with pytest.warns(UserWarning) as caught:
+        assert len(read_split(source, "test")) == 3
+    assert str(caught[0].message) == (
+        f"{folder}: the test files (test_batch.bin) hold 3 images, the official CIFAR-10 4: a file is cut short "
+        f"or not the official one, and errors are not comparable with the paper's (download and extract the "
+        f"archive again)")
+    # The toolkit's generated sets have their own sizes and say so in their settings file.
+    open(os.path.join(folder, cifar.SYNTHETIC_MARKER), "w").close()
+    recwarn.clear()
+    read_split(source, "test")
     assert not recwarn.list
 
 
