@@ -40,6 +40,11 @@ class AnchorConfig:
     # 12 anchors on one level, is the COCO setting of Faster R-CNN.
     sizes: list[list[float]] = positive([[64.0, 128.0, 256.0, 512.0]], non_empty=True)
     aspect_ratios: list[float] = positive([0.5, 1.0, 2.0], non_empty=True)
+    # false: anchors at the network's stride of each level (detectron2's rule). true: at padded size //
+    # map size, torchvision's rule, which gives another stride where the padded image is not a multiple
+    # of the level's (P6 of an 800-pixel side: 61 rather than 64): only to reproduce torchvision's
+    # detections with its converted weights (configs/tv_fasterrcnn_r50_fpn.yaml).
+    torchvision_strides: bool = False
 
 
 @dataclass

@@ -27,11 +27,21 @@ class AnchorGenerator(nn.Module):
     Args:
         sizes: per level, the anchor sizes (square root of the area) in input pixels.
         aspect_ratios: height / width ratios, shared by all levels.
+        strides: per level, the network's stride: cell (i, j) of a map holds the features around
+            (stride * j, stride * i) of the padded image, whatever its size. None takes torchvision's
+            rule, padded size // map size, which is that stride only where the padded size is a
+            multiple of it: for P6 of an 800-pixel side (25 cells at P5, 13 at P6) it gives 61, and
+            the anchors drift off the cells that score them, 36 pixels at the far edge. Converted
+            torchvision detectors need it to give torchvision's detections.
     """
 
-    def __init__(self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[float]):
+    def __init__(self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[float],
+                 strides: Sequence[int] | None = None):
         super().__init__()
+        if strides is not None and len(strides) != len(sizes):
+            raise ValueError(f"{len(strides)} strides for {len(sizes)} levels of anchor sizes")
         self.cell_anchors = [cell_anchors(level_sizes, aspect_ratios) for level_sizes in sizes]
+        self.strides = None if strides is None else [int(s) for s in strides]
         self._cache: dict[tuple, torch.Tensor] = {}
 
     @property
@@ -75,6 +85,9 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"{len(feature_sizes)} feature maps but anchors for {len(self.cell_anchors)} levels")
         anchors = []
         for level, size in enumerate(feature_sizes):
-            stride = (padded_size[0] // size[0], padded_size[1] // size[1])
+            if self.strides is not None:
+                stride = (self.strides[level], self.strides[level])
+            else:
+                stride = (padded_size[0] // size[0], padded_size[1] // size[1])
             anchors.append(self.grid_anchors(level, tuple(size), stride, device))
         return anchors

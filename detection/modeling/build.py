@@ -30,7 +30,9 @@ def build_model(cfg, num_classes: int, backbone_weights: bool = True) -> FasterR
         backbone, rpn_features, head_in, pooler, box_head = _c4_parts(model_cfg, backbone_cfg)
     else:
         backbone, rpn_features, head_in, pooler, box_head = _fpn_parts(model_cfg, backbone_cfg)
-    anchors = AnchorGenerator([list(s) for s in model_cfg.anchors.sizes], list(model_cfg.anchors.aspect_ratios))
+    anchors = AnchorGenerator([list(s) for s in model_cfg.anchors.sizes], list(model_cfg.anchors.aspect_ratios),
+                              None if model_cfg.anchors.torchvision_strides
+                              else [backbone.out_strides[name] for name in rpn_features])
     rpn_cfg = model_cfg.rpn
     rpn = RegionProposalNetwork(
         rpn_features,

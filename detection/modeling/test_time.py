@@ -235,7 +235,7 @@ class TestTimeDetector(nn.Module):
     def head(self, pyramid: list[ScaleLevel], rois: torch.Tensor, image_size: tuple[int, int]):
         """Class scores and per-class boxes of ``rois`` (original pixels), max-merged over scale pairs."""
         heads = self.roi_heads
-        if len(pyramid) == 1:
+        if len(pyramid) == 1 or len(rois) == 0:  # no region at all: the empty (0, C) features of one level
             level = pyramid[0]
             features = heads.region_features(level.features, [level.to_network(rois)], [level.size])
         else:

@@ -44,6 +44,45 @@ def test_anchors_match_torchvision_order_and_values():
     assert torch.equal(got, expected)
 
 
+def test_anchors_sit_at_the_networks_stride_where_the_padded_size_is_not_a_multiple_of_it():
+    """P6 of an 800 x 1088 padded batch: 25 x 34 cells at P5, 13 x 17 at P6 (max pooling with stride 2
+    keeps the odd row), cell (i, j) around (64 j, 64 i). torchvision's rule, padded // map, gives a
+    stride of 800 // 13 = 61 rows: the last row's anchors sit at 732 rather than 768."""
+    sizes, ratios = [[256], [512]], [1.0]
+    feature_sizes = [(25, 34), (13, 17)]
+    nominal = AnchorGenerator(sizes, ratios, strides=[32, 64])((800, 1088), feature_sizes, torch.device("cpu"))
+    torchvision_rule = AnchorGenerator(sizes, ratios)((800, 1088), feature_sizes, torch.device("cpu"))
+    centres = [(level[:, :2] + level[:, 2:]) / 2 for level in nominal]
+    assert centres[1][-1].tolist() == [64 * 16, 64 * 12]
+    assert centres[1][-18].tolist() == [64 * 16, 64 * 11]  # the last cell of the row above
+    assert ((torchvision_rule[1][:, :2] + torchvision_rule[1][:, 2:]) / 2)[-1].tolist() == [64 * 16, 61 * 12]
+    assert torch.equal(nominal[0], torchvision_rule[0])  # 800 and 1088 are multiples of 32: the rules agree
+
+
+def test_detectors_place_anchors_at_their_backbones_strides():
+    """FPN levels 4..64 and C4's 16 from the backbone; the torchvision config keeps torchvision's rule.
+    A C4 detector without padding (size_divisibility 1): res4 of a 601-pixel side has 38 cells, whose
+    last is around 16 * 37 = 592 (the rule of padded // map would put it at 15 * 37 = 555)."""
+    from detection.config import load_detection_config
+    from detection.modeling.build import build_model
+    from tests.conftest import ROOT
+
+    fpn = build_model(load_detection_config(f"{ROOT}/configs/shapes.yaml"), 3, backbone_weights=False)
+    assert fpn.rpn.anchor_generator.strides == [4, 8, 16, 32, 64]
+    tv = build_model(load_detection_config(f"{ROOT}/configs/tv_fasterrcnn_r50_fpn.yaml"), 90, backbone_weights=False)
+    assert tv.rpn.anchor_generator.strides is None
+    c4_cfg = load_detection_config(f"{ROOT}/configs/base_det.yaml", [
+        "model.backbone.depth=18", "model.backbone.base_width=8", "input.size_divisibility=1"])
+    c4 = build_model(c4_cfg, 3, backbone_weights=False).eval()
+    assert c4.rpn.anchor_generator.strides == [16]
+    with torch.no_grad():
+        res4 = c4.backbone(torch.zeros(1, 3, 601, 450))["res4"]
+    assert res4.shape[-2:] == (38, 29)
+    anchors = c4.rpn.anchor_generator((601, 450), [res4.shape[-2:]], torch.device("cpu"))[0]
+    last_centre = (anchors[-1, :2] + anchors[-1, 2:]) / 2
+    assert last_centre.tolist() == [16 * 28, 16 * 37]
+
+
 def test_c4_anchor_shapes_are_the_paper_ones():
     anchors = AnchorGenerator([[64, 128, 256, 512]], [0.5, 1.0, 2.0]).cell_anchors[0]
     widths = anchors[:, 2] - anchors[:, 0]

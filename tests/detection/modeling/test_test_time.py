@@ -185,6 +185,24 @@ def test_multiscale_modes_run_through_the_config():
     assert not torch.equal(found["paper"]["scores"][:10], found["union"]["scores"][:10])
 
 
+@pytest.mark.parametrize("switches", [["test.scales=[96,128,192]"], ["test.scales=[96,128,192]", "test.flip=true",
+                                                                      "test.box_refinement=true", "test.box_voting=true"]])
+def test_an_image_without_proposals_has_no_detections_at_every_setting(switches):
+    """Every proposal under model.rpn.min_size (a thin banner under the paper's 16 pixels): the
+    multi-scale head pooled no region at any scale and called the classifier on nothing (a TypeError),
+    where single-scale inference returns no detection."""
+    cfg, model = small_model(["model.rpn.min_size=1000", *switches])
+    sample = image_sample(100, 140)
+    assert len(model.rpn(*proposal_inputs(model, sample))[0][0]) == 0
+    detections = build_test_model(model, cfg)([sample])[0]
+    assert detections["boxes"].shape == (0, 4) and len(detections["scores"]) == len(detections["labels"]) == 0
+
+
+def proposal_inputs(model, sample):
+    batch, sizes = model.preprocess([sample["image"]])
+    return tuple(batch.shape[-2:]), model.backbone(batch), sizes
+
+
 def test_context_branch_gets_gradient():
     cfg, model = small_model(["model.roi_head.global_context=true"])
     model.train()
