@@ -87,6 +87,7 @@ class RoIHeadConfig:
     num_fc: int = non_negative(2)
     fc_dim: int = positive(1024)
     bbox_reg_weights: list[float] = positive([10.0, 10.0, 5.0, 5.0])
+    # torchvision's 1/9; py-faster-rcnn's Fast R-CNN loss uses 1 (configs/base_det_paper.yaml sets it).
     smooth_l1_beta: float = non_negative(1.0 / 9.0)
     # Whole-image RoI through the same head, concatenated to each region (paper, Appendix B).
     global_context: bool = False

@@ -38,8 +38,11 @@ class BoxCoder:
         )
 
     def decode(self, deltas: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        """``deltas`` (N, 4k) for ``reference`` (N, 4) -> boxes (N, 4k)."""
-        reference = reference.to(deltas.dtype)
+        """``deltas`` (N, 4k) for ``reference`` (N, 4) -> boxes (N, 4k), in float32 at least: half-precision
+        deltas (a head under autocast) are not decoded in their dtype, where bfloat16 spaces 1000-pixel
+        coordinates 4 to 8 pixels apart and the anchors themselves would round."""
+        dtype = torch.promote_types(deltas.dtype, torch.float32)
+        deltas, reference = deltas.to(dtype), reference.to(dtype)
         wx, wy, ww, wh = self.weights
         ref_w = reference[:, 2] - reference[:, 0]
         ref_h = reference[:, 3] - reference[:, 1]

@@ -95,7 +95,7 @@ def _fpn_parts(model_cfg, backbone_cfg):
     head_cfg = model_cfg.roi_head
     pooled = backbone.out_features[:-1]  # P6 only feeds the RPN
     pooler = PyramidPooler(pooled, [backbone.out_strides[name] for name in pooled], head_cfg.pooler_resolution,
-                           head_cfg.sampling_ratio or 2, head_cfg.roi_align_impl)
+                           head_cfg.sampling_ratio, head_cfg.roi_align_impl)
     box_head = FCHead(model_cfg.fpn.out_channels, head_cfg.pooler_resolution, head_cfg.num_fc, head_cfg.fc_dim)
     return backbone, list(backbone.out_features), model_cfg.fpn.out_channels, pooler, box_head
 

@@ -33,6 +33,20 @@ def test_decode_clamps_huge_sizes():
     torch.testing.assert_close(box, torch.tensor([[-492.0, -492.0, 508.0, 508.0]]), rtol=0, atol=1e-3)
 
 
+def test_half_precision_deltas_decode_in_float32():
+    """Under autocast the RPN head's deltas are bfloat16: decoded in their dtype, an anchor at x = 1000
+    became 1000 or 1004, and the boxes came out 4-8 pixels apart."""
+    coder = BoxCoder()
+    anchors = torch.tensor([[998.0, 501.0, 1130.0, 633.0], [37.0, 41.0, 301.0, 170.0]])
+    deltas = torch.tensor([[0.013, -0.021, 0.05, -0.03], [0.2, 0.1, -0.4, 0.3]]).to(torch.bfloat16)
+    boxes = coder.decode(deltas, anchors)
+    assert boxes.dtype == torch.float32
+    torch.testing.assert_close(boxes, coder.decode(deltas.float(), anchors), rtol=0, atol=0)
+    # By hand, with the bfloat16 values of the deltas: centre 1064 + dx * 132, width 132 * exp(dw).
+    width = 132 * math.exp(float(deltas[0, 2]))
+    assert abs(float(boxes[0, 0]) - (1064 + float(deltas[0, 0]) * 132 - width / 2)) < 1e-3
+
+
 def test_anchors_match_torchvision_order_and_values():
     sizes, ratios = [[32], [64]], [0.5, 1.0, 2.0]
     ours = AnchorGenerator(sizes, ratios)

@@ -63,6 +63,23 @@ def test_pyramid_pooler_equals_multiscale_roi_align(impl):
     assert set(fpn_levels(torch.cat(boxes), STRIDES).tolist()) == {0, 1, 2, 3}  # every level used
 
 
+@pytest.mark.parametrize("sampling_ratio", [0, 1])
+def test_fpn_detectors_pool_with_the_configured_sampling_ratio(repo_root, sampling_ratio):
+    """model.roi_head.sampling_ratio=0 (adaptive) reached an FPN detector as 2; the pooled features
+    are torchvision's MultiScaleRoIAlign with the configured ratio."""
+    from detection.config import load_detection_config
+    from detection.modeling.build import build_model
+
+    cfg = load_detection_config(f"{repo_root}/configs/shapes.yaml", [f"model.roi_head.sampling_ratio={sampling_ratio}"])
+    pooler = build_model(cfg, 3, backbone_weights=False).roi_heads.pooler
+    assert pooler.sampling_ratio == sampling_ratio
+    generator = torch.Generator().manual_seed(6)
+    features = pyramid(generator, height=256, width=320)
+    boxes = random_boxes((30,), 256, 320, generator)
+    expected = MultiScaleRoIAlign(list(features), 7, sampling_ratio)(features, boxes, [(256, 320)])
+    torch.testing.assert_close(pooler(features, boxes, [(256, 320)]), expected, rtol=0, atol=2e-6)
+
+
 def test_level_boundaries_by_hand():
     """Level k0 + floor(log2(sqrt(area) / 224)) with 224 at stride 16 (index 2 of p2-p5), clamped
     to the pyramid; a zero-area box goes to the finest level, a negative-area one to none (-1)."""

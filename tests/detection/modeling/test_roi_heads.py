@@ -263,3 +263,16 @@ def test_images_without_proposals_get_no_detections(counts):
     for mine, expected in zip(ours, theirs):
         assert torch.equal(mine["labels"], expected["labels"])
         torch.testing.assert_close(mine["boxes"], expected["boxes"], rtol=0, atol=1e-4)
+
+
+def test_the_paper_configs_shape_the_box_losses_as_py_faster_rcnn(repo_root):
+    """py-faster-rcnn's RPN box loss is smooth L1 with sigma 3 (beta 1/9) and its Fast R-CNN box loss
+    Caffe's default sigma 1 (beta 1); the RoI head kept torchvision's 1/9 in the paper's configs."""
+    from detection.config import load_detection_config
+    from detection.modeling.build import build_model
+
+    cfg = load_detection_config(f"{repo_root}/configs/base_det_paper.yaml", [
+        "model.backbone.depth=18", "model.backbone.base_width=8", "model.backbone.weights=null"])
+    model = build_model(cfg, num_classes=2)
+    assert model.roi_heads.smooth_l1_beta == 1.0
+    assert model.rpn.smooth_l1_beta == pytest.approx(1 / 9)
