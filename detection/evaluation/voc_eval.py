@@ -14,8 +14,9 @@ py-faster-rcnn's lib/datasets/voc_eval.py follows too, per class:
 - Recall is the true positives over the objects that are not difficult; precision is the true
   positives over the detections counted so far (0 before the first one is counted, where the devkit
   divides 0 by 0 and MATLAB's max skips the NaN).
-- AP: "voc2007" averages, over the 11 recalls 0, 0.1, ..., 1, the highest precision at a recall at
-  least that high (0 when no recall reaches it); "voc2010" (VOC2010 and later) is the area under the
+- AP: "voc2007" averages, over the 11 recalls 0, 0.1, ..., 1 (as MATLAB's 0:0.1:1 holds them, which
+  py-faster-rcnn's voc_eval.py does not: at a recall of exactly 0.6 or 0.7 it gives less), the highest
+  precision at a recall at least that high (0 when no recall reaches it); "voc2010" (VOC2010 and later) is the area under the
   precision envelope: precision made non-increasing from the right, summed over the steps of recall.
 
 A class without any non-difficult object has no defined AP (the devkit divides by zero): it is
@@ -44,12 +45,23 @@ VOC_METRICS = ("voc2007", "voc2010")
 IOU_THRESHOLD = 0.5  # VOCopts.minoverlap
 
 
+def matlab_colon(start: float, step: float, stop: float) -> np.ndarray:
+    """MATLAB's ``start:step:stop``, which VOCevaldet's ``for t=0:0.1:1`` iterates: the first half of the
+    points counted up from ``start``, the second half down from ``stop``. So 0:0.1:1 holds 0.6 and 0.7
+    exactly, where k * 0.1 (py-faster-rcnn's np.arange) gives 0.6000000000000001 and 0.7000000000000001,
+    above a recall of exactly 3/5 or 7/10; both give 0.30000000000000004 for the fourth point."""
+    count = int(round((stop - start) / step))
+    half = count // 2
+    return np.array([start + k * step if k <= half else stop - (count - k) * step for k in range(count + 1)])
+
+
+VOC2007_RECALL_POINTS = matlab_colon(0.0, 0.1, 1.0)
+
+
 def voc_ap(recall: np.ndarray, precision: np.ndarray, metric: str) -> float:
     """The AP of a precision-recall curve (one point per detection, by decreasing score)."""
     if metric == "voc2007":
-        # The points k * 0.1 in floating point, as py-faster-rcnn's np.arange(0, 1.1, 0.1) gives them (the
-        # fourth is 0.30000000000000004, above a recall of exactly 3/10).
-        points = [precision[recall >= t].max() if np.any(recall >= t) else 0.0 for t in np.arange(11) * 0.1]
+        points = [precision[recall >= t].max() if np.any(recall >= t) else 0.0 for t in VOC2007_RECALL_POINTS]
         return float(np.mean(points))
     recall = np.concatenate(([0.0], recall, [1.0]))
     envelope = np.concatenate(([0.0], precision, [0.0]))

@@ -179,7 +179,20 @@ def area_under_envelope(labels: list[int], positives: int) -> float:
     return ap
 
 
-def devkit_class_ap(truth: dict, lines: list[str], name: str) -> float:
+# VOCevaldet's ``0:0.1:1`` as MATLAB holds it: 0.6 and 0.7 counted down from 1, exact.
+MATLAB_TENTHS = [0.0, 0.1, 0.2, 0.30000000000000004, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+def eleven_point_ap(labels: list[int], positives: int) -> float:
+    """VOC2007 AP from its definition: the mean over the 11 recall points of the highest precision at a
+    recall at least that high (0 where none reaches it)."""
+    tp = np.cumsum(np.array(labels) == 1)
+    precision = tp / np.arange(1, len(labels) + 1)
+    recall = tp / positives
+    return sum(precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in MATLAB_TENTHS) / 11
+
+
+def devkit_class_ap(truth: dict, lines: list[str], name: str, metric: str = "voc2010") -> float:
     """The AP of one class from a comp4 file's lines and the XML ground truth, in the devkit's pixels."""
     detections = sorted(((float(s), i, voc_id, [float(v) for v in box]) for i, (voc_id, s, *box) in
                          enumerate(line.split() for line in lines)), key=lambda d: (-d[0], d[1]))
@@ -200,7 +213,9 @@ def devkit_class_ap(truth: dict, lines: list[str], name: str) -> float:
             labels.append(0 if (voc_id, match[0]) in taken else 1)
             taken.add((voc_id, match[0]))
     positives = sum(1 for objects in truth.values() for n, _, d in objects if n == name and not d)
-    return area_under_envelope(labels, positives) if positives else float("nan")
+    if not positives:
+        return float("nan")
+    return (eleven_point_ap if metric == "voc2007" else area_under_envelope)(labels, positives)
 
 
 def jittered_detections(gt: dict, rng: np.random.Generator) -> list[dict]:
@@ -223,7 +238,8 @@ def jittered_detections(gt: dict, rng: np.random.Generator) -> list[dict]:
     return detections
 
 
-def test_the_map_equals_the_devkit_rules_on_the_result_files(tmp_path):
+@pytest.mark.parametrize("metric", ["voc2010", "voc2007"])
+def test_the_map_equals_the_devkit_rules_on_the_result_files(tmp_path, metric):
     from detection.data.shapes import ensure_shapes_voc
     from detection.evaluation.voc_eval import score_voc_test_set
 
@@ -231,14 +247,14 @@ def test_the_map_equals_the_devkit_rules_on_the_result_files(tmp_path):
     ensure_shapes_voc(str(root), {"val": 30})
     gt = read_voc_split(str(root), "shapes_val", f"{root}/classes.txt", False, "skip", "data.test").dataset
     detections = jittered_detections(gt, np.random.default_rng(0))
-    metrics = score_voc_test_set(gt, [image["id"] for image in gt["images"]], detections, [], "voc2010",
+    metrics = score_voc_test_set(gt, [image["id"] for image in gt["images"]], detections, [], metric,
                                  str(tmp_path / "out"))
     truth = devkit_truth(root, "shapes_val")
     assert any(d for objects in truth.values() for _, _, d in objects)  # difficult objects are in the test
     results_dir = tmp_path / "out" / "results" / "VOCshapes" / "Main"
     for name, ap in metrics["per_category"].items():
         lines = (results_dir / f"comp4_det_val_{name}.txt").read_text().splitlines()
-        assert ap == pytest.approx(100 * devkit_class_ap(truth, lines, name), abs=1e-9), name
+        assert ap == pytest.approx(100 * devkit_class_ap(truth, lines, name, metric), abs=1e-9), name
     assert 30 < metrics["voc"]["mAP"] < 100
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from detection.evaluation.coco_eval import DetectionsError
-from detection.evaluation.voc_eval import evaluate_voc, score_voc_test_set, voc_ap
+from detection.evaluation.voc_eval import VOC2007_RECALL_POINTS, evaluate_voc, score_voc_test_set, voc_ap
 
 # A curve of 5 detections over 3 objects: TP, FP, TP, FP, TP.
 RECALL = np.array([1, 1, 2, 2, 3]) / 3
@@ -23,10 +23,16 @@ def test_eleven_point_interpolation_by_hand():
     assert voc_ap(RECALL, PRECISION, "voc2007") == pytest.approx((4 * 1 + 3 * 2 / 3 + 4 * 3 / 5) / 11)
 
 
-def test_eleven_points_start_above_an_exact_tenth():
-    # Recall exactly 0.3 then 0.6: py-faster-rcnn's fourth point (0.30000000000000004) lies above 0.3.
+def test_eleven_points_are_matlabs_0_to_1_by_a_tenth():
+    """VOCevaldet's ``for t=0:0.1:1``: MATLAB counts the second half down from 1, so 0.6 and 0.7 are exact,
+    while the fourth point is 0.30000000000000004 as k * 0.1 gives it (MathWorks' description of colon)."""
+    assert VOC2007_RECALL_POINTS.tolist() == [0.0, 0.1, 0.2, 0.30000000000000004, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    # Recall exactly 0.3 then 0.6 (3 then 6 of 10 objects): 0.3 is below the fourth point, 0.6 reaches the
+    # seventh. np.arange(11) * 0.1 (py-faster-rcnn) would give (3 * 1 + 3 * 0.5) / 11.
     recall, precision = np.array([0.3, 0.6]), np.array([1.0, 0.5])
-    assert voc_ap(recall, precision, "voc2007") == pytest.approx((3 * 1 + 3 * 0.5) / 11)
+    assert voc_ap(recall, precision, "voc2007") == pytest.approx((3 * 1 + 4 * 0.5) / 11)
+    # 7 of 10 reaches the eighth point as well.
+    assert voc_ap(np.array([0.7]), np.array([0.5]), "voc2007") == pytest.approx(8 * 0.5 / 11)
 
 
 def gt_dataset():
