@@ -62,7 +62,7 @@ def list_boxed_train_images(root: str, synsets: Synsets) -> list[BoxedRecord]:
     if len(records) < len(labelled):
         logger.info("%s: %d of %d images have no box of their own class and are not trained on", csv_path,
                     len(labelled) - len(records), len(labelled))
-    check_boxes_fit_images(records, csv_path)
+    check_boxes_fit_images([(record.path, record.boxes) for record in records], csv_path)
     return records
 
 
@@ -72,25 +72,28 @@ def boxes_outside(boxes, width: int, height: int) -> bool:
     return bool(((corners[:, 2] > width) | (corners[:, 3] > height)).any())
 
 
-def check_boxes_fit_images(records: Sequence[BoxedRecord], csv_path: str, samples: int = 20) -> None:
-    """One line when the boxes are in other pixels than the images, found from a few records spread over
-    the list (their headers only): a resized copy of ImageNet with the original CSV would train on
-    clipped or empty targets without a word."""
-    step = max(len(records) // samples, 1)
+def check_boxes_fit_images(images: Sequence[tuple[str, Sequence]], csv_path: str, samples: int = 20) -> None:
+    """One line when the boxes of (image path, boxes) pairs are in other pixels than the images, found from
+    a few pairs spread over the list (their headers only): a resized copy of ImageNet with the original
+    CSV would train on clipped or empty targets, and score boxes of one frame against another, without a
+    word."""
+    step = max(len(images) // samples, 1)
     checked, outside = 0, []
-    for record in records[::step][:samples]:
+    for path, boxes in images[::step][:samples]:
+        if not len(boxes):
+            continue
         try:
-            with Image.open(record.path) as image:
+            with Image.open(path) as image:
                 width, height = image.size
         except (OSError, ValueError):
-            continue  # unreadable: the training skips it with its own warning
+            continue  # unreadable: training and evaluation skip it with their own warning
         checked += 1
-        if boxes_outside(record.boxes, width, height):
-            outside.append((record, width, height))
+        if boxes_outside(boxes, width, height):
+            outside.append((path, boxes, width, height))
     if outside and 2 * len(outside) > checked:
-        record, width, height = outside[0]
+        path, boxes, width, height = outside[0]
         raise UserError(f"{csv_path}: the boxes of {len(outside)} of {checked} images tried lie outside their image, "
-                        f"e.g. {record.path} ({width}x{height}) has {list(record.boxes[0])}: the CSV gives the "
+                        f"e.g. {path} ({width}x{height}) has {list(boxes[0])}: the CSV gives the "
                         f"original images' pixels; use the original images (not a resized copy), or rescale the CSV")
 
 

@@ -26,7 +26,7 @@ from .submission import (
     network_name,
     submission_files,
     top_classes,
-    val_ground_truth,
+    val_records_ground_truth,
     whole_pixels,
 )
 
@@ -77,7 +77,7 @@ def score_rcnn(rcnn: RCNNLocalizer, rpn: RPNLocalizer, rpn_cfg, cfg, synsets: Sy
     """RPN+RCNN errors in percent (submission.METRIC_KEYS, how they were made, the written files) and, under
     "rpn", the same errors of the RPN's own boxes on the same images and ranking."""
     dataset = build_rcnn_test_set(cfg, proposal_views(cfg, rpn_cfg), synsets)
-    truth = val_ground_truth(cfg, synsets, [r.image_id for r in dataset.records])
+    truth = val_records_ground_truth(cfg, synsets, dataset.records)
     rankings, classifier_name, class_source = class_ranking(classifier, cfg, synsets, rcnn.device, progress)
     rpn_guesses, rcnn_guesses = localize_dataset_rcnn(rcnn, rpn, dataset, cfg, truth.classes, rankings, progress)
     files = submission_files(out_dir, f"loc_rcnn_{cfg.test.mode}")

@@ -28,7 +28,7 @@ from .submission import (
     network_name,
     submission_files,
     top_classes,
-    val_ground_truth,
+    val_records_ground_truth,
     whole_pixels,
 )
 
@@ -68,7 +68,7 @@ def score_localizer(model: RPNLocalizer, cfg, synsets: Synsets, classifier: str 
     """Errors in percent (submission.METRIC_KEYS) plus how they were made. With ``out_dir``, writes the
     scored files there: loc_<mode>_submission.csv and loc_<mode>_gt_class.csv (submission_files)."""
     dataset = build_loc_test_set(cfg, synsets)
-    truth = val_ground_truth(cfg, synsets, [r.image_id for r in dataset.records])
+    truth = val_records_ground_truth(cfg, synsets, dataset.records)
     rankings, classifier_name, class_source = class_ranking(classifier, cfg, synsets, model.device, progress)
     guesses = localize_dataset(model, dataset, cfg, truth.classes, rankings, progress)
     files = submission_files(out_dir, f"loc_{cfg.test.mode}")

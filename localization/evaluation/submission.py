@@ -18,6 +18,7 @@ from classification.data.ilsvrc import Annotations, Synsets, read_blacklist, rea
 from resnet_engine import distributed as dist_utils
 from resnet_engine.errors import UserError
 
+from ..data.loc_dataset import check_boxes_fit_images
 from ..data.predictions import write_kaggle_csv
 from .ilsvrc_metric import gt_known_loc_error, localization_errors
 
@@ -70,6 +71,15 @@ def val_ground_truth(cfg, synsets: Synsets, image_ids) -> ValTruth:
                         "ILSVRC2015_clsloc_validation_blacklist.txt, or to '' to score every val image)")
     blacklist = read_blacklist(cfg.test.blacklist, list(gt)) if cfg.test.blacklist else set()
     return ValTruth(gt, gt_classes, blacklist)
+
+
+def val_records_ground_truth(cfg, synsets: Synsets, records) -> ValTruth:
+    """val_ground_truth of a test set's records, once a few of their images are seen to hold their boxes:
+    val images resized on disk, scored against the original CSV, would compare boxes of two frames."""
+    truth = val_ground_truth(cfg, synsets, [record.image_id for record in records])
+    check_boxes_fit_images([(record.path, [box for _, box in truth.objects[record.image_id]]) for record in records],
+                           os.path.join(cfg.data.root, "LOC_val_solution.csv"))
+    return truth
 
 
 def submission_files(out_dir: str | None, prefix: str) -> dict[str, str]:

@@ -36,3 +36,31 @@ def test_each_guess_and_ground_truth_class_gets_its_own_box(tiny_root, tmp_path)
         assert guess.ranking == [5, 4, 3, 2, 1]
         for c in set(guess.ranking) | set(truth.classes[image_id]):
             assert guess.boxes[c] == (c, c, c + 10, c + 10), (image_id, c)
+
+
+def test_val_images_resized_on_disk_are_refused_before_scoring(tiny_root, tmp_path):  # noqa: F811
+    """A resized copy of the val images with the original LOC_val_solution.csv: boxes of the original
+    pixels were scored against guesses in the file's pixels (every error wrong, without a word)."""
+    import shutil
+
+    import cv2
+    import pytest
+
+    from localization.evaluation.submission import val_records_ground_truth
+    from resnet_engine.errors import UserError
+
+    synsets = read_synsets(os.path.join(tiny_root, "LOC_synset_mapping.txt"))
+    cfg = tiny_config(tiny_root, tmp_path, "test.mode=1crop")
+    dataset = build_loc_test_set(cfg, synsets)
+    truth = val_records_ground_truth(cfg, synsets, dataset.records)  # the original images hold their boxes
+    assert truth.objects == val_ground_truth(cfg, synsets, [r.image_id for r in dataset.records]).objects
+    resized_root = tmp_path / "resized"
+    shutil.copytree(tiny_root, resized_root)
+    for dirpath, _, files in os.walk(resized_root / "ILSVRC" / "Data" / "CLS-LOC" / "val"):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            image = cv2.imread(path)
+            cv2.imwrite(path, cv2.resize(image, (image.shape[1] // 3, image.shape[0] // 3)))
+    cfg = tiny_config(str(resized_root), tmp_path, "test.mode=1crop")
+    with pytest.raises(UserError, match=r"LOC_val_solution.csv: the boxes of \d+ of \d+ images tried lie outside"):
+        val_records_ground_truth(cfg, synsets, build_loc_test_set(cfg, synsets).records)
