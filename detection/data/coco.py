@@ -238,10 +238,12 @@ class AnnotationStats:
     def any(self) -> bool:
         return bool(self.dropped or self.clipped or self.unknown_category or self.unknown_image)
 
-    def describe(self) -> str:
+    def describe(self, train: bool = True) -> str:
         example = f", e.g. annotation id {self.dropped_example}" if self.dropped_example is not None else ""
+        # A test set's scores still count the objects of categories the model lacks, as missed.
+        unknown = "ignored" if train else "not the model's (scored as missed)"
         return (f"{self.dropped} boxes dropped (no area or not finite{example}), {self.clipped} clipped to the image, "
-                f"{self.unknown_category} with unknown category ids ignored, {self.unknown_image} of image ids "
+                f"{self.unknown_category} with unknown category ids {unknown}, {self.unknown_image} of image ids "
                 "not in 'images' ignored")
 
 
@@ -346,9 +348,9 @@ class CocoDetection(torch.utils.data.Dataset):
             raise AnnotationError(
                 f"{ann_file}: no object box in {len(self.records)} images "
                 f"({len(self.coco.dataset.get('annotations', []))} annotations; "
-                f"{self.stats.describe()}): give the objects in its 'annotations' list")
+                f"{self.stats.describe(train)}): give the objects in its 'annotations' list")
         if self.stats.any():
-            warnings.warn(f"{ann_file}: {self.stats.describe()}", stacklevel=2)
+            warnings.warn(f"{ann_file}: {self.stats.describe(train)}", stacklevel=2)
         if not train:
             warn_of_box_areas(ann_file, self.coco.dataset.get("annotations", []))
         if train:

@@ -88,12 +88,31 @@ def align_test_categories(coco: COCO, category_map: CategoryMap, source: str) ->
             coco.createIndex()
         logger.info("%s lacks the model's categories %s: detections of them are left out of the scores", source,
                     ", ".join(f"{category_id} ({model_names[category_id]})" for category_id in missing))
+    warn_of_test_classes_not_in_the_model(coco, model_names, source)
     renamed = [f"id {category_id} is '{test_names[category_id]}' here and '{name}' in the model"
                for category_id, name in model_names.items()
                if category_id in test_names and name != str(category_id) and test_names[category_id] != name]
     if renamed:
         warnings.warn(f"{source}: {'; '.join(renamed)}: is this the test set of the training set's categories?",
                       stacklevel=2)
+
+
+def warn_of_test_classes_not_in_the_model(coco: COCO, model_names: dict[int, str], source: str) -> None:
+    """The scores cover every category of the test set: the objects of a category the model was not trained
+    on are all missed, and its AP of 0 is in the mean. Said once, with the categories and their counts."""
+    foreign = {}
+    for annotation in coco.dataset.get("annotations", []):
+        category_id = annotation.get("category_id")
+        if category_id not in model_names and not annotation.get("iscrowd", 0):
+            foreign[category_id] = foreign.get(category_id, 0) + 1
+    if not foreign:
+        return
+    names = {category["id"]: category.get("name", str(category["id"])) for category in coco.dataset["categories"]}
+    listed = ", ".join(f"{category_id} ({names.get(category_id, '?')}, {count} objects)"
+                       for category_id, count in sorted(foreign.items(), key=lambda item: str(item[0])))
+    warnings.warn(f"{source}: categories {listed} are not the model's: their objects are scored as missed, and "
+                  "their AP of 0 is in the mean; to score the model's categories alone, remove the others from the "
+                  "test set's json", stacklevel=3)
 
 
 class ConcatDetection(torch.utils.data.Dataset):

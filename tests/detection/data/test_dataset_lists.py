@@ -251,6 +251,27 @@ def test_a_class_the_test_set_lacks_is_left_out_of_the_scores(two_sets, caplog):
     assert np.isnan(scored["per_category"]["bird"])
 
 
+def test_test_classes_the_model_lacks_are_said_to_count_as_missed(two_sets, tmp_path):
+    """A model of a's cat and dog on a test set with a fox as well: COCO AP scores the fox's object as
+    missed and its AP of 0 is in the mean (the loading warning called such objects "ignored")."""
+    a, _ = two_sets
+    test = write_set(tmp_path / "c", [{"id": 5, "name": "dog"}, {"id": 2, "name": "cat"}, {"id": 9, "name": "fox"}],
+                     [(1, "c1.png", 60, 40)], [(1, 5, [1, 1, 10, 10]), (1, 9, [30, 5, 20, 20])])
+    cfg = config(a, [], f"data.test.ann_file={test[0]}", f"data.test.img_dir={test[1]}")
+    category_map = build_train_dataset(cfg).category_map
+    with pytest.warns(UserWarning) as caught:
+        test_set = build_test_dataset(cfg, category_map, resize=True)
+    messages = [str(w.message) for w in caught]
+    assert (f"{test[0]}: categories 9 (fox, 1 objects) are not the model's: their objects are scored as missed, and "
+            "their AP of 0 is in the mean; to score the model's categories alone, remove the others from the test "
+            "set's json") in messages
+    assert any("1 with unknown category ids not the model's (scored as missed)" in m for m in messages)
+    perfect_dog = [{"image_id": 1, "category_id": 5, "bbox": [1, 1, 10, 10], "score": 0.9}]
+    scored = score_test_set(test_set.coco.dataset, [r["image_id"] for r in test_set.records], perfect_dog, [])
+    assert scored["per_category"]["dog"] == 100 and scored["per_category"]["fox"] == 0
+    assert scored["bbox"]["AP"] == pytest.approx(50)  # cat has no object here: left out, as COCO leaves it
+
+
 def coco_and_results(ann_file: str, results: list[dict]):
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(ann_file)
