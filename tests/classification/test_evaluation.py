@@ -27,13 +27,18 @@ def trained(tmp_path_factory):
     return cfg, train_classifier(cfg)
 
 
-def errors_by_hand(cfg, weights: str) -> dict[str, float]:
-    """Top-1 and top-5 error (percent) of ``weights`` on the test file: the images minus the mean of the
-    training files' images, through the network in eval mode."""
+def errors_by_hand(cfg, weights: str, val_images: int = 0) -> dict[str, float]:
+    """Top-1 and top-5 error (percent) of ``weights`` on the test file, or with ``val_images`` on the last
+    that many images of the training files: the images minus the mean of the training files' images,
+    through the network in eval mode."""
     folder = os.path.join(cfg.data.root, BINARY.folder)
-    training = np.concatenate([read_binary_file(os.path.join(folder, name))[0] for name in BINARY.train_files])
+    files = [read_binary_file(os.path.join(folder, name)) for name in BINARY.train_files]
+    training = np.concatenate([images for images, _ in files])
     mean = training.astype(np.float64).mean(axis=0)
-    images, labels = read_binary_file(os.path.join(folder, BINARY.test_files[0]))
+    if val_images:
+        images, labels = training[-val_images:], np.concatenate([labels for _, labels in files])[-val_images:]
+    else:
+        images, labels = read_binary_file(os.path.join(folder, BINARY.test_files[0]))
     checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
     torch.testing.assert_close(checkpoint["meta"]["pixel_mean"], torch.from_numpy(mean).float())
     model = build_classifier(cfg, 10, load_backbone_weights=False).eval()
@@ -68,6 +73,9 @@ def test_a_named_split_is_tested_alone(trained):
     with pytest.warns(UserWarning, match="the test split 'val' shares images with the training split 'trainval'"):
         metrics = evaluate_weights(cfg, run.weights, split="val")
     assert list(metrics) == ["val"] and metrics["val"]["num_images"] == 20
+    by_hand = errors_by_hand(cfg, run.weights, val_images=20)
+    assert metrics["val"]["top1_err"] == pytest.approx(by_hand["top1_err"], abs=1e-3)
+    assert metrics["val"]["top5_err"] == pytest.approx(by_hand["top5_err"], abs=1e-3)
     assert os.path.isfile(os.path.join(cfg.output_dir, "eval_val.json"))
 
 
