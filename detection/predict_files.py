@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from resnet_engine.errors import UserError
 
-from .data.image_io import IMAGE_SUFFIXES, BadImageError
+from .data.image_io import IMAGE_SUFFIXES, BadImageError, exif_orientation
 from .predictor import Predictor
 from .visualize import draw_detections, write_rgb
 
@@ -65,13 +65,16 @@ def relative_names(paths: list[str]) -> dict[str, str]:
 
 
 def predictions_for_file(path: str, detections: dict, frame: int | None = None,
-                         size: tuple[int, int] | None = None) -> list[dict]:
+                         size: tuple[int, int] | None = None, orientation: int | None = None) -> list[dict]:
     """COCO-style records (bbox as x, y, w, h) keyed by the file (and a video's frame, from 0) instead
     of an image id; tools/eval_det.py --det matches the file names to a COCO json's images. ``size``,
-    (width, height) of the pixels the boxes are in, lets the scoring check them against the json's."""
+    (width, height) of the pixels the boxes are in, and ``orientation``, the EXIF orientation those
+    pixels were turned by (1: the stored pixels), let the scoring check them against the json's."""
     where = {"file_name": path} if frame is None else {"file_name": path, "frame": frame}
     if size is not None:
         where.update(width=int(size[0]), height=int(size[1]))
+    if orientation is not None:
+        where.update(exif_orientation=int(orientation))
     records = []
     for (x1, y1, x2, y2), score, category, name in zip(detections["boxes"], detections["scores"],
                                                         detections["category_ids"], detections["class_names"]):
@@ -161,7 +164,8 @@ def infer_files(cfg, weights: str, inputs: list[str], out_dir: str, vis_thresh: 
 def infer_image(predictor: Predictor, path: str, vis_path: str | None, vis_thresh: float | None,
                 writer: PredictionsWriter, upright: bool = True) -> list[dict]:
     image, detections = predictor.predict_file(path, upright)
-    records = predictions_for_file(path, detections, size=(image.shape[1], image.shape[0]))
+    records = predictions_for_file(path, detections, size=(image.shape[1], image.shape[0]),
+                                   orientation=exif_orientation(path) if upright else 1)
     writer.write(records)
     if vis_path:
         os.makedirs(os.path.dirname(vis_path), exist_ok=True)

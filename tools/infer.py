@@ -5,10 +5,11 @@
 
 Folders are searched with their subfolders for images and videos. predictions.json grows as the
 files are processed (a stopped run keeps what it made): COCO-style records keyed by file_name (and
-frame, for videos), which `tools/eval_det.py --gt ANN.json --det predictions.json` scores by matching
-the file names to the json's. Annotated images and videos (MP4) go to OUT/vis/ under the inputs' paths
-relative to their common folder. Files that cannot be read, and images too thin to detect in, are
-skipped and counted.
+frame, for videos), with the size and the EXIF orientation of the pixels detected in, which
+`tools/eval_det.py --gt ANN.json --det predictions.json` scores by matching the file names to the
+json's (a photo turned or mirrored upright is refused there: detect with --stored-pixels). Annotated
+images and videos (MP4) go to OUT/vis/ under the inputs' paths relative to their common folder.
+Files that cannot be read, and images too thin to detect in, are skipped and counted.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ hold (arrays, tensors, PIL images) as RGB arrays."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import cv2
 import numpy as np
@@ -13,6 +14,8 @@ from PIL import Image
 from resnet_engine.errors import UserError
 
 # The image files that folders are searched for (inference inputs, YOLO datasets).
+# The EXIF tag of the turn that shows a photo upright.
+EXIF_ORIENTATION = 0x0112
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -54,6 +57,26 @@ def read_image(path: str, apply_exif_orientation: bool = False) -> np.ndarray:
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def exif_orientation(path: str) -> int:
+    """The EXIF orientation (1 to 8) that reading the image file ``path`` upright applies: the tag of its
+    EXIF data as OpenCV reads it (a JPEG's, WebP's, or PNG's eXIf chunk; a TIFF's own tags). 1 (the
+    stored pixels) when it has none, or an invalid one, or PIL cannot open the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # only its header is read
+            with Image.open(path) as image:
+                # Not image.getexif() alone: it also takes an XMP orientation, which OpenCV ignores.
+                if "exif" in image.info:
+                    exif = Image.Exif()
+                    exif.load(image.info["exif"])
+                else:
+                    exif = image.getexif() if image.format == "TIFF" else {}
+                orientation = exif.get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 1
+    return int(orientation) if orientation in range(2, 9) else 1
 
 
 def to_chw_tensor(image: np.ndarray) -> torch.Tensor:

@@ -22,13 +22,12 @@ from pycocotools.coco import COCO
 from resnet_engine.config import ConfigError, load_yaml_text
 
 from .coco import AnnotationError, coco_from_dict
-from .image_io import IMAGE_SUFFIXES, BadImageError, read_image
+from .image_io import IMAGE_SUFFIXES, BadImageError, exif_orientation, read_image
 
 # The names files looked for in ROOT when none is given, in this order.
 NAMES_FILES = ("data.yaml", "classes.txt", "obj.names")
 # Normalized coordinates may stray this far outside [0, 1] (rounding of label tools); boxes are clipped.
 COORDINATE_TOLERANCE = 0.01
-EXIF_ORIENTATION = 0x0112
 FIELDS = ("x_center", "y_center", "width", "height")
 
 
@@ -168,7 +167,7 @@ def upright_size(path: str) -> tuple[int, int] | None:
     try:
         with Image.open(path) as image:
             width, height = image.size
-            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        orientation = exif_orientation(path)  # the turn OpenCV applies when reading it upright
     except (OSError, SyntaxError, ValueError):  # formats PIL lacks, or a damaged header: OpenCV may still read it
         try:
             pixels = read_image(path, apply_exif_orientation=True)

@@ -90,17 +90,36 @@ def attach_image_ids(results: list[dict], gt_images: list[dict], source: str) ->
         record["image_id"] = matched[path]
 
 
+# What a photo's EXIF orientation does to its stored pixels to show them upright, for orientations 2 to 8
+# (1: nothing). 5 to 8 also swap width and height.
+EXIF_TURNS = {2: "mirrored left to right", 3: "turned 180 degrees", 4: "mirrored top to bottom",
+              5: "mirrored along its main diagonal", 6: "turned 90 degrees clockwise",
+              7: "mirrored along its other diagonal", 8: "turned 90 degrees counter-clockwise"}
+UPRIGHT_HINT = "tools/infer.py reads photos upright, and COCO annotates the stored pixels; run it with --stored-pixels"
+
+
 def check_same_frame(record: dict, gt_size: tuple, where: str) -> None:
-    """Detections made on other pixels than the ground truth annotates would be scored in another frame."""
+    """Detections made on other pixels than the ground truth annotates would be scored in another frame.
+
+    The size tells a photo turned by 90 degrees. A mirrored or 180-degree one keeps its size: the EXIF
+    orientation that tools/infer.py records ("exif_orientation", absent from older files) tells it."""
     made_on = (record.get("width"), record.get("height"))
-    if None in made_on or None in gt_size or not all(gt_size) or tuple(made_on) == tuple(gt_size):
+    sizes_known = None not in made_on and None not in gt_size and all(gt_size)
+    if sizes_known and tuple(made_on) != tuple(gt_size):
+        turned = tuple(made_on) == tuple(gt_size)[::-1]
+        reason = f" (turned by its EXIF orientation: {UPRIGHT_HINT})" if turned else ""
+        raise DetectionsError(f"{where} is for {record['file_name']}, detected in {made_on[0]}x{made_on[1]} pixels, "
+                              f"and the ground truth annotates {gt_size[0]}x{gt_size[1]}{reason}: its boxes would be "
+                              f"scored in another frame")
+    orientation = record.get("exif_orientation")
+    if orientation not in EXIF_TURNS:
         return
-    turned = tuple(made_on) == tuple(gt_size)[::-1]
-    reason = (" (turned by its EXIF orientation: tools/infer.py reads photos upright, and COCO annotates the "
-              "stored pixels; run it with --stored-pixels)" if turned else "")
-    raise DetectionsError(f"{where} is for {record['file_name']}, detected in {made_on[0]}x{made_on[1]} pixels, and "
-                          f"the ground truth annotates {gt_size[0]}x{gt_size[1]}{reason}: its boxes would be scored "
-                          f"in another frame")
+    stored_size = tuple(made_on)[::-1] if orientation >= 5 else tuple(made_on)
+    if sizes_known and stored_size != tuple(gt_size):
+        return  # only the upright photo has the json's size: annotated upright (data/coco.py reads it so)
+    raise DetectionsError(f"{where} is for {record['file_name']}, detected in its pixels {EXIF_TURNS[orientation]} "
+                          f"(EXIF orientation {orientation}: {UPRIGHT_HINT}): its boxes would be scored in another "
+                          f"frame")
 
 
 def normalized_path(path: str) -> str:
@@ -171,6 +190,22 @@ def check_gt_has_objects(gt_dataset: dict, image_ids: list[int]) -> None:
                               "undefined (give the objects in the annotation file's 'annotations' list)")
 
 
+def warn_of_images_without_detections(gt_dataset: dict, results: list[dict], source: str, gt_source: str) -> None:
+    """Every image of the ground truth is scored, those without detections with their objects missed: a
+    results file made on part of the images (a model's run with test.max_images) scores a far lower AP than
+    that run printed. Most images with objects lacking detections is what such a file looks like."""
+    image_ids = {image["id"] for image in gt_dataset.get("images", [])}
+    with_objects = {ann["image_id"] for ann in gt_dataset.get("annotations", [])
+                    if not ann.get("iscrowd", 0) and ann["image_id"] in image_ids}
+    undetected = len(with_objects - {record["image_id"] for record in results})
+    # No detection at all has a warning of its own (evaluate_detections).
+    if results and undetected > len(with_objects) / 2:
+        warnings.warn(f"{source}: {undetected} of the {len(with_objects)} images of {gt_source} that hold objects "
+                      f"have no detection: made on a subset of the images? every image of --gt is scored, and the "
+                      f"objects of those images count as missed (a detections.json of test.max_images=N holds the "
+                      f"first N images)", stacklevel=3)
+
+
 def scorable_copy(gt_dataset: dict) -> dict:
     """A copy of a COCO json's contents that both backends score right.
 
@@ -232,11 +267,11 @@ def evaluate_detections(gt_dataset: dict, results: list[dict], backend: str = "a
     # Logged once the input is known good, so that an error stays the only line of a failed run.
     logger.info("COCO scoring backend: %s (test.eval_backend=%s)", backend, chosen)
     if not results:
-        logger.warning("%s: no detections at all; every AP is 0", source)
-        return {"bbox": {name: 0.0 for name in STAT_NAMES}, "per_category": {}, "summary": "", "backend": backend}
+        logger.warning("%s: no detections at all; every AP and AR is 0 (n/a where there is no object to find)",
+                       source)
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
-        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+        coco_dt = coco_gt.loadRes(copy.deepcopy(results)) if results else no_results(COCO, coco_gt)
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
         if backend == "faster_coco_eval":
             evaluator.print_function = print
@@ -256,6 +291,17 @@ def evaluate_detections(gt_dataset: dict, results: list[dict], backend: str = "a
         "precision": evaluator.eval["precision"],
         "backend": backend,
     }
+
+
+def no_results(COCO, coco_gt):
+    """An empty results set on ``coco_gt``'s images, for the libraries to score as they score detections
+    that find nothing: AP 0 where there are objects to find, -1 (undefined) where there are none (APs
+    without small objects, a category without ground truth). pycocotools' loadRes fails on an empty list."""
+    coco_dt = COCO()
+    coco_dt.dataset = {"images": list(coco_gt.dataset["images"]),
+                       "categories": copy.deepcopy(coco_gt.dataset["categories"]), "annotations": []}
+    coco_dt.createIndex()
+    return coco_dt
 
 
 def category_names(categories: list[dict]) -> dict[int, str]:

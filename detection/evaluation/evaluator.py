@@ -31,6 +31,7 @@ from .coco_eval import (
     load_results_file,
     metrics_for_json,
     score_test_set,
+    warn_of_images_without_detections,
 )
 from .det_eval import METRIC as DET_METRIC
 from .det_eval import det_metrics_for_json, score_det_test_set
@@ -205,6 +206,7 @@ def score_files(gt_file: str, det_file: str, out_dir: str, backend: str = "auto"
     warn_of_box_areas(gt_file, coco.dataset.get("annotations", []))
     results = load_results_file(det_file, coco.dataset["images"])
     metrics = evaluate_detections(coco.dataset, results, backend, source=det_file)
+    warn_of_images_without_detections(coco.dataset, results, det_file, gt_file)
     report(metrics, out_dir, plots_dir)
     return metrics
 

@@ -9,8 +9,13 @@ import numpy as np
 IOU_LEVELS = {"IoU 0.50": 0, "IoU 0.75": 5, "IoU 0.50:0.95": None}
 
 
-def _curve(precision: np.ndarray, iou_index: int | None, category: int) -> np.ndarray:
-    """Precision at the 101 recall points for one category (all areas, 100 detections); -1 = undefined."""
+def precision_curve(precision: np.ndarray, iou_index: int | None, category: int) -> np.ndarray:
+    """Precision at the 101 recall points for one category (all areas, 100 detections); -1 = undefined.
+
+    ``precision`` is COCOeval's eval["precision"], (IoU, recall, category, area, max detections);
+    ``iou_index`` one of its IoU thresholds (0: 0.50, 5: 0.75), or None for their mean at each recall
+    point over the IoUs where it is defined; ``category`` the index in params.catIds, the order of the
+    per-category table."""
     values = precision[:, :, category, 0, -1]  # (iou, recall)
     if iou_index is not None:
         return values[iou_index]
@@ -38,7 +43,7 @@ def plot_precision_recall(metrics: dict, out_dir: str) -> list[str]:
     for index, name in enumerate(names):
         figure, axis = plt.subplots(figsize=(5, 4))
         for label, iou_index in IOU_LEVELS.items():
-            curve = _curve(precision, iou_index, index)
+            curve = precision_curve(precision, iou_index, index)
             if (curve > -1).any():
                 axis.plot(recall[curve > -1], curve[curve > -1], label=label)
         ap = metrics["per_category"][name]
@@ -50,7 +55,7 @@ def plot_precision_recall(metrics: dict, out_dir: str) -> list[str]:
         figure.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(figure)
         written.append(path)
-        curve = _curve(precision, 0, index)
+        curve = precision_curve(precision, 0, index)
         if (curve > -1).any():
             overview_axis.plot(recall[curve > -1], curve[curve > -1], label=name)
     overview_axis.set(title="precision-recall at IoU 0.5", xlabel="recall", ylabel="precision", xlim=(0, 1),

@@ -271,3 +271,63 @@ def test_predictions_of_a_photo_turned_upright_are_refused_against_its_stored_pi
                          device="cpu", progress=False, upright=False)
     assert {(r["width"], r["height"]) for r in stored} == {(60, 40)}
     assert {r["image_id"] for r in load_results_file(str(tmp_path / "stored" / "predictions.json"), gt_images)} == {7}
+
+
+def photo_with_orientation(path, orientation, height=40, width=60) -> str:
+    """An image file whose EXIF orientation tag is ``orientation``, of stored pixels ``height`` x ``width``."""
+    from PIL import Image
+    pixels = np.random.default_rng(3).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif.tobytes())
+    return str(path)
+
+
+@pytest.mark.parametrize("orientation, name, turn", [(2, "photo.jpg", "mirrored left to right"),
+                                                     (3, "photo.jpg", "turned 180 degrees"),
+                                                     (3, "photo.png", "turned 180 degrees"),
+                                                     (4, "photo.webp", "mirrored top to bottom")])
+def test_predictions_of_a_photo_mirrored_or_turned_180_degrees_upright_are_refused(detector, tmp_path, orientation,
+                                                                                   name, turn):
+    """Read upright, such a photo keeps its stored width and height, so its boxes, in the mirrored or turned
+    frame, passed the size check and were scored against the stored pixels' objects without a word. The
+    predictions record the orientation that was applied; --stored-pixels applies none."""
+    from detection.data.image_io import read_image
+    cfg, weights = detector
+    path = photo_with_orientation(tmp_path / name, orientation)
+    assert not np.array_equal(read_image(path, apply_exif_orientation=True), read_image(path))  # it is applied
+    gt_images = [{"id": 7, "file_name": name, "width": 60, "height": 40}]
+    upright = infer_files(cfg, weights, [path], str(tmp_path / "up"), vis_thresh=None, device="cpu", progress=False)
+    assert {(r["width"], r["height"], r["exif_orientation"]) for r in upright} == {(60, 40, orientation)}
+    with pytest.raises(DetectionsError) as caught:
+        load_results_file(str(tmp_path / "up" / "predictions.json"), gt_images)
+    assert str(caught.value) == (
+        f"{tmp_path / 'up' / 'predictions.json'}: detection #0 is for {path}, detected in its pixels {turn} (EXIF "
+        f"orientation {orientation}: tools/infer.py reads photos upright, and COCO annotates the stored pixels; run "
+        f"it with --stored-pixels): its boxes would be scored in another frame")
+    stored = infer_files(cfg, weights, [path], str(tmp_path / "stored"), vis_thresh=None, device="cpu",
+                         progress=False, upright=False)
+    assert {(r["width"], r["height"], r["exif_orientation"]) for r in stored} == {(60, 40, 1)}
+    assert {r["image_id"] for r in load_results_file(str(tmp_path / "stored" / "predictions.json"), gt_images)} == {7}
+
+
+@pytest.mark.parametrize("record, gt_size, refused", [
+    ({"width": 60, "height": 40}, (60, 40), False),  # a file of before the orientation was recorded
+    ({"width": 60, "height": 40, "exif_orientation": 1}, (60, 40), False),
+    ({"width": 60, "height": 40, "exif_orientation": 3}, (60, 40), True),
+    ({"width": 50, "height": 50, "exif_orientation": 6}, (50, 50), True),  # square: the size cannot tell
+    # Only the upright photo has the json's size: annotated as a viewer shows it, and read so by the test sets.
+    ({"width": 40, "height": 60, "exif_orientation": 6}, (40, 60), False),
+    ({"exif_orientation": 8}, (60, 40), True),
+    ({"width": 60, "height": 40, "exif_orientation": 2}, (None, None), True),
+])
+def test_the_recorded_orientation_decides_the_frame_when_the_sizes_agree(tmp_path, record, gt_size, refused):
+    gt_images = [{"id": 7, "file_name": "photo.jpg", "width": gt_size[0], "height": gt_size[1]}]
+    (tmp_path / "det.json").write_text(json.dumps([{"file_name": "/d/photo.jpg", **record, "category_id": 1,
+                                                    "bbox": [1, 2, 3, 4], "score": 0.5}]))
+    if refused:
+        with pytest.raises(DetectionsError, match=rf"detection #0 is for /d/photo.jpg, detected in its pixels .* "
+                                                  rf"\(EXIF orientation {record['exif_orientation']}: .*--stored-pixels"):
+            load_results_file(str(tmp_path / "det.json"), gt_images)
+    else:
+        assert [r["image_id"] for r in load_results_file(str(tmp_path / "det.json"), gt_images)] == [7]

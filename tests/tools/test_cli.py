@@ -66,8 +66,8 @@ def test_infer_writes_predictions_and_annotated_images(trained_run, tmp_path):
                       "--out", str(tmp_path), "--vis-thresh", "0", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = json.loads((tmp_path / "predictions.json").read_text())
-    assert all(set(p) == {"file_name", "width", "height", "category_id", "category_name", "bbox", "score"}
-               for p in predictions)
+    keys = {"file_name", "width", "height", "exif_orientation", "category_id", "category_name", "bbox", "score"}
+    assert all(set(p) == keys for p in predictions)
     # Values that fit the dataset: its category ids and names, boxes (x, y, w, h) inside their image.
     ann_file = [k.split("=", 1)[1] for k in data_keys if k.startswith("data.test.ann_file")][0]
     names = {c["id"]: c["name"] for c in json.loads(open(ann_file, encoding="utf-8").read())["categories"]}

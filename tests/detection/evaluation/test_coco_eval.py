@@ -8,6 +8,7 @@ import logging
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from detection.evaluation.coco_eval import (
     format_results,
     load_results_file,
     metrics_for_json,
+    score_test_set,
 )
 from resnet_engine.errors import UserError
 from resnet_engine.extras import installed
@@ -58,8 +60,8 @@ def percent(stats) -> list[float]:
     return [float(s) * 100 if s > -1 else math.nan for s in stats]
 
 
-def pycocotools_stats(gt, results, category_ids=None):
-    """pycocotools' evaluator, over every category or only ``category_ids``."""
+def pycocotools_stats(gt, results, category_ids=None, image_ids=None):
+    """pycocotools' evaluator, over every category or only ``category_ids``, every image or only ``image_ids``."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = copy.deepcopy(gt)
@@ -67,6 +69,8 @@ def pycocotools_stats(gt, results, category_ids=None):
         evaluator = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), "bbox")
         if category_ids is not None:
             evaluator.params.catIds = category_ids
+        if image_ids is not None:
+            evaluator.params.imgIds = image_ids
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -111,9 +115,40 @@ def test_unknown_image_ids_are_a_clear_error():
         evaluate_detections(gt, results)
 
 
-def test_no_detections_scores_zero():
-    gt, _ = fixture_dataset()
-    assert evaluate_detections(gt, [])["bbox"]["AP"] == 0.0
+def objects_of_some_sizes():
+    """Image 1: a medium and a large "x"; image 2: a small "y" and a crowd "z". Categories "z" (crowd
+    only) and "w" (nothing) have no object to find."""
+    annotations = [(1, 1, [10, 10, 40, 40], 0), (1, 1, [100, 100, 120, 120], 0), (2, 2, [5, 5, 10, 10], 0),
+                   (2, 3, [50, 50, 150, 150], 1)]
+    return {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 300, "height": 300} for i in (1, 2)],
+            "categories": [{"id": i, "name": name} for i, name in ((1, "x"), (2, "y"), (3, "z"), (4, "w"))],
+            "annotations": [{"id": n, "image_id": image_id, "category_id": category, "bbox": box,
+                             "area": box[2] * box[3], "iscrowd": crowd}
+                            for n, (image_id, category, box, crowd) in enumerate(annotations, start=1)]}
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+@pytest.mark.parametrize("image_ids", [None, [1]], ids=["all-images", "image-1"])
+def test_no_detections_score_as_detections_that_find_nothing(backend, image_ids):
+    """What pycocotools gives with one detection that cannot match (a "w", which has no ground truth): 0
+    where there are objects to find, undefined (NaN) where there are none: the small ones when only image 1
+    is scored, and the categories without a (non-crowd) object in the scored images."""
+    if backend == "faster_coco_eval" and not installed("faster_coco_eval"):
+        pytest.skip("faster-coco-eval is not installed")
+    gt = objects_of_some_sizes()
+    unmatchable = [{"image_id": 1, "category_id": 4, "bbox": [0, 0, 50, 50], "score": 0.5}]
+    metrics = evaluate_detections(gt, [], backend, image_ids=image_ids)
+    reference = pycocotools_stats(gt, unmatchable, image_ids=image_ids)
+    assert [metrics["bbox"][k] for k in STAT_NAMES] == pytest.approx(percent(reference.stats), nan_ok=True)
+    no_small = image_ids == [1]
+    by_hand = [math.nan if no_small and name in ("APs", "ARs") else 0.0 for name in STAT_NAMES]
+    assert [metrics["bbox"][k] for k in STAT_NAMES] == pytest.approx(by_hand, nan_ok=True)
+    for name, category_id in (("x", 1), ("y", 2), ("z", 3), ("w", 4)):
+        alone = percent(pycocotools_stats(gt, unmatchable, [category_id], image_ids).stats)[0]
+        assert metrics["per_category"][name] == pytest.approx(alone, nan_ok=True), name
+    assert metrics["per_category"] == pytest.approx({"x": 0.0, "y": math.nan if no_small else 0.0, "z": math.nan,
+                                                     "w": math.nan}, nan_ok=True)
+    assert "x  0.00" in format_results(metrics) and "w  n/a" in format_results(metrics)
 
 
 def test_ground_truth_without_objects_is_an_error_not_minus_100():
@@ -193,6 +228,46 @@ def test_scoring_mode_refuses_a_nan_score_in_one_line(tmp_path):
     assert str(caught.value) == (f"{tmp_path / 'det.json'}: detection #12 has score nan: give a finite number "
                                  "(higher is more confident)")
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def one_object_per_image(tmp_path, images=6):
+    """``images`` images with an object each, one with a crowd region only, one without anything."""
+    gt = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 100} for i in range(1, images + 3)],
+          "categories": [{"id": 1, "name": "thing"}],
+          "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900,
+                           "iscrowd": int(i == images + 1)} for i in range(1, images + 2)]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    return gt
+
+
+def score_with_warnings(tmp_path, results) -> list[str]:
+    from detection.evaluation.evaluator import score_files
+
+    (tmp_path / "det.json").write_text(json.dumps(results))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        score_files(str(tmp_path / "gt.json"), str(tmp_path / "det.json"), str(tmp_path / "out"), "pycocotools")
+    return [str(w.message) for w in caught]
+
+
+def test_scoring_mode_warns_when_most_images_with_objects_have_no_detection(tmp_path):
+    """A model run with test.max_images=2 wrote detections of its first 2 images: scoring mode scores the 6
+    images with objects (the crowd-only and the empty image hold none to find), the 4 others' as missed."""
+    gt = one_object_per_image(tmp_path)
+    hits = [{"image_id": ann["image_id"], "category_id": 1, "bbox": ann["bbox"], "score": 0.9}
+            for ann in gt["annotations"]]
+    assert score_with_warnings(tmp_path, hits[:2] + hits[6:]) == [
+        f"{tmp_path / 'det.json'}: 4 of the 6 images of {tmp_path / 'gt.json'} that hold objects have no detection: "
+        "made on a subset of the images? every image of --gt is scored, and the objects of those images count as "
+        "missed (a detections.json of test.max_images=N holds the first N images)"]
+    # Half of them missed is left alone, and so is a file without any detection (it has a warning of its own).
+    assert score_with_warnings(tmp_path, hits[:3]) == []
+    assert score_with_warnings(tmp_path, []) == []
+    # Model mode scores the images it ran, and says nothing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scored = score_test_set(gt, [1, 2], hits[:2], [], "pycocotools")
+    assert scored["bbox"]["AP"] == pytest.approx(100.0)
 
 
 def test_the_backends_give_the_same_12_numbers_on_a_coco_like_held_out_set():
