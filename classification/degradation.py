@@ -35,6 +35,7 @@ from resnet_engine.plot_logs import read_metrics
 
 from .classifier import build_classifier, network_name
 from .config import CIFAR_CLASSES, load_classification_config
+from .data.cifar import SYNTHETIC_MARKER, find_cifar
 from .training import train_classifier
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,12 @@ KEYS_OF_THE_TOOL = {"model.backbone.depth": "from --depths", "model.backbone.pla
                     "output_dir": "to a folder of --out per net"}
 # Table 6: the CIFAR-10 test error (%) of the paper's ResNets; its plain nets appear only as curves (Fig. 6).
 PAPER_RESNET_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+# What the paper says of a figure beside it: ResNet-110's is the best of 5 runs.
+PAPER_RESNET_NOTES = {110: "best of 5; mean 6.61 ± 0.16"}
+# Table 6's nets: option A shortcuts, 16 filters in the first stage, BatchNorm, the usual initialization.
+TABLE_6_ARCHITECTURE = {"plain": False, "preact": False, "shortcut": "A", "base_width": 16, "norm": "bn",
+                        "zero_init_residual": False}
+CIFAR_TRAINING_IMAGES = 50_000
 # The paper's warm-up for ResNet-110 and deeper: lr 0.01 until the training error falls below 80%.
 DEEP_WARMUP_DEPTH = 110
 DEEP_WARMUP = ["solver.warmup_until.metric=train_error", "solver.warmup_until.below=80",
@@ -68,9 +75,12 @@ class DegradationRun:
     iters: int
     train_error: float
     test_error: float
-    # Whether the paper's Table 6 reports this net: a CIFAR-10 ResNet of option A and width 16, not
-    # pre-activated (its figure beside another dataset or variant would read as a like-for-like one).
+    # Whether the paper's Table 6 reports this net: a ResNet of TABLE_6_ARCHITECTURE on the CIFAR-10 files
+    # (its figure beside another dataset, a synthetic set or a variant would read as a like-for-like one).
     in_table_6: bool = False
+    # The metric warm-up of deep nets (lr x0.1 until the training error is below 80%): the first iteration
+    # at the schedule's lr, -1 when the whole run trained in it; None without a warm-up.
+    full_lr_from_iteration: int | None = None
 
 
 @dataclass
@@ -147,9 +157,26 @@ def schedule_overrides(base, iters: int) -> tuple[list[str], str]:
 
 def net_overrides(depth: int, residual: bool, base) -> list[str]:
     overrides = [f"model.backbone.depth={depth}", f"model.backbone.plain={not residual}"]
-    if depth >= DEEP_WARMUP_DEPTH and not (base.solver.warmup_until.metric or base.solver.warmup_iters):
+    if gets_deep_warmup(depth, base):
         overrides += DEEP_WARMUP
     return overrides
+
+
+def gets_deep_warmup(depth: int, base) -> bool:
+    """The paper's warm-up of ResNet-110 and deeper, unless the config has a warm-up of its own."""
+    return depth >= DEEP_WARMUP_DEPTH and not (base.solver.warmup_until.metric or base.solver.warmup_iters)
+
+
+def warmup_sentence(depths: list[int], base) -> str:
+    """What the schedule sentence leaves out: the metric warm-up that some or all of the nets train with."""
+    until = base.solver.warmup_until
+    if until.metric:
+        return (f"; every net trains at lr x{until.lr_factor:g} until its {until.metric} averages below "
+                f"{until.below:g} (solver.warmup_until)")
+    if any(gets_deep_warmup(depth, base) for depth in depths):
+        return (f"; nets of {DEEP_WARMUP_DEPTH} layers and more train at lr x0.1 until their training error is below "
+                f"80% (the paper's warm-up of ResNet-110)")
+    return ""
 
 
 def count_parameters(cfg) -> int:
@@ -201,10 +228,33 @@ def train_one(cfg, resume: bool, overwrite: bool) -> DegradationRun:
     else:
         train_classifier(cfg, resume=resume, overwrite=overwrite)
     backbone, iters = cfg.model.backbone, cfg.solver.max_iter
-    in_table_6 = (cfg.data.dataset == "cifar10" and not backbone.plain and not backbone.preact
-                  and backbone.shortcut == "A" and backbone.base_width == 16)
     return DegradationRun(name, backbone.depth, not backbone.plain, count_parameters(cfg), iters,
-                          round(last_window_error(cfg.output_dir, iters), 4), final_test_error(cfg), in_table_6)
+                          round(last_window_error(cfg.output_dir, iters), 4), final_test_error(cfg),
+                          in_table_6(cfg), full_lr_from_iteration(cfg))
+
+
+def in_table_6(cfg) -> bool:
+    """Whether Table 6 reports this net: its architecture on the CIFAR-10 files (not a synthetic set)."""
+    backbone = cfg.model.backbone
+    same_net = all(backbone.get(key) == value for key, value in TABLE_6_ARCHITECTURE.items())
+    return same_net and cfg.data.dataset == "cifar10" and not is_synthetic(cfg)
+
+
+def is_synthetic(cfg) -> bool:
+    """The toolkit's generated CIFAR set: the embedded default (no data.root), or a folder with its settings file."""
+    if not cfg.data.root:
+        return True
+    source = find_cifar(cfg.data.root, CIFAR_CLASSES[cfg.data.dataset])
+    return os.path.isfile(source.path(SYNTHETIC_MARKER))
+
+
+def full_lr_from_iteration(cfg) -> int | None:
+    """From the run's metrics.json: where its metric warm-up ended (-1: never), None without one."""
+    with open(os.path.join(cfg.output_dir, "metrics.json"), encoding="utf-8") as handle:
+        warmup = json.load(handle).get("metric_warmup")
+    if warmup is None:
+        return -1 if cfg.solver.warmup_until.metric else None  # a metrics.json written before it was recorded
+    return -1 if warmup["full_lr_from_iteration"] is None else int(warmup["full_lr_from_iteration"])
 
 
 def run_degradation(cfg_path: str, overrides, depths, iters: int | None, out: str, resume: bool = False,
@@ -226,6 +276,7 @@ def run_degradation(cfg_path: str, overrides, depths, iters: int | None, out: st
     base = load_classification_config(cfg_path, overrides)
     iters = check_iters(base.solver.max_iter if iters is None else iters)
     schedule, sentence = schedule_overrides(base, iters)
+    sentence += warmup_sentence(depths, base)
     logger.info("degradation experiment, depths %s: %s", ", ".join(map(str, depths)), sentence)
     runs = []
     for depth in depths:
@@ -242,8 +293,17 @@ def run_folder(out: str, depth: int, residual: bool) -> str:
 
 
 def describe_dataset(cfg) -> str:
+    """The data in words: which set, and how many of its training images the nets train on."""
     name = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[cfg.data.dataset]
-    return f"{name} in {cfg.data.root}" if cfg.data.root else "the embedded synthetic CIFAR-10"
+    if not cfg.data.root:
+        return "the embedded synthetic CIFAR-10"
+    if is_synthetic(cfg):
+        return f"a synthetic set in the {name} format in {cfg.data.root}"
+    held_out = (cfg.data.val_images or CIFAR_TRAINING_IMAGES // 10) if cfg.data.train_split == "train" else 0
+    if not held_out:
+        return f"{name} in {cfg.data.root}"
+    return (f"{name} in {cfg.data.root}, trained on {CIFAR_TRAINING_IMAGES - held_out:,} of its "
+            f"{CIFAR_TRAINING_IMAGES:,} training images (data.train_split=train; Table 6's nets train on all)")
 
 
 # --------------------------------------------------------------------------------------------- outputs
@@ -267,18 +327,37 @@ def write_atomically(path: str, text: str) -> None:
 
 def degradation_table(runs: list[DegradationRun], schedule: str, dataset: str) -> str:
     """The runs in the shape of the paper's Table 6, with its test error where it reports one."""
+    paper_column = ("The paper's column is its CIFAR-10 test error (Table 6, full schedule); it reports its plain nets "
+                    "only as curves (Fig. 6)." if any(run.in_table_6 for run in runs) else
+                    "The paper's column is empty: Table 6 reports CIFAR-10 ResNets of option A, width 16 and "
+                    "BatchNorm, trained on the official files, and none of these runs is one.")
     lines = [f"Plain and residual nets on {dataset}: {schedule}; one seed. Training error: the mean over the "
-             f"last {TRAIN_ERROR_WINDOW} iterations; test error: the test split at the end. The paper's column is "
-             f"its CIFAR-10 test error (Table 6, full schedule); it reports its plain nets only as curves (Fig. 6).",
+             f"last {TRAIN_ERROR_WINDOW} iterations; test error: the test split at the end. {paper_column}",
              "",
              "| network | layers | parameters | training error (%) | test error (%) | paper's test error (%) |",
              "|---|---|---|---|---|---|"]
     for run in runs:
-        paper = PAPER_RESNET_TEST_ERROR.get(run.depth) if run.in_table_6 else None
-        paper_text = f"{paper:.2f}" if paper is not None else "-"
         lines.append(f"| {run.net} | {run.depth} | {run.params / 1e6:.2f}M ({run.params:,}) | {run.train_error:.2f} "
-                     f"| {run.test_error:.2f} | {paper_text} |")
+                     f"| {run.test_error:.2f} | {paper_figure(run)} |")
+    notes = [warmup_note(run) for run in runs if run.full_lr_from_iteration is not None]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def paper_figure(run: DegradationRun) -> str:
+    paper = PAPER_RESNET_TEST_ERROR.get(run.depth) if run.in_table_6 else None
+    if paper is None:
+        return "-"
+    note = PAPER_RESNET_NOTES.get(run.depth)
+    return f"{paper:.2f} ({note})" if note else f"{paper:.2f}"
+
+
+def warmup_note(run: DegradationRun) -> str:
+    if run.full_lr_from_iteration == -1:
+        return (f"- {run.net}: never left the warm-up: the whole run trained below the learning rate the schedule "
+                f"names.")
+    return f"- {run.net}: left the warm-up at iteration {run.full_lr_from_iteration} of {run.iters}."
 
 
 def error_curves(output_dir: str) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:

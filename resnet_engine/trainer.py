@@ -369,7 +369,7 @@ class Trainer:
             self._warn_if_still_warming_up()
             self.save(FINAL_NAME)
             final_metrics = self._evaluate(solver.max_iter, final=True) if self.evaluate_fn else {}
-            self._write_final_metrics(final_metrics)
+            self._write_final_metrics({**final_metrics, **self._metric_warmup_record()})
             completed = True
         except RuntimeError as error:
             # PyTorch reports a dead worker from its SIGCHLD handler, wherever the main process is, and a
@@ -487,6 +487,16 @@ class Trainer:
             logger.info("%s averaged %.4g over iterations %d-%d, below %g: the warm-up ends, the schedule's "
                         "learning rate applies from iteration %d", warmup.metric, warmup.mean(),
                         self.iteration + 2 - warmup.window, self.iteration + 1, warmup.below, warmup.ended_at + 1)
+
+    def _metric_warmup_record(self) -> dict:
+        """For metrics.json: the first iteration at the schedule's learning rate, numbered as metrics.jsonl
+        numbers its records (from 1), null when the whole run trained in the warm-up; nothing without one."""
+        warmup = getattr(self.scheduler, "metric_warmup", None)
+        if warmup is None:
+            return {}
+        full_lr_from = None if warmup.ended_at is None else warmup.ended_at + 1
+        return {"metric_warmup": {"metric": warmup.metric, "below": warmup.below, "lr_factor": warmup.lr_factor,
+                                  "full_lr_from_iteration": full_lr_from}}
 
     def _warn_if_still_warming_up(self) -> None:
         warmup = getattr(self.scheduler, "metric_warmup", None)

@@ -80,8 +80,10 @@ def test_the_json_lists_each_net_with_its_parameters_and_errors(experiment):
     assert [(r["net"], r["depth"], r["residual"]) for r in runs] == [
         ("plain-8", 8, False), ("ResNet-8", 8, True), ("plain-14", 14, False), ("ResNet-14", 14, True)]
     for run in runs:
-        assert set(run) == {"net", "depth", "residual", "params", "iters", "train_error", "test_error", "in_table_6"}
-        assert run["in_table_6"] == run["residual"]  # CIFAR-10 nets of option A, width 16
+        assert set(run) == {"net", "depth", "residual", "params", "iters", "train_error", "test_error", "in_table_6",
+                            "full_lr_from_iteration"}
+        assert run["in_table_6"] is False  # a synthetic set: no figure of the paper's beside it
+        assert run["full_lr_from_iteration"] is None  # no warm-up below 110 layers
         assert run["params"] == cifar_basic_net_parameters(run["depth"])
         assert run["iters"] == ITERS
         assert 0 <= run["train_error"] <= 100 and 0 <= run["test_error"] <= 100
@@ -217,4 +219,77 @@ def test_the_papers_figure_stands_only_beside_the_net_it_reports():
     runs = [DegradationRun("ResNet-110", 110, True, 1_727_962, 60, 1.0, 7.0, in_table_6=True),
             DegradationRun("pre-act ResNet-110", 110, True, 1_727_962, 60, 1.0, 30.5, in_table_6=False)]
     rows = [line for line in degradation_table(runs, "60 iterations", "CIFAR-100").splitlines() if line.startswith("| ")]
-    assert rows[1].endswith("| 6.43 |") and rows[2].endswith("| - |")
+    assert rows[1].endswith("| 6.43 (best of 5; mean 6.61 ± 0.16) |") and rows[2].endswith("| - |")
+
+
+def test_table_6_as_the_paper_prints_it():
+    from classification.degradation import PAPER_RESNET_TEST_ERROR
+    assert PAPER_RESNET_TEST_ERROR == {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+
+
+def official_cifar10_folder(root) -> str:
+    """A folder laid out as the official archive (the files' contents are not read here)."""
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    for name in [*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin"]:
+        (folder / name).write_bytes(b"")
+    return str(root)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], True),
+    (["model.backbone.norm=gn"], False),
+    (["model.backbone.zero_init_residual=true"], False),
+    (["model.backbone.shortcut=B"], False),
+    (["model.backbone.plain=true"], False),
+])
+def test_the_papers_figure_needs_the_papers_net_on_the_official_files(tmp_path, overrides, expected):
+    from classification.degradation import describe_dataset, in_table_6
+    root = official_cifar10_folder(tmp_path)
+    cfg = load_classification_config(os.path.join(ROOT, "configs", "cifar10_resnet20.yaml"),
+                                     [f"data.root={root}", *overrides])
+    assert in_table_6(cfg) is expected
+    assert describe_dataset(cfg) == f"CIFAR-10 in {root}"
+    if expected:  # the same net on the toolkit's synthetic sets has no figure beside it
+        assert not in_table_6(load_classification_config(os.path.join(ROOT, "configs", "cifar10_resnet20.yaml")))
+        (tmp_path / "cifar-10-batches-bin" / "synthetic.json").write_text("{}")
+        assert not in_table_6(cfg)
+        assert describe_dataset(cfg) == f"a synthetic set in the CIFAR-10 format in {root}"
+
+
+def test_a_held_out_split_is_said_beside_table_6(tmp_path):
+    from classification.degradation import describe_dataset
+    root = official_cifar10_folder(tmp_path)
+    cfg = load_classification_config(os.path.join(ROOT, "configs", "cifar10_resnet20.yaml"),
+                                     [f"data.root={root}", "data.train_split=train"])
+    assert describe_dataset(cfg) == (f"CIFAR-10 in {root}, trained on 45,000 of its 50,000 training images "
+                                      "(data.train_split=train; Table 6's nets train on all)")
+
+
+def test_where_the_warm_up_ended_is_read_from_the_runs_metrics(tmp_path):
+    from classification.degradation import full_lr_from_iteration
+    cfg = load_classification_config(os.path.join(ROOT, "configs", "cifar10_resnet110.yaml"),
+                                     [f"output_dir={tmp_path}"])
+    record = {"metric": "train_error", "below": 80, "lr_factor": 0.1}
+    for ended, expected in [(412, 412), (None, -1)]:
+        (tmp_path / "metrics.json").write_text(json.dumps({"test": {"top1_err": 9.0},
+                                                           "metric_warmup": {**record, "full_lr_from_iteration": ended}}))
+        assert full_lr_from_iteration(cfg) == expected
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {"top1_err": 9.0}}))
+    assert full_lr_from_iteration(load_classification_config(
+        os.path.join(ROOT, "configs", "cifar10_resnet20.yaml"), [f"output_dir={tmp_path}"])) is None
+
+
+def test_the_warm_up_of_deep_nets_is_said_and_where_it_ended():
+    from classification.degradation import DegradationRun, degradation_table, warmup_sentence
+    base = load_classification_config(os.path.join(ROOT, "configs", "base_cifar.yaml"))
+    assert warmup_sentence([20, 56], base) == ""
+    assert warmup_sentence([20, 110], base) == ("; nets of 110 layers and more train at lr x0.1 until their training "
+                                                "error is below 80% (the paper's warm-up of ResNet-110)")
+    runs = [DegradationRun("plain-110", 110, False, 1_727_962, 600, 80.0, 85.0, full_lr_from_iteration=-1),
+            DegradationRun("ResNet-110", 110, True, 1_727_962, 600, 10.0, 12.0, full_lr_from_iteration=412),
+            DegradationRun("ResNet-20", 20, True, 269_722, 600, 10.0, 12.0)]
+    lines = degradation_table(runs, "600 iterations", "CIFAR-10").splitlines()
+    assert lines[-2:] == ["- plain-110: never left the warm-up: the whole run trained below the learning rate the "
+                          "schedule names.", "- ResNet-110: left the warm-up at iteration 412 of 600."]
+    assert "The paper's column is empty" in lines[0]

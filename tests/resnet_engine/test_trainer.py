@@ -273,6 +273,8 @@ def test_the_metric_warmup_switches_after_the_first_window_below_and_the_log_sho
     assert [r["lr"] for r in records] == pytest.approx([0.05] * 4 + [0.5] * 4, rel=1e-12)
     assert load_checkpoint(str(tmp_path / "model_final.pth"))["scheduler"]["metric_warmup"] == {
         "recent": [6.0, 3.0], "ended_at": 4}
+    assert json.loads((tmp_path / "metrics.json").read_text())["metric_warmup"] == {
+        "metric": "score", "below": 5, "lr_factor": 0.1, "full_lr_from_iteration": 5}
 
 
 def test_logged_metrics_are_averaged_over_the_logging_window(tmp_path):
@@ -295,6 +297,7 @@ def test_a_run_that_never_leaves_the_warmup_warns(tmp_path):
     assert [str(w.message) for w in caught] == [
         "the whole run trained in the warm-up at 0.1 x the learning rate: score averaged 7 over the last 3 "
         "iterations, never below solver.warmup_until.below=5"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["metric_warmup"]["full_lr_from_iteration"] is None
 
 
 # --------------------------------------------------------------------------------------------- resumes and records
