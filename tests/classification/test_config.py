@@ -142,6 +142,38 @@ def test_resnet110_and_deeper_warm_up_until_the_training_error_is_below_80(name)
                                                                                             "sgd")
 
 
+ILSVRC_CLS_CONFIGS = ["ilsvrc_cls_plain18.yaml", "ilsvrc_cls_plain34.yaml", "ilsvrc_cls_r18.yaml", "ilsvrc_cls_r34a.yaml",
+                      "ilsvrc_cls_r34b.yaml", "ilsvrc_cls_r34c.yaml", "ilsvrc_cls_r50.yaml", "ilsvrc_cls_r101.yaml",
+                      "ilsvrc_cls_r152.yaml"]
+
+
+@pytest.mark.parametrize("name", ILSVRC_CLS_CONFIGS)
+def test_the_imagenet_configs_train_with_the_papers_recipe(name):
+    """Section 3.4: SGD with batches of 256, lr 0.1, momentum 0.9, weight decay 1e-4, up to 60x10^4 iterations
+    (the lr divided by 10 every 30 epochs here: the paper divides it on plateaus); the shorter side drawn
+    from [256, 480], a 224 crop or its flip, AlexNet's PCA lighting, BN, no dropout. 10-crop testing from a
+    shorter side of 256; the dense test at the paper's 5 scales."""
+    cfg = shipped(name)
+    solver, data_input, test = cfg.solver, cfg.input, cfg.test
+    assert (solver.optimizer, solver.ims_per_batch, solver.base_lr, solver.momentum, solver.weight_decay) == (
+        "sgd", 256, 0.1, 0.9, 1e-4)
+    assert (solver.max_iter, list(solver.steps), solver.gamma, solver.warmup_iters) == (
+        600000, [150000, 300000, 450000], 0.1, 0)
+    assert solver.warmup_until.metric == ""
+    assert (list(data_input.train_short_side), data_input.crop, data_input.random_flip) == ([256, 480], 224, 0.5)
+    assert (data_input.lighting_std, data_input.color_jitter) == (0.1, 0.0)
+    assert (test.mode, test.resize, list(test.dense_scales)) == ("10crop", 256, [224, 256, 384, 480, 640])
+    assert (cfg.model.backbone.norm, cfg.model.backbone.zero_init_residual) == ("bn", False)
+
+
+def test_the_cifar_recipe_alone_builds_resnet_20():
+    """configs/base_cifar.yaml, the recipe the cifar10_* configs share, trained as it is: ResNet-20 (the
+    schema's depth of 101 made a bottleneck net of neither paper)."""
+    cfg = shipped("base_cifar.yaml")
+    assert (cfg.model.backbone.depth, cfg.model.backbone.plain, cfg.model.backbone.shortcut) == (20, False, "A")
+    assert parameters(cfg) == basic_cifar_parameters(20, 10)
+
+
 def test_a_shipped_config_is_found_by_its_name_from_any_folder(tmp_path, monkeypatch):
     """What tools/train_cls.py --cfg cifar10_resnet56.yaml loads."""
     monkeypatch.chdir(tmp_path)
