@@ -19,7 +19,12 @@ from .extras import missing_package_error
 
 class ToolParser(argparse.ArgumentParser):
     """An argument parser whose mistakes are one line, ``error: ...`` as every other error of the tools,
-    with where the options are listed, rather than the usage block first."""
+    with where the options are listed, rather than the usage block first. Options are taken whole only:
+    argparse's abbreviations would read ``--ov`` as ``--overwrite``, which deletes a run."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"error: {message} (python {self.prog} --help lists the options)\n")
@@ -62,11 +67,38 @@ class OverridesParser(ToolParser):
     """An argument parser whose ``key=value`` overrides may stand before, between or after the options.
 
     Plain argparse fills a ``nargs="*"`` positional from the first run of positionals only, so
-    ``--cfg X a=1 --resume b=2`` would fail on ``b=2`` ("unrecognized arguments").
+    ``--cfg X a=1 --resume b=2`` would fail on ``b=2`` ("unrecognized arguments"), and an option of
+    several values (``--depths 20 56 a=1``) would take the overrides after it as its own. So the words
+    that look like overrides are taken out first, except the value of an option of one value.
     """
 
+    def __init__(self, *args, **kwargs):
+        self.one_value_options: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        if action.option_strings and action.nargs in (None, 1):
+            self.one_value_options.update(action.option_strings)
+        return action
+
     def parse_args(self, args=None, namespace=None):
-        return self.parse_intermixed_args(args, namespace)
+        words = list(sys.argv[1:] if args is None else args)
+        rest, overrides = self.split_overrides(words)
+        parsed = self.parse_intermixed_args(rest, namespace)
+        if hasattr(parsed, "overrides"):
+            parsed.overrides = overrides + list(parsed.overrides or [])
+        elif overrides:
+            self.error(f"unrecognized arguments: {' '.join(overrides)}")
+        return parsed
+
+    def split_overrides(self, words: list[str]) -> tuple[list[str], list[str]]:
+        """(the other words, the overrides in their order)."""
+        rest, overrides = [], []
+        for index, word in enumerate(words):
+            is_value = index > 0 and words[index - 1] in self.one_value_options
+            (overrides if looks_like_override(word) and not is_value else rest).append(word)
+        return rest, overrides
 
 
 OVERRIDE_PATTERN = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*=")

@@ -20,7 +20,7 @@ MIN_MATCHED = 0.9
 
 
 def main() -> int:
-    parser = config_parser(__doc__.splitlines()[1], default_cfg=DEFAULT_CFG)
+    parser = config_parser(__doc__.splitlines()[0], default_cfg=DEFAULT_CFG)
     parser.add_argument("--weights", required=True, help="detector weights (model_final.pth, a checkpoint, converted)")
     parser.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     parser.add_argument("--out", help="output file (default: next to the weights, .onnx or .torchscript.pt)")

@@ -27,7 +27,7 @@ DEFAULT_CFG = "configs/shapes.yaml"  # the shipped file unless the working folde
 
 
 def main() -> int:
-    parser = config_parser(__doc__.splitlines()[1], default_cfg=DEFAULT_CFG)
+    parser = config_parser(__doc__.splitlines()[0], default_cfg=DEFAULT_CFG)
     parser.add_argument("--weights", required=True, help="detector weights (model_final.pth, a checkpoint, converted)")
     parser.add_argument("--inputs", nargs="+", required=True, help="image or video files, or folders of them")
     parser.add_argument("--out", default="output/infer", help="folder for predictions.json and annotated images")

@@ -17,7 +17,7 @@ DEFAULT_CFG = "configs/cls_shapes.yaml"  # the shipped file unless the working f
 
 
 def main() -> int:
-    parser = training_parser(__doc__.splitlines()[1], DEFAULT_CFG)
+    parser = training_parser(__doc__.splitlines()[0], DEFAULT_CFG)
     parser.add_argument("--eval-only", action="store_true", help="only test --weights on the test sets")
     parser.add_argument("--weights", help="classifier weights for --eval-only (a checkpoint, a state dict, "
                                           "or torchvision:IMAGENET1K_V2; CIFAR: a checkpoint of this tool)")

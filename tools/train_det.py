@@ -15,10 +15,14 @@ DEFAULT_CFG = "configs/shapes.yaml"  # the shipped file unless the working folde
 
 
 def main() -> int:
-    parser = training_parser(__doc__.splitlines()[1], DEFAULT_CFG)
+    parser = training_parser(__doc__.splitlines()[0], DEFAULT_CFG)
     parser.add_argument("--eval-only", action="store_true", help="only evaluate --weights on the test set")
-    parser.add_argument("--weights", help="detector weights for --eval-only")
+    parser.add_argument("--weights", help="detector weights for --eval-only (to train from a detector's weights: "
+                                          "model.weights=W)")
     args = parser.parse_args()
+    if args.weights and not args.eval_only:  # a run from scratch, while the user meant to start from these
+        parser.error("--weights is read by --eval-only only: to train starting from a detector's weights, set "
+                     "model.weights=W (ImageNet weights of the backbone: model.backbone.weights=W)")
 
     from detection.config import load_detection_config
 

@@ -41,3 +41,28 @@ def test_tool_mistakes_are_one_line_and_numbers_are_checked(capsys):
             parser.parse_args(argv)
         assert exit_.value.code == 2
         assert capsys.readouterr().err == f"error: {message} (python tool.py --help lists the options)\n"
+
+
+def test_overrides_after_an_option_of_several_values_are_overrides():
+    """``--depths 20 56 data.root=X``: argparse gave the override to --depths ("invalid int value")."""
+    from resnet_engine.cli import config_parser, positive_int
+    parser = config_parser("tool", "configs/x.yaml")
+    parser.add_argument("--depths", type=positive_int, nargs="+")
+    parser.add_argument("--out")
+    args = parser.parse_args(["--depths", "20", "56", "data.root=/d", "--out", "o", "a.b=1"])
+    assert (args.depths, args.out, args.overrides) == ([20, 56], "o", ["data.root=/d", "a.b=1"])
+    # The value of an option of one value stays its value, even when it reads as an override.
+    args = parser.parse_args(["--out", "x=y", "c=2"])
+    assert (args.out, args.overrides) == ("x=y", ["c=2"])
+
+
+def test_abbreviated_options_are_refused(capsys):
+    """``--ov`` was read as ``--overwrite``, which deletes the run in output_dir."""
+    import pytest
+    parser = training_parser("train", "configs/x.yaml")
+    parser.prog = "train_det.py"
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--ov"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("error: unrecognized arguments: --ov (python train_det.py --help lists the "
+                                       "options)\n")

@@ -207,3 +207,28 @@ def test_interrupted_tool_exits_with_the_signal_code(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=subprocess_env(),
                             timeout=60)
     assert result.returncode == 143 and result.stderr == "interrupted by SIGTERM\n"
+
+
+TOOLS = sorted(name[:-3] for name in os.listdir(os.path.join(ROOT, "tools")) if name.endswith(".py") and name != "__init__.py")
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_every_tools_help_says_what_it_does(name, capsys, monkeypatch):
+    """A sentence on what the tool does comes between the usage and the options (four tools had none: their
+    description was the docstring's blank second line)."""
+    tool = load_tool(name)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        tool.main()
+    assert exit_.value.code == 0
+    description = capsys.readouterr().out.split("\n\n")[1]
+    assert description.strip() and not description.startswith(("positional arguments", "options"))
+
+
+def test_train_weights_without_eval_only_are_refused():
+    """--weights is read by --eval-only alone: a training run with it started from scratch without a word."""
+    result = run_tool("train_det.py", "--weights", "W.pth", "solver.max_iter=1")
+    assert result.returncode == 2
+    assert result.stderr == ("error: --weights is read by --eval-only only: to train starting from a detector's "
+                             "weights, set model.weights=W (ImageNet weights of the backbone: model.backbone.weights=W) "
+                             "(python train_det.py --help lists the options)\n")
