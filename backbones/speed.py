@@ -33,11 +33,27 @@ def apply_speed_switches(model: nn.Module, solver) -> nn.Module:
                           f"{limits['min_channels']} and {limits['max_channels']} channels (set solver.winograd_channels "
                           f"to the network's widths, e.g. [16, 64] for the CIFAR nets)", stacklevel=2)
     if solver.channels_last:
-        use_channels_last(model)
+        crashing = convolutions_that_crash_in_channels_last(model)
+        if crashing:
+            warnings.warn(f"solver.channels_last is not applied: PyTorch's CPU backward of a strided 1x1 convolution "
+                          f"of fewer than 16 input channels in channels_last format corrupts memory (a segmentation "
+                          f"fault, measured with PyTorch 2.14.1), and this net has {len(crashing)} ({crashing[0]}); "
+                          f"it trains in the default format (set solver.channels_last=false to silence this)",
+                          stacklevel=2)
+        else:
+            use_channels_last(model)
     if solver.compile_backbone:
         backbone = getattr(model, "backbone", model)
         backbone.compile(mode=solver.compile_mode)  # nn.Module.compile keeps parameter names, unlike torch.compile(module)
     return model
+
+
+def convolutions_that_crash_in_channels_last(model: nn.Module) -> list[str]:
+    """The CPU convolutions whose backward in channels_last format crashes the process: 1x1 with a stride,
+    2 to 15 input channels (the projection shortcuts of nets of base width 8 and less)."""
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and max(module.stride) > 1
+            and module.in_channels < 16 and module.weight.device.type == "cpu"]
 
 
 def use_channels_last(model: nn.Module) -> nn.Module:
