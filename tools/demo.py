@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from resnet_engine.cli import config_parser, positive_int, run_cli
+from resnet_engine.errors import UserError
 
 DEFAULT_CFG = "configs/shapes.yaml"  # the shipped file unless the working folder has its own
 
@@ -19,17 +20,25 @@ DEFAULT_CFG = "configs/shapes.yaml"  # the shipped file unless the working folde
 def main() -> int:
     parser = config_parser(__doc__.splitlines()[0], default_cfg=DEFAULT_CFG)
     parser.add_argument("--num-images", type=positive_int, default=12, help="validation images to annotate")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a training run in output_dir that is not an earlier demo's (deletes its checkpoints)")
     args = parser.parse_args()
 
     from detection.config import load_detection_config
     from detection.predict_files import infer_files
     from detection.training import train_detector
+    from resnet_engine.run_dir import checkpoint_files
 
     cfg = load_detection_config(args.cfg, args.overrides)
-    # The demo trains anew each time: an earlier demo run in its output_dir is replaced.
+    demo_dir = os.path.join(cfg.output_dir, "demo")
+    # The demo trains anew each time and replaces an earlier demo's run; any other run in its output_dir
+    # (train_det.py's default output_dir is the demo's) is kept unless --overwrite says otherwise.
+    if checkpoint_files(cfg.output_dir) and not (os.path.isdir(demo_dir) or args.overwrite):
+        raise UserError(f"{cfg.output_dir} holds a training run that is not an earlier demo's: give the demo another "
+                        f"output_dir=FOLDER, or --overwrite to replace that run (its checkpoints are deleted)")
+    os.makedirs(demo_dir, exist_ok=True)  # marks the run as the demo's before its first checkpoint
     metrics = train_detector(cfg, overwrite=True)
     weights = os.path.join(cfg.output_dir, "model_final.pth")
-    demo_dir = os.path.join(cfg.output_dir, "demo")
     infer_files(cfg, weights, [cfg.data.test.img_dir], demo_dir, vis_thresh=0.5, max_images=args.num_images)
     bbox = (metrics or {}).get("bbox", {})
     if bbox:

@@ -232,3 +232,16 @@ def test_train_weights_without_eval_only_are_refused():
     assert result.stderr == ("error: --weights is read by --eval-only only: to train starting from a detector's "
                              "weights, set model.weights=W (ImageNet weights of the backbone: model.backbone.weights=W) "
                              "(python train_det.py --help lists the options)\n")
+
+
+def test_the_demo_keeps_a_training_run_that_is_not_an_earlier_demos(tmp_path, monkeypatch):
+    """train_det.py's default output_dir is the demo's: the demo deleted that run's checkpoints."""
+    from resnet_engine.errors import UserError
+
+    (tmp_path / "model_0000002.pth").write_bytes(b"a trained run")
+    monkeypatch.setattr(sys, "argv", ["demo.py", f"output_dir={tmp_path}"])
+    with pytest.raises(UserError) as error:
+        load_tool("demo").main()
+    assert str(error.value) == (f"{tmp_path} holds a training run that is not an earlier demo's: give the demo another "
+                                "output_dir=FOLDER, or --overwrite to replace that run (its checkpoints are deleted)")
+    assert (tmp_path / "model_0000002.pth").read_bytes() == b"a trained run"
