@@ -245,3 +245,20 @@ def test_the_demo_keeps_a_training_run_that_is_not_an_earlier_demos(tmp_path, mo
     assert str(error.value) == (f"{tmp_path} holds a training run that is not an earlier demo's: give the demo another "
                                 "output_dir=FOLDER, or --overwrite to replace that run (its checkpoints are deleted)")
     assert (tmp_path / "model_0000002.pth").read_bytes() == b"a trained run"
+
+
+def test_make_shapes_keeps_an_existing_set_unless_told(tmp_path):
+    """It replaced the annotation files of a set in --root and left its other images beside them."""
+    root = tmp_path / "shapes"
+    assert run_tool("make_shapes.py", "--root", str(root), "--train", "3", "--val", "2").returncode == 0
+    (root / "annotations" / "instances_train.json").write_text('{"note": "my own"}')
+    result = run_tool("make_shapes.py", "--root", str(root), "--train", "2", "--val", "1")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: --root {root} already holds {root}/annotations/instances_train.json: give "
+                             "another --root, or --overwrite to replace its splits\n")
+    assert (root / "annotations" / "instances_train.json").read_text() == '{"note": "my own"}'
+    result = run_tool("make_shapes.py", "--root", str(root), "--train", "2", "--val", "1", "--overwrite")
+    assert result.returncode == 0, result.stderr
+    train = json.loads((root / "annotations" / "instances_train.json").read_text())
+    assert sorted(os.listdir(root / "train")) == sorted(image["file_name"] for image in train["images"])
+    assert len(os.listdir(root / "train")) == 2
