@@ -13,6 +13,8 @@ tools/train_cls.py, tested with the config saved in it, or a state dict file or 
 table's test protocol is set first and the caller's overrides after it (``data.root=DIR``, or smaller test
 views on the synthetic set); a row tested otherwise than the table says carries a note and a warning. The
 testing itself is classification.evaluation.evaluate_weights, as ``tools/train_cls.py --eval-only`` runs it.
+The markdown names the data each row was measured on beside the paper's (the 50,000 ILSVRC 2012 val images
+of 1000 classes) and notes other data: a row of the synthetic set is not the paper's figure measured again.
 
     from classification.imagenet_tables import measure_table, table_markdown
 
@@ -40,6 +42,8 @@ from resnet_engine.errors import UserError
 from resnet_engine.logger import write_json
 
 from .config import PAPER_NETWORK, ClassificationConfig, is_cifar, load_classification_config
+from .data.loaders import prepare_data
+from .data.synthetic_ilsvrc import is_synthetic_loc
 from .evaluation import evaluate_weights
 
 logger = logging.getLogger(__name__)
@@ -83,6 +87,8 @@ PAPER_ERRORS: dict[int, dict[str, tuple[float, float | None]]] = {
 }
 TABLES = tuple(PAPER_ERRORS)
 PAPER_WIDTH = PAPER_NETWORK["imagenet"]["base_width"]
+# The paper's data: the ILSVRC 2012 val images.
+PAPER_CLASSES, PAPER_VAL_IMAGES = 1000, 50_000
 WEIGHTS_NAME_PREFIXES = ("torchvision:", "timm:")
 
 # Each table's test protocol: the config values set for every row (the caller's overrides come after them).
@@ -95,12 +101,10 @@ PROTOCOLS = {2: {"test.mode": "10crop"}, 3: {"test.mode": "10crop"},
 PAPER_TEST = {2: {**PROTOCOLS[2], "test.resize": 256, "input.crop": 224, "test.max_images": 0},
               3: {**PROTOCOLS[3], "test.resize": 256, "input.crop": 224, "test.max_images": 0},
               4: {**PROTOCOLS[4], "test.max_images": 0}}
-PROTOCOL_TEXT = {
-    2: "top-1 error (%), 10-crop testing",
-    3: "top-1 / top-5 error (%), 10-crop testing",
-    4: "top-1 / top-5 error (%), single model, fully convolutional at shorter sides {224, 256, 384, 480, 640} "
-       "with flips, softmax averaged",
-}
+# Values of PAPER_TEST that the paper does not give (configs/base_ilsvrc_cls.yaml): a row tested otherwise
+# differs from the toolkit's protocol, not from the paper's.
+TOOLKIT_CHOICES = ("test.resize", "test.dense_flip")
+ERRORS_TEXT = {2: "top-1 error (%)", 3: "top-1 / top-5 error (%)", 4: "top-1 / top-5 error (%), single model"}
 
 
 # --------------------------------------------------------------------------------------------- rows
@@ -190,13 +194,27 @@ def check_network(cfg, name: str, weights: str) -> None:
 
 
 def protocol_deviations(table: int, cfg) -> list[str]:
-    """``key=value (the table's: value)`` for each test setting of ``cfg`` that is not the table's."""
+    """``key=value (the table's: value)`` for each test setting of ``cfg`` that is not the table's; the
+    table's values that the paper does not give say so."""
     deviations = []
     for key, value in PAPER_TEST[table].items():
         used = _plain(_select(cfg, key))
         if used != value:
-            deviations.append(f"{key}={_yaml(used)} (the table's: {_yaml(value)})")
+            choice = ", the toolkit's choice: the paper does not give it" if key in TOOLKIT_CHOICES else ""
+            deviations.append(f"{key}={_yaml(used)} (the table's: {_yaml(value)}{choice})")
     return deviations
+
+
+def views_text(test: dict) -> str:
+    """Test settings ({"test.mode": ..., ...}) in words, as the paper's tables give them."""
+    if test["test.mode"] == "dense":
+        scales = ", ".join(map(str, test["test.dense_scales"]))
+        flips = "with" if test["test.dense_flip"] else "without"
+        return f"fully convolutional at shorter sides {{{scales}}} {flips} flips, softmax averaged"
+    return {"10crop": "10-crop testing", "1crop": "1-crop testing"}[test["test.mode"]]
+
+
+PROTOCOL_TEXT = {table: f"{ERRORS_TEXT[table]}, {views_text(PAPER_TEST[table])}" for table in TABLES}
 
 
 def _select(cfg, key: str):
@@ -276,10 +294,16 @@ def measure_row(row: PlannedRow) -> dict:
     logger.info("%s: testing %s", row.name, row.weights)
     metrics = evaluate_weights(row.cfg, row.weights)["cls"]
     backbone = row.cfg.model.backbone
-    return {"status": "measured", "weights": row.weights, "data_root": row.cfg.data.root,
-            "measured": {key: metrics[key] for key in ("top1_err", "top5_err", "num_images")},
-            "width": backbone.base_width, "test": {key: _plain(_select(row.cfg, key)) for key in _test_keys(row.cfg)},
-            "deviations": row.deviations}
+    wnids = prepare_data(row.cfg).wnids
+    measured = {"status": "measured", "weights": row.weights, "data_root": row.cfg.data.root,
+                "num_classes": len(wnids), "synthetic": is_synthetic_loc(wnids),
+                "measured": {key: metrics[key] for key in ("top1_err", "top5_err", "num_images")},
+                "width": backbone.base_width,
+                "test": {key: _plain(_select(row.cfg, key)) for key in _test_keys(row.cfg)},
+                "deviations": row.deviations}
+    if NETWORKS[row.name].depth >= 50:  # bottleneck units: a 1x1 and a 3x3 that the stride could be in
+        measured["stride_in_1x1"] = bool(backbone.stride_in_1x1)
+    return measured
 
 
 def _test_keys(cfg) -> tuple[str, ...]:
@@ -289,27 +313,81 @@ def _test_keys(cfg) -> tuple[str, ...]:
 
 
 def table_markdown(result: dict) -> str:
-    """The table as markdown: the paper's errors and the measured ones side by side ("not run" where no
-    weights were given), then a note for each row tested otherwise than the table says."""
-    with_top5 = result["table"] != 2
+    """The table as markdown: its test views as measured, the paper's data and the measured rows', the
+    paper's errors and the measured ones side by side ("not run" where no weights were given), then a
+    note for each row tested otherwise than the table says and for bottleneck nets that stride elsewhere
+    than the paper's."""
+    table, rows = result["table"], result["rows"]
+    with_top5 = table != 2
     header = ["network", "top-1 paper", "top-1 here"] + (["top-5 paper", "top-5 here"] if with_top5 else [])
     header += ["val images", "weights"]
-    lines = [f"Table {result['table']}: {result['protocol']}, on the val images", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"Table {table}: {ERRORS_TEXT[table]}, {tested_views(table, rows)}, on the val images",
+             data_sentence(rows), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes = []
-    for row in result["rows"]:
+    for row in rows:
         measured = row["measured"] or {}
         cells = [row["net"], _number(row["paper"]["top1_err"]), _measured(measured, "top1_err")]
         if with_top5:
             cells += [_number(row["paper"]["top5_err"]), _measured(measured, "top5_err")]
         cells += [str(measured.get("num_images", "")), f"`{row['weights']}`" if measured else ""]
         lines.append("| " + " | ".join(cells) + " |")
-        if measured and row["width"] != PAPER_WIDTH:
-            notes.append(f"{row['net']}: width {row['width']} (the paper's: {PAPER_WIDTH})")
-        notes += [f"{row['net']}: {deviation}" for deviation in row.get("deviations", [])]
+        notes += [f"{row['net']}: {note}" for note in row_notes(row)]
     if notes:
-        lines += ["", "Tested otherwise than the paper:", *[f"- {note}" for note in notes]]
+        lines += ["", "Tested otherwise than the table's protocol:", *[f"- {note}" for note in notes]]
+    striding = [row["net"] for row in rows if row["measured"] and row.get("stride_in_1x1") is False]
+    if striding:
+        lines += ["", f"{', '.join(striding)}: stride 2 in the 3x3 convolution of the bottleneck units "
+                      f"(model.backbone.stride_in_1x1=false, as torchvision's weights), where the paper's nets "
+                      f"stride in the first 1x1."]
     return "\n".join(lines)
+
+
+def tested_views(table: int, rows: list[dict]) -> str:
+    """The test views of the measured rows in words (the table's when none was measured); when the rows
+    were tested differently, each way names its rows."""
+    by_views: dict[str, list[str]] = {}
+    for row in rows:
+        if row["measured"]:
+            by_views.setdefault(views_text(row["test"]), []).append(row["net"])
+    if len(by_views) <= 1:
+        return next(iter(by_views), views_text(PAPER_TEST[table]))
+    return "; ".join(f"{text} ({', '.join(names)})" for text, names in by_views.items())
+
+
+def data_sentence(rows: list[dict]) -> str:
+    """The paper's data and the measured rows': a row measured on another set is not the paper's figure
+    measured again, whatever its errors."""
+    paper = f"The paper: the {PAPER_VAL_IMAGES:,} ILSVRC 2012 val images of {PAPER_CLASSES} classes."
+    by_data: dict[str, list[str]] = {}
+    for row in rows:
+        if row["measured"]:
+            by_data.setdefault(data_text(row), []).append(row["net"])
+    if not by_data:
+        return paper
+    if len(by_data) == 1:
+        return f"{paper} Measured here: the val images of {next(iter(by_data))}."
+    sets = "; ".join(f"{', '.join(names)} on the val images of {text}" for text, names in by_data.items())
+    return f"{paper} Measured here: {sets}."
+
+
+def data_text(row: dict) -> str:
+    synthetic = ", the toolkit's synthetic set" if row["synthetic"] else ""
+    return f"`{row['data_root']}` ({row['num_classes']} classes{synthetic})"
+
+
+def row_notes(row: dict) -> list[str]:
+    """How a measured row differs from the paper's: its width, its test settings, its data."""
+    if not row["measured"]:
+        return []
+    notes = [f"width {row['width']} (the paper's: {PAPER_WIDTH})"] if row["width"] != PAPER_WIDTH else []
+    notes += row["deviations"]
+    if row["synthetic"]:
+        notes.append("the toolkit's synthetic set, not ImageNet")
+    if row["num_classes"] != PAPER_CLASSES:
+        notes.append(f"{row['num_classes']} classes (the paper's: {PAPER_CLASSES})")
+    if row["measured"]["num_images"] != PAPER_VAL_IMAGES:
+        notes.append(f"{row['measured']['num_images']:,} val images (the paper's: {PAPER_VAL_IMAGES:,})")
+    return notes
 
 
 def _number(value: float | None) -> str:

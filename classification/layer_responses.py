@@ -38,8 +38,9 @@ from resnet_engine.distributed import select_device
 from resnet_engine.errors import UserError
 
 from .classifier import network_name
-from .config import load_classification_config
-from .data.loaders import build_classification_data
+from .config import CIFAR_CLASSES, load_classification_config
+from .data.cifar import SYNTHETIC_MARKER, find_cifar
+from .data.loaders import build_classification_data, cifar_root
 from .weights import load_trained_classifier
 
 logger = logging.getLogger(__name__)
@@ -54,11 +55,30 @@ class LayerResponseError(UserError):
 
 
 @dataclass
+class ResponseImages:
+    """The images a std is over: ``num_images`` of the ``split`` of ``dataset`` in ``data_root``
+    (``synthetic``: a set the toolkit generated). The paper's are the 10,000 CIFAR-10 test images."""
+
+    split: str
+    dataset: str
+    data_root: str
+    synthetic: bool
+    num_images: int
+
+    def describe(self) -> str:
+        """"the 10,000 test images of CIFAR-10 in /data/cifar" (", the toolkit's synthetic set")."""
+        synthetic = ", the toolkit's synthetic set" if self.synthetic else ""
+        return f"the {self.num_images:,} {self.split} images of {self.dataset} in {self.data_root}{synthetic}"
+
+
+@dataclass
 class NetResponses:
-    """One net's response std per 3x3 layer, in layer order (as responses.json lists it)."""
+    """One net's response std per 3x3 layer, in layer order, and the images it is over (as responses.json
+    lists them)."""
 
     net: str
     std: list[float]
+    images: ResponseImages
 
 
 class ChannelMoments:
@@ -148,22 +168,31 @@ def measure_checkpoint(path: str, overrides: Sequence[str] = ()) -> NetResponses
     cfg = measurement_config(trained.cfg, overrides)
     data = build_classification_data(cfg, None, mean=meta["pixel_mean"].numpy(), split="test")
     model = trained.model.to(select_device(cfg.device))
-    name = network_name(trained.cfg)
-    logger.info("%s (%s): responses of %d layers on %d test images", name, path,
-                len(model.backbone.response_modules()), data.sizes["test"])
+    name, images = network_name(trained.cfg), response_images(cfg, data.sizes["test"])
+    logger.info("%s (%s): responses of %d layers on %s", name, path, len(model.backbone.response_modules()),
+                images.describe())
     stds = layer_response_stds(model, (batch["images"] for batch in data.test_loaders["test"]()))
-    return NetResponses(name, stds)
+    return NetResponses(name, stds, images)
+
+
+def response_images(cfg, count: int) -> ResponseImages:
+    """The ``count`` test images of ``cfg``'s data: the folder read (the embedded synthetic set's when
+    data.root is empty) and whether the toolkit generated it."""
+    root = cifar_root(cfg)
+    source = find_cifar(root, CIFAR_CLASSES[cfg.data.dataset])
+    return ResponseImages("test", source.layout.name, root, os.path.isfile(source.path(SYNTHETIC_MARKER)), count)
 
 
 # --------------------------------------------------------------------------------------------- outputs
 
 
 def write_responses(nets: list[NetResponses], out: str) -> tuple[str, str]:
-    """OUT/responses.json and OUT/responses.png; returns their paths."""
+    """OUT/responses.json ({"nets": [{"net", "std", and the images' "split", "dataset", "data_root",
+    "synthetic", "num_images"}]}) and OUT/responses.png; returns their paths."""
     os.makedirs(out, exist_ok=True)
     json_path, figure_path = os.path.join(out, "responses.json"), os.path.join(out, "responses.png")
     with open(json_path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump({"nets": [asdict(net) for net in nets]}, handle, indent=1)
+        json.dump({"nets": [{"net": net.net, "std": net.std, **asdict(net.images)} for net in nets]}, handle, indent=1)
     os.replace(json_path + ".tmp", json_path)
     plot_responses(nets, figure_path)
     return json_path, figure_path

@@ -6,7 +6,8 @@
 
 Each --weights is a checkpoint of tools/train_cls.py or tools/degradation.py (a CIFAR classifier; its config
 and pixel mean come with it). Writes OUT/responses.json ({"nets": [{"net", "std": one value per 3x3 layer, in
-layer order}]}) and OUT/responses.png (in layer order, and sorted by magnitude).
+layer order, and the images the std is over: "split", "dataset", "data_root", "synthetic", "num_images"}]}) and
+OUT/responses.png (in layer order, and sorted by magnitude).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main() -> int:
     json_path, figure_path = write_responses(nets, args.out)
     for net in nets:
         print(f"{net.net}: {len(net.std)} layers, std from {min(net.std):.3f} to {max(net.std):.3f}, "
-              f"mean {sum(net.std) / len(net.std):.3f}")
+              f"mean {sum(net.std) / len(net.std):.3f}, over {net.images.describe()}")
     print(f"wrote {json_path}, {figure_path}")
     return 0
 

@@ -36,7 +36,7 @@ def main() -> int:
     else:
         metrics = train_classifier(cfg, resume=args.resume, overwrite=args.overwrite).metrics
     if metrics and is_main_process():
-        print(format_metrics(metrics, cfg.test.mode))
+        print(format_metrics(metrics))
     return 0
 
 

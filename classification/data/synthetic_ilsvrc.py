@@ -35,6 +35,11 @@ IMAGE_SIDES = (160, 256)  # each side of an image is drawn from this range (pixe
 SECOND_OBJECT_PROBABILITY = 0.15
 
 
+def is_synthetic_loc(wnids) -> bool:
+    """Whether a class list is this generator's (its made-up WNIDs), in whatever folder the set was written."""
+    return tuple(wnids) == WNIDS
+
+
 def _draw(image: np.ndarray, mask: np.ndarray, kind: str, centre: tuple[float, float], size: float,
           angle: float, colour: tuple[int, ...]) -> None:
     """Draw one object into the image and (as 255) into its own mask; 2 fractional bits of precision."""

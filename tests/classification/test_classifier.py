@@ -28,6 +28,7 @@ from classification.data.imagenet import (
     ten_crops,
 )
 from classification.data.synthetic_ilsvrc import ensure_synthetic_loc
+from classification.evaluation import format_metrics
 from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.helpers import randomize_bn_statistics, subprocess_env
@@ -250,7 +251,14 @@ def test_short_training_run_writes_config_weights_and_errors(trained_run):
     metrics = json.loads((out / "metrics.json").read_text())["cls"]
     assert 0 <= metrics["top5_err"] <= metrics["top1_err"] <= 100
     assert metrics["num_images"] == 6
-    assert "top-1 error" in result.stdout and "top-5 error" in result.stdout
+    # The errors name their test views (10-crop, the config's default), in metrics.json and in the log's
+    # evaluation records alike, and the printed line names the split.
+    assert metrics["mode"] == "10crop" and "dense_scales" not in metrics
+    evaluations = [record["cls"] for record in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                   if record.get("type") == "eval"]
+    assert evaluations and evaluations[-1] == metrics
+    assert result.stdout.splitlines()[-1].startswith(
+        f"val (10crop): top-1 error {metrics['top1_err']:.2f}%, top-5 error {metrics['top5_err']:.2f}% (6 images, ")
 
 
 def test_a_checkpoint_is_tested_with_the_input_arithmetic_it_was_trained_with(trained_run):
@@ -289,6 +297,24 @@ def test_eval_only_reruns_the_saved_config_densely(trained_run):
     assert result.returncode == 0, result.stderr[-3000:]
     dense = json.loads((out / "eval_dense.json").read_text())
     assert dense["mode"] == "dense" and dense["cls"]["num_images"] == 6
+    views = {"mode": "dense", "dense_scales": [48, 64], "dense_flip": True}
+    assert {key: dense["cls"][key] for key in views} == views
+    assert result.stdout.splitlines()[-1].startswith(
+        f"val (dense at 48/64 with flips): top-1 error {dense['cls']['top1_err']:.2f}%, top-5 error "
+        f"{dense['cls']['top5_err']:.2f}% (6 images, ")
+
+
+def test_each_printed_result_names_its_split_and_imagenets_its_test_views():
+    errors = {"top1_err": 7.514, "top5_err": 0.5, "num_images": 5000, "seconds_per_image": 0.00123}
+    cifar = format_metrics({"val": errors, "test": {**errors, "num_images": 10000}, "iteration": 5})
+    assert cifar.splitlines() == ["val: top-1 error 7.51%, top-5 error 0.50% (5000 images, 0.0012 s/image)",
+                                  "test: top-1 error 7.51%, top-5 error 0.50% (10000 images, 0.0012 s/image)"]
+    for views, name in (({"mode": "1crop"}, "val (1crop)"),
+                        ({"mode": "dense", "dense_scales": [224, 256], "dense_flip": False},
+                         "val (dense at 224/256 without flips)"),
+                        ({}, "val")):  # a section saved without its views
+        assert format_metrics({"cls": {**errors, **views}}) == (
+            f"{name}: top-1 error 7.51%, top-5 error 0.50% (5000 images, 0.0012 s/image)")
 
 
 def test_unknown_config_key_is_one_line_and_exit_code_2():

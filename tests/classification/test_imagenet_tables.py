@@ -1,6 +1,7 @@
 """The paper's ImageNet tables (classification/imagenet_tables.py, tools/imagenet_tables.py): measured rows equal
 evaluate_weights' errors and an independent computation of the test views, the paper's figures as printed in
-the paper, "not run" rows, the tables' protocols, and one-line messages for bad input."""
+the paper, "not run" rows, the tables' protocols, the data and test views a row was measured with, and
+one-line messages for bad input."""
 
 import csv
 import importlib.util
@@ -20,7 +21,13 @@ from classification.config import load_classification_config
 from classification.data.imagenet import resize_shorter_side
 from classification.data.synthetic_ilsvrc import ensure_synthetic_loc
 from classification.evaluation import evaluate_weights
-from classification.imagenet_tables import measure_table, parse_weights_options, row_config, table_markdown
+from classification.imagenet_tables import (
+    measure_table,
+    parse_weights_options,
+    protocol_deviations,
+    row_config,
+    table_markdown,
+)
 from detection.data.image_io import read_image
 from resnet_engine.cli import run_cli
 from resnet_engine.config import config_to_text
@@ -36,7 +43,14 @@ PAPER = {
     4: {"ResNet-34 B": (21.84, 5.71), "ResNet-34 C": (21.53, 5.60), "ResNet-50": (20.74, 5.25),
         "ResNet-101": (19.87, 4.60), "ResNet-152": (19.38, 4.49)},
 }
+# The tables' headers: the errors and the test views of each.
+PROTOCOL_TEXT = {2: "top-1 error (%), 10-crop testing", 3: "top-1 / top-5 error (%), 10-crop testing",
+                 4: "top-1 / top-5 error (%), single model, fully convolutional at shorter sides "
+                    "{224, 256, 384, 480, 640} with flips, softmax averaged"}
 # Tiny nets on small images: width 8, 48-pixel crops, 48 val images of 48-64 pixels (8 per class).
+# The resize before the 10 crops (256 in the tables) and the flips of the dense test are the toolkit's choices.
+TOOLKIT_CHOICE = "the toolkit's choice: the paper does not give it"
+RESIZE_52 = f"test.resize=52 (the table's: 256, {TOOLKIT_CHOICE})"
 TINY = ["model.backbone.base_width=8", "model.backbone.zero_init_residual=false", "model.num_classes=0",
         "input.train_short_side=[48,56]", "input.crop=48", "test.resize=52", "test.ims_per_batch=16",
         "data.num_workers=0", "data.synthetic=''"]
@@ -173,7 +187,7 @@ def test_table_2_from_the_command_line(tiny, monkeypatch, capsys):
     assert code == 0, stderr[-3000:]
     assert {str(w.message) for w in warned} == {
         f"{name} is not tested as the table says: {deviation}" for name in ("plain-18", "ResNet-18")
-        for deviation in ("test.resize=52 (the table's: 256)", "input.crop=48 (the table's: 224)")}
+        for deviation in (RESIZE_52, "input.crop=48 (the table's: 224)")}
     table = json.loads((out / "table2.json").read_text())
     rows = {row["net"]: row for row in table["rows"]}
     assert list(rows) == list(PAPER[2])
@@ -191,11 +205,22 @@ def test_table_2_from_the_command_line(tiny, monkeypatch, capsys):
         direct = evaluate_weights(cfg, path)["cls"]
         assert (measured["top1_err"], measured["top5_err"]) == (direct["top1_err"], direct["top5_err"])
         assert rows[name]["paper"]["top1_err"] == PAPER[2][name][0]
-        assert "test.resize=52 (the table's: 256)" in rows[name]["deviations"]
+        assert rows[name]["deviations"] == [RESIZE_52, "input.crop=48 (the table's: 224)"]
+        # The data it was measured on: the synthetic set's 6 classes, not ImageNet's 1000.
+        assert (rows[name]["data_root"], rows[name]["num_classes"], rows[name]["synthetic"]) == (root, 6, True)
+        assert "stride_in_1x1" not in rows[name]  # basic units: no 1x1 to stride in
     for name in ("plain-34", "ResNet-34 A"):
         assert rows[name]["status"] == "not run" and rows[name]["measured"] is None
         assert rows[name]["paper"] == {"top1_err": PAPER[2][name][0], "top5_err": None}
     lines = stdout.splitlines()
+    assert lines[:3] == ["Table 2: top-1 error (%), 10-crop testing, on the val images",
+                         f"The paper: the 50,000 ILSVRC 2012 val images of 1000 classes. Measured here: the val "
+                         f"images of `{root}` (6 classes, the toolkit's synthetic set).", ""]
+    assert lines[lines.index("Tested otherwise than the table's protocol:") + 1:] == [
+        f"- {name}: {note}" for name in ("plain-18", "ResNet-18")
+        for note in ("width 8 (the paper's: 64)", RESIZE_52, "input.crop=48 (the table's: 224)",
+                     "the toolkit's synthetic set, not ImageNet", "6 classes (the paper's: 1000)",
+                     "48 val images (the paper's: 50,000)")]
     assert "| plain-34 | 28.54 | not run |  |  |" in lines
     assert f"| ResNet-18 | 27.88 | {rows['ResNet-18']['measured']['top1_err']:.2f} | 48 | `{nets['ResNet-18'][0]}` |" in lines
     assert any(one_crop_differs)  # the data tell 10 crops from 1: the check above would see the wrong protocol
@@ -227,13 +252,67 @@ def test_table_4_tests_densely_with_flips(tiny, tmp_path):
         (name, "measured" if name == "ResNet-34 C" else "not run") for name in PAPER[4]]
     assert all((r["paper"]["top1_err"], r["paper"]["top5_err"]) == PAPER[4][r["net"]] for r in table["rows"])
     markdown = table_markdown(table)
+    assert markdown.splitlines()[0] == ("Table 4: top-1 / top-5 error (%), single model, fully convolutional at "
+                                        "shorter sides {48, 64} with flips, softmax averaged, on the val images")
     assert "| ResNet-50 | 20.74 | not run | 5.25 | not run |  |  |" in markdown
     assert "- ResNet-34 C: width 8 (the paper's: 64)" in markdown
+    # A row measured without flips: the header says so, for that row alone when another row has them.
+    without = {**rows["ResNet-34 C"], "test": {**rows["ResNet-34 C"]["test"], "test.dense_flip": False}}
+    views = "fully convolutional at shorter sides {48, 64}"
+    assert table_markdown({**table, "rows": [without]}).splitlines()[0] == (
+        f"Table 4: top-1 / top-5 error (%), single model, {views} without flips, softmax averaged, on the val images")
+    assert table_markdown({**table, "rows": [{**without, "net": "ResNet-34 B"}, rows["ResNet-34 C"]]}).splitlines()[0] == (
+        f"Table 4: top-1 / top-5 error (%), single model, {views} without flips, softmax averaged (ResNet-34 B); "
+        f"{views} with flips, softmax averaged (ResNet-34 C), on the val images")
+
+
+def test_a_bottleneck_row_notes_its_stride_and_a_subset_of_the_val_images(tiny, tmp_path):
+    """ResNet-50 as the shipped config builds it strides in the 3x3 (the paper's nets: in the 1x1); 12 of the
+    48 val images are tested."""
+    _, root, _ = tiny
+    overrides = [*TINY, f"data.root={root}", "test.max_images=12"]
+    model = untrained_classifier(load_classification_config("ilsvrc_cls_r50.yaml", overrides), root, seed=7)
+    weights = str(tmp_path / "r50.pth")
+    torch.save(model.backbone.state_dict(), weights)
+    with pytest.warns(UserWarning):
+        table = measure_table(3, {"ResNet-50": weights}, overrides, str(tmp_path / "out"))
+    row = {r["net"]: r for r in table["rows"]}["ResNet-50"]
+    assert (row["stride_in_1x1"], row["measured"]["num_images"], row["num_classes"]) == (False, 12, 6)
+    lines = table_markdown(table).splitlines()
+    assert lines[0] == "Table 3: top-1 / top-5 error (%), 10-crop testing, on the val images"
+    assert lines[lines.index("Tested otherwise than the table's protocol:") + 1:] == [
+        "- ResNet-50: width 8 (the paper's: 64)", f"- ResNet-50: {RESIZE_52}", "- ResNet-50: input.crop=48 (the table's: 224)",
+        "- ResNet-50: test.max_images=12 (the table's: 0)", "- ResNet-50: the toolkit's synthetic set, not ImageNet",
+        "- ResNet-50: 6 classes (the paper's: 1000)", "- ResNet-50: 12 val images (the paper's: 50,000)", "",
+        "ResNet-50: stride 2 in the 3x3 convolution of the bottleneck units (model.backbone.stride_in_1x1=false, as "
+        "torchvision's weights), where the paper's nets stride in the first 1x1."]
+
+
+def test_rows_measured_on_other_data_name_theirs():
+    """The header names each row's data; ImageNet's own 50,000 images of 1000 classes get no note."""
+    def row(net, root, classes, synthetic, images):
+        return {"net": net, "paper": {"top1_err": 1.0, "top5_err": 1.0}, "status": "measured", "weights": "w.pth",
+                "data_root": root, "num_classes": classes, "synthetic": synthetic, "width": 64,
+                "measured": {"top1_err": 2.0, "top5_err": 2.0, "num_images": images}, "deviations": [],
+                "test": {"test.mode": "10crop", "test.resize": 256, "input.crop": 224, "test.max_images": 0}}
+    rows = [row("plain-34", "/data/ilsvrc", 1000, False, 50_000), row("ResNet-34 A", "/data/subset", 100, False, 5_000)]
+    table = {"table": 3, "protocol": PROTOCOL_TEXT[3], "rows": rows}
+    lines = table_markdown(table).splitlines()
+    assert lines[1] == ("The paper: the 50,000 ILSVRC 2012 val images of 1000 classes. Measured here: plain-34 on the "
+                        "val images of `/data/ilsvrc` (1000 classes); ResNet-34 A on the val images of `/data/subset` "
+                        "(100 classes).")
+    assert lines[lines.index("Tested otherwise than the table's protocol:") + 1:] == [
+        "- ResNet-34 A: 100 classes (the paper's: 1000)", "- ResNet-34 A: 5,000 val images (the paper's: 50,000)"]
+    table["rows"] = table["rows"][:1]
+    assert table_markdown(table).splitlines()[1] == ("The paper: the 50,000 ILSVRC 2012 val images of 1000 classes. "
+                                                     "Measured here: the val images of `/data/ilsvrc` (1000 classes).")
+    assert "Tested otherwise" not in table_markdown(table)
 
 
 @pytest.mark.parametrize("table", [2, 3, 4])
 def test_the_papers_figures_and_protocols(table, tmp_path):
     result = measure_table(table, {}, [], str(tmp_path))
+    assert result["protocol"] == PROTOCOL_TEXT[table]
     assert [(r["net"], (r["paper"]["top1_err"], r["paper"]["top5_err"]), r["status"]) for r in result["rows"]] == [
         (name, errors, "not run") for name, errors in PAPER[table].items()]
     name = next(iter(PAPER[table]))
@@ -242,6 +321,21 @@ def test_the_papers_figures_and_protocols(table, tmp_path):
         assert (cfg.test.mode, list(cfg.test.dense_scales), cfg.test.dense_flip) == ("dense", [224, 256, 384, 480, 640], True)
     else:
         assert (cfg.test.mode, cfg.test.resize, cfg.input.crop) == ("10crop", 256, 224)
+    assert protocol_deviations(table, cfg) == []
+    assert table_markdown(result).splitlines()[:2] == [
+        f"Table {table}: {PROTOCOL_TEXT[table]}, on the val images",
+        "The paper: the 50,000 ILSVRC 2012 val images of 1000 classes."]
+
+
+def test_the_paper_gives_the_crops_and_scales_and_the_toolkit_the_resize_and_the_flips(tmp_path):
+    def deviations(table, *overrides):
+        return protocol_deviations(table, row_config(table, "ResNet-50", "torchvision:IMAGENET1K_V1", list(overrides),
+                                                     str(tmp_path)))
+    assert deviations(3, "test.resize=288", "input.crop=256") == [
+        f"test.resize=288 (the table's: 256, {TOOLKIT_CHOICE})", "input.crop=256 (the table's: 224)"]
+    assert deviations(4, "test.dense_flip=false", "test.dense_scales=[224,256]") == [
+        "test.dense_scales=[224, 256] (the table's: [224, 256, 384, 480, 640])",
+        f"test.dense_flip=false (the table's: true, {TOOLKIT_CHOICE})"]
 
 
 # --------------------------------------------------------------------------------------------- bad input

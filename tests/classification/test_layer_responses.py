@@ -18,6 +18,7 @@ from classification.data.synthetic_cifar import SyntheticCifarSpec, ensure_synth
 from classification.layer_responses import (
     ChannelMoments,
     LayerResponseError,
+    ResponseImages,
     check_measurement_overrides,
     layer_response_stds,
     measure_checkpoint,
@@ -27,6 +28,8 @@ from classification.weights import load_trained_classifier
 from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.helpers import randomize_bn_statistics, subprocess_env
+
+from .tiny_cifar import write_brightness_cifar
 
 
 def pass_through_plain_net(depth: int, seed: int = 0):
@@ -139,6 +142,7 @@ def test_a_checkpoint_is_measured_on_its_test_images(trained):
     weights, root = trained
     measured = measure_checkpoint(weights)
     assert measured.net == "ResNet-8" and len(measured.std) == 7
+    assert measured.images == ResponseImages("test", "CIFAR-10", root, True, 24)
     # The same net on the same test images (the checkpoint's pixel mean subtracted), all at once.
     classifier = load_trained_classifier(weights)
     data = build_classification_data(classifier.cfg, None, mean=classifier.meta["pixel_mean"].numpy(), split="test")
@@ -159,10 +163,30 @@ def test_the_tool_writes_the_json_and_the_figure(trained, tmp_path):
     nets = json.loads((tmp_path / "responses.json").read_text())["nets"]
     assert [n["net"] for n in nets] == ["ResNet-8", "ResNet-8"]
     np.testing.assert_allclose(nets[0]["std"], measure_checkpoint(weights).std, rtol=1e-6)
+    # Which images the stds are over: the test split of the synthetic set, 24 images.
+    assert [sorted(n) for n in nets] == [["data_root", "dataset", "net", "num_images", "split", "std", "synthetic"]] * 2
+    assert {key: nets[0][key] for key in ("split", "dataset", "data_root", "synthetic", "num_images")} == {
+        "split": "test", "dataset": "CIFAR-10", "data_root": root, "synthetic": True, "num_images": 24}
+    std = nets[0]["std"]
+    line = (f"ResNet-8: 7 layers, std from {min(std):.3f} to {max(std):.3f}, mean {sum(std) / len(std):.3f}, over "
+            f"the 24 test images of CIFAR-10 in {root}, the toolkit's synthetic set")
+    assert result.stdout.splitlines()[:2] == [line, line]
     data = (tmp_path / "responses.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
     assert 600 <= width <= 1000 and 500 <= height <= 900
+
+
+def test_the_test_images_of_another_folder_are_named(trained, tmp_path):
+    """data.root=DIR measures on another folder's test split: a set in the official layout that the toolkit
+    did not generate (of other sizes than the official files, which the reader warns of)."""
+    weights, _ = trained
+    other = write_brightness_cifar(tmp_path)
+    with pytest.warns(UserWarning, match="images, the official CIFAR-10") as warned:
+        measured = measure_checkpoint(weights, [f"data.root={other}"])
+    assert any("hold 50 images, the official CIFAR-10 10000" in str(w.message) for w in warned)
+    assert measured.images == ResponseImages("test", "CIFAR-10", other, False, 50)
+    assert measured.images.describe() == f"the 50 test images of CIFAR-10 in {other}"
 
 
 def test_weights_that_are_not_a_cifar_classifier_get_one_line(trained, tmp_path):
