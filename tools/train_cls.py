@@ -24,6 +24,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.eval_only and not args.weights:
         parser.error("--eval-only needs --weights")
+    if args.weights and not args.eval_only:  # a run from scratch, while the user meant to start from these
+        parser.error("--weights is read by --eval-only only: to train starting from ImageNet weights, set "
+                     "model.backbone.weights=W")
 
     from classification.config import load_classification_config
     from classification.evaluation import evaluate_weights, format_metrics

@@ -232,6 +232,10 @@ def test_train_weights_without_eval_only_are_refused():
     assert result.stderr == ("error: --weights is read by --eval-only only: to train starting from a detector's "
                              "weights, set model.weights=W (ImageNet weights of the backbone: model.backbone.weights=W) "
                              "(python train_det.py --help lists the options)\n")
+    result = run_tool("train_cls.py", "--weights", "W.pth", "solver.max_iter=1")
+    assert result.returncode == 2
+    assert result.stderr == ("error: --weights is read by --eval-only only: to train starting from ImageNet weights, "
+                             "set model.backbone.weights=W (python train_cls.py --help lists the options)\n")
 
 
 def test_the_demo_keeps_a_training_run_that_is_not_an_earlier_demos(tmp_path, monkeypatch):
