@@ -17,7 +17,12 @@ def collate_list(batch: list[dict]) -> list[dict]:
 
 
 def loader_options(num_workers: int, persistent: bool) -> dict:
-    options = {"num_workers": num_workers, "collate_fn": collate_list, "pin_memory": False}
+    return {"collate_fn": collate_list, **worker_options(num_workers, persistent)}
+
+
+def worker_options(num_workers: int, persistent: bool) -> dict:
+    """The DataLoader options of the worker processes, shared by every loader of the toolkit."""
+    options = {"num_workers": num_workers, "pin_memory": False}
     if num_workers > 0:
         # A hung worker becomes an error instead of a silent stall.
         options.update(persistent_workers=persistent, prefetch_factor=2, timeout=600)

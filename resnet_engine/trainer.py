@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -126,6 +127,16 @@ def mute_worker_signal():
 def restore_worker_signal(previous) -> None:
     if previous is not None:
         signal.signal(signal.SIGCHLD, previous)
+
+
+def defer_worker_deaths(defer: bool) -> None:
+    """Hold SIGCHLD back (True) or let it through (False). PyTorch reports a dead data-loading worker by
+    raising from its SIGCHLD handler wherever the main process is, an optimizer step half done included.
+    Held back while an iteration updates the model, the report comes at the iteration's end, where the
+    weights, the optimizer and the schedule agree on the iteration count (a checkpoint can be saved)."""
+    if hasattr(signal, "pthread_sigmask") and hasattr(signal, "SIGCHLD") and \
+            threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK if defer else signal.SIG_UNBLOCK, {signal.SIGCHLD})
 
 
 class Trainer:
@@ -328,14 +339,16 @@ class Trainer:
         completed = False
         worker_death: TrainingError | None = None
         previous_sigchld = None
+        self._completed = self.start_iter  # iterations whose update is whole, for a stop's checkpoint
         try:
             if self._evaluation_missed():
                 self.iteration = self.start_iter
                 self._evaluate(self.start_iter)
             for iteration in range(self.start_iter, solver.max_iter):
-                self.iteration = iteration
+                self.iteration = self._completed = iteration
                 tick = time.perf_counter()
                 batch = self._next_batch(data)
+                defer_worker_deaths(True)
                 losses, metrics = self._forward(batch)
                 total = sum(losses.values())
                 stop, nonfinite = self._agree(self._stop_signal is not None, not bool(torch.isfinite(total)))
@@ -357,6 +370,8 @@ class Trainer:
                     self._log(done, self.log_window, seconds_per_iter, lr, bar)
                     self.log_window = LogWindow()
                     window_seconds, last_log = self.train_seconds, done
+                self._completed = done
+                defer_worker_deaths(False)  # a worker's death during the update is raised here
                 if stop:
                     self._save_and_stop(done)
                 if solver.checkpoint_period and done % solver.checkpoint_period == 0 and done < solver.max_iter:
@@ -382,9 +397,14 @@ class Trainer:
             previous_sigchld = mute_worker_signal()
             worker_death = error
         finally:
+            defer_worker_deaths(False)
             bar.close()
             self._restore_signal_handlers(previous_handlers)
             self.metrics_logger.close(finished=completed)
+        if worker_death is not None and self._stop_signal is not None:
+            # A stop sent to the whole process group (SLURM's scancel, a terminal's Ctrl-C) ends the
+            # workers too: the run stops as asked, not as a failure.
+            worker_death = self._stop_with_dead_workers()
         if worker_death is not None:
             # Drop every reference to the loader's iterator (the exception's traceback holds its
             # frames too) so that it shuts its workers down now; until then PyTorch's SIGCHLD handler
@@ -627,6 +647,20 @@ class Trainer:
 
     def _signal_name(self) -> str:
         return signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another process"
+
+    def _stop_with_dead_workers(self) -> StoppedBySignal:
+        """The stop of a run whose data-loading workers died of the same signal: a checkpoint of the
+        iterations completed, as any stop saves, where one process can write it alone."""
+        name = self._signal_name()
+        if dist_utils.is_distributed():  # a checkpoint gathers every process, which may be elsewhere now
+            return StoppedBySignal(f"stopped by {name} at iteration {self._completed}, with the data-loading "
+                                   f"workers; no checkpoint saved at this iteration: continue with --resume from "
+                                   f"the last one", self._stop_signal)
+        self.iteration = self._completed
+        path = self.save()
+        return StoppedBySignal(f"stopped by {name} at iteration {self._completed}, with the data-loading workers; "
+                               f"checkpoint saved" + (f" to {path}" if path else "") + "; continue with --resume",
+                               self._stop_signal)
 
     def _save_and_stop(self, iteration: int) -> None:
         self.iteration = iteration

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from resnet_engine.distributed import get_rank, get_world_size
+from resnet_engine.loaders import worker_options
 from resnet_engine.sampler import GroupedBatchSampler
 
 from .cifar import IMAGE_SHAPE, CifarArrays, CifarError, CifarSource, find_cifar, read_class_names, read_split
@@ -204,11 +205,7 @@ def keep_batch(batch: dict) -> dict:
 
 def _loader_options(num_workers: int, persistent: bool) -> dict:
     # batch_size=None: the sampler yields whole batches and the dataset builds each in one call.
-    options = {"batch_size": None, "num_workers": num_workers, "collate_fn": keep_batch, "pin_memory": False}
-    if num_workers > 0:
-        # A hung worker becomes an error instead of a silent stall.
-        options.update(persistent_workers=persistent, prefetch_factor=2, timeout=600)
-    return options
+    return {"batch_size": None, "collate_fn": keep_batch, **worker_options(num_workers, persistent)}
 
 
 def build_cifar_train_loader(dataset: CifarDataset, images_per_process: int, seed: int, num_workers: int,

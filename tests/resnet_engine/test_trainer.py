@@ -45,6 +45,34 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert load_checkpoint(str(tmp_path / "model_final.pth"))["iteration"] == 6
 
 
+def test_a_stop_sent_to_the_whole_process_group_saves_a_checkpoint(tmp_path):
+    """SLURM's scancel and a terminal's Ctrl-C signal every process of the job, the data-loading workers
+    too: workers that died of it ended the run as "a data-loading worker died", without a checkpoint."""
+    process = subprocess.Popen([sys.executable, "-m", "tests.resnet_engine.stop_signal_training", str(tmp_path)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        log = tmp_path / "metrics.jsonl"
+        while not (log.exists() and log.read_text().count("\n") >= 3) and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[1][-2000:]
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    # The workers' deaths come at the end of an iteration, whose update is whole; or the main process
+    # stopped at an iteration's end before it noticed them.
+    stopped = re.search(r"stopped by SIGTERM at iteration (\d+)(, with the data-loading workers)?; checkpoint saved "
+                        r"to .*model_(\d+)\.pth; continue with --resume", stderr)
+    assert stopped and int(stopped.group(1)) == int(stopped.group(3)) >= 3, stderr[-2000:]
+    assert "a data-loading worker died" not in stderr
+    state = load_checkpoint(str(tmp_path / f"model_{stopped.group(3)}.pth"))
+    assert state["iteration"] == int(stopped.group(1)) == state["scheduler"]["last_epoch"]
+
+
 def test_keeps_the_last_n_periodic_checkpoints_and_the_best(tmp_path):
     scores = iter([1.0, 5.0, 2.0, 3.0, 0.5, 4.0])  # the best is after iteration 2
 
