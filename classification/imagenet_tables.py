@@ -153,8 +153,16 @@ def saved_config_text(weights: str) -> str | None:
         if "no 'model' entry" in str(error):  # a bare state dict
             return None
         raise
-    meta = state.get("meta") or {}
-    return state.get("config") if meta.get("task") == "classification" else None
+    task = (state.get("meta") or {}).get("task")
+    if task in OTHER_TASKS:
+        raise UserError(f"{weights} is a {task} checkpoint of {OTHER_TASKS[task]}, not a classifier: give a "
+                        f"classifier of tools/train_cls.py, a state dict of the network, or torchvision:NAME")
+    return state.get("config") if task == "classification" else None
+
+
+# The checkpoints of the other tasks' trainers, which record their task: not classifiers, though their
+# backbone's tensors would partly load.
+OTHER_TASKS = {"detection": "tools/train_det.py", "localization": "tools/train_loc.py"}
 
 
 def row_config(table: int, name: str, weights: str, overrides: list[str], output_dir: str):

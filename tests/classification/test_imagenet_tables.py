@@ -373,6 +373,13 @@ def test_weights_that_are_not_the_row_stop_before_testing(tiny, tmp_path):
     torch.save({"model": build_classifier(cifar, 10).state_dict(), "meta": {"task": "classification"},
                 "config": config_to_text(cifar)}, path)
     assert "is a cifar10 classifier" in one_line_error(measure_table, 2, {"ResNet-18": path}, [], out)
+    # A detector's checkpoint was tested as a classifier without an fc ("set model.num_classes=0", then
+    # "holds no fc"): it is named as what it is.
+    detector = str(tmp_path / "detector.pth")
+    torch.save({"model": {}, "meta": {"task": "detection"}, "config": ""}, detector)
+    assert one_line_error(measure_table, 2, {"ResNet-18": detector}, [], out) == (
+        f"{detector} is a detection checkpoint of tools/train_det.py, not a classifier: give a classifier of "
+        f"tools/train_cls.py, a state dict of the network, or torchvision:NAME")
     assert not os.path.exists(out)  # nothing was tested or written
 
 
