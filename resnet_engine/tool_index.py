@@ -58,9 +58,16 @@ def print_tools(package: str, names: list[str]) -> int:
     print(f"{package} {__version__}: command lines\n")
     for row in rows:
         print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
-    print("\nEach takes --help; trailing key=value arguments override the config.")
+    print("\nEach takes --help; the tools that read a config take key=value arguments that override it.")
     return 0
 
 
 def main(package: str, names: list[str]) -> None:
+    """``python -m PACKAGE [--help]``: the list of its tools. Anything else is one line and exit status 2:
+    ``python -m detection train_det`` listed the tools and succeeded, having run nothing."""
+    arguments = sys.argv[1:]
+    if arguments and arguments not in (["-h"], ["--help"]):
+        print(f"error: python -m {package} lists its tools and takes no arguments (given: {' '.join(arguments)}): "
+              f"run a tool itself, such as python tools/{names[0]} --help", file=sys.stderr)
+        sys.exit(2)
     sys.exit(print_tools(package, names))

@@ -150,6 +150,15 @@ def test_package_help_lists_the_tools(package, tool):
     assert "0.1.0" in result.stdout.splitlines()[0]
 
 
+def test_package_index_refuses_arguments():
+    """``python -m detection train_det --help`` printed the index and exited 0, having run nothing."""
+    result = subprocess.run([sys.executable, "-m", "detection", "train_det", "--help"], capture_output=True,
+                            text=True, cwd=ROOT, env=subprocess_env(), timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("error: python -m detection lists its tools and takes no arguments (given: train_det "
+                             "--help): run a tool itself, such as python tools/train_det.py --help\n")
+
+
 def load_tool(name: str):
     """A script of tools/ imported as a module, to call its main() in this process."""
     import importlib.util
