@@ -129,7 +129,37 @@ def describe_load_failure(path: str, error: BaseException) -> str:
         return (f"{path} was refused as unsafe: it holds pickled objects other than tensors (e.g. {foreign[0]}), "
                 f"which could run code when loaded; re-save its tensors alone (torch.save(model.state_dict(), "
                 f"...)) from a source you trust")
+    other = other_file_kind(path)
+    if other:
+        return f"{path} is {other}, not a PyTorch checkpoint: give the .pth file that training wrote (model_final.pth)"
     return f"checkpoint {path} is damaged or truncated ({type(error).__name__})"
+
+
+# The first bytes of files given as weights by mistake, and what they are.
+FILE_SIGNATURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+                   (b"%PDF", "a PDF document"))
+
+
+def other_file_kind(path: str) -> str | None:
+    """What a file that is no checkpoint plainly is (an image, a config, a text), from its first bytes;
+    None when it may be a damaged checkpoint."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None
+    for signature, kind in FILE_SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    # A config or log: lines of readable text with keys (a damaged checkpoint is binary, or a few words).
+    if text.isprintable() or all(line.isprintable() for line in text.splitlines()):
+        if ":" in text or "=" in text or "{" in text:
+            return "a text file (a config or a log?)"
+    return None
 
 
 def load_checkpoint(path: str, mmap: bool = False) -> dict:

@@ -108,6 +108,19 @@ def test_a_pickle_that_holds_code_is_refused_as_unsafe(tmp_path):
         load_checkpoint(str(path))
 
 
+def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path):
+    """--cfg and --weights swapped, or an image given as weights: it was "damaged or truncated"."""
+    config = tmp_path / "config.yaml"
+    config.write_text("model:\n  backbone:\n    depth: 50\n")
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))
+    for path, kind in ((config, "a text file (a config or a log?)"), (image, "a JPEG image")):
+        with pytest.raises(CheckpointError) as error:
+            load_checkpoint(str(path))
+        assert str(error.value) == (f"{path} is {kind}, not a PyTorch checkpoint: give the .pth file that training "
+                                    f"wrote (model_final.pth)")
+
+
 def test_resume_falls_back_to_model_best_past_damaged_states(tmp_path):
     """model_final and the periodic checkpoints damaged, model_best intact: resume continues from
     model_best, sets the damaged files aside, and the run never rewrites model_best with a worse state."""
