@@ -273,6 +273,7 @@ def run_degradation(cfg_path: str, overrides, depths, iters: int | None, out: st
     if dataset not in CIFAR_CLASSES:
         raise DegradationError(f"data.dataset={dataset} ({cfg_path} and the overrides): the degradation "
                                f"experiment trains CIFAR nets: give a CIFAR config, such as configs/cifar_degradation.yaml")
+    check_report_kept(out, depths, overwrite)
     base = load_classification_config(cfg_path, overrides)
     iters = check_iters(base.solver.max_iter if iters is None else iters)
     schedule, sentence = schedule_overrides(base, iters)
@@ -286,6 +287,25 @@ def run_degradation(cfg_path: str, overrides, depths, iters: int | None, out: st
             runs.append(train_one(cfg, resume, overwrite))
     dataset = describe_dataset(base)
     return write_report(runs, sentence, dataset, out)
+
+
+def check_report_kept(out: str, depths: list[int], overwrite: bool) -> None:
+    """The report of --out is rewritten with this run's nets alone: one that lists others is kept unless
+    --overwrite (the nets' folders stay either way)."""
+    path = os.path.join(out, "degradation.json")
+    if overwrite or not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            listed = sorted({int(run["depth"]) for run in json.load(handle)["runs"]})
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a report of this tool: rewritten
+    others = [depth for depth in listed if depth not in depths]
+    if others:
+        raise DegradationError(f"{path} reports depths {', '.join(map(str, listed))}, and this run trains "
+                               f"{', '.join(map(str, depths))}: its report would lose depth {others[0]}; give all of "
+                               f"them (--depths {' '.join(map(str, sorted(set(listed) | set(depths))))} --resume "
+                               f"reuses the finished nets), another --out, or --overwrite")
 
 
 def run_folder(out: str, depth: int, residual: bool) -> str:

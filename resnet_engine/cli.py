@@ -133,13 +133,14 @@ class TrainingParser(OverridesParser):
         return parsed
 
 
-def training_parser(description: str, default_cfg: str) -> argparse.ArgumentParser:
-    """config_parser plus the options every trainer has: ``--resume`` and ``--overwrite``."""
+def training_parser(description: str, default_cfg: str, folder: str = "output_dir") -> argparse.ArgumentParser:
+    """config_parser plus the options every trainer has: ``--resume`` and ``--overwrite``; ``folder`` says
+    where the run's checkpoints are, for their help."""
     parser = TrainingParser(description=description)
     add_config_arguments(parser, default_cfg)
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    parser.add_argument("--resume", action="store_true", help=f"continue from the last checkpoint in {folder}")
     parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh in an output_dir that holds an earlier run's checkpoints (deletes them)")
+                        help=f"start afresh where {folder} holds an earlier run's checkpoints (deletes them)")
     return parser
 
 

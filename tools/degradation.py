@@ -19,10 +19,11 @@ DEFAULT_CFG = "configs/cifar_degradation.yaml"
 
 
 def main() -> int:
-    parser = training_parser(__doc__.splitlines()[0], DEFAULT_CFG)
+    parser = training_parser(__doc__.splitlines()[0], DEFAULT_CFG, folder="each net's folder of --out")
     parser.add_argument("--depths", type=int, nargs="+", default=[20, 56],
                         help="depths 6n+2 (default: 20 56); each trains as a plain and a residual net")
-    parser.add_argument("--iters", type=int, help="iterations per net (default: the config's solver.max_iter)")
+    parser.add_argument("--iters", type=int, help="iterations per net, a multiple of 10 of at least 50 (default: the "
+                                                  "config's solver.max_iter)")
     parser.add_argument("--out", default="output/degradation", help="the output folder (default: %(default)s)")
     args = parser.parse_args()
     check_output_folder(args.out, "--out")

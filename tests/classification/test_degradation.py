@@ -178,6 +178,19 @@ def test_bad_arguments_stop_before_training(depths, iters, overrides, message, t
     assert not (tmp_path / "out").exists()
 
 
+def test_a_report_of_other_depths_is_kept(tmp_path):
+    """A second run into the same --out with other depths replaced the first run's table and figure."""
+    from classification.degradation import check_report_kept
+    (tmp_path / "degradation.json").write_text(json.dumps({"runs": [{"depth": 8}, {"depth": 8}, {"depth": 14}]}))
+    check_report_kept(str(tmp_path), [8, 14, 20], overwrite=False)
+    check_report_kept(str(tmp_path), [20], overwrite=True)
+    with pytest.raises(DegradationError) as error:
+        check_report_kept(str(tmp_path), [14, 20], overwrite=False)
+    assert str(error.value) == (f"{tmp_path}/degradation.json reports depths 8, 14, and this run trains 14, 20: its "
+                                "report would lose depth 8; give all of them (--depths 8 14 20 --resume reuses the "
+                                "finished nets), another --out, or --overwrite")
+
+
 def test_the_checks_directly():
     assert check_depths([56, 20, 20]) == [20, 56]
     assert check_iters(50) == 50
