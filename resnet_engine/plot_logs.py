@@ -24,18 +24,19 @@ def read_metrics(path: str) -> tuple[list[dict], list[dict]]:
         path = os.path.join(path, "metrics.jsonl")
     if not os.path.isfile(path):
         raise UserError(f"no metrics log at {path}: give a run's output_dir or its metrics.jsonl")
-    train, evals, foreign = [], [], 0
+    train, evals, foreign, cut = [], [], 0, 0
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut short by a crash
+                cut += 1  # a line cut short by a crash (the last one); or the file is no JSON lines at all
+                continue
             if not isinstance(record, dict) or not isinstance(record.get("iteration"), int):
                 foreign += 1  # not a record of a run's log: metrics.json, or another program's lines
                 continue
             (evals if record.get("type") == "eval" else train).append(record)
-    if foreign and not train and not evals:
+    if (foreign or cut > 1) and not train and not evals:
         raise UserError(f"{path} is not a run's metrics log (none of its lines is a record with an iteration): "
                         "give a run's output_dir or its metrics.jsonl")
     return train, evals

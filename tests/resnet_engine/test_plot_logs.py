@@ -40,6 +40,13 @@ def test_a_file_that_is_not_a_runs_log_is_one_error_and_out_must_be_a_folder(tmp
     with pytest.raises(UserError, match=r"metrics.json is not a run's metrics log \(none of its lines is a record "
                                         r"with an iteration\)"):
         plot_run(str(tmp_path / "metrics.json"))
+    # Text that is no JSON at all said "holds no metrics yet", as if the run were to log some soon.
+    (tmp_path / "notes.jsonl").write_text("a text file\nof two lines\n")
+    with pytest.raises(UserError, match=r"notes.jsonl is not a run's metrics log"):
+        plot_run(str(tmp_path / "notes.jsonl"))
+    (tmp_path / "started.jsonl").write_text('{"iteration": 1, "tot')  # a first record cut short by a crash
+    with pytest.raises(UserError, match=r"started.jsonl holds no metrics yet"):
+        plot_run(str(tmp_path / "started.jsonl"))
     write_log(tmp_path / "metrics.jsonl", [{"iteration": 1, "total_loss": 2.0}, {"iteration": 2, "total_loss": 1.5}])
     (tmp_path / "taken").write_text("")
     with pytest.raises(UserError, match=r"--out .*taken is a file, not a folder"):
