@@ -46,6 +46,7 @@ LAZY_IMPORTS = {
     "pycocotools": "the scoring backend: loaded when a test set is scored, not when a model is built",
     "faster_coco_eval": "the optional faster scoring backend (test.eval_backend=faster_coco_eval)",
     "onnxruntime": "an optional package, needed only to check an ONNX export",
+    "onnx": "an optional package (the export extra), needed only to write and read an ONNX file's metadata",
     "timm": "only timm backbones (model.backbone.timm_name) and timm: weights need it; it loads slowly",
     "torchvision.models": "only torchvision: weights names need the model zoo",
     "huggingface_hub": "only timm: weights names download from the Hugging Face Hub",
