@@ -29,6 +29,7 @@ from resnet_engine.config import (
     ConfigError,
     bounded,
     choice,
+    config_task,
     fraction,
     load_config,
     non_negative,
@@ -159,6 +160,7 @@ class ClassificationTestConfig:
 INPUT_RENAMED_KEYS = {"input.flip": "input.random_flip"}
 
 
+@config_task("classification", tool="tools/train_cls.py", model="classifier")
 @renamed_keys(INPUT_RENAMED_KEYS)
 @dataclass
 class ClassificationConfig:

@@ -128,7 +128,7 @@ def build_detector(config_name: str, num_classes: int | None, weights: str | Non
     if weights and num_classes and num_classes != recorded_class_count(weights):
         model = build_model(cfg, num_classes, backbone_weights=False)
         category_map = CategoryMap.identity(num_classes)
-        load_weights_to_fine_tune(model, weights, category_map)
+        load_weights_to_fine_tune(model, weights, category_map, cfg=cfg)
     elif weights:
         model, category_map = load_detector(cfg, weights, torch.device("cpu"))
         model.train()  # as every freshly built module: the caller switches to eval()

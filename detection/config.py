@@ -15,6 +15,7 @@ from resnet_engine.config import (
     ConfigError,
     bounded,
     choice,
+    config_task,
     fraction,
     load_config,
     non_negative,
@@ -270,6 +271,7 @@ class DetectionSolverConfig(SolverConfig):
     alternating: AlternatingConfig = field(default_factory=AlternatingConfig)
 
 
+@config_task("detection", tool="tools/train_det.py", model="detector")
 @renamed_keys({"model.roi_head.bg_iou_lo": "model.roi_head.bg_iou_low"})
 @dataclass
 class DetectionConfig:

@@ -9,6 +9,7 @@ COCO models these are the COCO category ids).
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -70,7 +71,10 @@ def infer_depth(state: dict[str, torch.Tensor]) -> int:
 
 
 def convert_file(source: str, destination: str) -> dict:
+    """Convert the torchvision state dict ``source`` into a detector file at ``destination`` (its folder made
+    as needed); returns the detector's metadata."""
     state = read_state_dict(source)
     converted, meta = convert_torchvision_detector(state)
+    os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
     torch.save({"model": converted, "meta": meta}, destination)
     return meta

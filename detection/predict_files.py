@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import warnings
 
 import cv2
@@ -22,6 +23,10 @@ logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 # Annotated videos are written as MPEG-4 part 2, which OpenCV's own builds encode without FFmpeg extras.
 VIDEO_FOURCC = "mp4v"
+PREDICTIONS_NAME = "predictions.json"
+VIS_NAME = "vis"
+# An earlier run's predictions.json and vis/ wait under these names until the new run has made something.
+EARLIER_SUFFIX = ".earlier"
 
 
 class UnreadableVideoError(BadImageError):
@@ -96,6 +101,7 @@ class PredictionsWriter:
     def __init__(self, path: str):
         self.path = path
         self.count = 0
+        self.inputs = 0  # images and video frames written, with or without detections
 
     def __enter__(self) -> PredictionsWriter:
         self.handle = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
@@ -103,14 +109,60 @@ class PredictionsWriter:
         return self
 
     def write(self, records: list[dict]) -> None:
+        """The records of one image or video frame."""
         for record in records:
             self.handle.write(("\n" if self.count == 0 else ",\n") + json.dumps(record))
             self.count += 1
+        self.inputs += 1
         self.handle.flush()
 
     def __exit__(self, *exc_info) -> None:
         self.handle.write("\n]\n")
         self.handle.close()
+
+
+def earlier_run_outputs(out_dir: str) -> list[str]:
+    """The outputs of an earlier run that ``out_dir`` holds: predictions.json, vis."""
+    return [name for name in (PREDICTIONS_NAME, VIS_NAME) if os.path.exists(os.path.join(out_dir, name))]
+
+
+class ReplacedOutputs:
+    """This run's predictions.json and vis/ in place of an earlier run's, once this run has detected in an
+    image or a video frame: while it runs the earlier files are set aside (NAME.earlier); on leaving the
+    ``with`` block, also when the run stops, they are deleted if it has, and put back in place of its own
+    if it has not (every file unreadable, or stopped before the first)."""
+
+    def __init__(self, out_dir: str):
+        self.predictions = os.path.join(out_dir, PREDICTIONS_NAME)
+        self.vis = os.path.join(out_dir, VIS_NAME)
+        self.writer = PredictionsWriter(self.predictions)
+
+    def __enter__(self) -> ReplacedOutputs:
+        for path in (self.predictions, self.vis):
+            remove_outputs(path + EARLIER_SUFFIX)  # what a run killed outright had set aside
+            if os.path.exists(path):
+                os.replace(path, path + EARLIER_SUFFIX)
+        self.writer.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.writer.__exit__(*exc_info)
+        made_something = self.writer.inputs > 0
+        for path in (self.predictions, self.vis):
+            if made_something:
+                remove_outputs(path + EARLIER_SUFFIX)
+            else:
+                remove_outputs(path)
+                if os.path.exists(path + EARLIER_SUFFIX):
+                    os.replace(path + EARLIER_SUFFIX, path)
+
+
+def remove_outputs(*paths: str) -> None:
+    for path in paths:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 def infer_files(cfg, weights: str, inputs: list[str], out_dir: str, vis_thresh: float | None = 0.5,
@@ -120,45 +172,58 @@ def infer_files(cfg, weights: str, inputs: list[str], out_dir: str, vis_thresh: 
     to OUT/predictions.json as they are made, with annotated copies under OUT/vis/ unless
     ``vis_thresh`` is None. Unreadable files and images too thin to detect in are skipped and counted.
     ``upright``: photos as a viewer shows them (EXIF orientation applied); False: their stored pixels,
-    the frame COCO annotations (and tools/eval_det.py) use. ``max_images`` 0 or None: all."""
-    paths = list_inputs(inputs, os.path.join(out_dir, "vis"))[:max_images or None]
-    names = relative_names(paths)
+    the frame COCO annotations (and tools/eval_det.py) use. ``max_images`` 0 or None: all. An earlier
+    run's predictions.json and vis/ in OUT are replaced once this run has detected in a file
+    (ReplacedOutputs); tools/infer.py asks for --overwrite first."""
+    paths = list_inputs(inputs, os.path.join(out_dir, VIS_NAME))[:max_images or None]
     predictor = Predictor(cfg, weights, device)
     os.makedirs(out_dir, exist_ok=True)
-    vis_dir = os.path.join(out_dir, "vis") if vis_thresh is not None else None
-    out_file = os.path.join(out_dir, "predictions.json")
+    with ReplacedOutputs(out_dir) as outputs:
+        predictions, skipped = detect_files(predictor, paths, outputs, vis_thresh, progress, upright)
+    if len(skipped) == len(paths):
+        # An empty predictions.json and exit code 0 would read as "nothing detected".
+        raise BadImageError(f"none of the {len(paths)} input files could be read (e.g. {skipped[0]}): nothing was "
+                            f"detected")
+    logger.info("%d detections on %d files written to %s%s", len(predictions), len(paths) - len(skipped),
+                outputs.predictions, f"; annotated copies in {outputs.vis}" if vis_thresh is not None else "")
+    return predictions
+
+
+def detect_files(predictor: Predictor, paths: list[str], outputs: ReplacedOutputs, vis_thresh: float | None,
+                 progress: bool, upright: bool) -> tuple[list[dict], list[str]]:
+    """The predictions of ``paths``, written to ``outputs`` as they are made, and the files skipped."""
+    names = relative_names(paths)
+    vis_dir = outputs.vis if vis_thresh is not None else None
     predictions, skipped, current = [], [], None
     try:
-        with PredictionsWriter(out_file) as writer:
-            for path in tqdm(paths, desc="inference", unit="file", disable=not progress):
-                current = path
-                vis_path = os.path.join(vis_dir, names[path]) if vis_dir else None
-                try:
-                    if is_video(path):
-                        records = infer_video(predictor, path, vis_path, vis_thresh, writer, progress)
-                    else:
-                        records = infer_image(predictor, path, vis_path, vis_thresh, writer, upright)
-                except BadImageError as error:
-                    warnings.warn(f"skipping: {error}", stacklevel=2)
-                    skipped.append(path)
-                    continue
-                predictions.extend(records)
+        for path in tqdm(paths, desc="inference", unit="file", disable=not progress):
+            current = path
+            vis_path = os.path.join(vis_dir, names[path]) if vis_dir else None
+            try:
+                if is_video(path):
+                    records = infer_video(predictor, path, vis_path, vis_thresh, outputs.writer, progress)
+                else:
+                    records = infer_image(predictor, path, vis_path, vis_thresh, outputs.writer, upright)
+            except BadImageError as error:
+                warnings.warn(f"skipping: {error}", stacklevel=2)
+                skipped.append(path)
+                continue
+            predictions.extend(records)
     except BaseException:
-        logger.warning("stopped at file %d of %d (%s); the %d detections of the files before it are in %s",
-                       paths.index(current) + 1 if current else 0, len(paths), current, len(predictions), out_file)
+        where = f"stopped at file {paths.index(current) + 1 if current else 0} of {len(paths)} ({current})"
+        if outputs.writer.inputs:
+            logger.warning("%s; the %d detections written before it are in %s", where, outputs.writer.count,
+                           outputs.predictions)
+        else:
+            logger.warning("%s before any detection was made; %s is left as it was", where,
+                           os.path.dirname(outputs.predictions))
         raise
     finally:
         if skipped:
             kind = "files" if any(is_video(path) for path in paths) else "images"
             warnings.warn(f"{len(skipped)} of {len(paths)} {kind} were skipped (unreadable, or too thin to "
                           f"detect in), e.g. {skipped[0]}", stacklevel=2)
-    if len(skipped) == len(paths):
-        # An empty predictions.json and exit code 0 would read as "nothing detected".
-        raise BadImageError(f"none of the {len(paths)} input files could be read (e.g. {skipped[0]}): nothing was "
-                            f"detected")
-    logger.info("%d detections on %d files written to %s%s", len(predictions), len(paths) - len(skipped), out_file,
-                f"; annotated copies in {vis_dir}" if vis_dir else "")
-    return predictions
+    return predictions, skipped
 
 
 def infer_image(predictor: Predictor, path: str, vis_path: str | None, vis_thresh: float | None,

@@ -77,7 +77,7 @@ class TrainingRun:
         model = build_model(cfg, self.num_classes, backbone_weights=not cfg.model.weights)
         if cfg.model.weights:
             load_weights_to_fine_tune(model, cfg.model.weights, self.category_map,
-                                      cfg.model.weights_keep_classes_by_name)
+                                      cfg.model.weights_keep_classes_by_name, cfg=cfg)
         model.to(self.device)
         apply_speed_switches(model, cfg.solver)
         return model

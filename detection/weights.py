@@ -4,6 +4,7 @@ message when weights do not fit the config's model."""
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 import torch
@@ -12,8 +13,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from backbones.weights import read_state_dict
 from resnet_engine.checkpoint import CheckpointError, load_checkpoint
+from resnet_engine.config import config_differences, config_from_text, config_to_text, task_named
 from resnet_engine.errors import UserError
 
+from .config import DetectionConfig
 from .data.coco import CategoryMap
 from .modeling.build import build_model
 from .modeling.speed import optimize_for_inference
@@ -32,17 +35,40 @@ CLASS_KEYS = tuple(f"{layer}.{param}" for layer in CLASS_LAYERS for param in ("w
 NETWORK_INPUT_KEYS = ("pixel_mean", "pixel_std", "format", "size_divisibility")
 CLASS_NAME_ALIASES = {"aeroplane": "airplane", "diningtable": "dining table", "motorbike": "motorcycle",
                       "pottedplant": "potted plant", "sofa": "couch", "tvmonitor": "tv"}
+# The prefix of torchvision's box predictor, which tools/convert_weights.py renames to roi_heads.predictor.
+TORCHVISION_PREDICTOR = "roi_heads.box_predictor."
+# Model keys that do not shape the network's tensors, or whose file value wins (its class count).
+KEYS_BESIDE_THE_SHAPES = ("model.weights", "model.weights_keep_classes_by_name", "model.backbone.weights",
+                          "model.num_classes", "model.labels_are_category_ids")
 
 
 def read_detector_weights(path: str) -> tuple[dict, dict]:
     """(state dict, metadata) from a training checkpoint, model_final.pth or a converted file."""
     try:
-        state = load_checkpoint(path)
-        return state["model"], state.get("meta", {}) or {}
+        checkpoint = load_checkpoint(path)
+        state, meta = checkpoint["model"], checkpoint.get("meta", {}) or {}
     except CheckpointError as error:
         if "no 'model' entry" not in str(error):
             raise
-    return read_state_dict(path), {}
+        state, meta = read_state_dict(path), {}
+    check_detector_file(state, meta, path)
+    return state, meta
+
+
+def check_detector_file(state: dict, meta: dict, path: str) -> None:
+    """A checkpoint of another task (meta.task) or an unconverted torchvision detector is named as such:
+    loaded as a detector, either would only report missing tensors (or the class count it lacks)."""
+    other = task_named(meta["task"]) if meta.get("task") not in (None, "detection") else None
+    if other is not None:
+        # An ImageNet classifier's network is a detector's backbone; a CIFAR one (meta.dataset) is not.
+        backbone = (f" (a classifier's network starts a detector's backbone as model.backbone.weights={path})"
+                    if other.name == "classification" and "wnids" in meta else "")
+        raise UserError(f"{path} is a {other.model} checkpoint of {other.tool}, not a detector: give a detector "
+                        f"checkpoint of tools/train_det.py, such as output/<det run>/model_final.pth{backbone}")
+    if any(key.startswith(TORCHVISION_PREDICTOR) for key in state):
+        raise UserError(f"{path} holds a torchvision detector (its names, such as {TORCHVISION_PREDICTOR}cls_score."
+                        f"weight): convert it first with python tools/convert_weights.py --from torchvision --in "
+                        f"{path} --out <converted>.pth, and give the converted file")
 
 
 def saved_config_text(path: str) -> str:
@@ -107,7 +133,7 @@ def load_detector(cfg, weights: str, device: torch.device):
     if not num_classes:
         raise UserError(f"{weights} does not record its number of classes: set model.num_classes")
     model = build_model(cfg, num_classes, backbone_weights=False)
-    check_weights_fit(model, state, weights)
+    check_weights_fit(model, state, weights, cfg)
     model.load_state_dict(state)
     category_ids = meta.get("category_ids") or list(range(1, num_classes + 1))
     names = meta.get("class_names") or [str(c) for c in category_ids]
@@ -124,7 +150,8 @@ def load_fast_detector(cfg, weights: str, device: torch.device):
     return model, category_map
 
 
-def load_weights_to_fine_tune(model, path: str, category_map: CategoryMap, keep_classes_by_name: bool = False) -> None:
+def load_weights_to_fine_tune(model, path: str, category_map: CategoryMap, keep_classes_by_name: bool = False,
+                              cfg=None) -> None:
     """Start ``model``, a detector built for the training set's classes, from the detector file ``path``
     (model.weights), trained on the same classes or on others.
 
@@ -132,11 +159,12 @@ def load_weights_to_fine_tune(model, path: str, category_map: CategoryMap, keep_
     ``keep_classes_by_name``, the classifier and the per-class box regressor start from the model's
     own initialization, and with ``keep_classes_by_name`` their rows of the background and of the
     classes of the same name in both (the file's class_names) are copied; one log line says which.
-    Any other tensor that does not fit is an error naming it (check_weights_fit).
+    Any other tensor that does not fit is an error naming it (check_weights_fit; with ``cfg``, the config
+    ``model`` was built from, also the model keys in which it differs from the file's).
     """
     state, meta = read_detector_weights(path)
     state = fit_class_layers(state, meta, model.state_dict(), category_map, keep_classes_by_name, path)
-    check_weights_fit(model, state, path)
+    check_weights_fit(model, state, path, cfg)
     model.load_state_dict(state)
 
 
@@ -203,8 +231,9 @@ def short_list(names: list[str], most: int = 6) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "") or "none"
 
 
-def check_weights_fit(model, state: dict, source: str) -> None:
-    """One readable message when a weights file does not match the config's model."""
+def check_weights_fit(model, state: dict, source: str, cfg=None) -> None:
+    """One readable message when a weights file does not match the config's model (``cfg``, when given, is
+    compared with the config the file keeps)."""
     own = model.state_dict()
     mismatched = [f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}" for k, v in state.items()
                   if k in own and v.shape != own[k].shape]
@@ -219,7 +248,43 @@ def check_weights_fit(model, state: dict, source: str) -> None:
                         f"one: set model.arch={file_arch}, or use the config the weights were trained with")
     hint = global_context_hint(state, own)
     details = (mismatched + missing + unexpected)[:3]
-    raise UserError(f"{source} does not fit the model of this config{hint}: " + "; ".join(details))
+    raise UserError(f"{source} does not fit the model of this config{hint}: " + "; ".join(details)
+                    + (own_config_hint(source, cfg) if cfg is not None else ""))
+
+
+def own_config_hint(source: str, cfg) -> str:
+    """"; this config changed KEY: file's -> this one's from its run's: give --cfg RUN/config.yaml" when the
+    file keeps its training config and that config's model keys differ: the usual cause is a run's weights
+    given without its config (the default one, or another run's)."""
+    saved = saved_config_text(source)
+    changes = [change for change in config_differences(with_defaults(saved), config_to_text(cfg))
+               if change.startswith("model.") and change.split(":", 1)[0] not in KEYS_BESIDE_THE_SHAPES] if saved else []
+    if not changes:
+        return ""
+    shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+    return f"; this config changed {shown} from its run's: give --cfg {run_config_path(source, saved)}"
+
+
+def with_defaults(saved_config: str) -> str:
+    """A saved config with the keys added since at their defaults (as the run's own config.yaml loads), so
+    that they do not read as differences; as it is when this version cannot read it."""
+    try:
+        return config_to_text(config_from_text(DetectionConfig, saved_config))
+    except OmegaConfBaseException:
+        return saved_config
+
+
+def run_config_path(source: str, saved_config: str) -> str:
+    """The config.yaml of the run that wrote ``source``: beside it (a run folder, even moved), else in the
+    output_dir its config names."""
+    beside = os.path.join(os.path.dirname(source), "config.yaml")
+    if os.path.isfile(beside):
+        return beside
+    try:
+        output_dir = (OmegaConf.create(saved_config).get("output_dir") or "") if saved_config else ""
+    except OmegaConfBaseException:
+        output_dir = ""
+    return os.path.join(output_dir, "config.yaml") if output_dir else "<its output_dir>/config.yaml"
 
 
 def detector_arch(state: dict) -> str | None:

@@ -13,6 +13,7 @@ from backbones.config import BackboneConfig
 from classification.config import (
     INPUT_RENAMED_KEYS,
     TEST_MODES,
+    ClassificationConfig,
     ClassificationInputConfig,
     IlsvrcDataConfig,
     check_pixel_statistics,
@@ -21,6 +22,7 @@ from resnet_engine.config import (
     ConfigError,
     bounded,
     choice,
+    config_task,
     fraction,
     load_config,
     non_negative,
@@ -137,6 +139,9 @@ class LocalizerRCNNConfig:
     test_chunk: int = positive(256)
 
 
+# Every key of a classification file is a localization key too: a localization file sets one of its own
+# (task, rpn, model.feature, ...), so that a classifier's recipe is not trained as a localizer's.
+@config_task("localization", tool="tools/train_loc.py", model="localizer", shares_keys_with=ClassificationConfig)
 @renamed_keys({**INPUT_RENAMED_KEYS, "rpn.fg_iou": "rpn.fg_iou_thresh", "rpn.bg_iou": "rpn.bg_iou_thresh",
                "rcnn.fg_iou": "rcnn.fg_iou_thresh", "rcnn.box_coder_weights": "rcnn.bbox_reg_weights"})
 @dataclass

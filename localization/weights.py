@@ -9,7 +9,7 @@ import os
 from classification.data.ilsvrc import Synsets
 from classification.weights import load_trained_classifier as load_classifier_checkpoint
 from resnet_engine.checkpoint import BEST_NAME, FINAL_NAME, Checkpointer, load_checkpoint
-from resnet_engine.config import config_from_text
+from resnet_engine.config import config_from_text, task_named
 from resnet_engine.errors import UserError
 
 from .config import LocalizationConfig
@@ -88,12 +88,24 @@ def load_proposal_rpn(cfg, synsets: Synsets, path: str | None = None) -> tuple[R
         raise UserError(f"RPN weights not found: {path} (set rcnn.rpn_weights to a per-class RPN checkpoint; "
                         f"train one with python tools/train_loc.py --cfg configs/shapes_loc.yaml)")
     state = load_checkpoint(path)
-    meta = state.get("meta") or {}
-    if meta.get("stage") == "rcnn" or not state.get("config"):
-        raise UserError(f"{path} is not a per-class RPN checkpoint of tools/train_loc.py: set rcnn.rpn_weights "
-                        f"to output/<rpn run>/model_final.pth")
+    check_proposal_rpn_checkpoint(state, path)
     rpn_cfg = config_from_text(LocalizationConfig, state["config"])
     return load_localizer(rpn_cfg, path, synsets), rpn_cfg
+
+
+def check_proposal_rpn_checkpoint(state: dict, path: str) -> None:
+    """A checkpoint of a per-class RPN run, with its config: checked before that config is read with the
+    localization schema, in which a classifier's or detector's keys are unknown."""
+    meta = state.get("meta") or {}
+    fix = "set rcnn.rpn_weights to output/<rpn run>/model_final.pth"
+    other = task_named(meta["task"]) if meta.get("task") not in (None, "localization") else None
+    if other is not None:
+        raise UserError(f"{path} is a {other.model} checkpoint of {other.tool}, not a per-class RPN: {fix}")
+    if meta.get("stage") == "rcnn":
+        raise UserError(f"{path} is an R-CNN checkpoint of tools/train_loc.py (task: rcnn), not the per-class RPN "
+                        f"that makes its proposals: {fix}")
+    if meta.get("task") != "localization" or not state.get("config"):
+        raise UserError(f"{path} is not a per-class RPN checkpoint of tools/train_loc.py: {fix}")
 
 
 def load_trained_classifier(spec: str, synsets: Synsets):

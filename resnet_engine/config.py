@@ -13,6 +13,11 @@ one line naming the key, the value, where it was set and the range:
 
     solver.max_iter=0 in configs/x.yaml must be a positive integer
 
+Each task's root schema names its task and tool with :func:`config_task`, so that a file of another
+task's config stops with one line naming them rather than its first key unknown here:
+
+    configs/cls_shapes.yaml is a classification config: run it with tools/train_cls.py
+
 A key that was renamed stays readable for a while: a root schema declares its renamed keys with
 :func:`renamed_keys`, and a file or override that uses an old name loads with one warning naming the
 old key, the new one and where it was set. Configs saved inside checkpoints are translated silently
@@ -24,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib
 import importlib.resources
 import math
 import os
@@ -62,6 +68,106 @@ def renamed_keys(table: Mapping[str, str]):
         return schema
 
     return register
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigTask:
+    """The task a root schema configures, to name the task and the tool of a config file (or checkpoint)
+    given to another task's tool."""
+
+    name: str  # "classification", as checkpoints record it in meta.task
+    tool: str  # the command line that trains it, "tools/train_cls.py"
+    model: str  # what its checkpoints hold, "classifier"
+    schema: type
+    # A schema whose keys are keys here too (every key of a classification file is a localization key): a
+    # file of this task must set a key of its own, or it is taken for a file of that one.
+    shares_keys_with: type | None = None
+
+    def file_keys(self, layers: Sequence[tuple[str, dict]]) -> list[str]:
+        """The dotted keys that the layers of a file (it and its _base_ files) set, under their new names."""
+        renamed = RENAMED_KEYS.get(self.schema, {})
+        return [key for source, layer in layers
+                for key, _ in flatten_tree(use_new_names(layer, renamed, source, warn=False))]
+
+    def knows(self, layers: Sequence[tuple[str, dict]]) -> bool:
+        leaves, sections, _ = schema_keys(self.schema)
+        return all(key in leaves or key in sections for key in self.file_keys(layers))
+
+    def own_keys(self) -> list[str]:
+        """The keys and whole sections of this schema that ``shares_keys_with`` lacks, top-level ones first."""
+        leaves, sections, _ = schema_keys(self.schema)
+        other_leaves, other_sections, _ = schema_keys(self.shares_keys_with)
+        own = []
+        for key in leaves:
+            if key in other_leaves:
+                continue
+            parts = key.split(".")
+            prefixes = (".".join(parts[:depth]) for depth in range(1, len(parts) + 1))
+            named = next(p for p in prefixes if p not in other_sections)  # the top-most section the other lacks
+            if named not in own:
+                own.append(named)
+        return sorted(own, key=lambda key: key.count("."))
+
+    def sets_own_key(self, layers: Sequence[tuple[str, dict]]) -> bool:
+        """Whether the file sets a key that ``shares_keys_with`` lacks, or sets none at all (``_base_: []``)."""
+        other_leaves, other_sections, _ = schema_keys(self.shares_keys_with)
+        keys = self.file_keys(layers)
+        return not keys or any(key not in other_leaves and key not in other_sections for key in keys)
+
+    def fits(self, layers: Sequence[tuple[str, dict]]) -> bool:
+        """Whether a file of these layers is a config of this task."""
+        return self.knows(layers) and (self.shares_keys_with is None or self.sets_own_key(layers))
+
+
+# {root schema: its task}, filled by :func:`config_task` as each task's config module is imported.
+CONFIG_TASKS: dict[type, ConfigTask] = {}
+# The modules that define the tasks' root schemas. A tool imports its own task's only; the others are
+# imported by name when a file does not fit, to say which task it is for (resnet_engine imports no task
+# package at module level: they import it).
+TASK_CONFIG_MODULES = ("detection.config", "classification.config", "localization.config")
+
+
+def config_task(name: str, tool: str, model: str, shares_keys_with: type | None = None):
+    """Class decorator of a root schema: the task it configures (:class:`ConfigTask`)."""
+
+    def register(schema: type) -> type:
+        CONFIG_TASKS[schema] = ConfigTask(name, tool, model, schema, shares_keys_with)
+        return schema
+
+    return register
+
+
+def registered_tasks() -> list[ConfigTask]:
+    """Every task's :class:`ConfigTask`, its config module imported if it was not yet."""
+    for module in TASK_CONFIG_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError:  # a task package left out of this installation
+            continue
+    return list(CONFIG_TASKS.values())
+
+
+def task_named(name: str) -> ConfigTask | None:
+    """The task of a checkpoint's meta.task ("detection", "classification", "localization"), or None."""
+    known = next((task for task in CONFIG_TASKS.values() if task.name == name), None)
+    return known or next((task for task in registered_tasks() if task.name == name), None)
+
+
+def check_config_task(schema: type, path: str, layers: Sequence[tuple[str, dict]]) -> None:
+    """A config file of another task stops with one line naming that task and its tool. Merged key by
+    key, its first key unknown here would be reported with the closest key of this schema, an unrelated
+    one; and a classification file, whose keys are all localization keys, would train a localizer with
+    the classifier's recipe."""
+    task = CONFIG_TASKS.get(schema)
+    if task is None or task.fits(layers):
+        return
+    if task.knows(layers):  # every key is ours, and none is ours alone: a file of the task we share keys with
+        other = CONFIG_TASKS[task.shares_keys_with]
+        raise ConfigError(f"{path} is a {other.name} config: run it with {other.tool} (a {task.name} config sets "
+                          f"keys of its own, such as {' or '.join(task.own_keys()[:2])})")
+    other = next((other for other in registered_tasks() if other is not task and other.fits(layers)), None)
+    if other is not None:  # else a typo: the merge names the unknown key and the closest valid one
+        raise ConfigError(f"{path} is a {other.name} config: run it with {other.tool}")
 
 
 def choice(default: str, options: Sequence[str]):
@@ -384,7 +490,10 @@ class ConfigLoader:
     def load(self, path: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
         cfg = OmegaConf.structured(self.schema)
         if path:
-            for layer_path, layer in self._file_layers(find_config(path), ()):
+            path = find_config(path)
+            layers = self._file_layers(path, ())
+            check_config_task(self.schema, path, layers)
+            for layer_path, layer in layers:
                 cfg = self._merge(cfg, layer, layer_path)
         parsed = [(text, *self._parse_override(text)) for text in overrides]
         self._check_one_name_per_key([key for _, key, _ in parsed])

@@ -21,9 +21,11 @@ import glob
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
+from collections.abc import Sequence
 
 from .errors import UserError
 
@@ -40,6 +42,15 @@ class RunDirectoryError(UserError):
 def checkpoint_files(output_dir: str) -> list[str]:
     """Every trainer checkpoint in the folder (periodic, final, best), by name."""
     return sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(output_dir), "model_*.pth")))
+
+
+def evaluation_dir(output_dir: str, weights: str | Sequence[str]) -> str:
+    """Where an evaluation of ``weights`` after training writes by default: output_dir/eval_<weights file
+    stem> (eval_ensemble for several files). The run's own metrics.json is its training's final evaluation,
+    which an evaluation of another checkpoint, or with other test settings, must not replace."""
+    files = [weights] if isinstance(weights, str) else list(weights)
+    stem = "ensemble" if len(files) > 1 else os.path.splitext(os.path.basename(os.path.normpath(files[0])))[0]
+    return os.path.join(output_dir, "eval_" + re.sub(r"[^\w.+-]+", "_", stem))
 
 
 # What a write that never finished leaves: atomic_save's NAME.tmp.PID and the small files' NAME.tmp.

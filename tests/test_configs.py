@@ -1,11 +1,14 @@
 """Every shipped config loads and validates (a typo in a key would stop a user's run at once), holds only what
-differs from what it inherits, and no constructor default contradicts the schema's."""
+differs from what it inherits, and no constructor default contradicts the schema's; a config given to another
+task's tool is refused with one line naming its task."""
 
 import dataclasses
 import glob
 import inspect
 import os
 import re
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -30,8 +33,9 @@ from localization.data.loc_dataset import LocTrainTransform
 from localization.data.rcnn_rois import label_proposals
 from localization.rcnn import RCNNLocalizer
 from localization.rpn_localizer import RPNLocalizer
-from resnet_engine.config import RENAMED_KEYS, load_config, read_yaml, schema_keys
+from resnet_engine.config import RENAMED_KEYS, ConfigError, load_config, read_yaml, save_config, schema_keys
 from tests.conftest import ROOT
+from tests.helpers import subprocess_env
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
 CLASSIFICATION_CONFIGS = [p for p in ALL_CONFIGS if os.path.basename(p).startswith(("cls_", "ilsvrc_cls", "cifar", "base_cifar", "base_ilsvrc_cls"))]
@@ -248,3 +252,90 @@ def test_the_docs_and_configs_name_only_keys_that_exist(path):
 def test_a_key_renamed_in_the_code_but_not_in_the_docs_is_found():
     text = "Set `model.roi_heads.roi_align_impl=gather` (or model.roi_head.roi_align_impl); see solver.base_lr."
     assert unknown_keys(text) == {"model.roi_heads.roi_align_impl"}
+
+
+# --------------------------------------------------------------------------------------------- a config of another task
+
+
+def shipped(name):
+    return os.path.join(ROOT, "configs", name)
+
+
+LOADERS = {"detection": load_detection_config, "classification": load_classification_config,
+           "localization": load_localization_config}
+TOOLS = {"detection": "tools/train_det.py", "classification": "tools/train_cls.py", "localization": "tools/train_loc.py"}
+# A classification file sets no key that the localization schema lacks: the localizer would train on its recipe.
+SHARED_KEYS_HINT = " (a localization config sets keys of its own, such as task or rpn)"
+
+
+@pytest.mark.parametrize("loader, name, task, hint", [
+    ("detection", "cls_shapes.yaml", "classification", ""),
+    ("detection", "cifar10_resnet20.yaml", "classification", ""),
+    ("detection", "shapes_loc_rcnn.yaml", "localization", ""),
+    ("classification", "shapes.yaml", "detection", ""),  # its first unknown key is in its _base_ file
+    ("classification", "shapes_loc.yaml", "localization", ""),
+    ("localization", "shapes.yaml", "detection", ""),
+    ("localization", "cifar10_resnet20.yaml", "classification", ""),
+    ("localization", "cls_shapes.yaml", "classification", SHARED_KEYS_HINT),
+    ("localization", "ilsvrc_cls_r50.yaml", "classification", SHARED_KEYS_HINT),
+])
+def test_a_config_of_another_task_names_its_task_and_tool(loader, name, task, hint):
+    with pytest.raises(ConfigError) as error:
+        LOADERS[loader](shipped(name), [])
+    assert str(error.value) == f"{shipped(name)} is a {task} config: run it with {TOOLS[task]}{hint}"
+
+
+@pytest.mark.parametrize("task, name", [("detection", "shapes.yaml"), ("classification", "cls_shapes.yaml"),
+                                        ("classification", "cifar10_resnet20.yaml"),
+                                        ("localization", "shapes_loc.yaml"), ("localization", "shapes_loc_rcnn.yaml")])
+def test_a_saved_run_config_loads_in_its_own_task_only(tmp_path, task, name):
+    cfg = LOADERS[task](shipped(name), [])
+    saved = tmp_path / "run" / "config.yaml"
+    save_config(cfg, str(saved))
+    assert LOADERS[task](str(saved), []) == cfg
+    for other in set(LOADERS) - {task}:
+        with pytest.raises(ConfigError) as error:
+            LOADERS[other](str(saved), [])
+        assert str(error.value) == f"{saved} is a {task} config: run it with {TOOLS[task]}"
+
+
+def test_a_localization_file_needs_one_key_of_its_own_in_it_or_its_bases(tmp_path):
+    common = {"output_dir": str(tmp_path / "out"), "solver": {"max_iter": 7}, "input": {"crop": 96}}
+    marked = tmp_path / "marked.yaml"
+    marked.write_text(yaml.safe_dump({**common, "task": "rpn"}))
+    assert load_localization_config(str(marked), []).solver.max_iter == 7
+    child = tmp_path / "child.yaml"
+    child.write_text(yaml.safe_dump({"_base_": shipped("shapes_loc.yaml"), **common}))
+    assert load_localization_config(str(child), []).model.feature == "res4"  # the base's
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump(common))
+    with pytest.raises(ConfigError) as error:
+        load_localization_config(str(bare), [])
+    assert str(error.value) == f"{bare} is a classification config: run it with tools/train_cls.py{SHARED_KEYS_HINT}"
+    # Overrides do not make a classification file a localizer's: the file still holds the classifier's recipe.
+    with pytest.raises(ConfigError, match="is a classification config"):
+        load_localization_config(str(bare), ["task=rpn"])
+
+
+def test_a_typo_that_fits_no_task_keeps_the_unknown_key_message(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({"data": {"root": "x"}, "model": {"feature": "res4", "backbone": {"dept": 18}}}))
+    with pytest.raises(ConfigError) as error:
+        load_localization_config(str(path), [])
+    assert str(error.value) == f"unknown key 'model.backbone.dept' in {path} (did you mean model.backbone.depth?)"
+    with pytest.raises(ConfigError, match=r"^unknown key 'data.root' in .*typo.yaml \(did you mean data.test.root\?\)$"):
+        load_detection_config(str(path), [])
+
+
+def test_a_tool_that_imported_only_its_own_task_names_the_other_task():
+    """Each task's schema registers itself when its module is imported, and resnet_engine imports none of
+    them at the top: a detection tool has not imported the classification schema when it meets its file."""
+    code = ("import sys\nfrom detection.config import load_detection_config\n"
+            "assert 'classification.config' not in sys.modules\n"
+            f"try:\n    load_detection_config({shipped('cls_shapes.yaml')!r})\n"
+            "except Exception as error:\n    print(error)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == (f"{shipped('cls_shapes.yaml')} is a classification config: run it with "
+                                     f"tools/train_cls.py")

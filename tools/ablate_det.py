@@ -13,7 +13,7 @@ COCO evaluation server instead of a score.
 
 from __future__ import annotations
 
-from resnet_engine.cli import config_parser, positive_int, run_cli
+from resnet_engine.cli import check_output_folder, config_parser, positive_int, run_cli
 
 DEFAULT_CFG = "configs/shapes.yaml"  # the shipped file unless the working folder has its own
 
@@ -27,6 +27,7 @@ def main() -> int:
     parser.add_argument("--out", default="output/ablation", help="folder for ablation.md / ablation.json")
     parser.add_argument("--plot", action="store_true", help="also write ablation.png, a bar chart of the rows")
     args = parser.parse_args()
+    check_output_folder(args.out, "--out")  # written after every row's evaluation
 
     from detection.ablation import run_ablation
 

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
-from resnet_engine.cli import ToolParser, run_cli
+import os
+
+from resnet_engine.cli import ToolParser, check_output_file, run_cli
+from resnet_engine.errors import UserError
 
 
 def main() -> int:
@@ -14,14 +17,26 @@ def main() -> int:
     parser.add_argument("--from", dest="source", required=True, choices=["torchvision"],
                         help="library the weights come from")
     parser.add_argument("--in", dest="input", required=True, help="input state dict (.pth or .safetensors)")
-    parser.add_argument("--out", required=True, help="output file")
+    parser.add_argument("--out", required=True, help="output file (a missing folder is made)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args()
+    check_output(args.out, args.input, args.overwrite)
     from detection.convert import convert_file
 
     meta = convert_file(args.input, args.out)
     print(f"wrote {args.out}: ResNet-{meta['depth']} FPN, {meta['num_classes']} classes "
           f"(use configs/tv_fasterrcnn_r50_fpn.yaml with model.backbone.depth={meta['depth']})")
     return 0
+
+
+def check_output(out: str, source: str, overwrite: bool) -> None:
+    """Before the conversion: --out must be a file that can be written, and an existing one (the input, a
+    trained checkpoint) is replaced only on request."""
+    check_output_file(out, "--out", "converted.pth")
+    if os.path.realpath(out) == os.path.realpath(source):
+        raise UserError(f"--out {out} is the --in file: the conversion would replace its input; give another --out")
+    if os.path.exists(out) and not overwrite:
+        raise UserError(f"--out {out} exists: give another --out, or pass --overwrite to replace it")
 
 
 def cli() -> None:

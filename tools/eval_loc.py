@@ -21,10 +21,12 @@ configs/shapes_loc_rcnn.yaml, the R-CNN stage re-scoring the proposals of rcnn.r
 
 Prints the paper's table row (LOC error on GT class, top-5 LOC error on the predicted classes), writes the
 scored submission DIR/loc_<mode>_submission.csv (Kaggle CSV), the GT class's boxes DIR/loc_<mode>_gt_class.csv
-(scoring mode gives its top-1 LOC error = the LOC error on GT class) and DIR/metrics.json (percent); DIR is
---out, else the config's output_dir. Without a classifier the RPN's own per-class scores rank the classes.
-With task=rcnn the rows are "RPN" (the proposals' RPN alone, its one-box-per-class rule) and "RPN+RCNN", on
-the same images and classes; the files are DIR/loc_rcnn_<mode>_submission.csv and _gt_class.csv.
+(scoring mode gives its top-1 LOC error = the LOC error on GT class) and DIR/metrics.json (percent, with
+the weights); DIR is --out, else eval_<weights file stem>/ (eval_ensemble/ for several --weights) in the
+config's output_dir, so that the run's own metrics.json, the final evaluation of its training, stays.
+Without a classifier the RPN's own per-class scores rank the classes. With task=rcnn the rows are "RPN"
+(the proposals' RPN alone, its one-box-per-class rule) and "RPN+RCNN", on the same images and classes;
+the files are DIR/loc_rcnn_<mode>_submission.csv and _gt_class.csv.
 
 Several --weights run as one ensemble (the paper's Tables 13-14 "ensemble" rows; localization/ensemble.py):
 per-class RPNs average their probabilities and boxes anchor by anchor; R-CNNs score the proposals of the
@@ -40,7 +42,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from resnet_engine.cli import OverridesParser, run_cli
+from resnet_engine.cli import OverridesParser, check_output_folder, run_cli
 
 DEFAULT_CFG = "configs/shapes_loc.yaml"  # the shipped file unless the working folder has its own
 
@@ -63,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: classifier.weights); repeat it for an ensemble of several classifiers")
     model.add_argument("--test-mode", choices=("1crop", "dense"), help="localizer views (default: test.mode)")
     model.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (model mode)")
-    parser.add_argument("--out", help="folder for metrics.json (scoring mode default: .; model mode: output_dir)")
+    parser.add_argument("--out", help="folder for metrics.json (default: scoring mode .; model mode "
+                                      "output_dir/eval_<weights file stem>)")
     parser.add_argument("--plots", metavar="DIR", help="also draw a few images with their GT boxes and ranked "
                         "guesses (blue: right, red: wrong) into DIR")
     scoring.add_argument("--images", help="scoring mode with --plots: the folder of the val images (<id>.JPEG)")
@@ -79,12 +82,13 @@ def main() -> int:
         if args.cfg or args.weights or args.classifier_weights or args.test_mode or args.overrides:
             parser.error("--gt/--pred (scoring mode) do not mix with --cfg, --weights, --classifier-weights, "
                          "--test-mode or overrides (model mode)")
+        if args.plots and not args.images:
+            parser.error("--plots in scoring mode needs --images (the folder of the val images)")
         from localization.evaluation.evaluator import score_files
 
+        check_output_folders(args.out or ".", args.plots)
         score_files(args.gt, args.pred, args.synsets, args.out or ".", args.blacklist)
         if args.plots:
-            if not args.images:
-                parser.error("--plots in scoring mode needs --images (the folder of the val images)")
             plot_files(args.gt, args.pred, args.synsets, args.images, args.plots)
         return 0
     return run_model_mode(args)
@@ -108,23 +112,35 @@ def run_model_mode(args) -> int:
     from localization.config import load_localization_config
     from localization.evaluation.evaluator import evaluate_localizer_weights
     from localization.evaluation.submission import format_rows
+    from localization.weights import latest_weights
     from resnet_engine.distributed import is_main_process
+    from resnet_engine.run_dir import evaluation_dir
 
     overrides = list(args.overrides) + ([f"test.mode={args.test_mode}"] if args.test_mode else [])
     cfg = load_localization_config(args.cfg or DEFAULT_CFG, overrides)
-    metrics = evaluate_localizer_weights(cfg, args.weights, args.classifier_weights, args.out)
+    weights = args.weights or [latest_weights(cfg.output_dir)]
+    out_dir = args.out or evaluation_dir(cfg.output_dir, weights)
+    check_output_folders(out_dir, args.plots)
+    metrics = evaluate_localizer_weights(cfg, weights, args.classifier_weights, out_dir)
     if is_main_process():
         if "rpn" in metrics:  # task=rcnn: the proposals' RPN alone first, on the same images and ranking
             print(format_rows(metrics["rpn"]))
         print(format_rows(metrics))
         print(f"submission written to {metrics['submission']} (GT-class boxes: {metrics['gt_class_boxes']})")
-        print(f"metrics written to {os.path.join(args.out or cfg.output_dir, 'metrics.json')}")
+        print(f"metrics written to {os.path.join(out_dir, 'metrics.json')}")
         if args.plots:
             root = cfg.data.root
             plot_files(os.path.join(root, "LOC_val_solution.csv"), metrics["submission"],
                        os.path.join(root, "LOC_synset_mapping.txt"), os.path.join(root, "ILSVRC", "Data", "CLS-LOC", "val"),
                        args.plots)
     return 0
+
+
+def check_output_folders(out_dir: str, plots_dir: str | None) -> None:
+    """Before any work: the results are written at the end, after the whole evaluation."""
+    check_output_folder(out_dir, "--out")
+    if plots_dir:
+        check_output_folder(plots_dir, "--plots")
 
 
 def cli() -> None:

@@ -23,7 +23,9 @@ def main() -> int:
     parser = config_parser(__doc__.splitlines()[0], default_cfg=DEFAULT_CFG)
     parser.add_argument("--weights", required=True, help="detector weights (model_final.pth, a checkpoint, converted)")
     parser.add_argument("--format", required=True, choices=["onnx", "torchscript"])
-    parser.add_argument("--out", help="output file (default: next to the weights, .onnx or .torchscript.pt)")
+    parser.add_argument("--out", help="output file (default: next to the weights, .onnx or .torchscript.pt, "
+                                      "replacing an earlier export there)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--backbone-only", action="store_true",
                         help="export the feature extractor (FPN levels, or res4 for C4) instead of the detector")
     parser.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"],
@@ -33,9 +35,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.out:
         check_output_file(args.out, "--out", "model.onnx" if args.format == "onnx" else "model.torchscript.pt")
-        if os.path.abspath(args.out) == os.path.abspath(args.weights):
+        if os.path.realpath(args.out) == os.path.realpath(args.weights):
             raise UserError(f"--out {args.out} is the --weights file: the export would replace the trained "
                             f"weights; give another --out")
+        # Such as another checkpoint of the run (model_best.pth): replaced only on request.
+        if os.path.exists(args.out) and not args.overwrite:
+            raise UserError(f"--out {args.out} exists: give another --out, or pass --overwrite to replace it")
 
     from detection.config import load_detection_config
     from detection.export import export_detector

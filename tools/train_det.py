@@ -16,7 +16,8 @@ DEFAULT_CFG = "configs/shapes.yaml"  # the shipped file unless the working folde
 
 def main() -> int:
     parser = training_parser(__doc__.splitlines()[0], DEFAULT_CFG)
-    parser.add_argument("--eval-only", action="store_true", help="only evaluate --weights on the test set")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="only evaluate --weights on the test set (results in output_dir/eval_<weights file stem>/)")
     parser.add_argument("--weights", help="detector weights for --eval-only (to train from a detector's weights: "
                                           "model.weights=W)")
     args = parser.parse_args()

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from resnet_engine import distributed as dist_utils
 from resnet_engine.loaders import build_test_loader
 from resnet_engine.logger import write_json
+from resnet_engine.run_dir import evaluation_dir
 from resnet_engine.setup import setup_run
 
 from ..data.coco import CocoDetection, lists_annotations, load_coco, split_unreadable, warn_of_box_areas
@@ -103,10 +104,12 @@ def evaluate_model(model, dataset: CocoDetection, cfg, progress: bool = True) ->
 
 
 def evaluate_weights(cfg, weights: str | list[str], out_dir: str | None = None, plots_dir: str | None = None) -> dict:
-    """Model mode: run ``weights`` on the config's test set; print and write the COCO metrics and the
-    detections. Several weight files run as one ensemble (detection/ensemble.py)."""
+    """Model mode: run ``weights`` on the config's test set; print and write the COCO metrics (with the
+    weights' path) and the detections to ``out_dir``, by default output_dir/eval_<weights file stem>
+    (resnet_engine.run_dir.evaluation_dir: the run's own metrics.json stays). Several weight files run as
+    one ensemble (detection/ensemble.py)."""
     device = setup_run(cfg, save=False)
-    out_dir = out_dir or cfg.output_dir
+    out_dir = out_dir or evaluation_dir(cfg.output_dir, weights)
     inference_autocast(cfg.test.amp, device)  # an unusable test.amp fails before any work
     model, category_map = load_detectors(cfg, weights, device)
     source = weights if isinstance(weights, str) else " + ".join(weights)
@@ -118,18 +121,20 @@ def evaluate_weights(cfg, weights: str | list[str], out_dir: str | None = None, 
         write_json(results, os.path.join(out_dir, "detections.json"))
         metrics = ap50_test_metrics(dataset, results, unreadable, cfg.test.metric, out_dir, seconds, source=source)
         print(metrics.pop("_summary") or "")
+        metrics["weights"] = weights
         write_json(metrics, os.path.join(out_dir, "metrics.json"))
         print(f"metrics written to {os.path.join(out_dir, 'metrics.json')}")
         return metrics
     if not lists_annotations(dataset.coco):
-        metrics = write_server_results(results, dataset, unreadable, out_dir)
+        metrics = {**write_server_results(results, dataset, unreadable, out_dir), "weights": weights}
         write_json(metrics, os.path.join(out_dir, "metrics.json"))
         return metrics
     write_json(results, os.path.join(out_dir, "detections.json"))
     metrics = score_test_set(dataset.coco.dataset, [r["image_id"] for r in dataset.records], results, unreadable,
                              cfg.test.eval_backend, source=source)
-    report(metrics, out_dir, plots_dir, extra={"seconds_per_image": round(seconds, 4)})
-    metrics["seconds_per_image"] = round(seconds, 4)
+    extra = {"seconds_per_image": round(seconds, 4), "weights": weights}
+    report(metrics, out_dir, plots_dir, extra=extra)
+    metrics.update(extra)
     return metrics
 
 

@@ -13,6 +13,7 @@ from classification.data.loaders import prepare_data
 from resnet_engine import distributed as dist_utils
 from resnet_engine.errors import UserError
 from resnet_engine.logger import write_json
+from resnet_engine.run_dir import evaluation_dir
 from resnet_engine.setup import setup_run
 
 from ..data.predictions import read_predictions
@@ -60,7 +61,9 @@ def evaluate_localizer_weights(cfg, weights: str | Sequence[str] | None, classif
     """Model mode: score ``weights`` (default: the run's latest checkpoint; several files: their ensemble,
     localization/ensemble.py) on the val set, the classes ranked by ``classifier`` (several: their averaged
     probabilities); write out_dir/loc_<mode>_submission.csv (the scored Kaggle CSV),
-    out_dir/loc_<mode>_gt_class.csv (the GT class's boxes) and out_dir/metrics.json (percent)."""
+    out_dir/loc_<mode>_gt_class.csv (the GT class's boxes) and out_dir/metrics.json (percent, with the
+    weights). ``out_dir`` by default: output_dir/eval_<weights file stem> (resnet_engine.run_dir.evaluation_dir:
+    the run's own metrics.json stays)."""
     device = setup_run(cfg, save=False)
     synsets = prepare_data(cfg)
     weight_files = as_list(weights) or [latest_weights(cfg.output_dir)]
@@ -69,7 +72,7 @@ def evaluate_localizer_weights(cfg, weights: str | Sequence[str] | None, classif
         if not os.path.isfile(path):
             raise UserError(f"classifier weights not found: {path} (train one with tools/train_cls.py, or "
                             f"leave classifier.weights empty to rank classes by the RPN's scores)")
-    out_dir = out_dir or cfg.output_dir
+    out_dir = out_dir or evaluation_dir(cfg.output_dir, weight_files)
     if cfg.task == "rcnn":
         model, rpn, rpn_cfg, rpn_files = load_rcnn_ensemble(cfg, weight_files, synsets)
         metrics = score_rcnn(model.to(device), rpn.to(device), rpn_cfg, cfg, synsets, classifiers, out_dir)

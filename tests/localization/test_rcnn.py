@@ -221,7 +221,7 @@ def test_train_rpn_then_rcnn_then_eval_loc(tiny_root, tmp_path):  # noqa: F811
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     rows = [line.split()[0] for line in evaluated.stdout.splitlines() if line.startswith("RPN")]
     assert rows == ["RPN", "RPN+RCNN"]
-    metrics = json.loads((rcnn_out / "metrics.json").read_text())
+    metrics = json.loads((rcnn_out / "eval_model_final" / "metrics.json").read_text())
     assert metrics["method"] == "RPN+RCNN" and metrics["num_images"] == 12 and metrics["rpn"]["method"] == "RPN"
     assert os.path.isfile(metrics["submission"]) and 0 <= metrics["gt_known_loc_err"] <= 100
 

@@ -284,11 +284,14 @@ def test_train_then_eval_loc_model_mode_and_rescore(tiny_root, tmp_path):
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "LOC error on GT class" in trained.stdout and (out / "model_final.pth").is_file()
 
+    final = (out / "metrics.json").read_text()
     evaluated = run_tool("eval_loc.py", "--cfg", cfg, "--test-mode", "1crop", *overrides)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "1-crop" in evaluated.stdout and "RPN's own per-class max scores" in evaluated.stdout
-    metrics = json.loads((out / "metrics.json").read_text())
+    # Into a folder of its own: the run's metrics.json stays its training's final evaluation.
+    metrics = json.loads((out / "eval_model_final" / "metrics.json").read_text())
     assert metrics["num_images"] == 12 and metrics["test_mode"] == "1crop"
+    assert (out / "metrics.json").read_text() == final
 
     # The written files, scored by the scoring mode, give the same numbers.
     gt = os.path.join(tiny_root, "LOC_val_solution.csv")

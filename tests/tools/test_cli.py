@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -96,6 +97,62 @@ def test_eval_only_and_scoring_mode_agree(trained_run, tmp_path):
     # The final weights score what the training run reported for them.
     assert from_model == pytest.approx(json.loads((out / "metrics.json").read_text())["bbox"], abs=0.5)
     assert (tmp_path / "plots" / "pr_all.png").is_file()
+
+
+def test_evaluating_a_runs_weights_leaves_its_metrics_json_alone(trained_run, tmp_path):
+    """The run's metrics.json is its training's final evaluation: eval_det.py and train_det.py --eval-only
+    write into a folder of their own, named after the weights, which their metrics.json records."""
+    out, _ = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    own = (run / "metrics.json").read_bytes()
+    checkpoint = str(run / "model_0000002.pth")
+    result = run_tool("eval_det.py", "--cfg", str(run / "config.yaml"), "--weights", checkpoint, f"output_dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = run / "eval_model_0000002"
+    assert result.stdout.splitlines()[-1] == f"metrics written to {evaluated / 'metrics.json'}"
+    assert json.loads((evaluated / "metrics.json").read_text())["weights"] == checkpoint
+    assert (evaluated / "detections.json").is_file()
+    result = run_tool("train_det.py", "--cfg", str(run / "config.yaml"), "--eval-only", "--weights",
+                      str(run / "model_final.pth"), f"output_dir={run}", "test.score_thresh=0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "eval_model_final" / "metrics.json").read_text())
+    assert metrics["weights"] == str(run / "model_final.pth") and set(metrics["bbox"]) >= {"AP", "AP50"}
+    assert (run / "metrics.json").read_bytes() == own
+
+
+@pytest.mark.parametrize("tool, argv", [
+    ("eval_det", ["--cfg", "configs/shapes.yaml", "--weights", "w.pth", "--out", "{file}"]),
+    ("eval_det", ["--gt", "gt.json", "--det", "det.json", "--out", "{file}"]),
+    ("ablate_det", ["--weights", "w.pth", "--out", "{file}"]),
+])
+def test_an_out_that_is_a_file_stops_before_any_work(tool, argv, tmp_path, monkeypatch):
+    """gt.json, det.json and w.pth do not exist: the evaluation would stop at them, after the model and data
+    were loaded in model mode; an --out that cannot be written stops first."""
+    from resnet_engine.errors import UserError
+
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", [f"{tool}.py", *(arg.format(file=taken) for arg in argv)])
+    with pytest.raises(UserError) as stopped:
+        load_tool(tool).main()
+    assert str(stopped.value) == f"--out {taken} is a file, not a folder: give a folder for the outputs"
+
+
+@pytest.mark.parametrize("mode", [["--cfg", "configs/shapes.yaml", "--weights", "w.pth"],
+                                  ["--gt", "gt.json", "--det", "det.json"]])
+def test_eval_det_plots_under_a_file_stop_before_any_work(mode, tmp_path, monkeypatch):
+    from resnet_engine.errors import UserError
+
+    (tmp_path / "taken").write_text("")
+    plots = tmp_path / "taken" / "plots"
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["eval_det.py", *mode, "--out", str(tmp_path / "out"), "--plots", str(plots)])
+    with pytest.raises(UserError) as stopped:
+        load_tool("eval_det").main()
+    assert str(stopped.value) == f"--plots {plots}: {tmp_path / 'taken'} is a file, so no folder can be made there"
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("args, expected", [

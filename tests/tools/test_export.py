@@ -4,6 +4,7 @@ detections and no others, and a check image without detections is no check."""
 import pytest
 
 from resnet_engine.errors import UserError
+from tests.conftest import ROOT
 from tests.tools.test_cli import load_tool
 
 
@@ -31,3 +32,22 @@ def test_an_output_that_is_the_weights_file_is_refused(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"--out .*model_final.pth is the --weights file: the export would replace"):
         load_tool("export").main()
     assert weights.read_bytes() == b"trained"
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path, monkeypatch):
+    """A run's model_best.pth given as --out stays; with --overwrite the export goes on (here to the
+    missing weights file, which stops it)."""
+    from detection.export import ExportError
+
+    best = tmp_path / "model_best.pth"
+    best.write_bytes(b"trained")
+    argv = ["export.py", "--weights", str(tmp_path / "model_final.pth"), "--format", "torchscript", "--out", str(best)]
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(UserError) as refused:
+        load_tool("export").main()
+    assert str(refused.value) == f"--out {best} exists: give another --out, or pass --overwrite to replace it"
+    assert best.read_bytes() == b"trained"
+    monkeypatch.setattr("sys.argv", [*argv, "--overwrite"])
+    with pytest.raises(ExportError, match="weights file not found"):
+        load_tool("export").main()

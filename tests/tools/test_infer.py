@@ -18,6 +18,7 @@ from detection.modeling.build import build_model
 from detection.predict_files import infer_files
 from detection.predictor import DegenerateImageError, Predictor
 from resnet_engine.config import ConfigError
+from resnet_engine.errors import UserError
 from tests.conftest import ROOT
 from tests.helpers import TINY_DETECTOR, subprocess_env
 
@@ -139,9 +140,10 @@ def test_infer_out_that_is_a_file_is_one_line(tmp_path):
 def test_overrides_after_the_inputs_reach_the_config(detector, tmp_path, monkeypatch):
     _, weights = detector
     image = write_image(tmp_path / "x.png", 40, 50)
-    monkeypatch.setattr(sys, "argv", ["infer.py", "--weights", weights, "--inputs", image, "test.score_thresh=2",
+    # A key CONFIG does not set: an override of CONFIG's own keys, later on the line, would win over it.
+    monkeypatch.setattr(sys, "argv", ["infer.py", "--weights", weights, "--inputs", image, "test.nms_thresh=2",
                                       "--out", str(tmp_path / "out"), *CONFIG])
-    with pytest.raises(ConfigError, match=r"^test.score_thresh=2 must be a number in \[0, 1\]$"):
+    with pytest.raises(ConfigError, match=r"^test.nms_thresh=2 must be a number in \[0, 1\]$"):
         load_tool("infer").main()
     monkeypatch.setattr(sys, "argv", ["infer.py", "--weights", weights, "--inputs", image, *CONFIG,
                                       "--out", str(tmp_path / "out"), "--no-vis", "--device", "cpu"])
@@ -160,3 +162,56 @@ def test_export_out_that_is_a_folder_or_under_a_file(tmp_path):
     assert result.returncode == 2
     assert result.stderr == (f"error: --out {tmp_path / 'file' / 'm.pt'}: {tmp_path / 'file'} is a file, so no "
                              f"folder can be made there\n")
+
+
+def infer_argv(weights, image, out, *extra):
+    return ["infer.py", "--weights", weights, "--inputs", image, "--out", str(out), "--vis-thresh", "0", "--device",
+            "cpu", "--no-progress", *CONFIG, *extra]
+
+
+def test_a_rerun_into_the_out_of_an_earlier_run_is_refused_unless_overwrite(detector, tmp_path, monkeypatch):
+    _, weights = detector
+    first, second = write_image(tmp_path / "in" / "a.png", 40, 50, 1), write_image(tmp_path / "in" / "b.png", 40, 50, 2)
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", infer_argv(weights, first, out))
+    assert load_tool("infer").main() == 0
+    earlier = (out / "predictions.json").read_bytes()
+    monkeypatch.setattr(sys, "argv", infer_argv(weights, second, out))
+    with pytest.raises(UserError) as refused:
+        load_tool("infer").main()
+    assert str(refused.value) == (f"--out {out} holds an earlier run's predictions.json and vis/: give another --out, "
+                                  f"or pass --overwrite to replace that run")
+    assert (out / "predictions.json").read_bytes() == earlier and os.listdir(out / "vis") == ["a.png"]
+    # --overwrite replaces the run: its annotated images too, not only predictions.json.
+    monkeypatch.setattr(sys, "argv", infer_argv(weights, second, out, "--overwrite"))
+    assert load_tool("infer").main() == 0
+    assert {p["file_name"] for p in json.loads((out / "predictions.json").read_text())} == {second}
+    assert sorted(os.listdir(out)) == ["predictions.json", "vis"] and os.listdir(out / "vis") == ["b.png"]
+    # Without annotated images, the earlier run's are cleared all the same.
+    monkeypatch.setattr(sys, "argv", infer_argv(weights, first, out, "--overwrite", "--no-vis"))
+    assert load_tool("infer").main() == 0
+    assert os.listdir(out) == ["predictions.json"]
+
+
+def test_a_run_that_reads_no_file_leaves_the_earlier_run_as_it_was(detector, tmp_path, monkeypatch):
+    cfg, weights = detector
+    good = write_image(tmp_path / "in" / "a.png", 40, 50)
+    junk = tmp_path / "in" / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    infer_files(cfg, weights, [good], str(out), vis_thresh=0, device="cpu", progress=False)
+    earlier = (out / "predictions.json").read_bytes()
+    with pytest.raises(UserError, match="none of the 1 input files could be read"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        infer_files(cfg, weights, [str(junk)], str(out), vis_thresh=0, device="cpu", progress=False)
+    assert (out / "predictions.json").read_bytes() == earlier and len(json.loads(earlier)) == 5
+    assert sorted(os.listdir(out)) == ["predictions.json", "vis"] and os.listdir(out / "vis") == ["a.png"]
+
+    def stop_at_once(self, path, upright=True):
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(Predictor, "predict_file", stop_at_once)
+    with pytest.raises(KeyboardInterrupt):
+        infer_files(cfg, weights, [good], str(out), vis_thresh=0, device="cpu", progress=False)
+    assert (out / "predictions.json").read_bytes() == earlier
+    assert sorted(os.listdir(out)) == ["predictions.json", "vis"] and os.listdir(out / "vis") == ["a.png"]
