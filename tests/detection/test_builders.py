@@ -71,7 +71,8 @@ def test_the_papers_full_config_is_the_r101_builder_with_its_switches(repo_root)
     with torch.device("meta"):
         ours = detection.faster_rcnn_r101_c4(
             num_classes=NUM_CLASSES, backbone_weights=None, **FEW_PROPOSALS,
-            model={"roi_head": {"global_context": True, "batch_size_per_image": 64, "pooler": "roi_pool"},
+            model={"roi_head": {"global_context": True, "batch_size_per_image": 64, "pooler": "roi_pool",
+                                "smooth_l1_beta": 1.0},
                    "rpn": {"boundary_thresh": 0, "min_size": 16}},
             test={"box_refinement": True, "box_voting": True, "scales": [200, 400, 600, 800, 1000], "rpn_scale": 600})
     assert detector_sections(ours.config) == detector_sections(file_cfg)
