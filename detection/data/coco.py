@@ -44,7 +44,8 @@ def load_coco(ann_file: str, key_hint: str = "data.train.ann_file", index_annota
                                   f"decoded: give the COCO json as UTF-8 text") from None
         for key in ("images", "categories"):
             if not isinstance(data, dict) or key not in data:
-                raise AnnotationError(f"{ann_file}: not a COCO detection file (no '{key}' list)")
+                raise AnnotationError(f"{ann_file}: not a COCO detection file (no '{key}' list)"
+                                      + results_file_hint(data))
         return coco_from_dict(data, ann_file, index_annotations)
 
 
@@ -64,6 +65,13 @@ def lists_annotations(coco: COCO) -> bool:
     """Whether the json has an 'annotations' list at all: COCO's image_info files (test-dev) list the images
     of a split scored by the evaluation server, without one."""
     return "annotations" in coco.dataset
+
+
+def results_file_hint(data) -> str:
+    """What to say of a json that is a list of detections (a results file) where annotations are read."""
+    if isinstance(data, list) and data and isinstance(data[0], dict) and {"bbox", "score"} <= set(data[0]):
+        return ": it is a list of detections, a results file (were --gt and --det swapped?)"
+    return ""
 
 
 def coco_from_dict(data: dict, source: str, index_annotations: bool = True) -> COCO:

@@ -82,6 +82,7 @@ def read_predictions(path: str, synsets: Synsets | None, image_ids: Sequence[str
     """Either format: a first line "ImageId,PredictionString" means Kaggle CSV, anything else devkit text."""
     if is_kaggle_csv(path):
         return read_kaggle_predictions(path, synsets)
+    check_devkit_like(path)
     if synsets is None:
         raise UserError(f"{path} is in the devkit format (integer labels): give the synset list with "
                         "--synsets (the devkit's map_clsloc.txt) to translate its labels")
@@ -91,6 +92,17 @@ def read_predictions(path: str, synsets: Synsets | None, image_ids: Sequence[str
                       "those of its map_clsloc.txt, another order: give --synsets map_clsloc.txt unless the "
                       "labels were written in this list's order", stacklevel=2)
     return read_devkit_predictions(path, synsets, image_ids)
+
+
+def check_devkit_like(path: str) -> None:
+    """A file read as devkit text that is plainly not: empty, or a Kaggle CSV without its header line
+    (both were reported as "in the devkit format (integer labels)", which sent one to look for a synset list)."""
+    first = next((line.strip() for _, line in numbered_lines(path) if line.strip()), None)
+    if first is None:
+        raise UserError(f"{path} holds no predictions (it is empty)")
+    if "," in first:
+        raise UserError(f"{path}: its first line ({first[:40]}...) is comma-separated but not the Kaggle header: a "
+                        f"Kaggle CSV starts with the line {','.join(KAGGLE_HEADER)}; devkit text separates by spaces")
 
 
 def write_kaggle_csv(predictions: Annotations, path: str) -> None:

@@ -74,6 +74,13 @@ def test_missing_and_malformed_files_name_the_file_and_key(tmp_path):
     (tmp_path / "noimages.json").write_text('{"annotations": []}')
     with pytest.raises(AnnotationError, match="no 'images' list"):
         CocoDetection(str(tmp_path / "noimages.json"), str(tmp_path))
+    # A results file where the annotations go (eval_det.py's --gt and --det swapped).
+    (tmp_path / "detections.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4],
+                                                            "score": 0.9}]))
+    with pytest.raises(AnnotationError) as error:
+        CocoDetection(str(tmp_path / "detections.json"), str(tmp_path))
+    assert str(error.value) == (f"{tmp_path / 'detections.json'}: not a COCO detection file (no 'images' list): it is "
+                                "a list of detections, a results file (were --gt and --det swapped?)")
     (tmp_path / "nobbox.json").write_text(json.dumps({"images": [], "categories": [],
                                                       "annotations": [{"id": 4, "image_id": 1, "category_id": 1}]}))
     with pytest.raises(AnnotationError, match="annotation #0 .* lacks bbox"):

@@ -120,6 +120,23 @@ def test_devkit_predictions_need_the_synset_list(fixture_files):
         score_files(str(fixture_files / "gt.csv"), str(fixture_files / "pred.txt"), None, str(fixture_files))
 
 
+def test_an_empty_file_or_a_kaggle_csv_without_its_header_is_said_so(fixture_files, tmp_path):
+    """Both were "in the devkit format (integer labels): give the synset list", a search for the wrong fix."""
+    empty = tmp_path / "empty.csv"
+    empty.write_text("\n")
+    with pytest.raises(UserError) as error:
+        score_files(str(fixture_files / "gt.csv"), str(empty), None, str(tmp_path / "out"))
+    assert str(error.value) == f"{empty} holds no predictions (it is empty)"
+    headless = tmp_path / "headless.csv"
+    rows = (fixture_files / "pred.csv").read_text().splitlines()[1:]  # the Kaggle CSV without its header
+    headless.write_text("\n".join(rows) + "\n")
+    with pytest.raises(UserError) as error:
+        score_files(str(fixture_files / "gt.csv"), str(headless), None, str(tmp_path / "out"))
+    assert str(error.value) == (f"{headless}: its first line ({rows[0].strip()[:40]}...) is comma-separated but not "
+                                "the Kaggle header: a Kaggle CSV starts with the line ImageId,PredictionString; "
+                                "devkit text separates by spaces")
+
+
 def test_devkit_labels_read_by_line_order_are_warned_of(fixture_files, tmp_path):
     """LOC_synset_mapping.txt lists the classes by WNID (n01 n02 n03); the devkit's labels number them as
     map_clsloc.txt does (1 is n03): read by line the same file scores other classes, which a warning says."""
