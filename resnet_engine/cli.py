@@ -160,6 +160,17 @@ def check_output_file(path: str, option: str, example_name: str) -> None:
     _check_writable_folder(os.path.dirname(os.path.abspath(path)), option, path)
 
 
+def check_derived_file(path: str, option: str, example_name: str, source: str, source_option: str,
+                       consequence: str, overwrite: bool) -> None:
+    """check_output_file for a tool that writes one file from another: never over that input (``consequence``
+    says what would be lost), and over any other existing file only with --overwrite."""
+    check_output_file(path, option, example_name)
+    if os.path.realpath(path) == os.path.realpath(source):
+        raise UserError(f"{option} {path} is the {source_option} file: {consequence}; give another {option}")
+    if os.path.exists(path) and not overwrite:
+        raise UserError(f"{option} {path} exists: give another {option}, or pass --overwrite to replace it")
+
+
 def _check_writable_folder(folder: str, option: str, given: str | None = None) -> None:
     """``folder``, or the nearest existing folder above it (where it will be made), accepts new files."""
     given = given or folder

@@ -78,6 +78,8 @@ class RunDirectory:
         return self._lock_file is not None
 
     def create(self) -> None:
+        if not self.output_dir:
+            raise RunDirectoryError("output_dir is empty: set output_dir=FOLDER, the folder of the run's files")
         if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
             raise RunDirectoryError(f"output_dir {self.output_dir} is a file, not a folder: "
                                     f"choose another output_dir")

@@ -6,10 +6,7 @@
 
 from __future__ import annotations
 
-import os
-
-from resnet_engine.cli import ToolParser, check_output_file, run_cli
-from resnet_engine.errors import UserError
+from resnet_engine.cli import ToolParser, check_derived_file, run_cli
 
 
 def main() -> int:
@@ -32,11 +29,8 @@ def main() -> int:
 def check_output(out: str, source: str, overwrite: bool) -> None:
     """Before the conversion: --out must be a file that can be written, and an existing one (the input, a
     trained checkpoint) is replaced only on request."""
-    check_output_file(out, "--out", "converted.pth")
-    if os.path.realpath(out) == os.path.realpath(source):
-        raise UserError(f"--out {out} is the --in file: the conversion would replace its input; give another --out")
-    if os.path.exists(out) and not overwrite:
-        raise UserError(f"--out {out} exists: give another --out, or pass --overwrite to replace it")
+    check_derived_file(out, "--out", "converted.pth", source, "--in", "the conversion would replace its input",
+                       overwrite)
 
 
 def cli() -> None:

@@ -8,10 +8,7 @@ The exported model's inputs and outputs, and what cannot be exported: docs/EXPOR
 
 from __future__ import annotations
 
-import os
-
-from resnet_engine.cli import check_output_file, config_parser, run_cli
-from resnet_engine.errors import UserError
+from resnet_engine.cli import check_derived_file, config_parser, run_cli
 
 DEFAULT_CFG = "configs/shapes.yaml"  # the shipped file unless the working folder has its own
 # Differences above this (pixels, scores or feature values) between the file and PyTorch are reported.
@@ -33,14 +30,9 @@ def main() -> int:
     parser.add_argument("--no-check", action="store_true",
                         help="skip running the file on a second image size and comparing it with PyTorch")
     args = parser.parse_args()
-    if args.out:
-        check_output_file(args.out, "--out", "model.onnx" if args.format == "onnx" else "model.torchscript.pt")
-        if os.path.realpath(args.out) == os.path.realpath(args.weights):
-            raise UserError(f"--out {args.out} is the --weights file: the export would replace the trained "
-                            f"weights; give another --out")
-        # Such as another checkpoint of the run (model_best.pth): replaced only on request.
-        if os.path.exists(args.out) and not args.overwrite:
-            raise UserError(f"--out {args.out} exists: give another --out, or pass --overwrite to replace it")
+    if args.out:  # not over the weights, and over another file (model_best.pth) only on request
+        check_derived_file(args.out, "--out", "model.onnx" if args.format == "onnx" else "model.torchscript.pt",
+                           args.weights, "--weights", "the export would replace the trained weights", args.overwrite)
 
     from detection.config import load_detection_config
     from detection.export import export_detector

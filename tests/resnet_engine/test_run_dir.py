@@ -117,6 +117,9 @@ def test_an_output_dir_that_is_a_file_is_one_line(tmp_path):
     assert str(error.value) == f"output_dir {path} is a file, not a folder: choose another output_dir"
     with pytest.raises(RunDirectoryError, match=r"cannot create output_dir .*out/run \(Not a directory\)"):
         claim_run_directory(str(path / "run"))
+    with pytest.raises(RunDirectoryError) as error:  # output_dir='' said "cannot create output_dir  (No such ...)"
+        claim_run_directory("")
+    assert str(error.value) == "output_dir is empty: set output_dir=FOLDER, the folder of the run's files"
 
 
 
