@@ -35,7 +35,7 @@ from resnet_engine.plot_logs import read_metrics
 
 from .classifier import build_classifier, network_name
 from .config import CIFAR_CLASSES, load_classification_config
-from .data.cifar import SYNTHETIC_MARKER, find_cifar
+from .data.cifar import find_cifar
 from .training import train_classifier
 
 logger = logging.getLogger(__name__)
@@ -244,8 +244,7 @@ def is_synthetic(cfg) -> bool:
     """The toolkit's generated CIFAR set: the embedded default (no data.root), or a folder with its settings file."""
     if not cfg.data.root:
         return True
-    source = find_cifar(cfg.data.root, CIFAR_CLASSES[cfg.data.dataset])
-    return os.path.isfile(source.path(SYNTHETIC_MARKER))
+    return find_cifar(cfg.data.root, CIFAR_CLASSES[cfg.data.dataset]).generated
 
 
 def full_lr_from_iteration(cfg) -> int | None:

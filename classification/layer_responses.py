@@ -39,7 +39,7 @@ from resnet_engine.errors import UserError
 
 from .classifier import network_name
 from .config import CIFAR_CLASSES, load_classification_config
-from .data.cifar import SYNTHETIC_MARKER, find_cifar
+from .data.cifar import find_cifar
 from .data.loaders import build_classification_data, cifar_root
 from .weights import load_trained_classifier
 
@@ -180,7 +180,7 @@ def response_images(cfg, count: int) -> ResponseImages:
     data.root is empty) and whether the toolkit generated it."""
     root = cifar_root(cfg)
     source = find_cifar(root, CIFAR_CLASSES[cfg.data.dataset])
-    return ResponseImages("test", source.layout.name, root, os.path.isfile(source.path(SYNTHETIC_MARKER)), count)
+    return ResponseImages("test", source.layout.name, root, source.generated, count)
 
 
 # --------------------------------------------------------------------------------------------- outputs

@@ -105,6 +105,11 @@ class CifarSource:
     def path(self, name: str) -> str:
         return os.path.join(self.folder, name)
 
+    @property
+    def generated(self) -> bool:
+        """Whether the toolkit generated this folder (its settings file): a synthetic set of its own sizes."""
+        return os.path.isfile(self.path(SYNTHETIC_MARKER))
+
 
 # --------------------------------------------------------------------------------------------- layouts
 
@@ -180,7 +185,7 @@ def read_split(source: CifarSource, part: str) -> CifarArrays:
 def warn_if_not_official_size(source: CifarSource, part: str, count: int) -> None:
     """A warning when a split of an official folder holds another number of images than the archive's."""
     official = OFFICIAL_COUNTS[part]
-    if count == official or os.path.isfile(source.path(SYNTHETIC_MARKER)):
+    if count == official or source.generated:
         return
     files = " and ".join(source.layout.train_files if part == "train" else source.layout.test_files)
     warnings.warn(f"{source.folder}: the {part} files ({files}) hold {count} images, the official "
