@@ -27,7 +27,8 @@ Counted per step, with torch.profiler:
 
 Also the CPU step time at a tiny image size, where the arithmetic is small and the per-operator
 overhead dominates: the median of a few steps after a warm-up. With ``--device cuda`` (skipped
-when no GPU is present), training images/s of both at the largest batch. Results go to
+when no GPU is present), training images/s of both at the largest batch, and one profiled step of
+each: its GPU kernel time against its wall time (how far the host bounds it). Results go to
 benchmarks/results/step_ops.json (step_ops_cuda.json for the GPU rows).
 """
 
@@ -222,6 +223,40 @@ def timing_rows(batches: list[int], size: int, device: torch.device, warmup: int
     return rows
 
 
+def device_seconds(event) -> float:
+    """The kernel time an event launched itself (the profiler's name changed across releases)."""
+    micro = getattr(event, "self_device_time_total", None)
+    return (micro if micro is not None else getattr(event, "self_cuda_time_total", 0)) / 1e6
+
+
+def gpu_busy_rows(batch: int, size: int, device: torch.device, warmup: int, depth: int = 50, amp: str = "off",
+                  overrides: tuple[str, ...] = (), top: int = 12) -> list[dict]:
+    """Per model, one profiled step after ``warmup`` ones: its wall time, the GPU's kernel time in it
+    (the sum of every operator's own kernel time) and the operators of the most kernel time. A kernel
+    time well under the wall time means the host, not the GPU, bounds the step."""
+    rows = []
+    for name, (build, make_step) in builders(depth, size, device, overrides).items():
+        model = build()
+        step = make_step(model, random_batch(batch, size), device, amp)
+        step_seconds(step, model, device, warmup, 1)
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:
+            start = time.perf_counter()
+            step()
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+        # The ranges' own GPU annotations span their kernels: counting them would count those twice.
+        averages = sorted((a for a in prof.key_averages() if a.key not in (FORWARD, BACKWARD)),
+                          key=device_seconds, reverse=True)
+        rows.append({"model": name, "batch": batch, "size": size, "profiled_step_s": round(wall, 4),
+                     "kernel_s": round(sum(device_seconds(a) for a in averages), 4),
+                     "top_kernel_ops": [{"name": a.key, "calls": a.count, "kernel_s": round(device_seconds(a), 5)}
+                                        for a in averages[:top]]})
+    return rows
+
+
 def count_table(rows: list[dict]) -> str:
     by_key = {(r["model"], r["batch"]): r for r in rows}
     lines = ["| batch | ours: aten calls | torchvision: aten calls | ours / torchvision "
@@ -282,12 +317,17 @@ def main() -> int:
     batches = [max(args.batches)] if args.device == "cuda" else args.batches
     timings = timing_rows(batches, size, device, warmup, repeats, args.depth, args.amp, overrides)
     print(timing_table(timings, args.device), flush=True)
+    busy = gpu_busy_rows(max(args.batches), size, device, warmup, args.depth, args.amp, overrides) if cuda else []
+    for row in busy:
+        print(f"{row['model']}: profiled step {row['profiled_step_s']} s, GPU kernels {row['kernel_s']} s; "
+              f"most kernel time: {[(op['name'], op['calls'], op['kernel_s']) for op in row['top_kernel_ops']]}",
+              flush=True)
     os.makedirs(args.out, exist_ok=True)
     name = "_".join(["step_ops"] + (["cuda"] if cuda else []) + ([args.amp] if args.amp != "off" else [])
                     + ([args.tag] if args.tag else [])) + ".json"
     machine = torch.cuda.get_device_name(device) if cuda else f"{os.cpu_count()} CPUs"
     with open(os.path.join(args.out, name), "w", encoding="utf-8") as handle:
-        json.dump({"counts": counts, "timings": timings, "device": args.device, "machine": machine,
+        json.dump({"counts": counts, "timings": timings, "gpu_busy": busy, "device": args.device, "machine": machine,
                    "depth": args.depth, "amp": args.amp, "ours_overrides": list(overrides),
                    "warmup": warmup, "repeats": repeats, "torch": torch.__version__}, handle, indent=2)
     print(f"results: {os.path.join(args.out, name)}", flush=True)
