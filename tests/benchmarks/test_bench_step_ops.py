@@ -22,6 +22,20 @@ def test_top_level_calls_exclude_nested_aten_ops_and_syncs_are_split_by_where_th
     assert counts["sync_calls"]["model"] == {"aten::nonzero": 1}
     assert counts["sync_calls"]["elsewhere"] == {"aten::_local_scalar_dense": 1, "aten::item": 1}
     assert counts["sync_points_in_model"] == 1
+    assert counts["sync_sites_in_model"] == {}  # no stacks recorded
+
+
+def test_syncs_in_the_model_are_traced_to_the_function_of_this_repository_that_called_them():
+    bench = load_benchmark_script("bench_step_ops")
+    x = torch.arange(-2.0, 3.0)
+
+    def step():
+        with torch.profiler.record_function(bench.FORWARD):
+            x[x > 0].sum().item()  # nonzero (in the mask index), _local_scalar_dense (in item)
+
+    counts = bench.profile(step, with_stack=True)
+    line = step.__code__.co_firstlineno  # the profiler names a function by the line of its def
+    assert counts["sync_sites_in_model"] == {f"tests/benchmarks/test_bench_step_ops.py({line}): step": 2}
 
 
 def test_one_tiny_step_of_each_detector_is_counted():
