@@ -26,7 +26,8 @@ Counted per step, with torch.profiler:
   not counted: detection/modeling/rpn.py's docstring lists every sync left in our training step.
 
 Also the CPU step time at a tiny image size, where the arithmetic is small and the per-operator
-overhead dominates: the median of a few steps after a warm-up. With ``--device cuda`` (skipped
+overhead dominates: the median of a few steps after a warm-up; the time of our RPN's training
+proposals alone at 512 px per batch (NMS per image: flat per image). With ``--device cuda`` (skipped
 when no GPU is present), training images/s of both at the largest batch, and one profiled step of
 each: its GPU kernel time against its wall time (how far the host bounds it). Results go to
 benchmarks/results/step_ops.json (step_ops_cuda.json for the GPU rows).
@@ -260,6 +261,36 @@ def timing_rows(batches: list[int], size: int, device: torch.device, warmup: int
     return rows
 
 
+def proposal_rows(batches: list[int], size: int, device: torch.device, repeats: int, detectors: dict) -> list[dict]:
+    """Seconds of our RPN's training proposals alone (decoding, clipping, NMS per image, padding) on
+    random candidates at the pyramid's anchor counts for ``size`` x ``size`` images: the median of
+    ``repeats`` calls per batch. Per image it should stay flat with the batch (NMS over the whole
+    batch at once grew with its square)."""
+    rpn = detectors["ours"][0].rpn
+    generator = torch.Generator().manual_seed(0)
+    strides = rpn.anchor_generator.strides or [4, 8, 16, 32, 64]  # None: torchvision's rule, for these maps the same
+    maps = [(size // stride, size // stride) for stride in strides]
+    anchors = rpn.anchor_generator((size, size), maps, device)
+    rows = []
+    for batch in batches:
+        logits = [torch.randn(batch, len(a), generator=generator).to(device) for a in anchors]
+        deltas = [(torch.randn(batch, len(a), 4, generator=generator) * 0.1).to(device) for a in anchors]
+        times = []
+        for _ in range(repeats + 1):  # the first call is not timed
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            rpn.propose(logits, deltas, anchors, [(size, size)] * batch, training_counts=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        seconds = statistics.median(times[1:])
+        rows.append({"batch": batch, "size": size, "candidates_per_image": sum(min(len(a), rpn.pre_nms_topk[0])
+                                                                              for a in anchors),
+                     "propose_s": round(seconds, 4), "per_image_s": round(seconds / batch, 4)})
+    return rows
+
+
 def device_seconds(event) -> float:
     """The kernel time of a profiler average (its field's name changed across releases)."""
     micro = getattr(event, "self_device_time_total", None)
@@ -337,6 +368,7 @@ def main() -> int:
     parser.add_argument("--depth", type=int, choices=[18, 34, 50, 101], default=50, help="ResNet depth of both")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--gpu-size", type=int, default=512, help="image side for the GPU images/s")
+    parser.add_argument("--proposal-size", type=int, default=512, help="image side for the RPN proposals' time")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -359,6 +391,9 @@ def main() -> int:
     batches = [max(args.batches)] if args.device == "cuda" else args.batches
     timings = timing_rows(batches, size, device, warmup, repeats, amp=args.amp, detectors=detectors)
     print(timing_table(timings, args.device), flush=True)
+    proposals = proposal_rows(args.batches, args.proposal_size, device, repeats, detectors)
+    print(f"our RPN's training proposals alone, random candidates at {args.proposal_size} px: " + ", ".join(f"batch {r['batch']}: {r['propose_s']} s ({r['per_image_s']} s per image)" for r in proposals),
+          flush=True)
     busy = gpu_busy_rows(max(args.batches), size, device, warmup, detectors, args.amp) if cuda else []
     for row in busy:
         print(f"{row['model']}: profiled step {row['profiled_step_s']} s, GPU kernels {row['kernel_s']} s; "
@@ -369,7 +404,7 @@ def main() -> int:
                     + ([args.tag] if args.tag else [])) + ".json"
     machine = torch.cuda.get_device_name(device) if cuda else f"{os.cpu_count()} CPUs"
     with open(os.path.join(args.out, name), "w", encoding="utf-8") as handle:
-        json.dump({"counts": counts, "timings": timings, "gpu_busy": busy, "device": args.device, "machine": machine,
+        json.dump({"counts": counts, "timings": timings, "proposals": proposals, "gpu_busy": busy, "device": args.device, "machine": machine,
                    "depth": args.depth, "amp": args.amp, "ours_overrides": list(overrides),
                    "warmup": warmup, "repeats": repeats, "torch": torch.__version__}, handle, indent=2)
     print(f"results: {os.path.join(args.out, name)}", flush=True)

@@ -48,3 +48,13 @@ def test_one_tiny_step_of_each_detector_is_counted():
         assert row["sync_calls"]["elsewhere"] == {}
     table = bench.count_table(rows)
     assert f"| 2 | {rows[0]['aten_calls']} | {rows[1]['aten_calls']} |" in table
+
+
+def test_the_proposal_rows_time_the_rpn_on_the_pyramids_candidate_counts():
+    bench = load_benchmark_script("bench_step_ops")
+    detectors = {"ours": (bench.our_detector(18, torch.device("cpu")), bench.our_step)}
+    rows = bench.proposal_rows([1, 2], 128, torch.device("cpu"), 1, detectors)
+    # 3 anchors per cell at strides 4..64 of a 128 px image: 3072, 768, 192, 48, 12; at most 2000 per
+    # level go to NMS (coco_r50_fpn.yaml's pre_nms_topk_train).
+    assert [(r["batch"], r["candidates_per_image"]) for r in rows] == [(1, 3020), (2, 3020)]
+    assert all(r["propose_s"] > 0 and r["per_image_s"] == round(r["propose_s"] / r["batch"], 4) for r in rows)
