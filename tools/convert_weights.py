@@ -10,7 +10,7 @@ from resnet_engine.cli import ToolParser, check_derived_file, run_cli
 
 
 def main() -> int:
-    parser = ToolParser(description="convert detector weights into this toolkit's format")
+    parser = ToolParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", required=True, choices=["torchvision"],
                         help="library the weights come from")
     parser.add_argument("--in", dest="input", required=True, help="input state dict (.pth or .safetensors)")

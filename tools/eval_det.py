@@ -1,4 +1,4 @@
-"""Evaluate detections with COCO box AP.
+"""COCO box AP of a model or of a detections file.
 
     python tools/eval_det.py --cfg CFG --weights W [key=value ...]     # run a model on the test set
     python tools/eval_det.py --cfg CFG --weights W1 --weights W2 --weights W3   # an ensemble of them
@@ -23,7 +23,7 @@ from resnet_engine.cli import OverridesParser, check_output_folder, run_cli
 
 
 def main() -> int:
-    parser = OverridesParser(description="COCO box AP of a model or of a detections file")
+    parser = OverridesParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", help="config of the model (model mode)")
     parser.add_argument("--weights", action="append",
                         help="detector weights (model mode); repeat it for an ensemble of several detectors")

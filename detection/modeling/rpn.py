@@ -6,8 +6,9 @@ training step's forward, counted by benchmarks/bench_step_ops.py, are the ones w
 count that only the device knows:
 
 * in :meth:`RegionProposalNetwork.select_batch_proposals`, once per image: the number of boxes that
-  NMS keeps (the output size of torchvision's NMS, which the host must read; one call over the whole
-  batch would sync once but cost far more, as the method says). The proposals leave it padded to
+  NMS keeps (the output size of torchvision's NMS, which the host must read: on a GPU its kernel ends
+  in a ``masked_select``, one ``nonzero`` that the benchmark counts; on a CPU no aten operator reads
+  it). One call over the whole batch would sync once but cost far more, as the method says. The proposals leave it padded to
   the configured post-NMS count with a mask (:class:`~detection.modeling.matching.PaddedBoxes`), so
   that the RoI head's shapes are the config's, not the data's;
 * in the FPN RoI pooler, only where torchvision's RoIAlign runs (``model.roi_head.roi_align_impl``: "auto"
