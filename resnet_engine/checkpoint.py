@@ -7,7 +7,6 @@ python, numpy, torch and CUDA, the config and the run's metadata (class names, .
 
 from __future__ import annotations
 
-import glob
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .run_dir import POINTER_NAME
+from .run_dir import POINTER_NAME, checkpoint_files
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +202,10 @@ class Checkpointer:
     def path(self, name: str) -> str:
         return os.path.join(self.output_dir, name)
 
+    def _model_files(self) -> list[str]:
+        """The paths of checkpoint_files: one listing, which takes an output_dir holding [, * or ? literally."""
+        return [self.path(name) for name in checkpoint_files(self.output_dir)]
+
     def save(self, name: str, state: dict) -> str | None:
         if not self.enabled:
             return None
@@ -226,8 +229,7 @@ class Checkpointer:
     def _prune(self) -> None:
         """Delete the oldest periodic checkpoints beyond keep_last, never the protected one. Only
         this run's files are here (resnet_engine.run_dir refuses a fresh run over an earlier one)."""
-        periodic = sorted((p for p in glob.glob(self.path("model_*.pth")) if PERIODIC_PATTERN.search(p)),
-                          key=periodic_iteration)
+        periodic = sorted((p for p in self._model_files() if PERIODIC_PATTERN.search(p)), key=periodic_iteration)
         for stale in periodic[: max(0, len(periodic) - self.keep_last)]:
             if self.protected is None or os.path.abspath(stale) != os.path.abspath(self.protected):
                 os.remove(stale)
@@ -242,7 +244,7 @@ class Checkpointer:
     def candidates(self) -> list[str]:
         """Every full trainer state of this directory (periodic, final and best), newest first;
         the one last_checkpoint names leads."""
-        files = glob.glob(self.path("model_*.pth"))
+        files = self._model_files()
         files.sort(key=lambda p: (os.path.getmtime(p), periodic_iteration(p) or 0), reverse=True)
         pointer = self.path(POINTER_NAME)
         if os.path.isfile(pointer):

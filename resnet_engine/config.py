@@ -307,10 +307,12 @@ def _suggest(key: str, valid: Sequence[str]) -> str:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """PyYAML with YAML 1.2 booleans (true/false only) and no key given twice in one mapping. Under
-    YAML 1.1 rules ``solver.amp=off`` or ``amp: off`` would arrive as False instead of the choice "off";
-    boolean keys still accept yes/no/on/off, which the schema converts. PyYAML keeps the last of two
-    equal keys without a word: a setting edited in one place and left in another would be ignored."""
+    """PyYAML with YAML 1.2 booleans (true/false only), numbers and no dates, and no key given twice
+    in one mapping. Under YAML 1.1 rules ``solver.amp=off`` or ``amp: off`` would arrive as False
+    instead of the choice "off" (boolean keys still accept yes/no/on/off, which the schema converts);
+    ``steps: [032000]`` as the octal 13312, ``max_iter: 1:30`` as the base-60 90 and a run name
+    ``2024-01-05`` as a date. PyYAML keeps the last of two equal keys without a word: a setting edited
+    in one place and left in another would be ignored."""
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -330,12 +332,34 @@ class _YamlLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+YAML_1_1_ONLY = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                 "tag:yaml.org,2002:timestamp")
 _YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in YAML_1_1_ONLY]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                                   list("tTfF"))
+# YAML 1.2's core schema: decimal integers (a leading zero is no octal), 0o and 0x; floats with an
+# optional exponent (1e-3 too, which YAML 1.1 leaves a string). Underscores between digits are kept
+# from YAML 1.1 (1_000), as Python reads them.
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:int",
+                                  re.compile(r"^(?:[-+]?[0-9](?:_?[0-9])*|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                                  list("-+0123456789"))
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9](?:_?[0-9])*(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """YAML 1.2 integers: base 10 whatever the leading zeros, 0o octal, 0x hexadecimal."""
+    text = loader.construct_scalar(node).replace("_", "")
+    return int(text, 0) if text.lstrip("+-")[:2] in ("0o", "0x") else int(text, 10)
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def load_yaml_text(text) -> Any:
@@ -507,7 +531,7 @@ class ConfigLoader:
     # -- internals -------------------------------------------------------------------------------
     def _parse_override(self, text: str) -> tuple[str, Any]:
         try:
-            return parse_override(text)
+            key, value = parse_override(text)
         except yaml.YAMLError as error:
             key, raw = (part.strip() for part in text.split("=", 1))
             known = self.renamed.get(key, key)
@@ -516,6 +540,18 @@ class ConfigLoader:
             example = self._example(known)
             fix = f"; write it like {known}={example}" if example else ""
             raise ConfigError(f"override '{text}' is not valid YAML ({_yaml_problem(error)}){fix}") from None
+        if value is not None and not isinstance(value, str) and self._takes_text(self.renamed.get(key, key)):
+            # A name or path that reads as a number (output_dir=0123, a run name 1.10) is kept as written:
+            # through a number it would become another folder or name (123, 1.1).
+            return key, text.split("=", 1)[1].strip()
+        return key, value
+
+    def _takes_text(self, key: str) -> bool:
+        """Whether the schema's type of ``key`` is a string (or a string or None)."""
+        if key not in self.fields:
+            return False
+        kind = self.types[key]
+        return kind is str or {arg for arg in typing.get_args(kind) if arg is not type(None)} == {str}
 
     def _check_one_name_per_key(self, keys: Sequence[str]) -> None:
         """The overrides give no key under both its old and its new name."""

@@ -135,8 +135,10 @@ class MetricsLogger:
             at = record.get("iteration", 0)
             if at < iteration or (at == iteration and not (drop_evaluation and record.get("type") == "eval")):
                 kept.append(line)
-        with open(self.path, "w", encoding="utf-8") as handle:
+        # Rewritten beside and renamed: a kill during the write (a restart is when one comes) keeps the log.
+        with open(self.path + ".tmp", "w", encoding="utf-8") as handle:
             handle.writelines(kept)
+        os.replace(self.path + ".tmp", self.path)
 
     def open_writers(self, resumed_at: int | None) -> None:
         self.close(finished=False)  # opened twice: one set of writers

@@ -54,7 +54,7 @@ def evaluation_dir(output_dir: str, weights: str | Sequence[str]) -> str:
 
 
 # What a write that never finished leaves: atomic_save's NAME.tmp.PID and the small files' NAME.tmp.
-TEMPORARY_PATTERNS = ("*.pth.tmp.*", f"{POINTER_NAME}.tmp", "metrics.json.tmp", "config.yaml.tmp")
+TEMPORARY_PATTERNS = ("*.pth.tmp.*", f"{POINTER_NAME}.tmp", "metrics.json.tmp", "metrics.jsonl.tmp", "config.yaml.tmp")
 
 
 def stale_temporary_files(output_dir: str) -> list[str]:

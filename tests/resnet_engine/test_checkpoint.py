@@ -190,3 +190,17 @@ def test_a_folder_and_exported_models_given_as_checkpoints_are_named_as_such(tmp
     onnx_file.write_bytes(b"\x08\x07\x12\x07pytorch")
     with pytest.raises(CheckpointError, match=r"model.onnx is an exported ONNX model, not weights"):
         load_checkpoint(str(onnx_file))
+
+
+def test_a_folder_named_with_glob_characters_rotates_and_resumes(tmp_path):
+    """An output_dir such as run[1] is a glob pattern of "run1": listed as a pattern, it held no
+    checkpoint, so keep_last deleted nothing and --resume found nothing to continue."""
+    folder = tmp_path / "run[1]"
+    checkpointer = Checkpointer(str(folder), keep_last=2)
+    for iteration in (1, 2, 3, 4):
+        checkpointer.save_periodic(iteration, {"model": {}, "iteration": iteration})
+    assert sorted(p for p in os.listdir(folder) if p.startswith("model_")) == ["model_0000003.pth",
+                                                                                 "model_0000004.pth"]
+    make_trainer(ToyModel(), folder / "toy*", checkpoint_period=2).train()
+    trainer = make_trainer(ToyModel(), folder / "toy*", max_iter=8, checkpoint_period=2)
+    assert trainer.resume() and trainer.start_iter > 0

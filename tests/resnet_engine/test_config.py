@@ -148,6 +148,25 @@ def test_yaml_1_1_words_stay_strings_for_choices(tmp_path):
     assert cfg.solver.amp == "bf16"
 
 
+def test_numbers_are_yaml_1_2s_in_files_and_overrides(tmp_path):
+    """YAML 1.1 read a leading zero as octal (steps [032000] -> 13312) and a:b as base 60 (1:30 -> 90)."""
+    path = write(tmp_path / "steps.yaml", "solver:\n  steps: [032000, 048000]\n  base_lr: 1e-3\n  max_iter: 060000\n")
+    cfg = load_detection_config(path)
+    assert list(cfg.solver.steps) == [32000, 48000] and cfg.solver.max_iter == 60000 and cfg.solver.base_lr == 0.001
+    cfg = load_detection_config(None, ["solver.steps=[010, 0x10, 1_000]", "solver.max_iter=2_000"])
+    assert list(cfg.solver.steps) == [10, 16, 1000] and cfg.solver.max_iter == 2000
+    with pytest.raises(ConfigError, match="'1:30' of type 'str' could not be converted to Integer"):
+        load_detection_config(None, ["solver.max_iter=1:30"])
+
+
+def test_a_text_key_keeps_an_override_that_reads_as_a_number_or_a_date():
+    """output_dir=0123 became the folder 83 (octal), a run name 1.10 became 1.1, 2024-01-05 a date."""
+    cfg = load_detection_config(None, ["output_dir=0123", "logging.wandb.name=1.10", "logging.mlflow.run_name=2024-01-05"])
+    assert cfg.output_dir == "0123" and cfg.logging.wandb.name == "1.10"
+    assert cfg.logging.mlflow.run_name == "2024-01-05"
+    assert load_detection_config(None, ["output_dir='0123'"]).output_dir == "0123"  # quoted: the same
+
+
 @pytest.mark.parametrize("override, message", [
     ("solver.max_iter=0", "solver.max_iter=0 must be a positive integer"),
     ("solver.max_iter=-5", "solver.max_iter=-5 must be a positive integer"),

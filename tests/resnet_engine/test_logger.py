@@ -283,3 +283,33 @@ def test_tensorboard_shows_a_resumed_run_once(tmp_path):
     events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/total_loss")] == [(2, 3.0), (4, 2.0), (6, 1.5), (8, 0.5)]
+
+
+def test_a_resume_rewrites_the_log_beside_it_so_a_kill_during_the_write_keeps_it(tmp_path, monkeypatch):
+    """Resuming drops the records after the checkpoint by rewriting metrics.jsonl. Written in place,
+    a kill during the write (a restart is when one comes) left the run's whole log cut or empty."""
+    import resnet_engine.logger as logger_module
+    from resnet_engine.run_dir import stale_temporary_files
+
+    records = [{"type": "train", "iteration": i, "loss": 1.0 / i} for i in (2, 4, 6)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    class Killed(Exception):
+        pass
+
+    def open_that_dies_writing(path, mode="r", **kwargs):
+        handle = open(path, mode, **kwargs)
+        if "w" in mode:
+            def writelines(lines):
+                raise Killed
+            handle.writelines = writelines
+        return handle
+
+    monkeypatch.setattr(logger_module, "open", open_that_dies_writing, raising=False)
+    with pytest.raises(Killed):
+        MetricsLogger(str(tmp_path)).drop_records_after(4)
+    assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == records
+    assert stale_temporary_files(str(tmp_path)) == [str(tmp_path / "metrics.jsonl.tmp")]  # cleaned at the next start
+    monkeypatch.undo()
+    MetricsLogger(str(tmp_path)).drop_records_after(4)
+    assert [json.loads(line)["iteration"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [2, 4]
