@@ -588,6 +588,11 @@ class Trainer:
         except EvaluationInterrupted:
             self._evaluating = False
             self._stop_during_evaluation(iteration, final)
+        except Exception:
+            if self._stop_signal and dist_utils.is_distributed():
+                # Another process left the evaluation for the same stop: this one's collectives fail.
+                self._stop_during_evaluation(iteration, final)
+            raise
         finally:
             self._evaluating = False
             self.model.train()
@@ -675,8 +680,18 @@ class Trainer:
                                   f"{os.path.join(self.output_dir, FINAL_NAME)} is saved: --resume runs the "
                                   f"evaluation again", self._stop_signal)
         self.iteration = iteration
-        path = self.checkpointer.path(f"model_{iteration:07d}.pth") if self._saved_at == iteration else self.save()
-        raise StoppedBySignal(f"stopped by {self._signal_name()} during the evaluation at iteration {iteration}; "
+        name = self._signal_name()
+        if self._saved_at == iteration:
+            path = self.checkpointer.path(f"model_{iteration:07d}.pth")
+        elif dist_utils.is_distributed():
+            # Saving gathers every process, and each left the evaluation at its own point, some inside
+            # its collectives: one more would pair with theirs (gloo aborts, NCCL hangs).
+            raise StoppedBySignal(f"stopped by {name} during the evaluation at iteration {iteration}; no checkpoint "
+                                  f"saved at this iteration: continue with --resume from the last one",
+                                  self._stop_signal)
+        else:
+            path = self.save()
+        raise StoppedBySignal(f"stopped by {name} during the evaluation at iteration {iteration}; "
                               f"checkpoint saved" + (f" to {path}" if path else "") + "; continue with --resume",
                               self._stop_signal)
 

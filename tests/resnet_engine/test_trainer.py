@@ -73,6 +73,39 @@ def test_a_stop_sent_to_the_whole_process_group_saves_a_checkpoint(tmp_path):
     assert state["iteration"] == int(stopped.group(1)) == state["scheduler"]["last_epoch"]
 
 
+def test_a_stop_during_a_distributed_evaluation_ends_every_process_without_a_mismatched_collective(tmp_path):
+    """SIGTERM to both processes while rank 0 waits in the evaluation's gather and rank 1 still scores:
+    rank 1 left the evaluation and saved, a collective that paired with rank 0's gather (gloo aborted
+    rank 0, rank 1 died unpickling its bytes; NCCL would hang). Each now stops with one line."""
+    from tests.resnet_engine.test_distributed import free_port
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "WORLD_SIZE": "2"}
+    processes = [subprocess.Popen([sys.executable, "-m", "tests.resnet_engine.evaluation_stop_training", str(rank),
+                                   str(tmp_path / "run"), str(markers)], cwd=ROOT, env={**env, "RANK": str(rank)},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        deadline = time.monotonic() + 120
+        while not all((markers / f"in_eval{rank}").exists() for rank in (0, 1)) and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in processes), [p.communicate()[1][-2000:] for p in processes]
+            time.sleep(0.1)
+        time.sleep(1.0)  # rank 0 is in the gather now
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        errors = [process.communicate(timeout=60)[1] for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for process, stderr in zip(processes, errors):
+        assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+        assert re.search(r"stopped by SIGTERM during the evaluation at iteration 2; no checkpoint saved at this "
+                         r"iteration: continue with --resume from the last one", stderr), stderr[-2000:]
+        assert "Traceback" not in stderr
+
+
 def test_keeps_the_last_n_periodic_checkpoints_and_the_best(tmp_path):
     scores = iter([1.0, 5.0, 2.0, 3.0, 0.5, 4.0])  # the best is after iteration 2
 
