@@ -34,6 +34,7 @@ import importlib.resources
 import math
 import os
 import re
+import types
 import typing
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -547,11 +548,13 @@ class ConfigLoader:
         return key, value
 
     def _takes_text(self, key: str) -> bool:
-        """Whether the schema's type of ``key`` is a string (or a string or None)."""
+        """Whether the schema's type of ``key`` is a string (or a string or None), not a list of them."""
         if key not in self.fields:
             return False
         kind = self.types[key]
-        return kind is str or {arg for arg in typing.get_args(kind) if arg is not type(None)} == {str}
+        if typing.get_origin(kind) not in (typing.Union, types.UnionType):
+            return kind is str
+        return {arg for arg in typing.get_args(kind) if arg is not type(None)} == {str}
 
     def _check_one_name_per_key(self, keys: Sequence[str]) -> None:
         """The overrides give no key under both its old and its new name."""

@@ -57,4 +57,4 @@ def test_the_proposal_rows_time_the_rpn_on_the_pyramids_candidate_counts():
     # 3 anchors per cell at strides 4..64 of a 128 px image: 3072, 768, 192, 48, 12; at most 2000 per
     # level go to NMS (coco_r50_fpn.yaml's pre_nms_topk_train).
     assert [(r["batch"], r["candidates_per_image"]) for r in rows] == [(1, 3020), (2, 3020)]
-    assert all(r["propose_s"] > 0 and r["per_image_s"] == round(r["propose_s"] / r["batch"], 4) for r in rows)
+    assert all(r["propose_s"] > 0 and abs(r["per_image_s"] - r["propose_s"] / r["batch"]) <= 1e-4 for r in rows)

@@ -165,6 +165,9 @@ def test_a_text_key_keeps_an_override_that_reads_as_a_number_or_a_date():
     assert cfg.output_dir == "0123" and cfg.logging.wandb.name == "1.10"
     assert cfg.logging.mlflow.run_name == "2024-01-05"
     assert load_detection_config(None, ["output_dir='0123'"]).output_dir == "0123"  # quoted: the same
+    # A list of names is still parsed as a list.
+    assert list(load_detection_config(None, ["input.augment_presets=[random_crop]"]).input.augment_presets) == [
+        "random_crop"]
 
 
 @pytest.mark.parametrize("override, message", [
