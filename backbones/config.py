@@ -19,6 +19,8 @@ class BackboneConfig:
     # True: the original MSRA bottleneck (stride on the first 1x1), as in the paper's FLOP counts.
     stride_in_1x1: bool = False
     shortcut: str = field(default="B", metadata={"choices": SHORTCUTS})
+    # Each residual branch starts at zero (training from scratch): needs norm bn, syncbn or gn, since a
+    # frozen_bn zero would never train; refused otherwise.
     zero_init_residual: bool = False
     # Channels of the stem and res2 (64 in the paper); narrower nets for quick CPU runs.
     base_width: int = 64

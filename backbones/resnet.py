@@ -211,6 +211,13 @@ def make_stage(block: type[nn.Module], in_channels: int, planes: int, num_units:
     return nn.Sequential(*units)
 
 
+def last_norm(unit: nn.Module) -> nn.Module | None:
+    """The norm a post-activation unit's residual branch ends with; None for other units."""
+    if isinstance(unit, Bottleneck):
+        return unit.bn3
+    return unit.bn2 if isinstance(unit, BasicBlock) else None
+
+
 def init_weights(model: nn.Module, zero_init_residual: bool) -> None:
     """He initialization of the convs (normal, std sqrt(2 / (k*k*out_channels))), norms at identity, and
     with ``zero_init_residual`` each post-activation unit's last norm at zero, so that it starts as its
@@ -224,14 +231,19 @@ def init_weights(model: nn.Module, zero_init_residual: bool) -> None:
     if not zero_init_residual:
         return
     for module in model.modules():
-        if isinstance(module, (BasicBlock, Bottleneck)):
-            if not module.residual:
-                # A plain unit has no shortcut: a zero norm would cut the signal of the whole net.
-                raise BackboneError("zero_init_residual=True needs residual units: a plain net would start "
-                                    "with every unit's output at zero; drop zero_init_residual or plain")
-            last_norm = module.bn3 if isinstance(module, Bottleneck) else module.bn2
-            if getattr(last_norm, "weight", None) is not None:
-                last_norm.weight.data.zero_()
+        norm = last_norm(module)
+        if norm is None:
+            continue
+        if not module.residual:
+            # A plain unit has no shortcut: a zero norm would cut the signal of the whole net.
+            raise BackboneError("zero_init_residual=True needs residual units: a plain net would start "
+                                "with every unit's output at zero; drop zero_init_residual or plain")
+        if isinstance(norm, FrozenBatchNorm2d):
+            # Its scale is a buffer: a zero there is never trained away, and weights would overwrite it anyway.
+            raise BackboneError("zero_init_residual=True needs a trainable norm: with norm='frozen_bn' every "
+                                "residual branch would stay at zero for good; pass norm='bn' (or 'syncbn', 'gn')")
+        if getattr(norm, "weight", None) is not None:
+            norm.weight.data.zero_()
 
 
 def freeze_stem_and_stages(model: nn.Module, freeze_at: int, num_stages: int) -> None:
@@ -247,8 +259,21 @@ def freeze_stem_and_stages(model: nn.Module, freeze_at: int, num_stages: int) ->
     for index in range(1, freeze_at):
         layer = getattr(model, f"layer{index}", None)
         if layer is not None:
+            check_no_dead_branch(layer, f"layer{index}", freeze_at)
             layer.requires_grad_(False)
             FrozenBatchNorm2d.convert(layer)
+
+
+def check_no_dead_branch(layer: nn.Module, name: str, freeze_at: int) -> None:
+    """A residual branch whose last norm is all zero (zero_init_residual, no weights loaded) would stay
+    dead once frozen: the unit would be its shortcut for good."""
+    for index, unit in enumerate(layer):
+        norm = last_norm(unit)
+        scale = getattr(norm, "weight", None)
+        if scale is not None and not scale.is_meta and not scale.detach().any():  # meta: no values to read
+            raise BackboneError(f"freeze_at={freeze_at} freezes {name}.{index} with its residual branch at zero "
+                                f"(zero_init_residual=True, no weights loaded), so it would never train: "
+                                f"pass freeze_at=0 or 1, load weights, or drop zero_init_residual")
 
 
 class StagedResNet(nn.Module):
@@ -325,10 +350,14 @@ class ResNet(StagedResNet):
         num_classes: adds global average pooling and a fully connected layer ("logits").
         out_features: names to return, a subset of "act1", "stem", "res2".."res5", "logits". Stages after
             the last requested one are still built (so that checkpoints load) but never run.
-        norm: "frozen_bn" (default), "bn", "syncbn" or "gn".
+        norm: "frozen_bn" (default: BN fixed at the loaded statistics, for detection; without weights it is
+            the identity), "bn", "syncbn" or "gn". ``resnet18()`` .. ``resnet152()`` and ``create()``
+            default to "bn" when no weights are given.
         freeze_at: 0 freezes nothing, 1 the stem, k the stem and the first k-1 stages.
         stride_in_1x1, shortcut, plain, preact: the paper's variants (see the module docstring).
-        zero_init_residual: start each residual branch's last norm at zero (training from scratch).
+        zero_init_residual: start each residual branch's last norm at zero (training from scratch). Needs a
+            trainable norm ("bn", "syncbn", "gn"): refused with "frozen_bn", whose zero would never
+            train, and when ``freeze_at`` >= 2 would freeze such a branch before weights replace it.
         base_width: channels of the stem and the first stage (64 in the paper); smaller values give
             narrow networks for quick CPU experiments. Pretrained weights need 64.
     """

@@ -19,6 +19,7 @@ import pickle
 import re
 import warnings
 from collections.abc import Mapping
+from http.client import HTTPException
 
 import torch
 from torch import nn
@@ -58,6 +59,7 @@ def check_stride_convention(model: nn.Module, spec: str) -> None:
 
 # The settings of a saved model.backbone that tell networks of the same tensors apart.
 ARCHITECTURE_KEYS = ("plain", "preact", "shortcut", "base_width", "stride_in_1x1")
+NORM_KINDS = {"frozen_bn": "bn", "bn": "bn", "syncbn": "bn", "gn": "gn"}
 
 
 def check_saved_architecture(model: nn.Module, saved_backbone: dict | None, path: str) -> None:
@@ -75,6 +77,10 @@ def check_saved_architecture(model: nn.Module, saved_backbone: dict | None, path
             continue
         if saved != built:
             differing.append(f"{key}={saved} there, {built} here")
+    saved_norm, built_norm = saved_backbone.get("norm"), getattr(model, "norm", None)
+    # frozen_bn, bn and syncbn hold the same tensors and mean the same map; gn is another network.
+    if saved_norm in NORM_KINDS and built_norm in NORM_KINDS and NORM_KINDS[saved_norm] != NORM_KINDS[built_norm]:
+        differing.append(f"norm={saved_norm} there, {built_norm} here")
     if differing:
         raise WeightsError(f"{path} was trained as another network ({'; '.join(differing)}): build the network its "
                            f"config (model.backbone) describes")
@@ -107,30 +113,42 @@ def _torchvision_file(tag: str, depth: int | None) -> str:
         names = ", ".join(w.name for w in torchvision.models.get_model_weights(f"resnet{depth}"))
         raise WeightsError(f"torchvision has no weights '{tag}' for resnet{depth}: choose {names}") from None
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-    if os.path.isfile(cached):
-        return cached
+    if not os.path.isfile(cached):
+        download_torchvision_file(weights.url, cached, f"torchvision weights resnet{depth} {tag}")
+    return cached
+
+
+def download_torchvision_file(url: str, cached: str, what: str) -> None:
+    """Download ``url`` to ``cached``, checking the hash prefix its name carries (``resnet50-11ad3fa6.pth``)."""
+    match = torch.hub.HASH_REGEX.search(os.path.basename(url))
     try:
-        torch.hub.download_url_to_file(weights.url, cached, progress=False)
-        return cached
-    except Exception:  # noqa: BLE001 - any network failure means "offline"
-        raise WeightsError(
-            f"torchvision weights resnet{depth} {tag} are not cached at {cached} and cannot be downloaded: "
-            f"copy the file there, or pass weights=/path/to/file.pth"
-        ) from None
+        # The hub writes a partial file beside ``cached`` first: its folder must exist on a fresh machine.
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        torch.hub.download_url_to_file(url, cached, hash_prefix=match.group(1) if match else None, progress=False)
+    except (OSError, HTTPException) as error:  # offline (URLError is an OSError), a cut connection, a full disk
+        raise WeightsError(f"{what} are not cached at {cached} and could not be downloaded ({error}): copy the "
+                           f"file there, or pass weights=/path/to/file.pth") from None
+    except RuntimeError as error:  # the hash check
+        raise WeightsError(f"{what}: the download from {url} is damaged ({error}): try again") from None
 
 
 def _timm_file(name: str) -> str:
-    import timm
-
+    try:  # timm only maps a release name to its Hugging Face repository, which is timm/NAME by default
+        import timm
+    except ImportError:
+        timm = None
     try:
-        config = timm.models.get_pretrained_cfg(name)
-    except Exception:  # noqa: BLE001
+        config = timm.models.get_pretrained_cfg(name) if timm else None
+    except Exception:  # noqa: BLE001 - a name timm does not know
         config = None
     hub_id = getattr(config, "hf_hub_id", None) or f"timm/{name}"
+    # Without timm a file in the cache still loads; anything else needs timm to resolve or fetch it.
+    fix = "pip install timm (not installed here), " if timm is None else ""
     try:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
-        raise WeightsError("timm weights names need huggingface_hub: pass weights=/path/to/file") from None
+    except ImportError:
+        raise WeightsError(f"weights='timm:{name}' need huggingface_hub: {fix or 'pip install huggingface_hub, '}"
+                           f"or pass weights=/path/to/model.safetensors") from None
     for filename in ("model.safetensors", "pytorch_model.bin"):
         cached = try_to_load_from_cache(hub_id, filename)
         if isinstance(cached, str) and os.path.isfile(cached):
@@ -143,7 +161,7 @@ def _timm_file(name: str) -> str:
         expected = os.path.join(HF_HUB_CACHE, "models--" + hub_id.replace("/", "--"))
         raise WeightsError(
             f"timm weights {name} are not in the Hugging Face cache ({expected}) and cannot be downloaded: "
-            f"pass weights=/path/to/model.safetensors"
+            f"{fix}or pass weights=/path/to/model.safetensors"
         ) from None
 
 
@@ -280,12 +298,11 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         arch = getattr(model, "depth", None)
         arch_text = f" resnet{arch}" if arch else " the model"
         raise WeightsError(f"{source} does not fit{arch_text}: " + "; ".join(details) + more)
-    if unexpected and strict:
-        arch = getattr(model, "depth", None)
-        raise WeightsError(f"{source} holds {len(unexpected)} tensors that{f' resnet{arch}' if arch else ' the model'} "
-                           f"of this config lacks, e.g. {', '.join(unexpected[:3])}: they are the weights of another "
-                           "network (projection shortcuts, option B or C, where this one has option A?); give the "
-                           "config of the network they were trained as")
+    # Without strict, extras are fine (a detector's other parts) unless they sit in this network's own
+    # modules: then the file holds another configuration of it and the loaded net computes something else.
+    other_network = unexpected if strict else other_network_keys(model, unexpected)
+    if other_network:
+        raise other_network_error(model, other_network, source)
     if unexpected:
         warnings.warn(
             f"{source}: {len(unexpected)} entries not used by the model, e.g. {', '.join(unexpected[:3])}",
@@ -293,6 +310,42 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return {"unexpected": unexpected, "dropped_head": dropped_head}
+
+
+# Tensors of this family's own modules: the stem, a unit's convs, norms and projection, the pre-activation
+# nets' last norm. Group 1 is the stage of a unit.
+FAMILY_KEY = re.compile(r"(?:conv1|bn1|post_norm|layer(\d+)\.\d+\.(?:conv\d|bn\d|downsample\.\d+))\.")
+
+
+def other_network_keys(model: nn.Module, unexpected: list[str]) -> list[str]:
+    """The entries ``model`` lacks that a ResNet of other settings would use: projections where this one has
+    option A or none, BN statistics where it has GN, units it does not have. A stage detached from the
+    model (a C4 head's res5) is not one of its modules, and its tensors are no sign of another network."""
+    keys = []
+    for key in unexpected:
+        match = FAMILY_KEY.match(key)
+        if match and (match.group(1) is None or hasattr(model, f"layer{match.group(1)}")):
+            keys.append(key)
+    return keys
+
+
+def other_network_error(model: nn.Module, keys: list[str], source: str) -> WeightsError:
+    """The one-line error for ``keys``, the tensors of ``model``'s family that it lacks, naming the setting
+    they most likely come from."""
+    modules = {name for name, _ in model.named_modules()}
+    owners = {key.rsplit(".", 1)[0] for key in keys}
+    # A projection in a unit that has none (option A, plain), or statistics of a norm it has (GN).
+    if any(".downsample." in owner and owner not in modules and owner.split(".downsample.")[0] in modules
+           for owner in owners):
+        hint = "projection shortcuts, where this one has option A or none: shortcut='B' or 'C', plain=False"
+    elif any(key.endswith(("running_mean", "running_var")) and key.rsplit(".", 1)[0] in modules for key in keys):
+        hint = "BatchNorm statistics, where this one has GroupNorm: norm='bn' or 'frozen_bn'"
+    else:
+        hint = "units or norms this one lacks: another depth, or preact"
+    arch = getattr(model, "depth", None)
+    return WeightsError(f"{source} holds {len(keys)} tensors that{f' resnet{arch}' if arch else ' the model'} of "
+                        f"these settings lacks, e.g. {', '.join(keys[:3])}: they are the weights of another network "
+                        f"({hint}); build the network they were trained as (model.backbone in a config)")
 
 
 def _natural_key(name: str):

@@ -341,7 +341,8 @@ def test_defaults_stride_placement_and_he_initialization():
 def test_norm_options_and_freezing():
     bn_count = parameter_count(create("resnet20_cifar"))
     assert parameter_count(create("resnet20_cifar", norm="gn")) == bn_count
-    frozen = create("resnet20_cifar", norm="frozen_bn")
+    with pytest.warns(UserWarning, match="norm='frozen_bn' without weights"):
+        frozen = create("resnet20_cifar", norm="frozen_bn")
     bn_affine = 2 * (16 + 6 * 16 + 6 * 32 + 6 * 64)
     assert parameter_count(frozen) == bn_count - bn_affine
     model = create("resnet20_cifar", freeze_at=2)

@@ -1,8 +1,10 @@
 """Loading weights files: formats, wrappers, names resolved through caches, and readable failures."""
 
+import io
 import os
 import pickle
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from backbones import WeightsError, build_resnet, resnet18
+from backbones import WeightsError, build_resnet, load_weights, resnet18
 from backbones.weights import caffe2_name_to_torch, read_state_dict
 
 
@@ -110,7 +112,7 @@ def test_torchvision_name_uses_hub_cache(tv18, tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as error:
         resnet18(weights="torchvision:IMAGENET1K_V1")
     assert str(expected) in str(error.value) and "weights=/path" in str(error.value)
-    expected.parent.mkdir(parents=True)
+    expected.parent.mkdir(parents=True, exist_ok=True)
     torch.save(tv18, expected)
     assert_loaded(resnet18(weights="torchvision:IMAGENET1K_V1"), tv18)
     with pytest.raises(WeightsError, match="IMAGENET1K_V1"):
@@ -198,7 +200,7 @@ def test_a_trainers_checkpoint_loads_only_into_the_network_its_config_names(tmp_
     """A plain net and a ResNet of option A, or two stride placements, share every tensor: a trainer's
     checkpoint keeps its config, which tells them apart."""
     import yaml
-    model = build_resnet(50, **build)
+    model = build_resnet(50, **saved)  # the tensors of the network the config names
     backbone = {"depth": 50, "plain": False, "preact": False, "shortcut": "B", "base_width": 64,
                 "stride_in_1x1": False, **saved}
     path = tmp_path / "model_final.pth"
@@ -236,3 +238,122 @@ DETECTRON_NAMES = {
 def test_detectron_blob_names_map_to_torchvision_names(blob, expected):
     assert caffe2_name_to_torch(blob) == expected
 
+
+
+# -- weights of another configuration of the same family ----------------------------------------------
+@pytest.mark.parametrize("build, count, hint", [
+    ({"shortcut": "A"}, 15, "projection shortcuts, where this one has option A or none: shortcut='B' or 'C', "
+                            "plain=False"),
+    ({"plain": True}, 15, "projection shortcuts, where this one has option A or none: shortcut='B' or 'C', "
+                          "plain=False"),
+    ({"norm": "gn"}, 40, "BatchNorm statistics, where this one has GroupNorm: norm='bn' or 'frozen_bn'"),
+], ids=["option_A", "plain", "gn"])
+def test_weights_of_another_configuration_are_refused(tv18, tmp_path, build, count, hint):
+    """Each tensor the net has is in the file with its shape: only the file's extras tell that it was
+    trained as another network (15 = 3 projections of conv, BN weight, bias, mean, var; 40 = 20 BN statistics)."""
+    torch.save(tv18, tmp_path / "tv18.pth")
+    with pytest.raises(WeightsError) as error:
+        resnet18(weights=str(tmp_path / "tv18.pth"), **build)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'tv18.pth'} holds {count} tensors that resnet18 of these settings lacks, e.g. ")
+    assert message.endswith(f"they are the weights of another network ({hint}); build the network they were trained "
+                            f"as (model.backbone in a config)")
+
+
+def test_weights_of_a_deeper_net_are_refused(tmp_path):
+    """ResNet-34 holds every tensor of ResNet-18 with its shape, and 8 more units."""
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "tv34.pth")
+    with pytest.raises(WeightsError, match=r"holds 80 tensors that resnet18 of these settings lacks, e\.g\. "
+                                           r"layer1\.2\.bn1\.bias, .*\(units or norms this one lacks: another "
+                                           r"depth, or preact\)"):
+        resnet18(weights=str(tmp_path / "tv34.pth"))
+
+
+def test_extras_outside_the_network_still_load_with_a_warning(tv18, tmp_path):
+    """A larger file's other parts, and a stage the model has detached (a C4 head's res5), are not another
+    network: they are warned of and the rest loads."""
+    torch.save({**tv18, "rpn.head.weight": torch.ones(3)}, tmp_path / "extra.pth")
+    with pytest.warns(UserWarning, match=r"extra\.pth: 1 entries not used by the model, e\.g\. rpn\.head\.weight$"):
+        model = resnet18(weights=str(tmp_path / "extra.pth"))
+    assert_loaded(model, tv18)
+    trunk = build_resnet(18, out_features=["res4"])
+    trunk.detach_stage("res5")
+    torch.save(tv18, tmp_path / "tv18.pth")
+    with pytest.warns(UserWarning, match=r"tv18\.pth: 25 entries not used by the model, e\.g\. layer4\.0\.bn1\.bias"):
+        load_weights(trunk, str(tmp_path / "tv18.pth"))
+    assert_loaded(trunk, tv18)
+
+
+def test_a_checkpoint_of_another_norm_names_it(tmp_path):
+    import yaml
+    source = build_resnet(18, norm="bn")
+    path = tmp_path / "model_final.pth"
+    config = yaml.safe_dump({"model": {"backbone": {"depth": 18, "norm": "bn"}}})
+    torch.save({"model": source.state_dict(), "config": config}, path)
+    with pytest.raises(WeightsError, match=r"^\S+model_final\.pth was trained as another network \(norm=bn there, gn "
+                                           r"here\): build the network its config \(model.backbone\) describes$"):
+        resnet18(weights=str(path), norm="gn")
+    loaded = resnet18(weights=str(path))  # frozen_bn: the same statistics, fixed
+    assert torch.equal(loaded.layer3[0].bn2.running_var, source.layer3[0].bn2.running_var)
+
+
+# -- downloads --------------------------------------------------------------------------------------------
+class Served(io.BytesIO):
+    """What torch.hub's urlopen returns, serving ``data``."""
+
+    def info(self):
+        size = str(len(self.getvalue()))
+        return type("Headers", (), {"get_all": lambda _self, key: [size]})()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
+
+
+def test_torchvision_download_on_a_fresh_machine(tv18, tmp_path, monkeypatch):
+    """No $TORCH_HOME/hub/checkpoints yet: the file is downloaded there and its hash checked."""
+    buffer = io.BytesIO()
+    torch.save(tv18, buffer)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "fresh"))
+    monkeypatch.setattr(torch.hub, "urlopen", lambda request, *a, **k: Served(buffer.getvalue()))
+    with pytest.raises(WeightsError, match=r"^torchvision weights resnet18 IMAGENET1K_V1: the download from "
+                                           r"https://\S+/resnet18-f37072fd\.pth is damaged \(invalid hash value"):
+        resnet18(weights="torchvision:IMAGENET1K_V1")  # these bytes are not the published file
+    monkeypatch.setattr(torch.hub, "HASH_REGEX", re.compile(r"(?!)"))  # a name without a hash: nothing to check
+    assert_loaded(resnet18(weights="torchvision:IMAGENET1K_V1"), tv18)
+    assert (tmp_path / "fresh" / "hub" / "checkpoints" / "resnet18-f37072fd.pth").is_file()
+
+
+def test_torchvision_download_offline_gives_the_reason(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "urlopen", lambda *a, **k: (_ for _ in ()).throw(URLError("no route to host")))
+    with pytest.raises(WeightsError, match=r"^torchvision weights resnet18 IMAGENET1K_V1 are not cached at \S+ and "
+                                           r"could not be downloaded \(<urlopen error no route to host>\): copy the "
+                                           r"file there, or pass weights=/path/to/file\.pth$"):
+        resnet18(weights="torchvision:IMAGENET1K_V1")
+
+
+def test_timm_names_without_timm_installed(tmp_path, monkeypatch):
+    import huggingface_hub
+    import timm
+
+    reference = timm.create_model("resnet18", pretrained=False)
+    save_file(reference.state_dict(), tmp_path / "model.safetensors")
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if not installed
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, filename: str(tmp_path / filename) if repo == "timm/resnet18.a1_in1k" else None)
+    model = resnet18(weights="timm:resnet18.a1_in1k")  # a cached file needs no timm
+    assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(WeightsError, match=r"^timm weights resnet50\.a1_in1k are not in the Hugging Face cache \(\S+\) "
+                                           r"and cannot be downloaded: pip install timm \(not installed here\), or "
+                                           r"pass weights=/path/to/model\.safetensors$"):
+        build_resnet(50, weights="timm:resnet50.a1_in1k")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(WeightsError, match=r"^weights='timm:resnet50\.a1_in1k' need huggingface_hub: pip install timm "
+                                           r"\(not installed here\), or pass weights=/path/to/model\.safetensors$"):
+        build_resnet(50, weights="timm:resnet50.a1_in1k")

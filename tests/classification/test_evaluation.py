@@ -152,8 +152,8 @@ def test_projection_weights_are_refused_by_an_identity_shortcut_net(trained):
     option_b = tiny_config(cfg.data.root, cfg.output_dir, "model.backbone.shortcut=B")
     state = build_classifier(option_b, 10, load_backbone_weights=False).state_dict()
     assert any("downsample" in key for key in state)
-    with pytest.raises(WeightsError, match=r"source.pth holds \d+ tensors that resnet8 of this config lacks, e\.g\. "
-                                        r".*downsample.*option B or C, where this one has option A\?"):
+    with pytest.raises(WeightsError, match=r"source.pth holds \d+ tensors that resnet8 of these settings lacks, e\.g\. "
+                                        r".*downsample.*projection shortcuts, where this one has option A or none"):
         apply_classifier_state(build_classifier(cfg, 10, load_backbone_weights=False), state, "source.pth")
 
 
