@@ -39,7 +39,7 @@ class LocalizerModelConfig:
     """The per-class RPN of localization/rpn_localizer.py."""
 
     # Fine-tuned from an ImageNet classifier (the paper): the backbone section's defaults freeze BN, the stem
-    # and res2, as in the detectors' fine-tuning.
+    # and res2, as in the detectors' fine-tuning. They need model.backbone.weights (check_trunk_start).
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(depth=101))
     # The trunk stage feeding the head. res5 (stride 32): the most class-specific features, and ImageNet
     # objects are large enough for a 7x7 grid on a 224 crop. res4 (stride 16) is the detectors' C4 choice.
@@ -69,6 +69,9 @@ class LocalizerTrainConfig:
     min_visible: float = fraction(0.5)
     # "all": every class's sigmoid of a sampled anchor is trained (target 1 only for the image's class at a
     # positive anchor), so the per-class scores can also rank classes; "gt": only the GT class's sigmoid.
+    # The paper (appendix C) does not say which sigmoids a sampled anchor trains; the likeliest reading puts
+    # the target and the loss on the GT class's alone, "gt". The default "all" is this toolkit's choice, and
+    # no shipped config sets the key: every localizer trains with "all".
     cls_loss_classes: str = choice("all", ("all", "gt"))
     box_loss_weight: float = non_negative(1.0)
     # 0.1111, close to the detectors' 1/9 (Fast R-CNN's sigma = 3): the value the localizer's figures in
@@ -102,6 +105,10 @@ class LocalizerClassifierConfig:
 
     # A checkpoint written by tools/train_cls.py (it carries its own config).
     weights: str = ""
+    # The classifier's test views. The default, 10-crop, is not the paper's: its ResNet-101 of 4.6% top-5
+    # error (appendix C) is Table 4's dense multi-scale result (10-crop, Table 3: 6.05%). Only
+    # configs/ilsvrc_loc_r101.yaml sets dense; any other config, or --classifier-weights on shapes_loc, ranks
+    # the classes by 10-crop.
     mode: str = choice("10crop", TEST_MODES)
 
 
@@ -199,6 +206,20 @@ def check_localization_options(cfg) -> None:
             raise ConfigError(f"output_dir={cfg.output_dir} holds the RPN of rcnn.rpn_weights: give the R-CNN a "
                               f"folder of its own (its model_final.pth would replace the RPN's), such as "
                               f"output_dir={cfg.output_dir.rstrip('/')}_rcnn")
+
+
+def check_trunk_start(cfg) -> None:
+    """A trunk trained from a classifier's weights, or from scratch with nothing frozen. The schema's defaults
+    (the paper's fine-tuning: BN frozen, the stem and res2 fixed) without weights would train the head on
+    a random trunk that never learns. Checked when training starts: evaluation builds the trunk from the
+    checkpoint, and reading a config needs no weights."""
+    backbone = cfg.model.backbone
+    if not backbone.weights and (backbone.norm == "frozen_bn" or backbone.freeze_at > 0):
+        raise ConfigError(f"model.backbone.weights is empty, with model.backbone.norm={backbone.norm} and "
+                          f"freeze_at={backbone.freeze_at}: the random trunk would stay frozen. The localizer is "
+                          f"fine-tuned from a classifier: set model.backbone.weights=output/<cls run>/model_final.pth, "
+                          f"or model.backbone.norm=bn model.backbone.freeze_at=0 to train from scratch (as "
+                          f"configs/shapes_loc.yaml)")
 
 
 def check_rcnn_options(rcnn) -> None:

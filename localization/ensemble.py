@@ -17,13 +17,13 @@ ensemble (detection/modeling/ensemble.py), and are this toolkit's choice (unveri
   each on its own test views of the image, are averaged before the top-5 classes are taken.
 
 Every average is unweighted. Each network is built from the training config its checkpoint keeps (its
-depth, width, normalization), so networks of different trunks can be combined. Loading one weights file
-gives that network itself, unchanged.
+depth, width, normalization, anchors; localization/weights.py TRAINED_KEYS), so networks of different trunks
+can be combined; each R-CNN warps the proposals at its own rcnn.warp_size and rcnn.context_pad. Loading one
+weights file gives that network itself, unchanged.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
@@ -31,14 +31,11 @@ from torch import nn
 
 from classification.data.ilsvrc import Synsets
 from detection.modeling.box_coder import BoxCoder
-from resnet_engine.checkpoint import load_checkpoint
-from resnet_engine.config import config_from_text
 from resnet_engine.errors import UserError
 
-from .config import LocalizationConfig
 from .rcnn import RCNNLocalizer, best_of_proposals
 from .rpn_localizer import OneBoxPerClass, RPNLocalizer
-from .weights import load_localizer, load_proposal_rpn, load_rcnn
+from .weights import load_localizer, load_proposal_rpn, load_rcnn, saved_config, trained_config
 
 # Averaged probabilities are turned back into logits for the one-box rule; this keeps them finite.
 PROBABILITY_EPS = 1e-12
@@ -117,10 +114,9 @@ class RCNNEnsemble(nn.Module):
         return self.networks[0].device
 
     @torch.no_grad()
-    def rescore(self, image: torch.Tensor, proposals: torch.Tensor, classes: Sequence[int], warp_size: int,
-                context_pad: int = 0, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = [network.class_predictions(image, proposals, classes, warp_size, context_pad, chunk)
-                   for network in self.networks]
+    def rescore(self, image: torch.Tensor, proposals: torch.Tensor, classes: Sequence[int],
+                chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = [network.class_predictions(image, proposals, classes, chunk) for network in self.networks]
         scores = torch.stack([s for s, _ in outputs]).mean(dim=0)
         boxes = torch.stack([b for _, b in outputs]).mean(dim=0)
         return best_of_proposals(scores, boxes)
@@ -129,28 +125,19 @@ class RCNNEnsemble(nn.Module):
 # -- loading ----------------------------------------------------------------------------------------------
 
 
-def network_config(cfg, weights: str):
-    """The training config ``weights`` keeps (its own trunk and input settings), else ``cfg``."""
-    if not os.path.isfile(weights):
-        return cfg  # the loader names the missing file
-    text = load_checkpoint(weights).get("config")
-    return config_from_text(LocalizationConfig, text) if text else cfg
-
-
 def anchor_layout(cfg, network: RPNLocalizer) -> tuple:
     return (list(cfg.model.anchor_sizes), list(cfg.model.aspect_ratios), network.stride)
 
 
 def load_rpn_ensemble(cfg, weights: Sequence[str], synsets: Synsets) -> RPNLocalizer | RPNEnsemble:
-    """One per-class RPN per file (one file: that network, loaded with ``cfg`` as today); several must share
-    their anchor layout, else one error line names the two that differ."""
+    """One per-class RPN per file (one file: that network itself), each built as it was trained; several must
+    share their anchor layout, else one error line names the two that differ."""
     if len(weights) == 1:
         return load_localizer(cfg, weights[0], synsets)
     networks, layouts = [], []
     for path in weights:
-        own_cfg = network_config(cfg, path)
-        networks.append(load_localizer(own_cfg, path, synsets))
-        layouts.append(anchor_layout(own_cfg, networks[-1]))
+        networks.append(load_localizer(cfg, path, synsets))
+        layouts.append(anchor_layout(trained_config(cfg, path), networks[-1]))
     for path, layout in zip(weights[1:], layouts[1:]):
         if layout != layouts[0]:
             raise EnsembleError(
@@ -167,15 +154,14 @@ def describe_layout(layout: tuple) -> str:
 
 
 def load_rcnn_ensemble(cfg, weights: Sequence[str], synsets: Synsets):
-    """(the R-CNN stage, its proposal RPN, the RPN's config, the RPN's files). One file: the R-CNN of ``weights[0]`` and the
-    RPN of cfg.rcnn.rpn_weights, as today. Several: every R-CNN, and the ensemble of the distinct RPNs their
+    """(the R-CNN stage, its proposal RPN, the RPN's config, the RPN's files). One file: the R-CNN of
+    ``weights[0]`` and the RPN of cfg.rcnn.rpn_weights. Several: every R-CNN, and the ensemble of the distinct RPNs their
     own configs name in rcnn.rpn_weights (each R-CNN was trained on its RPN's proposals)."""
     if len(weights) == 1:
         rpn, rpn_cfg = load_proposal_rpn(cfg, synsets)
         return load_rcnn(cfg, weights[0], synsets), rpn, rpn_cfg, [cfg.rcnn.rpn_weights]
-    own_cfgs = [network_config(cfg, path) for path in weights]
-    rcnn = RCNNEnsemble([load_rcnn(own, path, synsets) for own, path in zip(own_cfgs, weights)])
-    rpn_paths = list(dict.fromkeys(own.rcnn.rpn_weights for own in own_cfgs))
+    rcnn = RCNNEnsemble([load_rcnn(cfg, path, synsets) for path in weights])
+    rpn_paths = list(dict.fromkeys((saved_config(path) or cfg).rcnn.rpn_weights for path in weights))
     rpn, rpn_cfg = load_proposal_rpn(cfg, synsets, rpn_paths[0])
     if len(rpn_paths) > 1:
         rpn = load_rpn_ensemble(rpn_cfg, rpn_paths, synsets)

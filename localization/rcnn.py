@@ -81,24 +81,25 @@ class RCNNLocalizer(ClassifierInput, nn.Module):
         return {"loss_cls": loss_cls, "loss_box": self.rules.box_loss_weight * loss_box}
 
     @torch.no_grad()
-    def rescore(self, image: torch.Tensor, proposals: torch.Tensor, classes: Sequence[int], warp_size: int,
-                context_pad: int = 0, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    def rescore(self, image: torch.Tensor, proposals: torch.Tensor, classes: Sequence[int],
+                chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """Class c = classes[i] gets the best of its proposals ``proposals[i]`` (n, 4), re-scored and regressed:
         continuous boxes (C, 4) in the image and their class probabilities (C,). ``image``: uint8 (3, H, W)."""
-        return best_of_proposals(*self.class_predictions(image, proposals, classes, warp_size, context_pad, chunk))
+        return best_of_proposals(*self.class_predictions(image, proposals, classes, chunk))
 
     @torch.no_grad()
     def class_predictions(self, image: torch.Tensor, proposals: torch.Tensor, classes: Sequence[int],
-                          warp_size: int, context_pad: int = 0, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                          chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """Every proposal re-scored and regressed for its own class: row i holds class classes[i]'s proposals
         ``proposals[i]`` (n, 4); -> their probabilities of that class (C, n) and their boxes decoded with that
-        class's deltas (C, n, 4), continuous, in the image."""
+        class's deltas (C, n, 4), continuous, in the image. The warp (rcnn.warp_size, rcnn.context_pad) is the
+        one this network was trained with."""
         count, per_class = proposals.shape[:2]
         pixels = image.to(self.device)[None].float()
         flat = proposals.reshape(-1, 4).to(self.device)
         probabilities, deltas = [], []
         for start in range(0, flat.shape[0], chunk):
-            crops = warp_regions(pixels, [flat[start:start + chunk]], warp_size, context_pad)
+            crops = warp_regions(pixels, [flat[start:start + chunk]], self.rules.warp_size, self.rules.context_pad)
             logits, chunk_deltas = self.head(self.normalize(crops))
             probabilities.append(logits.float().softmax(dim=1))
             deltas.append(chunk_deltas.float())

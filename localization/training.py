@@ -23,10 +23,12 @@ from resnet_engine.optim import build_optimizer, build_scheduler
 from resnet_engine.setup import setup_run
 from resnet_engine.trainer import Trainer
 
+from .config import check_trunk_start
 from .data.loc_dataset import LocalizationDataset, LocTrainTransform, list_boxed_train_images
 from .data.rcnn_rois import RoITrainDataset
 from .evaluation.rcnn_evaluation import score_rcnn
 from .evaluation.rpn_evaluation import score_localizer
+from .evaluation.submission import val_records_ground_truth
 from .rcnn import RCNNLocalizer, build_rcnn
 from .rcnn_proposals import cached_training_proposals
 from .rpn_localizer import RPNLocalizer, build_localizer
@@ -45,9 +47,10 @@ def build_loc_train_set(cfg, synsets: Synsets) -> LocalizationDataset:
 
 
 def check_val_data(cfg, synsets: Synsets) -> None:
-    """Read the val list now: a missing or malformed LOC_val_solution.csv, or images not where they are
-    read, would otherwise end the run at its first evaluation, hours in."""
-    list_val_images(cfg.data.root, synsets, cfg.test.max_images)
+    """Read what the evaluation reads, now: a missing or malformed LOC_val_solution.csv or test.blacklist,
+    images not where they are read or resized on disk (boxes of another frame) would otherwise end the run
+    at its first evaluation, hours in."""
+    val_records_ground_truth(cfg, synsets, list_val_images(cfg.data.root, synsets, cfg.test.max_images))
 
 
 def evaluate_during_training(model: RPNLocalizer, cfg, synsets: Synsets) -> dict:
@@ -62,6 +65,7 @@ def evaluate_during_training(model: RPNLocalizer, cfg, synsets: Synsets) -> dict
 
 def train_localizer(cfg, resume: bool = False, overwrite: bool = False) -> dict:
     """Train ``cfg``'s localizer, scoring it on the val set; returns the final metrics."""
+    check_trunk_start(cfg)
     if cfg.task == "rcnn":
         return train_rcnn(cfg, resume, overwrite)
     images_per_process = check_batch_divides(cfg.solver.ims_per_batch)

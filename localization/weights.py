@@ -4,7 +4,11 @@ classes, the config expects."""
 
 from __future__ import annotations
 
+import copy
 import os
+import warnings
+
+from omegaconf import OmegaConf
 
 from classification.data.ilsvrc import Synsets
 from classification.weights import load_trained_classifier as load_classifier_checkpoint
@@ -29,25 +33,81 @@ def latest_weights(output_dir: str) -> str:
     return found[0]
 
 
+# Besides its tensors, what makes a trained network give its boxes: the anchors (other sizes of the same
+# count fit the same tensors), the pixel normalization, the 1-crop view it was trained on, the R-CNN's box
+# coder and warp. A checkpoint is always built with the values of the config it keeps, alone or in an
+# ensemble (whose networks may differ from one another): one path, and right numbers whatever config scores it.
+TRAINED_KEYS = ("model", "input.pixel_mean", "input.pixel_std", "input.format", "input.crop",
+                "rcnn.bbox_reg_weights", "rcnn.warp_size", "rcnn.context_pad")
+# Keys under model that only say how the training began: another value when scoring changes nothing.
+START_KEYS = ("model.backbone.weights", "model.backbone.trust_pickle", "model.backbone.freeze_at",
+              "model.backbone.zero_init_residual", "model.num_classes")
+
+
+def saved_config(weights: str):
+    """The training config a localizer checkpoint keeps; None for another file (its loader says what it is)."""
+    if not os.path.isfile(weights):
+        return None
+    state = load_checkpoint(weights, mmap=True)
+    if (state.get("meta") or {}).get("task") != "localization" or not state.get("config"):
+        return None
+    return config_from_text(LocalizationConfig, state["config"])
+
+
+def trained_config(cfg, weights: str):
+    """``cfg`` with the TRAINED_KEYS of the config ``weights`` was trained with."""
+    saved = saved_config(weights)
+    if saved is None:
+        return cfg
+    merged = copy.deepcopy(cfg)
+    for key in TRAINED_KEYS:
+        OmegaConf.update(merged, key, OmegaConf.select(saved, key), merge=False)
+    return merged
+
+
+def warn_untrained_values(cfg, trained, weights: str) -> None:
+    """One line naming each key whose value in ``cfg`` the checkpoint ``weights`` replaces with its own
+    (``trained``: trained_config's)."""
+    given, own = flat_keys(cfg, TRAINED_KEYS), flat_keys(trained, TRAINED_KEYS)
+    changed = [f"{key}={own[key]} (the config: {given[key]})" for key in own
+               if own[key] != given.get(key) and key not in START_KEYS]
+    if changed:
+        warnings.warn(f"{weights} is scored as it was trained, not as the config says: {'; '.join(changed)}",
+                      stacklevel=3)
+
+
+def flat_keys(cfg, keys) -> dict:
+    """{dotted key: value} of every leaf under ``keys``."""
+    flat = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if OmegaConf.is_dict(value):
+            flat.update(flat_keys(cfg, [f"{key}.{child}" for child in value]))
+        else:
+            flat[key] = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+    return flat
+
+
 def load_localizer(cfg, weights: str, synsets: Synsets) -> RPNLocalizer:
     missing = (f"localizer weights not found: {weights} (give --weights output/<loc run>/model_final.pth, "
                f"or train one with python tools/train_loc.py)")
-    return load_stage(weights, synsets, "rpn", lambda: build_localizer(cfg, len(synsets), False), missing)
+    return load_stage(cfg, weights, synsets, "rpn", build_localizer, missing)
 
 
 def load_rcnn(cfg, weights: str, synsets: Synsets) -> RCNNLocalizer:
     missing = (f"R-CNN weights not found: {weights} (give --weights output/<rcnn run>/model_final.pth, "
                f"or train one with python tools/train_loc.py --cfg configs/shapes_loc_rcnn.yaml)")
-    return load_stage(weights, synsets, "rcnn", lambda: build_rcnn(cfg, len(synsets), False), missing)
+    return load_stage(cfg, weights, synsets, "rcnn", build_rcnn, missing)
 
 
-def load_stage(weights: str, synsets: Synsets, stage: str, build, missing_message: str):
-    """A trained stage ("rpn" or "rcnn") from its checkpoint, after checking it is that stage's."""
+def load_stage(cfg, weights: str, synsets: Synsets, stage: str, build, missing_message: str):
+    """A trained stage ("rpn" or "rcnn") from its checkpoint, after checking it is that stage's, built with
+    the TRAINED_KEYS it was trained with."""
     if not os.path.isfile(weights):
         raise UserError(missing_message)
     state = load_checkpoint(weights)
     check_localizer_meta(state, weights, synsets, stage=stage)
-    model = build()
+    model = build(trained_config(cfg, weights), len(synsets), False)
     load_fitting_state(model, state, weights)
     return model
 

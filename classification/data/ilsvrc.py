@@ -397,8 +397,8 @@ VAL_IMAGES = 50_000
 def read_blacklist(path: str, image_ids: list[str]) -> set[str]:
     """The devkit blacklist, of the ground-truth images ``image_ids``: one image per line, as its number
     among the 50,000 val images (the devkit's ILSVRC2015_clsloc_validation_blacklist.txt: line n names
-    ILSVRC2012_val_<n as 8 digits>) or as the image name itself. Listed images that are not scored here
-    (a subset of the val images) leave nothing out."""
+    ILSVRC2012_val_<n as 8 digits>) or as the image name itself. Listed val images that are not scored here
+    (a subset of the val images, as test.max_images scores) leave nothing out, by number or by name."""
     known = set(image_ids)
     val_names = any(image_id.startswith("ILSVRC2012_val_") for image_id in known)
     blacklist = set()
@@ -406,19 +406,23 @@ def read_blacklist(path: str, image_ids: list[str]) -> set[str]:
         entry = line.strip()
         if not entry:
             continue
-        if entry.isdigit():
-            if not val_names:
-                raise UserError(f"{path} line {number}: numbers name the val images ILSVRC2012_val_<8 digits>, "
-                                "and none of the ground truth's images is named so: list the images by name")
-            if not 1 <= int(entry) <= VAL_IMAGES:
-                raise UserError(f"{path} line {number}: image number {entry} is outside 1..{VAL_IMAGES} (numbers "
-                                "name the val images ILSVRC2012_val_00000001 to ILSVRC2012_val_00050000)")
-            name = VAL_IMAGE_NAME.format(int(entry))
-            if name in known:
-                blacklist.add(name)
-        elif entry in known:
-            blacklist.add(entry)
-        else:
-            raise UserError(f"{path} line {number}: '{entry}' is neither an image number nor a ground-truth "
-                            "image name")
+        name = entry if entry in known else _val_image_name(path, number, entry, val_names)
+        if name in known:
+            blacklist.add(name)
     return blacklist
+
+
+def _val_image_name(path: str, line: int, entry: str, val_names: bool) -> str:
+    """The val image a blacklist entry names by its number or by its name ILSVRC2012_val_<8 digits>, whether
+    or not it is scored here; a UserError for anything else."""
+    digits = entry.removeprefix("ILSVRC2012_val_")
+    well_formed = digits.isdigit() and (digits == entry or len(digits) == 8)
+    if entry.isdigit() and not val_names:
+        raise UserError(f"{path} line {line}: numbers name the val images ILSVRC2012_val_<8 digits>, and none "
+                        "of the ground truth's images is named so: list the images by name")
+    if not (well_formed and val_names):
+        raise UserError(f"{path} line {line}: '{entry}' is neither an image number nor a ground-truth image name")
+    if not 1 <= int(digits) <= VAL_IMAGES:
+        raise UserError(f"{path} line {line}: image number {entry} is outside 1..{VAL_IMAGES} (numbers name the "
+                        "val images ILSVRC2012_val_00000001 to ILSVRC2012_val_00050000)")
+    return VAL_IMAGE_NAME.format(int(digits))

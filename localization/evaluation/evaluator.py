@@ -5,6 +5,7 @@ val set."""
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -16,12 +17,14 @@ from resnet_engine.logger import write_json
 from resnet_engine.run_dir import evaluation_dir
 from resnet_engine.setup import setup_run
 
-from ..data.predictions import read_predictions
+from ..data.predictions import EMPTY_GUESS, read_predictions
 from ..ensemble import load_rcnn_ensemble, load_rpn_ensemble
-from ..weights import latest_weights
+from ..weights import latest_weights, trained_config, warn_untrained_values
 from .ilsvrc_metric import MAX_GUESSES, format_table, localization_errors
 from .rcnn_evaluation import score_rcnn
 from .rpn_evaluation import score_localizer
+
+WNID = re.compile(r"n\d+")  # WordNet ids: n01440764 (the synthetic sets' n90000001 too)
 
 
 def score_files(gt: str, pred: str, synsets: str | None, out_dir: str, blacklist: str | None = None,
@@ -32,6 +35,7 @@ def score_files(gt: str, pred: str, synsets: str | None, out_dir: str, blacklist
     ground_truth = load_ground_truth(gt, synset_list)
     predictions = read_predictions(pred, synset_list, list(ground_truth))
     check_predictions_fit(pred, predictions, ground_truth)
+    check_guess_labels(pred, predictions, ground_truth)
     ignored = read_blacklist(blacklist, list(ground_truth)) if blacklist else None
     errors = localization_errors(ground_truth, predictions, max_guesses, ignored)
     print(format_table(errors))
@@ -56,10 +60,28 @@ def check_predictions_fit(path: str, predictions: dict, ground_truth: dict) -> N
                       "(the devkit's rule): boxes are 'xmin ymin xmax ymax', not 'x y width height'", stacklevel=2)
 
 
+def check_guess_labels(path: str, predictions: dict, ground_truth: dict) -> None:
+    """Guesses are labelled as the ground truth is, by WNID: a label of another form (a class number in a
+    Kaggle CSV) is never right. With --synsets the reader refuses it; without, every guess would silently
+    count wrong. None labelled so: an error; some: a warning."""
+    truth_labels = {wnid for objects in ground_truth.values() for wnid, _ in objects}
+    labels = [wnid for guesses in predictions.values() for wnid, _ in guesses if wnid != EMPTY_GUESS]
+    foreign = [label for label in labels if label not in truth_labels and not WNID.fullmatch(label)]
+    if not foreign:
+        return
+    example = f"labels such as '{foreign[0]}' are not WNIDs (the ground truth's are such as {min(truth_labels)})"
+    fix = ("a Kaggle CSV labels its guesses by WNID; class numbers are read from devkit text with --synsets "
+           "map_clsloc.txt")
+    if len(foreign) == len(labels):
+        raise UserError(f"{path}: {example}, so every guess would count wrong: {fix}")
+    warnings.warn(f"{path}: {len(foreign)} of {len(labels)} guesses can never be right: {example}; {fix}",
+                  stacklevel=2)
+
+
 def evaluate_localizer_weights(cfg, weights: str | Sequence[str] | None, classifier: str | Sequence[str] | None,
                                out_dir: str | None) -> dict:
     """Model mode: score ``weights`` (default: the run's latest checkpoint; several files: their ensemble,
-    localization/ensemble.py) on the val set, the classes ranked by ``classifier`` (several: their averaged
+    localization/ensemble.py; each built as it was trained, localization/weights.py) on the val set, the classes ranked by ``classifier`` (several: their averaged
     probabilities); write out_dir/loc_<mode>_submission.csv (the scored Kaggle CSV),
     out_dir/loc_<mode>_gt_class.csv (the GT class's boxes) and out_dir/metrics.json (percent, with the
     weights). ``out_dir`` by default: output_dir/eval_<weights file stem> (resnet_engine.run_dir.evaluation_dir:
@@ -75,11 +97,17 @@ def evaluate_localizer_weights(cfg, weights: str | Sequence[str] | None, classif
     out_dir = out_dir or evaluation_dir(cfg.output_dir, weight_files)
     if cfg.task == "rcnn":
         model, rpn, rpn_cfg, rpn_files = load_rcnn_ensemble(cfg, weight_files, synsets)
-        metrics = score_rcnn(model.to(device), rpn.to(device), rpn_cfg, cfg, synsets, classifiers, out_dir)
+    else:
+        model = load_rpn_ensemble(cfg, weight_files, synsets)
+    # The RPN's 1-crop view (input.crop) and the table's network are the (first) network's, as trained;
+    # read once the file is known to be the config's stage.
+    scoring = trained_config(cfg, weight_files[0])
+    warn_untrained_values(cfg, scoring, weight_files[0])
+    if cfg.task == "rcnn":
+        metrics = score_rcnn(model.to(device), rpn.to(device), rpn_cfg, scoring, synsets, classifiers, out_dir)
         metrics["rpn_weights"] = rpn_files[0] if len(rpn_files) == 1 else rpn_files
     else:
-        model = load_rpn_ensemble(cfg, weight_files, synsets).to(device)
-        metrics = score_localizer(model, cfg, synsets, classifiers, out_dir)
+        metrics = score_localizer(model.to(device), scoring, synsets, classifiers, out_dir)
     metrics["weights"] = weight_files[0] if len(weight_files) == 1 else weight_files
     if dist_utils.is_main_process():
         write_json(metrics, os.path.join(out_dir, "metrics.json"))

@@ -64,8 +64,8 @@ def localize_dataset_rcnn(rcnn: RCNNLocalizer, rpn: RPNLocalizer, dataset: Image
                        else class_rankings[image_id])
             needed = list(dict.fromkeys(ranking + list(gt_classes.get(image_id, ()))))
             rpn_boxes = to_numpy_boxes(proposals[needed, 0], size)
-            boxes, _ = rcnn.rescore(sample["image"], proposals[needed], needed, section.warp_size,
-                                    section.context_pad, section.test_chunk)
+            # Each R-CNN warps at its own rcnn.warp_size and context_pad (RCNNLocalizer.rules).
+            boxes, _ = rcnn.rescore(sample["image"], proposals[needed], needed, section.test_chunk)
             rcnn_boxes = to_numpy_boxes(boxes, size)
             rpn_guesses[image_id] = ImageGuesses(ranking, {c: whole_pixels(b) for c, b in zip(needed, rpn_boxes)})
             rcnn_guesses[image_id] = ImageGuesses(ranking, {c: whole_pixels(b) for c, b in zip(needed, rcnn_boxes)})

@@ -170,11 +170,11 @@ def test_two_rcnns_average_class_probabilities_and_boxes_of_the_same_proposals(t
     mean_score, mean_box = np.mean(scores, axis=0), np.mean(boxes, axis=0)
     best = mean_score.argmax(axis=1)
 
-    got_boxes, got_scores = RCNNEnsemble(networks).rescore(image, proposals, classes, 32, 2)
+    got_boxes, got_scores = RCNNEnsemble(networks).rescore(image, proposals, classes)
     np.testing.assert_allclose(got_scores.numpy(), mean_score[np.arange(2), best], rtol=1e-5)
     np.testing.assert_allclose(got_boxes.numpy(), mean_box[np.arange(2), best], atol=1e-3)
     # One network through the same path: its own rescore.
-    alone_boxes, alone_scores = networks[0].rescore(image, proposals, classes, 32, 2)
+    alone_boxes, alone_scores = networks[0].rescore(image, proposals, classes)
     best_alone = scores[0].argmax(axis=1)
     np.testing.assert_allclose(alone_scores.numpy(), scores[0][np.arange(2), best_alone], rtol=1e-5)
     np.testing.assert_allclose(alone_boxes.numpy(), boxes[0][np.arange(2), best_alone], atol=1e-3)

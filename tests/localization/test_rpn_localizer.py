@@ -10,11 +10,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from classification.data.synthetic_ilsvrc import WNIDS, ensure_synthetic_loc
 from detection.modeling.box_coder import BoxCoder
 from detection.modeling.matching import Matcher, sample_balanced
-from localization.config import load_localization_config
+from localization.config import check_trunk_start, load_localization_config
 from localization.data.loc_dataset import (
     LocEvalTransform,
     LocTrainTransform,
@@ -328,6 +329,56 @@ def test_a_missing_val_list_stops_training_before_it_starts(tiny_root, tmp_path)
         train_localizer(tiny_config(str(root), str(tmp_path / "run"), "device=cpu"))
     assert not os.path.exists(tmp_path / "run" / "model_final.pth")
     assert not [name for name in os.listdir(tmp_path / "run") if name.startswith("model_")]
+
+
+@pytest.mark.parametrize("blacklist, message", [
+    ("missing.txt", r"^blacklist not found: .*missing.txt \(set test.blacklist to the devkit's "),
+    ("typo.txt", r"typo.txt line 2: 'ILSVRC2012_val_0000003' is neither an image number nor a ground-truth image name$"),
+])
+def test_a_bad_blacklist_stops_training_before_it_starts(tiny_root, tmp_path, blacklist, message, no_training):
+    """Read at the first evaluation, it ended the run after test.eval_period iterations, or all of them."""
+    (tmp_path / "typo.txt").write_text("2\nILSVRC2012_val_0000003\n")
+    cfg = tiny_config(tiny_root, str(tmp_path / "run"), f"test.blacklist={tmp_path / blacklist}")
+    with pytest.raises(UserError, match=message):
+        train_localizer(cfg)
+
+
+def test_val_images_resized_on_disk_stop_training_before_it_starts(tiny_root, tmp_path, no_training):
+    """Boxes of the original images scored on half-size copies: found by the evaluation's check, now at the start."""
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    for path in (root / "ILSVRC" / "Data" / "CLS-LOC" / "val").rglob("*.JPEG"):
+        with Image.open(path) as image:
+            small = image.resize((image.width // 4, image.height // 4))
+        small.save(path)
+    with pytest.raises(UserError, match=r"LOC_val_solution.csv: the boxes of \d+ of \d+ images tried lie outside "):
+        train_localizer(tiny_config(str(root), str(tmp_path / "run")))
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Training that starts is a failure of the check meant to come before it."""
+    def started(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("localization.training.run_trainer", started)
+
+
+@pytest.mark.parametrize("trunk", [["model.backbone.norm=frozen_bn"], ["model.backbone.freeze_at=2"]])
+def test_a_frozen_trunk_without_weights_is_refused_when_training_starts(tiny_root, tmp_path, trunk):
+    """The schema's defaults (BN frozen, stem and res2 fixed) without model.backbone.weights trained the head
+    on a random trunk that never changed."""
+    cfg = tiny_config(tiny_root, str(tmp_path / "run"), *trunk)
+    with pytest.raises(ConfigError) as error:
+        train_localizer(cfg)
+    assert str(error.value).startswith("model.backbone.weights is empty, with model.backbone.norm=")
+    assert str(error.value).endswith(
+        "the random trunk would stay frozen. The localizer is fine-tuned from a classifier: set "
+        "model.backbone.weights=output/<cls run>/model_final.pth, or model.backbone.norm=bn "
+        "model.backbone.freeze_at=0 to train from scratch (as configs/shapes_loc.yaml)")
+    assert not os.path.exists(tmp_path / "run")
+    check_trunk_start(load_localization_config(os.path.join(ROOT, "configs", "ilsvrc_loc_r101.yaml"), []))
+    check_trunk_start(load_localization_config(os.path.join(ROOT, "configs", "shapes_loc_rcnn.yaml"), []))
 
 
 def test_a_sampling_that_allows_no_positive_anchor_is_refused():

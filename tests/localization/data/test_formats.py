@@ -292,6 +292,26 @@ def test_blacklist_numbers_name_the_val_images_whatever_the_subset_scored(tmp_pa
         read_blacklist(str(tmp_path / "blacklist.txt"), ["photo_a", "photo_b"])
 
 
+def test_blacklist_names_of_val_images_outside_the_scored_subset_leave_nothing_out(tmp_path):
+    """As numbers do: a test.max_images subset is scored against the devkit's whole list, by name too."""
+    from classification.data.ilsvrc import read_blacklist
+    subset = [f"ILSVRC2012_val_{i:08d}" for i in (9, 3, 7)]
+    names = tmp_path / "names.txt"
+    names.write_text("ILSVRC2012_val_00000003\nILSVRC2012_val_00000004\n\nILSVRC2012_val_00049999\n8\n")
+    assert read_blacklist(str(names), subset) == {"ILSVRC2012_val_00000003"}
+    for entry in ("ILSVRC2012_val_123", "photo_a", "ILSVRC2012_test_00000001"):
+        names.write_text(f"3\n{entry}\n")
+        with pytest.raises(UserError, match=rf"^{names} line 2: '{entry}' is neither an image number nor a "
+                                            r"ground-truth image name$"):
+            read_blacklist(str(names), subset)
+    names.write_text("ILSVRC2012_val_00050001\n")
+    with pytest.raises(UserError, match=r"names.txt line 1: image number ILSVRC2012_val_00050001 is outside "):
+        read_blacklist(str(names), subset)
+    names.write_text("photo_b\nILSVRC2012_val_00000003\n")
+    with pytest.raises(UserError, match=r"line 2: 'ILSVRC2012_val_00000003' is neither an image number"):
+        read_blacklist(str(names), ["photo_a", "photo_b"])
+
+
 def test_predictions_of_another_split_and_inverted_boxes(fixture_files, tmp_path):
     other = tmp_path / "other.csv"
     other.write_text("ImageId,PredictionString\nILSVRC2012_test_00000001,n01 0 0 9 9\n")
@@ -304,3 +324,27 @@ def test_predictions_of_another_split_and_inverted_boxes(fixture_files, tmp_path
                                          r"be right"):
         metrics = score_files(str(fixture_files / "gt.csv"), str(widths), None, str(tmp_path / "out"))
     assert metrics["top5_loc_err"] == 100.0
+
+
+def test_kaggle_labels_that_are_not_wnids_are_an_error_not_a_100_percent_error(fixture_files, tmp_path):
+    """Class numbers in a Kaggle CSV were dropped as labels of no GT image: every error printed 100.00."""
+    numbers = tmp_path / "numbers.csv"
+    numbers.write_text("ImageId,PredictionString\n" + "".join(f"{image_id},2 10 10 59 59 1 0 0 9 9\n"
+                                                              for image_id in IDS))
+    message = one_line_error(score_files, str(fixture_files / "gt.csv"), str(numbers), None, str(tmp_path / "out"))
+    assert message == (f"{numbers}: labels such as '2' are not WNIDs (the ground truth's are such as n01), so every "
+                       f"guess would count wrong: a Kaggle CSV labels its guesses by WNID; class numbers are read "
+                       f"from devkit text with --synsets map_clsloc.txt")
+    assert not os.path.exists(tmp_path / "out" / "metrics.json")
+    mixed = tmp_path / "mixed.csv"  # IDS[0] right at rank 1; the other three labelled by number
+    mixed.write_text("ImageId,PredictionString\n" f"{IDS[0]},n01 10 10 59 59\n"
+                     + "".join(f"{image_id},3 0 0 9 9\n" for image_id in IDS[1:]))
+    with pytest.warns(UserWarning, match=r"mixed.csv: 3 of 4 guesses can never be right: labels such as '3' are "
+                                         r"not WNIDs"):
+        metrics = score_files(str(fixture_files / "gt.csv"), str(mixed), None, str(tmp_path / "out"))
+    assert metrics["top1_loc_err"] == 75.0 and metrics["top5_cls_err"] == 75.0
+    wrong = tmp_path / "wrong.csv"  # WNIDs of classes the ground truth lacks: plainly wrong guesses, no error
+    wrong.write_text("ImageId,PredictionString\n" + "".join(f"{image_id},n77 0 0 9 9\n" for image_id in IDS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert score_files(str(fixture_files / "gt.csv"), str(wrong), None, str(tmp_path / "out"))["top5_cls_err"] == 100

@@ -15,7 +15,7 @@ from tests.localization.test_rpn_localizer import tiny_config, tiny_root  # noqa
 class StubRCNN(torch.nn.Module):
     """Re-scores class c's proposals into the box (c + 6, c + 6, c + 16, c + 16) (continuous)."""
 
-    def rescore(self, image, proposals, classes, warp_size, context_pad=0, chunk=256):
+    def rescore(self, image, proposals, classes, chunk=256):
         c = torch.tensor(classes, dtype=torch.float32)
         return torch.stack([c + 6, c + 6, c + 16, c + 16], 1), torch.ones(len(classes))
 
