@@ -81,11 +81,12 @@ def check_guess_labels(path: str, predictions: dict, ground_truth: dict) -> None
 def evaluate_localizer_weights(cfg, weights: str | Sequence[str] | None, classifier: str | Sequence[str] | None,
                                out_dir: str | None) -> dict:
     """Model mode: score ``weights`` (default: the run's latest checkpoint; several files: their ensemble,
-    localization/ensemble.py; each built as it was trained, localization/weights.py) on the val set, the classes ranked by ``classifier`` (several: their averaged
-    probabilities); write out_dir/loc_<mode>_submission.csv (the scored Kaggle CSV),
-    out_dir/loc_<mode>_gt_class.csv (the GT class's boxes) and out_dir/metrics.json (percent, with the
-    weights). ``out_dir`` by default: output_dir/eval_<weights file stem> (resnet_engine.run_dir.evaluation_dir:
-    the run's own metrics.json stays)."""
+    localization/ensemble.py; each built as it was trained, localization/weights.py) on the val set, the
+    classes ranked by ``classifier`` (several: their averaged probabilities); write
+    out_dir/loc_<mode>_submission.csv (the scored Kaggle CSV), out_dir/loc_<mode>_gt_class.csv (the GT
+    class's boxes) and out_dir/metrics.json (percent, with the weights). ``out_dir`` by default:
+    output_dir/eval_<weights file stem> (resnet_engine.run_dir.evaluation_dir: the run's own metrics.json
+    stays)."""
     device = setup_run(cfg, save=False)
     synsets = prepare_data(cfg)
     weight_files = as_list(weights) or [latest_weights(cfg.output_dir)]
