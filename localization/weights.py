@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from classification.data.ilsvrc import Synsets
 from classification.weights import load_trained_classifier as load_classifier_checkpoint
 from resnet_engine.checkpoint import BEST_NAME, FINAL_NAME, Checkpointer, load_checkpoint
-from resnet_engine.config import config_from_text, task_named
+from resnet_engine.config import config_from_text, flatten_tree, task_named
 from resnet_engine.errors import UserError
 
 from .config import LocalizationConfig
@@ -77,14 +77,12 @@ def warn_untrained_values(cfg, trained, weights: str) -> None:
 
 
 def flat_keys(cfg, keys) -> dict:
-    """{dotted key: value} of every leaf under ``keys``."""
+    """{dotted key: value} of every leaf under ``keys`` (resnet_engine's flatten_tree of each)."""
     flat = {}
     for key in keys:
         value = OmegaConf.select(cfg, key)
-        if OmegaConf.is_dict(value):
-            flat.update(flat_keys(cfg, [f"{key}.{child}" for child in value]))
-        else:
-            flat[key] = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        flat.update(flatten_tree(value, prefix=f"{key}."))
     return flat
 
 
