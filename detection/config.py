@@ -82,7 +82,8 @@ class RoIHeadConfig:
     # Sampling points per bin side; 0: adaptive (as many as the bin is wide).
     sampling_ratio: int = non_negative(0)
     # RoIAlign: "auto" runs a multi-threaded gather on CPUs (torchvision's numbers to float
-    # rounding, several times faster) and torchvision's op on GPUs; "gather" or "torchvision" force one.
+    # rounding, several times faster) and torchvision's op on GPUs, where the gather was 11% slower
+    # (an H200's bf16 training step, docs/BENCHMARKS.md); "gather" or "torchvision" force one.
     roi_align_impl: str = choice("auto", ("auto", "gather", "torchvision"))
     # FPN box head: fully connected layers and their width.
     num_fc: int = non_negative(2)

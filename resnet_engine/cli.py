@@ -10,6 +10,7 @@ import re
 import signal
 import sys
 import threading
+import traceback
 import warnings
 from collections.abc import Callable
 
@@ -228,14 +229,31 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print(f"error: {error}", file=sys.stderr)
         code = getattr(error, "exit_code", 2)
     finally:
-        _leave_process_group(wait_for_others=not code)
+        _leave_process_group(code)
     sys.exit(code or 0)
 
 
-def _leave_process_group(wait_for_others: bool) -> None:
-    """Leave torchrun's process group, if the command joined one; only a successful run waits for the
-    other processes. The group is joined through resnet_engine.distributed, so a command that never
-    loaded that module (and torch with it, as --help does not) has none to leave."""
+def _leave_process_group(code: int | None) -> None:
+    """Leave torchrun's process group, if the command joined one, in step with the other processes
+    after a success. After a failure the others may be gone or inside a collective that never ends,
+    and tearing the group down under them can abort this process in C++ ("terminate called without an
+    active exception" from gloo, at the teardown or at the interpreter's exit), which would replace
+    the exit code and the one-line message: the process ends at once instead, as a killed one would,
+    once what it printed and logged is out. The group is joined through resnet_engine.distributed, so
+    a command that never loaded that module (and torch with it, as --help does not) has none to leave."""
     distributed = sys.modules.get("resnet_engine.distributed")
-    if distributed is not None:
-        distributed.leave_process_group(wait_for_others)
+    if distributed is None or not distributed.is_distributed():
+        return
+    in_flight = sys.exc_info()[1]  # an exception on its way out of run_cli, whose traceback is still to print
+    if not code and in_flight is None:
+        distributed.leave_process_group()
+        return
+    if isinstance(in_flight, SystemExit):
+        code = in_flight.code if isinstance(in_flight.code, int) else 1
+    elif in_flight is not None:
+        traceback.print_exception(in_flight)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 1)

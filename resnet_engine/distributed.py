@@ -145,13 +145,12 @@ def all_gather_dict(part: dict) -> dict:
     return merged
 
 
-def leave_process_group(wait_for_others: bool = True) -> None:
+def leave_process_group() -> None:
     """Leave the process group in step with the other processes. A process that exits with the group
     alive, or tears it down while a peer still talks to it, can be aborted by gloo ("terminate called
     without an active exception"), failing a run that succeeded. After an error the others may never
-    arrive: pass ``wait_for_others=False``."""
+    arrive, and the teardown itself can abort: run_cli ends such a process without it."""
     if not is_distributed():
         return
-    if wait_for_others:
-        dist.barrier()
+    dist.barrier()
     dist.destroy_process_group()

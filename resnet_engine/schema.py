@@ -64,8 +64,8 @@ class SolverConfig:
     channels_last: bool = False
     compile_backbone: bool = False
     # torch.compile's mode for solver.compile_backbone. "reduce-overhead" records the compiled backbone
-    # as CUDA graphs on GPUs (one recording per input shape: fixed training sizes keep them few);
-    # not yet timed on a GPU here.
+    # as CUDA graphs on GPUs (one recording per input shape: fixed training sizes keep them few).
+    # An H200's R50-FPN step at batch 16 ran no faster with it than without (docs/BENCHMARKS.md).
     compile_mode: str = choice("default", ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     winograd: bool = False
     # Which convolutions solver.winograd converts: [min, max] input and output channels, and the

@@ -66,3 +66,41 @@ def test_abbreviated_options_are_refused(capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err == ("error: unrecognized arguments: --ov (python train_det.py --help lists the "
                                        "options)\n")
+
+
+def run_two_processes(mode: str, tmp_path) -> list:
+    import os
+    import subprocess
+    import sys
+
+    from tests.resnet_engine.test_distributed import free_port
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "WORLD_SIZE": "2"}
+    processes = [subprocess.Popen([sys.executable, "-m", "tests.resnet_engine.process_group_exit", mode, str(tmp_path)],
+                                  cwd=root, env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        return [(process.communicate(timeout=120)[1], process.returncode) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+
+
+def test_a_distributed_process_that_succeeds_leaves_its_group_and_shuts_down_normally(tmp_path):
+    for rank, (stderr, code) in enumerate(run_two_processes("ok", tmp_path)):
+        assert code == 0, stderr
+        assert (tmp_path / f"exited{rank}").exists()
+
+
+def test_a_distributed_process_that_fails_ends_with_its_message_and_code_without_the_group_teardown(tmp_path):
+    """Tearing the group down after a failure can abort the process in gloo ("terminate called without
+    an active exception"), replacing its exit code: it ends at once instead, its message printed."""
+    for rank, (stderr, code) in enumerate(run_two_processes("user", tmp_path)):
+        assert (code, stderr.strip()) == (2, f"error: rank {rank}: model.depth=51 is not a ResNet depth")
+        assert not (tmp_path / f"exited{rank}").exists()
+    for rank, (stderr, code) in enumerate(run_two_processes("bug", tmp_path)):
+        assert code == 1, stderr
+        assert stderr.strip().endswith(f"ValueError: rank {rank}: an unexpected failure"), stderr
+        assert "Traceback (most recent call last)" in stderr and "process_group_exit.py" in stderr
