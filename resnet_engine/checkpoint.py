@@ -7,6 +7,7 @@ python, numpy, torch and CUDA, the config and the run's metadata (class names, .
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -30,6 +31,15 @@ BEST_NAME = "model_best.pth"
 
 class CheckpointError(UserError):
     pass
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (a full disk, a quota, a read-only folder)."""
+
+
+class CheckpointReadError(UserError):
+    """The disk, the file system or the memory failed while reading a checkpoint: not a sign that the
+    file is damaged, so resume does not fall back past it (nor set it aside) but stops."""
 
 
 def capture_rng_state() -> dict:
@@ -64,14 +74,26 @@ def _as_tuple(value):
 
 
 def atomic_save(obj, path: str) -> None:
-    """Write to a temporary file, flush it to disk, then rename: a crash never leaves half a file."""
+    """Write to a temporary file, flush it to disk, then rename: a crash never leaves half a file. A
+    write that fails (a full disk, a quota) removes its partial file and raises CheckpointWriteError."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        # torch.save reports a failed write of its zip writer as a RuntimeError naming the writer.
+        if isinstance(error, RuntimeError) and "PytorchStreamWriter" not in str(error):
+            raise
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        raise CheckpointWriteError(f"could not write checkpoint {path} ({reason}): free space on that disk (or "
+                                   f"lower solver.keep_last), then continue with --resume from the last "
+                                   f"checkpoint") from None
 
 
 # What torch.save writes for tensors and their containers; anything else in a pickle is an object
@@ -175,6 +197,11 @@ def load_checkpoint(path: str, mmap: bool = False) -> dict:
             if not mmap:
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, MemoryError) as error:
+        # torch.load reports a damaged file as RuntimeError, EOFError or UnpicklingError; these come
+        # from the machine (an I/O error of a network file system, a full memory) and may pass.
+        raise CheckpointReadError(f"could not read checkpoint {path} ({type(error).__name__}: {error}); the file "
+                                  f"is kept as it is: run again once it can be read") from None
     except Exception as error:  # noqa: BLE001 - truncated zip, bad pickle, refused object, ...
         raise CheckpointError(describe_load_failure(path, error)) from None
     if not isinstance(state, dict) or "model" not in state:
@@ -257,7 +284,8 @@ class Checkpointer:
 
     def load_latest(self) -> tuple[dict, str, list[tuple[str, str]]] | None:
         """The newest readable checkpoint, with the (path, reason) of the newer ones that could not be
-        read; None when the directory holds no checkpoint."""
+        read; None when the directory holds no checkpoint. A read that the machine failed
+        (CheckpointReadError) stops the search: an older checkpoint would lose the newer one's work."""
         candidates = self.candidates()
         unreadable = []
         for path in candidates:

@@ -213,6 +213,8 @@ class Trainer:
             "world_size": dist_utils.get_world_size(),
             "best_metric": self.best_metric,
             "train_seconds": self.train_seconds,
+            # Skipped steps count against solver.max_nonfinite over the whole run, resumes included.
+            "nonfinite_steps": self.nonfinite_steps,
             # Every process has its own RNG stream: keep them all (a collective call).
             "rng": dist_utils.all_gather_objects(capture_rng_state()),
             # So is every process's log window (each sums its own batches until the record averages them).
@@ -283,6 +285,7 @@ class Trainer:
         self.start_iter = self.iteration = int(state["iteration"])
         self.best_metric = float(state.get("best_metric", -math.inf))
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         rng_states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         # A process added since the checkpoint continues the random stream of the last saved one.
         restore_rng_state(rng_states[min(dist_utils.get_rank(), len(rng_states) - 1)])

@@ -204,3 +204,64 @@ def test_a_folder_named_with_glob_characters_rotates_and_resumes(tmp_path):
     make_trainer(ToyModel(), folder / "toy*", checkpoint_period=2).train()
     trainer = make_trainer(ToyModel(), folder / "toy*", max_iter=8, checkpoint_period=2)
     assert trainer.resume() and trainer.start_iter > 0
+
+
+def test_a_read_error_of_the_machine_stops_resume_without_falling_back_or_setting_the_file_aside(tmp_path,
+                                                                                                 monkeypatch):
+    """An I/O error of the disk or file system (or a full memory) says nothing about the file: resume
+    from an older checkpoint would lose the newer one's iterations, and renaming it .damaged hides it."""
+    from resnet_engine import checkpoint as checkpoint_module
+    make_trainer(ToyModel(), tmp_path, checkpoint_period=2).train()
+    before = sorted(os.listdir(tmp_path))
+    real_load = torch.load
+
+    def failing_load(path, *args, **kwargs):
+        if str(path).endswith("model_final.pth"):
+            raise OSError(5, "Input/output error")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "load", failing_load)
+    with pytest.raises(checkpoint_module.CheckpointReadError) as error:
+        make_trainer(ToyModel(), tmp_path, max_iter=6).resume()
+    assert str(error.value) == (f"could not read checkpoint {tmp_path / 'model_final.pth'} (OSError: [Errno 5] "
+                                f"Input/output error); the file is kept as it is: run again once it can be read")
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\n"
+                                                  "PytorchStreamWriter failed writing file data/0: file write failed")])
+def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch,
+                                                                                            failure):
+    """A full disk at iteration 4: the run stops naming the file and the fix, the partial file is
+    removed (it held the space the next try needs), and iteration 2's checkpoint is intact."""
+    from resnet_engine import checkpoint as checkpoint_module
+    real_save = torch.save
+
+    def save_until_the_disk_fills(obj, handle, *args, **kwargs):
+        if obj.get("iteration") == 4:
+            handle.write(b"partial")
+            raise failure
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_until_the_disk_fills)
+    with pytest.raises(checkpoint_module.CheckpointWriteError) as error:
+        make_trainer(ToyModel(), tmp_path, max_iter=6, checkpoint_period=2).train()
+    reason = "No space left on device" if isinstance(failure, OSError) else "[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0"
+    assert str(error.value) == (f"could not write checkpoint {tmp_path / 'model_0000004.pth'} ({reason}): free "
+                                f"space on that disk (or lower solver.keep_last), then continue with --resume from "
+                                f"the last checkpoint")
+    assert not [name for name in os.listdir(tmp_path) if ".tmp" in name]
+    assert load_checkpoint(str(tmp_path / "model_0000002.pth"))["iteration"] == 2
+
+
+def test_a_runtime_error_of_the_saved_object_is_not_taken_for_a_full_disk(tmp_path, monkeypatch):
+    from resnet_engine import checkpoint as checkpoint_module
+
+    def failing_save(obj, handle, *args, **kwargs):
+        raise RuntimeError("cannot pickle this tensor subclass")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", failing_save)
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        checkpoint_module.atomic_save({"model": {}}, str(tmp_path / "model_final.pth"))
+    assert os.listdir(tmp_path) == []

@@ -478,3 +478,19 @@ def test_every_process_gives_the_main_processs_advice_on_a_nonfinite_loss(tmp_pa
     assert messages[0] == messages[1]
     assert messages[0].startswith(f"non-finite loss at iteration 6 (loss=nan); the last good checkpoint is "
                                   f"{tmp_path / 'model_0000004.pth'}")
+
+
+def test_skipped_steps_count_against_max_nonfinite_across_a_resume(tmp_path):
+    """solver.max_nonfinite=1 and non-finite losses at iterations 2 and 5: the uninterrupted run stops
+    at the second; a run resumed between them stopped there too only if the count survived the resume."""
+    nan_at = (1, 4)  # the loader's 0-based positions: iterations 2 and 5
+    with pytest.raises(TrainingError, match="non-finite loss at iteration 5"):
+        make_trainer(ToyModel(), tmp_path / "whole", max_iter=6, max_nonfinite=1,
+                     make_loader=lambda start: toy_batches(start, nan_at=nan_at)).train()
+    make_trainer(ToyModel(), tmp_path / "split", max_iter=3, max_nonfinite=1,
+                 make_loader=lambda start: toy_batches(start, nan_at=nan_at)).train()
+    resumed = make_trainer(ToyModel(), tmp_path / "split", max_iter=6, max_nonfinite=1,
+                           make_loader=lambda start: toy_batches(start, nan_at=nan_at))
+    assert resumed.resume() and resumed.nonfinite_steps == 1
+    with pytest.raises(TrainingError, match="non-finite loss at iteration 5"):
+        resumed.train()
