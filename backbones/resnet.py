@@ -427,13 +427,18 @@ class ResNet(StagedResNet):
         """Remove stage ``name`` and everything after it from this trunk and return that stage.
 
         Used by the C4 detector, whose RoI head runs res5 on each region: the stage then lives
-        in the head and is no longer part of the trunk's state dict.
+        in the head and is no longer part of the trunk's state dict. A pre-activation net's final
+        BN-ReLU, which follows its last stage, leaves with it (the stage is returned as
+        ``Sequential(stage, post_norm, ReLU)``), so that what is returned computes the whole net's res5.
         """
         index = STAGE_NAMES.index(name)
         module = self.stage(name)
         if index != len(self.stage_names) - 1 or module is None:
             raise BackboneError(f"only the last stage can be detached, not {name}")
         delattr(self, f"layer{index + 1}")
+        if self.post_norm is not None:
+            module = nn.Sequential(module, self.post_norm, nn.ReLU())
+            self.post_norm = None
         self.stage_names = self.stage_names[:index]
         self.out_features = [f for f in self.out_features if f in ("act1", "stem", *self.stage_names)]
         self.fc = None

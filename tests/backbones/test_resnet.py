@@ -285,3 +285,17 @@ def test_detach_last_stage_for_c4_head():
         assert not any(k.startswith("layer4") for k in model.state_dict())
         assert list(model(x)) == ["res4"]
         torch.testing.assert_close(res5(model(x)["res4"]), whole["res5"], rtol=0, atol=0)
+
+
+def test_detaching_res5_of_a_preact_net_takes_its_final_bn_relu_along():
+    """The final BN-ReLU of a pre-activation net follows res5: left in the trunk, the detached stage's
+    output lacked it (and the trunk kept weights nothing used)."""
+    model = randomize_bn_statistics(build_resnet(50, norm="bn", preact=True, out_features=["res4", "res5"])).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = model(x)
+        res5 = model.detach_stage("res5")
+        assert not any(k.startswith(("layer4", "post_norm")) for k in model.state_dict())
+        torch.testing.assert_close(model(x)["res4"], whole["res4"], rtol=0, atol=0)
+        torch.testing.assert_close(res5(model(x)["res4"]), whole["res5"], rtol=0, atol=0)
+    assert whole["res5"].min() == 0  # the ReLU is there
