@@ -234,26 +234,32 @@ def run_cli(main: Callable[[], int | None]) -> None:
 
 
 def _leave_process_group(code: int | None) -> None:
-    """Leave torchrun's process group, if the command joined one, in step with the other processes
-    after a success. After a failure the others may be gone or inside a collective that never ends,
-    and tearing the group down under them can abort this process in C++ ("terminate called without an
-    active exception" from gloo, at the teardown or at the interpreter's exit), which would replace
-    the exit code and the one-line message: the process ends at once instead, as a killed one would,
-    once what it printed and logged is out. The group is joined through resnet_engine.distributed, so
-    a command that never loaded that module (and torch with it, as --help does not) has none to leave."""
+    """End a process that joined torchrun's process group, without the interpreter's shutdown.
+
+    After a success it leaves the group in step with the other processes first. After a failure the
+    others may be gone or inside a collective that never ends, so it does not wait for them, nor tear
+    the group down under them. Either way it then ends at once, as a killed process would, once what
+    it printed and logged is out: gloo can abort a process in C++ ("terminate called without an
+    active exception") at a teardown under a peer, or at the interpreter's shutdown when an object
+    that holds the group (a DDP model in a reference cycle) is freed only then. Under load that
+    turned about one run in ten, successful ones included, into exit code -6, which torchrun reports
+    as a failed worker (and restarts, with --max-restarts). Checkpoints, logs and trackers are closed
+    by then (the trainer closes them before it returns or raises).
+
+    The group is joined through resnet_engine.distributed, so a command that never loaded that module
+    (and torch with it, as --help does not) has none to leave and exits normally."""
     distributed = sys.modules.get("resnet_engine.distributed")
     if distributed is None or not distributed.is_distributed():
         return
     in_flight = sys.exc_info()[1]  # an exception on its way out of run_cli, whose traceback is still to print
-    if not code and in_flight is None:
-        distributed.leave_process_group()
-        return
     if isinstance(in_flight, SystemExit):
         code = in_flight.code if isinstance(in_flight.code, int) else 1
     elif in_flight is not None:
         traceback.print_exception(in_flight)
         code = 1
+    elif not code:
+        distributed.leave_process_group()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code or 1)
+    os._exit(code or 0)

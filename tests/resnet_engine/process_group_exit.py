@@ -1,7 +1,8 @@
 """One of two gloo processes that join torchrun's group through resnet_engine and then end as argv[1]
 says: "ok" returns, "user" raises a UserError, "bug" raises a ValueError. An atexit hook writes
-argv[2]/exited<rank> when the interpreter shuts down normally. MASTER_ADDR, MASTER_PORT, RANK and
-WORLD_SIZE come from the environment (tests/resnet_engine/test_cli.py)."""
+argv[2]/exited<rank> if the interpreter shuts down normally (it should not: run_cli ends the
+process). MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE come from the environment
+(tests/resnet_engine/test_cli.py)."""
 
 import atexit
 import os

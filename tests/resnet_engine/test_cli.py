@@ -88,10 +88,12 @@ def run_two_processes(mode: str, tmp_path) -> list:
                 process.kill()
 
 
-def test_a_distributed_process_that_succeeds_leaves_its_group_and_shuts_down_normally(tmp_path):
+def test_a_distributed_process_that_succeeds_leaves_its_group_in_step_and_ends_without_the_shutdown(tmp_path):
+    """gloo could abort a successful process at the interpreter's shutdown (exit code -6, a failed
+    worker for torchrun): after leaving the group with the others it ends at once, with exit code 0."""
     for rank, (stderr, code) in enumerate(run_two_processes("ok", tmp_path)):
-        assert code == 0, stderr
-        assert (tmp_path / f"exited{rank}").exists()
+        assert (code, stderr) == (0, "")
+        assert not (tmp_path / f"exited{rank}").exists()
 
 
 def test_a_distributed_process_that_fails_ends_with_its_message_and_code_without_the_group_teardown(tmp_path):
