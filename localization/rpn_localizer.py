@@ -53,7 +53,7 @@ from backbones import ResNet
 from backbones.config import build_from_config
 from classification.classifier import ClassifierInput
 from classification.config import backbone_without_weights
-from detection.modeling.anchors import cell_anchors
+from detection.modeling.anchors import cell_anchors, shifted_anchors
 from detection.modeling.box_coder import BoxCoder
 from detection.modeling.matching import FOREGROUND, Matcher, sample_balanced
 
@@ -66,12 +66,7 @@ def grid_anchors(cell: torch.Tensor, feature_size: tuple[int, int], stride: int)
 
     The stride is the trunk's, not image_size // feature_size, which differs for sizes that are not
     multiples of the stride (dense testing)."""
-    height, width = feature_size
-    ys = torch.arange(height, dtype=torch.float32, device=cell.device) * stride
-    xs = torch.arange(width, dtype=torch.float32, device=cell.device) * stride
-    shift_y, shift_x = torch.meshgrid(ys, xs, indexing="ij")
-    shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=-1).reshape(-1, 1, 4)
-    return (shifts + cell[None]).reshape(-1, 4)
+    return shifted_anchors(cell, feature_size, (stride, stride))
 
 
 def label_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, cut_boxes: torch.Tensor,

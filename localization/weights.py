@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from classification.data.ilsvrc import Synsets
 from classification.weights import load_trained_classifier as load_classifier_checkpoint
-from resnet_engine.checkpoint import BEST_NAME, FINAL_NAME, Checkpointer, load_checkpoint
+from resnet_engine.checkpoint import BEST_NAME, FINAL_NAME, Checkpointer, load_checkpoint, periodic_iteration
 from resnet_engine.config import config_from_text, flatten_tree, task_named
 from resnet_engine.errors import UserError
 
@@ -22,7 +22,8 @@ from .rpn_localizer import RPNLocalizer, build_localizer
 
 
 def latest_weights(output_dir: str) -> str:
-    """model_final.pth of a finished run, else the run's newest periodic checkpoint."""
+    """model_final.pth of a finished run, else the run's newest periodic checkpoint, with a warning: the
+    errors printed are then those of a network still in training."""
     final = os.path.join(output_dir, FINAL_NAME)
     if os.path.isfile(final):
         return final
@@ -30,6 +31,10 @@ def latest_weights(output_dir: str) -> str:
     if not found:
         raise UserError(f"no localizer checkpoint in {output_dir}: train one with python tools/train_loc.py "
                         f"(same --cfg), or give --weights")
+    iteration = periodic_iteration(found[0])
+    warnings.warn(f"no {FINAL_NAME} in {output_dir}: scoring {os.path.basename(found[0])}, the newest checkpoint "
+                  f"(iteration {iteration}), whose errors are not the finished run's; give --weights to "
+                  f"score another", stacklevel=2)
     return found[0]
 
 

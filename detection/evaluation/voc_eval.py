@@ -70,17 +70,27 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, metric: str) -> float:
     return float(np.sum((recall[steps] - recall[steps - 1]) * envelope[steps]))
 
 
-def overlaps(box: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
-    """IoU of ``box`` with each of ``gt_boxes`` (x1, y1, x2, y2 with the pixels x1..x2 included), -inf for
-    the boxes it does not intersect."""
-    width = np.minimum(box[2], gt_boxes[:, 2]) - np.maximum(box[0], gt_boxes[:, 0]) + 1
-    height = np.minimum(box[3], gt_boxes[:, 3]) - np.maximum(box[1], gt_boxes[:, 1]) + 1
-    intersection = width * height
-    union = ((box[2] - box[0] + 1) * (box[3] - box[1] + 1)
-             + (gt_boxes[:, 2] - gt_boxes[:, 0] + 1) * (gt_boxes[:, 3] - gt_boxes[:, 1] + 1) - intersection)
+def inclusive_iou_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of (n, 4) boxes [x1, y1, x2, y2] that hold the pixels x1..x2 included (the devkits'
+    width x2 - x1 + 1: VOC, ImageNet DET, ILSVRC localization's compute_overlap.m); 0 where they do not
+    intersect. An inverted box intersects nothing, so the union of intersecting boxes is positive."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    width = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + 1
+    height = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + 1
+    intersect = (width > 0) & (height > 0)
+    intersection = np.where(intersect, width * height, 0.0)
+    union = ((a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1) + (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+             - intersection)
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = intersection / union
-    return np.where((width > 0) & (height > 0), iou, -np.inf)
+        return np.where(intersect, intersection / union, 0.0)
+
+
+def overlaps(box: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
+    """IoU of ``box`` with each of ``gt_boxes`` (:func:`inclusive_iou_rows`), -inf for the boxes it does
+    not intersect (the devkit's starting ovmax: no candidate)."""
+    gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+    iou = inclusive_iou_rows(np.broadcast_to(np.asarray(box, np.float64), gt_boxes.shape), gt_boxes)
+    return np.where(iou > 0, iou, -np.inf)
 
 
 @dataclass

@@ -21,6 +21,18 @@ def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torc
     return (torch.stack([-widths, -heights, widths, heights], dim=1) / 2).round()
 
 
+def shifted_anchors(cell: torch.Tensor, feature_size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """(h*w*A, 4) anchors: the (A, 4) ``cell`` placed at (stride_x * column, stride_y * row) of each cell
+    of an (h, w) map, position-major (row, column) then anchor, as the heads lay out their outputs."""
+    height, width = feature_size
+    shifts_x = torch.arange(width, dtype=torch.float32, device=cell.device) * stride[1]
+    shifts_y = torch.arange(height, dtype=torch.float32, device=cell.device) * stride[0]
+    shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+    shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+    shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+    return (shifts[:, None, :] + cell[None, :, :]).reshape(-1, 4)
+
+
 class AnchorGenerator(nn.Module):
     """Anchors for each feature level, ordered position-major (row, column) then anchor.
 
@@ -68,14 +80,7 @@ class AnchorGenerator(nn.Module):
 
     def compute_grid_anchors(self, level: int, feature_size: tuple[int, int], stride: tuple[int, int],
                              device: torch.device) -> torch.Tensor:
-        height, width = feature_size
-        shifts_x = torch.arange(width, dtype=torch.float32, device=device) * stride[1]
-        shifts_y = torch.arange(height, dtype=torch.float32, device=device) * stride[0]
-        shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
-        shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
-        shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
-        base = self.cell_anchors[level].to(device)
-        return (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4)
+        return shifted_anchors(self.cell_anchors[level].to(device), feature_size, stride)
 
     def forward(self, padded_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]],
                 device: torch.device) -> list[torch.Tensor]:

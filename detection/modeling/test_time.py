@@ -108,8 +108,10 @@ def choose_scale_pairs(areas: torch.Tensor, factors: torch.Tensor, canonical: fl
     return torch.stack([best, other], dim=1)
 
 
-def flip_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
-    flipped = boxes.clone()
+def flip_boxes(boxes, width: float):
+    """Boxes (..., 4) in continuous x1, y1, x2, y2 of an image ``width`` wide, mirrored left to right;
+    a tensor or a numpy array, as given."""
+    flipped = boxes.clone() if isinstance(boxes, torch.Tensor) else boxes.copy()
     flipped[..., 0] = width - boxes[..., 2]
     flipped[..., 2] = width - boxes[..., 0]
     return flipped

@@ -31,6 +31,7 @@ from classification.data.imagenet import (
     resize_shorter_side,
 )
 from detection.data.image_io import to_chw_tensor
+from detection.modeling.test_time import flip_boxes
 from resnet_engine.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -113,11 +114,6 @@ def boxes_after_crop(boxes: np.ndarray, x0: int, y0: int, size: int,
     kept = visible >= min_visible * np.maximum(area, 1e-6)
     remnant = ~kept & (visible > 0)
     return clipped[kept], clipped[remnant]
-
-
-def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
-    return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1) if len(
-        boxes) else boxes
 
 
 class LocTrainTransform:

@@ -55,7 +55,7 @@ def read_devkit_predictions(path: str, synsets: Synsets, image_ids: Sequence[str
 
 
 def _parse_devkit_line(path: str, line: int, text: str, synsets: Synsets) -> list[tuple[str, Box]]:
-    tokens = text.replace(",", " ").split()
+    tokens = text.split()  # devkit text separates by spaces (check_devkit_like refuses a comma-separated file)
     if len(tokens) % 5:
         raise UserError(f"{path} line {line}: {len(tokens)} numbers; a line holds groups of 5 "
                         "'label xmin ymin xmax ymax'")

@@ -24,6 +24,7 @@ import torch
 from torchvision.ops import box_iou, roi_align
 
 from detection.data.image_io import to_chw_tensor
+from detection.modeling.test_time import flip_boxes
 from resnet_engine.errors import UserError
 from resnet_engine.flat_records import FlatRecords
 
@@ -63,11 +64,6 @@ def warp_regions(images: torch.Tensor, boxes: Sequence[torch.Tensor], warp_size:
                      aligned=True)
 
 
-def flip_continuous(boxes: torch.Tensor, width: int) -> torch.Tensor:
-    x1, y1, x2, y2 = boxes.unbind(dim=1)
-    return torch.stack((width - x2, y1, width - x1, y2), dim=1)
-
-
 def label_proposals(proposals: torch.Tensor, gt_boxes: torch.Tensor, fg_iou_thresh: float,
                     bg_iou_low: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(label FOREGROUND / BACKGROUND / IGNORED, index of the best-overlapping GT box) per proposal."""
@@ -103,7 +99,7 @@ def roi_training_sample(pixels: torch.Tensor, proposals: torch.Tensor, gt_boxes:
     pool = torch.cat([proposals, gt_boxes]) if rules.add_gt_boxes else proposals
     if flip:
         width = pixels.shape[-1]
-        pixels, pool, gt_boxes = pixels.flip(-1), flip_continuous(pool, width), flip_continuous(gt_boxes, width)
+        pixels, pool, gt_boxes = pixels.flip(-1), flip_boxes(pool, width), flip_boxes(gt_boxes, width)
     labels, matched = label_proposals(pool, gt_boxes, rules.fg_iou_thresh, rules.bg_iou_low)
     chosen = sample_rois(labels, rules.rois_per_image, rules.fg_fraction, generator)
     rois = pool[chosen]

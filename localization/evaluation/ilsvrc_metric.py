@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from classification.data.ilsvrc import Box
+from detection.evaluation.voc_eval import inclusive_iou_rows
 from resnet_engine.errors import UserError
 
 from ..data.predictions import EMPTY_GUESS
@@ -41,24 +42,9 @@ MAX_GUESSES = 5
 Guesses = Mapping[str, Sequence[tuple[str, Sequence[float]]]]
 
 
-def iou_inclusive_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of (n, 4) boxes in inclusive pixel coordinates; 0 where they do not overlap."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + 1
-    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + 1
-    overlap = (iw > 0) & (ih > 0)
-    inter = np.where(overlap, iw * ih, 0.0)
-    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
-    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-    union = area_a + area_b - inter
-    # Only a degenerate (inverted) predicted box can make the union non-positive; it is never right.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(overlap & (union > 0), inter / union, 0.0)
-
-
 def iou_inclusive(a: Sequence[float], b: Sequence[float]) -> float:
     """IoU of two (xmin, ymin, xmax, ymax) boxes in inclusive pixels, as the devkit's compute_overlap.m."""
-    return float(iou_inclusive_rows(np.asarray([a]), np.asarray([b]))[0])
+    return float(inclusive_iou_rows(np.asarray([a]), np.asarray([b]))[0])
 
 
 @dataclass(frozen=True)
@@ -148,7 +134,7 @@ def _first_right_ranks(index: _GroundTruthIndex, guesses: _GuessRows,
     # Every guess meets every GT box of its own image and label: expand those pairs and test them at once.
     pair_guess = np.repeat(np.arange(len(keys)), counts)
     pair_box = np.repeat(low - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
-    hit = iou_inclusive_rows(guesses.boxes[pair_guess], index.boxes[pair_box]) >= IOU_THRESHOLD
+    hit = inclusive_iou_rows(guesses.boxes[pair_guess], index.boxes[pair_box]) >= IOU_THRESHOLD
     box_right = np.zeros(len(keys), bool)
     box_right[pair_guess[hit]] = True
     label_right = counts > 0

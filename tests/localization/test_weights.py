@@ -3,6 +3,7 @@ named as what it is, with what to give instead; every checkpoint is built with t
 warp it was trained with."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -100,3 +101,21 @@ def test_an_rcnn_warps_and_decodes_as_it_was_trained(tiny_root, tmp_path):  # no
     assert scores.tolist() == pytest.approx([float(probability[best])], rel=1e-5)
     expected = decode(deltas[best, 4].double().numpy(), proposals[0, best].double().numpy())
     np.testing.assert_allclose(boxes[0].numpy(), expected, atol=1e-3)
+
+
+def test_model_mode_scores_model_final_and_names_a_periodic_checkpoint_it_falls_back_to(tmp_path):
+    """Without model_final.pth the newest periodic checkpoint is scored: its errors are those of a
+    network still in training, and the table would not say so."""
+    from localization.weights import latest_weights
+    from resnet_engine.checkpoint import atomic_save
+    for name in ("model_0000100.pth", "model_0000200.pth", "model_best.pth"):
+        atomic_save({"model": {}, "iteration": 0}, str(tmp_path / name))
+    with pytest.warns(UserWarning) as caught:
+        assert latest_weights(str(tmp_path)) == str(tmp_path / "model_0000200.pth")
+    assert [str(w.message) for w in caught] == [
+        f"no model_final.pth in {tmp_path}: scoring model_0000200.pth, the newest checkpoint (iteration 200), whose "
+        f"errors are not the finished run's; give --weights to score another"]
+    atomic_save({"model": {}, "iteration": 0}, str(tmp_path / "model_final.pth"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert latest_weights(str(tmp_path)) == str(tmp_path / "model_final.pth")

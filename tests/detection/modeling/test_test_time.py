@@ -70,6 +70,12 @@ def test_flip_boxes_round_trip():
     boxes = torch.tensor([[2.0, 3.0, 7.0, 9.0]])
     assert torch.equal(flip_boxes(boxes, 20), torch.tensor([[13.0, 3.0, 18.0, 9.0]]))
     assert torch.equal(flip_boxes(flip_boxes(boxes, 20), 20), boxes)
+    # numpy arrays (the localization crops' boxes), empty ones too, come back as arrays of their dtype
+    import numpy as np
+    array = np.array([[2.0, 3.0, 7.0, 9.0]], np.float32)
+    flipped = flip_boxes(array, 20)
+    assert flipped.dtype == np.float32 and flipped.tolist() == [[13.0, 3.0, 18.0, 9.0]] and array[0, 0] == 2.0
+    assert flip_boxes(np.zeros((0, 4), np.float32), 20).shape == (0, 4)
 
 
 def image_sample(height=128, width=160, seed=0):
