@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import warnings
+from collections import Counter
 from collections.abc import Mapping
 from http.client import HTTPException
 
@@ -29,7 +30,6 @@ from .errors import WeightsError
 TENSOR_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WRAPPER_KEYS = ("state_dict", "model", "module")
 # Prefixes that other libraries put in front of the ResNet's own names.
-STRIPPED_PREFIXES = ("module.", "backbone.body.", "backbone.")
 
 
 def load_weights(model: nn.Module, spec: str, trust_pickle: bool = False) -> dict[str, list[str]]:
@@ -248,14 +248,21 @@ def _is_tensor_dict(obj: Mapping) -> bool:
 
 
 def strip_prefixes(state: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
-    """Drop a wrapper prefix (DDP's ``module.``, a detector's ``backbone.body.``) when it hides a match."""
+    """Drop the wrapper prefix that hides a match (DDP's ``module.``, Lightning's ``model.``,
+    torch.compile's ``_orig_mod.``, a detector's ``backbone.body.``): of the prefixes that end just
+    before a name of the model, the one most of the file's tensors carry."""
     if any(k in model_keys for k in state):
         return state
-    for prefix in STRIPPED_PREFIXES:
-        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if any(k in model_keys for k in stripped):
-            return stripped
-    return state
+    prefixes: Counter[str] = Counter()
+    for key in state:
+        dots = [i for i, char in enumerate(key) if char == "."]
+        prefix = next((key[:i + 1] for i in dots if key[i + 1:] in model_keys), None)
+        if prefix is not None:
+            prefixes[prefix] += 1
+    if not prefixes:
+        return state
+    prefix = prefixes.most_common(1)[0][0]
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str,
@@ -297,7 +304,8 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         more = f" (and {total - len(details)} more)" if total > len(details) else ""
         arch = getattr(model, "depth", None)
         arch_text = f" resnet{arch}" if arch else " the model"
-        raise WeightsError(f"{source} does not fit{arch_text}: " + "; ".join(details) + more)
+        raise WeightsError(f"{source} does not fit{arch_text}: " + "; ".join(details) + more
+                           + names_hint(state, expected))
     # Without strict, extras are fine (a detector's other parts) unless they sit in this network's own
     # modules: then the file holds another configuration of it and the loaded net computes something else.
     other_network = unexpected if strict else other_network_keys(model, unexpected)
@@ -310,6 +318,18 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return {"unexpected": unexpected, "dropped_head": dropped_head}
+
+
+def names_hint(state: dict[str, torch.Tensor], expected: set[str]) -> str:
+    """When the file holds almost none of the model's names, what its names look like: a file of another
+    network, or of this one under a prefix that is no known wrapper's, reads the same otherwise."""
+    unknown = set(state) - expected
+    if len(expected & set(state)) >= len(expected) / 2 or not unknown:
+        return ""
+    missing = expected - set(state)
+    return (f"; most of the model's tensors are not in the file under their names ({len(unknown)} of the "
+            f"file's are named otherwise, e.g. '{min(unknown, key=_natural_key)}', where the model has e.g. "
+            f"'{min(missing, key=_natural_key)}'): a file of another network, or one whose names need renaming")
 
 
 # Tensors of this family's own modules: the stem, a unit's convs, norms and projection, the pre-activation

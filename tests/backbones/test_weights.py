@@ -29,20 +29,40 @@ def assert_loaded(model, state):
     assert torch.equal(own["layer1.0.bn1.running_var"], state["layer1.0.bn1.running_var"])
 
 
-@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module_prefix", "safetensors"])
+PREFIXES = {"module_prefix": "module.", "lightning": "model.", "compiled": "_orig_mod.",
+            "compiled_ddp": "module._orig_mod.", "detector": "backbone.body."}
+
+
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "safetensors", *PREFIXES])
 def test_file_formats_and_wrappers(tv18, tmp_path, wrap):
+    """Wrappers of the tensors: checkpoint dicts, and the prefixes of DDP, a Lightning module (whose
+    checkpoint also holds the optimizer), torch.compile, both, and a torchvision detector."""
     if wrap == "safetensors":
         path = tmp_path / "w.safetensors"
         save_file({k: v.contiguous() for k, v in tv18.items()}, path)
     else:
         path = tmp_path / "w.pth"
-        obj = {"plain": tv18, "state_dict": {"state_dict": tv18, "epoch": 3},
-               "model": {"model": tv18}, "module_prefix": {f"module.{k}": v for k, v in tv18.items()}}[wrap]
+        prefixed = {f"{PREFIXES.get(wrap, '')}{k}": v for k, v in tv18.items()}
+        obj = {"state_dict": {"state_dict": tv18, "epoch": 3}, "model": {"model": tv18},
+               "lightning": {"state_dict": prefixed, "epoch": 3, "optimizer_states": []}}.get(wrap, prefixed)
         torch.save(obj, path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # fc.* is dropped quietly when there is no classifier
         model = resnet18(weights=str(path))
     assert_loaded(model, tv18)
+
+
+def test_a_file_of_other_names_says_what_its_names_look_like(tv18, tmp_path):
+    """Names the loader cannot map (detectron2's, say): every model tensor "missing from the file"
+    did not tell a wrong file from a naming issue."""
+    renamed = {f"bottom_up.{k.replace('layer', 'res')}": v for k, v in tv18.items()}
+    torch.save(renamed, tmp_path / "d2.pth")
+    with pytest.raises(WeightsError) as error:
+        resnet18(weights=str(tmp_path / "d2.pth"))
+    assert str(error.value).endswith(
+        "(and 92 more); most of the model's tensors are not in the file under their names (95 of the file's are "
+        "named otherwise, e.g. 'res1.0.bn1.bias', where the model has e.g. 'layer1.0.bn1.bias'): a file of another "
+        "network, or one whose names need renaming")
 
 
 def test_classifier_loaded_when_present(tv18, tmp_path):
