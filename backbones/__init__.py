@@ -134,6 +134,8 @@ def create(name: str, weights: str | None = None, features_only: bool = False,
         default_norm(kwargs, weights)
     warn_if_frozen_without_weights(kwargs.get("norm"), weights, stacklevel=2)
     if not features_only:
+        if out_indices is not None:  # timm refuses it too; ignored, the classifier would come back unasked
+            raise BackboneError("out_indices selects feature maps: pass features_only=True with it")
         kwargs.setdefault("num_classes", default_classes)
         return build(int(depth_text), weights, **kwargs)
     return FeatureListNet(build(int(depth_text), weights, **kwargs), out_indices)

@@ -94,6 +94,10 @@ def resolve_weights(spec: str, depth: int | None) -> str:
     if spec.startswith("timm:"):
         return _timm_file(spec.split(":", 1)[1])
     if not os.path.isfile(spec):
+        scheme = re.match(r"([A-Za-z][\w.+-]+):", spec)  # two letters at least: C:\ is a Windows drive
+        if scheme and not os.path.exists(spec):
+            raise WeightsError(f"weights '{spec}': unknown name scheme '{scheme.group(1)}:' (torchvision:NAME or "
+                               f"timm:NAME, e.g. torchvision:IMAGENET1K_V2; anything else is a file path)")
         raise WeightsError(f"weights file not found: {spec} (set model.backbone.weights to an existing file)")
     return spec
 

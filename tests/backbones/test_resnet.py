@@ -299,3 +299,9 @@ def test_detaching_res5_of_a_preact_net_takes_its_final_bn_relu_along():
         torch.testing.assert_close(model(x)["res4"], whole["res4"], rtol=0, atol=0)
         torch.testing.assert_close(res5(model(x)["res4"]), whole["res5"], rtol=0, atol=0)
     assert whole["res5"].min() == 0  # the ReLU is there
+
+
+def test_out_indices_without_features_only_is_refused_not_ignored():
+    """It came back as the 1000-class classifier, the feature maps asked for nowhere (timm refuses it)."""
+    with pytest.raises(BackboneError, match="out_indices selects feature maps: pass features_only=True with it"):
+        create("resnet18", out_indices=(1, 2))

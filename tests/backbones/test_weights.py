@@ -90,6 +90,12 @@ def test_missing_file_and_non_tensor_file(tmp_path):
     # Read directly (tools/convert_weights.py): a missing file is not called damaged.
     with pytest.raises(WeightsError, match=r"^weights file not found: .*nothere.pth$"):
         read_state_dict(str(tmp_path / "nothere.pth"))
+    # A misspelt scheme was "weights file not found: torchvison:IMAGENET1K_V2".
+    with pytest.raises(WeightsError) as error:
+        resnet18(weights="torchvison:IMAGENET1K_V2")
+    assert str(error.value) == ("weights 'torchvison:IMAGENET1K_V2': unknown name scheme 'torchvison:' "
+                                "(torchvision:NAME or timm:NAME, e.g. torchvision:IMAGENET1K_V2; anything else is a "
+                                "file path)")
 
 
 class Evil:
