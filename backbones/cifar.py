@@ -75,7 +75,7 @@ class CifarResNet(StagedResNet):
         plain, preact, stride_in_1x1: the variants of the module docstring.
         block: "basic" or "bottleneck"; None: from the depth.
         zero_init_residual: start each residual branch's last norm at zero (post-activation units). Needs a
-            trainable norm: refused with "frozen_bn", as for :class:`backbones.ResNet`.
+            trainable norm: refused with "frozen_bn" and with ``preact``, as for :class:`backbones.ResNet`.
         base_width: filters of the stem and the first stage (16 in the paper); 32 and 64 follow.
     """
 

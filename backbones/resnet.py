@@ -221,7 +221,8 @@ def last_norm(unit: nn.Module) -> nn.Module | None:
 def init_weights(model: nn.Module, zero_init_residual: bool) -> None:
     """He initialization of the convs (normal, std sqrt(2 / (k*k*out_channels))), norms at identity, and
     with ``zero_init_residual`` each post-activation unit's last norm at zero, so that it starts as its
-    shortcut. Pre-activation units end with a conv, not a norm, and are left as initialized."""
+    shortcut. Pre-activation units end with a conv, not a norm: zero_init_residual is refused there
+    (it did nothing, where the docs promised branches starting at zero)."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -230,6 +231,9 @@ def init_weights(model: nn.Module, zero_init_residual: bool) -> None:
             nn.init.zeros_(module.bias)
     if not zero_init_residual:
         return
+    if getattr(model, "preact", False):
+        raise BackboneError("zero_init_residual=True has no norm to zero in pre-activation units (each residual "
+                            "branch ends with a convolution): drop zero_init_residual or preact")
     for module in model.modules():
         norm = last_norm(module)
         if norm is None:
@@ -357,7 +361,8 @@ class ResNet(StagedResNet):
         stride_in_1x1, shortcut, plain, preact: the paper's variants (see the module docstring).
         zero_init_residual: start each residual branch's last norm at zero (training from scratch). Needs a
             trainable norm ("bn", "syncbn", "gn"): refused with "frozen_bn", whose zero would never
-            train, and when ``freeze_at`` >= 2 would freeze such a branch before weights replace it.
+            train, when ``freeze_at`` >= 2 would freeze such a branch before weights replace it, and with
+            ``preact`` (its branches end with a convolution).
         base_width: channels of the stem and the first stage (64 in the paper); smaller values give
             narrow networks for quick CPU experiments. Pretrained weights need 64.
     """

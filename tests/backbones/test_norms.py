@@ -6,7 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from backbones import BackboneError, FrozenBatchNorm2d, ResNet, build_resnet, create, resnet18, resnet50
+from backbones import (
+    BackboneError,
+    CifarResNet,
+    FrozenBatchNorm2d,
+    ResNet,
+    build_resnet,
+    create,
+    resnet18,
+    resnet50,
+)
 from backbones.config import BackboneConfig, build_from_config
 from tests.helpers import randomize_bn_statistics
 
@@ -103,3 +112,11 @@ def test_a_zero_initialized_stage_is_not_frozen(tmp_path):
     torch.save(source.state_dict(), tmp_path / "r18.pth")
     model = build_resnet(18, weights=str(tmp_path / "r18.pth"), norm="bn", zero_init_residual=True, freeze_at=2)
     assert torch.equal(model.layer1[0].bn2.weight, source.layer1[0].bn2.weight)  # the weights replaced the zero
+
+
+@pytest.mark.parametrize("build", [lambda **kw: ResNet(50, **kw), lambda **kw: CifarResNet(20, **kw)],
+                         ids=["imagenet", "cifar"])
+def test_zero_init_residual_is_refused_on_pre_activation_nets_which_have_no_norm_to_zero(build):
+    """It did nothing there: every branch kept its random last convolution."""
+    with pytest.raises(BackboneError, match="no norm to zero in pre-activation units"):
+        build(norm="bn", preact=True, zero_init_residual=True)
