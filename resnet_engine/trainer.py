@@ -628,9 +628,11 @@ class Trainer:
         os.replace(path + ".tmp", path)
 
     def _report_skipped(self) -> None:
-        if self.skipped_files and self.is_main:
-            logger.warning("%d unreadable images were skipped during training, e.g. %s", len(self.skipped_files),
-                           sorted(self.skipped_files)[0])
+        """The unreadable images of every process (a collective: each skips its own share's)."""
+        skipped = set().union(*dist_utils.all_gather_objects(self.skipped_files))
+        if skipped and self.is_main:
+            logger.warning("%d unreadable images were skipped during training, e.g. %s", len(skipped),
+                           sorted(skipped)[0])
 
     # -- signals ---------------------------------------------------------------------------------
     def _install_signal_handlers(self):

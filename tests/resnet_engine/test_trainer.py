@@ -494,3 +494,20 @@ def test_skipped_steps_count_against_max_nonfinite_across_a_resume(tmp_path):
     assert resumed.resume() and resumed.nonfinite_steps == 1
     with pytest.raises(TrainingError, match="non-finite loss at iteration 5"):
         resumed.train()
+
+
+def test_the_skipped_images_reported_at_the_end_are_those_of_every_process(tmp_path, monkeypatch, caplog):
+    """Each process skips the unreadable images of its own share: the count was the main process's."""
+    from resnet_engine import trainer as trainer_module
+
+    def batches_with_a_bad_image(start):
+        for batch in toy_batches(start):
+            batch[0]["skipped"] = ["images/main_0.jpg"]
+            yield batch
+
+    other_process = {"images/rank1_0.jpg", "images/rank1_1.jpg"}
+    monkeypatch.setattr(trainer_module.dist_utils, "all_gather_objects",  # a second process for the skipped sets
+                        lambda own: [own, other_process] if isinstance(own, set) else [own])
+    with caplog.at_level("WARNING", logger=trainer_module.__name__):
+        make_trainer(ToyModel(), tmp_path, make_loader=batches_with_a_bad_image).train()
+    assert caplog.messages[-1] == "3 unreadable images were skipped during training, e.g. images/main_0.jpg"
