@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torchvision.ops import box_area, box_iou
 
+from ..boxes import flip_boxes
 from ..data.transforms import resize_shortest_edge
 from .roi_heads import select_detections
 
@@ -106,15 +107,6 @@ def choose_scale_pairs(areas: torch.Tensor, factors: torch.Tensor, canonical: fl
     other = torch.where(low_end, torch.ones_like(other).clamp(max=num_scales - 1), other)
     other = torch.where(high_end, torch.full_like(other, max(num_scales - 2, 0)), other)
     return torch.stack([best, other], dim=1)
-
-
-def flip_boxes(boxes, width: float):
-    """Boxes (..., 4) in continuous x1, y1, x2, y2 of an image ``width`` wide, mirrored left to right;
-    a tensor or a numpy array, as given."""
-    flipped = boxes.clone() if isinstance(boxes, torch.Tensor) else boxes.copy()
-    flipped[..., 0] = width - boxes[..., 2]
-    flipped[..., 2] = width - boxes[..., 0]
-    return flipped
 
 
 # -- the detector --------------------------------------------------------------------------------

@@ -30,8 +30,8 @@ from classification.data.imagenet import (
     labelled_train_images,
     resize_shorter_side,
 )
+from detection.boxes import flip_boxes
 from detection.data.image_io import to_chw_tensor
-from detection.modeling.test_time import flip_boxes
 from resnet_engine.errors import UserError
 
 logger = logging.getLogger(__name__)

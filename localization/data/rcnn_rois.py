@@ -21,16 +21,17 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torchvision.ops import roi_align
+from torchvision.ops import box_iou, roi_align
 
+from detection.boxes import flip_boxes
 from detection.data.image_io import to_chw_tensor
-from detection.modeling.matching import BACKGROUND, FOREGROUND, Matcher
-from detection.modeling.test_time import flip_boxes
 from resnet_engine.errors import UserError
 from resnet_engine.flat_records import FlatRecords
 
 from ..config import LocalizerRCNNConfig
 from .loc_dataset import BoxedRecord, LocalizationDataset, inclusive_to_continuous, warn_if_boxes_outside
+
+FOREGROUND, BACKGROUND, IGNORED = 1, 0, -1
 
 
 class BoxEncoder(Protocol):
@@ -65,10 +66,12 @@ def warp_regions(images: torch.Tensor, boxes: Sequence[torch.Tensor], warp_size:
 
 def label_proposals(proposals: torch.Tensor, gt_boxes: torch.Tensor, fg_iou_thresh: float,
                     bg_iou_low: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(label FOREGROUND / BACKGROUND / IGNORE, index of the best-overlapping GT box) per proposal: the
-    detector's Matcher with background up to the foreground threshold and no low-quality matches."""
-    matcher = Matcher(fg_iou_thresh, fg_iou_thresh, allow_low_quality=False, bg_iou_low=bg_iou_low)
-    matched, labels = matcher(proposals, gt_boxes)
+    """(label FOREGROUND / BACKGROUND / IGNORED, index of the best-overlapping GT box) per proposal."""
+    overlaps = box_iou(proposals, gt_boxes)
+    best, matched = overlaps.max(dim=1)
+    labels = torch.full_like(matched, IGNORED)
+    labels[best >= bg_iou_low] = BACKGROUND
+    labels[best >= fg_iou_thresh] = FOREGROUND
     return labels, matched
 
 

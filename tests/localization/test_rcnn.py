@@ -13,10 +13,12 @@ import torch.nn.functional as F
 
 from classification.config import load_classification_config
 from detection.modeling.box_coder import BoxCoder
-from detection.modeling.matching import BACKGROUND, FOREGROUND, IGNORE
 from localization.config import LocalizerRCNNConfig, load_localization_config
 from localization.data.loc_dataset import BoxedRecord, ViewGeometry
 from localization.data.rcnn_rois import (
+    BACKGROUND,
+    FOREGROUND,
+    IGNORED,
     RoITrainDataset,
     label_proposals,
     roi_training_sample,
@@ -84,7 +86,7 @@ def test_proposals_are_labelled_by_their_best_overlap():
                               [30.0, 30.0, 40.0, 40.0],  # IoU 0: below bg_iou_low, ignored
                               [5.0, 0.0, 15.0, 10.0]])   # IoU 1/3: background
     labels, matched = label_proposals(proposals, gt, fg_iou_thresh=0.5, bg_iou_low=0.1)
-    assert labels.tolist() == [FOREGROUND, FOREGROUND, BACKGROUND, IGNORE, BACKGROUND]
+    assert labels.tolist() == [FOREGROUND, FOREGROUND, BACKGROUND, IGNORED, BACKGROUND]
     assert matched[:2].tolist() == [0, 1]
     generator = torch.Generator().manual_seed(0)
     # All foreground wanted, only 2 exist: the other 2 slots are made up from the background.

@@ -13,7 +13,6 @@ from detection.modeling.test_time import (
     TestTimeOptions,
     box_voting,
     choose_scale_pairs,
-    flip_boxes,
 )
 from resnet_engine.errors import UserError
 from tests.conftest import ROOT
@@ -64,18 +63,6 @@ def test_scale_pair_rule():
     assert pairs[2] == [0, 1]   # too big everywhere: the two smallest scales
     assert pairs[3] == [2, 1]   # too small everywhere: the two largest scales
     assert pairs[4] == [1, 2]   # 150 (at 1.0) is closest; 224 lies towards the larger scale
-
-
-def test_flip_boxes_round_trip():
-    boxes = torch.tensor([[2.0, 3.0, 7.0, 9.0]])
-    assert torch.equal(flip_boxes(boxes, 20), torch.tensor([[13.0, 3.0, 18.0, 9.0]]))
-    assert torch.equal(flip_boxes(flip_boxes(boxes, 20), 20), boxes)
-    # numpy arrays (the localization crops' boxes), empty ones too, come back as arrays of their dtype
-    import numpy as np
-    array = np.array([[2.0, 3.0, 7.0, 9.0]], np.float32)
-    flipped = flip_boxes(array, 20)
-    assert flipped.dtype == np.float32 and flipped.tolist() == [[13.0, 3.0, 18.0, 9.0]] and array[0, 0] == 2.0
-    assert flip_boxes(np.zeros((0, 4), np.float32), 20).shape == (0, 4)
 
 
 def image_sample(height=128, width=160, seed=0):
