@@ -577,9 +577,11 @@ class ConfigLoader:
         if real in chain:
             raise ConfigError(f"{path}: _base_ files include each other in a loop")
         data = read_yaml(path)
-        bases = data.pop(BASE_KEY, [])
-        if isinstance(bases, str):
-            bases = [bases]
+        given = data.pop(BASE_KEY, [])
+        bases = [given] if isinstance(given, str) else given
+        if not isinstance(bases, list) or not all(isinstance(base, str) and base for base in bases):
+            raise ConfigError(f"{path}: _base_ must be a config file's name or a list of them, not "
+                              f"{yaml.safe_dump(given, default_flow_style=True).strip().removesuffix('...').strip()}")
         layers = []
         for base in bases:
             base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)

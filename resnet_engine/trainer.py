@@ -39,6 +39,7 @@ from .checkpoint import (
     BEST_NAME,
     FINAL_NAME,
     Checkpointer,
+    CheckpointError,
     GoodCheckpoints,
     capture_rng_state,
     restore_rng_state,
@@ -59,6 +60,9 @@ from .run_dir import claim_run_directory, release_run_directory
 from .schema import LoggingConfig, check_solver_options, steps_beyond_the_run
 
 logger = logging.getLogger(__name__)
+
+# What a checkpoint holds besides the weights, without which a run cannot continue as it would have.
+TRAINING_STATE_KEYS = ("optimizer", "scheduler", "iteration", "rng")
 
 
 class TrainingError(UserError):
@@ -273,6 +277,11 @@ class Trainer:
             os.replace(path + ".tmp", path)
 
     def _load(self, state: dict, path: str) -> None:
+        missing = [key for key in TRAINING_STATE_KEYS if key not in state]
+        if missing:  # a converted or released file copied into output_dir: PyTorch's KeyError otherwise
+            raise CheckpointError(f"{path} holds weights, not a training state (no {', '.join(missing)}): it cannot "
+                                  f"be resumed; move it out of {self.output_dir}, and start a run from these weights "
+                                  f"in another output_dir")
         saved_config = state.get("config", "")
         check_model_fits(self.model, state["model"], path, changed_keys(saved_config, self.config_text, "model"))
         check_optimizer_fits(self.optimizer, state["optimizer"], path,

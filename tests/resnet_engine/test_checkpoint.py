@@ -265,3 +265,13 @@ def test_a_runtime_error_of_the_saved_object_is_not_taken_for_a_full_disk(tmp_pa
     with pytest.raises(RuntimeError, match="cannot pickle"):
         checkpoint_module.atomic_save({"model": {}}, str(tmp_path / "model_final.pth"))
     assert os.listdir(tmp_path) == []
+
+
+def test_resuming_over_a_file_of_weights_alone_says_so(tmp_path):
+    """A converted or released model_final.pth copied into output_dir: PyTorch's KeyError 'optimizer'."""
+    torch.save({"model": ToyModel().state_dict(), "meta": {}}, tmp_path / "model_final.pth")
+    with pytest.raises(CheckpointError) as error:
+        make_trainer(ToyModel(), tmp_path).resume()
+    assert str(error.value) == (f"{tmp_path / 'model_final.pth'} holds weights, not a training state (no optimizer, "
+                                f"scheduler, iteration, rng): it cannot be resumed; move it out of {tmp_path}, and "
+                                f"start a run from these weights in another output_dir")

@@ -38,6 +38,15 @@ def test_single_string_base_and_nested_bases(tmp_path):
     assert cfg.seed == 3 and cfg.output_dir == "x"
 
 
+@pytest.mark.parametrize("bases, shown", [(5, "5"), ([None], "[null]"), ({"a": 1}, "{a: 1}"), ("", "''")])
+def test_a_base_that_is_no_file_name_is_one_line(tmp_path, bases, shown):
+    """A number or null was a TypeError traceback, a mapping was read as the list of its keys."""
+    path = write(tmp_path / "bad.yaml", {"_base_": bases})
+    with pytest.raises(ConfigError) as error:
+        load_detection_config(path)
+    assert str(error.value) == f"{path}: _base_ must be a config file's name or a list of them, not {shown}"
+
+
 def test_unknown_key_in_file_names_file_and_suggestion(tmp_path):
     path = write(tmp_path / "bad.yaml", {"model": {"backbone": {"dept": 101}}})
     with pytest.raises(ConfigError) as error:
