@@ -217,6 +217,18 @@ def ten_crops(image: np.ndarray, size: int) -> list[np.ndarray]:
 # --------------------------------------------------------------------------------------------- transforms
 
 
+@dataclass(frozen=True)
+class CropPlacement:
+    """Where a training crop came from: the resize factors from the original image, the crop's corner in
+    the resized image, and whether it was mirrored (what carries boxes along, localization's)."""
+
+    scale_x: float
+    scale_y: float
+    x0: int
+    y0: int
+    flipped: bool
+
+
 class TrainTransform:
     """Scale jitter, random square crop, horizontal flip, colour jitter and PCA lighting, seeded per sample."""
 
@@ -229,20 +241,28 @@ class TrainTransform:
         self.lighting_std = lighting_std
 
     def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
+        return self.crop_and_place(image, seed)[0]
+
+    def crop_and_place(self, image: np.ndarray, seed: int) -> tuple[np.ndarray, CropPlacement]:
+        """The uint8 crop and where it came from; every random draw of the augmentation is made here, in
+        one order, so that the classifier's and the localizer's crops of a seed are the same."""
         rng = np.random.default_rng(seed)
+        original_height, original_width = image.shape[:2]
         image = resize_shorter_side(image, int(rng.integers(self.short_low, self.short_high + 1)))
         height, width = image.shape[:2]
         x0 = int(rng.integers(0, width - self.crop_size + 1))
         y0 = int(rng.integers(0, height - self.crop_size + 1))
         image = crop(image, x0, y0, self.crop_size)
-        if rng.random() < self.flip_prob:
+        flipped = bool(rng.random() < self.flip_prob)
+        if flipped:
             image = image[:, ::-1]
         pixels = image.astype(np.float32)
         if self.color_jitter > 0:
             pixels = jitter_colour(pixels, rng, self.color_jitter)
         if self.lighting_std > 0:
             pixels = add_pca_lighting(pixels, rng, self.lighting_std)
-        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+        placement = CropPlacement(width / original_width, height / original_height, x0, y0, flipped)
+        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8), placement
 
 
 def _gray(pixels: np.ndarray) -> np.ndarray:

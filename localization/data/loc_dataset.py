@@ -23,10 +23,9 @@ from PIL import Image
 from classification.data.ilsvrc import Synsets
 from classification.data.imagenet import (
     ClassificationDataset,
-    add_pca_lighting,
+    TrainTransform,
     center_offset,
     crop,
-    jitter_colour,
     labelled_train_images,
     resize_shorter_side,
 )
@@ -117,37 +116,24 @@ def boxes_after_crop(boxes: np.ndarray, x0: int, y0: int, size: int,
 
 
 class LocTrainTransform:
-    """Scale jitter, random square crop, flip, colour and lighting noise, with the boxes carried along."""
+    """The classifier's training crop (:class:`TrainTransform`, the same draws for a seed), with the boxes
+    carried along."""
 
     def __init__(self, short_side_range: Sequence[int], crop_size: int, flip_prob: float = 0.5,
                  color_jitter: float = 0.0, lighting_std: float = 0.1, min_visible: float = 0.5):
-        self.short_low, self.short_high = (int(v) for v in short_side_range)
+        self.image_transform = TrainTransform(short_side_range, crop_size, flip_prob, color_jitter, lighting_std)
         self.crop_size = crop_size
-        self.flip_prob = flip_prob
-        self.color_jitter = color_jitter
-        self.lighting_std = lighting_std
         self.min_visible = min_visible
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> (uint8 crop, target boxes (n, 4), cut boxes (m, 4)), boxes continuous with x2 exclusive."""
-        rng = np.random.default_rng(seed)
-        height, width = image.shape[:2]
-        image = resize_shorter_side(image, int(rng.integers(self.short_low, self.short_high + 1)))
-        scale = np.array([image.shape[1] / width, image.shape[0] / height] * 2, np.float32)
+        pixels, placement = self.image_transform.crop_and_place(image, seed)
+        scale = np.array([placement.scale_x, placement.scale_y] * 2, np.float32)
         continuous = (np.asarray(boxes, np.float32).reshape(-1, 4) + np.array([0, 0, 1, 1], np.float32)) * scale
-        x0 = int(rng.integers(0, image.shape[1] - self.crop_size + 1))
-        y0 = int(rng.integers(0, image.shape[0] - self.crop_size + 1))
-        image = crop(image, x0, y0, self.crop_size)
-        targets, cut = boxes_after_crop(continuous, x0, y0, self.crop_size, self.min_visible)
-        if rng.random() < self.flip_prob:
-            image = image[:, ::-1]
+        targets, cut = boxes_after_crop(continuous, placement.x0, placement.y0, self.crop_size, self.min_visible)
+        if placement.flipped:
             targets, cut = flip_boxes(targets, self.crop_size), flip_boxes(cut, self.crop_size)
-        pixels = image.astype(np.float32)
-        if self.color_jitter > 0:
-            pixels = jitter_colour(pixels, rng, self.color_jitter)
-        if self.lighting_std > 0:
-            pixels = add_pca_lighting(pixels, rng, self.lighting_std)
-        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8), targets, cut
+        return pixels, targets, cut
 
 
 # --------------------------------------------------------------------------------------------- testing

@@ -157,3 +157,20 @@ def test_a_checkpoints_network_starts_from_the_backbone_section_without_weights(
     copy = backbone_without_weights(section)
     assert (copy.weights, copy.depth, copy.base_width, copy.norm) == (None, 18, 8, "bn")
     assert section.weights == "torchvision:IMAGENET1K_V1"
+
+
+def test_the_localizer_crops_as_the_classifier_does_for_a_seed():
+    """One home for the augmentation's draws: a seed gives the localizer the classifier's crop, flip,
+    colour and lighting, and the boxes follow that crop."""
+    from classification.data.imagenet import TrainTransform
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (90, 140, 3), dtype=np.uint8)
+    boxes = np.array([[10.0, 20.0, 129.0, 79.0]], np.float32)  # inclusive pixels, most of the image
+    for seed in range(12):
+        crop, targets, _ = LocTrainTransform([64, 96], 56, color_jitter=0.4, min_visible=0.0)(image, boxes, seed)
+        assert np.array_equal(crop, TrainTransform([64, 96], 56, color_jitter=0.4)(image, seed))
+        placement = TrainTransform([64, 96], 56).crop_and_place(image, seed)[1]
+        x1 = 10.0 * placement.scale_x - placement.x0
+        x2 = 130.0 * placement.scale_x - placement.x0
+        expected_x = (56 - min(x2, 56), 56 - max(x1, 0)) if placement.flipped else (max(x1, 0), min(x2, 56))
+        assert targets[0, [0, 2]] == pytest.approx(expected_x, abs=1e-4)
