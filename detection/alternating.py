@@ -33,8 +33,9 @@ from torch import nn
 
 from resnet_engine import distributed as dist_utils
 from resnet_engine.checkpoint import FINAL_NAME, load_checkpoint
+from resnet_engine.config import config_to_text
 from resnet_engine.distributed import check_batch_divides
-from resnet_engine.resume import elastic_restart_count
+from resnet_engine.resume import changed_keys, check_model_fits, elastic_restart_count
 from resnet_engine.run_dir import claim_run_directory, release_run_directory
 
 from .config import alternating_schedule
@@ -182,8 +183,13 @@ def run_step(run, step: StepModel, solver, folder: str, resume: bool, final: boo
     step always runs (a resumed finished run evaluates again, as a joint one does) and returns the
     metrics of its evaluation; the others return {}."""
     if resume and not final:
-        state = dist_utils.on_main_process(lambda: finished_state(folder))
-        if state is not None:
+        finished = dist_utils.on_main_process(lambda: finished_state(folder))
+        if finished is not None:
+            # As a resumed Trainer checks its checkpoint: one line naming what changed in the model's
+            # config, not PyTorch's list of size mismatches.
+            state, saved_config = finished
+            changes = changed_keys(saved_config, config_to_text(run.cfg), "model")
+            check_model_fits(step, state, os.path.join(folder, FINAL_NAME), changes)
             step.load_state_dict(state)
             step.release()
             logger.info("%s is finished: its model_final.pth is loaded", folder)
@@ -199,9 +205,13 @@ def run_step(run, step: StepModel, solver, folder: str, resume: bool, final: boo
     return metrics
 
 
-def finished_state(folder: str) -> dict | None:
+def finished_state(folder: str) -> tuple[dict, str] | None:
+    """(model state, saved config text) of a finished step's model_final.pth; None without one."""
     path = os.path.join(folder, FINAL_NAME)
-    return load_checkpoint(path)["model"] if os.path.isfile(path) else None
+    if not os.path.isfile(path):
+        return None
+    checkpoint = load_checkpoint(path)
+    return checkpoint["model"], checkpoint.get("config", "")
 
 
 def refuse_earlier_steps(folders: list[str], overwrite: bool) -> None:

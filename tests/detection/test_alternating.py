@@ -243,3 +243,18 @@ def test_train_det_runs_alternating_end_to_end(fixed_shapes, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "model_final.pth").is_file()
     assert (tmp_path / "step4_fast_rcnn" / "model_final.pth").is_file()
+
+
+def test_resuming_over_a_finished_step_of_another_model_is_one_line(alternating_run, fixed_shapes, tmp_path):
+    """A finished step was loaded without the check a resumed Trainer makes: PyTorch's multi-line list of
+    size mismatches, where the config's change is what to say."""
+    straight, _ = alternating_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight / "step1_rpn", resumed / "step1_rpn")
+    saved = tiny_config(fixed_shapes, *ALTERNATING).model.roi_head.fc_dim
+    cfg = tiny_config(fixed_shapes, *ALTERNATING, f"output_dir={resumed}", f"model.roi_head.fc_dim={saved * 2}")
+    with pytest.raises(UserError) as error:
+        train_detector(cfg, resume=True)
+    message = str(error.value)
+    assert message.startswith(f"cannot resume from {resumed / 'step1_rpn' / 'model_final.pth'}: its model differs")
+    assert f"model.roi_head.fc_dim: {saved} -> {saved * 2}" in message and "\n" not in message
