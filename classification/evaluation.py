@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from resnet_engine import distributed as dist_utils
 from resnet_engine.errors import UserError
-from resnet_engine.logger import write_json
+from resnet_engine.files import write_json
 from resnet_engine.setup import setup_run
 
 from .classifier import CifarClassifier, Classifier, build_classifier, errors_from_ranks, true_label_ranks

@@ -39,7 +39,7 @@ from resnet_engine import distributed as dist_utils
 from resnet_engine.checkpoint import CheckpointError, load_checkpoint
 from resnet_engine.config import config_from_text, save_config
 from resnet_engine.errors import UserError
-from resnet_engine.logger import write_json
+from resnet_engine.files import write_json
 
 from .config import PAPER_NETWORK, ClassificationConfig, is_cifar, load_classification_config
 from .data.loaders import prepare_data

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .files import write_text
 from .run_dir import POINTER_NAME, checkpoint_files
 
 logger = logging.getLogger(__name__)
@@ -248,10 +249,7 @@ class Checkpointer:
 
     def point_to(self, path: str) -> None:
         """Make ``path`` the checkpoint that --resume tries first."""
-        pointer = self.path(POINTER_NAME)
-        with open(pointer + ".tmp", "w", encoding="utf-8") as handle:
-            handle.write(os.path.basename(path))
-        os.replace(pointer + ".tmp", pointer)
+        write_text(self.path(POINTER_NAME), os.path.basename(path))
 
     def _prune(self) -> None:
         """Delete the oldest periodic checkpoints beyond keep_last, never the protected one. Only

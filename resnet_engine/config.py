@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import UserError
+from .files import write_text
 
 BASE_KEY = "_base_"
 
@@ -670,11 +671,7 @@ def load_config(schema: type, path: str | None = None, overrides: Sequence[str] 
 
 def save_config(cfg: DictConfig, path: str) -> None:
     """Write the fully resolved config; the file alone reproduces the run."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
+    write_text(path, config_to_text(cfg))
 
 
 def config_to_text(cfg: DictConfig) -> str:

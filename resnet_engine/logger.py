@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .config import flatten_tree
 from .errors import UserError
 from .extras import installed, package_needed
+from .files import write_json, write_text
 from .schema import LoggingConfig
 
 logger = logging.getLogger(__name__)
@@ -136,9 +137,7 @@ class MetricsLogger:
             if at < iteration or (at == iteration and not (drop_evaluation and record.get("type") == "eval")):
                 kept.append(line)
         # Rewritten beside and renamed: a kill during the write (a restart is when one comes) keeps the log.
-        with open(self.path + ".tmp", "w", encoding="utf-8") as handle:
-            handle.writelines(kept)
-        os.replace(self.path + ".tmp", self.path)
+        write_text(self.path, "".join(kept))
 
     def open_writers(self, resumed_at: int | None) -> None:
         self.close(finished=False)  # opened twice: one set of writers
@@ -383,15 +382,6 @@ def _json_default(value):
     if hasattr(value, "item"):
         return value.item()
     return str(value)
-
-
-def write_json(obj, path: str) -> None:
-    """``obj`` as indented JSON at ``path`` (folders made as needed), replacing any older file in one
-    step: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import math
 import os
@@ -45,6 +44,7 @@ from .checkpoint import (
     restore_rng_state,
 )
 from .errors import UserError
+from .files import write_json, write_text
 from .logger import MetricsLogger, progress_bar
 from .resume import (
     changed_keys,
@@ -271,10 +271,7 @@ class Trainer:
 
     def _write_config(self) -> None:
         if self.is_main and self.config_text:
-            path = os.path.join(self.output_dir, "config.yaml")
-            with open(path + ".tmp", "w", encoding="utf-8") as handle:
-                handle.write(self.config_text)
-            os.replace(path + ".tmp", path)
+            write_text(os.path.join(self.output_dir, "config.yaml"), self.config_text)
 
     def _load(self, state: dict, path: str) -> None:
         missing = [key for key in TRAINING_STATE_KEYS if key not in state]
@@ -629,12 +626,8 @@ class Trainer:
         return float(node)
 
     def _write_final_metrics(self, metrics: dict) -> None:
-        if not self.is_main:
-            return
-        path = os.path.join(self.output_dir, "metrics.json")
-        with open(path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(metrics, handle, indent=2)
-        os.replace(path + ".tmp", path)
+        if self.is_main:
+            write_json(metrics, os.path.join(self.output_dir, "metrics.json"))
 
     def _report_skipped(self) -> None:
         """The unreadable images of every process (a collective: each skips its own share's)."""

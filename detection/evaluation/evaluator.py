@@ -14,8 +14,8 @@ import torch
 from tqdm import tqdm
 
 from resnet_engine import distributed as dist_utils
+from resnet_engine.files import write_json
 from resnet_engine.loaders import build_test_loader
-from resnet_engine.logger import write_json
 from resnet_engine.run_dir import evaluation_dir
 from resnet_engine.setup import setup_run
 

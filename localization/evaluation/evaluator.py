@@ -13,7 +13,7 @@ from classification.data.ilsvrc import load_ground_truth, read_blacklist, read_s
 from classification.data.loaders import prepare_data
 from resnet_engine import distributed as dist_utils
 from resnet_engine.errors import UserError
-from resnet_engine.logger import write_json
+from resnet_engine.files import write_json
 from resnet_engine.run_dir import evaluation_dir
 from resnet_engine.setup import setup_run
 

@@ -11,7 +11,8 @@ import pytest
 
 from resnet_engine.config import flatten_tree
 from resnet_engine.errors import UserError
-from resnet_engine.logger import TRACKERS_FILE, MetricsLogger, flatten_metrics, write_json
+from resnet_engine.files import write_json
+from resnet_engine.logger import TRACKERS_FILE, MetricsLogger, flatten_metrics
 from resnet_engine.schema import LoggingConfig, MlflowConfig, WandbConfig
 from tests.resnet_engine.toy_training import ToyModel, make_trainer
 
@@ -288,28 +289,29 @@ def test_tensorboard_shows_a_resumed_run_once(tmp_path):
 def test_a_resume_rewrites_the_log_beside_it_so_a_kill_during_the_write_keeps_it(tmp_path, monkeypatch):
     """Resuming drops the records after the checkpoint by rewriting metrics.jsonl. Written in place,
     a kill during the write (a restart is when one comes) left the run's whole log cut or empty."""
-    import resnet_engine.logger as logger_module
-    from resnet_engine.run_dir import stale_temporary_files
+    import resnet_engine.files as files_module
 
     records = [{"type": "train", "iteration": i, "loss": 1.0 / i} for i in (2, 4, 6)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
-    class Killed(Exception):
+    class Killed(BaseException):  # as a KeyboardInterrupt would come
         pass
 
     def open_that_dies_writing(path, mode="r", **kwargs):
         handle = open(path, mode, **kwargs)
         if "w" in mode:
-            def writelines(lines):
+            handle.write("{\"type\": \"tra")  # the first bytes reach the file, then the process dies
+
+            def write(text):
                 raise Killed
-            handle.writelines = writelines
+            handle.write = write
         return handle
 
-    monkeypatch.setattr(logger_module, "open", open_that_dies_writing, raising=False)
+    monkeypatch.setattr(files_module, "open", open_that_dies_writing, raising=False)
     with pytest.raises(Killed):
         MetricsLogger(str(tmp_path)).drop_records_after(4)
-    assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == records
-    assert stale_temporary_files(str(tmp_path)) == [str(tmp_path / "metrics.jsonl.tmp")]  # cleaned at the next start
     monkeypatch.undo()
+    assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == records
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # the partial file removed
     MetricsLogger(str(tmp_path)).drop_records_after(4)
     assert [json.loads(line)["iteration"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [2, 4]
