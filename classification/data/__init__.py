@@ -21,8 +21,6 @@ from .cifar_dataset import (
     CifarSets,
     augmentation_draws,
     build_cifar_sets,
-    build_cifar_test_loader,
-    build_cifar_train_loader,
     load_pixel_mean,
     pixel_mean,
     save_pixel_mean,
@@ -32,8 +30,8 @@ from .synthetic_cifar import DEFAULT_ROOT, SyntheticCifarSpec, ensure_synthetic_
 
 __all__ = [
     "DEFAULT_ROOT", "LAYOUTS", "SPLITS", "CifarArrays", "CifarDataset", "CifarError", "CifarSets", "CifarSource",
-    "Layout", "SyntheticCifarSpec", "augmentation_draws", "build_cifar_sets", "build_cifar_test_loader",
-    "build_cifar_train_loader", "ensure_synthetic_cifar", "find_cifar", "load_pixel_mean", "pixel_mean",
+    "Layout", "SyntheticCifarSpec", "augmentation_draws", "build_cifar_sets", "ensure_synthetic_cifar", "find_cifar",
+    "load_pixel_mean", "pixel_mean",
     "read_binary_batch", "read_class_names", "read_python_batch", "read_split", "save_pixel_mean",
     "select_split", "write_binary_batch", "write_python_batch",
 ]

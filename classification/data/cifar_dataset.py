@@ -35,10 +35,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from resnet_engine.distributed import get_rank, get_world_size
-from resnet_engine.loaders import worker_options
-from resnet_engine.sampler import GroupedBatchSampler
-
 from .cifar import IMAGE_SHAPE, CifarArrays, CifarError, CifarSource, find_cifar, read_class_names, read_split
 from .synthetic_cifar import ensure_synthetic_cifar
 
@@ -184,47 +180,6 @@ class CifarDataset(torch.utils.data.Dataset):
         if self.train:
             pixels = pad_crop_flip(pixels, [seed for _, seed in pairs], self.padding)
         return {"images": torch.from_numpy(pixels), "labels": torch.from_numpy(self.labels[indices])}
-
-
-class _WholeBatches(torch.utils.data.Dataset):
-    """A view of a CifarDataset indexed by whole batches: one vectorized call per batch, in the worker."""
-
-    def __init__(self, dataset: CifarDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, items):
-        return self.dataset.batch(items)
-
-
-def keep_batch(batch: dict) -> dict:
-    return batch
-
-
-def _loader_options(num_workers: int, persistent: bool) -> dict:
-    # batch_size=None: the sampler yields whole batches and the dataset builds each in one call.
-    return {"batch_size": None, "collate_fn": keep_batch, **worker_options(num_workers, persistent)}
-
-
-def build_cifar_train_loader(dataset: CifarDataset, images_per_process: int, seed: int, num_workers: int,
-                             start_step: int = 0) -> torch.utils.data.DataLoader:
-    """Infinite, resumable, sharded training batches: from ``start_step`` on, the batches a run from
-    step 0 would have had there, whatever the number of workers."""
-    sampler = GroupedBatchSampler([1.0] * len(dataset), images_per_process, seed, rank=get_rank(),
-                                  world_size=get_world_size(), start_step=start_step, group_by_aspect=False)
-    # A private generator keeps the loader from drawing on the global RNG (exact resume).
-    return torch.utils.data.DataLoader(_WholeBatches(dataset), sampler=sampler, generator=torch.Generator(),
-                                       **_loader_options(num_workers, persistent=True))
-
-
-def build_cifar_test_loader(dataset: CifarDataset, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
-    """This process's share of the test images (every world_size-th), in order, in batches."""
-    indices = list(range(get_rank(), len(dataset), get_world_size()))
-    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-    return torch.utils.data.DataLoader(_WholeBatches(dataset), sampler=batches,
-                                       **_loader_options(num_workers, persistent=False))
 
 
 # --------------------------------------------------------------------------------------------- the whole set

@@ -25,7 +25,7 @@ from resnet_engine.loaders import build_test_loader, build_train_loader
 
 from ..config import CIFAR_CLASSES, is_cifar
 from .cifar import read_split
-from .cifar_dataset import CifarDataset, build_cifar_sets, build_cifar_test_loader, build_cifar_train_loader
+from .cifar_dataset import CifarDataset, build_cifar_sets
 from .ilsvrc import Synsets, read_synsets
 from .imagenet import ClassificationDataset, EvalTransform, TrainTransform, list_train_images, list_val_images
 from .synthetic_cifar import ensure_synthetic_cifar
@@ -160,10 +160,11 @@ def cifar_data(cfg, images_per_process: int | None, mean: np.ndarray | None = No
         sizes = {"training": len(sets.train), **sizes}
 
         def train_loader(start: int) -> Iterable:
-            return build_cifar_train_loader(sets.train, images_per_process, cfg.seed, cfg.data.num_workers, start)
+            return build_train_loader(sets.train, images_per_process, cfg.seed, cfg.data.num_workers, start,
+                                      whole_batches=True)
 
     def test_loader(dataset: CifarDataset) -> Callable[[], Iterable]:
-        return lambda: build_cifar_test_loader(dataset, cfg.test.ims_per_batch, cfg.data.num_workers)
+        return lambda: build_test_loader(dataset, cfg.test.ims_per_batch, cfg.data.num_workers, whole_batches=True)
 
     meta = {"task": "classification", "dataset": cfg.data.dataset, "num_classes": num_classes,
             "class_names": list(sets.train.class_names or []), "depth": cfg.model.backbone.depth,

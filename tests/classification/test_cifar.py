@@ -29,8 +29,6 @@ from classification.data.cifar_dataset import (
     CifarDataset,
     augmentation_draws,
     build_cifar_sets,
-    build_cifar_test_loader,
-    build_cifar_train_loader,
     held_out_count,
     load_pixel_mean,
     pixel_mean,
@@ -46,6 +44,8 @@ from classification.data.synthetic_cifar import (
     generate_synthetic_cifar,
     render_image,
 )
+from resnet_engine.loaders import build_test_loader, build_train_loader
+from resnet_engine.sampler import GroupedBatchSampler
 
 from .official_pickle import python2_pickle
 
@@ -471,19 +471,19 @@ def test_augmentation_against_torchvision_and_by_hand():
 def test_loaders_resume_to_the_same_batches(tmp_path):
     write_cifar10(tmp_path, per_file=10)
     sets = build_cifar_sets(str(tmp_path))
-    batches = [next(iter(build_cifar_train_loader(sets.train, 8, seed=3, num_workers=0, start_step=s)))
+    batches = [next(iter(build_train_loader(sets.train, 8, seed=3, num_workers=0, start_step=s, whole_batches=True)))
                for s in range(8)]
-    stream = build_cifar_train_loader(sets.train, 8, seed=3, num_workers=0)
+    stream = build_train_loader(sets.train, 8, seed=3, num_workers=0, whole_batches=True)
     for expected, got in zip(batches, stream):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert batches[0]["images"].shape == (8, 3, 32, 32) and batches[0]["labels"].dtype == torch.int64
     assert not torch.equal(batches[0]["images"], batches[1]["images"])
-    with_workers = iter(build_cifar_train_loader(sets.train, 8, seed=3, num_workers=2, start_step=5))
+    with_workers = iter(build_train_loader(sets.train, 8, seed=3, num_workers=2, start_step=5, whole_batches=True))
     torch.testing.assert_close(next(with_workers), batches[5], rtol=0, atol=0)
     # The sampler's items, made into a batch by hand.
-    sampler = cifar_dataset.GroupedBatchSampler([1.0] * 50, 8, 3, group_by_aspect=False)
+    sampler = GroupedBatchSampler([1.0] * 50, 8, 3, group_by_aspect=False)
     torch.testing.assert_close(sets.train.batch(next(iter(sampler))), batches[0], rtol=0, atol=0)
-    test_batches = list(build_cifar_test_loader(sets.test, 2, num_workers=0))
+    test_batches = list(build_test_loader(sets.test, 2, num_workers=0, whole_batches=True))
     labels = torch.cat([b["labels"] for b in test_batches])
     assert labels.tolist() == [0, 1, 2] and [len(b["labels"]) for b in test_batches] == [2, 1]
     torch.testing.assert_close(test_batches[0]["images"][1], sets.test[1]["image"], rtol=0, atol=0)
@@ -507,7 +507,7 @@ def test_the_engine_trains_on_whole_batch_dicts(tmp_path):
             return {"loss_cls": torch.nn.functional.cross_entropy(logits, batch["labels"])}
 
     def make_loader(start):
-        return build_cifar_train_loader(sets.train, 4, seed=0, num_workers=0, start_step=start)
+        return build_train_loader(sets.train, 4, seed=0, num_workers=0, start_step=start, whole_batches=True)
 
     model = Linear()
     make_trainer(model, tmp_path / "run", make_loader=make_loader, max_iter=3, log_period=1).train()
