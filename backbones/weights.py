@@ -29,7 +29,6 @@ from .errors import WeightsError
 
 TENSOR_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WRAPPER_KEYS = ("state_dict", "model", "module")
-# Prefixes that other libraries put in front of the ResNet's own names.
 
 
 def load_weights(model: nn.Module, spec: str, trust_pickle: bool = False) -> dict[str, list[str]]:
